@@ -1,0 +1,1 @@
+"""Graph passes over captured models: discovery of prunable sites, and (in lowering) rewrites."""

@@ -1,0 +1,43 @@
+"""A `Site`: one prunable matmul weight, as discovery found it in the captured graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Site:
+    """One matmul weight that can take a sparsity pattern.
+
+    Attributes:
+        name: the parameter's fully-qualified name, e.g. ``"model.layers.0.self_attn.q_proj.weight"``.
+        module: FQN of the module that owns the parameter (``"model.layers.0.self_attn.q_proj"``).
+        param: the attribute name on that module (``"weight"``, or e.g. ``"gate_up_proj"`` for MoE experts).
+        shape: the parameter's shape.
+        k_dim: the non-negative index of the reduction dimension K (the dim the matmul sums over):
+            last for ``nn.Linear`` and 3-D experts, 0 for GPT-2 ``Conv1D``.
+        kind: ``"linear"`` (F.linear), ``"conv1d"`` (addmm/mm with W as (K, N)), ``"experts"`` (3-D weight,
+            grouped or per-expert matmul) or ``"matmul"`` (any other mm/bmm on a parameter).
+        shares_input_with: names of the other sites whose matmul reads the same input tensor (q/k/v, gate/up).
+    """
+
+    name: str
+    module: str
+    param: str
+    shape: tuple[int, ...]
+    k_dim: int
+    kind: str
+    shares_input_with: tuple[str, ...] = field(default=())
+
+    @property
+    def k(self) -> int:
+        """Size of the reduction dimension."""
+        return self.shape[self.k_dim]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A matmul weight discovery saw but did not make a site, and why."""
+
+    name: str
+    reason: str
