@@ -41,3 +41,18 @@ class Skipped:
 
     name: str
     reason: str
+
+
+# A hardened parameter carries what lowering needs to know about it, on the nn.Parameter object itself, so the
+# `sparseforge` backend can recognise it by identity among a Dynamo graph's inputs.
+_HARDENED_ATTR = "_sfcompile_hardened"
+
+
+def mark_hardened(param, info: dict) -> None:
+    """Record on ``param`` that it holds an exact pattern: ``{"pattern", "k_dim", "kind", "site"}``."""
+    setattr(param, _HARDENED_ATTR, dict(info))
+
+
+def hardened_info(tensor) -> dict | None:
+    """What `mark_hardened` recorded on ``tensor``, or None for an ordinary tensor."""
+    return getattr(tensor, _HARDENED_ATTR, None)

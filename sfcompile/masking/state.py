@@ -1,0 +1,263 @@
+"""Mask state: `sparsify` installs a soft mask on every site's weight, `harden` folds it away.
+
+Each site's weight gets a `SoftMask` parametrization (``torch.nn.utils.parametrize``), so every consumer of the
+module's attribute (eager forward, ``torch.compile``, ``generate()``) computes with ``W ⊙ m_eff``::
+
+    module.weight                 # = SoftMask(module.parametrizations.weight.original)
+    m_eff = h · mask + (1 − h) · hard          # h = hardness: 1 → soft mask, 0 → hard pattern
+    forward value  W ⊙ m_eff
+    gradient to W  unmasked (straight-through, `ste=True`) or masked (`ste=False`, after finalisation)
+
+``mask`` (soft, in [0, 1]) and ``hard`` (= ``pattern.project(mask)``) are frozen ``nn.Parameter``s of the
+weight's shape: they are saved in ``state_dict`` and FSDP2 shards them with their weight.
+
+`harden` makes the pattern exact: ``W ← W ⊙ hard``, removes the parametrization (a plain HF model again),
+verifies the pattern, marks each weight for the lowering (`mark_hardened`) and records a manifest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sfcompile.passes.site import Site, mark_hardened
+from sfcompile.patterns import Pattern, parse_pattern
+
+MANIFEST_FORMAT = 1
+
+
+class MaskStateError(ValueError):
+    """The model's mask state does not allow the requested operation."""
+
+
+class SoftMask(nn.Module):
+    """The parametrization holding one site's mask state (see the module docstring)."""
+
+    def __init__(self, site: Site, pattern: Pattern, dtype: torch.dtype, device=None):
+        super().__init__()
+        self.site = site
+        self.pattern = pattern
+        self.k_dim = site.k_dim
+        self.ste = True
+        self.mask = nn.Parameter(torch.ones(site.shape, dtype=dtype, device=device), requires_grad=False)
+        self.hard = nn.Parameter(torch.ones(site.shape, dtype=dtype, device=device), requires_grad=False)
+        self.register_buffer("hardness", torch.ones((), dtype=dtype, device=device))
+        self.set_mask(self.mask)
+
+    @torch.no_grad()
+    def set_mask(self, m: torch.Tensor) -> None:
+        """Set the soft mask to ``m`` (values in [0, 1]) and recompute its hard projection."""
+        if m is not self.mask:
+            self.mask.copy_(m)
+        self.hard.copy_(self.pattern.project(self.mask, self.k_dim))
+
+    @torch.no_grad()
+    def set_hardness(self, h: float) -> None:
+        self.hardness.fill_(h)
+
+    def effective(self) -> torch.Tensor:
+        """m_eff = h · mask + (1 − h) · hard."""
+        h = self.hardness
+        return h * self.mask + (1 - h) * self.hard
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        m = self.effective().to(weight.dtype)
+        if self.ste:
+            # Forward value W ⊙ m; the gradient reaches W unmasked, so pruned weights can come back.
+            return weight + (weight * (m - 1)).detach()
+        return weight * m
+
+    def get_extra_state(self):
+        return {"ste": self.ste}
+
+    def set_extra_state(self, state):
+        self.ste = bool(state["ste"])
+
+    def extra_repr(self) -> str:
+        return f"pattern={self.pattern}, k_dim={self.k_dim}, shape={tuple(self.site.shape)}"
+
+
+def _soft_masks(module: nn.Module):
+    if not parametrize.is_parametrized(module):
+        return
+    for param_name, plist in module.parametrizations.items():
+        for p in plist:
+            if isinstance(p, SoftMask):
+                yield param_name, p
+
+
+def masked_sites(model: nn.Module) -> list[tuple[Site, nn.Module, SoftMask]]:
+    """Every site that carries mask state, as ``(site, owning module, SoftMask)``, in model order."""
+    found = []
+    for _, module in model.named_modules():
+        for _, soft in _soft_masks(module):
+            found.append((soft.site, module, soft))
+    return found
+
+
+def dense_weight(module: nn.Module, param: str) -> nn.Parameter:
+    """The unmasked weight W under a SoftMask (the tensor the optimizer trains)."""
+    if not parametrize.is_parametrized(module, param):
+        raise MaskStateError(f"{type(module).__name__}.{param} carries no mask state; call sfcompile.sparsify first")
+    return module.parametrizations[param].original
+
+
+def is_sparsified(model: nn.Module) -> bool:
+    return bool(masked_sites(model))
+
+
+def sparsify(model: nn.Module, pattern: str | Pattern = "2:4", *, sites=None, include=None, exclude=None,
+             mask_dtype: torch.dtype | None = None) -> nn.Module:
+    """Install soft-mask state on every prunable matmul weight of ``model`` (in place).
+
+    Args:
+        model: any Hugging Face causal LM (or any module whose matmul weights `discover` can find).
+        pattern: ``"2:4"``, ``"4:8"``, ``"block16"``, ``"block16:0.5"``, ``"unstructured:0.5"`` or a Pattern.
+        sites: a `Discovery` or list of `Site` to use instead of running discovery.
+        include, exclude: FQN globs or callables passed to `discover`.
+        mask_dtype: dtype of the mask state; defaults to each weight's dtype.
+
+    Returns:
+        ``model`` itself, with ``model.weight``-style attributes now computing ``W ⊙ m_eff``.
+
+    Example::
+
+        model = sfcompile.sparsify(model, pattern="2:4")
+    """
+    pattern = parse_pattern(pattern)
+    if is_sparsified(model):
+        raise MaskStateError("model is already sparsified; harden it (sfcompile.harden) or reload it before "
+                             "calling sparsify again")
+    if getattr(model, "sfcompile_manifest", None):
+        raise MaskStateError("model is already hardened (it has a sparsity manifest); load the dense model to "
+                             "sparsify it again")
+    if sites is None:
+        from sfcompile.passes.discover import discover
+
+        sites = discover(model, pattern, include=include, exclude=exclude).sites
+    sites = list(sites)
+    if not sites:
+        raise MaskStateError(f"no prunable sites in {type(model).__name__}; check include/exclude filters")
+    for site in sites:
+        reason = pattern.incompatibility(site.shape, site.k_dim)
+        if reason:
+            raise MaskStateError(f"site {site.name} cannot take pattern {pattern}: {reason}; exclude it")
+        module = model.get_submodule(site.module)
+        weight = getattr(module, site.param)
+        soft = SoftMask(site, pattern, mask_dtype or weight.dtype, device=weight.device)
+        parametrize.register_parametrization(module, site.param, soft)
+    return model
+
+
+def _manifest_entry(site: Site, pattern: Pattern) -> dict:
+    return {"k_dim": site.k_dim, "kind": site.kind, "shape": list(site.shape), "pattern": str(pattern)}
+
+
+@torch.no_grad()
+def harden(model: nn.Module) -> nn.Module:
+    """Fold every soft mask into its weight as exact pattern zeros and remove the mask machinery.
+
+    The model becomes a plain HF model again (``save_pretrained`` works); each hardened weight is verified
+    against its pattern and recorded in ``model.sfcompile_manifest``.
+
+    Raises:
+        MaskStateError: the model was never sparsified, or its masks were never set (all ones: nothing chose
+            which weights to prune — run `sfcompile.prune` or `sfcompile.train` first).
+    """
+    entries = masked_sites(model)
+    if not entries:
+        raise MaskStateError(f"{type(model).__name__} has no sfcompile mask state: call "
+                             "sfcompile.sparsify(model, pattern=...) and then sfcompile.prune(...) or "
+                             "sfcompile.train(...) before harden")
+    untouched = [site.name for site, _, soft in entries if bool((soft.mask == 1).all())]
+    if untouched:
+        raise MaskStateError(f"{len(untouched)} site(s) still have all-ones masks (e.g. {untouched[0]}): nothing "
+                             "has chosen which weights to prune. Run sfcompile.prune(model, method=...) or "
+                             "sfcompile.train(...) before harden")
+    manifest_sites = {}
+    for site, module, soft in entries:
+        hard = soft.pattern.project(soft.mask, soft.k_dim)
+        original = dense_weight(module, site.param)
+        parametrize.remove_parametrizations(module, site.param, leave_parametrized=False)
+        weight = getattr(module, site.param)
+        assert weight is original
+        weight.mul_(hard.to(weight.dtype))
+        ok, violations = soft.pattern.verify(weight, soft.k_dim)
+        if not ok:  # project() is exact, so this is a bug, not a user error
+            raise AssertionError(f"{site.name}: {violations} groups violate {soft.pattern} after hardening")
+        entry = _manifest_entry(site, soft.pattern)
+        manifest_sites[site.name] = entry
+        mark_hardened(weight, {**entry, "site": site.name})
+    pattern = entries[0][2].pattern
+    manifest = {"format": MANIFEST_FORMAT, "pattern": str(pattern), "sites": manifest_sites}
+    slorb = _slorb_manifest(model)
+    if slorb:
+        manifest["slorb"] = slorb
+    model.sfcompile_manifest = manifest
+    return model
+
+
+def _slorb_manifest(model: nn.Module) -> dict | None:
+    try:
+        from sfcompile.masking.slorb import slorb_manifest
+    except ImportError:  # SLoRB not part of this build
+        return None
+    return slorb_manifest(model) or None
+
+
+class ManifestError(ValueError):
+    """A sparsity manifest that does not match the weights it describes."""
+
+
+@torch.no_grad()
+def apply_manifest(model: nn.Module, manifest: dict) -> nn.Module:
+    """Check that ``model``'s weights hold the patterns ``manifest`` claims, then mark them hardened.
+
+    Used by `sfcompile.load` on a saved hardened model.
+
+    Raises:
+        ManifestError: a listed weight is missing, has another shape, or violates its pattern.
+    """
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"sparsity manifest format {manifest.get('format')!r} is not supported "
+                            f"(expected {MANIFEST_FORMAT}); re-save the model with this sfcompile")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, entry in manifest["sites"].items():
+        if name not in params:
+            raise ManifestError(f"sparsity manifest lists {name}, which the model does not have; the manifest "
+                                "belongs to another model — remove sparsity.json or re-save")
+        weight = params[name]
+        if list(weight.shape) != list(entry["shape"]):
+            raise ManifestError(f"{name} has shape {tuple(weight.shape)} but the manifest says "
+                                f"{tuple(entry['shape'])}")
+        pattern = parse_pattern(entry["pattern"])
+        ok, violations = pattern.verify(weight, entry["k_dim"])
+        if not ok:
+            raise ManifestError(f"{name}: {violations} groups violate pattern {pattern} that sparsity.json "
+                                "claims; the weights were changed after hardening — re-run harden, or delete "
+                                "sparsity.json to load the model as dense")
+        mark_hardened(weight, {**entry, "site": name})
+    if manifest.get("slorb"):
+        from sfcompile.masking.slorb import install_slorb
+
+        install_slorb(model, manifest["slorb"])
+    model.sfcompile_manifest = manifest
+    return model
+
+
+def sparsity_report(model: nn.Module) -> list[dict]:
+    """Per hardened site: name, pattern, shape, achieved sparsity and whether the pattern verifies."""
+    manifest = getattr(model, "sfcompile_manifest", None)
+    if not manifest:
+        raise ManifestError(f"{type(model).__name__} has no sparsity manifest: it was not hardened by sfcompile")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    rows = []
+    for name, entry in manifest["sites"].items():
+        weight = params[name]
+        pattern = parse_pattern(entry["pattern"])
+        ok, violations = pattern.verify(weight, entry["k_dim"])
+        rows.append({"site": name, "pattern": str(pattern), "shape": tuple(weight.shape),
+                     "sparsity": float((weight == 0).float().mean()), "ok": ok, "violations": violations,
+                     "numel": weight.numel()})
+    return rows
