@@ -7,7 +7,8 @@ a GPT-2 ``Conv1D`` weight (K, N) is transposed to (N, K) once, at pack time, so 
 
 Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leading dims):
 
-``torch.ops.sfcompile.linear_nm24(x[..., K], values[N, K/2], meta[N, ceil(K/32)] int32, bias[N]?) -> [..., N]``
+``torch.ops.sfcompile.linear_nm24(x[..., K], values[N, K/2], meta[N, ceil(K/32)] int32,
+                                  bias[N]?) -> [..., N]``
     2:4 weight. ``values`` holds, for each group of 4 along K, its 2 kept entries in increasing K order
     (weight dtype). ``meta`` holds their positions inside the group, 2 bits each, 4 bits per group, 8 groups
     per int32 word: group ``g`` (K columns 4g..4g+3) lives in bits ``4*(g%8) .. 4*(g%8)+3`` of word ``g//8``;
