@@ -228,8 +228,8 @@ class Unstructured(Pattern):
 
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_BLOCK_RE = re.compile(r"^\s*block(\d+)(?::([0-9.eE+-]+))?\s*$")
-_UNSTRUCTURED_RE = re.compile(r"^\s*unstructured(?::([0-9.eE+-]+))?\s*$")
+_BLOCK_RE = re.compile(r"^\s*block(\d+)(?::(\S+))?\s*$")
+_UNSTRUCTURED_RE = re.compile(r"^\s*unstructured(?::(\S+))?\s*$")
 
 _HELP = 'use "N:M" (e.g. "2:4", "4:8"), "block16" or "block16:<density>", or "unstructured:<density>"'
 

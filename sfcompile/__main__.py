@@ -1,0 +1,5 @@
+import sys
+
+from sfcompile.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""`sfcompile inspect FOLDER`: check every site of a saved model against its manifest, without building it.
+
+Reads ``sparsity.json`` and the safetensors shards directly, verifies each listed weight's pattern, and prints
+per-site sparsity and sizes (dense bytes against the bytes of the packed form).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from sfcompile.export import MANIFEST_FILE
+from sfcompile.patterns import NM, Block, Pattern, parse_pattern
+
+
+def packed_bytes(pattern: Pattern, shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of the packed form of a weight: kept values + index metadata (2 bits per kept 2:4 value,
+    a 4-byte column index per kept block-16 tile plus row pointers)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    if isinstance(pattern, NM):
+        bits_per_index = max(1, (pattern.m - 1).bit_length())
+        kept = numel * pattern.n // pattern.m
+        return kept * itemsize + (kept * bits_per_index + 7) // 8
+    if isinstance(pattern, Block):
+        tiles = numel // (pattern.size * pattern.size)
+        kept = pattern.keep_tiles(tiles)
+        return kept * pattern.size * pattern.size * itemsize + 4 * kept + 4 * (shape[-2] // pattern.size + 1)
+    return numel * itemsize  # unstructured: no packed kernel format, stays dense
+
+
+def _open_tensors(folder: Path):
+    files = sorted(folder.glob("*.safetensors"))
+    files = [f for f in files if f.name != "sparse_weights.safetensors"]
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    where = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for key in h.keys():
+                where[key] = f
+    return where
+
+
+def inspect_folder(folder: str | Path) -> tuple[list[dict], dict]:
+    """Per-site rows and a totals dict for a saved model folder."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass the output folder of `sfcompile prune/train`")
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{folder} has no {MANIFEST_FILE}: it is not a model hardened by sfcompile")
+    manifest = json.loads(manifest_path.read_text())
+    where = _open_tensors(folder)
+    rows = []
+    for name, entry in manifest["sites"].items():
+        if name not in where:
+            rows.append({"site": name, "pattern": entry["pattern"], "ok": False, "violations": -1,
+                         "sparsity": float("nan"), "shape": tuple(entry["shape"]), "dense_bytes": 0,
+                         "packed_bytes": 0, "error": "missing from the weights"})
+            continue
+        with safe_open(str(where[name]), framework="pt") as h:
+            weight = h.get_tensor(name)
+        pattern = parse_pattern(entry["pattern"])
+        ok, violations = pattern.verify(weight, entry["k_dim"])
+        rows.append({"site": name, "pattern": str(pattern), "ok": ok, "violations": violations,
+                     "sparsity": float((weight == 0).float().mean()), "shape": tuple(weight.shape),
+                     "dense_bytes": weight.numel() * weight.element_size(),
+                     "packed_bytes": packed_bytes(pattern, tuple(weight.shape), weight.element_size())})
+    dense = sum(r["dense_bytes"] for r in rows)
+    packed = sum(r["packed_bytes"] for r in rows)
+    totals = {"sites": len(rows), "ok": sum(r["ok"] for r in rows), "dense_bytes": dense, "packed_bytes": packed,
+              "packed_ratio": packed / dense if dense else float("nan"), "pattern": manifest.get("pattern")}
+    return rows, totals
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="a model folder written by sfcompile (has sparsity.json)")
+    parser.add_argument("--all", action="store_true", help="print every site (default: first 10 and failures)")
+
+
+def run(args) -> int:
+    rows, totals = inspect_folder(args.folder)
+    print(f"{'site':<60} {'pattern':<14} {'shape':<16} {'sparsity':>8}  check")
+    shown = rows if args.all else [r for i, r in enumerate(rows) if i < 10 or not r["ok"]]
+    for r in shown:
+        check = "ok" if r["ok"] else (r.get("error") or f"{r['violations']} violations")
+        shape = "x".join(map(str, r["shape"]))
+        print(f"{r['site']:<60} {r['pattern']:<14} {shape:<16} {r['sparsity']:>8.3f}  {check}")
+    if len(shown) < len(rows):
+        print(f"... {len(rows) - len(shown)} more sites, all ok (--all to list)")
+    mib = 1 << 20
+    print(f"\n{totals['ok']}/{totals['sites']} sites hold pattern {totals['pattern']}; sparse weights "
+          f"{totals['dense_bytes'] / mib:.1f} MiB dense -> {totals['packed_bytes'] / mib:.1f} MiB packed "
+          f"({totals['packed_ratio']:.2f}x)")
+    return 0 if totals["ok"] == totals["sites"] else 1
