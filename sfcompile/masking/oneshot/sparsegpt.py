@@ -1,0 +1,156 @@
+"""SparseGPT (Frantar & Alistarh, 2023): one-shot OBS pruning with a column sweep and weight update.
+
+For one weight matrix W (rows × K, K-last) and the layer Hessian H = XᵀX (K × K, summed over calibration
+tokens), the column sweep visits the columns of W left to right. Pruning column j's masked entries costs
+w²/[U]ⱼⱼ² (U: the upper Cholesky factor of H⁻¹) and the error (w − q)/Uⱼⱼ is spread over the columns not yet
+visited through row j of U (the OBS update restricted to the remaining columns). Updates are applied lazily:
+within a block of ``blocksize`` columns exactly, to the rest of the matrix once per block.
+
+How the mask is chosen, per pattern (all exact: the returned mask satisfies the pattern with its full budget):
+
+* N:M — at the first column of every group of M columns, keep the N entries of each row with the largest
+  w²/Uⱼⱼ² using the *current* (already updated) weights, as the paper does.
+* unstructured — adaptive per block, as the paper does, but per output row (our ``Unstructured`` pattern keeps
+  round(density·K) per row): at the start of each block each row keeps its share of its budget (the budget is
+  split over blocks by rounding the cumulative share, so the shares add up exactly) with the largest w²/Uⱼⱼ².
+* block (tiles over rows × K) — a tile spans 16 columns and the budget is per matrix, so a left-to-right sweep
+  cannot choose tiles greedily without knowing what later columns will need. We choose the tiles once, up
+  front, by the summed OBS saliency w²/[H⁻¹]ⱼⱼ (``Block.project`` of that score), then run the sweep with that
+  fixed mask so the kept weights still get the OBS update for the pruned tiles.
+
+Dead inputs (Hⱼⱼ = 0: the feature never fires on calibration data) are handled as in the paper: Hⱼⱼ ← 1 and
+Wᵢⱼ ← 0, so they cost nothing to prune and never pull updates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...patterns import NM, Block, Pattern, Unstructured
+
+__all__ = ["sparsegpt_prune"]
+
+
+def _row_budget_split(keep_row: int, k: int, starts: list[int]) -> list[int]:
+    """Split a per-row budget ``keep_row`` of K columns over column blocks so the parts add up exactly."""
+    ends = starts[1:] + [k]
+
+    def cum(c: int) -> int:
+        return math.floor(keep_row * c / k + 0.5)
+
+    return [cum(e) - cum(s) for s, e in zip(starts, ends)]
+
+
+def _keep_largest_per_row(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask keeping ``keep`` largest entries per row; ties → lower index (as ``Pattern.project``)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if keep > 0:
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+        mask.scatter_(-1, order[:, :keep], True)
+    return mask
+
+
+def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + λI)⁻¹ with λ = percdamp·mean(diag H), in float64."""
+    k = hessian.shape[0]
+    damp = percdamp * torch.diagonal(hessian).mean()
+    h = hessian + damp * torch.eye(k, dtype=hessian.dtype, device=hessian.device)
+    lower, info = torch.linalg.cholesky_ex(h)
+    if info != 0:
+        raise RuntimeError(
+            f"the calibration Hessian (K={k}) is not positive definite even after dampening "
+            f"percdamp={percdamp}; raise percdamp (e.g. 0.1) or use more calibration samples"
+        )
+    h_inv = torch.cholesky_inverse(lower)
+    return torch.linalg.cholesky(h_inv, upper=True)
+
+
+@torch.no_grad()
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    pattern: Pattern,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune one weight matrix with SparseGPT.
+
+    Args:
+        weight: (rows, K) weight, K last (the reduction dim).
+        hessian: (K, K) XᵀX accumulated over calibration tokens (any positive scale).
+        pattern: the target pattern, applied with ``k_dim=-1`` on the (rows, K) view.
+        blocksize: columns per lazy-update block; for N:M a multiple of M.
+        percdamp: dampening as a fraction of mean(diag H).
+
+    Returns:
+        ``(new_weight, mask)``: the updated weight (in ``weight``'s dtype) with exact zeros where ``mask`` is
+        False, and the bool mask, which satisfies ``pattern`` exactly.
+    """
+    if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(
+            f"sparsegpt_prune needs a (rows, K) weight and a (K, K) Hessian, got {tuple(weight.shape)} "
+            f"and {tuple(hessian.shape)}"
+        )
+    if isinstance(pattern, NM) and blocksize % pattern.m:
+        raise ValueError(f"blocksize {blocksize} must be a multiple of M={pattern.m} for pattern {pattern}")
+    rows, k = weight.shape
+    w = weight.detach().to(torch.float64).clone()
+    h = hessian.detach().to(torch.float64).clone()
+
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+
+    u = _inverse_cholesky(h, percdamp)  # (K, K) upper
+    u_diag = torch.diagonal(u)
+
+    fixed_mask = None
+    if isinstance(pattern, Block):
+        h_inv_diag = (u * u).sum(0)  # diag(H⁻¹), since H⁻¹ = UᵀU
+        fixed_mask = pattern.project(w.pow(2) / h_inv_diag[None, :], -1)
+    elif not isinstance(pattern, (NM, Unstructured)):
+        raise TypeError(f"sparsegpt_prune does not know pattern {pattern!r}")
+
+    starts = list(range(0, k, blocksize))
+    if isinstance(pattern, Unstructured):
+        block_budget = _row_budget_split(pattern.keep_count(k), k, starts)
+
+    mask = torch.zeros(rows, k, dtype=torch.bool, device=w.device)
+    for b, i1 in enumerate(starts):
+        i2 = min(i1 + blocksize, k)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        d1 = u_diag[i1:i2]
+
+        if fixed_mask is not None:
+            mask1 = fixed_mask[:, i1:i2].clone()
+        elif isinstance(pattern, Unstructured):
+            mask1 = _keep_largest_per_row(w1.pow(2) / d1.pow(2)[None, :], block_budget[b])
+        else:
+            mask1 = torch.zeros_like(w1, dtype=torch.bool)
+
+        for i in range(count):
+            if isinstance(pattern, NM) and i % pattern.m == 0:
+                sal = w1[:, i : i + pattern.m].pow(2) / d1[i : i + pattern.m].pow(2)[None, :]
+                mask1[:, i : i + pattern.m] = pattern.project(sal, -1)
+            col = w1[:, i]
+            q = col * mask1[:, i]
+            q1[:, i] = q
+            e = (col - q) / d1[i]
+            # (rows, 1) @ (1, count - i): spread the error over the block's remaining columns.
+            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
+            err1[:, i] = e
+
+        w[:, i1:i2] = q1
+        mask[:, i1:i2] = mask1
+        # Lazy update of everything right of the block: (rows, count) @ (count, K - i2).
+        w[:, i2:] -= err1 @ u[i1:i2, i2:]
+
+    w = w * mask  # exact zeros (q already is; this also clears dead columns' rounding)
+    return w.to(weight.dtype), mask
