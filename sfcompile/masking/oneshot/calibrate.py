@@ -224,8 +224,8 @@ def _capture(model: nn.Module, blocks, windows: torch.Tensor):
             if not (_same(first.args, call.args) and _same(first.kwargs, call.kwargs)):
                 raise RuntimeError(
                     "the first block's non-hidden arguments (attention mask, position embeddings, ...) "
-                    "differ between two calibration windows of the same length; sfcompile's sequential calibration "
-                    "assumes they depend only on positions — use method=\"magnitude\""
+                    "differ between two calibration windows of the same length; sfcompile's sequential "
+                    "calibration assumes they depend only on positions — use method=\"magnitude\""
                 )
         if not state["full"]:
             raise _StopForward
@@ -282,8 +282,8 @@ def _collect(entries, stats, run_one: Callable[[int], None], n: int) -> None:
         raise RuntimeError(
             f"calibration never saw the inputs of {len(unseen)} site(s), e.g. {unseen[0]}: their weights "
             "reach the matmul through an op sfcompile does not trace (only linear/addmm/mm/matmul/bmm on the "
-            "weight or on an integer-indexed expert slice are recognised). Prune them with method=\"magnitude\" "
-            "(e.g. exclude them when sparsifying and prune them separately)"
+            "weight or on an integer-indexed expert slice are recognised). Prune them with "
+            "method=\"magnitude\" (e.g. exclude them when sparsifying and prune them separately)"
         )
 
 
