@@ -1,0 +1,177 @@
+"""`sfcompile plan`: will a SparseForge run fit? Memory per rank, by component, from the config alone.
+
+The model is built on the meta device (no weights, no download) and its parameters counted:
+
+    P        all parameters                 Ps   parameters of sparse sites (2-D+ weights in the repeated blocks)
+    Pb       parameters of the largest block  W   ranks (FSDP2 / ZeRO-3 shard every persistent tensor W ways)
+
+Per rank (bytes), with AdamW and bf16 compute over fp32 master weights:
+
+    weights      4·P/W              fp32 master copy, sharded
+    grads        4·P/W              fp32, reduce-scattered
+    optimizer    8·P/W              AdamW exp_avg + exp_avg_sq
+    masks        2·mb·Ps/W          soft mask + hard mask (mb = mask bytes)
+    scores       4·Ps/W             Hessian-diagonal (or Fisher) EMA
+    estimator    4·Ps/W             the finite-difference probe keeps one extra gradient of the sites
+    teacher      2·P/W              bf16 dense teacher, sharded the same way ("none": 0)
+    gather       2·2·Pb·(1+teacher) unsharded bf16 block being computed + the one being prefetched
+    activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
+    logits       tokens·V·4·(2 + teacher)   fp32 student logits + their grad (+ teacher logits)
+
+These are estimates of the large terms; allocator slack and CUDA context are a flat 2 GiB. The H200 runs in
+benchmarks/README.md compare them with measured peaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+GIB = 1 << 30
+OVERHEAD = 2 * GIB
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    gpus: int = 1
+    gpu_mem: float = 80 * GIB
+    engine: str = "fsdp2"
+    micro_batch: int = 1
+    seqlen: int = 4096
+    teacher: bool = True
+    mask_bytes: int = 2
+    checkpointing: bool = True
+    score_stats: int = 1  # Hessian EMA (1), + Fisher (2)
+
+    def __post_init__(self):
+        if self.gpus < 1:
+            raise ValueError(f"--gpus {self.gpus}: need at least 1 GPU")
+        if self.engine not in ("fsdp2", "deepspeed", "single"):
+            raise ValueError(f"engine {self.engine!r} is not known: use fsdp2, deepspeed or single")
+        if self.engine == "single" and self.gpus != 1:
+            raise ValueError("engine 'single' runs on one GPU; use fsdp2 or deepspeed for --gpus > 1")
+
+
+@dataclass(frozen=True)
+class ModelCounts:
+    params: int
+    site_params: int
+    block_params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_dim: int
+    vocab: int
+
+
+def count_model(config) -> ModelCounts:
+    """Count parameters of ``config``'s causal LM on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    from sfcompile.passes.blocks import repeated_blocks
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    blocks = repeated_blocks(model)
+    site_params = 0
+    block_params = 0
+    for _, block in blocks:
+        n = sum(p.numel() for p in block.parameters())
+        block_params = max(block_params, n)
+        site_params += sum(p.numel() for p in block.parameters() if p.dim() >= 2)
+    text = getattr(config, "text_config", None) or config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "moe_intermediate_size", None) or 4 * hidden
+    return ModelCounts(sum(p.numel() for p in model.parameters()), site_params, block_params, len(blocks),
+                       hidden, inter, kv * head_dim, text.vocab_size)
+
+
+def _bytes_per_token_layer(m: ModelCounts, checkpointing: bool) -> float:
+    if checkpointing:
+        return 2 * m.hidden  # only the bf16 block input is kept
+    # bf16 tensors saved for backward in a pre-norm attention + gated-MLP block (flash attention: no T² term):
+    # norms, q, attn out, o in, residuals (≈7h), k and v (2·kv), gate, up, act, act·up, down in (≈5·I).
+    return 2 * (7 * m.hidden + 2 * m.kv_dim + 5 * m.intermediate)
+
+
+def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
+    """Bytes per rank by component (see the module docstring for the formulas)."""
+    w = p.gpus
+    tokens = p.micro_batch * p.seqlen
+    t = 1 if p.teacher else 0
+    parts = {
+        "weights": 4 * m.params / w,
+        "grads": 4 * m.params / w,
+        "optimizer": 8 * m.params / w,
+        "masks": 2 * p.mask_bytes * m.site_params / w,
+        "scores": 4 * p.score_stats * m.site_params / w,
+        "estimator": 4 * m.site_params / w,
+        "teacher": 2 * m.params * t / w,
+        "gather": (2 * 2 * m.block_params * (1 + t)) if w > 1 else 0.0,
+        "activations": tokens * m.layers * _bytes_per_token_layer(m, p.checkpointing)
+        + (tokens * _bytes_per_token_layer(m, False) if p.checkpointing else 0.0),
+        "logits": tokens * m.vocab * 4 * (2 + t),
+        "overhead": float(OVERHEAD),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def _parse_mem(text: str) -> float:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(GB|GiB|G|MB|MiB|M)?\s*", text, re.I)
+    if not m:
+        raise ValueError(f"--gpu-mem {text!r} is not a size; write it like 80GB or 141GiB")
+    value, unit = float(m.group(1)), (m.group(2) or "GB").lower()
+    scale = {"gb": 1e9, "g": 1e9, "gib": GIB, "mb": 1e6, "m": 1e6, "mib": 1 << 20}[unit]
+    return value * scale
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="alias (e.g. qwen3-8b) or local HF folder")
+    parser.add_argument("--gpus", type=int, default=1, help="total ranks (GPUs)")
+    parser.add_argument("--gpu-mem", default="80GB", help="memory per GPU, e.g. 80GB, 141GB")
+    parser.add_argument("--engine", default="fsdp2", choices=["fsdp2", "deepspeed", "single"])
+    parser.add_argument("--micro-batch", type=int, default=1)
+    parser.add_argument("--seqlen", type=int, default=4096)
+    parser.add_argument("--no-teacher", action="store_true")
+    parser.add_argument("--no-checkpointing", action="store_true", help="plan without activation checkpointing")
+
+
+def _config(name: str):
+    from pathlib import Path
+
+    if Path(name).is_dir():
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    from sfcompile.models.aliases import alias_config
+
+    return alias_config(name)
+
+
+def run(args) -> int:
+    inp = PlanInput(gpus=args.gpus, gpu_mem=_parse_mem(args.gpu_mem), engine=args.engine,
+                    micro_batch=args.micro_batch, seqlen=args.seqlen, teacher=not args.no_teacher,
+                    checkpointing=not args.no_checkpointing)
+    counts = count_model(_config(args.model))
+    parts = plan(counts, inp)
+    print(f"{args.model}: {counts.params / 1e9:.2f}B params ({counts.site_params / 1e9:.2f}B in sparse sites), "
+          f"{counts.layers} blocks; {inp.engine} on {inp.gpus} GPU(s), micro-batch {inp.micro_batch}×{inp.seqlen}")
+    for name, value in parts.items():
+        if name != "total":
+            print(f"  {name:<12} {value / GIB:8.2f} GiB")
+    total = parts["total"]
+    verdict = "fits" if total <= inp.gpu_mem else "does NOT fit"
+    print(f"  {'total':<12} {total / GIB:8.2f} GiB per rank of {inp.gpu_mem / GIB:.0f} GiB: {verdict}")
+    if total > inp.gpu_mem:
+        need = math.ceil(inp.gpus * (total - OVERHEAD) / max(inp.gpu_mem - OVERHEAD, 1))
+        print(f"  try --gpus {need}+ or a smaller --micro-batch / --seqlen")
+    return 0 if total <= inp.gpu_mem else 1
