@@ -1,0 +1,215 @@
+"""Hutchinson estimates of the Hessian diagonal, for Hessian-guided (OBD) mask scores.
+
+For a Rademacher probe v (entries ±1), E[v ⊙ Hv] = diag(H) (Hutchinson). Two ways to get Hv:
+
+* ``"hvp"`` — exact Hessian-vector product by double backward: g = ∂L/∂W with ``create_graph=True``, then
+  Hv = ∂(Σ g·v)/∂W. Flash / memory-efficient / cuDNN SDPA kernels, ``torch.compile`` graphs and FSDP2 do not
+  support double backward, so the probe runs under the math SDPA backend, switching a non-SDPA attention
+  implementation (flash, flex, kernels) to "eager" for the probe. Where it still cannot run (compiled model,
+  DTensor parameters) it raises and names the "fd" estimator.
+* ``"fd"`` — central finite differences of ordinary gradients along the probe:
+  Hv ≈ (g(W + εv) − g(W − εv)) / 2ε. Two normal forward+backward passes, so it runs wherever training runs
+  (any attention kernel, compiled, FSDP2-sharded: each rank perturbs its local shard). Exact on a quadratic,
+  O(ε²) error otherwise. ε is ``fd_eps`` × the RMS of each site's effective weight.
+
+What is estimated: the Hessian of the loss with respect to each site's EFFECTIVE weight W ⊙ m_eff, so pruned
+positions (m_eff = 0) still get their curvature and can score their way back. "hvp" gets it through the
+straight-through graph of `SoftMask` (dW_eff/dW = 1 in the graph). "fd" cannot reach a position whose mask
+is 0 by perturbing W, so for the probe it sets each site's mask to 1 (hardness 1) and W to W ⊙ m_eff ± εv: the
+forward value is unchanged, the perturbation lands on the effective weight, and W, mask and hardness are
+restored bit-exactly afterwards.
+
+Both leave every parameter's ``.grad`` as they found it and run each loss evaluation from the same saved RNG
+state (identical dropout in the ± passes; the training RNG stream is untouched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from sfcompile.masking.scores import local
+from sfcompile.masking.state import SoftMask, dense_weight
+from sfcompile.passes.site import Site
+
+__all__ = ["HutchinsonError", "rademacher", "estimate_diag", "fd_hessian_vector", "exact_hessian_vector",
+           "math_attention", "spearman"]
+
+Entry = tuple[Site, nn.Module, SoftMask]
+
+
+class HutchinsonError(RuntimeError):
+    """The chosen Hessian estimator cannot run on this model / setup."""
+
+
+def rademacher(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
+    """±1 entries, drawn on the CPU from ``generator`` (deterministic on any device), moved to ``device``."""
+    v = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8)
+    return (v.to(dtype) * 2 - 1).to(device)
+
+
+@contextlib.contextmanager
+def _grads_set_aside(model: nn.Module):
+    """Set every parameter's ``.grad`` aside (to None) and put the very same tensors back afterwards."""
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+def _rng_state():
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
+
+
+@torch.no_grad()
+def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[[], torch.Tensor],
+                      vs: Sequence[torch.Tensor], fd_eps: float) -> list[torch.Tensor]:
+    """Hv for every site (w.r.t. the effective weight) by central differences of gradients.
+
+    Args:
+        entries: ``(site, owning module, SoftMask)`` for the sites to probe (all perturbed together).
+        vs: one probe per site, shaped like the site's local weight shard.
+        fd_eps: step relative to each site's RMS effective weight.
+
+    Returns:
+        Hv per site (fp32, local shard shape).
+    """
+    weights = [dense_weight(module, site.param) for site, module, _ in entries]
+    softs = [soft for _, _, soft in entries]
+    saved_w = [local(w).detach().clone() for w in weights]
+    saved_mask = [local(s.mask).detach().clone() for s in softs]
+    saved_h = [s.hardness.detach().clone() for s in softs]
+    base = [w * local(s.effective()).to(w.dtype) for w, s in zip(saved_w, softs)]  # W ⊙ m_eff
+    steps = []
+    for b in base:
+        rms = float(b.float().square().mean().sqrt())
+        steps.append(fd_eps * (rms if rms > 0 else 1.0))
+    grads: dict[int, list[torch.Tensor]] = {}
+    rng = _rng_state()
+    try:
+        for s in softs:  # m_eff = 1 for the probe: W itself is the effective weight
+            local(s.mask).fill_(1.0)
+            s.hardness.fill_(1.0)
+        for sign in (1, -1):
+            for w, b, v, eps in zip(weights, base, vs, steps):
+                local(w).copy_(b + (sign * eps) * v.to(b.dtype))
+            _set_rng_state(rng)
+            with _grads_set_aside(model), torch.enable_grad():
+                loss = loss_fn()
+                loss.backward()
+                grads[sign] = [torch.zeros_like(b, dtype=torch.float32) if w.grad is None
+                               else local(w.grad).detach().float().clone() for w, b in zip(weights, base)]
+    finally:
+        _set_rng_state(rng)
+        for w, s, sw, sm, sh in zip(weights, softs, saved_w, saved_mask, saved_h):
+            local(w).copy_(sw)
+            local(s.mask).copy_(sm)
+            s.hardness.copy_(sh)
+    return [(gp - gm) / (2 * eps) for gp, gm, eps in zip(grads[1], grads[-1], steps)]
+
+
+@contextlib.contextmanager
+def math_attention(model: nn.Module):
+    """Attention that supports double backward for the duration of the block: the math SDPA backend, and the
+    "eager" implementation for HF models configured with flash / flex / kernel attention."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    switch = impl not in (None, "eager", "sdpa")
+    if switch:
+        if not hasattr(model, "set_attn_implementation"):
+            raise HutchinsonError(f"attention implementation {impl!r} does not support the double backward "
+                                  "of estimator='hvp' and this model cannot switch it; use estimator='fd'")
+        model.set_attn_implementation("eager")
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if switch:
+            model.set_attn_implementation(impl)
+
+
+def _check_hvp_possible(model: nn.Module, weights: Sequence[torch.Tensor]) -> None:
+    if getattr(model, "_compiled_call_impl", None) is not None or hasattr(model, "_orig_mod"):
+        raise HutchinsonError("estimator='hvp' needs a double backward, which torch.compile does not "
+                              "support; use estimator='fd' (finite differences) with compiled models")
+    if any(hasattr(w, "to_local") for w in weights):
+        raise HutchinsonError("estimator='hvp' needs a double backward, which FSDP2 (DTensor parameters) "
+                              "does not support; use estimator='fd'")
+
+
+def exact_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[[], torch.Tensor],
+                         vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Hv for every site by double backward under math attention (see the module docstring)."""
+    weights = [dense_weight(module, site.param) for site, module, _ in entries]
+    _check_hvp_possible(model, weights)
+    rng = _rng_state()
+    try:
+        with math_attention(model), torch.enable_grad():
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+            used = [(w, g, v) for w, g, v in zip(weights, grads, vs) if g is not None]
+            dot = sum((g * v.to(g.dtype)).sum() for _, g, v in used)
+            hv = torch.autograd.grad(dot, [w for w, _, _ in used], allow_unused=True)
+    except RuntimeError as err:
+        raise HutchinsonError(f"estimator='hvp' could not run a double backward through this model ({err}); "
+                              "use estimator='fd', which needs only ordinary backward passes") from err
+    finally:
+        _set_rng_state(rng)
+    out, it = [], iter(hv)
+    for w, g in zip(weights, grads):
+        h = next(it) if g is not None else None
+        out.append(torch.zeros_like(w, dtype=torch.float32) if h is None else h.detach().float())
+    return out
+
+
+def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[[], torch.Tensor], *,
+                  estimator: str, generators: Sequence[torch.Generator], fd_eps: float = 1e-3,
+                  probes: int = 1) -> list[torch.Tensor]:
+    """Hutchinson diag(H) per site: mean over ``probes`` Rademacher probes of v ⊙ Hv (fp32, local shape).
+
+    ``generators`` (one per site) make the probes deterministic. Raw estimates are returned (they can be
+    negative where the Hessian is indefinite or noisy; scores clamp the averaged value, not each probe).
+    """
+    if estimator not in ("fd", "hvp"):
+        raise HutchinsonError(f"unknown estimator {estimator!r}; choose 'fd' or 'hvp'")
+    totals = None
+    for _ in range(probes):
+        vs = []
+        for (site, module, _), gen in zip(entries, generators):
+            w = local(dense_weight(module, site.param))
+            vs.append(rademacher(w.shape, gen, w.device))
+        if estimator == "fd":
+            hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
+        else:
+            hvs = exact_hessian_vector(model, entries, loss_fn, vs)
+        est = [v * hv for v, hv in zip(vs, hvs)]
+        totals = est if totals is None else [t + e for t, e in zip(totals, est)]
+    return [t / probes for t in totals]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two tensors (ties broken by order; fine for continuous values)."""
+    ra = torch.empty(a.numel(), dtype=torch.float64)
+    rb = torch.empty(b.numel(), dtype=torch.float64)
+    ra[a.reshape(-1).argsort()] = torch.arange(a.numel(), dtype=torch.float64)
+    rb[b.reshape(-1).argsort()] = torch.arange(b.numel(), dtype=torch.float64)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))

@@ -1,0 +1,183 @@
+"""SLoRB — the sparse low-rank bypass of SparseForge: y += S (P x).
+
+Pruning removes W_p = W ⊙ (1 − hard). SLoRB adds back a cheap dense correction through a rank-K/k bottleneck:
+P (K/k × K) sums the input over groups of k consecutive features, S (N × K/k) maps the group sums to the
+outputs::
+
+    x (..., K) ─P: block sums─▶ (..., K/k) ─S─▶ (..., N)        y = x Wᵀ_sparse + gain · S (P x)
+
+Initialisation (at the start of hardening, from the weights being pruned at that moment — the reference
+initialises while nothing is pruned, so its S always starts at 0): S[:, j] = mean over group j of W_p. With P
+the block sums, S P replaces every pruned weight by its group's mean, so the bypass reproduces the pruned part
+exactly for inputs that are constant within each group, and in general keeps each group's total pruned weight
+(Σ over a group of (S P) = Σ over the group of W_p).
+
+``gain`` (a non-persistent 0-dim buffer) lets training blend the bypass in as the pruned weights fade out:
+SparseForge sets gain = 1 − hardness, so the forward is continuous through hardening. Outside training it is
+1 (installed from a manifest, after `harden`).
+
+Where: any Linear-like site whose input's last dim is its reduction dim K and whose output's last dim is N —
+``nn.Linear`` (W: N × K, ``kind="linear"``) and GPT-2 ``Conv1D`` (W: K × N, ``kind="conv1d"``). The bypass is
+a forward hook on the owning module, so it needs no per-architecture code. MoE expert weights (3-D, routed
+inputs) and other matmul sites are not given a bypass; `slorb_unsupported` says why, and SparseForge reports
+the skipped sites.
+
+Parameters live on the owning module as ``slorb_S`` (and ``slorb_P`` when P is trainable), so they are in
+``state_dict``, trained by the optimizer, sharded by FSDP2 with the module, kept by `harden`, described by
+`slorb_manifest` and re-installed by `install_slorb` after loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sfcompile.passes.site import Site
+
+__all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
+           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix"]
+
+SLORB_KINDS = ("linear", "conv1d")
+_HANDLE = "_sfcompile_slorb_handle"
+
+
+class SLoRBError(ValueError):
+    """A site or manifest SLoRB cannot be applied to."""
+
+
+def _io_dims(kind: str, shape) -> tuple[int, int]:
+    """(K, N) of a Linear-like weight."""
+    if kind == "linear":
+        return shape[1], shape[0]
+    return shape[0], shape[1]  # conv1d: (K, N)
+
+
+def slorb_unsupported(site: Site, group: int) -> str | None:
+    """Why ``site`` cannot take a SLoRB bypass with group size ``group``, or None."""
+    if site.kind not in SLORB_KINDS or len(site.shape) != 2:
+        return (f"SLoRB applies to Linear-like sites {SLORB_KINDS}, not {site.kind!r} of shape "
+                f"{tuple(site.shape)}")
+    k, _ = _io_dims(site.kind, site.shape)
+    if k % group:
+        return f"reduction dim K={k} is not divisible by the SLoRB group size {group}; pick a divisor of it"
+    return None
+
+
+def block_sum_matrix(k: int, group: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """P (K/k × K): row j has ones on columns j·k … j·k + k − 1."""
+    eye = torch.eye(k // group, dtype=dtype, device=device)
+    return eye.repeat_interleave(group, dim=1)
+
+
+def _slorb_forward(module: nn.Module, args, kwargs, output):
+    x = args[0] if args else next(iter(kwargs.values()))  # (..., K)
+    s = module.slorb_S  # (N, K/k)
+    p = getattr(module, "slorb_P", None)
+    if p is not None:
+        px = F.linear(x, p.to(x.dtype))  # (..., K/k)
+    else:
+        px = x.unflatten(-1, (s.shape[1], x.shape[-1] // s.shape[1])).sum(-1)  # block sums: (..., K/k)
+    return output + module.slorb_gain.to(output.dtype) * F.linear(px, s.to(px.dtype))
+
+
+def add_slorb(module: nn.Module, kind: str, shape, group: int, *, train_p: bool = False, gain: float = 1.0,
+              dtype=None, device=None) -> list[nn.Parameter]:
+    """Register ``slorb_S`` (zeros: the module's output is unchanged), optionally ``slorb_P``, the
+    ``slorb_gain`` buffer and the forward hook on ``module``. Returns the new trainable parameters."""
+    if hasattr(module, "slorb_S"):
+        raise SLoRBError(f"{type(module).__name__} already has a SLoRB bypass")
+    k, n = _io_dims(kind, shape)
+    if k % group:
+        raise SLoRBError(f"reduction dim K={k} is not divisible by the SLoRB group size {group}")
+    module.register_parameter("slorb_S", nn.Parameter(torch.zeros(n, k // group, dtype=dtype, device=device)))
+    params = [module.slorb_S]
+    if train_p:
+        module.register_parameter("slorb_P", nn.Parameter(block_sum_matrix(k, group, dtype, device)))
+        params.append(module.slorb_P)
+    module.register_buffer("slorb_gain", torch.tensor(float(gain), dtype=torch.float32, device=device),
+                           persistent=False)
+    module._sfcompile_slorb = {"kind": kind, "group": group, "train_p": train_p, "in_features": k,
+                               "out_features": n}
+    setattr(module, _HANDLE, module.register_forward_hook(_slorb_forward, with_kwargs=True))
+    return params
+
+
+def remove_slorb(module: nn.Module) -> None:
+    """Undo `add_slorb` (hook, parameters, buffer)."""
+    getattr(module, _HANDLE).remove()
+    for name in ("slorb_S", "slorb_P", "slorb_gain", _HANDLE, "_sfcompile_slorb"):
+        if hasattr(module, name):
+            delattr(module, name)
+
+
+@torch.no_grad()
+def init_slorb_(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor) -> None:
+    """S ← per-group mean of the pruned part W ⊙ (1 − keep); P ← block sums (when trainable).
+
+    Args:
+        weight: the dense weight W in its stored layout ((N, K) linear, (K, N) conv1d).
+        keep: the hard mask (1 = kept) of the same shape.
+    """
+    info = module._sfcompile_slorb
+    pruned = weight.float() * (1 - keep.float())
+    if info["kind"] == "conv1d":
+        pruned = pruned.t()  # (N, K)
+    n, k = pruned.shape
+    group = info["group"]
+    s = pruned.reshape(n, k // group, group).mean(-1)  # (N, K/k)
+    module.slorb_S.copy_(s.to(module.slorb_S.dtype))
+    if info["train_p"]:
+        module.slorb_P.copy_(block_sum_matrix(k, group, module.slorb_P.dtype, module.slorb_P.device))
+
+
+def set_slorb_gain(model: nn.Module, gain: float) -> None:
+    for module in model.modules():
+        if hasattr(module, "_sfcompile_slorb"):
+            module.slorb_gain.fill_(gain)
+
+
+def slorb_manifest(model: nn.Module) -> dict:
+    """``{module_fqn: {"kind", "group", "train_p", "in_features", "out_features"}}`` for every bypass in
+    ``model`` (empty if none). The tensors are ``<module_fqn>.slorb_S`` (and ``.slorb_P``) in its state_dict;
+    a lowering computes ``y += S @ (P x)`` with P the block sums over ``group`` inputs unless ``train_p``."""
+    return {name: dict(module._sfcompile_slorb) for name, module in model.named_modules()
+            if hasattr(module, "_sfcompile_slorb")}
+
+
+def install_slorb(model: nn.Module, manifest: Mapping[str, Mapping],
+                  tensors: Mapping[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
+    """Re-create the bypasses a manifest describes (after loading a saved model), gain 1.
+
+    ``tensors`` maps ``"<module_fqn>.slorb_S"`` (and ``.slorb_P``) to saved values; without it the parameters
+    are zeros and the caller loads them (``model.load_state_dict(sd, strict=False)``). Returns the parameters.
+    """
+    params = []
+    for name, info in manifest.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise SLoRBError(f"SLoRB manifest names module {name!r}, which the model does not have; the "
+                             "manifest belongs to another model") from None
+        if hasattr(module, "slorb_S"):
+            continue
+        weight = getattr(module, "weight", None)
+        shape = (info["out_features"], info["in_features"]) if info["kind"] == "linear" else \
+            (info["in_features"], info["out_features"])
+        if weight is not None and tuple(weight.shape) != shape:
+            raise SLoRBError(f"SLoRB manifest says {name} is {info['kind']} of shape {shape}, but its weight "
+                             f"is {tuple(weight.shape)}")
+        ref = weight if weight is not None else torch.empty(0)
+        new = add_slorb(module, info["kind"], shape, int(info["group"]), train_p=bool(info["train_p"]),
+                        dtype=ref.dtype, device=ref.device)
+        params += new
+        if tensors is not None:
+            for pname in ("slorb_S", "slorb_P"):
+                key = f"{name}.{pname}"
+                if hasattr(module, pname):
+                    if key not in tensors:
+                        raise SLoRBError(f"SLoRB tensor {key} is missing from the saved weights")
+                    getattr(module, pname).data.copy_(tensors[key])
+    return params

@@ -1,0 +1,80 @@
+"""Tempering: turning scores into soft masks, one update at a time (pure tensor functions).
+
+One SparseForge mask update of a site, with z the z-normalised scores, s the target sparsity, T the
+temperature and λ the pull strength (all from `TemperingSchedule`):
+
+    τ  = quantile(z, s)                        estimated from a deterministic sample of the scores
+    G  = σ((z − τ) / T)                        the tempered gate, in (0, 1)
+    G ← clamp(G − η·λ·(m − hard(G)), 0, 1)     pull toward the hard pattern (η = pull_lr)
+    m ← μ·m + (1 − μ)·G                        EMA of the soft mask (μ = mask_momentum)
+
+The pull is the gradient step of (λ/2)·‖m − hard(G)‖² applied to the gate: where the current mask disagrees
+with the pattern G would select, G is pushed toward the pattern, so the soft mask drifts onto a feasible
+pattern before hardening makes the forward use it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sfcompile.patterns import Pattern
+
+__all__ = ["sampled_quantile", "gate", "pull_toward_pattern", "ema_mask", "tempered_mask", "sample_generator"]
+
+
+def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    """A CPU generator deterministic in (seed, step, site index): resume needs no RNG state."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step) * 65_537 + index)
+    return g
+
+
+@torch.no_grad()
+def sampled_quantile(z: torch.Tensor, q: float, n_samples: int,
+                     generator: torch.Generator | None = None) -> float:
+    """The ``q`` quantile of ``z``: exact when ``z`` has at most ``n_samples`` entries, otherwise from
+    ``n_samples`` entries drawn uniformly with replacement (the reference samples 262,144)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} must lie in [0, 1]")
+    flat = z.detach().reshape(-1).float()
+    if flat.numel() > n_samples:
+        idx = torch.randint(flat.numel(), (n_samples,), generator=generator).to(flat.device)
+        flat = flat[idx]
+    k = min(flat.numel(), max(1, int(round(q * flat.numel()))))
+    # kthvalue(k) is the k-th smallest: q = 0.5 on 4 values gives the 2nd smallest (half the values <= τ).
+    return float(flat.kthvalue(k).values) if q > 0 else float(flat.min())
+
+
+def gate(z: torch.Tensor, tau: float, temperature: float) -> torch.Tensor:
+    """G = σ((z − τ)/T)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature {temperature} must be > 0")
+    return torch.sigmoid((z - tau) / temperature)
+
+
+def pull_toward_pattern(g: torch.Tensor, m: torch.Tensor, pattern: Pattern, k_dim: int, strength: float,
+                        lr: float) -> torch.Tensor:
+    """G ← clamp(G − lr·strength·(m − hard(G)), 0, 1), hard(G) = the pattern's projection of G."""
+    if strength == 0 or lr == 0:
+        return g
+    hard = pattern.project(g, k_dim).to(g.dtype)
+    return (g - lr * strength * (m.to(g.dtype) - hard)).clamp_(0.0, 1.0)
+
+
+def ema_mask(m: torch.Tensor, g: torch.Tensor, momentum: float) -> torch.Tensor:
+    """m ← μ·m + (1 − μ)·G."""
+    return m.float() * momentum + g * (1.0 - momentum)
+
+
+@torch.no_grad()
+def tempered_mask(z: torch.Tensor, m: torch.Tensor, pattern: Pattern, k_dim: int, *, target_sparsity: float,
+                  temperature: float, pull: float, pull_lr: float, momentum: float, n_samples: int,
+                  generator: torch.Generator | None = None, tau: float | None = None) -> torch.Tensor:
+    """One full update (see the module docstring); returns the new soft mask (fp32, m's shape).
+
+    ``tau`` overrides the sampled quantile (used when τ is agreed across ranks)."""
+    if tau is None:
+        tau = sampled_quantile(z, target_sparsity, n_samples, generator)
+    g = gate(z.float(), tau, temperature)
+    g = pull_toward_pattern(g, m, pattern, k_dim, pull, pull_lr)
+    return ema_mask(m, g, momentum).clamp_(0.0, 1.0)
