@@ -1,0 +1,183 @@
+"""The ``sparseforge`` torch.compile backend: packed sparse ops for hardened weights, then Inductor.
+
+Usage::
+
+    import sfcompile.lowering    # registers the backend (also found through the entry point)
+    fast = torch.compile(model, backend="sparseforge")                      # no CUDA graphs
+    fast = torch.compile(model, backend="sparseforge", mode="reduce-overhead")  # CUDA graphs
+    fast = torch.compile(model, backend="sparseforge", options={"cudagraphs": True})
+    model.compile(backend="sparseforge", mode="reduce-overhead")  # in place: model.generate() uses it
+    model.generate(ids, cache_implementation="static",
+                   compile_config=CompileConfig(backend="sparseforge"))    # HF auto-compile on CUDA
+
+What it does to each graph Dynamo captures (`sfcompile.passes.lower`): every matmul on a hardened weight
+(``F.linear``, GPT-2 ``Conv1D``'s ``addmm``, MoE experts' grouped matmul) becomes the packed op of its pattern
+(``torch.ops.sfcompile.*``: 2:4 and block-16); everything else is left alone; then the graph goes to
+Inductor (``compile_fx``), which sees the packed ops through their fake implementations. Each weight is
+packed once (cached by identity and version across recompiles) and the packed tensors are buffers of the
+compiled graph. Hardened weights that stay dense are logged once each, with the reason.
+
+The pass runs on the Dynamo graph before AOTAutograd, so it installs no Inductor custom pass and leaves
+``torch._inductor.config.*_custom_*_pass`` exactly as the user set them.
+
+Options (``options={...}`` of ``torch.compile``, or keyword arguments):
+    cudagraphs (bool): run the compiled graph under CUDA graphs (what ``mode="reduce-overhead"`` sets).
+    on_lower (callable): ``on_lower(gm, report)`` after the rewrite, before Inductor (debugging/tests:
+        ``sfcompile.passes.lower.count_packed_ops(gm)`` counts the packed ops).
+    anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAME = "sparseforge"
+ENTRY_POINT = "sparseforge = sfcompile.lowering.backend:sparseforge"
+
+__all__ = ["sparseforge", "register", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT"]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The backend's options, parsed once from ``mode``/``options`` (see the module docstring)."""
+
+    cudagraphs: bool = False
+    on_lower: Callable | None = None
+    inductor: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, mode: str | None, options: dict | None, dynamic: bool | None = None) -> BackendOptions:
+        opts = dict(options or {})
+        inductor: dict = {}
+        if mode not in (None, "default"):
+            from torch._inductor import list_mode_options
+
+            inductor.update(list_mode_options(mode, dynamic))
+        cudagraphs = bool(opts.pop("cudagraphs", inductor.pop("triton.cudagraphs", False)))
+        on_lower = opts.pop("on_lower", None)
+        if on_lower is not None and not callable(on_lower):
+            raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
+        inductor.update(opts)
+        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor)
+
+    def config_patches(self) -> dict:
+        return {**self.inductor, "triton.cudagraphs": self.cudagraphs}
+
+
+# ---- the kernel table: hardened weight -> packed operands and ops ----------------------------------------
+
+# Packed forms by weight identity, kept while the weight lives and its version (in-place writes) is unchanged,
+# so recompiles (prefill vs decode shapes, guards) share one packed copy.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _kernel_table(pattern):
+    """(linear op, grouped op, consts(N, K) needed) for a pattern, or the reason it has no packed kernel."""
+    from sfcompile.lowering import ops  # noqa: F401  (registers torch.ops.sfcompile.*)
+    from sfcompile.patterns import NM, Block
+
+    sf = torch.ops.sfcompile
+    if isinstance(pattern, NM) and (pattern.n, pattern.m) == (2, 4):
+        return sf.linear_nm24.default, sf.grouped_nm24.default, False
+    if isinstance(pattern, Block) and pattern.size == 16:
+        return sf.linear_block16.default, sf.grouped_block16.default, True
+    return f"pattern {pattern} has no packed kernel (2:4 and block16 do)"
+
+
+def _pack(weight: torch.Tensor, info: dict):
+    """`PackedMatmul` for a hardened weight, or the reason it stays dense (the backend's lowerer)."""
+    from sfcompile.lowering.pack import PackError, pack
+    from sfcompile.passes.lower import PackedMatmul
+    from sfcompile.patterns import PatternError, parse_pattern
+
+    try:
+        pattern = parse_pattern(str(info["pattern"]))
+    except PatternError as err:
+        return f"unreadable pattern {info['pattern']!r}: {err}"
+    key = (str(pattern), int(info["k_dim"]) % weight.dim())
+    cached = _PACKED.get(weight)
+    if cached is not None and cached[0] == (weight._version, key):
+        return cached[1]
+    table = _kernel_table(pattern)
+    if isinstance(table, str):
+        return table
+    linear_op, grouped_op, needs_nk = table
+    k_dim = key[1]
+    w = weight.detach()
+    if w.dim() == 3 and k_dim == 1:  # experts stored (E, K, N): pack as (E, N, K)
+        w, k_dim = w.transpose(1, 2).contiguous(), 2
+    if w.dim() not in (2, 3) or (w.dim() == 3 and k_dim != 2):
+        return f"weight of shape {tuple(weight.shape)} hardened along dim {key[1]} has no packed layout"
+    try:
+        packed_weight = pack(w, pattern, k_dim)
+    except (PackError, PatternError) as err:
+        return f"refused to pack: {err}"
+    k = w.shape[k_dim]
+    n = w.shape[-2] if k_dim == w.dim() - 1 else w.shape[-1]
+    result = PackedMatmul(
+        linear=linear_op if w.dim() == 2 else None,
+        grouped=grouped_op if w.dim() == 3 else None,
+        tensors=tuple(packed_weight.tensors().items()),
+        consts=(n, k) if needs_nk else (),
+    )
+    _PACKED[weight] = ((weight._version, key), result)
+    return result
+
+
+def _log_report(report) -> None:
+    for site, reason in sorted(report.dense.items()):
+        if (site, reason) not in _LOGGED:
+            _LOGGED.add((site, reason))
+            log.warning("sparseforge: hardened weight %s stays dense: %s", site, reason)
+    log.info("sparseforge: %d matmuls on %d hardened weights lowered to packed ops",
+             report.packed_ops, len(report.lowered))
+
+
+# ---- the backend ---------------------------------------------------------------------------------------
+
+def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str | None = None,
+                options: dict | None = None, **kwargs):
+    """torch.compile backend: lower matmuls on hardened weights to packed sparse ops, then run Inductor.
+
+    Args:
+        gm: the graph Dynamo captured.
+        example_inputs: its example inputs (the real parameters, for weights Dynamo lifted to inputs).
+        mode: a ``torch.compile`` mode; ``"reduce-overhead"`` turns CUDA graphs on.
+        options: ``{"cudagraphs": bool, "on_lower": callable, <Inductor config>: value}``.
+        **kwargs: the same options as keywords (when the backend is called directly).
+
+    Returns:
+        The compiled callable from Inductor.
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    from sfcompile.passes.lower import lower_hardened_matmuls
+
+    opts = BackendOptions.parse(mode, {**(options or {}), **kwargs})
+    report = lower_hardened_matmuls(gm, example_inputs, _pack)
+    _log_report(report)
+    if opts.on_lower is not None:
+        opts.on_lower(gm, report)
+    return compile_fx(gm, example_inputs, config_patches=opts.config_patches())
+
+
+def register() -> None:
+    """Register ``sparseforge`` with Dynamo (idempotent, cheap: imports nothing heavy).
+
+    When the ``torch_dynamo_backends`` entry point of an installed sfcompile was already discovered and is
+    pending, Dynamo registers the backend itself when it loads the entry point; registering here too would
+    make that fail with "duplicate name", so this only registers when Dynamo holds no entry for the name.
+    """
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME in registry._COMPILER_FNS or registry._BACKENDS.get(BACKEND_NAME) is not None:
+        return
+    torch._dynamo.register_backend(sparseforge, name=BACKEND_NAME)

@@ -1,0 +1,334 @@
+"""Lower matmuls on hardened weights to packed sparse ops (the graph half of the `sparseforge` backend).
+
+The pass runs on the graph Dynamo hands a backend. A hardened weight (``hardened_info(param)`` is set by
+``harden``/``load``) reaches the graph either as a lifted input (a placeholder whose example input IS the
+``nn.Parameter``, the default since torch 2.5) or as a ``get_attr`` of the GraphModule; either way it is
+recognised by identity, never by its generated name. Each matmul that reads it (possibly through
+transposes) is rewritten into the packed op of its pattern; the packed operands become buffers of the
+GraphModule, so they are built once and held by the compiled module (never re-packed per call).
+
+Before (a LLaMA ``q_proj`` hardened to 2:4; GPT-2 ``Conv1D`` is the ``addmm`` line)::
+
+    %w    : placeholder[L_..._q_proj_parameters_weight_]        # (N, K), hardened 2:4
+    %y    : call_function[torch._C._nn.linear](%x, %w, None)
+    %c    : call_function[torch.addmm](%b, %x2, %w_conv)          # W_conv (K, N)
+    %wt   : call_method[transpose](%w_experts, -2, -1)            # experts (E, N, K)
+    %g    : call_function[torch._grouped_mm](%xs, %wt, offs=%offs)
+
+After::
+
+    %w    : placeholder[...]                                      # still an input, no longer read
+    %v    : get_attr[_sf_packed_0_values]                         # (N, K/2)
+    %m    : get_attr[_sf_packed_0_meta]                           # (N, K/32) int32
+    %y    : call_function[sfcompile.linear_nm24](%x, %v, %m, None)
+    %c    : call_function[sfcompile.linear_nm24](%x2, %v1, %m1, %b)
+    %g    : call_function[sfcompile.grouped_nm24](%xs, %v2, %m2, %offs)
+
+Everything else is left alone: dense weights, the SLoRB bypass's small dense matmuls, embeddings, and any
+use of a hardened weight the pass does not recognise (that use keeps reading the dense weight, and the
+site is reported with the reason).
+
+Which packed op runs a weight is not decided here: the caller passes a ``lowerer`` (the backend's kernel
+table, `sfcompile.lowering.backend`), so this module depends on no kernel code (DESIGN: ``lowering`` builds
+on ``passes``, never the reverse).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from sfcompile.passes.site import hardened_info
+
+__all__ = ["PackedMatmul", "LowerReport", "lower_hardened_matmuls", "count_packed_ops"]
+
+
+@dataclass(frozen=True)
+class PackedMatmul:
+    """How one hardened weight runs packed: the ops, their tensor operands and trailing int arguments.
+
+    The ops follow ``sfcompile.lowering.ops``: ``linear(x, *tensors, *consts, bias)`` for a 2-D weight and
+    ``grouped(x, *tensors, offs, *consts)`` for 3-D experts. Either may be None when the weight has no op of
+    that family.
+    """
+
+    linear: Callable | None
+    grouped: Callable | None
+    tensors: tuple[tuple[str, torch.Tensor], ...]
+    consts: tuple[int, ...] = ()
+
+
+# A lowerer maps (weight, hardened info) to its packed form, or to the reason the weight stays dense.
+Lowerer = Callable[[torch.Tensor, dict], "PackedMatmul | str"]
+
+
+@dataclass
+class LowerReport:
+    """What one run of the pass did.
+
+    Attributes:
+        lowered: site name -> number of matmul nodes rewritten into packed ops.
+        dense: site name -> why (some of) its uses stay dense.
+    """
+
+    lowered: dict[str, int] = field(default_factory=dict)
+    dense: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def packed_ops(self) -> int:
+        return sum(self.lowered.values())
+
+
+# ---- recognising matmul uses ----------------------------------------------------------------------------
+
+_LINEAR = {torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default}
+_MM = {torch.mm, torch.matmul, operator.matmul, torch.ops.aten.mm.default}
+_ADDMM = {torch.addmm, torch.ops.aten.addmm.default}
+_TRANSPOSE = {torch.transpose, torch.ops.aten.transpose.int}
+_PASSTHROUGH_METHODS = {"contiguous"}
+
+
+def _grouped_targets() -> set:
+    targets = {getattr(torch, "_grouped_mm", None), getattr(torch.nn.functional, "grouped_mm", None)}
+    fallback = getattr(getattr(torch.ops, "transformers", None), "grouped_mm_fallback", None)
+    if fallback is not None:  # transformers' opaque grouped-mm op (non-bf16 dtypes under compile)
+        targets |= {fallback, fallback.default}
+    return {t for t in targets if t is not None}
+
+
+def _as_int(x) -> int | None:
+    return x if isinstance(x, int) else None
+
+
+def _view_step(node: fx.Node, src: fx.Node, dims: tuple[int, ...]) -> tuple[int, ...] | None:
+    """If ``node`` is a transpose-like view of ``src``, the new order of the ORIGINAL dims; else None."""
+    nd = len(dims)
+    is_t = (node.op == "call_method" and node.target == "t") or (
+        node.op == "call_function" and node.target is torch.t
+    )
+    if is_t:
+        return dims[::-1] if nd == 2 else None
+    if node.op == "call_method" and node.target in _PASSTHROUGH_METHODS and len(node.args) == 1:
+        return dims
+    is_transpose = (node.op == "call_method" and node.target == "transpose") or (
+        node.op == "call_function" and node.target in _TRANSPOSE
+    )
+    if is_transpose and len(node.args) == 3 and node.args[0] is src:
+        a, b = _as_int(node.args[1]), _as_int(node.args[2])
+        if a is None or b is None:
+            return None
+        out = list(dims)
+        out[a % nd], out[b % nd] = out[b % nd], out[a % nd]
+        return tuple(out)
+    if node.op == "call_function" and node.target is getattr and node.args[1] in ("T", "mT"):
+        if node.args[1] == "T" and nd != 2:
+            return None
+        return dims[:-2] + (dims[-1], dims[-2])
+    return None
+
+
+@dataclass
+class _Use:
+    """One matmul node reading a hardened weight, normalised to ``out = x @ W_nk.T (+ bias)``."""
+
+    node: fx.Node
+    x: object
+    bias: object = None
+    offs: object = None
+    grouped: bool = False
+
+
+def _match_use(node: fx.Node, operand: fx.Node, dims: tuple[int, ...], k_dim: int) -> _Use | str | None:
+    """Match a matmul ``node`` whose weight operand is ``operand`` (original dims in order ``dims``).
+
+    Returns a `_Use`, a reason string if it is a matmul the pass cannot lower, or None if not a matmul.
+    """
+    target, args, kwargs = node.target, node.args, node.kwargs
+    nd = len(dims)
+    is_method = node.op == "call_method"
+    if node.op == "call_function" and target in _LINEAR:
+        if len(args) < 2 or args[1] is not operand or args[0] is operand:
+            return None
+        if dims[-1] != k_dim:
+            return f"linear reads the weight with K at dim {dims[-1]}, but it is hardened along dim {k_dim}"
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        return _Use(node, args[0], bias=bias)
+    if (node.op == "call_function" and target in _MM) or (is_method and target in ("mm", "matmul")):
+        if len(args) != 2 or args[1] is not operand or args[0] is operand or kwargs:
+            return None if len(args) != 2 or args[1] is not operand else "matmul with extra arguments"
+        if nd != 2:
+            return None
+        if dims[0] != k_dim:
+            return f"matmul reads the weight with K at dim {dims[0]}, but it is hardened along dim {k_dim}"
+        return _Use(node, args[0])
+    if node.op == "call_function" and target in _ADDMM:
+        if len(args) != 3 or args[2] is not operand or args[1] is operand:
+            return None
+        if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
+            return "addmm with beta/alpha other than 1"
+        if dims[0] != k_dim:
+            return f"addmm reads the weight with K at dim {dims[0]}, but it is hardened along dim {k_dim}"
+        bias = args[0]
+        if isinstance(bias, fx.Node) and _ndim(bias) not in (None, 1):
+            return "addmm with a bias that is not a vector"
+        return _Use(node, args[1], bias=bias)
+    if node.op == "call_function" and target in _grouped_targets():
+        if len(args) < 2 or args[1] is not operand:
+            return None
+        offs = args[2] if len(args) > 2 else kwargs.get("offs")
+        extra = {k: v for k, v in kwargs.items() if k != "offs" and v is not None}
+        if offs is None or extra or len(args) > 3:
+            return f"grouped matmul with unsupported arguments {sorted(extra) or 'without offs'}"
+        if nd != 3 or dims[0] != 0 or dims[1] != k_dim:
+            return f"grouped matmul reads the experts weight as dims {dims}, expected (E, K={k_dim}, N)"
+        return _Use(node, args[0], offs=offs, grouped=True)
+    return None
+
+
+def _ndim(node: fx.Node) -> int | None:
+    val = node.meta.get("example_value", node.meta.get("val"))
+    return val.dim() if isinstance(val, torch.Tensor) else None
+
+
+def _collect_uses(
+    weight_node: fx.Node, ndim: int, k_dim: int
+) -> tuple[list[_Use], list[str], list[fx.Node]]:
+    """All matmul uses of a weight node (through transposes), reasons for uses that stay dense, the views."""
+    uses, problems, views = [], [], []
+    stack = [(weight_node, tuple(range(ndim)))]
+    while stack:
+        src, dims = stack.pop()
+        for user in list(src.users):
+            matched = _match_use(user, src, dims, k_dim)
+            if isinstance(matched, _Use):
+                uses.append(matched)
+            elif isinstance(matched, str):
+                problems.append(matched)
+            else:
+                new_dims = _view_step(user, src, dims)
+                if new_dims is not None:
+                    stack.append((user, new_dims))
+                    views.append(user)
+                elif user.op == "call_function" and user.target is operator.getitem:
+                    problems.append("the weight is indexed before its matmul (per-expert loop or batched_mm "
+                                    "experts): use config._experts_implementation='grouped_mm'")
+    return uses, problems, views
+
+
+# ---- finding hardened weights ----------------------------------------------------------------------------
+
+def _hardened_weight_nodes(
+    gm: fx.GraphModule, example_inputs: Sequence
+) -> list[tuple[fx.Node, torch.Tensor]]:
+    """Graph nodes carrying a hardened weight, with the weight tensor itself (lifted inputs and get_attr)."""
+    found = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, example_inputs):
+        if isinstance(value, torch.Tensor) and hardened_info(value) is not None:
+            found.append((node, value))
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = operator.attrgetter(node.target)(gm)
+            if isinstance(value, torch.Tensor) and hardened_info(value) is not None:
+                found.append((node, value))
+    return found
+
+
+# ---- the rewrite -----------------------------------------------------------------------------------------
+
+def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int, before: fx.Node) -> list[fx.Node]:
+    nodes = []
+    for name, tensor in packed.tensors:
+        attr = f"_sf_packed_{index}_{name}"
+        gm.register_buffer(attr, tensor, persistent=False)
+        with gm.graph.inserting_before(before):
+            nodes.append(gm.graph.get_attr(attr))
+    return nodes
+
+
+def _first_node(gm: fx.GraphModule) -> fx.Node:
+    # Buffers are read right after the last placeholder, so they dominate every use.
+    last = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            last = node
+    return last.next if last is not None else next(iter(gm.graph.nodes))
+
+
+def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer: Lowerer) -> LowerReport:
+    """Rewrite every matmul on a hardened weight of ``gm`` into its packed op, in place.
+
+    Args:
+        gm: the graph Dynamo passed to the backend.
+        example_inputs: the backend's example inputs (the real parameters for lifted weights).
+        lowerer: ``(weight, info) -> PackedMatmul | reason``; called once per hardened weight in this graph.
+
+    Returns:
+        A `LowerReport`: rewritten nodes per site, and the sites (or uses) that stay dense with the reason.
+    """
+    report = LowerReport()
+    anchor = _first_node(gm)
+    replaced: dict[fx.Node, fx.Node] = {}  # a use may read the output of another rewritten use of its weight
+
+    def current(value):
+        return replaced.get(value, value) if isinstance(value, fx.Node) else value
+
+    for index, (node, weight) in enumerate(_hardened_weight_nodes(gm, example_inputs)):
+        info = hardened_info(weight)
+        site = info.get("site", node.name)
+        k_dim = int(info["k_dim"]) % weight.dim()
+        uses, problems, views = _collect_uses(node, weight.dim(), k_dim)
+        if not uses:
+            report.dense[site] = problems[0] if problems else "no matmul on this weight in the graph"
+            continue
+        packed = lowerer(weight, info)
+        if isinstance(packed, str):
+            report.dense[site] = packed
+            continue
+        operands = None
+        for use in uses:
+            op = packed.grouped if use.grouped else packed.linear
+            if op is None:
+                problems.append(f"no packed {'grouped' if use.grouped else 'linear'} op for this weight")
+                continue
+            if operands is None:
+                operands = _add_buffers(gm, packed, index, anchor)
+            x = current(use.x)
+            if use.grouped:
+                args = (x, *operands, current(use.offs), *packed.consts)
+            else:
+                args = (x, *operands, *packed.consts, current(use.bias))
+            with gm.graph.inserting_after(use.node):
+                new = gm.graph.call_function(op, args)
+            new.meta = dict(use.node.meta)  # same shape, dtype and device as the dense matmul
+            use.node.replace_all_uses_with(new)
+            gm.graph.erase_node(use.node)
+            replaced[use.node] = new
+            report.lowered[site] = report.lowered.get(site, 0) + 1
+        if problems:
+            report.dense[site] = "; ".join(dict.fromkeys(problems))
+        # Transposes of the weight that nothing reads any more (only these: a global dead-code pass would
+        # also drop the in-place KV-cache writes of a Dynamo graph, whose results are unused).
+        for view in reversed(views):
+            if not view.users:
+                gm.graph.erase_node(view)
+    gm.graph.lint()
+    gm.recompile()
+    return report
+
+
+def _op_namespace(target) -> str | None:
+    if isinstance(target, torch._ops.OpOverload):
+        return target.namespace
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[0]
+    return None
+
+
+def count_packed_ops(gm: fx.GraphModule, namespace: str = "sfcompile") -> int:
+    """Number of call_function nodes of ``gm`` that call an op of ``torch.ops.<namespace>``."""
+    return sum(n.op == "call_function" and _op_namespace(n.target) == namespace for n in gm.graph.nodes)
