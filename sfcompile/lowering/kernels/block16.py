@@ -1,0 +1,234 @@
+"""Block-16 sparse matmul ``y = x @ W.T (+ bias)``, W as non-empty 16x16 tiles in CSR over block rows.
+
+Each program owns one block row (16 output columns of y) and BLOCK_M rows of x, and walks only that block
+row's non-empty tiles, TILES at a time: it loads the tiles (contiguous, 512 bytes each in bf16), gathers the
+matching 16-wide column strips of x, and issues one ``tl.dot`` of (BLOCK_M, TILES*16) x (TILES*16, 16).
+Empty tiles cost nothing, so at decode sizes the time follows the bytes of the kept tiles (density · dense).
+At decode the tile list of a row is split across ``SPLIT_K`` programs that add into an fp32 workspace.
+
+With ``GROUPED`` the third grid axis is the MoE expert: expert ``e`` owns rows ``offs[e-1] .. offs[e]-1`` of x
+and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
+
+Note (prefill): every program re-reads its x strips for 16 output columns only, so x traffic is 16 FLOP per
+byte at most; at large M this kernel is bound by L2 bandwidth, not by the tensor cores.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["block16_matmul", "block16_matmul_reference", "block16_configs"]
+
+SMALL_M = 16
+
+
+def block16_configs(small_m: bool) -> list[triton.Config]:
+    """Autotune space: decode (BLOCK_M = 16, split over a row's tiles) or prefill (BLOCK_M 64/128)."""
+    if small_m:
+        space = [(4, 1, 4, 3), (8, 1, 4, 3), (16, 1, 4, 2), (8, 2, 4, 3), (4, 4, 4, 4), (8, 4, 4, 3),
+                 (16, 2, 8, 2), (4, 2, 2, 4)]
+        return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk}, num_warps=w, num_stages=s,
+                              pre_hook=_zero_workspace if sk > 1 else None) for t, sk, w, s in space]
+    space = [(64, 4, 4, 3), (128, 4, 4, 3), (128, 8, 8, 3), (64, 8, 4, 3), (128, 2, 4, 4)]
+    return [triton.Config({"BLOCK_M": bm, "TILES": t, "SPLIT_K": 1}, num_warps=w, num_stages=s)
+            for bm, t, w, s in space]
+
+
+def _zero_workspace(nargs):
+    nargs["ws_ptr"].zero_()
+
+
+@triton.jit
+def _block16_kernel(
+    x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, offs_ptr, out_ptr, ws_ptr,
+    M, N, K, M_KEY, stride_xm, stride_om,
+    HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, TILES: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    expert = tl.program_id(2)
+    block_rows = N // 16
+    pid_m = pid // block_rows
+    r = pid % block_rows
+
+    row_start = 0
+    row_end = M
+    if GROUPED:
+        row_end = tl.load(offs_ptr + expert)
+        if expert > 0:
+            row_start = tl.load(offs_ptr + expert - 1)
+    first_row = row_start + pid_m * BLOCK_M
+    if first_row >= row_end:
+        return
+
+    offs_m = first_row + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < row_end
+    offs_i = tl.arange(0, 16)        # output column within the block row (N direction)
+    offs_j = tl.arange(0, 16)        # column within a tile (K direction)
+    offs_n = r * 16 + offs_i
+
+    grow = expert * block_rows + r
+    t_begin = tl.load(row_ptr_ptr + grow)
+    t_end = tl.load(row_ptr_ptr + grow + 1)
+    per_split = (t_end - t_begin + SPLIT_K - 1) // SPLIT_K  # (no tl.cdiv: plain ops run in the interpreter)
+    t_lo = t_begin + pid_k * per_split
+    t_hi = tl.minimum(t_lo + per_split, t_end)
+
+    acc = tl.full((BLOCK_M, 16), 0.0, tl.float32)
+    for t0 in range(t_lo, t_hi, TILES):
+        offs_t = t0 + tl.arange(0, TILES)
+        mask_t = offs_t < t_hi
+        cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)                          # (TILES,)
+        # B[(t, j), i] = tile[t][i, j]: (TILES, 16 j, 16 i)
+        b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, None, :] * 16 + offs_j[None, :, None]
+        b = tl.load(b_ptrs, mask=mask_t[:, None, None], other=0.0)
+        # x strips (BLOCK_M, TILES, 16 j)
+        x_ptrs = x_ptr + offs_m[:, None, None] * stride_xm + cols[None, :, None] * 16 + offs_j[None, None, :]
+        x = tl.load(x_ptrs, mask=mask_m[:, None, None] & mask_t[None, :, None], other=0.0)
+        x2 = tl.reshape(x, (BLOCK_M, TILES * 16))
+        b2 = tl.reshape(b, (TILES * 16, 16))
+        if FP32_IEEE:
+            acc = tl.dot(x2.to(tl.float32), b2.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x2, b2, acc)
+
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + offs_n).to(tl.float32)[None, :]
+    mask = mask_m[:, None] & (offs_n[None, :] < N)
+    if SPLIT_K == 1:
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+    else:
+        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=mask, sem="relaxed")
+
+
+_AUTOTUNED: dict[bool, object] = {}
+_INTERPRETED: list = []
+
+
+def _autotuned(small_m: bool):
+    """The autotuned launcher, built on first use (nothing compiles or benchmarks at import)."""
+    if small_m not in _AUTOTUNED:
+        _AUTOTUNED[small_m] = triton.autotune(configs=block16_configs(small_m), key=["M_KEY", "N", "K"])(
+            _block16_kernel)
+    return _AUTOTUNED[small_m]
+
+
+def _interpreted():
+    """The kernel run by Triton's interpreter, for CPU tensors (tests): no TRITON_INTERPRET needed."""
+    if not _INTERPRETED:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        _INTERPRETED.append(InterpretedFunction(_block16_kernel.fn))
+    return _INTERPRETED[0]
+
+
+def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
+    """Exact fp32 dots; bf16 is upcast under the Triton interpreter (its bf16 dot is wrong in Triton 3.8)."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
+
+
+def _first_config(small_m: bool) -> dict:
+    c = block16_configs(small_m)[0]
+    return {**c.kwargs, "num_warps": c.num_warps}
+
+
+def _check(x, tile_values, row_ptr, col_idx, n, k, bias, experts):
+    if n % 16 or k % 16:
+        raise ValueError(f"block16 needs N and K multiples of 16, got N={n}, K={k}")
+    if x.shape[-1] != k:
+        raise ValueError(f"x (..., {x.shape[-1]}) does not match K={k}")
+    if tile_values.dim() != 3 or tuple(tile_values.shape[1:]) != (16, 16):
+        raise ValueError(f"tile_values must be (T, 16, 16), got {tuple(tile_values.shape)}")
+    if row_ptr.shape != (experts * n // 16 + 1,) or row_ptr.dtype != torch.int32:
+        raise ValueError(f"row_ptr must be int32 ({experts * n // 16 + 1},), got {row_ptr.dtype} "
+                         f"{tuple(row_ptr.shape)}")
+    if col_idx.shape != (tile_values.shape[0],) or col_idx.dtype != torch.int32:
+        raise ValueError(f"col_idx must be int32 ({tile_values.shape[0]},), got {col_idx.dtype} "
+                         f"{tuple(col_idx.shape)}")
+    if x.dtype != tile_values.dtype:
+        raise ValueError(f"x dtype {x.dtype} differs from weight dtype {tile_values.dtype}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias {tuple(bias.shape)} must be ({n},)")
+
+
+def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                   n: int, k: int, bias: torch.Tensor | None = None, offs: torch.Tensor | None = None,
+                   config: dict | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` for a block-16 W (CSR of tiles); with ``offs`` (E,), the expert grouped matmul.
+
+    Args:
+        x: (..., K), or (T, K) sorted by expert when ``offs`` is given.
+        tile_values, row_ptr, col_idx: see :mod:`sfcompile.lowering.ops`.
+        n, k: the dense (per-expert) weight is (N, K).
+        config: fixed launch config (``BLOCK_M``, ``TILES``, ``SPLIT_K``, optional ``num_warps``).
+
+    Returns:
+        (..., N) in x.dtype.
+    """
+    grouped = offs is not None
+    experts = offs.shape[0] if grouped else 1
+    _check(x, tile_values, row_ptr, col_idx, n, k, bias, experts)
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    on_cpu = x.device.type == "cpu"
+    if config is None and on_cpu:
+        config = _first_config(m <= SMALL_M)
+    tile_values = tile_values.contiguous()
+    out = (torch.zeros if grouped else torch.empty)((m, n), device=x.device, dtype=x.dtype)
+    if m == 0:
+        return out.reshape(*x.shape[:-1], n)
+    may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
+    ws = torch.empty((m, n), device=x.device, dtype=torch.float32) if may_split else out
+    args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
+            offs if grouped else row_ptr, out, ws, m, n, k, _m_key(m), x2.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": _ieee_dot(x.dtype, on_cpu)}
+
+    def grid(meta_):
+        return (triton.cdiv(m, meta_["BLOCK_M"]) * (n // 16), meta_["SPLIT_K"], experts)
+
+    if config is not None:
+        cfg = dict(config)
+        launch = {k_: cfg.pop(k_) for k_ in ("num_warps", "num_stages") if k_ in cfg}
+        if cfg["SPLIT_K"] > 1:
+            ws.zero_()
+        kernel = _interpreted() if on_cpu else _block16_kernel
+        kernel[grid(cfg)](*args, **flags, **cfg, **launch)
+        split = cfg["SPLIT_K"]
+    else:
+        kernel = _autotuned(m <= SMALL_M)
+        kernel[grid](*args, **flags)
+        split = kernel.best_config.kwargs["SPLIT_K"]
+    if split > 1:
+        out.copy_(ws)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _m_key(m: int) -> int:
+    return 1 << max(0, (m - 1).bit_length())
+
+
+def block16_matmul_reference(x, tile_values, row_ptr, col_idx, n, k, bias=None, offs=None):
+    """Pure-PyTorch reference: unpack W from its tiles, then a matmul in fp32 (x.dtype out)."""
+    from sfcompile.lowering.pack import _unpack_block16
+
+    experts = offs.shape[0] if offs is not None else None
+    shape = (experts, n, k) if experts is not None else (n, k)
+    w = _unpack_block16(tile_values, row_ptr, col_idx, shape).float()
+    if offs is None:
+        y = x.float() @ w.T
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
+    y = torch.zeros(x.shape[0], n, dtype=torch.float32, device=x.device)
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        y[start:end] = x[start:end].float() @ w[e].T
+        start = end
+    return y.to(x.dtype)

@@ -1,0 +1,258 @@
+"""2:4 sparse matmul ``y = x @ W.T (+ bias)`` with W packed as values (N, K/2) + 2-bit positions (N, K/32).
+
+The weight is decompressed in registers: each program loads a (BLOCK_N, BLOCK_K/2) slab of values and the
+(BLOCK_N, BLOCK_K/32) int32 metadata words covering it (16-byte vector loads along K), expands them into the
+dense (BLOCK_N, BLOCK_K) tile with two selects per element, and feeds it to ``tl.dot``. At decode sizes
+(M <= 16) the kernel is bound by the bytes it reads, 56% of dense for bf16, so it is split along K
+(``SPLIT_K`` programs add into an fp32 workspace) to put enough programs on the 132 SMs.
+
+The same kernel serves MoE experts (``GROUPED``): the third grid axis is the expert; expert ``e`` owns rows
+``offs[e-1] .. offs[e]-1`` of x (``torch._grouped_mm``'s contract) and its own values/meta slab.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
+
+
+def nm24_configs(small_m: bool) -> list[triton.Config]:
+    """Autotune space: decode (BLOCK_M = 16, split-K, narrow N blocks) or prefill (square tiles)."""
+    if small_m:
+        space = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages)
+            (16, 256, 1, 4, 3), (16, 512, 1, 4, 2), (32, 256, 1, 4, 3), (32, 256, 2, 4, 3),
+            (64, 256, 1, 4, 3), (64, 256, 2, 4, 3), (64, 256, 4, 4, 3), (32, 512, 2, 4, 2),
+            (16, 256, 4, 4, 3), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3), (32, 128, 8, 4, 4),
+        ]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w,
+                              num_stages=s, pre_hook=_zero_workspace if sk > 1 else None)
+                for bn, bk, sk, w, s in space]
+    space = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
+             (64, 64, 128, 4, 3)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w,
+                          num_stages=s) for bm, bn, bk, w, s in space]
+
+
+def _zero_workspace(nargs):
+    nargs["ws_ptr"].zero_()
+
+
+@triton.jit
+def _nm24_kernel(
+    x_ptr, v_ptr, meta_ptr, bias_ptr, offs_ptr, out_ptr, ws_ptr,
+    M, N, K, M_KEY,
+    stride_xm, stride_ve, stride_vn, stride_me, stride_mn, stride_om,
+    HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
+    W: tl.constexpr = BLOCK_K // 32    # metadata words per K block
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    expert = tl.program_id(2)
+    n_blocks = (N + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // n_blocks
+    pid_n = pid % n_blocks
+
+    row_start = 0
+    row_end = M
+    if GROUPED:
+        row_end = tl.load(offs_ptr + expert)
+        if expert > 0:
+            row_start = tl.load(offs_ptr + expert - 1)
+    first_row = row_start + pid_m * BLOCK_M
+    if first_row >= row_end:
+        return
+
+    offs_m = first_row + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < row_end
+    mask_n = offs_n < N
+    v_base = v_ptr + expert * stride_ve
+    m_base = meta_ptr + expert * stride_me
+
+    k_per_split = ((K + SPLIT_K - 1) // SPLIT_K + BLOCK_K - 1) // BLOCK_K * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    half_k = K // 2
+    words_k = (K + 31) // 32
+    shifts = tl.arange(0, 8) * 4                                        # nibble offsets in a word
+    pos = tl.arange(0, 4)
+
+    # tl.full, not tl.zeros: jit helpers (tl.zeros, tl.cdiv) cannot run in the CPU interpreter
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        # values (BLOCK_N, BLOCK_K/2): the 2 kept entries of each group, contiguous along K
+        offs_h = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_h[None, :]
+        vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < half_k), other=0.0)
+        v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))              # (BLOCK_N, G) each
+        # metadata (BLOCK_N, W) words -> (BLOCK_N, G) nibbles -> positions i0 < i1
+        offs_w = k0 // 32 + tl.arange(0, W)
+        w_ptrs = m_base + offs_n[:, None] * stride_mn + offs_w[None, :]
+        words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < words_k), other=0)
+        nib = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_N, G))
+        i0 = nib & 3
+        i1 = nib >> 2
+        # dense tile (BLOCK_N, G, 4) -> (BLOCK_N, BLOCK_K)
+        w3 = tl.where(pos[None, None, :] == i0[:, :, None], v0[:, :, None],
+                      tl.where(pos[None, None, :] == i1[:, :, None], v1[:, :, None], 0.0))
+        w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)
+        # x (BLOCK_M, BLOCK_K)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+        x = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_hi), other=0.0)
+        if FP32_IEEE:  # fp32 weights, or bf16 under the interpreter (whose bf16 dot is wrong): exact fp32 dot
+            acc = tl.dot(x.to(tl.float32), tl.trans(w_tile.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w_tile), acc)
+
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
+
+
+_AUTOTUNED: dict[bool, object] = {}
+_INTERPRETED: list = []
+
+
+def _autotuned(small_m: bool):
+    """The autotuned launcher, built on first use (nothing compiles or benchmarks at import)."""
+    if small_m not in _AUTOTUNED:
+        _AUTOTUNED[small_m] = triton.autotune(configs=nm24_configs(small_m), key=["M_KEY", "N", "K"])(
+            _nm24_kernel)
+    return _AUTOTUNED[small_m]
+
+
+def _interpreted():
+    """The kernel run by Triton's interpreter, for CPU tensors (tests): no TRITON_INTERPRET needed."""
+    if not _INTERPRETED:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        _INTERPRETED.append(InterpretedFunction(_nm24_kernel.fn))
+    return _INTERPRETED[0]
+
+
+def _m_key(m: int) -> int:
+    return 1 << max(0, (m - 1).bit_length())   # next power of two: one tuning per M bucket
+
+
+SMALL_M = 16
+
+
+def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
+    """fp32 dots stay exact (no tf32); the Triton interpreter (TRITON_INTERPRET=1, CPU tests) computes bf16
+    dots wrongly (Triton 3.8), so there bf16 tiles are upcast to fp32 first."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
+
+
+def _first_config(small_m: bool) -> dict:
+    c = nm24_configs(small_m)[0]
+    return {**c.kwargs, "num_warps": c.num_warps}
+
+
+def _check(x, values, meta, bias, grouped):
+    lead = 3 if grouped else 2
+    if values.dim() != lead or meta.dim() != lead:
+        raise ValueError(f"values {tuple(values.shape)} and meta {tuple(meta.shape)} must have {lead} dims")
+    k = x.shape[-1]
+    if (k % 4 or values.shape[-1] * 2 != k or meta.shape[-1] != -(-k // 32)
+            or values.shape[:-1] != meta.shape[:-1]):
+        raise ValueError(f"x (..., K={k}) does not match 2:4 values {tuple(values.shape)} / meta "
+                         f"{tuple(meta.shape)}: expected values (..., N, K/2) and meta (..., N, ceil(K/32))")
+    if meta.dtype != torch.int32:
+        raise ValueError(f"meta must be int32, got {meta.dtype}")
+    if x.dtype != values.dtype:
+        raise ValueError(f"x dtype {x.dtype} differs from weight dtype {values.dtype}")
+    if bias is not None and (bias.shape != (values.shape[-2],)):
+        raise ValueError(f"bias {tuple(bias.shape)} must be ({values.shape[-2]},)")
+
+
+def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
+                offs: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` for a packed 2:4 W; with ``offs``, the expert grouped matmul.
+
+    Args:
+        x: (..., K), or (T, K) sorted by expert when ``offs`` is given.
+        values, meta: (N, K/2), (N, ceil(K/32)) int32; (E, N, K/2), (E, N, ceil(K/32)) for experts.
+        bias: (N,) or None (not with ``offs``).
+        offs: (E,) int32 cumulative row ends per expert.
+        config: fixed launch config (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``, optional
+            ``num_warps``): skips autotuning (used by tests and the interpreter).
+
+    Returns:
+        (..., N) in x.dtype.
+    """
+    grouped = offs is not None
+    _check(x, values, meta, bias, grouped)
+    k = x.shape[-1]
+    n = values.shape[-2]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    on_cpu = x.device.type == "cpu"
+    if config is None and on_cpu:
+        config = _first_config(m <= SMALL_M)
+    values = values.contiguous()
+    meta = meta.contiguous()
+    experts = values.shape[0] if grouped else 1
+    out = (torch.zeros if grouped else torch.empty)((m, n), device=x.device, dtype=x.dtype)
+    if m == 0:
+        return out.reshape(*x.shape[:-1], n)
+    may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
+    ws = torch.empty((m, n), device=x.device, dtype=torch.float32) if may_split else out  # split-K sums
+    stride_ve = values.stride(0) if grouped else 0
+    stride_me = meta.stride(0) if grouped else 0
+    args = (x2, values, meta, bias if bias is not None else values, offs if grouped else meta, out, ws,
+            m, n, k, _m_key(m), x2.stride(0), stride_ve, values.stride(-2), stride_me, meta.stride(-2),
+            out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": _ieee_dot(x.dtype, on_cpu)}
+
+    def grid(meta_):
+        tiles = triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_N"])
+        return (tiles, meta_["SPLIT_K"], experts)
+
+    if config is not None:
+        cfg = dict(config)
+        launch = {k_: cfg.pop(k_) for k_ in ("num_warps", "num_stages") if k_ in cfg}
+        if cfg["SPLIT_K"] > 1:
+            ws.zero_()
+        kernel = _interpreted() if on_cpu else _nm24_kernel
+        kernel[grid(cfg)](*args, **flags, **cfg, **launch)
+        split = cfg["SPLIT_K"]
+    else:
+        kernel = _autotuned(m <= SMALL_M)
+        kernel[grid](*args, **flags)
+        split = kernel.best_config.kwargs["SPLIT_K"]
+    if split > 1:
+        out.copy_(ws)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def nm24_matmul_reference(x, values, meta, bias=None, offs=None):
+    """Pure-PyTorch reference: unpack W, then a matmul in fp32 (x.dtype out)."""
+    from sfcompile.lowering.pack import _unpack_nm24
+
+    w = _unpack_nm24(values, meta, x.shape[-1]).float()
+    if offs is None:
+        y = x.float() @ w.T
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
+    y = torch.zeros(x.shape[0], w.shape[-2], dtype=torch.float32, device=x.device)
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        y[start:end] = x[start:end].float() @ w[e].T
+        start = end
+    return y.to(x.dtype)
