@@ -1,0 +1,88 @@
+"""Atomic, resumable checkpoints.
+
+Layout under ``<out>/checkpoints/``::
+
+    step_000200/           one checkpoint (written as .tmp-step_000200-<pid>, then renamed: never half-written)
+        model.pt           student state_dict: dense W, masks (mask/hard/hardness), SLoRB, everything
+        train_state.pt     optimizer, forge state, RNG (torch/cuda/numpy/python), step, counters, history
+    latest                 the name of the newest complete checkpoint (replaced atomically)
+
+Only the main process writes (`is_main_process`); the FSDP2 engine will swap these files for DCP.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfcompile.train.distributed import is_main_process
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found or does not match the run."""
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out: Path, step: int, *, model, optimizer, forge, extra: dict, keep: int = 1) -> Path | None:
+    """Write checkpoint ``step`` atomically and keep the newest ``keep``. Returns its path (None off rank 0)."""
+    if not is_main_process():
+        return None
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    torch.save(model.state_dict(), tmp / "model.pt")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                "forge": forge.state_dict() if forge is not None else None,
+                "rng": rng_state(), **extra}, tmp / "train_state.pt")
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = root / f".latest-{os.getpid()}"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, root / "latest")
+    done = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = Path(out) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "train_state.pt").exists():
+        raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete; delete the pointer "
+                              "to start over, or restore the checkpoint")
+    return path
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> tuple[dict, dict]:
+    """(model state_dict, train state) of checkpoint ``path``."""
+    model_state = torch.load(path / "model.pt", map_location=map_location, weights_only=False)
+    train_state = torch.load(path / "train_state.pt", map_location=map_location, weights_only=False)
+    return model_state, train_state

@@ -1,0 +1,274 @@
+"""`TrainConfig`: every knob of `sfcompile.train`, one frozen dataclass, validated at construction.
+
+Strings from the command line (``tokens="20M"``, ``betas="0.9,0.95"``) are parsed here, at the boundary;
+everything downstream reads typed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
+TEACHER_MODES = ("copy", "offload", "none")
+DTYPES = ("auto", "bf16", "fp32")
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+class TrainConfigError(ValueError):
+    """A TrainConfig value that cannot work; the message names the value and what to do."""
+
+
+def parse_tokens(value: int | float | str) -> int:
+    """``"20M"`` → 20_000_000, ``"1.5B"`` → 1_500_000_000, ``"500k"``, ``"1e6"`` or an int."""
+    if isinstance(value, bool):
+        raise TrainConfigError(f"tokens={value!r} is not a token count; pass e.g. 20_000_000 or \"20M\"")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise TrainConfigError(f"tokens={value!r} is not a whole number of tokens")
+        return int(value)
+    text = str(value).strip().replace("_", "").replace(",", "")
+    m = re.fullmatch(r"(-?[0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)", text, flags=re.IGNORECASE)
+    if not m:
+        raise TrainConfigError(f"tokens={value!r} is not a token count; use an integer or a number with a "
+                               "suffix k/M/B (e.g. \"20M\", \"1.5B\")")
+    number = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    return int(round(number))
+
+
+def _parse_betas(value) -> tuple[float, float]:
+    if isinstance(value, str):
+        value = [float(v) for v in value.split(",")]
+    betas = tuple(float(v) for v in value)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise TrainConfigError(f"betas={value!r} must be two numbers in [0, 1), e.g. (0.9, 0.95)")
+    return betas
+
+
+def _default_forge():
+    from sfcompile.masking.forge import ForgeConfig
+
+    return ForgeConfig()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Configuration of one `sfcompile.train` run.
+
+    Budget and batch
+        tokens: total training tokens (int or ``"20M"``/``"1.5B"``). Steps = tokens / (seqlen · micro_batch ·
+            grad_accum · world_size), at least 1.
+        seqlen, micro_batch, grad_accum: sequence length, sequences per forward, forwards per optimizer step.
+
+    Data (see `sfcompile.train.data`)
+        data: a registry text name (``"calib"``, disjoint from the ``"wiki"`` evaluation text), a local
+            ``.txt``/``.jsonl`` path, or ``"teacher"`` (sequences sampled from the dense teacher, cached).
+        teacher_data_tokens: how many tokens ``data="teacher"`` generates (once; the order then cycles).
+        teacher_data_temperature: sampling temperature of the generated sequences.
+        cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.
+
+    Optimizer (mask-aware AdamW, `sfcompile.train.optim`)
+        lr, min_lr, warmup: linear warm-up over ``warmup`` steps (a float in (0, 1) is a fraction of the run)
+            then cosine to ``min_lr``.
+        weight_decay (≥2-D parameters only), betas, eps, clip (global grad-norm clip; 0 disables).
+        srste_decay, srste_ramp: SR-STE decay grad += d·W·(1 − m_eff), d ramping linearly from 0 to
+            ``srste_decay`` over ``srste_ramp`` steps (a fraction if < 1).
+        cast_l1: CAST adaptive L1 strength λ (decoupled W −= lr·λ·sign(W)/(√v̂ + ε) on pruned weights; 0 = off).
+        cast_weight_scaling: rescale each site's kept weights to restore the matrix norm the L1 decay removed.
+        train_embeddings: also train the input embeddings (and a tied head). Off by default: with a few million
+            tokens the vocabulary rows see too few updates to improve, and they hold ~20% of a small model's
+            parameters (Adam state). Everything else — masked weights (their dense W), unmasked linears,
+            norms, biases and the forge's extra parameters (SLoRB) — is trained.
+
+    Distillation (`sfcompile.train.losses`)
+        ce_weight, kl_weight, kl_temperature, squarehead_weight: loss = ce·CE + kl·KL(teacher‖student, T)·T²
+            + sq·SquareHead. KL and SquareHead need a teacher.
+        teacher: where the dense teacher lives:
+            ``"copy"`` — a frozen copy on the training device (bf16 on GPU, the param dtype on CPU). Costs
+            2 bytes/param on GPU, ~8% of what the student needs (fp32 W + mask + hard + Adam ≈ 24 B/param),
+            so it is the default.
+            ``"offload"`` — the teacher's weights stay in CPU memory and each repeated block is copied to the
+            device just before it runs and dropped after (one block resident at a time): for models whose
+            teacher does not fit beside the student; costs one host→device copy of the weights per forward.
+            ``"none"`` — no teacher: plain CE (kl/squarehead weights must be 0).
+            A module passed as ``train(..., teacher=module)`` is used as given (it is frozen, not moved).
+
+    Masks
+        init: one-shot mask before training: ``"dense"`` (all ones; the forge tempers from dense),
+            ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows`` windows
+            of the calibration text). Not re-applied on resume.
+        forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
+            fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
+
+    Run
+        harden: at the end, fold the (finalised) masks into the weights (`sfcompile.harden`) and, with ``out``,
+            save the model to ``<out>/final``. False leaves the soft-mask state in place.
+        out: run directory (checkpoints, logs, final model). checkpoint_every: steps between checkpoints
+            (0 = only at the end and on SIGTERM/Ctrl-C). keep_checkpoints: how many to keep.
+        seed, device (``"auto"`` = cuda if available), dtype (``"auto"`` = bf16 autocast on CUDA, fp32 on CPU),
+        compile (torch.compile the student and teacher forwards; the Hessian probe runs eager),
+        log_every, eval_every (0 = only at start and end), eval_text, eval_windows, eval_seqlen.
+
+    Example::
+
+        cfg = TrainConfig(tokens="20M", data="calib", seqlen=512, micro_batch=8, out="runs/a")
+    """
+
+    tokens: int | str = "20M"
+    data: str = "calib"
+    seqlen: int = 512
+    micro_batch: int = 8
+    grad_accum: int = 1
+    teacher_data_tokens: int | str = "2M"
+    teacher_data_temperature: float = 1.0
+    cache_dir: str | None = None
+
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] | str = (0.9, 0.95)
+    eps: float = 1e-8
+    clip: float = 1.0
+    srste_decay: float = 0.0
+    srste_ramp: float = 0.5
+    cast_l1: float = 0.0
+    cast_weight_scaling: bool = False
+    train_embeddings: bool = False
+
+    ce_weight: float = 1.0
+    kl_weight: float = 1.0
+    kl_temperature: float = 2.0
+    squarehead_weight: float = 0.0
+    teacher: str = "copy"
+
+    init: str = "dense"
+    init_calib_windows: int = 128
+    forge: Any = field(default_factory=_default_forge)
+
+    harden: bool = True
+    out: str | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    log_every: int = 10
+    eval_every: int = 0
+    eval_text: str = "wiki"
+    eval_windows: int = 16
+    eval_seqlen: int | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: parse once here, at the boundary
+        set_(self, "tokens", parse_tokens(self.tokens))
+        set_(self, "teacher_data_tokens", parse_tokens(self.teacher_data_tokens))
+        set_(self, "betas", _parse_betas(self.betas))
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise TrainConfigError(msg)
+
+        need(self.tokens > 0, f"tokens={self.tokens} must be positive (e.g. \"20M\")")
+        need(self.teacher_data_tokens > 0, f"teacher_data_tokens={self.teacher_data_tokens} must be positive")
+        for name in ("seqlen", "micro_batch", "grad_accum"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 1, f"{name}={value!r} must be an integer >= 1")
+        need(self.seqlen >= 2, f"seqlen={self.seqlen} must be >= 2 (the loss predicts token t+1 from t)")
+        need(self.lr > 0 and math.isfinite(self.lr), f"lr={self.lr} must be a positive number")
+        need(0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr} must be in [0, lr={self.lr}]")
+        need(self.warmup >= 0, f"warmup={self.warmup} must be >= 0 (steps, or a fraction < 1 of the run)")
+        need(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        need(self.eps > 0, f"eps={self.eps} must be > 0")
+        need(self.clip >= 0, f"clip={self.clip} must be >= 0 (0 disables clipping)")
+        need(self.srste_decay >= 0, f"srste_decay={self.srste_decay} must be >= 0")
+        need(self.srste_ramp >= 0, f"srste_ramp={self.srste_ramp} must be >= 0")
+        need(self.cast_l1 >= 0, f"cast_l1={self.cast_l1} must be >= 0")
+        for name in ("ce_weight", "kl_weight", "squarehead_weight"):
+            need(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+        need(self.ce_weight + self.kl_weight + self.squarehead_weight > 0,
+             "all loss weights are 0: set ce_weight, kl_weight or squarehead_weight > 0")
+        need(self.kl_temperature > 0, f"kl_temperature={self.kl_temperature} must be > 0")
+        need(self.teacher_data_temperature > 0,
+             f"teacher_data_temperature={self.teacher_data_temperature} must be > 0")
+        need(self.teacher in TEACHER_MODES, f"teacher={self.teacher!r} is not one of {TEACHER_MODES}")
+        if self.teacher == "none":
+            need(self.kl_weight == 0 and self.squarehead_weight == 0 and self.data != "teacher",
+                 "teacher=\"none\" but kl_weight/squarehead_weight > 0 or data=\"teacher\": distillation "
+                 "needs a teacher; use teacher=\"copy\" or set kl_weight=0, squarehead_weight=0")
+        need(self.init in INIT_METHODS, f"init={self.init!r} is not one of {INIT_METHODS}")
+        need(self.init_calib_windows >= 1, f"init_calib_windows={self.init_calib_windows} must be >= 1")
+        if self.forge is None:
+            need(self.init != "dense", "forge=None keeps the masks fixed, but init=\"dense\" prunes nothing: "
+                 "choose init=\"sparsegpt\" (or wanda/magnitude), or give a ForgeConfig")
+        need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")
+        need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
+        need(self.log_every >= 1, f"log_every={self.log_every} must be >= 1")
+        need(self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0")
+        need(self.eval_windows >= 1, f"eval_windows={self.eval_windows} must be >= 1")
+        # The forge's own schedule must fit inside this run (e.g. a hardening window past the end).
+        if self.forge is not None and hasattr(self.forge, "validate"):
+            try:
+                self.forge.validate(self.total_steps())
+            except ValueError as err:
+                raise TrainConfigError(f"{err} (this run has {self.total_steps()} optimizer steps: "
+                                       f"tokens={self.tokens} / {self.tokens_per_step()} tokens per step)") from err
+
+    # ------------------------------------------------------------------ derived values
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        return self.seqlen * self.micro_batch * self.grad_accum * world_size
+
+    def total_steps(self, world_size: int = 1) -> int:
+        return max(1, self.tokens // self.tokens_per_step(world_size))
+
+    def warmup_steps(self, world_size: int = 1) -> int:
+        return _steps(self.warmup, self.total_steps(world_size))
+
+    def srste_ramp_steps(self, world_size: int = 1) -> int:
+        return _steps(self.srste_ramp, self.total_steps(world_size))
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "forge"}
+        d["betas"] = list(self.betas)
+        d["forge"] = None if self.forge is None else dataclasses.asdict(self.forge)  # schedule nested as a dict
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        forge = d.pop("forge", None)
+        if forge is not None:
+            from sfcompile.masking.forge import ForgeConfig
+            from sfcompile.masking.schedule import TemperingSchedule
+
+            forge = dict(forge)
+            if isinstance(forge.get("schedule"), dict):
+                forge["schedule"] = TemperingSchedule(**forge["schedule"])
+            forge = ForgeConfig(**forge)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TrainConfigError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(forge=forge, **d)
+
+
+def _steps(value: float, total: int) -> int:
+    """A step count given as steps (>= 1) or as a fraction of ``total`` (< 1)."""
+    if 0 < value < 1:
+        return int(round(value * total))
+    return int(value)

@@ -1,0 +1,254 @@
+"""Training data: text → token shard (np.memmap, built once, cached) → deterministic batches, prefetched.
+
+Sources (``TrainConfig.data``):
+    * a registry text name (``"calib"``, …) read through `sfcompile.eval.texts.get_text`;
+    * a local ``.txt`` file (one text) or ``.jsonl`` file (one document per line, field ``"text"``; documents
+      are separated by the tokenizer's EOS token);
+    * ``"teacher"``: sequences sampled from the dense teacher (temperature sampling from short prompts drawn
+      from the calibration text), generated once and cached as a shard — for users without the pretraining
+      corpus.
+
+Shards live under ``<cache>/shards/<source>-<tokenizer hash>.{bin,json}`` (uint16 when the vocabulary fits,
+else uint32), written to a temporary name and renamed, so a crash never leaves a half shard that looks valid.
+
+Order: the shard is cut into non-overlapping windows of ``seqlen`` tokens; sample ``i`` of the run is window
+``perm_e[i mod n]`` of epoch ``e = i // n``, ``perm_e`` a permutation seeded by ``(seed, e)``. The batch of
+optimizer step ``s``, micro-batch ``k``, rank ``r`` is a pure function of those numbers, so a resumed run (or
+another world size with the same global batch) reads exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A data source that cannot be read or is too small; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def tokenizer_hash(tok) -> str:
+    """A stable hash of the tokenizer's vocabulary and rules (shards are only valid for one tokenizer)."""
+    h = hashlib.sha256(type(tok).__name__.encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_root(config) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    if os.environ.get("SFCOMPILE_CACHE"):
+        return Path(os.environ["SFCOMPILE_CACHE"])
+    if config.out:
+        return Path(config.out) / "cache"
+    raise DataError("no place to cache token shards: set TrainConfig.out, cache_dir or $SFCOMPILE_CACHE")
+
+
+def _dtype_for(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+def write_shard(path: Path, ids, vocab_size: int, meta: dict) -> Path:
+    """Write token ids as a memmap-able .bin with a .json beside it, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = _dtype_for(vocab_size)
+    arr = np.asarray(ids, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise DataError(f"token ids outside [0, {vocab_size}) while writing {path}")
+    tmp = path.with_suffix(f".bin.tmp{os.getpid()}")
+    arr.astype(dtype).tofile(tmp)
+    os.replace(tmp, path.with_suffix(".bin"))
+    info = {**meta, "dtype": np.dtype(dtype).name, "tokens": int(arr.size), "vocab_size": vocab_size}
+    tmp_json = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp_json.write_text(json.dumps(info, indent=1))
+    os.replace(tmp_json, path.with_suffix(".json"))
+    return path
+
+
+def read_shard(path: Path) -> np.memmap:
+    info = json.loads(path.with_suffix(".json").read_text())
+    return np.memmap(path.with_suffix(".bin"), dtype=np.dtype(info["dtype"]), mode="r", shape=(info["tokens"],))
+
+
+def _vocab_size(tok) -> int:
+    return max(len(tok), int(getattr(tok, "vocab_size", 0) or 0))
+
+
+def _source_key(source: str) -> str:
+    """Cache name of a source: the registry name, or a local file's stem + hash of (path, size, mtime)."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        return source
+    st = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+    return f"{path.stem}-{digest}"
+
+
+def _tokenize_documents(tok, docs: list[str]) -> list[int]:
+    """Each document tokenized alone, documents separated by EOS (or a blank line if there is none)."""
+    sep = [tok.eos_token_id] if tok.eos_token_id is not None else tok("\n\n", add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    for i in range(0, len(docs), 256):
+        for doc_ids in tok(docs[i:i + 256], add_special_tokens=False, verbose=False)["input_ids"]:
+            ids.extend(doc_ids)
+            ids.extend(sep)
+    return ids
+
+
+def text_shard(source: str, tok, cache: Path) -> np.memmap:
+    """The cached token shard of ``source`` (registry name or local .txt/.jsonl) for ``tok``."""
+    from sfcompile.eval.texts import get_text
+
+    th = tokenizer_hash(tok)
+    shard = cache / "shards" / f"{_source_key(source)}-{th}"
+    if not shard.with_suffix(".json").exists():
+        try:
+            docs = get_text(source)
+        except (FileNotFoundError, ValueError, KeyError) as err:
+            raise DataError(f"data={source!r}: {err}. Pass a registry text name (e.g. \"calib\"), a .txt/.jsonl "
+                            "path, or \"teacher\"") from err
+        write_shard(shard, _tokenize_documents(tok, docs), _vocab_size(tok), {"source": source, "tokenizer": th})
+    return read_shard(shard)
+
+
+@torch.no_grad()
+def teacher_shard(teacher, tok, cache: Path, *, n_tokens: int, seqlen: int, temperature: float, seed: int,
+                  prompt_source: str = "calib", prompt_len: int = 4, batch: int = 16, device=None) -> np.memmap:
+    """Sequences of ``seqlen`` tokens sampled from ``teacher``, cached as a shard.
+
+    Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
+    position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
+    every sequence has the full length. The cache key includes the teacher's name, n_tokens, seqlen,
+    temperature and seed.
+    """
+    th = tokenizer_hash(tok)
+    name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
+    key = hashlib.sha256(f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}".encode()).hexdigest()[:12]
+    shard = cache / "shards" / f"teacher-{key}-{th}"
+    if shard.with_suffix(".json").exists():
+        return read_shard(shard)
+    prompts_pool = text_shard(prompt_source, tok, cache)
+    rng = np.random.default_rng([seed, 7])
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    n_seq = max(1, -(-n_tokens // seqlen))
+    device = device or next(teacher.parameters()).device
+    out: list[int] = []
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for start in range(0, n_seq, batch):
+        b = min(batch, n_seq - start)
+        rows = []
+        for _ in range(b):
+            p = int(rng.integers(0, len(prompts_pool) - prompt_len))
+            rows.append(bos + [int(t) for t in prompts_pool[p:p + prompt_len]])
+        ids = torch.tensor(rows, device=device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        new = seqlen - ids.shape[1]
+        seqs = teacher.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=new,
+                                min_new_tokens=new, pad_token_id=tok.eos_token_id)
+        out.extend(seqs[:, :seqlen].reshape(-1).tolist())
+    write_shard(shard, out, _vocab_size(tok), {"source": "teacher", "teacher": name, "tokenizer": th,
+                                               "temperature": temperature, "seqlen": seqlen, "seed": seed})
+    return read_shard(shard)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+@dataclass
+class Batches:
+    """Deterministic batches over a token shard (see the module docstring for the order)."""
+
+    tokens: np.ndarray
+    seqlen: int
+    micro_batch: int
+    grad_accum: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self):
+        self.n_windows = len(self.tokens) // self.seqlen
+        if self.n_windows < 1:
+            raise DataError(f"the data has {len(self.tokens)} tokens, fewer than one window of seqlen="
+                            f"{self.seqlen}; use a larger text or a smaller seqlen")
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _window(self, sample: int) -> int:
+        epoch, j = divmod(sample, self.n_windows)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._perms = {epoch: perm}  # keep one epoch's permutation
+        return int(perm[j])
+
+    def micro(self, step: int, k: int) -> torch.Tensor:
+        """Micro-batch ``k`` of optimizer step ``step`` for this rank: (micro_batch, seqlen) int64."""
+        first = ((step * self.grad_accum + k) * self.world_size + self.rank) * self.micro_batch
+        rows = []
+        for i in range(first, first + self.micro_batch):
+            w = self._window(i)
+            rows.append(np.asarray(self.tokens[w * self.seqlen:(w + 1) * self.seqlen], dtype=np.int64))
+        return torch.from_numpy(np.stack(rows))
+
+    def step(self, step: int) -> list[torch.Tensor]:
+        return [self.micro(step, k) for k in range(self.grad_accum)]
+
+    def epochs(self, steps: int) -> float:
+        return steps * self.grad_accum * self.world_size * self.micro_batch / self.n_windows
+
+
+class Prefetcher:
+    """Builds the batches of steps ``start..end-1`` on a background thread, ``depth`` steps ahead.
+
+    Iterating yields ``(step, [micro-batches])`` in order. ``pin`` pins host memory for async copies to CUDA.
+    """
+
+    def __init__(self, batches: Batches, start: int, end: int, depth: int = 2, pin: bool = False):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(batches, start, end, pin), daemon=True,
+                                        name="sfcompile-prefetch")
+        self._thread.start()
+
+    def _work(self, batches: Batches, start: int, end: int, pin: bool) -> None:
+        try:
+            for s in range(start, end):
+                micro = batches.step(s)
+                if pin:
+                    micro = [m.pin_memory() for m in micro]
+                while not self._stop.is_set():
+                    try:
+                        self._q.put((s, micro), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(None)
+        except BaseException as err:  # surface the error in the consumer, never hang it
+            self._q.put(err)
+
+    def __iter__(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,380 @@
+"""`train`: the SparseForge training loop — one function, top to bottom (STYLE §7).
+
+    setup (device, teacher, one-shot init, forge, optimizer, resume) →
+    for each optimizer step: lr → accumulate micro-batches (teacher fwd, student fwd, loss, backward) →
+    NaN/inf guard → forge.observe_grads → forge.probe → clip → optimizer.step → forge.after_step →
+    log / eval / checkpoint / stop on signal →
+    finish (forge finalised, harden, save, plot, summary)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sfcompile.train import distributed as dist
+from sfcompile.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from sfcompile.train.config import TrainConfig
+from sfcompile.train.data import Batches, Prefetcher, cache_root, teacher_shard, text_shard
+from sfcompile.train.losses import LossWeights, distillation_loss
+from sfcompile.train.optim import build_optimizer, lr_at, ramp
+from sfcompile.train.runlog import RunLogger, summary_table
+from sfcompile.train.teacher import build_teacher
+
+
+@dataclass
+class TrainResult:
+    """What a run did. ``exit_code``: 0 finished, 130 stopped by SIGINT, 143 by SIGTERM (checkpoint written)."""
+
+    steps: int                      # optimizer steps completed (over all invocations of a resumed run)
+    total_steps: int
+    tokens: int                     # tokens trained on
+    final_loss: float | None
+    ppl: dict[int, float] = field(default_factory=dict)   # step -> eval perplexity
+    skipped_steps: int = 0
+    stopped: str | None = None      # "SIGINT"/"SIGTERM"/"stop_at" when the run paused before the end
+    exit_code: int = 0
+    final_path: Path | None = None
+    compiled: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    use_bf16 = config.dtype == "bf16" or (config.dtype == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and returns 130/143."""
+
+    CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _one_shot_init(model, config: TrainConfig, tokenizer, log: RunLogger) -> None:
+    if config.init == "dense":
+        return
+    from sfcompile.masking.oneshot import prune
+
+    if tokenizer is None and config.init != "magnitude":
+        raise ValueError(f"init={config.init!r} needs calibration text: pass tokenizer= to train()")
+    report = prune(model, config.init, calib="calib" if config.init != "magnitude" else None, tok=tokenizer,
+                   nsamples=config.init_calib_windows, seqlen=config.seqlen, seed=config.seed,
+                   progress=dist.is_main_process())
+    log.message(f"init: {report}")
+    log.log(0, "info", init=config.init, init_seconds=report.seconds)
+
+
+def _data(config: TrainConfig, tokenizer, teacher, device):
+    if tokenizer is None:
+        raise ValueError("train() needs tokenizer= to build its data (or pass data as a token shard path)")
+    cache = cache_root(config)
+    if config.data == "teacher":
+        if teacher is None:
+            raise ValueError("data=\"teacher\" samples from the teacher, but there is none (teacher=\"none\")")
+        return teacher_shard(teacher, tokenizer, cache, n_tokens=config.teacher_data_tokens, seqlen=config.seqlen,
+                             temperature=config.teacher_data_temperature, seed=config.seed, device=device)
+    return text_shard(config.data, tokenizer, cache)
+
+
+def _masked_sparsity(model) -> float | None:
+    from sfcompile.masking.state import masked_sites
+
+    zeros = total = 0
+    for _, _, soft in masked_sites(model):
+        zeros += int((soft.effective() == 0).sum())
+        total += soft.mask.numel()
+    return zeros / total if total else None
+
+
+@torch.no_grad()
+def _evaluate(model, tokenizer, config: TrainConfig, autocast) -> float:
+    from sfcompile.eval.perplexity import perplexity
+
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast():
+            return perplexity(model, tokenizer, config.eval_text, seqlen=config.eval_seqlen or config.seqlen,
+                              max_windows=config.eval_windows, batch_size=config.micro_batch, progress=False)
+    finally:
+        model.train(was_training)
+
+
+def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger):
+    try:
+        fn = torch.compile(module)
+    except Exception as err:  # compile is requested explicitly: say why it is not used
+        raise RuntimeError(f"torch.compile of the {what} failed ({err}); run without compile=True") from err
+    compiled.append(what)
+    return fn
+
+
+def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = None, tokenizer=None,
+          resume: bool = False, stop_at: int | None = None) -> TrainResult:
+    """Train a sparsified model with SparseForge and distillation.
+
+    Args:
+        model: a model sparsified with `sfcompile.sparsify` (its current W are the dense weights the teacher
+            is built from when ``teacher`` is None and ``config.teacher != "none"``).
+        config: the run's `TrainConfig`.
+        teacher: a dense teacher module to use instead of building one.
+        tokenizer: the model's tokenizer (data, one-shot init, evaluation, saving).
+        resume: continue from ``<config.out>/checkpoints/latest`` (same data order, RNG, schedule, optimizer).
+        stop_at: pause after this optimizer step count (writes a checkpoint; for staged runs and tests).
+
+    Returns:
+        A `TrainResult`. With ``config.harden`` the model comes back hardened (plain HF model + manifest)
+        and, with ``config.out``, saved to ``<out>/final``.
+
+    Example::
+
+        sfcompile.sparsify(model, pattern="2:4")
+        result = sfcompile.train(model, TrainConfig(tokens="2M", out="runs/a"), tokenizer=tok)
+    """
+    t_start = time.perf_counter()
+    from sfcompile.masking.state import harden, masked_sites
+
+    if not masked_sites(model):
+        raise ValueError(f"{type(model).__name__} carries no soft masks: call sfcompile.sparsify(model, "
+                         "pattern=...) before train()")
+    out = Path(config.out) if config.out else None
+    if resume and out is None:
+        raise ValueError("resume=True needs config.out (the run directory holding checkpoints/)")
+    device = _device(config)
+    autocast = _autocast(config, device)
+    torch.manual_seed(config.seed)
+    world = dist.world_size()
+    total = config.total_steps(world)
+    tokens_per_step = config.tokens_per_step(world)
+    ckpt_path = latest_checkpoint(out) if resume else None
+    if resume and ckpt_path is None:
+        raise ValueError(f"resume=True but {out}/checkpoints has no checkpoint; start the run without --resume")
+    log = RunLogger(out, total, 0, tokens_per_step, bar=True)
+    if out and dist.is_main_process():
+        import json
+
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+    # ---- teacher (from the dense W, before any pruning), student placement, one-shot init ----------------
+    weights = LossWeights(config.ce_weight, config.kl_weight, config.kl_temperature, config.squarehead_weight)
+    teacher = build_teacher(model, config.teacher, device, given=teacher)
+    if teacher is None and weights.needs_teacher:
+        raise ValueError("kl_weight/squarehead_weight > 0 need a teacher; set teacher=\"copy\" or the weights to 0")
+    model.to(device)
+    model.train()
+    if ckpt_path is None:
+        _one_shot_init(model, config, tokenizer, log)
+    forge = None
+    if config.forge is not None:
+        from sfcompile.masking.forge import SparseForge
+
+        forge = SparseForge(model, config.forge, total_steps=total)
+    extra = forge.trainable_extra_parameters() if forge else []
+    student = dist.wrap_model(model, config)
+    compiled: list[str] = []
+    student_fwd = _compile(student, "student forward", compiled, log) if config.compile else student
+    teacher_fwd = teacher
+    if config.compile and teacher is not None and config.teacher == "copy":
+        teacher_fwd = _compile(teacher, "teacher forward", compiled, log)
+    optimizer = build_optimizer(model, config, extra=extra)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
+
+    # ---- resume -----------------------------------------------------------------------------------------
+    start, skipped, tokens_done, ppl = 0, 0, 0, {}
+    if ckpt_path is not None:
+        model_state, state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(model_state)
+        if forge is not None:
+            forge.load_state_dict(state["forge"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start, skipped, tokens_done = state["step"], state["skipped"], state["tokens"]
+        ppl = {int(k): v for k, v in state.get("ppl", {}).items()}
+        log.message(f"resumed from {ckpt_path} at step {start}/{total}")
+    log.close()
+    log = RunLogger(out, total, start, tokens_per_step, bar=True)
+    log.log(start, "info", total_steps=total, tokens_per_step=tokens_per_step, device=str(device),
+            compiled=",".join(compiled) or "none", probe="eager", resumed=ckpt_path is not None)
+    if compiled:
+        log.message(f"compiled: {', '.join(compiled)}; the Hessian probe and evaluation run eager")
+
+    shard = _data(config, tokenizer, teacher, device)
+    batches = Batches(shard, config.seqlen, config.micro_batch, config.grad_accum, config.seed,
+                      rank=dist.rank(), world_size=world)
+    end = total if stop_at is None else min(total, stop_at)
+    if start == 0 and tokenizer is not None and dist.is_main_process():
+        ppl[0] = _evaluate(model, tokenizer, config, autocast)
+        log.log(0, "eval", ppl=ppl[0], text=config.eval_text)
+        log.message(f"step 0: {config.eval_text} ppl {ppl[0]:.3f}")
+
+    def checkpoint(step: int) -> None:
+        if out is None:
+            return
+        save_checkpoint(out, step, model=model, optimizer=optimizer, forge=forge, keep=config.keep_checkpoints,
+                        extra={"skipped": skipped, "tokens": tokens_done, "ppl": ppl,
+                               "config": config.to_dict()})
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    last_loss, metrics, step = None, {}, start
+    prefetch = Prefetcher(batches, start, end, pin=device.type == "cuda")
+    with _StopFlag() as stop:
+        try:
+            for step, micro in prefetch:
+                lr = lr_at(step, lr=config.lr, min_lr=config.min_lr, warmup=config.warmup_steps(world), total=total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.set_mask_terms(srste_decay=ramp(step, config.srste_decay, config.srste_ramp_steps(world)))
+
+                # forward/backward over the micro-batches, gradients accumulated
+                loss_sum, parts_sum = 0.0, {}
+                for ids in micro:
+                    ids = ids.to(device, non_blocking=True)
+                    with autocast():
+                        t_out = None
+                        if teacher is not None and weights.needs_teacher:
+                            with torch.no_grad():
+                                t_out = teacher_fwd(ids, output_hidden_states=weights.squarehead > 0)
+                        s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0)
+                        loss, parts = distillation_loss(s_out, ids, weights, t_out)
+                    (loss / len(micro)).backward()
+                    loss_sum += float(loss.detach()) / len(micro)
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / len(micro)
+                    del s_out, loss
+
+                # NaN/inf guard: a non-finite loss or gradient skips the update (the schedule still advances)
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None])
+                finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
+                if finite:
+                    if forge is not None:
+                        forge.observe_grads(step)
+                        if forge.wants_probe(step):
+                            last_ids, last_t = ids, t_out
+
+                            def loss_fn():
+                                with autocast():
+                                    out_ = model(last_ids, output_hidden_states=weights.squarehead > 0)
+                                    return distillation_loss(out_, last_ids, weights, last_t)[0]
+
+                            forge.probe(step, loss_fn)
+                    if config.clip > 0:
+                        torch.nn.utils.clip_grads_with_norm_(trained, config.clip, grad_norm)
+                    optimizer.step()
+                else:
+                    skipped += 1
+                    log.log(step, "skip", loss=loss_sum, grad_norm=float(grad_norm))
+                    log.message(f"step {step}: non-finite loss/gradient (loss {loss_sum}, grad norm "
+                                f"{float(grad_norm)}): update skipped")
+                optimizer.zero_grad(set_to_none=True)
+                t_out = None
+                metrics = forge.after_step(step) if forge is not None else {}
+                if metrics.get("finalized"):
+                    # masks are exact and frozen now: restart Adam's moments of the masked weights (the
+                    # reference rebuilds its optimizer here) so stale second moments of pruned weights go
+                    for site, module, _ in masked_sites(model):
+                        optimizer.state.pop(getattr(module.parametrizations, site.param).original, None)
+                    log.message(f"step {step + 1}: masks finalised")
+                tokens_done += tokens_per_step
+                last_loss = loss_sum
+                done = step + 1
+
+                # log, evaluate, checkpoint
+                if done % config.log_every == 0 or done == end:
+                    sparsity = metrics.get("sparsity", _masked_sparsity(model))
+                    log.log(done, "train", loss=loss_sum, lr=lr, grad_norm=float(grad_norm), tokens=tokens_done,
+                            **parts_sum, **{k: v for k, v in metrics.items() if k != "sparsity"},
+                            sparsity=sparsity)
+                tps = log.step_done(done, loss=loss_sum, sparsity=metrics.get("sparsity"),
+                                    T=metrics.get("temperature"))
+                if config.eval_every and done % config.eval_every == 0 and done != total and tokenizer is not None:
+                    ppl[done] = _evaluate(model, tokenizer, config, autocast)
+                    log.log(done, "eval", ppl=ppl[done], text=config.eval_text, tokens=tokens_done, tok_s=tps)
+                    log.message(f"step {done}: {config.eval_text} ppl {ppl[done]:.3f} ({tokens_done:,} tokens)")
+                if config.checkpoint_every and done % config.checkpoint_every == 0 and done != total:
+                    checkpoint(done)
+                if stop.signal:
+                    break
+        finally:
+            prefetch.close()
+
+    # ---- paused (signal / stop_at): checkpoint and return ----------------------------------------------
+    steps_done = step + 1 if end > start else start
+    if stop.signal or steps_done < total:
+        checkpoint(steps_done)
+        reason = stop.signal or "stop_at"
+        log.message(f"stopped at step {steps_done}/{total} ({reason}); checkpoint written — resume with "
+                    "--resume")
+        log.close()
+        return TrainResult(steps_done, total, tokens_done, last_loss, ppl, skipped, reason,
+                           _StopFlag.CODES.get(reason, 0), None, compiled, time.perf_counter() - t_start,
+                           log.history)
+
+    # ---- finish: final eval, harden, save, plot, summary ------------------------------------------------
+    if tokenizer is not None and dist.is_main_process():
+        ppl[total] = _evaluate(model, tokenizer, config, autocast)
+        log.log(total, "eval", ppl=ppl[total], text=config.eval_text, tokens=tokens_done)
+    checkpoint(total)
+    final_path = None
+    if config.harden:
+        harden(model)
+        if out is not None and dist.is_main_process():
+            from sfcompile.export import save
+
+            final_path = save(model, tokenizer, out / "final")
+    seconds = time.perf_counter() - t_start
+    result = TrainResult(total, total, tokens_done, last_loss, ppl, skipped, None, 0, final_path, compiled,
+                         seconds, log.history)
+    if out is not None and dist.is_main_process():
+        from sfcompile.train.plots import plot_history
+        from sfcompile.train.runlog import read_history
+
+        history = read_history(out)
+        plot_history(history, out / "curves.png", tokens_per_step=tokens_per_step)
+        rows = [("steps", f"{total:,}"), ("tokens", f"{tokens_done:,}"), ("final loss", f"{last_loss:.4f}"),
+                ("skipped steps", str(skipped)), ("compiled", ", ".join(compiled) or "none"),
+                ("wall time (this invocation)", f"{seconds:.0f} s")]
+        rows += [(f"{config.eval_text} ppl @ step {s}", f"{v:.3f}") for s, v in sorted(ppl.items())]
+        if final_path:
+            rows.append(("final model", str(final_path)))
+        table = summary_table(rows)
+        (out / "summary.md").write_text(table + "\n")
+        log.message(table)
+    log.close()
+    return result
