@@ -25,10 +25,11 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
   differentiable scalar; the probe calls it 2× (estimator "fd") or 1× with a double backward ("hvp").
   The probe saves and restores the RNG state around each call (dropout sees the same masks; the training
   RNG stream is untouched) and restores the weights bit-exactly.
-* ``after_step(step)`` returns ``{"temperature", "target_sparsity", "sparsity", "hardness", "mask_flips",
-  "pull", "mask_update"}`` (floats; ``sparsity`` = fraction of zeros in m_eff over all sites, ``mask_flips`` =
-  fraction of hard-mask entries that changed at this step, ``mask_update`` = 1.0 if masks were updated).
-  When it returns ``"finalized": 1.0`` the masks have just become exact and frozen: W ← W ⊙ m, ``ste=False``;
+* ``after_step(step)`` returns ``{"temperature", "target_sparsity", "sparsity", "hard_sparsity",
+  "hardness", "mask_flips", "pull", "mask_update", "finalized"}`` (floats; ``sparsity`` = fraction of zeros
+  in m_eff over all sites, ``hard_sparsity`` = that of hard(m), ``mask_flips`` = fraction of hard-mask
+  entries that changed at this step, ``mask_update`` = 1.0 if masks were updated). When ``"finalized"`` is
+  1.0 the masks have just become exact and frozen: W ← W ⊙ m, ``ste=False``;
   from then on no probes are wanted and the model is ready for ``sfcompile.harden``. The trainer should then
   reset the optimizer state of the masked weights if it wishes (the reference rebuilds its optimizer); nothing
   in this object requires it.
@@ -62,9 +63,28 @@ bit-exactly).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import torch
+from torch import nn
+
+from sfcompile.masking import hutchinson, slorb, tempering
 from sfcompile.masking.schedule import TemperingSchedule
+from sfcompile.masking.scores import (
+    STAT_NAMES,
+    act_hook,
+    bias_corrected,
+    compute_score,
+    ema_,
+    ensure_stat,
+    local,
+    znorm,
+)
+from sfcompile.masking.state import SoftMask, dense_weight, masked_sites
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ForgeConfig", "ForgeConfigError", "SparseForge"]
 
@@ -146,19 +166,284 @@ class ForgeConfig:
         return asdict(self)
 
 
+def _input_groups(entries) -> list[list[int]]:
+    """Indices of sites sharing one input (union of ``shares_input_with``), equal shapes only."""
+    index = {site.name: i for i, (site, _, _) in enumerate(entries)}
+    parent = list(range(len(entries)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (site, _, _) in enumerate(entries):
+        for other in site.shares_input_with:
+            j = index.get(other)
+            if j is not None and tuple(entries[j][0].shape) == tuple(site.shape):
+                parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(entries)):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
 class SparseForge:
     """Drives soft-mask tempering on a sparsified model (see the module docstring for the contract).
 
-    Implementation lands in the next commit; the signatures below are the contract.
+    Example::
+
+        sfcompile.sparsify(model, "2:4")
+        forge = SparseForge(model, ForgeConfig(score="hessian_obd"), total_steps=1000)
     """
 
-    def __init__(self, model, config: ForgeConfig, total_steps: int):
-        raise NotImplementedError("SparseForge is being implemented; the contract is in the module docstring")
+    metrics_names = ("temperature", "target_sparsity", "sparsity", "hard_sparsity", "hardness", "mask_flips",
+                     "pull", "mask_update", "finalized")
 
-    def wants_probe(self, step: int) -> bool: ...
-    def probe(self, step: int, loss_fn) -> None: ...
-    def observe_grads(self, step: int) -> None: ...
-    def after_step(self, step: int) -> dict[str, float]: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, sd: dict) -> None: ...
-    def trainable_extra_parameters(self) -> list: ...
+    def __init__(self, model: nn.Module, config: ForgeConfig, total_steps: int):
+        if not isinstance(config, ForgeConfig):
+            raise ForgeConfigError(f"config must be a ForgeConfig, got {type(config).__name__}")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ForgeConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
+        self.model, self.config, self.total_steps = model, config, total_steps
+        self.entries = masked_sites(model)
+        if not self.entries:
+            raise ForgeConfigError(f"{type(model).__name__} has no soft masks: call "
+                                   "sfcompile.sparsify(model, pattern=...) before building SparseForge")
+        self.final_sparsity = self.entries[0][2].pattern.sparsity
+        self.step = -1  # last step seen by after_step
+        self.probe_count = 0
+        self.fisher_count = 0
+        self.finalized = False
+        self.slorb_initialised_at: int | None = None
+        self.slorb_skipped: list[tuple[str, str]] = []
+        self._collect_acts = True
+        self._hooks = []
+        self._groups = (_input_groups(self.entries) if config.joint_input_groups
+                        else [[i] for i in range(len(self.entries))])
+        self._setup_stats()
+        self._slorb_params = self._setup_slorb() if config.slorb else []
+        self._apply_step_state(0)
+
+    # ---- construction ------------------------------------------------------------------------------------
+    def _setup_stats(self) -> None:
+        cfg = self.config
+        for site, module, soft in self.entries:
+            w = local(dense_weight(module, site.param))
+            if cfg.uses_hessian:
+                ensure_stat(soft, STAT_NAMES["hessian"], tuple(w.shape), w.device)
+            elif cfg.score == "fisher":
+                ensure_stat(soft, STAT_NAMES["fisher"], tuple(w.shape), w.device)
+            elif cfg.score == "wanda":
+                if site.kind not in slorb.SLORB_KINDS:
+                    raise ForgeConfigError(f"score 'wanda' needs the input of {site.name} ({site.kind}), "
+                                           "which a module hook cannot see for routed/matmul sites; use "
+                                           "score='hessian_obd' or exclude the site")
+                stat = ensure_stat(soft, STAT_NAMES["act"], (site.k,), w.device)
+                self._hooks.append(module.register_forward_pre_hook(
+                    act_hook(stat, cfg.hessian_ema, lambda: self._collect_acts), with_kwargs=True))
+
+    def _setup_slorb(self) -> list[nn.Parameter]:
+        cfg, params = self.config, []
+        for site, module, _ in self.entries:
+            reason = slorb.slorb_unsupported(site, cfg.slorb_group)
+            if reason is not None:
+                self.slorb_skipped.append((site.name, reason))
+                continue
+            if hasattr(module, "slorb_S"):  # already installed (e.g. a second SparseForge on the same model)
+                params += [p for p in (module.slorb_S, getattr(module, "slorb_P", None)) if p is not None]
+                continue
+            w = dense_weight(module, site.param)
+            params += slorb.add_slorb(module, site.kind, site.shape, cfg.slorb_group,
+                                      train_p=cfg.slorb_train_p, gain=0.0, dtype=w.dtype, device=w.device)
+        if self.slorb_skipped:
+            log.warning("SLoRB skipped %d site(s), e.g. %s: %s", len(self.slorb_skipped),
+                        *self.slorb_skipped[0])
+        return params
+
+    def trainable_extra_parameters(self) -> list[nn.Parameter]:
+        """The SLoRB parameters (S, and P if trainable); they exist from construction on."""
+        return list(self._slorb_params)
+
+    # ---- per step ------------------------------------------------------------------------------------------
+    def wants_probe(self, step: int) -> bool:
+        """Whether the trainer should call `probe` at this step (Hessian scores, before finalisation)."""
+        return (self.config.uses_hessian and not self.finalized and step % self.config.probe_every == 0
+                and step + 1 < self.config.schedule.finalize_step(self.total_steps))
+
+    def probe(self, step: int, loss_fn: Callable[[], torch.Tensor]) -> None:
+        """One Hutchinson probe (``probes_per_update`` Rademacher vectors) into the Hessian EMA."""
+        cfg = self.config
+        if not cfg.uses_hessian:
+            raise ForgeConfigError(f"probe() is only used by Hessian scores; score={cfg.score!r} needs none")
+        gens = [tempering.sample_generator(cfg.seed, step, 1_000 + i) for i in range(len(self.entries))]
+        self._collect_acts = False
+        try:
+            diag = hutchinson.estimate_diag(self.model, self.entries, loss_fn, estimator=cfg.estimator,
+                                            generators=gens, fd_eps=cfg.fd_eps, probes=cfg.probes_per_update)
+        finally:
+            self._collect_acts = True
+        # Under data parallelism the gradients are averaged across ranks before the probe reads them, so
+        # Hv (fd) is already the global one; no extra all-reduce.
+        for (_, _, soft), d in zip(self.entries, diag):
+            ema_(getattr(soft, STAT_NAMES["hessian"]), d, cfg.hessian_ema)
+        self.probe_count += 1
+
+    @torch.no_grad()
+    def observe_grads(self, step: int) -> None:
+        """Fisher EMA from the dense weights' ``.grad`` (call before clipping); a no-op for other scores."""
+        if self.config.score != "fisher" or self.finalized:
+            return
+        seen = False
+        for site, module, soft in self.entries:
+            g = dense_weight(module, site.param).grad
+            if g is not None:
+                ema_(getattr(soft, STAT_NAMES["fisher"]), local(g).float().square(), self.config.hessian_ema)
+                seen = True
+        if seen:
+            self.fisher_count += 1
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> dict[str, float]:
+        """Mask update (every K steps), hardness, SLoRB initialisation, finalisation; returns metrics."""
+        cfg, sched, total = self.config, self.config.schedule, self.total_steps
+        t = step + 1
+        self.step = step
+        values = sched.values(t, total, self.final_sparsity)
+        metrics = {"mask_update": 0.0, "mask_flips": 0.0, "finalized": 0.0}
+        if not self.finalized:
+            if sched.is_update(t, total):
+                metrics["mask_flips"] = self._update_masks(step, values)
+                metrics["mask_update"] = 1.0
+            if (cfg.slorb and self.slorb_initialised_at is None
+                    and t >= min(sched.harden_start_step(total), sched.finalize_step(total))):
+                self._init_slorb()
+                self.slorb_initialised_at = step
+            if t >= sched.finalize_step(total):
+                self._finalize()
+                metrics["finalized"] = 1.0
+            else:
+                self._apply_step_state(t)
+        metrics.update(temperature=values["temperature"], target_sparsity=values["target_sparsity"],
+                       pull=values["pull"], hardness=0.0 if self.finalized else values["hardness"])
+        metrics.update(self._sparsity())
+        return metrics
+
+    # ---- internals ----------------------------------------------------------------------------------------
+    def _apply_step_state(self, t: int) -> None:
+        """Hardness of every mask and the SLoRB gain for the forward after ``t`` completed steps."""
+        h = 0.0 if self.finalized else self.config.schedule.hardness(t, self.total_steps)
+        for _, _, soft in self.entries:
+            soft.hardness.fill_(h)
+        slorb.set_slorb_gain(self.model, 1.0 - h)
+
+    def _scores(self, i: int) -> torch.Tensor:
+        cfg = self.config
+        site, module, soft = self.entries[i]
+        w = local(dense_weight(module, site.param))
+        kw = {}
+        if cfg.uses_hessian:
+            if self.probe_count == 0:
+                raise ForgeConfigError(f"score {cfg.score!r} needs Hessian probes before the first mask "
+                                       "update: call forge.probe(step, loss_fn) when forge.wants_probe(step)")
+            kw["hdiag"] = bias_corrected(getattr(soft, STAT_NAMES["hessian"]), cfg.hessian_ema,
+                                         self.probe_count)
+        elif cfg.score == "fisher":
+            if self.fisher_count == 0:
+                raise ForgeConfigError("score 'fisher' needs gradients before the first mask update: call "
+                                       "forge.observe_grads(step) after each backward")
+            kw["fisher"] = bias_corrected(getattr(soft, STAT_NAMES["fisher"]), cfg.hessian_ema,
+                                          self.fisher_count)
+        elif cfg.score == "wanda":
+            act = local(getattr(soft, STAT_NAMES["act"]))
+            if bool((act == 0).all()):
+                raise ForgeConfigError("score 'wanda' has seen no training forward pass of "
+                                       f"{site.name} before the first mask update")
+            kw["act_sq"] = act
+        return znorm(compute_score(cfg.score, w, k_dim=soft.k_dim, eps=cfg.hessian_eps, **kw))
+
+    def _update_masks(self, step: int, values: dict) -> float:
+        cfg, sched = self.config, self.config.schedule
+        flips, count = 0, 0
+        for group in self._groups:
+            z = self._scores(group[0])
+            if len(group) > 1:
+                z = znorm(sum(self._scores(i) for i in group[1:]) + z)
+            lead_soft = self.entries[group[0]][2]
+            new = tempering.tempered_mask(
+                z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
+                target_sparsity=values["target_sparsity"], temperature=values["temperature"],
+                pull=values["pull"], pull_lr=sched.pull_lr, momentum=sched.mask_momentum,
+                n_samples=cfg.tau_samples, generator=tempering.sample_generator(cfg.seed, step, group[0]))
+            for i in group:
+                soft = self.entries[i][2]
+                before = local(soft.hard).detach().clone()
+                self._set_mask(soft, new)
+                flips += int((local(soft.hard) != before).sum())
+                count += before.numel()
+        return flips / max(count, 1)
+
+    @staticmethod
+    def _set_mask(soft: SoftMask, new: torch.Tensor) -> None:
+        if hasattr(soft.mask, "to_local"):  # FSDP2 shard: write and project locally (N:M groups are local)
+            local(soft.mask).copy_(new)
+            local(soft.hard).copy_(soft.pattern.project(new, soft.k_dim))
+        else:
+            soft.set_mask(new.to(soft.mask.dtype))
+
+    def _init_slorb(self) -> None:
+        for site, module, soft in self.entries:
+            if hasattr(module, "_sfcompile_slorb") and site.kind in slorb.SLORB_KINDS:
+                slorb.init_slorb_(module, local(dense_weight(module, site.param)), local(soft.hard))
+
+    def _finalize(self) -> None:
+        """Masks exact and frozen: m ← hard(m), W ← W ⊙ m, hardness 0, gradients masked (no STE)."""
+        for site, module, soft in self.entries:
+            hard = local(soft.hard).detach().clone()
+            self._set_mask(soft, hard)
+            local(dense_weight(module, site.param)).mul_(hard.to(dense_weight(module, site.param).dtype))
+            soft.ste = False
+        self.finalized = True
+        self._apply_step_state(self.total_steps)
+
+    def _sparsity(self) -> dict[str, float]:
+        zeros = hard_zeros = total = 0
+        for _, _, soft in self.entries:
+            m_eff = local(soft.effective())
+            zeros += int((m_eff == 0).sum())
+            hard_zeros += int((local(soft.hard) == 0).sum())
+            total += m_eff.numel()
+        return {"sparsity": zeros / total, "hard_sparsity": hard_zeros / total}
+
+    # ---- resume --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What `model.state_dict()` does not hold (the per-site statistics and masks are in it)."""
+        return {"step": self.step, "probe_count": self.probe_count, "fisher_count": self.fisher_count,
+                "finalized": self.finalized, "slorb_initialised_at": self.slorb_initialised_at,
+                "total_steps": self.total_steps, "config": self.config.to_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore after ``model.load_state_dict`` (masks, statistics, SLoRB tensors come from there)."""
+        if sd["total_steps"] != self.total_steps:
+            raise ForgeConfigError(f"checkpoint was made for total_steps={sd['total_steps']}, this run has "
+                                   f"{self.total_steps}: the schedule would differ; resume with the same "
+                                   "budget")
+        saved = sd.get("config", {})
+        if saved and saved != self.config.to_dict():
+            diff = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
+            raise ForgeConfigError(f"checkpoint's ForgeConfig differs in {diff}; resume with the same config")
+        self.step = sd["step"]
+        self.probe_count = sd["probe_count"]
+        self.fisher_count = sd["fisher_count"]
+        self.finalized = sd["finalized"]
+        self.slorb_initialised_at = sd["slorb_initialised_at"]
+        if self.finalized:
+            for _, _, soft in self.entries:
+                soft.ste = False
+        self._apply_step_state(self.step + 1)
+
+    def close(self) -> None:
+        """Remove the activation hooks (Wanda)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
