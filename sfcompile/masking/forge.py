@@ -37,7 +37,10 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
   ``slorb_train_p``), created at construction (S = 0, so the model is unchanged) and initialised IN PLACE from
   the pruned weights when hardening starts (``forge.slorb_initialised_at`` = that step, None before). They are
   registered on the site's owning module, so they are in ``model.state_dict()`` and FSDP2 shards them with the
-  module. Give them no weight decay (they are a correction term, like a bias).
+  module. Being registered on modules, they ARE in ``model.parameters()`` once SparseForge is built: build the
+  optimizer after SparseForge and do not add them twice — the list is there to put them in their own param
+  group (no weight decay: they are a correction term, like a bias). Mask state and statistics are frozen
+  (``requires_grad=False``): filter the optimizer's parameters on ``requires_grad``.
 * ``state_dict()`` / ``load_state_dict(sd)``: the small state not already in ``model.state_dict()`` (step,
   probe count, config echo for a consistency check). Per-site statistics (Hessian EMA ``sf_hdiag``, Fisher EMA
   ``sf_fisher``, activation norms ``sf_act_sq``) are frozen nn.Parameters on each SoftMask, created at
