@@ -52,3 +52,226 @@ Packing API (:mod:`sfcompile.lowering.pack`)::
 
 Nothing runs at import except op registration.
 """
+
+import logging
+from typing import Optional
+
+import torch
+
+__all__ = ["linear_nm24", "linear_block16", "grouped_nm24", "grouped_block16", "PREFILL_CSLT_MIN_M",
+           "cslt_linear", "clear_cslt_cache"]
+
+log = logging.getLogger("sfcompile.lowering")
+
+# At or above this many rows, 2:4 matmuls go to cuSPARSELt (when present) instead of the Triton kernel;
+# set from the kernel table measured on the H200 (benchmarks/README.md).
+PREFILL_CSLT_MIN_M = 512
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CSLT_DTYPES = (torch.float16, torch.bfloat16)
+_LOGGED: set[str] = set()
+
+
+def _log_once(reason: str) -> None:
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        log.warning("sfcompile ops: %s; running the reference math instead", reason)
+
+
+# ---- reference math (the CPU implementation, and the fallback on any device) ----------------------------
+
+def _nm24_dense(values, meta, k):
+    from sfcompile.lowering.pack import _unpack_nm24
+
+    return _unpack_nm24(values, meta, k)
+
+
+def _block16_dense(tile_values, row_ptr, col_idx, n, k, experts=None):
+    from sfcompile.lowering.pack import _unpack_block16
+
+    return _unpack_block16(tile_values, row_ptr, col_idx, (experts, n, k) if experts else (n, k))
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _linear_ref(x, w, bias):
+    ct = _compute_dtype(x.dtype)
+    y = torch.nn.functional.linear(x.to(ct), w.to(ct), None if bias is None else bias.to(ct))
+    return y.to(x.dtype)
+
+
+def _grouped_ref(x, w, offs):
+    ct = _compute_dtype(x.dtype)
+    y = torch.zeros(x.shape[0], w.shape[-2], dtype=ct, device=x.device)
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        if end > start:
+            y[start:end] = x[start:end].to(ct) @ w[e].to(ct).T
+        start = end
+    return y.to(x.dtype)
+
+
+# ---- op definitions ------------------------------------------------------------------------------------
+
+@torch.library.custom_op("sfcompile::linear_nm24", mutates_args=(), device_types="cpu")
+def linear_nm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045 (torch.library infers the schema)
+    return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
+
+
+@torch.library.custom_op("sfcompile::linear_block16", mutates_args=(), device_types="cpu")
+def linear_block16(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                   n: int, k: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
+
+
+@torch.library.custom_op("sfcompile::grouped_nm24", mutates_args=(), device_types="cpu")
+def grouped_nm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                 offs: torch.Tensor) -> torch.Tensor:
+    return _grouped_ref(x, _nm24_dense(values, meta, x.shape[-1]), offs)
+
+
+@torch.library.custom_op("sfcompile::grouped_block16", mutates_args=(), device_types="cpu")
+def grouped_block16(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                    offs: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    return _grouped_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, offs.shape[0]), offs)
+
+
+# ---- fake (meta) implementations: shapes only ----------------------------------------------------------
+
+@linear_nm24.register_fake
+def _(x, values, meta, bias=None):
+    return x.new_empty((*x.shape[:-1], values.shape[-2]))
+
+
+@linear_block16.register_fake
+def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@grouped_nm24.register_fake
+def _(x, values, meta, offs):
+    return x.new_empty((x.shape[0], values.shape[-2]))
+
+
+@grouped_block16.register_fake
+def _(x, tile_values, row_ptr, col_idx, offs, n, k):
+    return x.new_empty((x.shape[0], n))
+
+
+# ---- CUDA implementations: Triton kernels, dispatched on M ---------------------------------------------
+
+def _kernel_unsupported(x: torch.Tensor, weight_dtype: torch.dtype) -> str | None:
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"dtype {x.dtype} has no sparse kernel (fp16/bf16/fp32 do)"
+    if weight_dtype != x.dtype:
+        return f"input dtype {x.dtype} differs from the packed weight's {weight_dtype}"
+    return None
+
+
+@linear_nm24.register_kernel("cuda")
+def _(x, values, meta, bias=None):
+    reason = _kernel_unsupported(x, values.dtype)
+    if reason is None and bias is not None and bias.dtype != x.dtype:
+        reason = f"bias dtype {bias.dtype} differs from the input's {x.dtype}"
+    if reason:
+        _log_once(f"linear_nm24 {tuple(values.shape)}: {reason}")
+        return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
+    m = x.numel() // max(1, x.shape[-1])
+    if m >= PREFILL_CSLT_MIN_M and cslt_unsupported(x, values) is None:
+        return cslt_linear(x, values, meta, bias)
+    from sfcompile.lowering.kernels.nm24 import nm24_matmul
+
+    return nm24_matmul(x, values, meta, bias)
+
+
+@linear_block16.register_kernel("cuda")
+def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
+    reason = _kernel_unsupported(x, tile_values.dtype)
+    if reason is None and bias is not None and bias.dtype != x.dtype:
+        reason = f"bias dtype {bias.dtype} differs from the input's {x.dtype}"
+    if reason:
+        _log_once(f"linear_block16 ({n}, {k}): {reason}")
+        return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
+    from sfcompile.lowering.kernels.block16 import block16_matmul
+
+    return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, bias)
+
+
+@grouped_nm24.register_kernel("cuda")
+def _(x, values, meta, offs):
+    reason = _kernel_unsupported(x, values.dtype)
+    if reason:
+        _log_once(f"grouped_nm24 {tuple(values.shape)}: {reason}")
+        return _grouped_ref(x, _nm24_dense(values, meta, x.shape[-1]), offs)
+    from sfcompile.lowering.kernels.nm24 import nm24_matmul
+
+    return nm24_matmul(x, values, meta, offs=offs.to(torch.int32))
+
+
+@grouped_block16.register_kernel("cuda")
+def _(x, tile_values, row_ptr, col_idx, offs, n, k):
+    reason = _kernel_unsupported(x, tile_values.dtype)
+    if reason:
+        _log_once(f"grouped_block16 ({offs.shape[0]}, {n}, {k}): {reason}")
+        return _grouped_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, offs.shape[0]), offs)
+    from sfcompile.lowering.kernels.block16 import block16_matmul
+
+    return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, offs=offs.to(torch.int32))
+
+
+# ---- cuSPARSELt (prefill): a second packed form, built lazily on the GPU, alg_id searched once per shape --
+
+# The cache holds each weight's values tensor alive with its compressed form; clear_cslt_cache() frees them.
+_CSLT: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # weight key -> (values, compressed)
+_CSLT_ALG: dict[tuple, int] = {}                             # (N, K, M bucket, dtype) -> alg_id
+
+
+def cslt_unsupported(x: torch.Tensor, values: torch.Tensor) -> str | None:
+    """Why cuSPARSELt cannot run this 2:4 matmul, or None."""
+    n, k = values.shape[-2], x.shape[-1]
+    if not x.is_cuda or x.dtype not in _CSLT_DTYPES:
+        return f"cuSPARSELt takes CUDA fp16/bf16, got {x.device.type} {x.dtype}"
+    if n % 16 or k % 16:
+        return f"cuSPARSELt needs N and K multiples of 16, got N={n}, K={k}"
+    if not hasattr(torch, "_cslt_compress") or not torch.backends.cusparselt.is_available():
+        return "cuSPARSELt is not available in this torch build"
+    return None
+
+
+def _cslt_compressed(values: torch.Tensor, meta: torch.Tensor, k: int) -> torch.Tensor:
+    key = (values.data_ptr(), meta.data_ptr(), tuple(values.shape), values.dtype, values._version)
+    hit = _CSLT.get(key)
+    if hit is None:
+        compressed = torch._cslt_compress(_nm24_dense(values, meta, k).contiguous())
+        hit = (values, compressed)       # holding values keeps data_ptr from being reused while cached
+        _CSLT[key] = hit
+    return hit[1]
+
+
+def cslt_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """2:4 linear through cuSPARSELt; the first call per weight compresses it, per shape searches alg_id."""
+    k = x.shape[-1]
+    n = values.shape[-2]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    pad = (-m) % 8
+    if pad:
+        x2 = torch.nn.functional.pad(x2, (0, 0, 0, pad))
+    compressed = _cslt_compressed(values, meta, k)
+    akey = (n, k, 1 << max(0, (m - 1).bit_length()), x.dtype)
+    if akey not in _CSLT_ALG:
+        _CSLT_ALG[akey] = int(torch._cslt_sparse_mm_search(compressed, x2.t(), bias=bias,
+                                                           transpose_result=True))
+    y = torch._cslt_sparse_mm(compressed, x2.t(), bias=bias, transpose_result=True, alg_id=_CSLT_ALG[akey])
+    if pad:
+        y = y[:m]
+    return y.reshape(*x.shape[:-1], n)
+
+
+def clear_cslt_cache() -> None:
+    """Drop the cuSPARSELt compressed weights (and the alg_id choices)."""
+    _CSLT.clear()
+    _CSLT_ALG.clear()
