@@ -55,11 +55,14 @@ class Capture:
     Attributes:
         gm: the recorded ATen-level graph (see the module docstring).
         params: parameter FQN -> the ``nn.Parameter`` object, for every parameter the run read.
+        example_inputs: the tensor behind each placeholder, in order (parameters are the model's own
+            objects, not copies), so ``gm(*example_inputs)`` replays the run.
         model_class: the captured model's class name (for messages).
     """
 
     gm: fx.GraphModule
     params: dict[str, nn.Parameter] = field(default_factory=dict)
+    example_inputs: list[torch.Tensor] = field(default_factory=list)
     model_class: str = ""
 
     @property
@@ -91,6 +94,7 @@ class _Recorder(TorchDispatchMode):
         self._first_op: fx.Node | None = None
         self._n_external = 0
         self.params_seen: dict[str, torch.Tensor] = {}
+        self.placeholder_values: list[torch.Tensor] = []
 
     def node_for(self, t: torch.Tensor) -> fx.Node:
         entry = self._env.get(id(t))
@@ -123,6 +127,7 @@ class _Recorder(TorchDispatchMode):
             node.meta["external"] = True
         _set_meta(node, t)
         self._env[id(t)] = (t, node)
+        self.placeholder_values.append(t)
         return node
 
     def _bind(self, value, node: fx.Node) -> None:
@@ -248,8 +253,8 @@ def capture(model: nn.Module, example_inputs=None) -> Capture:
     outputs = [recorder.node_for(t) for t in tree_leaves(_plain(out)) if isinstance(t, torch.Tensor)]
     recorder.graph.output(tuple(outputs))
     gm = fx.GraphModule(nn.Module(), recorder.graph, class_name=f"Captured{type(model).__name__}")
-    params = {name: t for name, t in recorder.params_seen.items()}
-    return Capture(gm=gm, params=params, model_class=type(model).__name__)
+    return Capture(gm=gm, params=dict(recorder.params_seen), example_inputs=recorder.placeholder_values,
+                   model_class=type(model).__name__)
 
 
 def _plain(out):

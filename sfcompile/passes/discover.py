@@ -93,8 +93,20 @@ _MATMULS: dict[object, Callable[[fx.Node], list[tuple[int, int]]]] = {
     aten._grouped_mm: _grouped_operands,
 }
 
-# Ops whose output the router test looks for: routing picks experts by rank.
-_ROUTING = {aten.topk, aten.sort, aten.argsort, aten.argmax, aten.max, aten.kthvalue}
+# Routing picks experts by rank: an op that returns indices of the largest scores. For ops that return
+# (values, indices), only a use of the indices counts: ``logits.max(-1).values`` in a stable softmax is not
+# routing (gpt-oss attention sinks do exactly that on q/k outputs).
+_RANK_INDICES = {aten.argmax, aten.argmin, aten.argsort}
+_RANK_PAIRS = {aten.topk, aten.sort, aten.max, aten.min, aten.kthvalue}
+
+
+def _is_routing(node: fx.Node) -> bool:
+    pk = _packet(node)
+    if pk in _RANK_INDICES:
+        return True
+    if pk in _RANK_PAIRS:
+        return any(u.target is operator.getitem and u.args[1] == 1 and u.users for u in node.users)
+    return False
 
 
 def _packet(node: fx.Node):
@@ -344,18 +356,22 @@ def _kind(shape: tuple[int, ...], k_dim: int) -> str:
     return "matmul"
 
 
-def _reaches(start: fx.Node, targets: set, stop: set[fx.Node]) -> bool:
-    """Does data flow from ``start`` reach an op in ``targets`` without passing through a node in ``stop``?"""
+def _reaches(start: fx.Node, hit: Callable[[fx.Node], bool], stop: set[fx.Node]) -> bool:
+    """Does data flow from ``start`` reach a node where ``hit`` holds without passing through ``stop``?"""
     seen, todo = {start}, [start]
     while todo:
         for user in todo.pop().users:
             if user in seen or user in stop:
                 continue
             seen.add(user)
-            if _packet(user) in targets or (user.op == "output" and "output" in targets):
+            if hit(user):
                 return True
             todo.append(user)
     return False
+
+
+def _is_output(node: fx.Node) -> bool:
+    return node.op == "output"
 
 
 def discover_graph(
@@ -415,7 +431,7 @@ def discover_graph(
     if head is True:
         heads = {
             name for name, us in uses.items()
-            if any(_reaches(u.node, {"output"}, matmul_nodes - {u.node}) for u in us)
+            if any(_reaches(u.node, _is_output, matmul_nodes - {u.node}) for u in us)
         }
     else:
         heads = {head} if head else set()
@@ -436,8 +452,10 @@ def discover_graph(
         module, _, attr = name.rpartition(".")
         site = Site(name=name, module=module, param=attr, shape=shape, k_dim=k_dim, kind=_kind(shape, k_dim))
         reason = None
-        if any(_reaches(u.node, _ROUTING, matmul_nodes - {u.node}) for u in us):
+        if any(_reaches(u.node, _is_routing, matmul_nodes - {u.node}) for u in us):
             reason = "MoE router: its output feeds top-k expert selection"
+        elif len(shape) == 2 and shape[1 - k_dim] == 1:
+            reason = "scalar gate: one output per token (N=1), nothing to sparsify"
         elif name in heads:
             tied = " (tied to the input embedding)" if name in looked_up else ""
             reason = f"output head{tied}; pass skip_head=False to prune it"
