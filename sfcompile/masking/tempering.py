@@ -4,7 +4,7 @@ One SparseForge mask update of a site, with z the z-normalised scores, s the tar
 temperature and λ the pull strength (all from `TemperingSchedule`):
 
     τ  = quantile(z, s)                        estimated from a deterministic sample of the scores
-    G  = σ((z − τ) / T)                        the tempered gate, in (0, 1)
+    G  = σ((z − τ) / T)                        the tempered gate, in (0, 1) (see `gate` for ties)
     G ← clamp(G − η·λ·(m − hard(G)), 0, 1)     pull toward the hard pattern (η = pull_lr)
     m ← μ·m + (1 − μ)·G                        EMA of the soft mask (μ = mask_momentum)
 
@@ -45,11 +45,20 @@ def sampled_quantile(z: torch.Tensor, q: float, n_samples: int,
     return float(flat.kthvalue(k).values) if q > 0 else float(flat.min())
 
 
+TIE_BREAK = 1e-3
+
+
 def gate(z: torch.Tensor, tau: float, temperature: float) -> torch.Tensor:
-    """G = σ((z − τ)/T)."""
+    """G = (1 − δ)·σ((z − τ)/T) + δ·σ(z − τ), δ = 1e-3.
+
+    At the low temperatures of late tempering σ((z − τ)/T) saturates to exactly 0 or 1 in float32 for most
+    weights, and the pattern projection of a mask full of equal values picks by index, not by score (a flaw of
+    the reference's plain σ). The small temperature-1 term keeps G strictly increasing in the score, so the
+    mask keeps the scores' order within every N:M group / tile; it moves G by at most δ.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature {temperature} must be > 0")
-    return torch.sigmoid((z - tau) / temperature)
+    return (1 - TIE_BREAK) * torch.sigmoid((z - tau) / temperature) + TIE_BREAK * torch.sigmoid(z - tau)
 
 
 def pull_toward_pattern(g: torch.Tensor, m: torch.Tensor, pattern: Pattern, k_dim: int, strength: float,

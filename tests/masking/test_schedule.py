@@ -1,0 +1,108 @@
+import math
+
+import pytest
+
+from sfcompile.masking.schedule import ScheduleError, TemperingSchedule
+
+TOTAL = 20_000
+
+
+def _series(fn, total=TOTAL):
+    return [fn(t, total) for t in range(total + 1)]
+
+
+@pytest.mark.parametrize("ramp", ["linear", "cubic"])
+def test_monotone(ramp):
+    s = TemperingSchedule(sparsity_ramp=ramp)
+    sp = _series(lambda t, n: s.target_sparsity(t, n, 0.5))
+    temp = _series(s.temperature)
+    pull = _series(s.pull)
+    hard = _series(s.hardness)
+    assert all(b >= a for a, b in zip(sp, sp[1:]))
+    assert all(b <= a for a, b in zip(temp, temp[1:]))
+    assert all(b >= a for a, b in zip(pull, pull[1:]))
+    assert all(b <= a for a, b in zip(hard, hard[1:]))
+
+
+def test_end_points():
+    s = TemperingSchedule()
+    assert s.target_sparsity(0, TOTAL, 0.5) == 0.0
+    assert s.target_sparsity(s.step_of(s.sparsity_warmup, TOTAL), TOTAL, 0.5) == pytest.approx(0.5)
+    assert s.target_sparsity(TOTAL, TOTAL, 0.5) == pytest.approx(0.5)
+    assert s.temperature(0, TOTAL) == pytest.approx(s.temperature_start)
+    assert s.temperature(TOTAL, TOTAL) == pytest.approx(s.temperature_floor)
+    floor_step = s.step_of(s.temperature_floor_at, TOTAL)
+    assert s.temperature(floor_step, TOTAL) == pytest.approx(s.temperature_floor)
+    assert s.pull(0, TOTAL) == 0.0 and s.pull(TOTAL, TOTAL) == pytest.approx(s.pull_max)
+    assert s.hardness(0, TOTAL) == 1.0
+    assert s.hardness(s.harden_start_step(TOTAL), TOTAL) == 1.0
+    assert s.hardness(s.step_of(s.harden_end, TOTAL), TOTAL) == 0.0
+    assert s.hardness(TOTAL, TOTAL) == 0.0
+
+
+def test_temperature_continuous_through_the_period_switch():
+    s = TemperingSchedule()
+    switch = s.step_of(s.period_switch, TOTAL)
+    assert s.period(switch - 1, TOTAL) == s.period_early and s.period(switch, TOTAL) == s.period_late
+    # The reference jumps 0.134 -> 0.05 here; ours moves by one step's worth of geometric decay.
+    per_step = (s.temperature_floor / s.temperature_start) ** (1 / (s.temperature_floor_at * TOTAL))
+    assert s.temperature(switch, TOTAL) / s.temperature(switch - 1, TOTAL) == pytest.approx(per_step)
+    temps = _series(s.temperature)
+    assert max(abs(a - b) for a, b in zip(temps, temps[1:])) < 2e-3
+    # continuous in real-valued t as well
+    t0 = 1234.5
+    assert abs(s.temperature(t0 + 1e-6, TOTAL) - s.temperature(t0 - 1e-6, TOTAL)) < 1e-8
+
+
+def test_hardness_and_sparsity_continuous():
+    s = TemperingSchedule()
+    hard = _series(s.hardness)
+    sp = _series(lambda t, n: s.target_sparsity(t, n, 0.5))
+    window = (s.harden_end - s.harden_start) * TOTAL
+    assert max(abs(a - b) for a, b in zip(hard, hard[1:])) <= 1.0 / window + 1e-12
+    assert max(abs(a - b) for a, b in zip(sp, sp[1:])) <= 0.5 / (s.sparsity_warmup * TOTAL) + 1e-12
+
+
+def test_cubic_ramp_is_front_loaded():
+    lin, cub = TemperingSchedule(), TemperingSchedule(sparsity_ramp="cubic")
+    t = lin.step_of(lin.sparsity_warmup / 2, TOTAL)
+    assert cub.target_sparsity(t, TOTAL, 0.5) == pytest.approx(0.5 * (1 - 0.5**3))
+    assert lin.target_sparsity(t, TOTAL, 0.5) == pytest.approx(0.25)
+
+
+def test_updates_stop_at_finalisation():
+    s = TemperingSchedule(period_early=3, period_late=2, period_switch=0.5, finalize_at=0.8)
+    ups = [t for t in range(101) if s.is_update(t, 100)]
+    assert ups[0] == 3 and all(t < 80 for t in ups)
+    assert [t for t in ups if t < 50] == list(range(3, 50, 3))
+    assert [t for t in ups if t >= 50] == list(range(50, 80, 2))
+
+
+def test_short_runs_still_work():
+    s = TemperingSchedule()
+    assert s.finalize_step(1) == 1
+    assert math.isfinite(s.temperature(0, 1)) and s.hardness(1, 1) == 0.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"harden_end": 1.2}, "past the end"),
+    ({"finalize_at": 1.5}, "past the end"),
+    ({"harden_start": 0.7, "harden_end": 0.6}, "harden_start <= harden_end"),
+    ({"harden_end": 0.9, "finalize_at": 0.8}, "finalised"),
+    ({"sparsity_ramp": "quadratic"}, "sparsity_ramp"),
+    ({"period_early": 0}, "period_early"),
+    ({"period_late": 2.5}, "period_late"),
+    ({"temperature_floor": 0.0}, "temperature_floor"),
+    ({"temperature_floor": 2.0}, "temperature_floor"),
+    ({"mask_momentum": 1.0}, "never moves"),
+    ({"pull_max": -0.1}, "pull_max"),
+    ({"sparsity_warmup": float("nan")}, "finite"),
+])
+def test_bad_values_rejected(kwargs, match):
+    with pytest.raises(ScheduleError, match=match):
+        TemperingSchedule(**kwargs)
+
+
+def test_total_steps_must_be_positive():
+    with pytest.raises(ScheduleError, match="total steps"):
+        TemperingSchedule().temperature(0, 0)
