@@ -178,9 +178,14 @@ def _read_file(path: Path) -> list[str]:
 
 
 @cache
+def _named(name: str) -> tuple[str, ...]:
+    return tuple(NAMED[name]())
+
+
 def _get(name_or_path: str) -> tuple[str, ...]:
+    """Named texts are read once per process; files are read every time (they may change)."""
     if name_or_path in NAMED:
-        docs = NAMED[name_or_path]()
+        docs = _named(name_or_path)
     else:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
