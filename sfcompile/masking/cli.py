@@ -63,9 +63,12 @@ def _check(args) -> str | None:
 
 
 def _ppl(model, tok, text: str, args) -> float:
+    import torch
+
     from sfcompile.eval.perplexity import perplexity
 
-    return float(perplexity(model, tok, text, seqlen=args.seqlen, max_windows=args.max_windows))
+    with torch.no_grad():
+        return float(perplexity(model, tok, text, seqlen=args.seqlen, max_windows=args.max_windows))
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

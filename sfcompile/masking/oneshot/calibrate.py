@@ -16,8 +16,9 @@ they do not depend on the window's content is checked on the second window.
 
 Which matmul reads a site's weight is found by identity, generically: under ``parametrize.cached()`` a
 parametrized weight is one tensor object for the whole forward, so a ``TorchFunctionMode`` sees it (or an
-integer-indexed expert slice of it, ``experts_weight[e]``) as the weight operand of ``linear``/``addmm``/
-``mm``/``matmul``/``bmm`` and records the other operand, the input X (…, K).
+integer-indexed expert slice ``experts_weight[e]``, or its transpose) as the weight operand of ``linear``/
+``addmm``/``mm``/``matmul``/``bmm``/``grouped_mm`` and records the other operand, the input X (…, K), split
+per expert for 3-D expert weights (see `MatmulInputRecorder`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ _ADDMM_FUNCS = {torch.addmm, torch.Tensor.addmm}
 _MM_FUNCS = {torch.mm, torch.matmul, torch.bmm, torch.Tensor.mm, torch.Tensor.matmul, torch.Tensor.bmm,
              torch.Tensor.__matmul__}
 _INDEX_FUNCS = {torch.Tensor.__getitem__, torch.Tensor.select, torch.select}
+_TRANSPOSE_FUNCS = {torch.Tensor.transpose, torch.transpose, torch.Tensor.mT.__get__}
+
+
+def _is_grouped_mm(func) -> bool:
+    """``torch._grouped_mm``, ``F.grouped_mm`` and library fallbacks of it (matched by op name)."""
+    name = getattr(func, "__name__", "") or ""
+    return "grouped_mm" in name
 
 
 class MatmulInputRecorder(TorchFunctionMode):
@@ -79,26 +87,27 @@ class MatmulInputRecorder(TorchFunctionMode):
 
     Args:
         watched: ``{key: weight tensor}`` — the exact tensor objects the forward will use (parametrized
-            weights under ``parametrize.cached()``). For 3-D (expert) weights, an integer-indexed slice
-            ``w[e]`` counts as expert ``e``'s weight.
-    After the forward, ``calls`` holds ``(key, expert, X (n, K))`` in call order.
+            weights under ``parametrize.cached()``).
+
+    For a 3-D (expert) weight ``W`` (E, ·, ·), these uses are recognised, each attributing rows of X to
+    experts: ``linear``/``mm`` on an integer-indexed slice ``W[e]`` (expert e); ``bmm``/``matmul`` of a
+    (E, n, K) input with ``W`` or its last-two-dims transpose (expert e gets ``X[e]``); and ``grouped_mm``
+    with offsets ``offs`` (expert e gets rows ``offs[e-1]:offs[e]``). After the forward, ``calls`` holds ``(key, expert, X)``.
     """
 
     def __init__(self, watched: dict[str, torch.Tensor]):
         super().__init__()
-        self._by_id = {id(t): (t, key) for key, t in watched.items()}
-        self._slices: dict[int, tuple[torch.Tensor, str, int]] = {}
+        self._by_id = {id(t): (t, key, None) for key, t in watched.items()}
+        self._derived: dict[int, tuple[torch.Tensor, str, int | None]] = {}
         self.calls: list[tuple[str, int, torch.Tensor]] = []
 
-    def _lookup(self, t) -> tuple[str, int] | None:
+    def _lookup(self, t) -> tuple[str, int | None] | None:
         if not isinstance(t, torch.Tensor):
             return None
-        hit = self._by_id.get(id(t))
-        if hit is not None and hit[0] is t:
-            return hit[1], 0
-        hit = self._slices.get(id(t))
-        if hit is not None and hit[0] is t:
-            return hit[1], hit[2]
+        for table in (self._by_id, self._derived):
+            hit = table.get(id(t))
+            if hit is not None and hit[0] is t:
+                return hit[1], hit[2]
         return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -106,6 +115,8 @@ class MatmulInputRecorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func in _INDEX_FUNCS:
             self._note_slice(func, args, out)
+        elif func in _TRANSPOSE_FUNCS:
+            self._note_transpose(func, args, out)
         elif func in _LINEAR_FUNCS:
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             self._note_call(weight, args[0] if args else kwargs.get("input"))
@@ -113,29 +124,57 @@ class MatmulInputRecorder(TorchFunctionMode):
             self._note_call(args[2], args[1])
         elif func in _MM_FUNCS and len(args) >= 2:
             self._note_call(args[1], args[0])
+        elif _is_grouped_mm(func) and len(args) >= 2:
+            offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+            self._note_call(args[1], args[0], offs=offs)
         return out
+
+    def _whole_3d(self, base) -> tuple[str, None] | None:
+        hit = self._lookup(base)
+        if hit is None or hit[1] is not None or base.dim() != 3:
+            return None
+        return hit
 
     def _note_slice(self, func, args, out) -> None:
         base = args[0] if args else None
-        hit = self._by_id.get(id(base)) if isinstance(base, torch.Tensor) else None
-        if hit is None or hit[0] is not base or base.dim() != 3:
+        hit = self._whole_3d(base)
+        if hit is None:
             return
         if func is torch.Tensor.__getitem__:
-            index = args[1]
-            dim0 = True
+            index, dim0 = args[1], True
         else:  # select(input, dim, index)
-            dim0 = args[1] == 0
-            index = args[2]
+            dim0, index = args[1] == 0, args[2]
         if isinstance(index, torch.Tensor) and index.numel() == 1 and not index.is_floating_point() \
                 and index.dtype != torch.bool:
             index = int(index)
-        if dim0 and isinstance(index, int):
-            self._slices[id(out)] = (out, hit[1], index % base.shape[0])
+        if dim0 and isinstance(index, int) and not isinstance(index, bool):
+            self._derived[id(out)] = (out, hit[0], index % base.shape[0])
 
-    def _note_call(self, weight, x) -> None:
+    def _note_transpose(self, func, args, out) -> None:
+        base = args[0] if args else None
+        hit = self._whole_3d(base)
+        if hit is None:
+            return
+        if func is torch.Tensor.mT.__get__ or {d % 3 for d in args[1:3]} == {1, 2}:
+            self._derived[id(out)] = (out, hit[0], None)
+
+    def _note_call(self, weight, x, offs=None) -> None:
         hit = self._lookup(weight)
-        if hit is not None and isinstance(x, torch.Tensor):
-            self.calls.append((hit[0], hit[1], x.detach()))
+        if hit is None or not isinstance(x, torch.Tensor):
+            return
+        key, expert = hit
+        x = x.detach()
+        if expert is not None or weight.dim() == 2:
+            self.calls.append((key, expert or 0, x))
+        elif offs is not None:  # grouped: rows of x sorted by expert, offs = cumulative row ends
+            start = 0
+            for e, end in enumerate(offs.tolist()):
+                if end > start:
+                    self.calls.append((key, e, x[start:end]))
+                start = end
+        elif x.dim() == 3 and x.shape[0] == weight.shape[0]:  # batched: (E, n, K) @ (E, K, N)
+            for e in range(x.shape[0]):
+                self.calls.append((key, e, x[e]))
 
 
 def _record_stats(calls, stats: dict[str, SiteStats]) -> None:
