@@ -84,7 +84,8 @@ def main() -> None:
     model, tok = sfcompile.load(args.model)
     if ("dense", "dense") not in rows:
         start = time.perf_counter()
-        rows[("dense", "dense")] = row = {**common, "pattern": "dense", "method": "dense", "ppl": ppl(model, tok),
+        value = ppl(model, tok)
+        rows[("dense", "dense")] = row = {**common, "pattern": "dense", "method": "dense", "ppl": value,
                                           "eval_s": time.perf_counter() - start, "prune_s": 0.0}
         _append(out, row)
     windows = calibration_windows(tok, args.calib, n=args.nsamples, seqlen=args.seqlen, seed=0)

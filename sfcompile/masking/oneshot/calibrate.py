@@ -92,7 +92,8 @@ class MatmulInputRecorder(TorchFunctionMode):
     For a 3-D (expert) weight ``W`` (E, ·, ·), these uses are recognised, each attributing rows of X to
     experts: ``linear``/``mm`` on an integer-indexed slice ``W[e]`` (expert e); ``bmm``/``matmul`` of a
     (E, n, K) input with ``W`` or its last-two-dims transpose (expert e gets ``X[e]``); and ``grouped_mm``
-    with offsets ``offs`` (expert e gets rows ``offs[e-1]:offs[e]``). After the forward, ``calls`` holds ``(key, expert, X)``.
+    with offsets ``offs`` (expert e gets rows ``offs[e-1]:offs[e]``). After the forward, ``calls`` holds
+    ``(key, expert, X)``.
     """
 
     def __init__(self, watched: dict[str, torch.Tensor]):
