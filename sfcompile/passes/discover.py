@@ -242,20 +242,24 @@ _IDENTITY_VIEWS = {
 }
 
 
-def _trace_param(node, dim: int) -> tuple[str, int] | None:
-    """Follow ``node`` back through view-like ops to a parameter placeholder: (param FQN, its dim K)."""
+def _trace_param(node, dim: int) -> tuple[str, int | None] | None:
+    """Follow ``node`` back through view-like ops to a parameter placeholder: (param FQN, its dim K).
+
+    The dim is None when the op's reduction dim is not one dim of the parameter (a reshape merged or split
+    it, e.g. an einsum contracting two weight dims): the parameter is a matmul weight we cannot group.
+    """
     if not isinstance(node, fx.Node) or "shape" not in node.meta:
         return None
     d: int | None = _norm(dim, _ndim(node))
     while True:
         if node.op == "placeholder":
             return (node.meta["param"], d) if "param" in node.meta else None
-        step = _step_back(node, d)
+        if d is None and _ndim(node) < 1:
+            return None
+        step = _step_back(node, 0 if d is None else d)  # with d lost, only the source matters
         if step is None:
             return None
-        node, d = step
-        if d is None:
-            return None
+        node, d = step[0], (None if d is None else step[1])
 
 
 def _canonical_input(node):
@@ -415,6 +419,9 @@ def discover_graph(
             continue
         if len(traced) == 1:
             pos, (name, k_dim) = traced[0]
+            if k_dim is None:
+                bad.setdefault(name, f"{node.target} reduces over a reshaped view of it: no single K dim")
+                continue
             other = next(p for p, _ in operands if p != pos)
             uses[name].append(_Use(node, k_dim, _canonical_input(node.args[other])))
 

@@ -296,3 +296,18 @@ def test_discovery_container_and_summary(found):
     assert text.splitlines()[0] == "Qwen3MoeForCausalLM: 12 sites (73,728 weights)"
     assert "model.layers.1.mlp.experts.gate_up_proj  experts  4x64x64" in text
     assert "model.layers.0.mlp.gate.weight: MoE router" in text
+
+
+def test_weight_contracted_over_two_dims_is_reported_not_guessed():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 8, 16))  # (H, D, N): einsum sums over H and D together
+            self.lin = nn.Linear(16, 16)
+
+        def forward(self, x):  # (B, T, H, D)
+            return self.lin(torch.einsum("bthd,hdn->btn", x, self.w))
+
+    d = discover(M(), example_inputs=torch.randn(2, 3, 4, 8), skip_head=False)
+    assert d.names == ["lin.weight"]
+    assert [(s.name, "no single K dim" in s.reason) for s in d.skipped] == [("w", True)]
