@@ -501,14 +501,11 @@ def _check_model(model: nn.Module) -> None:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
         PreTrainedModel = ()  # noqa: N806
-    if isinstance(model, PreTrainedModel):
-        can_generate = getattr(type(model), "can_generate", lambda: False)()
-        if model.get_output_embeddings() is None or not can_generate:
-            raise DiscoveryError(
-                f"discover() needs a causal language model with an output head; {type(model).__name__} "
-                f"is not one (output head: {type(model.get_output_embeddings()).__name__}, "
-                f"can generate: {can_generate}). Load the checkpoint with AutoModelForCausalLM"
-            )
+    if isinstance(model, PreTrainedModel) and not type(model).can_generate():
+        raise DiscoveryError(
+            f"discover() needs a causal language model; {type(model).__name__} is not one (it cannot "
+            "generate: no LM head, or not a decoder). Load the checkpoint with AutoModelForCausalLM"
+        )
     from torch.nn.utils import parametrize
 
     wrapped = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]

@@ -223,7 +223,7 @@ def test_non_causal_model_is_refused():
 
     cfg = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64, vocab_size=64)
-    with pytest.raises(DiscoveryError, match=r"BertModel is not one.*AutoModelForCausalLM"):
+    with pytest.raises(DiscoveryError, match=r"BertModel is not one \(it cannot.*AutoModelForCausalLM"):
         discover(AutoModel.from_config(cfg))
     with pytest.raises(DiscoveryError, match="BertForMaskedLM is not one"):
         discover(AutoModelForMaskedLM.from_config(cfg))
