@@ -7,7 +7,8 @@ optional mask-aware terms for the dense weights W under soft masks (found throug
   weights toward zero so the pattern can settle; ``d`` ramps linearly from 0 to ``srste_decay``.
 * CAST adaptive L1 (Huang et al. 2025, "AdamS"): a decoupled step ``W −= lr · λ · sign(W) · (1 − hard) /
   (√v̂ + ε)`` on the pruned weights, v̂ the bias-corrected Adam second moment: weights with small, noisy
-  gradients shrink faster, so every pruned weight reaches zero at a similar pace.
+  gradients shrink faster, so every pruned weight reaches zero at a similar pace. Applied in proximal form
+  (|W| shrinks, clamped at 0, never crossing zero).
 * CAST weight scaling: after the L1 step, each matrix's kept weights are rescaled so that the matrix's L2
   norm equals its norm before the L1 step — the decay removes magnitude from the pruned part, the kept part
   takes it back, and the pattern is untouched (our reading of CAST's scaling module as a per-matrix rule).
@@ -123,7 +124,9 @@ class MaskAwareAdamW(torch.optim.AdamW):
             v_hat = state["exp_avg_sq"] / (1 - beta2**step)
             pruned = 1 - soft.hard.to(w.dtype)
             norm_before = w.norm() if self.cast_weight_scaling else None
-            w.sub_(lr * self.cast_l1 * torch.sign(w) * pruned / (v_hat.sqrt() + eps))
+            # proximal form: shrink |W| by the step but never across zero (a tiny v̂ makes the step huge)
+            shrink = lr * self.cast_l1 * pruned / (v_hat.sqrt() + eps)
+            w.copy_(torch.sign(w) * (w.abs() - shrink).clamp_min(0))
             if self.cast_weight_scaling:
                 kept = soft.hard.to(w.dtype)
                 pruned_sq = (w * pruned).pow(2).sum()

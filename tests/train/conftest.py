@@ -1,34 +1,9 @@
-"""Tiny random models and a byte-level tokenizer for the trainer tests (no downloads)."""
+"""Fixtures of the trainer tests (helpers live in _tiny.py so test modules can import them)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-
-TEXT = "\n\n".join(
-    f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i % 7} times, and the cat watches "
-    f"from window number {i % 5} while it rains on day {i}." for i in range(300))
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<eos>")
-
-
-def tiny_model(seed: int = 0, vocab: int = 257):
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
-                               max_position_embeddings=256, tie_word_embeddings=False)
-    return AutoModelForCausalLM.from_config(cfg)
+from _tiny import TEXT, byte_tokenizer
 
 
 @pytest.fixture
@@ -41,3 +16,15 @@ def text_file(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text(TEXT)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CI/dev box has 2 cores shared by several jobs: OpenMP spin-waiting on an oversubscribed machine
+    # makes a tiny model's step ~80x slower. One thread is fastest for these tiny shapes anyway.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,66 @@
+import pytest
+
+from sfcompile.masking.forge import ForgeConfig
+from sfcompile.masking.schedule import ScheduleError, TemperingSchedule
+from sfcompile.train.config import TrainConfig, TrainConfigError, parse_tokens
+
+
+@pytest.mark.parametrize("text,expected", [("20M", 20_000_000), ("1.5B", 1_500_000_000), ("500k", 500_000),
+                                           (1234, 1234), ("1e6", 1_000_000), ("2_000", 2000)])
+def test_parse_tokens(text, expected):
+    assert parse_tokens(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["twenty", "20X", "", "1.5.2M"])
+def test_parse_tokens_rejects(bad):
+    with pytest.raises(TrainConfigError, match="token count"):
+        parse_tokens(bad)
+
+
+def test_negative_tokens_rejected():
+    with pytest.raises(TrainConfigError, match=r"tokens=-5 must be positive"):
+        TrainConfig(tokens=-5)
+    with pytest.raises(TrainConfigError, match="must be positive"):
+        TrainConfig(tokens="-1M")
+
+
+def test_hardening_window_past_the_end_rejected():
+    with pytest.raises(ScheduleError, match="past the end"):
+        TrainConfig(forge=ForgeConfig(schedule=TemperingSchedule(harden_end=1.2, finalize_at=1.3)))
+
+
+def test_unknown_score_rejected():
+    with pytest.raises(ValueError, match="unknown score 'wanda2'"):
+        TrainConfig(forge=ForgeConfig(score="wanda2"))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(teacher="gpu"), "teacher='gpu'"),
+    (dict(init="obs"), "init='obs'"),
+    (dict(teacher="none"), "distillation needs a teacher"),
+    (dict(min_lr=1.0, lr=1e-4), "min_lr"),
+    (dict(betas="0.9"), "betas"),
+    (dict(forge=None), "forge=None"),
+    (dict(seqlen=1), "seqlen"),
+    (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
+])
+def test_bad_values_name_the_value(kwargs, match):
+    with pytest.raises(TrainConfigError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_derived_steps_and_roundtrip():
+    cfg = TrainConfig(tokens="1M", seqlen=512, micro_batch=4, grad_accum=2, warmup=0.1, betas="0.9,0.99")
+    assert cfg.tokens == 1_000_000 and cfg.betas == (0.9, 0.99)
+    assert cfg.total_steps() == 1_000_000 // 4096
+    assert cfg.warmup_steps() == round(0.1 * cfg.total_steps())
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    with pytest.raises(TrainConfigError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({**cfg.to_dict(), "lr_typo": 1})
+
+
+def test_frozen():
+    cfg = TrainConfig()
+    with pytest.raises(AttributeError):
+        cfg.lr = 1.0

@@ -1,0 +1,136 @@
+"""The training loop on a tiny random llama: resume determinism, NaN guard, signals, end-of-run outputs."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from _tiny import TEXT, byte_tokenizer, tiny_llama
+
+from sfcompile.masking.forge import ForgeConfig
+from sfcompile.masking.schedule import TemperingSchedule
+from sfcompile.masking.state import dense_weight, masked_sites, sparsify
+from sfcompile.train import TrainConfig, train
+
+SEQ, MB = 32, 2
+
+
+def _config(tmp_path, name, steps, **kw):
+    data = tmp_path / "train.txt"
+    if not data.exists():
+        data.write_text(TEXT)
+    forge = ForgeConfig(schedule=TemperingSchedule(period_early=2, period_late=2, harden_start=0.3,
+                                                   harden_end=0.6, finalize_at=0.8), tau_samples=512)
+    base = dict(tokens=SEQ * MB * 2 * steps, data=str(data), seqlen=SEQ, micro_batch=MB, grad_accum=2, lr=1e-3,
+                warmup=2, forge=forge, out=str(tmp_path / name), eval_text=str(data), eval_windows=2,
+                log_every=1, squarehead_weight=0.5, harden=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _model():
+    model = tiny_llama(seed=0)
+    sparsify(model, "2:4")
+    return model
+
+
+def _state(model):
+    return {site.name: (dense_weight(module, site.param).detach().clone(), soft.mask.detach().clone(),
+                        soft.hard.detach().clone()) for site, module, soft in masked_sites(model)}
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    tok = byte_tokenizer()
+    straight = _model()
+    r = train(straight, _config(tmp_path, "a", 10), tokenizer=tok)
+    assert r.steps == 10 and r.stopped is None
+
+    half = _model()
+    cfg = _config(tmp_path, "b", 10)
+    r1 = train(half, cfg, tokenizer=tok, stop_at=5)
+    assert r1.steps == 5 and r1.stopped == "stop_at"
+    assert (tmp_path / "b" / "checkpoints" / "step_0000005" / "model.pt").exists()
+    resumed = _model()  # a fresh process would rebuild the dense model, then load the checkpoint
+    r2 = train(resumed, cfg, tokenizer=tok, resume=True)
+    assert r2.steps == 10
+
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            assert torch.equal(x, y), name
+    sd_a, sd_b = straight.state_dict(), resumed.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        if isinstance(sd_a[k], torch.Tensor):
+            assert torch.equal(sd_a[k], sd_b[k]), k
+        else:  # extra state (SoftMask.ste)
+            assert sd_a[k] == sd_b[k], k
+    assert r.final_loss == r2.final_loss
+
+
+def test_nan_guard_skips_the_step(tmp_path, monkeypatch):
+    tok = byte_tokenizer()
+    model = _model()
+    w_before = {}
+    import sfcompile.train.loop as loop
+
+    real = loop.distillation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        loss, parts = real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] in (3, 4):  # both micro-batches of step 1
+            loss = loss * float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(loop, "distillation_loss", poisoned)
+    cfg = _config(tmp_path, "nan", 3, forge=None, init="magnitude")
+    for site, module, _ in masked_sites(model):
+        w_before[site.name] = dense_weight(module, site.param).detach().clone()
+    r = train(model, cfg, tokenizer=tok)
+    assert r.skipped_steps == 1
+    records = [json.loads(x) for x in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
+    skips = [x for x in records if x["kind"] == "skip"]
+    assert len(skips) == 1 and skips[0]["step"] == 1
+    for site, module, _ in masked_sites(model):  # the other steps did train, and no NaN got in
+        w = dense_weight(module, site.param)
+        assert torch.isfinite(w).all()
+        assert not torch.equal(w, w_before[site.name])
+
+
+def test_sigterm_checkpoints_and_returns_143(tmp_path, monkeypatch):
+    tok = byte_tokenizer()
+    model = _model()
+    import sfcompile.train.loop as loop
+
+    real = loop.lr_at
+
+    def lr_then_signal(step, **kw):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step; the step must still finish
+        return real(step, **kw)
+
+    monkeypatch.setattr(loop, "lr_at", lr_then_signal)
+    cfg = _config(tmp_path, "sig", 6)
+    r = train(model, cfg, tokenizer=tok)
+    assert r.stopped == "SIGTERM" and r.exit_code == 143 and r.steps == 3
+    assert (tmp_path / "sig" / "checkpoints" / "latest").read_text() == "step_0000003"
+    assert signal.getsignal(signal.SIGTERM) is not None  # handler restored (not ours)
+
+
+def test_end_of_run_outputs_and_hardened_model(tmp_path):
+    tok = byte_tokenizer()
+    model = _model()
+    cfg = _config(tmp_path, "end", 6, harden=True)
+    r = train(model, cfg, tokenizer=tok)
+    out = tmp_path / "end"
+    assert r.final_path == out / "final" and (out / "final" / "sparsity.json").exists()
+    assert not masked_sites(model) and model.sfcompile_manifest["pattern"] == "2:4"
+    for name in ("curves.png", "summary.md", "log.jsonl", "train_config.json"):
+        assert (out / name).exists(), name
+    assert set(r.ppl) == {0, 6}
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert ((q.reshape(-1, 4) != 0).sum(-1) <= 2).all()
