@@ -38,7 +38,6 @@ def token_windows(tokenizer, text, seqlen: int, max_windows: int | None = None) 
     return ids[: n * seqlen].view(n, seqlen)
 
 
-@torch.no_grad()
 def perplexity(
     model,
     tokenizer,
@@ -52,8 +51,8 @@ def perplexity(
     """Perplexity of ``model`` on ``text``.
 
     Args:
-        model: a causal LM (HF ``...ForCausalLM``, soft-masked or hardened); evaluated on the device it lives
-        on.
+        model: a causal LM (HF ``...ForCausalLM``, soft-masked or hardened); evaluated on the device it
+            lives on.
         tokenizer: its tokenizer.
         text: a named text (``"wiki"``), a file path, a list of documents, or a raw string (see
             ``texts.resolve_documents``).
@@ -69,9 +68,15 @@ def perplexity(
         >>> model, tok = sfcompile.load("smollm2-135m")
         >>> perplexity(model, tok, "wiki", seqlen=512)
     """
+    windows = token_windows(tokenizer, text, seqlen, max_windows)
+    return windows_perplexity(model, windows, batch_size=batch_size, progress=progress)
+
+
+@torch.no_grad()
+def windows_perplexity(model, windows: torch.Tensor, *, batch_size: int = 1, progress: bool = True) -> float:
+    """Perplexity over pre-cut ``windows`` ((W, T) LongTensor, e.g. from ``token_windows``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    windows = token_windows(tokenizer, text, seqlen, max_windows)
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -80,7 +85,7 @@ def perplexity(
     try:
         for start in tqdm(
             range(0, len(windows), batch_size),
-            desc=f"perplexity (seqlen {seqlen})",
+            desc=f"perplexity ({len(windows)} x {windows.shape[1]} tokens)",
             unit="batch",
             disable=not progress,
         ):
