@@ -39,7 +39,7 @@ from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-__all__ = ["Capture", "CaptureError", "capture", "default_example_inputs"]
+__all__ = ["Capture", "CaptureError", "capture", "default_example_inputs", "unwrap_compiled"]
 
 DEFAULT_SEQ_LEN = 8
 
@@ -158,6 +158,12 @@ def _set_meta(node: fx.Node, t: torch.Tensor) -> None:
     node.meta["dtype"] = t.dtype
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile`` wrapper (whose parameter names carry a ``_orig_mod.`` prefix)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -224,6 +230,7 @@ def capture(model: nn.Module, example_inputs=None) -> Capture:
         >>> sorted(cap.params)[:1]
         ['lm_head.weight']
     """
+    model = unwrap_compiled(model)
     if any(p.is_meta for p in model.parameters()):
         raise CaptureError(
             f"{type(model).__name__} has parameters on the meta device; discovery runs the model once on a "

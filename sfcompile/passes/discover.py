@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from sfcompile.capture import Capture, capture
+from sfcompile.capture import Capture, capture, unwrap_compiled
 from sfcompile.passes.site import Site, Skipped
 from sfcompile.patterns import Pattern, parse_pattern
 
@@ -562,6 +562,7 @@ def discover(
         >>> [s.name for s in found][:2]
         ['model.layers.0.self_attn.q_proj.weight', 'model.layers.0.self_attn.k_proj.weight']
     """
+    model = unwrap_compiled(model)  # site names are the eager module's, not "_orig_mod.*"
     _check_model(model)
     cap = capture(model, example_inputs)
     head = _head_param(model, cap) if skip_head else None

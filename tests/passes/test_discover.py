@@ -311,3 +311,10 @@ def test_weight_contracted_over_two_dims_is_reported_not_guessed():
     d = discover(M(), example_inputs=torch.randn(2, 3, 4, 8), skip_head=False)
     assert d.names == ["lin.weight"]
     assert [(s.name, "no single K dim" in s.reason) for s in d.skipped] == [("w", True)]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, raised while importing Dynamo
+def test_compiled_wrapper_is_seen_through():
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+    d = discover(torch.compile(mlp), example_inputs=torch.randn(2, 8), skip_head=False)
+    assert d.names == ["0.weight", "2.weight"]
