@@ -1,14 +1,20 @@
 """Graph capture: run a model once on a tiny input and record every ATen op it executes as an FX graph.
 
-Why a dispatch-level recorder and not ``torch.export`` / a Dynamo backend: both were tried on the tiny
-families of the tests (torch 2.13, transformers 5.24). A recording Dynamo backend costs ~1.4 s per tiny
-model, leaves state in Dynamo's global caches (only ``torch._dynamo.reset()`` clears it, which also drops the
-user's own compiled functions), and graph-breaks on data-dependent MoE code (``nonzero`` / per-expert loops);
-``make_fx`` and non-strict ``torch.export`` refuse ``.item()`` on traced values, which every HF model's mask
-code calls. Running the model eagerly under a ``TorchDispatchMode`` sees exactly the ops eager execution runs
-(after ``linear``/``matmul`` decompose into ``t``/``mm``/``addmm``/``bmm``), takes ~20 ms on a tiny model,
-follows data-dependent control flow by simply executing it, yields ONE graph (no breaks), and touches no
-global state.
+Why a dispatch-level recorder and not ``torch.export`` / a Dynamo backend (measured on the tiny families of
+the tests, torch 2.13, transformers 5.24, a loaded 2-core machine):
+
+* a recording Dynamo backend costs ~1.4 s per tiny model, leaves entries in Dynamo's global caches (only
+  ``torch._dynamo.reset()`` clears them, which also drops the user's own compiled functions) and
+  graph-breaks on data-dependent MoE code (``nonzero``, per-expert loops);
+* non-strict ``torch.export`` costs 2-4 s per tiny model and fails on transformers' per-expert loop
+  (``experts_implementation="eager"``: GuardOnDataDependentSymNode); ``make_fx`` refuses the ``.item()``
+  that every HF model's mask code calls.
+
+Running the model eagerly under a ``TorchDispatchMode`` sees exactly the ops eager execution runs (after
+``linear``/``matmul`` decompose into ``t``/``mm``/``addmm``/``bmm``), takes ~20-50 ms on a tiny model, follows
+data-dependent control flow by simply executing it, yields ONE graph (no breaks) and touches no global
+state. The price: ops under a ``torch.compiler.is_compiling()`` branch are not the ones seen (transformers
+picks its grouped-mm fallback op only under Dynamo); discovery recognizes both, so the sites are the same.
 
 The graph (one node per executed op, in order)::
 

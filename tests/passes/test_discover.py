@@ -318,3 +318,10 @@ def test_compiled_wrapper_is_seen_through():
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
     d = discover(torch.compile(mlp), example_inputs=torch.randn(2, 8), skip_head=False)
     assert d.names == ["0.weight", "2.weight"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_eager_attention_matmuls_are_not_sites(tiny_model, found, family):
+    """With eager attention, q @ k^T and p @ v are bmm/mm ops too; neither operand is a parameter."""
+    d = discover(tiny_model(family, attn_implementation="eager"))
+    assert _rows(d) == _rows(found(family))
