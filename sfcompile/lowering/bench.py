@@ -168,13 +168,34 @@ def _shape_rows(name, n, k, m, dense, packed, ceil, dtype, with_cslt, log) -> li
     for p, impl, fns, sparse_tc in impls:
         try:
             us = _graph_time(fns)
+            err = _rel_error(fns[0](), x, packed[p][0])
         except Exception as e:  # a failing implementation is reported, the table goes on
             log(f"{name} M={m} {p} {impl}: FAILED {type(e).__name__}: {e}")
+            continue
+        if not err < 2e-2:
+            log(f"{name} M={m} {p} {impl}: WRONG RESULT, relative error {err:.3g}; row dropped")
             continue
         b, fl = floor(p, sparse_tc)
         rows.append(Row(name, n, k, m, p, impl, *us, d_us[0], d_us[0] / us[0], db / b, fl, b / us[0] / 1e3))
     log(" | ".join(f"{r.impl}/{r.pattern} {r.us:.1f}us x{r.ratio:.2f}" for r in rows) + f"  [{name} M={m}]")
     return rows
+
+
+def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
+    ref = x.double() @ pw.unpack_nk().double().T
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def tuned_configs() -> dict[str, str]:
+    """The autotuner's choice per (kernel, M bucket, N, K) so far in this process."""
+    from sfcompile.lowering.kernels import block16, nm24
+
+    out = {}
+    for mod in (nm24, block16):
+        for small, tuner in mod._AUTOTUNED.items():
+            for key, cfg in getattr(tuner, "cache", {}).items():
+                out[f"{mod.__name__.rsplit('.', 1)[-1]} {'decode' if small else 'prefill'} {key[:3]}"] = str(cfg)
+    return out
 
 
 def moe_table(shapes=MOE_SHAPES, tokens=(8, 512), top_k=8, dtype=torch.bfloat16, log=print) -> list[Row]:
@@ -225,6 +246,7 @@ def markdown(rows: list[Row]) -> str:
 def summary(rows: list[Row], decode_max_m=16, prefill_min_m=2048) -> dict[str, float]:
     """Median ratio vs dense per (pattern, impl) over decode rows (M <= 16) and prefill rows (M >= 2048)."""
     out = {}
+    rows = [r for r in rows if not r.shape.startswith("moe")]   # layer shapes only
     for p, impl in sorted({(r.pattern, r.impl) for r in rows if r.pattern != "dense"}):
         for label, lo, hi in (("decode", 0, decode_max_m), ("prefill", prefill_min_m, 1 << 62)):
             ratios = [r.ratio for r in rows if r.pattern == p and r.impl == impl and lo <= r.m <= hi]

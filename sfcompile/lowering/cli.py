@@ -61,11 +61,14 @@ def _run_kernels(args) -> int:
     print(table)
     for key, value in summary.items():
         print(f"{key}: {value:.2f}x")
+    for key, value in bench.tuned_configs().items():
+        print(f"tuned {key}: {value}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(table + "\n\n" + "\n".join(f"- {k}: {v:.2f}x" for k, v in
                                                                           summary.items()) + "\n")
-        record = {"rows": bench.to_dicts(rows), "summary": summary, "device": torch.cuda.get_device_name()}
+        record = {"rows": bench.to_dicts(rows), "summary": summary, "device": torch.cuda.get_device_name(),
+                  "tuned": bench.tuned_configs()}
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return 0
 

@@ -46,7 +46,9 @@ NM_CASES = [  # (M, N, K, config)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n,k,config", NM_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_nm24_interpreter(dtype, m, n, k, config, bias):
+@pytest.mark.parametrize("decomp", [0, 1, 2])
+def test_nm24_interpreter(dtype, m, n, k, config, bias, decomp):
+    config = {**config, "DECOMP": decomp}
     g = torch.Generator().manual_seed(m * 1000 + n + k)
     w = _w24(n, k, dtype, g)
     pw = pack(w, "2:4", -1)
@@ -60,6 +62,43 @@ def test_nm24_interpreter(dtype, m, n, k, config, bias):
     assert _rel(y, dense) < TOL[dtype]
 
 
+_CUDA_CORE_SCRIPT = """
+import torch
+from sfcompile.lowering.kernels.nm24 import nm24_matmul
+from sfcompile.lowering.pack import pack
+from sfcompile.patterns import NM
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for m, n, k, bm, sk in ((1, 16, 64, 1, 1), (3, 48, 96, 4, 2), (2, 32, 100, 2, 3)):
+        w = torch.randn(n, k, generator=g)
+        w = (w * NM(2, 4).project(torch.rand(n, k, generator=g), -1)).to(dtype)
+        pw = pack(w, "2:4", -1)
+        x = torch.randn(m, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype)
+        cfg = dict(BLOCK_M=bm, BLOCK_N=16, BLOCK_K=32, SPLIT_K=sk, DECOMP=3)
+        y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg).double()
+        ref = x.double() @ w.double().T + b.double()
+        err = ((y - ref).norm() / ref.norm()).item()
+        assert err < 1e-2, (dtype, m, n, k, err)
+print("ok")
+"""
+
+
+def test_nm24_cuda_core_path_interpreter():
+    # The CUDA-core path reduces with tl.sum, a jit helper that Triton's interpreter runs only when
+    # TRITON_INTERPRET=1 is set before triton is imported: run it in a child process so the variable
+    # cannot leak into this one.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run([sys.executable, "-c", _CUDA_CORE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nm24_grouped_interpreter(dtype):
     g = torch.Generator().manual_seed(7)
@@ -69,7 +108,7 @@ def test_nm24_grouped_interpreter(dtype):
     offs = torch.tensor([5, 5, 13], dtype=torch.int32)       # expert 1 gets no rows; 2 rows past the end
     x = torch.randn(15, k, generator=g).to(dtype)
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], offs=offs,
-                    config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=2))
+                    config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=2, DECOMP=1))
     ref = nm24_matmul_reference(x, pw.data["values"], pw.data["meta"], offs=offs)
     assert _rel(y, ref) < TOL[dtype]
     assert torch.equal(y[13:], torch.zeros_like(y[13:]))
@@ -86,7 +125,9 @@ BLOCK_CASES = [  # (M, N, K, density, config)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n,k,density,config", BLOCK_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_block16_interpreter(dtype, m, n, k, density, config, bias):
+@pytest.mark.parametrize("variant", [0, 1])
+def test_block16_interpreter(dtype, m, n, k, density, config, bias, variant):
+    config = {**config, "VARIANT": variant}
     g = torch.Generator().manual_seed(m * 100 + n + k)
     w = _wblock(n, k, dtype, g, density)
     pw = pack(w, f"block16:{density}", -1)
@@ -109,7 +150,7 @@ def test_block16_empty_block_row_and_grouped_interpreter():
     offs = torch.tensor([3, 7], dtype=torch.int32)
     x = torch.randn(8, k, generator=g)
     y = block16_matmul(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, offs=offs,
-                       config=dict(BLOCK_M=16, TILES=2, SPLIT_K=2))
+                       config=dict(BLOCK_M=16, TILES=2, SPLIT_K=2, VARIANT=1))
     assert _rel(y[:3], x[:3].double() @ w[0].double().T) < 1e-6
     assert _rel(y[3:7], x[3:7].double() @ w[1].double().T) < 1e-6
     assert torch.equal(y[3:7, :16], torch.zeros(4, 16)) and torch.equal(y[7], torch.zeros(n))

@@ -25,14 +25,17 @@ SMALL_M = 16
 
 
 def block16_configs(small_m: bool) -> list[triton.Config]:
-    """Autotune space: decode (BLOCK_M = 16, split over a row's tiles) or prefill (BLOCK_M 64/128)."""
+    """Autotune space: decode (BLOCK_M = 16, split over a row's tiles) or prefill (BLOCK_M 64/128); VARIANT 1
+    loads 2-D operands directly, VARIANT 0 loads 3-D tiles and reshapes."""
     if small_m:
         space = [(4, 1, 4, 3), (8, 1, 4, 3), (16, 1, 4, 2), (8, 2, 4, 3), (4, 4, 4, 4), (8, 4, 4, 3),
                  (16, 2, 8, 2), (4, 2, 2, 4)]
-        return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk}, num_warps=w, num_stages=s,
-                              pre_hook=_zero_workspace if sk > 1 else None) for t, sk, w, s in space]
+        return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk, "VARIANT": 1}, num_warps=w,
+                              num_stages=s, pre_hook=_zero_workspace if sk > 1 else None)
+                for t, sk, w, s in space] + [
+            triton.Config({"BLOCK_M": 16, "TILES": 8, "SPLIT_K": 1, "VARIANT": 0}, num_warps=4, num_stages=3)]
     space = [(64, 4, 4, 3), (128, 4, 4, 3), (128, 8, 8, 3), (64, 8, 4, 3), (128, 2, 4, 4)]
-    return [triton.Config({"BLOCK_M": bm, "TILES": t, "SPLIT_K": 1}, num_warps=w, num_stages=s)
+    return [triton.Config({"BLOCK_M": bm, "TILES": t, "SPLIT_K": 1, "VARIANT": 1}, num_warps=w, num_stages=s)
             for bm, t, w, s in space]
 
 
@@ -45,7 +48,7 @@ def _block16_kernel(
     x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, offs_ptr, out_ptr, ws_ptr,
     M, N, K, M_KEY, stride_xm, stride_om,
     HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, TILES: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, TILES: tl.constexpr, SPLIT_K: tl.constexpr, VARIANT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -78,18 +81,30 @@ def _block16_kernel(
     t_hi = tl.minimum(t_lo + per_split, t_end)
 
     acc = tl.full((BLOCK_M, 16), 0.0, tl.float32)
+    offs_kk = tl.arange(0, TILES * 16)   # (tile, column) flattened: tile kk // 16, column kk % 16
     for t0 in range(t_lo, t_hi, TILES):
-        offs_t = t0 + tl.arange(0, TILES)
-        mask_t = offs_t < t_hi
-        cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)                          # (TILES,)
-        # B[(t, j), i] = tile[t][i, j]: (TILES, 16 j, 16 i)
-        b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, None, :] * 16 + offs_j[None, :, None]
-        b = tl.load(b_ptrs, mask=mask_t[:, None, None], other=0.0)
-        # x strips (BLOCK_M, TILES, 16 j)
-        x_ptrs = x_ptr + offs_m[:, None, None] * stride_xm + cols[None, :, None] * 16 + offs_j[None, None, :]
-        x = tl.load(x_ptrs, mask=mask_m[:, None, None] & mask_t[None, :, None], other=0.0)
-        x2 = tl.reshape(x, (BLOCK_M, TILES * 16))
-        b2 = tl.reshape(b, (TILES * 16, 16))
+        if VARIANT == 1:
+            # 2-D operands straight from memory, no reshapes: B[(t, j), i] = tile_t[i, j]
+            t_of = t0 + offs_kk // 16
+            mask_kk = t_of < t_hi
+            cols = tl.load(col_ptr + t_of, mask=mask_kk, other=0)                                # (T*16,)
+            b_ptrs = tv_ptr + t_of[:, None] * 256 + offs_i[None, :] * 16 + (offs_kk % 16)[:, None]
+            b2 = tl.load(b_ptrs, mask=mask_kk[:, None], other=0.0)                               # (T*16, 16)
+            x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (cols * 16 + offs_kk % 16)[None, :]
+            x2 = tl.load(x_ptrs, mask=mask_m[:, None] & mask_kk[None, :], other=0.0)             # (BM, T*16)
+        else:
+            offs_t = t0 + tl.arange(0, TILES)
+            mask_t = offs_t < t_hi
+            cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)                               # (TILES,)
+            # B[(t, j), i] = tile[t][i, j]: (TILES, 16 j, 16 i)
+            b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, None, :] * 16 + offs_j[None, :, None]
+            b = tl.load(b_ptrs, mask=mask_t[:, None, None], other=0.0)
+            # x strips (BLOCK_M, TILES, 16 j)
+            x_ptrs = (x_ptr + offs_m[:, None, None] * stride_xm + cols[None, :, None] * 16
+                      + offs_j[None, None, :])
+            x = tl.load(x_ptrs, mask=mask_m[:, None, None] & mask_t[None, :, None], other=0.0)
+            x2 = tl.reshape(x, (BLOCK_M, TILES * 16))
+            b2 = tl.reshape(b, (TILES * 16, 16))
         if FP32_IEEE:
             acc = tl.dot(x2.to(tl.float32), b2.to(tl.float32), acc, input_precision="ieee")
         else:

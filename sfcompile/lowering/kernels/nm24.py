@@ -20,20 +20,26 @@ __all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
 
 
 def nm24_configs(small_m: bool) -> list[triton.Config]:
-    """Autotune space: decode (BLOCK_M = 16, split-K, narrow N blocks) or prefill (square tiles)."""
+    """Autotune space: decode (BLOCK_M = 16, split-K, narrow N blocks) or prefill (square tiles), each with
+    the three ways to decompress (DECOMP 0: 3-D select, 1: per-column join, 2: masked gather)."""
     if small_m:
         space = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages)
-            (16, 256, 1, 4, 3), (16, 512, 1, 4, 2), (32, 256, 1, 4, 3), (32, 256, 2, 4, 3),
-            (64, 256, 1, 4, 3), (64, 256, 2, 4, 3), (64, 256, 4, 4, 3), (32, 512, 2, 4, 2),
-            (16, 256, 4, 4, 3), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3), (32, 128, 8, 4, 4),
+            (16, 256, 1, 4, 3), (32, 256, 1, 4, 3), (32, 256, 2, 4, 3), (64, 256, 1, 4, 3),
+            (64, 256, 2, 4, 3), (64, 128, 4, 4, 4), (16, 512, 2, 4, 2), (128, 128, 2, 8, 3),
         ]
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w,
-                              num_stages=s, pre_hook=_zero_workspace if sk > 1 else None)
-                for bn, bk, sk, w, s in space]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "DECOMP": d},
+                              num_warps=w, num_stages=s, pre_hook=_zero_workspace if sk > 1 else None)
+                for bn, bk, sk, w, s in space for d in (1, 2)] + [
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "DECOMP": 3},
+                          num_warps=w, num_stages=3, pre_hook=_zero_workspace if sk > 1 else None)
+            for bm, bn, bk, sk, w in [(1, 32, 256, 1, 4), (1, 64, 256, 2, 8), (1, 16, 512, 2, 4),
+                                      (2, 32, 256, 1, 8), (4, 16, 256, 1, 8), (4, 32, 256, 2, 8)]] + [
+            triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 1, "DECOMP": 0},
+                          num_warps=4, num_stages=3)]
     space = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
              (64, 64, 128, 4, 3)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w,
-                          num_stages=s) for bm, bn, bk, w, s in space]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "DECOMP": 1},
+                          num_warps=w, num_stages=s) for bm, bn, bk, w, s in space]
 
 
 def _zero_workspace(nargs):
@@ -47,6 +53,7 @@ def _nm24_kernel(
     stride_xm, stride_ve, stride_vn, stride_me, stride_mn, stride_om,
     HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    DECOMP: tl.constexpr,
 ):
     G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
     W: tl.constexpr = BLOCK_K // 32    # metadata words per K block
@@ -85,30 +92,68 @@ def _nm24_kernel(
     # tl.full, not tl.zeros: jit helpers (tl.zeros, tl.cdiv) cannot run in the CPU interpreter
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        # values (BLOCK_N, BLOCK_K/2): the 2 kept entries of each group, contiguous along K
-        offs_h = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_h[None, :]
-        vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < half_k), other=0.0)
-        v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))              # (BLOCK_N, G) each
-        # metadata (BLOCK_N, W) words -> (BLOCK_N, G) nibbles -> positions i0 < i1
-        offs_w = k0 // 32 + tl.arange(0, W)
-        w_ptrs = m_base + offs_n[:, None] * stride_mn + offs_w[None, :]
-        words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < words_k), other=0)
-        nib = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_N, G))
-        i0 = nib & 3
-        i1 = nib >> 2
-        # dense tile (BLOCK_N, G, 4) -> (BLOCK_N, BLOCK_K)
-        w3 = tl.where(pos[None, None, :] == i0[:, :, None], v0[:, :, None],
-                      tl.where(pos[None, None, :] == i1[:, :, None], v1[:, :, None], 0.0))
-        w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)
-        # x (BLOCK_M, BLOCK_K)
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
-        x = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_hi), other=0.0)
-        if FP32_IEEE:  # fp32 weights, or bf16 under the interpreter (whose bf16 dot is wrong): exact fp32 dot
-            acc = tl.dot(x.to(tl.float32), tl.trans(w_tile.to(tl.float32)), acc, input_precision="ieee")
+        if DECOMP == 3:
+            # CUDA cores, compressed domain: gather x at each kept entry's column (small M only)
+            offs_h = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            mask_h = mask_n[:, None] & (offs_h[None, :] < half_k)
+            vals = tl.load(v_base + offs_n[:, None] * stride_vn + offs_h[None, :], mask=mask_h, other=0.0)
+            words = tl.load(m_base + offs_n[:, None] * stride_mn + (offs_h // 16)[None, :], mask=mask_h,
+                            other=0)
+            shift = ((offs_h // 2) % 8) * 4 + (offs_h % 2) * 2
+            cols = (offs_h // 2)[None, :] * 4 + ((words >> shift[None, :]) & 3)                 # (BN, BJ)
+            xg = tl.load(x_ptr + offs_m[:, None, None] * stride_xm + cols[None, :, :],
+                         mask=mask_m[:, None, None] & mask_h[None, :, :], other=0.0)     # (BM, BN, BJ)
+            acc += tl.sum(xg.to(tl.float32) * vals.to(tl.float32)[None, :, :], axis=2)
         else:
-            acc = tl.dot(x, tl.trans(w_tile), acc)
+            if DECOMP == 2:
+                # masked gather: each dense column loads its group's word and, if kept, its one value
+                words = tl.load(m_base + offs_n[:, None] * stride_mn + (offs_k // 32)[None, :],
+                                mask=mask_n[:, None] & (offs_k[None, :] < K), other=0)          # (BN, BK)
+                nib = (words >> (((offs_k // 4) % 8) * 4)[None, :]) & 15
+                p = (offs_k % 4)[None, :]
+                second = p == (nib >> 2)
+                keep = (p == (nib & 3)) | second
+                w_ptrs = (v_base + offs_n[:, None] * stride_vn + ((offs_k // 4) * 2)[None, :]
+                          + second.to(tl.int32))
+                w_tile = tl.load(w_ptrs, mask=keep & mask_n[:, None] & (offs_k[None, :] < K), other=0.0)
+            else:
+                # values (BN, BK/2), contiguous along K: the 2 kept entries of each group
+                offs_h = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+                v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_h[None, :]
+                vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < half_k), other=0.0)
+                v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))                              # (BN, G)
+                if DECOMP == 1:
+                    # per group: its word (8 groups share one), positions i0 < i1, then 4 columns joined
+                    offs_g = k0 // 4 + tl.arange(0, G)
+                    words = tl.load(m_base + offs_n[:, None] * stride_mn + (offs_g // 8)[None, :],
+                                    mask=mask_n[:, None] & (offs_g[None, :] < K // 4), other=0)     # (BN, G)
+                    nib = (words >> ((offs_g % 8) * 4)[None, :]) & 15
+                    i0 = nib & 3
+                    i1 = nib >> 2
+                    c0 = tl.where(i0 == 0, v0, 0.0).to(vals.dtype)      # i0 < i1: column 0 is only ever i0
+                    c1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, 0.0)).to(vals.dtype)
+                    c2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, 0.0)).to(vals.dtype)
+                    c3 = tl.where(i1 == 3, v1, 0.0).to(vals.dtype)      # ... and column 3 only i1
+                    w_tile = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BLOCK_N, BLOCK_K))
+                else:
+                    # words (BN, W) -> nibbles (BN, G) through a broadcast, dense tile through a 3-D select
+                    offs_w = k0 // 32 + tl.arange(0, W)
+                    w_ptrs = m_base + offs_n[:, None] * stride_mn + offs_w[None, :]
+                    words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < words_k), other=0)
+                    nib = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_N, G))
+                    i0 = nib & 3
+                    i1 = nib >> 2
+                    w3 = tl.where(pos[None, None, :] == i0[:, :, None], v0[:, :, None],
+                                  tl.where(pos[None, None, :] == i1[:, :, None], v1[:, :, None], 0.0))
+                    w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)
+            # x (BM, BK)
+            x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+            x = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_hi), other=0.0)
+            if FP32_IEEE:  # fp32 weights, or bf16 in the interpreter (its bf16 dot is wrong): exact fp32 dot
+                acc = tl.dot(x.to(tl.float32), tl.trans(w_tile.to(tl.float32)), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w_tile), acc)
 
     if HAS_BIAS:
         if pid_k == 0:
@@ -130,8 +175,15 @@ def _autotuned(small_m: bool):
     """The autotuned launcher, built on first use (nothing compiles or benchmarks at import)."""
     if small_m not in _AUTOTUNED:
         _AUTOTUNED[small_m] = triton.autotune(configs=nm24_configs(small_m), key=["M_KEY", "N", "K"],
+                                              prune_configs_by={"early_config_prune": _prune},
                                               do_bench=_tuning_bench)(_nm24_kernel)
     return _AUTOTUNED[small_m]
+
+
+def _prune(configs, named_args, **kwargs):
+    """CUDA-core configs (DECOMP 3) only where they cover M in one block of at most 4 rows."""
+    m_key = named_args["M_KEY"]
+    return [c for c in configs if c.kwargs["DECOMP"] != 3 or c.kwargs["BLOCK_M"] >= m_key]
 
 
 def _tuning_bench(fn, quantiles=None):
