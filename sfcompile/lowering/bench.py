@@ -194,7 +194,8 @@ def tuned_configs() -> dict[str, str]:
     for mod in (nm24, block16):
         for small, tuner in mod._AUTOTUNED.items():
             for key, cfg in getattr(tuner, "cache", {}).items():
-                out[f"{mod.__name__.rsplit('.', 1)[-1]} {'decode' if small else 'prefill'} {key[:3]}"] = str(cfg)
+                name = mod.__name__.rsplit(".", 1)[-1]
+                out[f"{name} {'decode' if small else 'prefill'} {key[:3]}"] = str(cfg)
     return out
 
 
