@@ -79,56 +79,51 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOGGED: set[tuple[str, str]] = set()
 
 
-def _kernel_table(pattern):
-    """(linear op, grouped op, consts(N, K) needed) for a pattern, or the reason it has no packed kernel."""
+def _ops_for(pattern) -> tuple[Callable, Callable, tuple[str, ...], bool]:
+    """(linear op, grouped op, tensor operand names in op order, whether the ops take N and K) for a
+    pattern `pack` accepts (signatures: `sfcompile.lowering.ops`)."""
     from sfcompile.lowering import ops  # noqa: F401  (registers torch.ops.sfcompile.*)
-    from sfcompile.patterns import NM, Block
+    from sfcompile.patterns import NM
 
     sf = torch.ops.sfcompile
-    if isinstance(pattern, NM) and (pattern.n, pattern.m) == (2, 4):
-        return sf.linear_nm24.default, sf.grouped_nm24.default, False
-    if isinstance(pattern, Block) and pattern.size == 16:
-        return sf.linear_block16.default, sf.grouped_block16.default, True
-    return f"pattern {pattern} has no packed kernel (2:4 and block16 do)"
+    if isinstance(pattern, NM):
+        return sf.linear_nm24.default, sf.grouped_nm24.default, ("values", "meta"), False
+    return (sf.linear_block16.default, sf.grouped_block16.default, ("tile_values", "row_ptr", "col_idx"),
+            True)
 
 
 def _pack(weight: torch.Tensor, info: dict):
     """`PackedMatmul` for a hardened weight, or the reason it stays dense (the backend's lowerer)."""
-    from sfcompile.lowering.pack import PackError, pack
+    from sfcompile.lowering.pack import PackError, can_pack, pack
     from sfcompile.passes.lower import PackedMatmul
     from sfcompile.patterns import PatternError, parse_pattern
 
+    site = str(info.get("site", "weight"))
     try:
         pattern = parse_pattern(str(info["pattern"]))
     except PatternError as err:
         return f"unreadable pattern {info['pattern']!r}: {err}"
-    key = (str(pattern), int(info["k_dim"]) % weight.dim())
+    reason = can_pack(pattern)
+    if reason:
+        return reason
+    k_dim = int(info["k_dim"]) % weight.dim()
+    key = (weight._version, str(pattern), k_dim)
     cached = _PACKED.get(weight)
-    if cached is not None and cached[0] == (weight._version, key):
+    if cached is not None and cached[0] == key:
         return cached[1]
-    table = _kernel_table(pattern)
-    if isinstance(table, str):
-        return table
-    linear_op, grouped_op, needs_nk = table
-    k_dim = key[1]
-    w = weight.detach()
-    if w.dim() == 3 and k_dim == 1:  # experts stored (E, K, N): pack as (E, N, K)
-        w, k_dim = w.transpose(1, 2).contiguous(), 2
-    if w.dim() not in (2, 3) or (w.dim() == 3 and k_dim != 2):
-        return f"weight of shape {tuple(weight.shape)} hardened along dim {key[1]} has no packed layout"
     try:
-        packed_weight = pack(w, pattern, k_dim)
-    except (PackError, PatternError) as err:
+        packed_weight = pack(weight, pattern, k_dim, name=site)
+    except PackError as err:
         return f"refused to pack: {err}"
-    k = w.shape[k_dim]
-    n = w.shape[-2] if k_dim == w.dim() - 1 else w.shape[-1]
+    linear_op, grouped_op, names, takes_nk = _ops_for(pattern)
+    operands = packed_weight.tensors()
     result = PackedMatmul(
-        linear=linear_op if w.dim() == 2 else None,
-        grouped=grouped_op if w.dim() == 3 else None,
-        tensors=tuple(packed_weight.tensors().items()),
-        consts=(n, k) if needs_nk else (),
+        linear=linear_op if weight.dim() == 2 else None,
+        grouped=grouped_op if weight.dim() == 3 else None,
+        tensors=tuple((name, operands[name]) for name in names),
+        consts=(packed_weight.n, packed_weight.k) if takes_nk else (),
     )
-    _PACKED[weight] = ((weight._version, key), result)
+    _PACKED[weight] = (key, result)
     return result
 
 

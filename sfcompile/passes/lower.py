@@ -245,6 +245,14 @@ def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int, before: f
     for name, tensor in packed.tensors:
         attr = f"_sf_packed_{index}_{name}"
         gm.register_buffer(attr, tensor, persistent=False)
+        sources = getattr(gm, "_param_name_to_source", None)
+        if sources is not None:
+            # AOTAutograd requires a Dynamo source for every parameter/buffer of a Dynamo graph (it dedups
+            # guards by source and marks these inputs static for CUDA graphs). The packed tensors are
+            # constants of this graph: nothing in user code can rebind them, so a constant source fits.
+            from torch._dynamo.source import ConstantSource
+
+            sources[attr] = ConstantSource(attr)
         with gm.graph.inserting_before(before):
             nodes.append(gm.graph.get_attr(attr))
     return nodes
