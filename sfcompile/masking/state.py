@@ -139,10 +139,20 @@ def sparsify(model: nn.Module, pattern: str | Pattern = "2:4", *, sites=None, in
     sites = list(sites)
     if not sites:
         raise MaskStateError(f"no prunable sites in {type(model).__name__}; check include/exclude filters")
+    owners: dict[int, list[str]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for p_name, p in mod.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
     for site in sites:
+        tied = owners.get(id(getattr(model.get_submodule(site.module), site.param)), [])
+        if len(tied) > 1:
+            raise MaskStateError(f"site {site.name} is one parameter shared by {', '.join(tied)} (tied weights); "
+                                 "a mask on one would not reach the others — exclude it (e.g. keep "
+                                 "skip_head=True for a tied output head)")
         reason = pattern.incompatibility(site.shape, site.k_dim)
         if reason:
             raise MaskStateError(f"site {site.name} cannot take pattern {pattern}: {reason}; exclude it")
+    for site in sites:  # all checked first: a refused call leaves the model untouched
         module = model.get_submodule(site.module)
         weight = getattr(module, site.param)
         soft = SoftMask(site, pattern, mask_dtype or weight.dtype, device=weight.device)

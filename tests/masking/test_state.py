@@ -173,3 +173,24 @@ def test_apply_manifest_rejects_weights_that_break_the_pattern():
     with pytest.raises(ManifestError, match="does not have"):
         apply_manifest(fresh, {**manifest, "sites": {"nope.weight": {"shape": [1], "k_dim": 0,
                                                                      "pattern": "2:4", "kind": "linear"}}})
+
+
+def test_sparsify_discovers_sites_by_default():
+    model = tiny_llama()
+    sparsify(model, "2:4")
+    assert len(masked_sites(model)) == 14
+    assert all(site.k_dim == 1 and site.kind == "linear" for site, _, _ in masked_sites(model))
+
+
+def test_tied_head_is_refused_with_a_reason():
+    from sfcompile.passes.discover import discover
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                               tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(cfg)
+    sites = discover(model, "2:4", skip_head=False)
+    with pytest.raises(MaskStateError, match="tied weights"):
+        sparsify(model, "2:4", sites=sites)
+    assert masked_sites(model) == []
