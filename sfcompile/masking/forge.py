@@ -192,6 +192,16 @@ def _input_groups(entries) -> list[list[int]]:
     return list(groups.values())
 
 
+def _mean_across_ranks(value: float, device) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()
+
+
 class SparseForge:
     """Drives soft-mask tempering on a sparsified model (see the module docstring for the contract).
 
@@ -225,6 +235,10 @@ class SparseForge:
         self._hooks = []
         self._groups = (_input_groups(self.entries) if config.joint_input_groups
                         else [[i] for i in range(len(self.entries))])
+        low = sorted({str(s.mask.dtype) for _, _, s in self.entries if s.mask.dtype != torch.float32})
+        if low:
+            log.warning("soft masks are stored in %s: mask EMAs and score-order ties round away; use "
+                        "sparsify(..., mask_dtype=torch.float32) for training", ", ".join(low))
         self._setup_stats()
         self._slorb_params = self._setup_slorb() if config.slorb else []
         self._apply_step_state(0)
@@ -368,24 +382,29 @@ class SparseForge:
 
     def _update_masks(self, step: int, values: dict) -> float:
         cfg, sched = self.config, self.config.schedule
-        flips, count = 0, 0
+        flips, count = None, 0
         for group in self._groups:
             z = self._scores(group[0])
             if len(group) > 1:
                 z = znorm(sum(self._scores(i) for i in group[1:]) + z)
             lead_soft = self.entries[group[0]][2]
+            gen = tempering.sample_generator(cfg.seed, step, group[0])
+            tau = tempering.sampled_quantile(z, values["target_sparsity"], cfg.tau_samples, gen)
+            if hasattr(lead_soft.mask, "to_local"):
+                tau = _mean_across_ranks(tau, z.device)  # each rank sampled its own shard
             new = tempering.tempered_mask(
                 z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
                 target_sparsity=values["target_sparsity"], temperature=values["temperature"],
                 pull=values["pull"], pull_lr=sched.pull_lr, momentum=sched.mask_momentum,
-                n_samples=cfg.tau_samples, generator=tempering.sample_generator(cfg.seed, step, group[0]))
+                n_samples=cfg.tau_samples, tau=tau)
             for i in group:
                 soft = self.entries[i][2]
                 before = local(soft.hard).detach().clone()
                 self._set_mask(soft, new)
-                flips += int((local(soft.hard) != before).sum())
+                changed = (local(soft.hard) != before).sum()
+                flips = changed if flips is None else flips + changed
                 count += before.numel()
-        return flips / max(count, 1)
+        return float(flips) / max(count, 1)
 
     @staticmethod
     def _set_mask(soft: SoftMask, new: torch.Tensor) -> None:
@@ -411,12 +430,13 @@ class SparseForge:
         self._apply_step_state(self.total_steps)
 
     def _sparsity(self) -> dict[str, float]:
-        zeros = hard_zeros = total = 0
+        counts, total = None, 0  # accumulated on the device: one host sync per step, not one per site
         for _, _, soft in self.entries:
             m_eff = local(soft.effective())
-            zeros += int((m_eff == 0).sum())
-            hard_zeros += int((local(soft.hard) == 0).sum())
+            c = torch.stack([(m_eff == 0).sum(), (local(soft.hard) == 0).sum()])
+            counts = c if counts is None else counts + c
             total += m_eff.numel()
+        zeros, hard_zeros = counts.tolist()
         return {"sparsity": zeros / total, "hard_sparsity": hard_zeros / total}
 
     # ---- resume --------------------------------------------------------------------------------------------
