@@ -96,24 +96,23 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
         trust_remote_code=trust_remote_code,
     )
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    if (folder / MANIFEST_NAME).is_file():
+        _apply_manifest(model, folder)  # before .to(): it may install SLoRB modules, which then move too
     model.to(device)
     model.eval()
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file():
-        _check_manifest(model, json.loads(manifest.read_text()), manifest)
     return model, tok
 
 
-def _check_manifest(model, manifest: dict, where: Path) -> None:
+def _apply_manifest(model, folder: Path) -> None:
+    """Verify a saved hardened model against its ``sparsity.json`` (pattern holds in every listed weight)."""
+    from sfcompile.masking.state import ManifestError, apply_manifest
+
+    path = folder / MANIFEST_NAME
     try:
-        from sfcompile.masking.state import check_manifest
-    except ImportError as e:
-        raise NotImplementedError(
-            f"{where} holds a sparsity manifest but sfcompile.masking.state.check_manifest is not "
-            f"available in this build, so the pattern cannot be verified: {e}"
-        ) from e
-    check_manifest(model, manifest)
-    model.sfcompile_manifest = manifest
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path} is not valid JSON ({e}); re-save the model or delete the file") from e
+    apply_manifest(model, manifest)
 
 
 def _random(alias: Alias, dtype, device):

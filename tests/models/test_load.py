@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -42,20 +40,42 @@ def test_dtype_is_applied(tiny_folder):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_manifest_is_checked(tiny_folder, monkeypatch):
-    folder, _ = tiny_folder
-    manifest = {"format": 1, "pattern": "2:4", "sites": {}}
-    (folder / "sparsity.json").write_text(json.dumps(manifest))
-    calls = []
-    try:
-        state = importlib.import_module("sfcompile.masking.state")
-    except ImportError:
-        state = types.ModuleType("sfcompile.masking.state")
-        monkeypatch.setitem(sys.modules, "sfcompile.masking.state", state)
-    monkeypatch.setattr(state, "check_manifest", lambda m, man: calls.append(man), raising=False)
+def _hardened_folder(tmp_path, tiny_model, byte_tokenizer):
+    import sfcompile
+
+    model = tiny_model("llama")
+    sfcompile.sparsify(model, "2:4")
+    sfcompile.prune(model, method="magnitude", progress=False)
+    sfcompile.harden(model)
+    folder = tmp_path / "hard"
+    sfcompile.save(model, byte_tokenizer, folder)
+    return folder, model
+
+
+def test_hardened_folder_round_trips_with_its_manifest(tmp_path, tiny_model, byte_tokenizer):
+    folder, ref = _hardened_folder(tmp_path, tiny_model, byte_tokenizer)
     model, _ = load(folder)
-    assert calls == [manifest]
-    assert model.sfcompile_manifest == manifest
+    assert model.sfcompile_manifest == ref.sfcompile_manifest
+    assert model.sfcompile_manifest["pattern"] == "2:4" and model.sfcompile_manifest["sites"]
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(_logits(model, ids), _logits(ref, ids))
+
+
+def test_manifest_whose_pattern_does_not_hold_is_refused(tmp_path, tiny_model, byte_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    from sfcompile.masking.state import ManifestError
+
+    folder, _ = _hardened_folder(tmp_path, tiny_model, byte_tokenizer)
+    site = next(iter(json.loads((folder / "sparsity.json").read_text())["sites"]))
+    weights = load_file(folder / "model.safetensors")
+    weights[site] = torch.ones_like(weights[site])  # dense again: 2:4 no longer holds
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ManifestError, match=f"{site}.*violate pattern 2:4"):
+        load(folder)
+    (folder / "sparsity.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="sparsity.json is not valid JSON"):
+        load(folder)
 
 
 def test_non_causal_folder_is_refused(tmp_path):
