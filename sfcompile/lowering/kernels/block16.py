@@ -28,24 +28,21 @@ def block16_configs(small_m: bool) -> list[triton.Config]:
     """Autotune space: decode (BLOCK_M = 16, split over a row's tiles) or prefill (BLOCK_M 64/128); VARIANT 1
     loads 2-D operands directly, VARIANT 0 loads 3-D tiles and reshapes."""
     if small_m:
-        space = [(4, 1, 4, 3), (8, 1, 4, 3), (16, 1, 4, 2), (8, 2, 4, 3), (4, 4, 4, 4), (8, 4, 4, 3),
-                 (16, 2, 8, 2), (4, 2, 2, 4)]
+        # Split each block row's tiles so every program runs only a few iterations (see nm24_configs).
+        space = [(8, 4, 4, 3), (8, 8, 4, 2), (16, 4, 4, 2), (16, 8, 4, 2), (4, 8, 4, 3), (4, 16, 4, 2),
+                 (8, 16, 4, 2), (8, 2, 4, 3), (16, 2, 8, 3)]
         return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk, "VARIANT": 1}, num_warps=w,
-                              num_stages=s, pre_hook=_zero_workspace if sk > 1 else None)
+                              num_stages=s)
                 for t, sk, w, s in space] + [
-            triton.Config({"BLOCK_M": 16, "TILES": 8, "SPLIT_K": 1, "VARIANT": 0}, num_warps=4, num_stages=3)]
+            triton.Config({"BLOCK_M": 16, "TILES": 8, "SPLIT_K": 4, "VARIANT": 0}, num_warps=4, num_stages=3)]
     space = [(64, 4, 4, 3), (128, 4, 4, 3), (128, 8, 8, 3), (64, 8, 4, 3), (128, 2, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "TILES": t, "SPLIT_K": 1, "VARIANT": 1}, num_warps=w, num_stages=s)
             for bm, t, w, s in space]
 
 
-def _zero_workspace(nargs):
-    nargs["ws_ptr"].zero_()
-
-
 @triton.jit(do_not_specialize=["M", "M_KEY"])  # M varies per call: one compile per config
 def _block16_kernel(
-    x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, offs_ptr, out_ptr, ws_ptr,
+    x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, offs_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_om,
     HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, TILES: tl.constexpr, SPLIT_K: tl.constexpr, VARIANT: tl.constexpr,
@@ -118,7 +115,20 @@ def _block16_kernel(
         tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
                  mask=mask)
     else:
-        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=mask, sem="relaxed")
+        # Split-K without extra launches: each split stores its partial sums (SPLIT_K, M, N); the last split
+        # to arrive at this output tile (a counter per tile) adds them up, writes y and resets the counter.
+        part = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=mask)
+        tile = expert * tl.num_programs(0) + pid
+        tl.debug_barrier()                                   # every thread's partial is written ...
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")   # ... before the release
+        if arrived == SPLIT_K - 1:
+            total = tl.full(acc.shape, 0.0, tl.float32)
+            for s in range(SPLIT_K):
+                total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
+            o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+            tl.store(o_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
 _AUTOTUNED: dict[bool, object] = {}
@@ -151,6 +161,20 @@ def _interpreted():
 def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
     """Exact fp32 dots; bf16 is upcast under the Triton interpreter (its bf16 dot is wrong in Triton 3.8)."""
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
+
+
+MAX_SPLIT_K = 16
+_COUNTERS: dict = {}
+
+
+def _counters(device: torch.device, size: int) -> torch.Tensor:
+    """Per-output-tile arrival counters for split-K, zero between launches (each launch's last split resets
+    its tile). Allocated once per device, generously, so CUDA-graph capture never allocates them."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < size:
+        buf = torch.zeros(max(size, 1 << 16), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
 
 
 def _first_config(small_m: bool) -> dict:
@@ -206,9 +230,10 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
     may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
-    ws = torch.empty((m, n), device=x.device, dtype=torch.float32) if may_split else out
+    counters = _counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
+    ws = torch.empty((MAX_SPLIT_K, m, n), device=x.device, dtype=torch.float32) if may_split else out
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
-            offs if grouped else row_ptr, out, ws, m, n, k, _m_key(m), x2.stride(0), out.stride(0))
+            offs if grouped else row_ptr, out, ws, counters, m, n, k, _m_key(m), x2.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": _ieee_dot(x.dtype, on_cpu)}
 
     def grid(meta_):
@@ -217,17 +242,11 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
     if config is not None:
         cfg = dict(config)
         launch = {k_: cfg.pop(k_) for k_ in ("num_warps", "num_stages") if k_ in cfg}
-        if cfg["SPLIT_K"] > 1:
-            ws.zero_()
         kernel = _interpreted() if on_cpu else _block16_kernel
         kernel[grid(cfg)](*args, **flags, **cfg, **launch)
-        split = cfg["SPLIT_K"]
     else:
         kernel = _autotuned(m <= SMALL_M)
         kernel[grid](*args, **flags)
-        split = kernel.best_config.kwargs["SPLIT_K"]
-    if split > 1:
-        out.copy_(ws)
     return out.reshape(*x.shape[:-1], n)
 
 
