@@ -38,7 +38,7 @@ from torch import nn
 from sfcompile.passes.site import Site
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
-           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix"]
+           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors"]
 
 SLORB_KINDS = ("linear", "conv1d")
 _HANDLE = "_sfcompile_slorb_handle"
@@ -181,3 +181,22 @@ def install_slorb(model: nn.Module, manifest: Mapping[str, Mapping],
                         raise SLoRBError(f"SLoRB tensor {key} is missing from the saved weights")
                     getattr(module, pname).data.copy_(tensors[key])
     return params
+
+
+def read_slorb_tensors(folder) -> dict[str, torch.Tensor]:
+    """The ``*.slorb_S`` / ``*.slorb_P`` tensors of a saved model folder (its ``*.safetensors`` files).
+
+    ``from_pretrained`` drops them (the HF architecture does not declare them); pass the result to
+    `install_slorb` as ``tensors`` when loading a hardened model whose manifest has a ``"slorb"`` entry.
+    """
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    found = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.endswith((".slorb_S", ".slorb_P")):
+                    found[key] = f.get_tensor(key)
+    return found

@@ -142,3 +142,31 @@ def test_unsupported_sites_say_why():
     odd = Site("l.weight", "l", "weight", (N, 30), 1, "linear")
     assert "divisible" in slorb_unsupported(odd, GROUP)
     assert slorb_unsupported(Site("l.weight", "l", "weight", (N, K), 1, "linear"), GROUP) is None
+
+
+def test_saved_hardened_model_reloads_with_its_bypass(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sfcompile.masking.forge import ForgeConfig, SparseForge
+    from sfcompile.masking.schedule import TemperingSchedule
+    from sfcompile.masking.slorb import read_slorb_tensors
+    from sfcompile.masking.state import harden, sparsify
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1, vocab_size=128)
+    model = AutoModelForCausalLM.from_config(cfg)
+    sparsify(model, "2:4")
+    forge = SparseForge(model, ForgeConfig(score="magnitude", schedule=TemperingSchedule(period_early=1)),
+                        total_steps=8)
+    for step in range(8):
+        forge.after_step(step)
+    harden(model)
+    x = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        ref = model(x).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # drops the slorb_* tensors it does not know
+    install_slorb(loaded, model.sfcompile_manifest["slorb"], tensors=read_slorb_tensors(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x).logits, ref)
