@@ -89,11 +89,14 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
             ) from e
         raise ValueError(f"cannot read the config of {str(folder)!r} (model_type {model_type!r}): {e}") from e
     check_causal(config, repr(str(folder)))
+    # On an accelerator, load the weights straight onto it (an 8B bf16 checkpoint never sits in host memory).
+    placement = {"device_map": str(device)} if device.type not in ("cpu", "meta") else {}
     model = AutoModelForCausalLM.from_pretrained(
         folder,
         local_files_only=True,
         dtype=dtype if dtype is not None else "auto",
         trust_remote_code=trust_remote_code,
+        **placement,
     )
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     if (folder / MANIFEST_NAME).is_file():
