@@ -5,7 +5,10 @@ SmolLM2-135M, perplexity on ``wiki`` at seqlen 512; calibration: 128 windows of 
 pattern. Each row is appended to a JSON-lines file as soon as it is measured (rows already in the file are
 skipped, so an interrupted run resumes), and the markdown table is printed at the end.
 
-    python benchmarks/oneshot.py --max-windows 64 --out benchmarks/results/oneshot.jsonl
+    python benchmarks/oneshot.py --max-windows 32 --out benchmarks/results/oneshot.jsonl
+
+Rows are independent: ``--patterns 4:8 --skip-dense --out other.jsonl`` measures a subset (e.g. in parallel
+processes with ``--threads 1``); concatenate the JSON-lines files and ``--table FILE`` prints the table.
 """
 
 from __future__ import annotations
@@ -68,7 +71,18 @@ def main() -> None:
     ap.add_argument("--patterns", nargs="+", default=list(PATTERNS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--out", default="benchmarks/results/oneshot.jsonl")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--skip-dense", action="store_true", help="do not measure the dense row")
+    ap.add_argument("--table", metavar="FILE", nargs="+", help="only print the table of these results files")
     args = ap.parse_args()
+    if args.table:
+        rows = {}
+        for f in args.table:
+            rows.update(_load_rows(Path(f)))
+        print(table(rows))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     rows = _load_rows(out)
@@ -82,7 +96,7 @@ def main() -> None:
                                     progress=False))
 
     model, tok = sfcompile.load(args.model)
-    if ("dense", "dense") not in rows:
+    if ("dense", "dense") not in rows and not args.skip_dense:
         start = time.perf_counter()
         value = ppl(model, tok)
         rows[("dense", "dense")] = row = {**common, "pattern": "dense", "method": "dense", "ppl": value,

@@ -46,7 +46,8 @@ class _ToyLM(nn.Module):
 def _toy(pattern, seed=0, n=2, d=32):
     torch.manual_seed(seed)
     model = _ToyLM(d=d, n=n).eval()
-    sites = [Site(f"layers.{i}.lin.weight", f"layers.{i}.lin", "weight", (d, d), 1, "linear") for i in range(n)]
+    sites = [Site(f"layers.{i}.lin.weight", f"layers.{i}.lin", "weight", (d, d), 1, "linear")
+             for i in range(n)]
     return sfcompile.sparsify(model, pattern, sites=sites)
 
 
@@ -63,7 +64,8 @@ def _hard(model):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_magnitude_is_the_projected_top_abs_w(tiny_model, family, pattern):
     model = sfcompile.sparsify(tiny_model(family), pattern)
-    dense = {site.name: dense_weight(owner, site.param).detach().clone() for site, owner, _ in masked_sites(model)}
+    dense = {site.name: dense_weight(owner, site.param).detach().clone()
+             for site, owner, _ in masked_sites(model)}
     report = prune(model, "magnitude", progress=False)
     p = parse_pattern(pattern)
     for site, owner, soft in masked_sites(model):
@@ -95,7 +97,8 @@ def test_wanda_matches_hand_computation_and_is_sequential(pattern):
     assert torch.equal(hard["layers.0.lin.weight"], mask0)
     assert torch.equal(hard["layers.1.lin.weight"], mask1)
     # ...and not on the dense outputs: that mask differs here.
-    assert not torch.equal(mask1, p.project(w1.abs() * torch.tanh(x0 @ w0.T).pow(2).sum(0).sqrt()[None, :], 1))
+    x1_dense = torch.tanh(x0 @ w0.T)
+    assert not torch.equal(mask1, p.project(w1.abs() * x1_dense.pow(2).sum(0).sqrt()[None, :], 1))
 
 
 def test_wanda_scores_for_conv1d_and_expert_layouts():
@@ -143,7 +146,8 @@ def test_sparsegpt_reconstructs_a_layer_far_better_than_wanda_and_magnitude(patt
 
 def _naive_obs_sweep(w, h, mask, percdamp):
     """Reference: visit columns left to right; remove each pruned weight with the OBS update restricted to the
-    columns not yet visited, inverting H[j:, j:] afresh every column (what SparseGPT does via one Cholesky)."""
+    columns not yet visited, inverting H[j:, j:] afresh every column (SparseGPT gets this from one
+    Cholesky factor)."""
     w = w.double().clone()
     h = h.double().clone()
     k = h.shape[0]
@@ -266,7 +270,8 @@ def test_prune_requires_a_sparsified_model(tiny_model):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(nsamples=0), "nsamples=0"), (dict(nsamples=-2), "nsamples=-2"), (dict(nsamples=2.5), "nsamples=2.5"),
+    (dict(nsamples=0), "nsamples=0"), (dict(nsamples=-2), "nsamples=-2"),
+    (dict(nsamples=2.5), "nsamples=2.5"),
     (dict(nsamples=True), "nsamples=True"), (dict(seqlen=0), "seqlen=0"), (dict(seqlen="16"), "seqlen='16'"),
     (dict(blocksize=0), "blocksize=0"), (dict(percdamp=-0.1), "percdamp=-0.1"),
     (dict(percdamp=float("nan")), "percdamp=nan"),
@@ -322,7 +327,8 @@ def test_cli_missing_model_exits_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_magnitude_on_smollm2_saves_a_hardened_model(tmp_path, capsys):
     out = tmp_path / "out"
-    assert _cli("--model", "smollm2-135m", "--method", "magnitude", "--pattern", "2:4", "--out", str(out)) == 0
+    argv = ["--model", "smollm2-135m", "--method", "magnitude", "--pattern", "2:4", "--out", str(out)]
+    assert _cli(*argv) == 0
     assert (out / "sparsity.json").exists()
     printed = capsys.readouterr().out
     assert "magnitude" in printed and "50.00%" in printed
