@@ -159,9 +159,39 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
     opts = BackendOptions.parse(mode, {**(options or {}), **kwargs})
     report = lower_hardened_matmuls(gm, example_inputs, _pack)
     _log_report(report)
+    if not _guard_identity(report.baked_inputs):
+        raise RuntimeError(
+            "sparseforge: this graph takes hardened weights as inputs, but no Dynamo tracing context is "
+            "active to guard on their identity, so the packed graph could later run with other weights; "
+            "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
     return compile_fx(gm, example_inputs, config_patches=opts.config_patches())
+
+
+def _guard_identity(nodes: list) -> bool:
+    """Make Dynamo guard on the identity of each baked weight (ID_MATCH on its source).
+
+    The packed tensors are constants of the compiled graph, but Dynamo passes weights as inputs and would
+    reuse the graph for any module of the same structure (another layer, another model instance) whose
+    weights merely have the same shapes: that would compute with the wrong weights. With these guards a
+    different weight makes Dynamo recompile, and the backend packs that weight. Returns False when the
+    graph does not come from Dynamo (no tracing context or sources).
+    """
+    if not nodes:
+        return True
+    try:
+        from torch._dynamo.guards import GuardBuilder
+        from torch._guards import TracingContext
+    except ImportError:  # pragma: no cover - torch internals moved
+        return False
+    context = TracingContext.try_get()
+    sources = [getattr(node, "_dynamo_source", None) for node in nodes]
+    if context is None or any(source is None for source in sources):
+        return False
+    for source in sources:
+        context.guards_context.dynamo_guards.add(source.make_guard(GuardBuilder.ID_MATCH))
+    return True
 
 
 def register() -> None:

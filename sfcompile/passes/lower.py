@@ -73,10 +73,14 @@ class LowerReport:
     Attributes:
         lowered: site name -> number of matmul nodes rewritten into packed ops.
         dense: site name -> why (some of) its uses stay dense.
+        baked_inputs: the placeholders (lifted weights) whose packed form is now baked into the graph: the
+            compiled graph is valid only for these very tensors, so the caller must guard on their identity
+            (Dynamo reuses a graph for another module of the same structure otherwise).
     """
 
     lowered: dict[str, int] = field(default_factory=dict)
     dense: dict[str, str] = field(default_factory=dict)
+    baked_inputs: list[fx.Node] = field(default_factory=list)
 
     @property
     def packed_ops(self) -> int:
@@ -240,7 +244,7 @@ def _hardened_weight_nodes(
 
 # ---- the rewrite -----------------------------------------------------------------------------------------
 
-def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int, before: fx.Node) -> list[fx.Node]:
+def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int) -> list[fx.Node]:
     nodes = []
     for name, tensor in packed.tensors:
         attr = f"_sf_packed_{index}_{name}"
@@ -253,18 +257,13 @@ def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int, before: f
             from torch._dynamo.source import ConstantSource
 
             sources[attr] = ConstantSource(attr)
-        with gm.graph.inserting_before(before):
+        # Read right after the placeholders (never erased), so the buffer dominates every use.
+        placeholders = gm.graph.find_nodes(op="placeholder")
+        where = (gm.graph.inserting_after(placeholders[-1]) if placeholders
+                 else gm.graph.inserting_before(next(iter(gm.graph.nodes))))
+        with where:
             nodes.append(gm.graph.get_attr(attr))
     return nodes
-
-
-def _first_node(gm: fx.GraphModule) -> fx.Node:
-    # Buffers are read right after the last placeholder, so they dominate every use.
-    last = None
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            last = node
-    return last.next if last is not None else next(iter(gm.graph.nodes))
 
 
 def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer: Lowerer) -> LowerReport:
@@ -279,7 +278,6 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
         A `LowerReport`: rewritten nodes per site, and the sites (or uses) that stay dense with the reason.
     """
     report = LowerReport()
-    anchor = _first_node(gm)
     replaced: dict[fx.Node, fx.Node] = {}  # a use may read the output of another rewritten use of its weight
 
     def current(value):
@@ -304,7 +302,7 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
                 problems.append(f"no packed {'grouped' if use.grouped else 'linear'} op for this weight")
                 continue
             if operands is None:
-                operands = _add_buffers(gm, packed, index, anchor)
+                operands = _add_buffers(gm, packed, index)
             x = current(use.x)
             if use.grouped:
                 args = (x, *operands, current(use.offs), *packed.consts)
@@ -317,6 +315,8 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
             gm.graph.erase_node(use.node)
             replaced[use.node] = new
             report.lowered[site] = report.lowered.get(site, 0) + 1
+        if site in report.lowered and node.op == "placeholder":
+            report.baked_inputs.append(node)
         if problems:
             report.dense[site] = "; ".join(dict.fromkeys(problems))
         # Transposes of the weight that nothing reads any more (only these: a global dead-code pass would

@@ -155,3 +155,53 @@ def test_entry_point_registration(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+class TwoLinears(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(32, 32, bias=False)
+        self.b = torch.nn.Linear(32, 16, bias=True)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _hardened_two_linears(seed: int) -> TwoLinears:
+    torch.manual_seed(seed)
+    m = TwoLinears().eval()
+    for name, pattern in (("a.weight", "2:4"), ("b.weight", "block16")):
+        param = m.get_parameter(name)
+        with torch.no_grad():
+            param.mul_(parse_pattern(pattern).project(param.abs(), 1))
+        mark_hardened(param, {"pattern": pattern, "k_dim": 1, "kind": "linear", "site": name})
+    return m
+
+
+def test_same_structure_other_weights_not_reused():
+    """Dynamo would reuse a graph for another module of the same structure; its packed weights must not be."""
+    torch._dynamo.reset()
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        for seed in (0, 1):
+            m = _hardened_two_linears(seed)
+            torch.testing.assert_close(torch.compile(m, backend="sparseforge")(x), m(x))
+
+
+def test_direct_call_without_dynamo_refuses():
+    """Outside Dynamo no identity guard can be installed on lifted weights: refuse rather than risk reuse."""
+    from sfcompile.lowering.backend import sparseforge
+
+    torch._dynamo.reset()
+    m = _hardened_two_linears(0)
+    captured = []
+
+    def capture(gm, example_inputs):
+        captured.append((gm, list(example_inputs)))
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(m, backend=capture)(torch.randn(3, 32))
+    gm, ex = captured[0]
+    with pytest.raises(RuntimeError, match="guard on their identity"):
+        sparseforge(gm, ex)
