@@ -12,11 +12,14 @@ SparseForge (arXiv 2605.06402) tempers a soft mask into a hard pattern. Five qua
 * **hardness** h(t) of the forward mask m_eff = h·m + (1 − h)·hard(m): 1 until ``harden_start``, linear to 0
   at ``harden_end``, 0 after; masks are finalised (exact, frozen) at ``finalize_at``;
 * **update period** K(t): masks are updated every ``period_early`` steps before ``period_switch`` and every
-  ``period_late`` steps after.
+  ``period_late`` steps after. A period is an absolute step count (int >= 1) or a fraction of the total
+  steps (float < 1, rounded, at least 1 step): the defaults 0.0015 / 0.0005 are the reference's 30 / 10 steps
+  of 20,000, and become "every step" in a short run, so a 250-step run still gets ~190 annealed updates.
 
 Convention: window points (``*_warmup``, ``*_at``, ``*_start``, ``*_end``, ``period_switch``) are FRACTIONS of
 the total number of optimizer steps, so one schedule serves a 200-step CPU run and a 20,000-step GPU run; the
-update periods are absolute step counts. ``t`` below is the number of optimizer steps completed (0 … total).
+update periods are fractions too, or absolute step counts when given as ints. ``t`` below is the number of
+optimizer steps completed (0 … total).
 
 Defaults follow the reference LLaMA run (20,000 mask steps: warm-up 500, K 30 → 10 at 2,000, hardening
 2,000 → 17,000, finalisation at 20,000, then post-finalisation recovery) rescaled to fractions, with a final
@@ -57,8 +60,8 @@ class TemperingSchedule:
     pull_lr: float = 0.1                 # step size of the pull (reference LLaMA pen_lr: 0.1)
     pull_warmup: float = 0.05            # fraction: λ reaches pull_max here
     mask_momentum: float = 0.9           # m ← momentum·m + (1 − momentum)·G at every update
-    period_early: int = 30               # K before period_switch (absolute steps)
-    period_late: int = 10                # K after period_switch
+    period_early: int | float = 0.0015   # K before period_switch: steps (int) or fraction (float < 1)
+    period_late: int | float = 0.0005    # K after period_switch
     period_switch: float = 0.1
     harden_start: float = 0.1
     harden_end: float = 0.6
@@ -93,9 +96,9 @@ class TemperingSchedule:
                                 "never moves")
         for name in ("period_early", "period_late"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ScheduleError(f"{name}={value!r} is an update period in steps and must be an "
-                                    "integer >= 1")
+            if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0.0 < value < 1.0:
+                raise ScheduleError(f"{name}={value!r} is an update period: an integer number of steps >= 1, "
+                                    "or a fraction of the total steps in (0, 1)")
 
     # ---- helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -140,8 +143,9 @@ class TemperingSchedule:
         return 1.0 - (p - self.harden_start) / (self.harden_end - self.harden_start)
 
     def period(self, t: int, total: int) -> int:
-        """Mask update period K at step count ``t``."""
-        return self.period_early if t < self.step_of(self.period_switch, total) else self.period_late
+        """Mask update period K (steps) at step count ``t``."""
+        k = self.period_early if t < self.step_of(self.period_switch, total) else self.period_late
+        return k if isinstance(k, int) else max(1, round(k * total))
 
     def is_update(self, t: int, total: int) -> bool:
         """Whether the mask is updated after ``t`` completed steps (1 ≤ t < the finalisation step)."""

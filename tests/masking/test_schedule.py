@@ -43,7 +43,7 @@ def test_end_points():
 def test_temperature_continuous_through_the_period_switch():
     s = TemperingSchedule()
     switch = s.step_of(s.period_switch, TOTAL)
-    assert s.period(switch - 1, TOTAL) == s.period_early and s.period(switch, TOTAL) == s.period_late
+    assert s.period(switch - 1, TOTAL) == 30 and s.period(switch, TOTAL) == 10  # the reference's K
     # The reference jumps 0.134 -> 0.05 here; ours moves by one step's worth of geometric decay.
     per_step = (s.temperature_floor / s.temperature_start) ** (1 / (s.temperature_floor_at * TOTAL))
     assert s.temperature(switch, TOTAL) / s.temperature(switch - 1, TOTAL) == pytest.approx(per_step)
@@ -78,6 +78,14 @@ def test_updates_stop_at_finalisation():
     assert [t for t in ups if t >= 50] == list(range(50, 80, 2))
 
 
+def test_fractional_periods_scale_with_the_run():
+    s = TemperingSchedule()
+    assert [s.period(0, n) for n in (250, 20_000, 100_000)] == [1, 30, 150]
+    assert sum(s.is_update(t, 250) for t in range(251)) == s.finalize_step(250) - 1  # every step
+    fixed = TemperingSchedule(period_early=7, period_late=7)
+    assert fixed.period(0, 250) == fixed.period(0, 20_000) == 7
+
+
 def test_short_runs_still_work():
     s = TemperingSchedule()
     assert s.finalize_step(1) == 1
@@ -92,6 +100,7 @@ def test_short_runs_still_work():
     ({"sparsity_ramp": "quadratic"}, "sparsity_ramp"),
     ({"period_early": 0}, "period_early"),
     ({"period_late": 2.5}, "period_late"),
+    ({"period_late": 0.0}, "period_late"),
     ({"temperature_floor": 0.0}, "temperature_floor"),
     ({"temperature_floor": 2.0}, "temperature_floor"),
     ({"mask_momentum": 1.0}, "never moves"),
