@@ -258,3 +258,11 @@ def test_smollm2_from_gguf(tmp_path, monkeypatch):
     model2, _ = load("smollm2-135m")  # served from the cache, not converted again
     assert (entry / "model.safetensors").stat().st_mtime_ns == mtime
     torch.testing.assert_close(model2.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_remote_code_folder_needs_explicit_trust(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "deepseek", "architectures": ["DeepseekForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "modeling_deepseek.DeepseekForCausalLM"}}))
+    with pytest.raises(ValueError, match="model_type 'deepseek'.*ships its own modeling code.*trust_remote_code"):
+        load(tmp_path)
