@@ -261,8 +261,16 @@ def test_smollm2_from_gguf(tmp_path, monkeypatch):
 
 
 def test_remote_code_folder_needs_explicit_trust(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "deepseek", "architectures": ["DeepseekForCausalLM"],
-        "auto_map": {"AutoModelForCausalLM": "modeling_deepseek.DeepseekForCausalLM"}}))
-    with pytest.raises(ValueError, match="model_type 'deepseek'.*ships its own modeling code.*trust_remote_code"):
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "deepseek",
+                "architectures": ["DeepseekForCausalLM"],
+                "auto_map": {"AutoModelForCausalLM": "modeling_deepseek.DeepseekForCausalLM"},
+            }
+        )
+    )
+    with pytest.raises(
+        ValueError, match="model_type 'deepseek'.*ships its own modeling code.*trust_remote_code"
+    ):
         load(tmp_path)
