@@ -162,6 +162,10 @@ class ForgeConfig:
             raise ForgeConfigError("schedule must be a TemperingSchedule, got "
                                    f"{type(self.schedule).__name__}")
 
+    def validate(self, total_steps: int) -> None:
+        """Check that this configuration works in a run of ``total_steps`` optimizer steps."""
+        self.schedule.validate(total_steps)
+
     @property
     def uses_hessian(self) -> bool:
         return self.score in ("hessian_obd", "hessian_ratio")
@@ -219,6 +223,7 @@ class SparseForge:
             raise ForgeConfigError(f"config must be a ForgeConfig, got {type(config).__name__}")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ForgeConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
+        config.validate(total_steps)
         self.model, self.config, self.total_steps = model, config, total_steps
         self.entries = masked_sites(model)
         if not self.entries:

@@ -12,13 +12,13 @@ SparseForge (arXiv 2605.06402) tempers a soft mask into a hard pattern. Five qua
 * **hardness** h(t) of the forward mask m_eff = h·m + (1 − h)·hard(m): 1 until ``harden_start``, linear to 0
   at ``harden_end``, 0 after; masks are finalised (exact, frozen) at ``finalize_at``;
 * **update period** K(t): masks are updated every ``period_early`` steps before ``period_switch`` and every
-  ``period_late`` steps after. A period is an absolute step count (int >= 1) or a fraction of the total
-  steps (float < 1, rounded, at least 1 step): the defaults 0.0015 / 0.0005 are the reference's 30 / 10 steps
+  ``period_late`` steps after. A period is an absolute step count (a whole number >= 1) or a fraction of the
+  total steps (< 1, rounded, at least 1 step): the defaults 0.0015 / 0.0005 are the reference's 30 / 10 steps
   of 20,000, and become "every step" in a short run, so a 250-step run still gets ~190 annealed updates.
 
 Convention: window points (``*_warmup``, ``*_at``, ``*_start``, ``*_end``, ``period_switch``) are FRACTIONS of
 the total number of optimizer steps, so one schedule serves a 200-step CPU run and a 20,000-step GPU run; the
-update periods are fractions too, or absolute step counts when given as ints. ``t`` below is the number of
+update periods are fractions too (< 1), or absolute step counts (>= 1). ``t`` below is the number of
 optimizer steps completed (0 … total).
 
 Defaults follow the reference LLaMA run (20,000 mask steps: warm-up 500, K 30 → 10 at 2,000, hardening
@@ -96,9 +96,20 @@ class TemperingSchedule:
                                 "never moves")
         for name in ("period_early", "period_late"):
             value = getattr(self, name)
-            if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0.0 < value < 1.0:
-                raise ScheduleError(f"{name}={value!r} is an update period: an integer number of steps >= 1, "
+            if not (0.0 < value < 1.0 or value >= 1 and float(value).is_integer()):
+                raise ScheduleError(f"{name}={value!r} is an update period: a whole number of steps >= 1, "
                                     "or a fraction of the total steps in (0, 1)")
+
+    def validate(self, total: int) -> None:
+        """Check that this schedule does something in a run of ``total`` optimizer steps."""
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ScheduleError(f"total steps must be an integer >= 1, got {total!r}")
+        final = self.finalize_step(total)
+        first = next((t for t in range(1, final) if self.is_update(t, total)), None)
+        if first is None:
+            raise ScheduleError(f"no mask update would happen: masks are finalised after {final} of "
+                                f"{total} steps, before the first update period ({self.period(1, total)} "
+                                "steps) ends; use a shorter period_early/period_late or a later finalize_at")
 
     # ---- helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -145,7 +156,7 @@ class TemperingSchedule:
     def period(self, t: int, total: int) -> int:
         """Mask update period K (steps) at step count ``t``."""
         k = self.period_early if t < self.step_of(self.period_switch, total) else self.period_late
-        return k if isinstance(k, int) else max(1, round(k * total))
+        return int(k) if k >= 1 else max(1, round(k * total))
 
     def is_update(self, t: int, total: int) -> bool:
         """Whether the mask is updated after ``t`` completed steps (1 ≤ t < the finalisation step)."""

@@ -86,6 +86,18 @@ def test_fractional_periods_scale_with_the_run():
     assert fixed.period(0, 250) == fixed.period(0, 20_000) == 7
 
 
+def test_whole_float_periods_are_steps():  # what a CLI that parses "30" as a float produces
+    assert TemperingSchedule(period_early=30.0).period(0, 250) == 30
+
+
+def test_validate_rejects_a_run_without_updates():
+    TemperingSchedule().validate(10)
+    with pytest.raises(ScheduleError, match="no mask update"):
+        TemperingSchedule(period_early=50, period_late=50).validate(40)
+    with pytest.raises(ScheduleError, match="total steps"):
+        TemperingSchedule().validate(0)
+
+
 def test_short_runs_still_work():
     s = TemperingSchedule()
     assert s.finalize_step(1) == 1
@@ -100,6 +112,7 @@ def test_short_runs_still_work():
     ({"sparsity_ramp": "quadratic"}, "sparsity_ramp"),
     ({"period_early": 0}, "period_early"),
     ({"period_late": 2.5}, "period_late"),
+    ({"period_early": -3}, "period_early"),
     ({"period_late": 0.0}, "period_late"),
     ({"temperature_floor": 0.0}, "temperature_floor"),
     ({"temperature_floor": 2.0}, "temperature_floor"),
