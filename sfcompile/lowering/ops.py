@@ -59,13 +59,17 @@ from typing import Optional
 import torch
 
 __all__ = ["linear_nm24", "linear_block16", "grouped_nm24", "grouped_block16", "PREFILL_CSLT_MIN_M",
+           "BLOCK16_DENSE_MIN_M",
            "cslt_linear", "clear_cslt_cache"]
 
 log = logging.getLogger("sfcompile.lowering")
 
-# At or above this many rows, 2:4 matmuls go to cuSPARSELt (when present) instead of the Triton kernel;
-# set from the kernel table measured on the H200 (benchmarks/README.md).
-PREFILL_CSLT_MIN_M = 512
+# At or above this many rows, 2:4 matmuls go to cuSPARSELt (when present) instead of the Triton kernel, and
+# block-16 matmuls to cuBLAS on the weight unpacked for the call; set from the kernel table measured on the
+# H200 (benchmarks/README.md): cuSPARSELt 1.3-1.45x dense at M=2048, our register-decompressing kernels
+# 0.4x (prefill is FLOP-bound and Triton has no sparse tensor-core dot), block-16 tiles 0.2x.
+PREFILL_CSLT_MIN_M = 17
+BLOCK16_DENSE_MIN_M = 256
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CSLT_DTYPES = (torch.float16, torch.bfloat16)
 _LOGGED: set[str] = set()
@@ -194,6 +198,9 @@ def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
     if reason:
         _log_once(f"linear_block16 ({n}, {k}): {reason}")
         return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
+    if x.numel() // max(1, k) >= BLOCK16_DENSE_MIN_M:   # prefill: unpack for this call, cuBLAS
+        w = _block16_dense(tile_values, row_ptr, col_idx, n, k)
+        return torch.nn.functional.linear(x, w, bias)
     from sfcompile.lowering.kernels.block16 import block16_matmul
 
     return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, bias)

@@ -83,7 +83,7 @@ def test_ops_trace_under_torch_compile():
 # ---- CUDA dispatch -------------------------------------------------------------------------------------
 
 @cuda
-@pytest.mark.parametrize("m", [1, 8, 64, 1024])
+@pytest.mark.parametrize("m", [1, 8, 17, 1024])
 def test_cuda_linear_nm24_dispatch(m):
     w = _w24((512, 1024), torch.bfloat16).cuda()
     pw = pack(w, "2:4", -1)

@@ -26,23 +26,25 @@ def nm24_configs(small_m: bool) -> list[triton.Config]:
         # Decode is bound by memory latency as much as bandwidth: each program's loads only start once its
         # previous iteration is consumed, so K is split until each program runs a few iterations and the
         # whole GPU keeps several MB in flight (measured: 16 iterations per program ran at 0.7 TB/s).
-        space = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages)
-            (16, 256, 4, 4, 2), (16, 256, 8, 4, 2), (16, 128, 8, 4, 2), (16, 128, 16, 4, 2),
-            (32, 256, 8, 8, 2), (32, 128, 8, 4, 2), (32, 128, 16, 4, 2), (64, 128, 8, 8, 2),
+        space = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECOMP)
+            (32, 256, 4, 4, 3, 0), (32, 256, 8, 4, 3, 0), (16, 256, 8, 4, 3, 0), (64, 256, 8, 4, 3, 0),
+            (32, 128, 16, 4, 3, 0), (16, 256, 16, 4, 3, 0),
+            (16, 128, 16, 4, 2, 1), (32, 128, 8, 4, 2, 1), (16, 256, 8, 4, 2, 1),
+            (16, 128, 16, 4, 2, 2), (32, 128, 8, 4, 2, 2), (16, 256, 8, 4, 2, 2),
         ]
         cuda_core = [  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps)
             (1, 16, 256, 8, 4), (1, 32, 128, 8, 4), (1, 16, 512, 4, 4), (1, 32, 128, 16, 4),
             (1, 16, 256, 16, 4), (2, 16, 256, 8, 4), (4, 16, 128, 8, 4), (4, 16, 128, 16, 4),
         ]
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "DECOMP": d},
-                              num_warps=w, num_stages=s)
-                for bn, bk, sk, w, s in space for d in (1, 2)] + [
+                              num_warps=w, num_stages=s) for bn, bk, sk, w, s, d in space] + [
             triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "DECOMP": 3},
                           num_warps=w, num_stages=2)
             for bm, bn, bk, sk, w in cuda_core]
+    # (DECOMP 1 crashes Triton 3.6's TritonGPUOptimizeDotOperands at these tile sizes: 3-D select here.)
     space = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
              (64, 64, 128, 4, 3)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "DECOMP": 1},
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "DECOMP": 0},
                           num_warps=w, num_stages=s) for bm, bn, bk, w, s in space]
 
 
