@@ -14,6 +14,7 @@ directly on ``device`` (no checkpoint needed), for benchmarks and memory plannin
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -119,6 +120,8 @@ def _apply_manifest(model, folder: Path) -> None:
 
 
 def _random(alias: Alias, dtype, device):
+    if alias.note:
+        warnings.warn(f"{alias.name}: {alias.note}", stacklevel=3)
     config = alias_config(alias.name)
     dtype = dtype if dtype is not None else _parse_dtype(alias.config.get("dtype")) or torch.float32
     # Build straight on the target device: an 8B bf16 model never exists on the CPU first.
