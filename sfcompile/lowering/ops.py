@@ -183,10 +183,19 @@ def _(x, values, meta, bias=None):
         _log_once(f"linear_nm24 {tuple(values.shape)}: {reason}")
         return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
     m = x.numel() // max(1, x.shape[-1])
-    if m >= PREFILL_CSLT_MIN_M and cslt_unsupported(x, values) is None:
+    cslt_ok = cslt_unsupported(x, values) is None
+    if m >= PREFILL_CSLT_MIN_M and cslt_ok:
         return cslt_linear(x, values, meta, bias)
     from sfcompile.lowering.kernels.nm24 import nm24_matmul
 
+    if not cslt_ok:
+        return nm24_matmul(x, values, meta, bias)
+    # Decode: the Triton kernel or cuSPARSELt, whichever measured faster for this shape (timed once).
+    key = ("linear_nm24", values.shape[-2], x.shape[-1], 1 << max(0, (m - 1).bit_length()), x.dtype)
+    choice = _fastest(key, {"triton": lambda: nm24_matmul(x, values, meta, bias),
+                            "cusparselt": lambda: cslt_linear(x, values, meta, bias)}, default="triton")
+    if choice == "cusparselt":
+        return cslt_linear(x, values, meta, bias)
     return nm24_matmul(x, values, meta, bias)
 
 
@@ -226,6 +235,28 @@ def _(x, tile_values, row_ptr, col_idx, offs, n, k):
     from sfcompile.lowering.kernels.block16 import block16_matmul
 
     return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, offs=offs.to(torch.int32))
+
+
+# ---- dispatch by measurement ---------------------------------------------------------------------------
+
+_CHOICE: dict[tuple, str] = {}
+
+
+def _fastest(key: tuple, candidates: dict, default: str) -> str:
+    """Name of the fastest candidate for ``key``, timed once (``triton.testing.do_bench``: median, L2
+    flushed) on the first call outside CUDA-graph capture; ``default`` while capturing an undecided key."""
+    if key in _CHOICE:
+        return _CHOICE[key]
+    if torch.cuda.is_current_stream_capturing():
+        return default
+    import triton
+
+    times = {name: triton.testing.do_bench(fn, warmup=5, rep=15, return_mode="median")
+             for name, fn in candidates.items()}
+    _CHOICE[key] = min(times, key=times.get)
+    log.info("sfcompile ops: %s -> %s (%s)", key, _CHOICE[key],
+             ", ".join(f"{k} {v * 1e3:.1f}us" for k, v in times.items()))
+    return _CHOICE[key]
 
 
 # ---- cuSPARSELt (prefill): a second packed form, built lazily on the GPU, alg_id searched once per shape --
@@ -279,6 +310,7 @@ def cslt_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 
 def clear_cslt_cache() -> None:
-    """Drop the cuSPARSELt compressed weights (and the alg_id choices)."""
+    """Drop the cuSPARSELt compressed weights, the alg_id choices and the measured dispatch choices."""
     _CSLT.clear()
     _CSLT_ALG.clear()
+    _CHOICE.clear()

@@ -211,8 +211,9 @@ def _unpack_block16(tile_values, row_ptr, col_idx, nk_shape) -> torch.Tensor:
     *lead, n, k = nk_shape
     rows = row_ptr.shape[0] - 1
     tiles = torch.zeros(rows, k // 16, 16, 16, dtype=tile_values.dtype, device=tile_values.device)
-    row_of = torch.repeat_interleave(torch.arange(rows, device=row_ptr.device),
-                                     (row_ptr[1:] - row_ptr[:-1]).long())
+    # block row of each tile, with no data-dependent shapes (no host sync: CUDA-graph capturable)
+    t = torch.arange(tile_values.shape[0], device=row_ptr.device, dtype=row_ptr.dtype)
+    row_of = torch.searchsorted(row_ptr[1:].contiguous(), t, right=True)
     tiles[row_of, col_idx.long()] = tile_values
     b = rows // (n // 16)
     dense = tiles.reshape(b, n // 16, k // 16, 16, 16).transpose(2, 3).reshape(b, n, k)

@@ -122,3 +122,29 @@ def test_cuda_block16_and_grouped():
                      x[10:12].double() @ we[3].double().T])
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
 
+
+
+def test_dispatch_picks_the_measured_fastest_once(monkeypatch):
+    import triton
+
+    from sfcompile.lowering import ops
+
+    timings = {"a": 3.0, "b": 1.0}
+    calls = []
+
+    def fake_bench(fn, **kwargs):
+        calls.append(fn())
+        return timings[calls[-1]]
+
+    capturing = [False]
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    monkeypatch.setattr(ops, "_CHOICE", {})
+    key = ("test", 1)
+    assert ops._fastest(key, {"a": lambda: "a", "b": lambda: "b"}, default="a") == "b"
+    timings["b"] = 9.0                                  # decided once: no re-timing
+    assert ops._fastest(key, {"a": lambda: "a", "b": lambda: "b"}, default="a") == "b"
+    assert calls == ["a", "b"]
+    capturing[0] = True
+    assert ops._fastest(("undecided",), {"a": lambda: "a", "b": lambda: "b"}, default="a") == "a"
+    assert calls == ["a", "b"]                          # never timed while capturing
