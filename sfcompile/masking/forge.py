@@ -37,7 +37,8 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
   ``slorb_train_p``), created at construction (S = 0, so the model is unchanged) and initialised IN PLACE from
   the pruned weights when hardening starts (``forge.slorb_initialised_at`` = that step, None before). They are
   registered on the site's owning module, so they are in ``model.state_dict()`` and FSDP2 shards them with the
-  module. Being registered on modules, they ARE in ``model.parameters()`` once SparseForge is built: build the
+  module (call ``trainable_extra_parameters()`` AFTER ``fully_shard``, which replaces parameter objects).
+  Being registered on modules, they ARE in ``model.parameters()`` once SparseForge is built: build the
   optimizer after SparseForge and do not add them twice — the list is there to put them in their own param
   group (no weight decay: they are a correction term, like a bias). Mask state and statistics are frozen
   (``requires_grad=False``): filter the optimizer's parameters on ``requires_grad``.
@@ -73,7 +74,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sfcompile.masking import hutchinson, slorb, tempering
+from sfcompile.masking import hutchinson, shards, slorb, tempering
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.masking.scores import (
     STAT_NAMES,
@@ -245,7 +246,7 @@ class SparseForge:
             log.warning("soft masks are stored in %s: mask EMAs and score-order ties round away; use "
                         "sparsify(..., mask_dtype=torch.float32) for training", ", ".join(low))
         self._setup_stats()
-        self._slorb_params = self._setup_slorb() if config.slorb else []
+        self._slorb_modules = self._setup_slorb() if config.slorb else []
         self._apply_step_state(0)
 
     # ---- construction ------------------------------------------------------------------------------------
@@ -266,27 +267,33 @@ class SparseForge:
                 self._hooks.append(module.register_forward_pre_hook(
                     act_hook(stat, cfg.hessian_ema, lambda: self._collect_acts), with_kwargs=True))
 
-    def _setup_slorb(self) -> list[nn.Parameter]:
-        cfg, params = self.config, []
+    def _setup_slorb(self) -> list[nn.Module]:
+        cfg, modules = self.config, []
         for site, module, _ in self.entries:
             reason = slorb.slorb_unsupported(site, cfg.slorb_group)
             if reason is not None:
                 self.slorb_skipped.append((site.name, reason))
                 continue
+            modules.append(module)
             if hasattr(module, "slorb_S"):  # already installed (e.g. a second SparseForge on the same model)
-                params += [p for p in (module.slorb_S, getattr(module, "slorb_P", None)) if p is not None]
                 continue
             w = dense_weight(module, site.param)
-            params += slorb.add_slorb(module, site.kind, site.shape, cfg.slorb_group,
-                                      train_p=cfg.slorb_train_p, gain=0.0, dtype=w.dtype, device=w.device)
+            slorb.add_slorb(module, site.kind, site.shape, cfg.slorb_group, train_p=cfg.slorb_train_p,
+                            gain=0.0, dtype=w.dtype, device=w.device)
         if self.slorb_skipped:
             log.warning("SLoRB skipped %d site(s), e.g. %s: %s", len(self.slorb_skipped),
                         *self.slorb_skipped[0])
-        return params
+        return modules
 
     def trainable_extra_parameters(self) -> list[nn.Parameter]:
-        """The SLoRB parameters (S, and P if trainable); they exist from construction on."""
-        return list(self._slorb_params)
+        """The SLoRB parameters (S, and P if trainable); they exist from construction on.
+
+        Looked up on the modules at each call, so after FSDP2's ``fully_shard`` (which replaces parameters by
+        DTensor ones) it returns the sharded parameters: call it after wrapping the model."""
+        out = []
+        for module in self._slorb_modules:
+            out += [p for p in (module.slorb_S, getattr(module, "slorb_P", None)) if p is not None]
+        return out
 
     # ---- per step ------------------------------------------------------------------------------------------
     def wants_probe(self, step: int) -> bool:
@@ -382,6 +389,8 @@ class SparseForge:
             if bool((act == 0).all()):
                 raise ForgeConfigError("score 'wanda' has seen no training forward pass of "
                                        f"{site.name} before the first mask update")
+            if soft.k_dim % w.dim() == 0:  # K is the sharded dim: this rank's rows of the (K,) norms
+                act = shards.local_rows(act, soft.mask)
             kw["act_sq"] = act
         return znorm(compute_score(cfg.score, w, k_dim=soft.k_dim, eps=cfg.hessian_eps, **kw))
 
@@ -394,9 +403,8 @@ class SparseForge:
                 z = znorm(sum(self._scores(i) for i in group[1:]) + z)
             lead_soft = self.entries[group[0]][2]
             gen = tempering.sample_generator(cfg.seed, step, group[0])
-            tau = tempering.sampled_quantile(z, values["target_sparsity"], cfg.tau_samples, gen)
-            if hasattr(lead_soft.mask, "to_local"):
-                tau = _mean_across_ranks(tau, z.device)  # each rank sampled its own shard
+            # τ of the GLOBAL scores: under FSDP2 every rank completes the same sample (equal to 1 process)
+            tau = shards.sampled_quantile(z, lead_soft.mask, values["target_sparsity"], cfg.tau_samples, gen)
             new = tempering.tempered_mask(
                 z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
                 target_sparsity=values["target_sparsity"], temperature=values["temperature"],
@@ -409,7 +417,10 @@ class SparseForge:
                 changed = (local(soft.hard) != before).sum()
                 flips = changed if flips is None else flips + changed
                 count += before.numel()
-        return float(flips) / max(count, 1)
+        if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows
+            both = torch.stack([flips.double(), flips.new_tensor(count).double()])
+            flips, count = shards.all_reduce_sum(both)
+        return float(flips) / max(float(count), 1.0)
 
     @staticmethod
     def _set_mask(soft: SoftMask, new: torch.Tensor) -> None:
@@ -441,6 +452,10 @@ class SparseForge:
             c = torch.stack([(m_eff == 0).sum(), (local(soft.hard) == 0).sum()])
             counts = c if counts is None else counts + c
             total += m_eff.numel()
+        if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows
+            counts = torch.cat([counts, counts.new_tensor([total])])
+            total = shards.all_reduce_sum(counts)[-1].item()
+            counts = counts[:2]
         zeros, hard_zeros = counts.tolist()
         return {"sparsity": zeros / total, "hard_sparsity": hard_zeros / total}
 

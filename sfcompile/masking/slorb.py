@@ -128,9 +128,20 @@ def init_slorb_(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor) -> 
     n, k = pruned.shape
     group = info["group"]
     s = pruned.reshape(n, k // group, group).mean(-1)  # (N, K/k)
-    module.slorb_S.copy_(s.to(module.slorb_S.dtype))
+    # FSDP2: S is sharded on its rows (N) like a Linear weight, so local rows of W give local rows of S
+    target = _local(module.slorb_S)
+    if tuple(target.shape) != tuple(s.shape):
+        raise SLoRBError(f"SLoRB S shard {tuple(target.shape)} does not match the weight's pruned group "
+                         f"means {tuple(s.shape)}: shard the module along its output dim (Conv1D weights are "
+                         "sharded along K and are not supported under FSDP2)")
+    target.copy_(s.to(target.dtype))
     if info["train_p"]:
-        module.slorb_P.copy_(block_sum_matrix(k, group, module.slorb_P.dtype, module.slorb_P.device))
+        p = _local(module.slorb_P)
+        p.copy_(block_sum_matrix(k, group, p.dtype, p.device)[: p.shape[0]])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def set_slorb_gain(model: nn.Module, gain: float) -> None:
