@@ -14,6 +14,7 @@ The public API, in the order of the flow::
 
 from importlib import import_module
 
+import sfcompile.lowering  # noqa: F401  (registers the "sparseforge" torch.compile backend)
 from sfcompile.export import save
 from sfcompile.masking.state import harden, sparsify
 from sfcompile.patterns import NM, Block, Pattern, Unstructured, parse_pattern
