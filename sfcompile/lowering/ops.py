@@ -34,10 +34,16 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
     rows ``e*N/16 .. (e+1)*N/16-1``); same row grouping as ``grouped_nm24``.
 
 Device dispatch: the CPU implementation is the reference math (unpack, then a dense matmul in fp32 for
-half dtypes: correct, not fast). The CUDA implementation dispatches on M = rows of ``x``: small M (decode) to
-the register-decompressing split-K Triton kernels, large M (prefill) to the fastest path measured on the
-H200 (see ``benchmarks/README.md``). Shapes or dtypes a kernel does not support run the reference math on
-the device instead (one logged line naming the reason): never a wrong answer.
+half dtypes: correct, not fast). The CUDA implementation dispatches on M = rows of ``x`` (numbers:
+``benchmarks/README.md``):
+
+* 2:4, M <= 16: the Triton kernel or cuSPARSELt, whichever one timing on the first call finds faster for
+  that (N, K, M bucket); M >= 17: cuSPARSELt (alg_id searched once per shape; 1.33-1.49x dense at M=2048).
+* block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call + cuBLAS.
+* experts: the Triton kernels (grouped by expert).
+
+Shapes or dtypes a kernel does not support run the reference math on the device instead (one logged line
+naming the reason): never a wrong answer.
 
 Packing API (:mod:`sfcompile.lowering.pack`)::
 

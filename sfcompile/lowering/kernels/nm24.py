@@ -2,9 +2,13 @@
 
 The weight is decompressed in registers: each program loads a (BLOCK_N, BLOCK_K/2) slab of values and the
 (BLOCK_N, BLOCK_K/32) int32 metadata words covering it (16-byte vector loads along K), expands them into the
-dense (BLOCK_N, BLOCK_K) tile with two selects per element, and feeds it to ``tl.dot``. At decode sizes
-(M <= 16) the kernel is bound by the bytes it reads, 56% of dense for bf16, so it is split along K
-(``SPLIT_K`` programs add into an fp32 workspace) to put enough programs on the 132 SMs.
+dense (BLOCK_N, BLOCK_K) tile with selects, and feeds it to ``tl.dot`` (``DECOMP`` picks one of three
+expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may be split
+over ``SPLIT_K`` programs; the last one to finish an output tile sums the partials (no extra launches).
+
+Measured on the H200 (benchmarks/README.md): 0.4-0.7x dense cuBLAS at decode. The byte ceiling is 1.78x,
+but decompressing in registers costs ~30 instructions per weight element, so the kernel is bound by
+instruction issue at ~0.75 TB/s. Prefill goes to cuSPARSELt instead (``sfcompile.lowering.ops``).
 
 The same kernel serves MoE experts (``GROUPED``): the third grid axis is the expert; expert ``e`` owns rows
 ``offs[e-1] .. offs[e]-1`` of x (``torch._grouped_mm``'s contract) and its own values/meta slab.
@@ -23,14 +27,14 @@ def nm24_configs(small_m: bool) -> list[triton.Config]:
     """Autotune space: decode (BLOCK_M = 16, split-K, narrow N blocks) or prefill (square tiles), each with
     the three ways to decompress (DECOMP 0: 3-D select, 1: per-column join, 2: masked gather)."""
     if small_m:
-        # Decode is bound by memory latency as much as bandwidth: each program's loads only start once its
-        # previous iteration is consumed, so K is split until each program runs a few iterations and the
-        # whole GPU keeps several MB in flight (measured: 16 iterations per program ran at 0.7 TB/s).
-        space = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECOMP)
-            (32, 256, 4, 4, 3, 0), (32, 256, 8, 4, 3, 0), (16, 256, 8, 4, 3, 0), (64, 256, 8, 4, 3, 0),
-            (32, 128, 16, 4, 3, 0), (16, 256, 16, 4, 3, 0),
-            (16, 128, 16, 4, 2, 1), (32, 128, 8, 4, 2, 1), (16, 256, 8, 4, 2, 1),
-            (16, 128, 16, 4, 2, 2), (32, 128, 8, 4, 2, 2), (16, 256, 8, 4, 2, 2),
+        # Measured on the H200 (benchmarks/README.md): these kernels reach ~0.75 TB/s whatever the split,
+        # tile or variant: they are bound by instruction issue (~30 SASS instructions per decompressed weight
+        # element: selects, index math, the register -> shared-memory trip into the dot), not by bytes.
+        space = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECOMP): the 3-D select (DECOMP 0) measured
+            # fastest on the H200; the join (1) and masked-gather (2) variants ran 1.3-3x slower at M=8..16
+            (16, 256, 1, 4, 3, 0), (16, 512, 1, 4, 2, 0), (32, 256, 1, 4, 3, 0), (32, 256, 2, 4, 3, 0),
+            (64, 256, 1, 4, 3, 0), (64, 256, 2, 4, 3, 0), (64, 256, 4, 4, 3, 0), (32, 512, 2, 4, 2, 0),
+            (16, 256, 4, 4, 3, 0), (64, 128, 4, 4, 4, 0), (32, 256, 8, 4, 3, 0), (32, 128, 16, 4, 3, 0),
         ]
         cuda_core = [  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps)
             (1, 16, 256, 8, 4), (1, 32, 128, 8, 4), (1, 16, 512, 4, 4), (1, 32, 128, 16, 4),
