@@ -30,11 +30,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class BackendOptions:
 
 # Packed forms by weight identity, kept while the weight lives and its version (in-place writes) is unchanged,
 # so recompiles (prefill vs decode shapes, guards) share one packed copy.
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (WeakIdKeyDictionary: a WeakKeyDictionary would compare tensors with ==.)
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _LOGGED: set[tuple[str, str]] = set()
 
 

@@ -188,6 +188,24 @@ def test_same_structure_other_weights_not_reused():
             torch.testing.assert_close(torch.compile(m, backend="sparseforge")(x), m(x))
 
 
+def test_recompile_reuses_the_packed_weights():
+    """A second graph over the same weights (another batch size) reads the same packed tensors: packed once."""
+    torch._dynamo.reset()
+    m = _hardened_two_linears(0)
+    buffers = []
+
+    def hook(gm, report):
+        buffers.append({name: buf for name, buf in gm.named_buffers() if name.startswith("_sf_packed_")})
+
+    fast = torch.compile(m, backend="sparseforge", dynamic=False, options={"on_lower": hook})
+    with torch.no_grad():
+        for rows in (3, 5):
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(fast(x), m(x))
+    assert len(buffers) == 2 and len(buffers[0]) == 5  # 2:4 values+meta, block16 tiles+row_ptr+col_idx
+    assert {id(b) for b in buffers[0].values()} == {id(b) for b in buffers[1].values()}
+
+
 def test_direct_call_without_dynamo_refuses():
     """Outside Dynamo no identity guard can be installed on lifted weights: refuse rather than risk reuse."""
     from sfcompile.lowering.backend import sparseforge
