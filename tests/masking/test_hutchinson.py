@@ -161,3 +161,35 @@ def test_unknown_estimator():
         _probe(model, "exact", 0)
 
 
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(16, 32)
+        self.down = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.down(torch.tanh(self.up(x)))
+
+
+def test_fd_runs_compiled_and_agrees_with_eager():
+    torch.manual_seed(0)
+    model = _MLP()
+    sites = [Site(f"{n}.weight", n, "weight", tuple(getattr(model, n).weight.shape), 1, "linear")
+             for n in ("up", "down")]
+    sparsify(model, "2:4", sites=sites)
+    for _, _, soft in masked_sites(model):
+        soft.set_mask(torch.rand_like(soft.mask))
+        soft.set_hardness(0.5)
+    x, y = torch.randn(8, 16), torch.randn(8, 16)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    eager = _probe(model, "fd", 0, lambda: (model(x) - y).square().mean(), fd_eps=1e-2)
+    comp = _probe(model, "fd", 0, lambda: (compiled(x) - y).square().mean(), fd_eps=1e-2)
+    # the probe's in-place changes to W, mask and hardness reach the compiled graph (they are graph inputs)
+    for a, b in zip(eager, comp):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(d.abs().sum() > 0 for d in comp)
+    exact = _probe(model, "hvp", 0, lambda: (model(x) - y).square().mean())
+    for a, b in zip(comp, exact):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=1e-4)
