@@ -1,4 +1,4 @@
-"""Training: `train` drives SparseForge + distillation over a sparsified model; `TrainConfig` configures it."""
+"""Training: `train` runs SparseForge + distillation on a sparsified model; `TrainConfig` configures it."""
 
 from sfcompile.train.config import TrainConfig, TrainConfigError, parse_tokens
 from sfcompile.train.loop import TrainResult, train

@@ -2,7 +2,7 @@
 
 Layout under ``<out>/checkpoints/``::
 
-    step_000200/           one checkpoint (written as .tmp-step_000200-<pid>, then renamed: never half-written)
+    step_000200/           one checkpoint (written as .tmp-step_000200-<pid>, renamed: never half-written)
         model.pt           student state_dict: dense W, masks (mask/hard/hardness), SLoRB, everything
         train_state.pt     optimizer, forge state, RNG (torch/cuda/numpy/python), step, counters, history
     latest                 the name of the newest complete checkpoint (replaced atomically)
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfcompile.train import distributed as dist
 from sfcompile.train.distributed import is_main_process
 
 
@@ -42,21 +43,42 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, *, model, optimizer, forge, extra: dict, keep: int = 1) -> Path | None:
-    """Write checkpoint ``step`` atomically and keep the newest ``keep``. Returns its path (None off rank 0)."""
-    if not is_main_process():
+def save_checkpoint(
+    out: Path, step: int, *, model, optimizer, forge, extra: dict, keep: int = 1
+) -> Path | None:
+    """Write checkpoint ``step`` atomically, keep the newest ``keep``; its path (None off rank 0).
+
+    A sharded model (FSDP2, several processes) is saved by every rank into ``dcp/`` (`distributed`); call on
+    all ranks then."""
+    sharded = dist.is_sharded(model)
+    if not sharded and not is_main_process():
         return None
     root = Path(out) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(model.state_dict(), tmp / "model.pt")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                "forge": forge.state_dict() if forge is not None else None,
-                "rng": rng_state(), **extra}, tmp / "train_state.pt")
+    tmp = root / (dist.shared_name(f".tmp-{name}") if sharded else f".tmp-{name}-{os.getpid()}")
+    if is_main_process():
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    if sharded:
+        dist.barrier()
+        dist.save_sharded_state(tmp, model, optimizer)  # model + optimizer shards, every rank
+        dist.barrier()
+        if not is_main_process():
+            return None
+    else:
+        torch.save(model.state_dict(), tmp / "model.pt")
+    torch.save(
+        {
+            "step": step,
+            "optimizer": None if sharded else optimizer.state_dict(),
+            "forge": forge.state_dict() if forge is not None else None,
+            "rng": rng_state(),
+            **extra,
+        },
+        tmp / "train_state.pt",
+    )
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -76,8 +98,10 @@ def latest_checkpoint(out: Path) -> Path | None:
         return None
     path = pointer.parent / pointer.read_text().strip()
     if not (path / "train_state.pt").exists():
-        raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete; delete the pointer "
-                              "to start over, or restore the checkpoint")
+        raise CheckpointError(
+            f"{pointer} names {path.name}, which is missing or incomplete; delete the pointer "
+            "to start over, or restore the checkpoint"
+        )
     return path
 
 
@@ -86,3 +110,23 @@ def load_checkpoint(path: Path, map_location="cpu") -> tuple[dict, dict]:
     model_state = torch.load(path / "model.pt", map_location=map_location, weights_only=False)
     train_state = torch.load(path / "train_state.pt", map_location=map_location, weights_only=False)
     return model_state, train_state
+
+
+def restore_checkpoint(path: Path, model, optimizer, map_location="cpu") -> dict:
+    """Load checkpoint ``path`` into ``model`` and ``optimizer``; returns its train state (forge, rng, ...).
+
+    Reads both layouts: ``model.pt`` (one process) and ``dcp/`` (sharded, written by any number of ranks and
+    loadable on any number, one included)."""
+    path = Path(path)
+    if dist.has_sharded_state(path):
+        dist.load_sharded_state(path, model, optimizer)
+        return torch.load(path / "train_state.pt", map_location=map_location, weights_only=False)
+    if dist.is_sharded(model):
+        raise CheckpointError(
+            f"{path} was written by a single process (model.pt); resume it with one process, or start the "
+            "multi-process run from its final model"
+        )
+    model_state, state = load_checkpoint(path, map_location=map_location)
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(state["optimizer"])
+    return state

@@ -26,7 +26,7 @@ class TrainConfigError(ValueError):
 def parse_tokens(value: int | float | str) -> int:
     """``"20M"`` → 20_000_000, ``"1.5B"`` → 1_500_000_000, ``"500k"``, ``"1e6"`` or an int."""
     if isinstance(value, bool):
-        raise TrainConfigError(f"tokens={value!r} is not a token count; pass e.g. 20_000_000 or \"20M\"")
+        raise TrainConfigError(f'tokens={value!r} is not a token count; pass e.g. 20_000_000 or "20M"')
     if isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -36,8 +36,10 @@ def parse_tokens(value: int | float | str) -> int:
     text = str(value).strip().replace("_", "").replace(",", "")
     m = re.fullmatch(r"(-?[0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)", text, flags=re.IGNORECASE)
     if not m:
-        raise TrainConfigError(f"tokens={value!r} is not a token count; use an integer or a number with a "
-                               "suffix k/M/B (e.g. \"20M\", \"1.5B\")")
+        raise TrainConfigError(
+            f"tokens={value!r} is not a token count; use an integer or a number with a "
+            'suffix k/M/B (e.g. "20M", "1.5B")'
+        )
     number = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
     return int(round(number))
 
@@ -79,12 +81,12 @@ class TrainConfig:
         weight_decay (≥2-D parameters only), betas, eps, clip (global grad-norm clip; 0 disables).
         srste_decay, srste_ramp: SR-STE decay grad += d·W·(1 − m_eff), d ramping linearly from 0 to
             ``srste_decay`` over ``srste_ramp`` steps (a fraction if < 1).
-        cast_l1: CAST adaptive L1 strength λ (decoupled W −= lr·λ·sign(W)/(√v̂ + ε) on pruned weights; 0 = off).
+        cast_l1: CAST adaptive L1 strength λ (W −= lr·λ·sign(W)/(√v̂ + ε) on pruned weights; 0 = off).
         cast_weight_scaling: rescale each site's kept weights to restore the matrix norm the L1 decay removed.
-        train_embeddings: also train the input embeddings (and a tied head). Off by default: with a few million
-            tokens the vocabulary rows see too few updates to improve, and they hold ~20% of a small model's
-            parameters (Adam state). Everything else — masked weights (their dense W), unmasked linears,
-            norms, biases and the forge's extra parameters (SLoRB) — is trained.
+        train_embeddings: also train the input embeddings (and a tied head). Off by default: with a few
+            million tokens the vocabulary rows see too few updates to improve, and they hold ~20% of a
+            small model's parameters (Adam state). Everything else — masked weights (their dense W),
+            unmasked linears, norms, biases and the forge's extra parameters (SLoRB) — is trained.
 
     Distillation (`sfcompile.train.losses`)
         ce_weight, kl_weight, kl_temperature, squarehead_weight: loss = ce·CE + kl·KL(teacher‖student, T)·T²
@@ -101,19 +103,20 @@ class TrainConfig:
 
     Masks
         init: one-shot mask before training: ``"dense"`` (all ones; the forge tempers from dense),
-            ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows`` windows
+            ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows``
             of the calibration text). Not re-applied on resume.
         forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
             fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
 
     Run
-        harden: at the end, fold the (finalised) masks into the weights (`sfcompile.harden`) and, with ``out``,
+        harden: at the end, fold the (finalised) masks into W (`sfcompile.harden`) and, with ``out``,
             save the model to ``<out>/final``. False leaves the soft-mask state in place.
         out: run directory (checkpoints, logs, final model). checkpoint_every: steps between checkpoints
             (0 = only at the end and on SIGTERM/Ctrl-C). keep_checkpoints: how many to keep.
-        seed, device (``"auto"`` = cuda if available), dtype (``"auto"`` = bf16 autocast on CUDA, fp32 on CPU),
+        seed, device (``"auto"`` = cuda if available), dtype (``"auto"``: bf16 autocast on CUDA, fp32 on CPU),
         compile (torch.compile the student and teacher forwards; the Hessian probe runs eager),
-        log_every, eval_every (0 = only at start and end), eval_text, eval_windows, eval_seqlen.
+        log_every, eval_every (0 = only at start and end), eval_text, eval_windows (None = the whole text),
+        eval_seqlen.
 
     Example::
 
@@ -163,7 +166,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     eval_text: str = "wiki"
-    eval_windows: int = 16
+    eval_windows: int | None = 16
     eval_seqlen: int | None = None
 
     def __post_init__(self):
@@ -179,7 +182,7 @@ class TrainConfig:
             if not cond:
                 raise TrainConfigError(msg)
 
-        need(self.tokens > 0, f"tokens={self.tokens} must be positive (e.g. \"20M\")")
+        need(self.tokens > 0, f'tokens={self.tokens} must be positive (e.g. "20M")')
         need(self.teacher_data_tokens > 0, f"teacher_data_tokens={self.teacher_data_tokens} must be positive")
         for name in ("seqlen", "micro_batch", "grad_accum"):
             value = getattr(self, name)
@@ -196,34 +199,48 @@ class TrainConfig:
         need(self.cast_l1 >= 0, f"cast_l1={self.cast_l1} must be >= 0")
         for name in ("ce_weight", "kl_weight", "squarehead_weight"):
             need(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
-        need(self.ce_weight + self.kl_weight + self.squarehead_weight > 0,
-             "all loss weights are 0: set ce_weight, kl_weight or squarehead_weight > 0")
+        need(
+            self.ce_weight + self.kl_weight + self.squarehead_weight > 0,
+            "all loss weights are 0: set ce_weight, kl_weight or squarehead_weight > 0",
+        )
         need(self.kl_temperature > 0, f"kl_temperature={self.kl_temperature} must be > 0")
-        need(self.teacher_data_temperature > 0,
-             f"teacher_data_temperature={self.teacher_data_temperature} must be > 0")
+        need(
+            self.teacher_data_temperature > 0,
+            f"teacher_data_temperature={self.teacher_data_temperature} must be > 0",
+        )
         need(self.teacher in TEACHER_MODES, f"teacher={self.teacher!r} is not one of {TEACHER_MODES}")
         if self.teacher == "none":
-            need(self.kl_weight == 0 and self.squarehead_weight == 0 and self.data != "teacher",
-                 "teacher=\"none\" but kl_weight/squarehead_weight > 0 or data=\"teacher\": distillation "
-                 "needs a teacher; use teacher=\"copy\" or set kl_weight=0, squarehead_weight=0")
+            need(
+                self.kl_weight == 0 and self.squarehead_weight == 0 and self.data != "teacher",
+                'teacher="none" but kl_weight/squarehead_weight > 0 or data="teacher": distillation '
+                'needs a teacher; use teacher="copy" or set kl_weight=0, squarehead_weight=0',
+            )
         need(self.init in INIT_METHODS, f"init={self.init!r} is not one of {INIT_METHODS}")
         need(self.init_calib_windows >= 1, f"init_calib_windows={self.init_calib_windows} must be >= 1")
         if self.forge is None:
-            need(self.init != "dense", "forge=None keeps the masks fixed, but init=\"dense\" prunes nothing: "
-                 "choose init=\"sparsegpt\" (or wanda/magnitude), or give a ForgeConfig")
+            need(
+                self.init != "dense",
+                'forge=None keeps the masks fixed, but init="dense" prunes nothing: '
+                'choose init="sparsegpt" (or wanda/magnitude), or give a ForgeConfig',
+            )
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
         need(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")
         need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
         need(self.log_every >= 1, f"log_every={self.log_every} must be >= 1")
         need(self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0")
-        need(self.eval_windows >= 1, f"eval_windows={self.eval_windows} must be >= 1")
+        need(
+            self.eval_windows is None or self.eval_windows >= 1,
+            f"eval_windows={self.eval_windows} must be >= 1 (or None: the whole text)",
+        )
         # The forge's own schedule must fit inside this run (e.g. a hardening window past the end).
         if self.forge is not None and hasattr(self.forge, "validate"):
             try:
                 self.forge.validate(self.total_steps())
             except ValueError as err:
-                raise TrainConfigError(f"{err} (this run has {self.total_steps()} optimizer steps: "
-                                       f"tokens={self.tokens} / {self.tokens_per_step()} tokens per step)") from err
+                raise TrainConfigError(
+                    f"{err} (this run has {self.total_steps()} optimizer steps: "
+                    f"tokens={self.tokens} / {self.tokens_per_step()} tokens per step)"
+                ) from err
 
     # ------------------------------------------------------------------ derived values
     def tokens_per_step(self, world_size: int = 1) -> int:
@@ -245,7 +262,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "forge"}
         d["betas"] = list(self.betas)
-        d["forge"] = None if self.forge is None else dataclasses.asdict(self.forge)  # schedule nested as a dict
+        d["forge"] = (
+            None if self.forge is None else dataclasses.asdict(self.forge)
+        )  # schedule nested as a dict
         return d
 
     @classmethod

@@ -80,7 +80,9 @@ def write_shard(path: Path, ids, vocab_size: int, meta: dict) -> Path:
 
 def read_shard(path: Path) -> np.memmap:
     info = json.loads(path.with_suffix(".json").read_text())
-    return np.memmap(path.with_suffix(".bin"), dtype=np.dtype(info["dtype"]), mode="r", shape=(info["tokens"],))
+    return np.memmap(
+        path.with_suffix(".bin"), dtype=np.dtype(info["dtype"]), mode="r", shape=(info["tokens"],)
+    )
 
 
 def _vocab_size(tok) -> int:
@@ -99,10 +101,14 @@ def _source_key(source: str) -> str:
 
 def _tokenize_documents(tok, docs: list[str]) -> list[int]:
     """Each document tokenized alone, documents separated by EOS (or a blank line if there is none)."""
-    sep = [tok.eos_token_id] if tok.eos_token_id is not None else tok("\n\n", add_special_tokens=False)["input_ids"]
+    sep = (
+        [tok.eos_token_id]
+        if tok.eos_token_id is not None
+        else tok("\n\n", add_special_tokens=False)["input_ids"]
+    )
     ids: list[int] = []
     for i in range(0, len(docs), 256):
-        for doc_ids in tok(docs[i:i + 256], add_special_tokens=False, verbose=False)["input_ids"]:
+        for doc_ids in tok(docs[i : i + 256], add_special_tokens=False, verbose=False)["input_ids"]:
             ids.extend(doc_ids)
             ids.extend(sep)
     return ids
@@ -118,15 +124,31 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
         try:
             docs = get_text(source)
         except (FileNotFoundError, ValueError, KeyError) as err:
-            raise DataError(f"data={source!r}: {err}. Pass a registry text name (e.g. \"calib\"), a .txt/.jsonl "
-                            "path, or \"teacher\"") from err
-        write_shard(shard, _tokenize_documents(tok, docs), _vocab_size(tok), {"source": source, "tokenizer": th})
+            raise DataError(
+                f'data={source!r}: {err}. Pass a registry text name (e.g. "calib"), a .txt/.jsonl '
+                'path, or "teacher"'
+            ) from err
+        write_shard(
+            shard, _tokenize_documents(tok, docs), _vocab_size(tok), {"source": source, "tokenizer": th}
+        )
     return read_shard(shard)
 
 
 @torch.no_grad()
-def teacher_shard(teacher, tok, cache: Path, *, n_tokens: int, seqlen: int, temperature: float, seed: int,
-                  prompt_source: str = "calib", prompt_len: int = 4, batch: int = 16, device=None) -> np.memmap:
+def teacher_shard(
+    teacher,
+    tok,
+    cache: Path,
+    *,
+    n_tokens: int,
+    seqlen: int,
+    temperature: float,
+    seed: int,
+    prompt_source: str = "calib",
+    prompt_len: int = 4,
+    batch: int = 16,
+    device=None,
+) -> np.memmap:
     """Sequences of ``seqlen`` tokens sampled from ``teacher``, cached as a shard.
 
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
@@ -136,7 +158,9 @@ def teacher_shard(teacher, tok, cache: Path, *, n_tokens: int, seqlen: int, temp
     """
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
-    key = hashlib.sha256(f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}".encode()
+    ).hexdigest()[:12]
     shard = cache / "shards" / f"teacher-{key}-{th}"
     if shard.with_suffix(".json").exists():
         return read_shard(shard)
@@ -152,16 +176,35 @@ def teacher_shard(teacher, tok, cache: Path, *, n_tokens: int, seqlen: int, temp
         rows = []
         for _ in range(b):
             p = int(rng.integers(0, len(prompts_pool) - prompt_len))
-            rows.append(bos + [int(t) for t in prompts_pool[p:p + prompt_len]])
+            rows.append(bos + [int(t) for t in prompts_pool[p : p + prompt_len]])
         ids = torch.tensor(rows, device=device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         new = seqlen - ids.shape[1]
-        seqs = teacher.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=new,
-                                min_new_tokens=new, pad_token_id=tok.eos_token_id)
+        seqs = teacher.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            pad_token_id=tok.eos_token_id,
+        )
         out.extend(seqs[:, :seqlen].reshape(-1).tolist())
-    write_shard(shard, out, _vocab_size(tok), {"source": "teacher", "teacher": name, "tokenizer": th,
-                                               "temperature": temperature, "seqlen": seqlen, "seed": seed})
+    write_shard(
+        shard,
+        out,
+        _vocab_size(tok),
+        {
+            "source": "teacher",
+            "teacher": name,
+            "tokenizer": th,
+            "temperature": temperature,
+            "seqlen": seqlen,
+            "seed": seed,
+        },
+    )
     return read_shard(shard)
 
 
@@ -181,8 +224,10 @@ class Batches:
     def __post_init__(self):
         self.n_windows = len(self.tokens) // self.seqlen
         if self.n_windows < 1:
-            raise DataError(f"the data has {len(self.tokens)} tokens, fewer than one window of seqlen="
-                            f"{self.seqlen}; use a larger text or a smaller seqlen")
+            raise DataError(
+                f"the data has {len(self.tokens)} tokens, fewer than one window of seqlen="
+                f"{self.seqlen}; use a larger text or a smaller seqlen"
+            )
         self._perms: dict[int, np.ndarray] = {}
 
     def _window(self, sample: int) -> int:
@@ -199,7 +244,7 @@ class Batches:
         rows = []
         for i in range(first, first + self.micro_batch):
             w = self._window(i)
-            rows.append(np.asarray(self.tokens[w * self.seqlen:(w + 1) * self.seqlen], dtype=np.int64))
+            rows.append(np.asarray(self.tokens[w * self.seqlen : (w + 1) * self.seqlen], dtype=np.int64))
         return torch.from_numpy(np.stack(rows))
 
     def step(self, step: int) -> list[torch.Tensor]:
@@ -218,8 +263,9 @@ class Prefetcher:
     def __init__(self, batches: Batches, start: int, end: int, depth: int = 2, pin: bool = False):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(batches, start, end, pin), daemon=True,
-                                        name="sfcompile-prefetch")
+        self._thread = threading.Thread(
+            target=self._work, args=(batches, start, end, pin), daemon=True, name="sfcompile-prefetch"
+        )
         self._thread.start()
 
     def _work(self, batches: Batches, start: int, end: int, pin: bool) -> None:

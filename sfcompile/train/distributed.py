@@ -1,13 +1,39 @@
-"""The one place that knows about processes: rank helpers and model wrapping.
+"""The one place that knows about processes: rank helpers, model wrapping, sharded state.
 
-Today a run is one process; the scale issue adds FSDP2 here (`wrap_model`) and the launcher. Everything else in
-`sfcompile.train` asks these helpers instead of assuming rank 0 (logging, checkpoint writing, data sharding).
+One process: every helper is the identity (`wrap_model` returns the model, reductions return their input).
+Several processes (launched by `sfcompile train --nproc-per-node N`, see `launch.py`, or by ``torchrun -m
+sfcompile train ...``): the process group comes from the environment torchrun sets (`init_from_env`) and the
+student and teacher are wrapped by the run's engine:
+
+``"fsdp2"`` (default, `engines/fsdp2.py`)
+    ``fully_shard`` on each repeated block, then on the root. The soft-mask state (``mask``, ``hard``: frozen
+    parameters of the SoftMask parametrization) is sharded with its weight by FSDP2 itself; the forge's
+    statistics (Hessian / Fisher EMA) are row-sharded the same way by hand (they are not needed in the
+    forward, so FSDP2 does not all-gather them). Sharding is along dim 0, so an N:M group or 16×16 tile stays
+    on one rank when K is the last dim; when K is dim 0 (GPT-2 Conv1D) `check_shardable` refuses world sizes
+    that would split a group. Mask updates then need no communication except τ (`masking.shards`).
+``"deepspeed"`` (`engines/deepspeed.py`) ZeRO-3 through the same calls.
+
+At the end of a sharded run `full_model` gathers the trained state into a plain (unsharded, CPU) copy of the
+model on rank 0, which the trainer hardens and saves.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import os
+import weakref
+from datetime import timedelta
+
 import torch
 from torch import nn
+
+ENGINES = ("fsdp2", "deepspeed")
+
+
+class DistributedError(RuntimeError):
+    """A distributed setup that cannot work, with what to change."""
 
 
 def _initialized() -> bool:
@@ -22,6 +48,10 @@ def world_size() -> int:
     return torch.distributed.get_world_size() if _initialized() else 1
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def is_main_process() -> bool:
     return rank() == 0
 
@@ -31,9 +61,232 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+# ---- process group ----
+def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> bool:
+    """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1); True if it did.
+
+    NCCL on CUDA, gloo otherwise; each process uses ``cuda:LOCAL_RANK``. A no-op in a single process or when a
+    group already exists (a caller that set one up itself).
+    """
+    if _initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or str(device).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group (if any)."""
+    if _initialized():
+        torch.distributed.destroy_process_group()
+
+
+# ---- reductions (identity in one process) ----
+def all_reduce_mean(value):
+    """Mean over ranks of a float or tensor (a new value); ``value`` itself in one process."""
+    if world_size() == 1:
+        return value
+    if isinstance(value, torch.Tensor):
+        t = value.detach().clone().double()
+        torch.distributed.all_reduce(t)
+        return (t / world_size()).to(value.dtype)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
+    torch.distributed.all_reduce(t)
+    return float(t) / world_size()
+
+
+def all_reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
+    """Mean over ranks of every float of a dict (one collective; keys must match on all ranks)."""
+    if world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_reduce_device())
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any (e.g. a stop signal seen by one process)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _reduce_device() -> torch.device:
+    backend = torch.distributed.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+# ---- wrapping ----
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are sharded across processes (so every rank must run its forwards)."""
+    return (
+        any(hasattr(p, "to_local") for p in itertools.islice(model.parameters(), 4))
+        or getattr(model, "_sfcompile_engine", None) is not None
+    )
+
+
+def check_shardable(model: nn.Module, world: int) -> None:
+    """Refuse a world size that would split an N:M group or a block tile across ranks.
+
+    Sharding is along dim 0 in chunks of ``ceil(d0 / world)`` rows. Groups run along K and tiles over the
+    last two dims, so a split is possible only when K is dim 0 (Conv1D) or a 2-D weight carries block tiles.
+    """
+    from sfcompile.masking.state import masked_sites
+    from sfcompile.patterns import NM, Block, Unstructured
+
+    for site, _, soft in masked_sites(model):
+        d0 = site.shape[0]
+        chunk = -(-d0 // world)
+        p = soft.pattern
+        k_dim = soft.k_dim % len(site.shape)
+        if isinstance(p, Unstructured):
+            raise DistributedError(
+                f"pattern {p} projects over the whole weight of {site.name}, which sharding "
+                "splits across ranks; use an N:M or block pattern for multi-process training"
+            )
+        need = None
+        if isinstance(p, NM) and k_dim == 0:
+            need = p.m
+        if isinstance(p, Block) and len(site.shape) == 2:
+            need = p.size
+        if need and chunk % need:
+            raise DistributedError(
+                f"{site.name} {tuple(site.shape)}: {world} ranks give {chunk} rows of dim 0 each, not a "
+                f"multiple of {need} (pattern {p}, K is dim {k_dim}): a group would be split across ranks. "
+                f"Use a world size W with ceil({d0}/W) divisible by {need}, or exclude the site"
+            )
+
+
+_SKELETONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree with its parameters on the meta device (no memory) and its buffers
+    copied (small; rotary tables are not in the state dict): the frame the full state is loaded into."""
+    memo = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    return copy.deepcopy(model, memo)
+
+
+def engine_of(config) -> str:
+    engine = getattr(config, "engine", "fsdp2")
+    if engine not in ENGINES:
+        raise DistributedError(f"engine {engine!r} is not known; choose one of {ENGINES}")
+    return engine
+
+
 def wrap_model(model: nn.Module, config) -> nn.Module:
-    """Wrap the student for the run's engine. One process: the model itself (FSDP2 goes here next)."""
-    if world_size() > 1:
-        raise NotImplementedError(f"world size {world_size()}: multi-process training (FSDP2) is not built yet; "
-                                  "run one process")
-    return model
+    """Wrap the student for the run's engine; in one process, the model itself.
+
+    Call after `SparseForge` is built (its statistics and SLoRB parameters must exist, to be sharded) and
+    before the optimizer. FSDP2 wraps in place: the returned module IS ``model``.
+    """
+    world = world_size()
+    if world == 1:
+        return model
+    check_shardable(model, world)
+    engine = engine_of(config)
+    _SKELETONS[model] = _skeleton(model) if is_main_process() else None
+    if engine == "fsdp2":
+        from sfcompile.train.engines.fsdp2 import wrap
+
+        wrapped = wrap(model, config, trainable=True)
+    else:
+        from sfcompile.train.engines.deepspeed import wrap
+
+        wrapped = wrap(model, config, trainable=True)
+    model._sfcompile_engine = engine
+    return wrapped
+
+
+def wrap_teacher(teacher: nn.Module | None, config) -> nn.Module | None:
+    """Shard the frozen teacher like the student (FSDP2: blocks then root, resharded after each forward)."""
+    if teacher is None or world_size() == 1:
+        return teacher
+    if getattr(config, "teacher", "copy") == "offload":
+        raise DistributedError(
+            'teacher="offload" streams blocks to one GPU; with several processes the teacher '
+            'is sharded across them instead: use teacher="copy"'
+        )
+    engine = engine_of(config)
+    if engine == "fsdp2":
+        from sfcompile.train.engines.fsdp2 import wrap
+    else:
+        from sfcompile.train.engines.deepspeed import wrap
+    return wrap(teacher, config, trainable=False)
+
+
+def full_model(model: nn.Module) -> nn.Module | None:
+    """The trained model as a plain module: ``model`` itself in one process; under a sharded engine a CPU copy
+    with the full state on rank 0 (None on the other ranks). Collective: call on every rank."""
+    if not is_sharded(model):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main_process():
+        return None
+    skeleton = _SKELETONS.get(model)
+    if skeleton is None:
+        raise DistributedError("this model was not wrapped by sfcompile.train.distributed.wrap_model")
+    missing = set(skeleton.state_dict()) - set(state)
+    if missing:
+        raise DistributedError(
+            f"the gathered state lacks {sorted(missing)[:3]}: the model changed after wrapping"
+        )
+    skeleton.load_state_dict(state, assign=True)
+    for p in skeleton.parameters():
+        p.requires_grad_(False)
+    return skeleton
+
+
+# ---- sharded checkpoints (DCP) ----
+DCP_DIR = "dcp"
+
+
+def shared_name(name: str) -> str:
+    """``name`` made the same on every rank (rank 0's pid appended): one temporary folder for all writers."""
+    return f"{name}-{broadcast_object(os.getpid())}"
+
+
+def save_sharded_state(folder, model: nn.Module, optimizer) -> None:
+    """Every rank writes its shards of the model and optimizer state under ``folder/dcp`` (collective).
+
+    ``torch.distributed.checkpoint`` keys tensors by parameter name, so the checkpoint loads on any number of
+    ranks (resharded on load), also into a single unwrapped process.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(folder) + "/" + DCP_DIR)
+
+
+def has_sharded_state(folder) -> bool:
+    return (folder / DCP_DIR / ".metadata").exists()
+
+
+def load_sharded_state(folder, model: nn.Module, optimizer) -> None:
+    """Load ``folder/dcp`` into ``model`` and ``optimizer``, whatever the number of ranks that wrote it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=str(folder) + "/" + DCP_DIR)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

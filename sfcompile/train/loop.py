@@ -1,15 +1,16 @@
 """`train`: the SparseForge training loop — one function, top to bottom (STYLE §7).
 
-    setup (device, teacher, one-shot init, forge, optimizer, resume) →
-    for each optimizer step: lr → accumulate micro-batches (teacher fwd, student fwd, loss, backward) →
-    NaN/inf guard → forge.observe_grads → forge.probe → clip → optimizer.step → forge.after_step →
-    log / eval / checkpoint / stop on signal →
-    finish (forge finalised, harden, save, plot, summary)
+setup (device, teacher, one-shot init, forge, optimizer, resume) →
+for each optimizer step: lr → accumulate micro-batches (teacher fwd, student fwd, loss, backward) →
+NaN/inf guard → forge.observe_grads → forge.probe → clip → optimizer.step → forge.after_step →
+log / eval / checkpoint / stop on signal →
+finish (forge finalised, harden, save, plot, summary)
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from sfcompile.train import distributed as dist
-from sfcompile.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from sfcompile.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint, set_rng_state
 from sfcompile.train.config import TrainConfig
 from sfcompile.train.data import Batches, Prefetcher, cache_root, teacher_shard, text_shard
 from sfcompile.train.losses import LossWeights, distillation_loss
@@ -32,15 +33,15 @@ from sfcompile.train.teacher import build_teacher
 
 @dataclass
 class TrainResult:
-    """What a run did. ``exit_code``: 0 finished, 130 stopped by SIGINT, 143 by SIGTERM (checkpoint written)."""
+    """What a run did. ``exit_code``: 0 finished, 130/143 stopped by SIGINT/SIGTERM (checkpoint written)."""
 
-    steps: int                      # optimizer steps completed (over all invocations of a resumed run)
+    steps: int  # optimizer steps completed (over all invocations of a resumed run)
     total_steps: int
-    tokens: int                     # tokens trained on
+    tokens: int  # tokens trained on
     final_loss: float | None
-    ppl: dict[int, float] = field(default_factory=dict)   # step -> eval perplexity
+    ppl: dict[int, float] = field(default_factory=dict)  # step -> eval perplexity
     skipped_steps: int = 0
-    stopped: str | None = None      # "SIGINT"/"SIGTERM"/"stop_at" when the run paused before the end
+    stopped: str | None = None  # "SIGINT"/"SIGTERM"/"stop_at" when the run paused before the end
     exit_code: int = 0
     final_path: Path | None = None
     compiled: list[str] = field(default_factory=list)
@@ -94,9 +95,16 @@ def _one_shot_init(model, config: TrainConfig, tokenizer, log: RunLogger) -> Non
 
     if tokenizer is None and config.init != "magnitude":
         raise ValueError(f"init={config.init!r} needs calibration text: pass tokenizer= to train()")
-    report = prune(model, config.init, calib="calib" if config.init != "magnitude" else None, tok=tokenizer,
-                   nsamples=config.init_calib_windows, seqlen=config.seqlen, seed=config.seed,
-                   progress=dist.is_main_process())
+    report = prune(
+        model,
+        config.init,
+        calib="calib" if config.init != "magnitude" else None,
+        tok=tokenizer,
+        nsamples=config.init_calib_windows,
+        seqlen=config.seqlen,
+        seed=config.seed,
+        progress=dist.is_main_process(),
+    )
     log.message(f"init: {report}")
     log.log(0, "info", init=config.init, init_seconds=report.seconds)
 
@@ -107,9 +115,17 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
     cache = cache_root(config)
     if config.data == "teacher":
         if teacher is None:
-            raise ValueError("data=\"teacher\" samples from the teacher, but there is none (teacher=\"none\")")
-        return teacher_shard(teacher, tokenizer, cache, n_tokens=config.teacher_data_tokens, seqlen=config.seqlen,
-                             temperature=config.teacher_data_temperature, seed=config.seed, device=device)
+            raise ValueError('data="teacher" samples from the teacher, but there is none (teacher="none")')
+        return teacher_shard(
+            teacher,
+            tokenizer,
+            cache,
+            n_tokens=config.teacher_data_tokens,
+            seqlen=config.seqlen,
+            temperature=config.teacher_data_temperature,
+            seed=config.seed,
+            device=device,
+        )
     return text_shard(config.data, tokenizer, cache)
 
 
@@ -131,10 +147,23 @@ def _evaluate(model, tokenizer, config: TrainConfig, autocast) -> float:
     model.eval()
     try:
         with autocast():
-            return perplexity(model, tokenizer, config.eval_text, seqlen=config.eval_seqlen or config.seqlen,
-                              max_windows=config.eval_windows, batch_size=config.micro_batch, progress=False)
+            return perplexity(
+                model,
+                tokenizer,
+                config.eval_text,
+                seqlen=config.eval_seqlen or config.seqlen,
+                max_windows=config.eval_windows,
+                batch_size=config.micro_batch,
+                progress=False,
+            )
     finally:
         model.train(was_training)
+
+
+def _probe_loss(model, ids, teacher_out, weights, autocast):
+    with autocast():
+        out = model(ids, output_hidden_states=weights.squarehead > 0)
+        return distillation_loss(out, ids, weights, teacher_out)[0]
 
 
 def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger):
@@ -146,8 +175,15 @@ def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger):
     return fn
 
 
-def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = None, tokenizer=None,
-          resume: bool = False, stop_at: int | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    tokenizer=None,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> TrainResult:
     """Train a sparsified model with SparseForge and distillation.
 
     Args:
@@ -172,8 +208,10 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     from sfcompile.masking.state import harden, masked_sites
 
     if not masked_sites(model):
-        raise ValueError(f"{type(model).__name__} carries no soft masks: call sfcompile.sparsify(model, "
-                         "pattern=...) before train()")
+        raise ValueError(
+            f"{type(model).__name__} carries no soft masks: call sfcompile.sparsify(model, "
+            "pattern=...) before train()"
+        )
     out = Path(config.out) if config.out else None
     if resume and out is None:
         raise ValueError("resume=True needs config.out (the run directory holding checkpoints/)")
@@ -185,7 +223,9 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     tokens_per_step = config.tokens_per_step(world)
     ckpt_path = latest_checkpoint(out) if resume else None
     if resume and ckpt_path is None:
-        raise ValueError(f"resume=True but {out}/checkpoints has no checkpoint; start the run without --resume")
+        raise ValueError(
+            f"resume=True but {out}/checkpoints has no checkpoint; start the run without --resume"
+        )
     log = RunLogger(out, total, 0, tokens_per_step, bar=True)
     if out and dist.is_main_process():
         import json
@@ -196,7 +236,9 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     weights = LossWeights(config.ce_weight, config.kl_weight, config.kl_temperature, config.squarehead_weight)
     teacher = build_teacher(model, config.teacher, device, given=teacher)
     if teacher is None and weights.needs_teacher:
-        raise ValueError("kl_weight/squarehead_weight > 0 need a teacher; set teacher=\"copy\" or the weights to 0")
+        raise ValueError(
+            'kl_weight/squarehead_weight > 0 need a teacher; set teacher="copy" or the weights to 0'
+        )
     model.to(device)
     model.train()
     if ckpt_path is None:
@@ -206,8 +248,9 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
         from sfcompile.masking.forge import SparseForge
 
         forge = SparseForge(model, config.forge, total_steps=total)
-    extra = forge.trainable_extra_parameters() if forge else []
-    student = dist.wrap_model(model, config)
+    student = dist.wrap_model(model, config)  # FSDP2 shards in place, after the forge (its state too)
+    teacher = dist.wrap_teacher(teacher, config)
+    extra = forge.trainable_extra_parameters() if forge else []  # after wrapping: the sharded parameters
     compiled: list[str] = []
     student_fwd = _compile(student, "student forward", compiled, log) if config.compile else student
     teacher_fwd = teacher
@@ -219,27 +262,40 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     # ---- resume -----------------------------------------------------------------------------------------
     start, skipped, tokens_done, ppl = 0, 0, 0, {}
     if ckpt_path is not None:
-        model_state, state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(model_state)
+        state = restore_checkpoint(ckpt_path, model, optimizer, map_location=device)  # model.pt or sharded
         if forge is not None:
             forge.load_state_dict(state["forge"])
-        optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start, skipped, tokens_done = state["step"], state["skipped"], state["tokens"]
         ppl = {int(k): v for k, v in state.get("ppl", {}).items()}
         log.message(f"resumed from {ckpt_path} at step {start}/{total}")
     log.close()
     log = RunLogger(out, total, start, tokens_per_step, bar=True)
-    log.log(start, "info", total_steps=total, tokens_per_step=tokens_per_step, device=str(device),
-            compiled=",".join(compiled) or "none", probe="eager", resumed=ckpt_path is not None)
+    log.log(
+        start,
+        "info",
+        total_steps=total,
+        tokens_per_step=tokens_per_step,
+        device=str(device),
+        compiled=",".join(compiled) or "none",
+        probe="eager",
+        resumed=ckpt_path is not None,
+    )
     if compiled:
         log.message(f"compiled: {', '.join(compiled)}; the Hessian probe and evaluation run eager")
 
     shard = _data(config, tokenizer, teacher, device)
-    batches = Batches(shard, config.seqlen, config.micro_batch, config.grad_accum, config.seed,
-                      rank=dist.rank(), world_size=world)
+    batches = Batches(
+        shard,
+        config.seqlen,
+        config.micro_batch,
+        config.grad_accum,
+        config.seed,
+        rank=dist.rank(),
+        world_size=world,
+    )
     end = total if stop_at is None else min(total, stop_at)
-    if start == 0 and tokenizer is not None and dist.is_main_process():
+    if start == 0 and tokenizer is not None and (dist.is_main_process() or dist.is_sharded(model)):
         ppl[0] = _evaluate(model, tokenizer, config, autocast)
         log.log(0, "eval", ppl=ppl[0], text=config.eval_text)
         log.message(f"step 0: {config.eval_text} ppl {ppl[0]:.3f}")
@@ -247,9 +303,15 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     def checkpoint(step: int) -> None:
         if out is None:
             return
-        save_checkpoint(out, step, model=model, optimizer=optimizer, forge=forge, keep=config.keep_checkpoints,
-                        extra={"skipped": skipped, "tokens": tokens_done, "ppl": ppl,
-                               "config": config.to_dict()})
+        save_checkpoint(
+            out,
+            step,
+            model=model,
+            optimizer=optimizer,
+            forge=forge,
+            keep=config.keep_checkpoints,
+            extra={"skipped": skipped, "tokens": tokens_done, "ppl": ppl, "config": config.to_dict()},
+        )
 
     # ---- the loop -------------------------------------------------------------------------------------
     last_loss, metrics, step = None, {}, start
@@ -257,10 +319,14 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     with _StopFlag() as stop:
         try:
             for step, micro in prefetch:
-                lr = lr_at(step, lr=config.lr, min_lr=config.min_lr, warmup=config.warmup_steps(world), total=total)
+                lr = lr_at(
+                    step, lr=config.lr, min_lr=config.min_lr, warmup=config.warmup_steps(world), total=total
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                optimizer.set_mask_terms(srste_decay=ramp(step, config.srste_decay, config.srste_ramp_steps(world)))
+                optimizer.set_mask_terms(
+                    srste_decay=ramp(step, config.srste_decay, config.srste_ramp_steps(world))
+                )
 
                 # forward/backward over the micro-batches, gradients accumulated
                 loss_sum, parts_sum = 0.0, {}
@@ -280,28 +346,30 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
                     del s_out, loss
 
                 # NaN/inf guard: a non-finite loss or gradient skips the update (the schedule still advances)
+                # one loss for all ranks (the mean over the global batch): every rank takes the same branch
+                loss_sum, parts_sum = dist.all_reduce_mean(loss_sum), dist.all_reduce_dict_mean(parts_sum)
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None])
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor partial norm
+                    grad_norm = grad_norm.full_tensor()
                 finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
                 if finite:
                     if forge is not None:
                         forge.observe_grads(step)
                         if forge.wants_probe(step):
-                            last_ids, last_t = ids, t_out
-
-                            def loss_fn():
-                                with autocast():
-                                    out_ = model(last_ids, output_hidden_states=weights.squarehead > 0)
-                                    return distillation_loss(out_, last_ids, weights, last_t)[0]
-
-                            forge.probe(step, loss_fn)
+                            # the probe recomputes the loss on the last micro-batch, eager (no compile)
+                            forge.probe(
+                                step, functools.partial(_probe_loss, model, ids, t_out, weights, autocast)
+                            )
                     if config.clip > 0:
                         torch.nn.utils.clip_grads_with_norm_(trained, config.clip, grad_norm)
                     optimizer.step()
                 else:
                     skipped += 1
                     log.log(step, "skip", loss=loss_sum, grad_norm=float(grad_norm))
-                    log.message(f"step {step}: non-finite loss/gradient (loss {loss_sum}, grad norm "
-                                f"{float(grad_norm)}): update skipped")
+                    log.message(
+                        f"step {step}: non-finite loss/gradient (loss {loss_sum}, grad norm "
+                        f"{float(grad_norm)}): update skipped"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 t_out = None
                 metrics = forge.after_step(step) if forge is not None else {}
@@ -318,18 +386,35 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
                 # log, evaluate, checkpoint
                 if done % config.log_every == 0 or done == end:
                     sparsity = metrics.get("sparsity", _masked_sparsity(model))
-                    log.log(done, "train", loss=loss_sum, lr=lr, grad_norm=float(grad_norm), tokens=tokens_done,
-                            **parts_sum, **{k: v for k, v in metrics.items() if k != "sparsity"},
-                            sparsity=sparsity)
-                tps = log.step_done(done, loss=loss_sum, sparsity=metrics.get("sparsity"),
-                                    T=metrics.get("temperature"))
-                if config.eval_every and done % config.eval_every == 0 and done != total and tokenizer is not None:
+                    log.log(
+                        done,
+                        "train",
+                        loss=loss_sum,
+                        lr=lr,
+                        grad_norm=float(grad_norm),
+                        tokens=tokens_done,
+                        **parts_sum,
+                        **{k: v for k, v in metrics.items() if k != "sparsity"},
+                        sparsity=sparsity,
+                    )
+                tps = log.step_done(
+                    done, loss=loss_sum, sparsity=metrics.get("sparsity"), T=metrics.get("temperature")
+                )
+                if (
+                    config.eval_every
+                    and done % config.eval_every == 0
+                    and done != total
+                    and tokenizer is not None
+                ):
                     ppl[done] = _evaluate(model, tokenizer, config, autocast)
                     log.log(done, "eval", ppl=ppl[done], text=config.eval_text, tokens=tokens_done, tok_s=tps)
-                    log.message(f"step {done}: {config.eval_text} ppl {ppl[done]:.3f} ({tokens_done:,} tokens)")
+                    log.message(
+                        f"step {done}: {config.eval_text} ppl {ppl[done]:.3f} ({tokens_done:,} tokens)"
+                    )
                 if config.checkpoint_every and done % config.checkpoint_every == 0 and done != total:
                     checkpoint(done)
-                if stop.signal:
+                if dist.any_rank(stop.signal is not None):  # all ranks stop at the same step
+                    stop.signal = stop.signal or "SIGTERM"
                     break
         finally:
             prefetch.close()
@@ -339,37 +424,69 @@ def train(model: nn.Module, config: TrainConfig, *, teacher: nn.Module | None = 
     if stop.signal or steps_done < total:
         checkpoint(steps_done)
         reason = stop.signal or "stop_at"
-        log.message(f"stopped at step {steps_done}/{total} ({reason}); checkpoint written — resume with "
-                    "--resume")
+        log.message(
+            f"stopped at step {steps_done}/{total} ({reason}); checkpoint written — resume with --resume"
+        )
         log.close()
-        return TrainResult(steps_done, total, tokens_done, last_loss, ppl, skipped, reason,
-                           _StopFlag.CODES.get(reason, 0), None, compiled, time.perf_counter() - t_start,
-                           log.history)
+        return TrainResult(
+            steps_done,
+            total,
+            tokens_done,
+            last_loss,
+            ppl,
+            skipped,
+            reason,
+            _StopFlag.CODES.get(reason, 0),
+            None,
+            compiled,
+            time.perf_counter() - t_start,
+            log.history,
+        )
 
     # ---- finish: final eval, harden, save, plot, summary ------------------------------------------------
-    if tokenizer is not None and dist.is_main_process():
+    if tokenizer is not None and (dist.is_main_process() or dist.is_sharded(model)):
         ppl[total] = _evaluate(model, tokenizer, config, autocast)
         log.log(total, "eval", ppl=ppl[total], text=config.eval_text, tokens=tokens_done)
     checkpoint(total)
     final_path = None
     if config.harden:
-        harden(model)
-        if out is not None and dist.is_main_process():
+        # sharded: rank 0 gets a plain CPU copy with the gathered state (None elsewhere); else the model
+        final = dist.full_model(model)
+        if final is not None:
+            harden(final)
+        if out is not None and final is not None:
             from sfcompile.export import save
 
-            final_path = save(model, tokenizer, out / "final")
+            final_path = save(final, tokenizer, out / "final")
     seconds = time.perf_counter() - t_start
-    result = TrainResult(total, total, tokens_done, last_loss, ppl, skipped, None, 0, final_path, compiled,
-                         seconds, log.history)
+    result = TrainResult(
+        total,
+        total,
+        tokens_done,
+        last_loss,
+        ppl,
+        skipped,
+        None,
+        0,
+        final_path,
+        compiled,
+        seconds,
+        log.history,
+    )
     if out is not None and dist.is_main_process():
         from sfcompile.train.plots import plot_history
         from sfcompile.train.runlog import read_history
 
         history = read_history(out)
         plot_history(history, out / "curves.png", tokens_per_step=tokens_per_step)
-        rows = [("steps", f"{total:,}"), ("tokens", f"{tokens_done:,}"), ("final loss", f"{last_loss:.4f}"),
-                ("skipped steps", str(skipped)), ("compiled", ", ".join(compiled) or "none"),
-                ("wall time (this invocation)", f"{seconds:.0f} s")]
+        rows = [
+            ("steps", f"{total:,}"),
+            ("tokens", f"{tokens_done:,}"),
+            ("final loss", f"{last_loss:.4f}"),
+            ("skipped steps", str(skipped)),
+            ("compiled", ", ".join(compiled) or "none"),
+            ("wall time (this invocation)", f"{seconds:.0f} s"),
+        ]
         rows += [(f"{config.eval_text} ppl @ step {s}", f"{v:.3f}") for s, v in sorted(ppl.items())]
         if final_path:
             rows.append(("final model", str(final_path)))

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # Logits are clamped to ±LOGIT_CLAMP before the KL (as the reference does). Healthy LM logits stay far inside
-# this range (|z| < ~50), so the clamp never changes a normal loss; it exists because a bf16 student that blows
-# up can emit ±inf logits, and log_softmax of a row holding +inf gives inf − inf = NaN, which would poison the
-# whole batch's gradient instead of showing up as a large-but-finite loss the NaN guard and clip can handle.
+# this range (|z| < ~50), so the clamp never changes a normal loss; it exists because a bf16 student that
+# diverges can emit ±inf logits, and log_softmax of a row holding +inf gives inf − inf = NaN, which would poison
+# the whole batch's gradient instead of showing up as a large-but-finite loss the NaN guard and clip can handle.
 LOGIT_CLAMP = 100.0
 
 # Tokens per KL chunk: the (chunk, V) fp32 softmax intermediates are recomputed in backward (checkpoint), so
@@ -37,20 +37,23 @@ def _kl_chunk(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Ten
     return (log_pt.exp() * (log_pt - log_ps)).sum()
 
 
-def kl_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0,
-                  chunk: int = KL_CHUNK) -> torch.Tensor:
+def kl_divergence(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, chunk: int = KL_CHUNK
+) -> torch.Tensor:
     """KL(teacher ‖ student) at temperature T, mean over tokens, times T² (Hinton's gradient-scale fix).
 
     student, teacher: (N, V) logits (teacher detached). Computed ``chunk`` tokens at a time.
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ: "
-                         "the teacher must share the student's tokenizer/vocabulary")
+        raise ValueError(
+            f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ: "
+            "the teacher must share the student's tokenizer/vocabulary"
+        )
     teacher = teacher.detach()
     n = student.shape[0]
     total = student.new_zeros((), dtype=torch.float32)
     for i in range(0, n, chunk):
-        s, t = student[i:i + chunk], teacher[i:i + chunk]
+        s, t = student[i : i + chunk], teacher[i : i + chunk]
         if torch.is_grad_enabled() and s.requires_grad:
             total = total + checkpoint(_kl_chunk, s, t, temperature, use_reentrant=False)
         else:

@@ -83,8 +83,18 @@ class MaskAwareAdamW(torch.optim.AdamW):
         cast_l1, cast_weight_scaling: CAST terms (0 / False = off).
     """
 
-    def __init__(self, param_groups, model: nn.Module, *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.1, cast_l1: float = 0.0, cast_weight_scaling: bool = False):
+    def __init__(
+        self,
+        param_groups,
+        model: nn.Module,
+        *,
+        lr: float,
+        betas=(0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        cast_l1: float = 0.0,
+        cast_weight_scaling: bool = False,
+    ):
         super().__init__(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=None)
         self._model = model
         self.srste_decay = 0.0
@@ -137,12 +147,19 @@ class MaskAwareAdamW(torch.optim.AdamW):
 
 def build_optimizer(model: nn.Module, config, extra=()) -> MaskAwareAdamW:
     """The run's optimizer. ``extra`` (the forge's parameters) always goes to separate groups, also when it
-    lives inside the model, so a resumed run rebuilds exactly the group layout its checkpoint was saved with."""
+    lives inside the model, so a resumed run rebuilds exactly the group layout of its checkpoint."""
     extra = list(extra)
     groups = trainable_parameters(model, train_embeddings=config.train_embeddings, exclude=extra)
-    opt = MaskAwareAdamW(groups, model, lr=config.lr, betas=config.betas, eps=config.eps,
-                         weight_decay=config.weight_decay, cast_l1=config.cast_l1,
-                         cast_weight_scaling=config.cast_weight_scaling)
+    opt = MaskAwareAdamW(
+        groups,
+        model,
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        cast_l1=config.cast_l1,
+        cast_weight_scaling=config.cast_weight_scaling,
+    )
     add_new_parameters(opt, extra)
     return opt
 

@@ -34,8 +34,9 @@ class RunLogger:
         bar: draw a tqdm bar (stderr).
     """
 
-    def __init__(self, out: Path | None, total_steps: int, start_step: int, tokens_per_step: int, *,
-                 bar: bool = True):
+    def __init__(
+        self, out: Path | None, total_steps: int, start_step: int, tokens_per_step: int, *, bar: bool = True
+    ):
         self.main = is_main_process()
         self.out = Path(out) if out else None
         self.tokens_per_step = tokens_per_step
@@ -53,19 +54,32 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("sfcompile train: tensorboard is not installed; logging to log.jsonl only "
-                      "(pip install tensorboard)", file=sys.stderr)
+                print(
+                    "sfcompile train: tensorboard is not installed; logging to log.jsonl only "
+                    "(pip install tensorboard)",
+                    file=sys.stderr,
+                )
             else:
                 self._tb = SummaryWriter(str(self.out / "tb"), purge_step=start_step or None)
         if bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             desc="train", file=sys.stderr)
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                desc="train",
+                file=sys.stderr,
+            )
 
     def log(self, step: int, kind: str, **values) -> dict:
-        record = {"step": step, "kind": kind, "time": round(time.time(), 3),
-                  **{k: _jsonable(v) for k, v in values.items()}}
+        record = {
+            "step": step,
+            "kind": kind,
+            "time": round(time.time(), 3),
+            **{k: _jsonable(v) for k, v in values.items()},
+        }
         if not self.main:
             return record
         self.history.append(record)

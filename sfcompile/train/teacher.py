@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
-
 def dense_copy(model: nn.Module) -> nn.Module:
     """A frozen copy of ``model`` computing with its dense weights W (soft masks removed, not applied)."""
     teacher = copy.deepcopy(model)
@@ -43,7 +42,7 @@ def _offload_blocks(teacher: nn.Module, device: torch.device) -> nn.Module:
     in_blocks = {id(p) for b in blocks for p in b.parameters()} | {id(t) for b in blocks for t in b.buffers()}
     # Everything outside the blocks lives on the device.
     for module in teacher.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
+        for p in module.parameters(recurse=False):
             if id(p) not in in_blocks:
                 p.data = p.data.to(device)
         for name, b in list(module.named_buffers(recurse=False)):

@@ -7,7 +7,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 
 TEXT = "\n\n".join(
     f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i % 7} times, and the cat watches "
-    f"from window number {i % 5} while it rains on day {i}." for i in range(300))
+    f"from window number {i % 5} while it rains on day {i}."
+    for i in range(300)
+)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -24,9 +26,15 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_llama(seed: int = 0, vocab: int = 257):
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
-                               max_position_embeddings=256, tie_word_embeddings=False)
+    cfg = AutoConfig.for_model(
+        "llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
     return AutoModelForCausalLM.from_config(cfg)
-
-

@@ -5,8 +5,17 @@ from sfcompile.masking.schedule import ScheduleError, TemperingSchedule
 from sfcompile.train.config import TrainConfig, TrainConfigError, parse_tokens
 
 
-@pytest.mark.parametrize("text,expected", [("20M", 20_000_000), ("1.5B", 1_500_000_000), ("500k", 500_000),
-                                           (1234, 1234), ("1e6", 1_000_000), ("2_000", 2000)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("20M", 20_000_000),
+        ("1.5B", 1_500_000_000),
+        ("500k", 500_000),
+        (1234, 1234),
+        ("1e6", 1_000_000),
+        ("2_000", 2000),
+    ],
+)
 def test_parse_tokens(text, expected):
     assert parse_tokens(text) == expected
 
@@ -34,16 +43,19 @@ def test_unknown_score_rejected():
         TrainConfig(forge=ForgeConfig(score="wanda2"))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(teacher="gpu"), "teacher='gpu'"),
-    (dict(init="obs"), "init='obs'"),
-    (dict(teacher="none"), "distillation needs a teacher"),
-    (dict(min_lr=1.0, lr=1e-4), "min_lr"),
-    (dict(betas="0.9"), "betas"),
-    (dict(forge=None), "forge=None"),
-    (dict(seqlen=1), "seqlen"),
-    (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(teacher="gpu"), "teacher='gpu'"),
+        (dict(init="obs"), "init='obs'"),
+        (dict(teacher="none"), "distillation needs a teacher"),
+        (dict(min_lr=1.0, lr=1e-4), "min_lr"),
+        (dict(betas="0.9"), "betas"),
+        (dict(forge=None), "forge=None"),
+        (dict(seqlen=1), "seqlen"),
+        (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
+    ],
+)
 def test_bad_values_name_the_value(kwargs, match):
     with pytest.raises(TrainConfigError, match=match):
         TrainConfig(**kwargs)

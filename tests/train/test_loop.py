@@ -4,7 +4,6 @@ import json
 import os
 import signal
 
-import pytest
 import torch
 from _tiny import TEXT, byte_tokenizer, tiny_llama
 
@@ -20,11 +19,28 @@ def _config(tmp_path, name, steps, **kw):
     data = tmp_path / "train.txt"
     if not data.exists():
         data.write_text(TEXT)
-    forge = ForgeConfig(schedule=TemperingSchedule(period_early=2, period_late=2, harden_start=0.3,
-                                                   harden_end=0.6, finalize_at=0.8), tau_samples=512)
-    base = dict(tokens=SEQ * MB * 2 * steps, data=str(data), seqlen=SEQ, micro_batch=MB, grad_accum=2, lr=1e-3,
-                warmup=2, forge=forge, out=str(tmp_path / name), eval_text=str(data), eval_windows=2,
-                log_every=1, squarehead_weight=0.5, harden=False)
+    forge = ForgeConfig(
+        schedule=TemperingSchedule(
+            period_early=2, period_late=2, harden_start=0.3, harden_end=0.6, finalize_at=0.8
+        ),
+        tau_samples=512,
+    )
+    base = dict(
+        tokens=SEQ * MB * 2 * steps,
+        data=str(data),
+        seqlen=SEQ,
+        micro_batch=MB,
+        grad_accum=2,
+        lr=1e-3,
+        warmup=2,
+        forge=forge,
+        out=str(tmp_path / name),
+        eval_text=str(data),
+        eval_windows=2,
+        log_every=1,
+        squarehead_weight=0.5,
+        harden=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -36,8 +52,14 @@ def _model():
 
 
 def _state(model):
-    return {site.name: (dense_weight(module, site.param).detach().clone(), soft.mask.detach().clone(),
-                        soft.hard.detach().clone()) for site, module, soft in masked_sites(model)}
+    return {
+        site.name: (
+            dense_weight(module, site.param).detach().clone(),
+            soft.mask.detach().clone(),
+            soft.hard.detach().clone(),
+        )
+        for site, module, soft in masked_sites(model)
+    }
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):

@@ -1,19 +1,19 @@
 import pytest
 import torch
+from _tiny import tiny_llama as tiny_model
 
 from sfcompile.masking.state import dense_weight, masked_sites, sparsify
 from sfcompile.train.config import TrainConfig
 from sfcompile.train.optim import MaskAwareAdamW, build_optimizer, lr_at, ramp, trainable_parameters
-from _tiny import tiny_llama as tiny_model
 
 
 def test_lr_schedule_warmup_cosine_endpoints():
     kw = dict(lr=1e-3, min_lr=1e-4, warmup=10, total=100)
     lrs = [lr_at(s, **kw) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))          # warm-up rises
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))          # cosine falls
-    assert lr_at(100, **kw) == pytest.approx(1e-4)                  # reaches min_lr at the end
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine falls
+    assert lr_at(100, **kw) == pytest.approx(1e-4)  # reaches min_lr at the end
     assert lr_at(0, lr=1e-3, min_lr=0.0, warmup=0, total=10) == pytest.approx(1e-3)
     assert ramp(0, 2.0, 10) == 0 and ramp(5, 2.0, 10) == 1.0 and ramp(50, 2.0, 10) == 2.0
 
@@ -66,8 +66,9 @@ def test_cast_l1_shrinks_only_pruned_weights_and_scaling_keeps_norm():
         soft.set_mask(torch.rand_like(w))
         kept = soft.hard.bool()
         before = w.detach().clone()
-        opt = MaskAwareAdamW([{"params": [w]}], model, lr=1e-2, weight_decay=0.0, cast_l1=1.0,
-                             cast_weight_scaling=scaling)
+        opt = MaskAwareAdamW(
+            [{"params": [w]}], model, lr=1e-2, weight_decay=0.0, cast_l1=1.0, cast_weight_scaling=scaling
+        )
         w.grad = torch.zeros_like(w)  # Adam's own update is 0: only the CAST terms move W
         opt.step()
         after = w.detach()

@@ -1,0 +1,226 @@
+"""`sfcompile train`: load a model, sparsify it, train it with SparseForge + distillation, harden, save.
+
+    sfcompile train --model smollm2-135m --pattern 2:4 --tokens 20M --data calib --out runs/a
+    sfcompile train --resume runs/a          # continues exactly where it stopped (data order, RNG, schedule)
+
+Any ForgeConfig / TemperingSchedule field can be set with ``--forge KEY=VALUE`` (repeatable), e.g.
+``--forge score=hessian_ratio --forge harden_end=0.5 --forge slorb=false``.
+
+Exit codes: 0 done; 2 bad input; 130/143 stopped by Ctrl-C/SIGTERM after writing a checkpoint.
+The run directory holds ``run.json`` (what to rebuild on resume), ``train_config.json``, ``log.jsonl``,
+``tb/``, ``checkpoints/``, ``curves.png``, ``summary.md`` and the hardened model in ``final/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+RUN_FILE = "run.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and run")
+    g.add_argument("--model", help="alias (smollm2-135m, ...), HF folder or .gguf file")
+    g.add_argument("--pattern", default="2:4", help='"2:4", "4:8", "block16", ... (default 2:4)')
+    g.add_argument("--out", help="run directory (checkpoints, logs, final model)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g = parser.add_argument_group("budget and data")
+    g.add_argument("--tokens", default="20M", help='training tokens, e.g. "20M", "1.5B" (default 20M)')
+    g.add_argument("--data", default="calib", help='registry text, .txt/.jsonl file, or "teacher"')
+    g.add_argument("--teacher-data-tokens", default="2M", help="tokens generated for --data teacher")
+    g.add_argument("--seqlen", type=int, default=512)
+    g.add_argument("--micro-batch", type=int, default=8)
+    g.add_argument("--grad-accum", type=int, default=1)
+    g = parser.add_argument_group("optimizer")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--warmup", type=float, default=0.05, help="steps, or a fraction < 1 of the run")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--clip", type=float, default=1.0)
+    g.add_argument("--srste-decay", type=float, default=0.0)
+    g.add_argument("--cast-l1", type=float, default=0.0)
+    g.add_argument("--cast-weight-scaling", action="store_true")
+    g.add_argument("--train-embeddings", action="store_true")
+    g = parser.add_argument_group("distillation and masks")
+    g.add_argument("--teacher", default="copy", choices=("copy", "offload", "none"))
+    g.add_argument("--ce-weight", type=float, default=1.0)
+    g.add_argument("--kl-weight", type=float, default=1.0)
+    g.add_argument("--kl-temperature", type=float, default=2.0)
+    g.add_argument("--squarehead", type=float, default=0.0, help="SquareHead weight (default 0)")
+    g.add_argument("--init", default="dense", choices=("dense", "magnitude", "wanda", "sparsegpt"))
+    g.add_argument(
+        "--init-calib-windows",
+        type=int,
+        default=128,
+        help="calibration windows (of --seqlen tokens) for a wanda/sparsegpt --init (default 128)",
+    )
+    g.add_argument(
+        "--no-forge",
+        action="store_true",
+        help="keep the --init masks fixed and only train the weights (needs a pruning --init)",
+    )
+    g.add_argument(
+        "--forge",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a ForgeConfig or TemperingSchedule field (repeatable)",
+    )
+    g = parser.add_argument_group("logging, evaluation, checkpoints")
+    g.add_argument("--checkpoint-every", type=int, default=0)
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--eval-every", type=int, default=0)
+    g.add_argument("--eval-text", default="wiki")
+    g.add_argument("--eval-windows", type=int, default=16, help="perplexity windows (0 = the whole text)")
+    g.add_argument("--eval-seqlen", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forwards")
+
+
+def _convert(text: str, current):
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{text!r} is not a boolean (true/false)")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    return text
+
+
+def forge_from_overrides(items: list[str]):
+    """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields)."""
+    from sfcompile.masking.forge import ForgeConfig
+    from sfcompile.masking.schedule import TemperingSchedule
+
+    base, sched = ForgeConfig(), TemperingSchedule()
+    f_fields = {f.name for f in dataclasses.fields(ForgeConfig)} - {"schedule"}
+    s_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
+    f_kw, s_kw = {}, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ValueError(f"--forge {item!r}: expected KEY=VALUE, e.g. --forge score=hessian_ratio")
+        if key in f_fields:
+            f_kw[key] = _convert(value, getattr(base, key))
+        elif key in s_fields:
+            s_kw[key] = _convert(value, getattr(sched, key))
+        else:
+            raise ValueError(
+                f"--forge {key}: unknown field; ForgeConfig has {sorted(f_fields)}, "
+                f"TemperingSchedule has {sorted(s_fields)}"
+            )
+    return ForgeConfig(schedule=TemperingSchedule(**s_kw), **f_kw)
+
+
+def config_from_args(args):
+    from sfcompile.train.config import TrainConfig
+
+    return TrainConfig(
+        tokens=args.tokens,
+        data=args.data,
+        seqlen=args.seqlen,
+        micro_batch=args.micro_batch,
+        grad_accum=args.grad_accum,
+        teacher_data_tokens=args.teacher_data_tokens,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        clip=args.clip,
+        srste_decay=args.srste_decay,
+        cast_l1=args.cast_l1,
+        cast_weight_scaling=args.cast_weight_scaling,
+        train_embeddings=args.train_embeddings,
+        ce_weight=args.ce_weight,
+        kl_weight=args.kl_weight,
+        kl_temperature=args.kl_temperature,
+        squarehead_weight=args.squarehead,
+        teacher=args.teacher,
+        init=args.init,
+        init_calib_windows=args.init_calib_windows,
+        forge=None if args.no_forge else forge_from_overrides(args.forge),
+        out=args.out,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_text=args.eval_text,
+        eval_windows=args.eval_windows or None,
+        eval_seqlen=args.eval_seqlen,
+    )
+
+
+def _bad(msg: str) -> int:
+    print(f"sfcompile train: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def run(args) -> int:
+    import torch
+
+    import sfcompile
+    from sfcompile.train.config import TrainConfig
+    from sfcompile.train.loop import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        run_dir = Path(args.resume)
+        spec_file = run_dir / RUN_FILE
+        if not spec_file.exists():
+            return _bad(f"--resume {run_dir}: no {RUN_FILE} there; pass the --out folder of an earlier run")
+        spec = json.loads(spec_file.read_text())
+        config = TrainConfig.from_dict(spec["config"])
+        if config.out != str(run_dir):
+            config = config.replace(out=str(run_dir))
+    else:
+        if not args.model or not args.out:
+            return _bad("--model and --out are required (or --resume RUN_DIR)")
+        try:
+            config = config_from_args(args)
+        except ValueError as e:
+            return _bad(str(e))
+        run_dir = Path(args.out)
+        if (run_dir / "checkpoints" / "latest").exists():
+            return _bad(
+                f"--out {run_dir} already holds a run; continue it with --resume {run_dir}, or choose "
+                "another --out"
+            )
+        spec = {"model": args.model, "pattern": args.pattern, "config": config.to_dict()}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_FILE).write_text(json.dumps(spec, indent=1))
+    try:
+        model, tok = sfcompile.load(spec["model"])
+        sfcompile.sparsify(model, pattern=spec["pattern"])
+    except (ValueError, FileNotFoundError) as e:
+        return _bad(str(e))
+    result = train(model, config, tokenizer=tok, resume=bool(args.resume))
+    if result.stopped:
+        print(
+            f"stopped at step {result.steps}/{result.total_steps}; continue with: sfcompile train --resume "
+            f"{run_dir}",
+            file=sys.stderr,
+        )
+        return result.exit_code
+    ppl = ", ".join(f"step {s}: {v:.3f}" for s, v in sorted(result.ppl.items()))
+    print(
+        f"done: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f} s; "
+        f"{config.eval_text} ppl {ppl}; model in {result.final_path}"
+    )
+    return 0

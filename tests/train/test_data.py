@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from _tiny import TEXT, byte_tokenizer, tiny_llama
+
+from sfcompile.train.data import (
+    Batches,
+    DataError,
+    Prefetcher,
+    read_shard,
+    teacher_shard,
+    text_shard,
+    tokenizer_hash,
+)
+
+
+def test_text_shard_is_built_once_and_cached(tmp_path, text_file):
+    tok = byte_tokenizer()
+    shard = text_shard(str(text_file), tok, tmp_path / "cache")
+    assert shard.dtype == np.uint16
+    # documents (blank-line separated) joined with EOS; the bytes of the text otherwise
+    first_doc = TEXT.split("\n\n")[0]
+    assert list(shard[: len(first_doc)]) == tok(first_doc)["input_ids"]
+    assert shard[len(first_doc)] == tok.eos_token_id
+    files = sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir())
+    assert len(files) == 2 and files[0].endswith(".bin") and tokenizer_hash(tok) in files[0]
+    mtime = (tmp_path / "cache" / "shards" / files[0]).stat().st_mtime_ns
+    again = text_shard(str(text_file), tok, tmp_path / "cache")
+    assert (tmp_path / "cache" / "shards" / files[0]).stat().st_mtime_ns == mtime
+    assert np.array_equal(np.asarray(again), np.asarray(shard))
+
+
+def test_jsonl_documents(tmp_path):
+    tok = byte_tokenizer()
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "ab"}) + "\n" + json.dumps({"text": "cd"}) + "\n")
+    shard = text_shard(str(path), tok, tmp_path / "c")
+    eos = tok.eos_token_id
+    assert list(shard) == tok("ab")["input_ids"] + [eos] + tok("cd")["input_ids"] + [eos]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "x"}\n')
+    with pytest.raises(DataError, match="text"):
+        text_shard(str(bad), tok, tmp_path / "c")
+
+
+def test_missing_source_says_what_to_pass(tmp_path):
+    with pytest.raises(DataError, match="registry text name"):
+        text_shard(str(tmp_path / "nope.txt"), byte_tokenizer(), tmp_path / "c")
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    tokens = np.arange(64 * 10, dtype=np.uint16)
+    a = Batches(tokens, seqlen=64, micro_batch=2, grad_accum=2, seed=3)
+    b = Batches(tokens, seqlen=64, micro_batch=2, grad_accum=2, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.step(7), b.step(7)))
+    seen = torch.cat([m for s in range(5) for m in a.step(s)])[:, 0] // 64  # window ids over 20 samples
+    assert sorted(seen[:10].tolist()) == list(range(10))  # epoch 0: every window exactly once
+    assert sorted(seen[10:].tolist()) == list(range(10))  # epoch 1: again, in another order
+    assert seen[:10].tolist() != seen[10:].tolist()
+    c = Batches(tokens, seqlen=64, micro_batch=2, grad_accum=2, seed=4)
+    assert not torch.equal(torch.cat(a.step(0)), torch.cat(c.step(0)))
+    # two ranks of a 2-rank run read disjoint samples, together the same ones as one rank with twice the batch
+    r0 = Batches(tokens, 64, 1, 2, 3, rank=0, world_size=2)
+    r1 = Batches(tokens, 64, 1, 2, 3, rank=1, world_size=2)
+    one = torch.cat(a.step(1))
+    two = torch.cat([r0.micro(1, 0), r1.micro(1, 0), r0.micro(1, 1), r1.micro(1, 1)])
+    assert torch.equal(one, two)
+
+
+def test_prefetcher_yields_steps_in_order_and_propagates_errors():
+    tokens = np.arange(32 * 8, dtype=np.uint16)
+    b = Batches(tokens, 32, 2, 1, seed=0)
+    p = Prefetcher(b, 3, 9)
+    got = list(p)
+    p.close()
+    assert [s for s, _ in got] == list(range(3, 9))
+    assert all(torch.equal(m[0], b.step(s)[0]) for s, m in got)
+    with pytest.raises(DataError, match="fewer than one window"):
+        Batches(tokens[:10], 32, 1, 1, 0)
+
+
+def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, monkeypatch):
+    tok = byte_tokenizer()
+    monkeypatch.setattr(
+        "sfcompile.train.data.text_shard", lambda source, tok_, cache: read_shard(_write(tmp_path, tok_))
+    )
+    teacher = tiny_llama(vocab=257).eval()
+    shard = teacher_shard(
+        teacher, tok, tmp_path / "c", n_tokens=3 * 16, seqlen=16, temperature=1.0, seed=0, batch=2
+    )
+    assert len(shard) == 48
+    rows = np.asarray(shard).reshape(3, 16)
+    assert (rows[:, 0] == tok.bos_token_id).all()
+    again = teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0)
+    assert np.array_equal(np.asarray(again), np.asarray(shard))
+
+
+def _write(tmp_path, tok):
+    from sfcompile.train.data import write_shard
+
+    return write_shard(tmp_path / "prompts", tok(TEXT)["input_ids"], len(tok), {"source": "test"})

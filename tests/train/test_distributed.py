@@ -1,0 +1,136 @@
+"""FSDP2 on 2 CPU processes (gloo) against 1 process: same losses, masks and hardened weights; a sharded
+checkpoint written by 2 ranks resumes on 1; helpers are the identity in one process; bad world sizes refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _dist import run_ranks
+from _tiny import TEXT, byte_tokenizer, tiny_llama
+
+from sfcompile.masking import shards
+from sfcompile.masking.forge import ForgeConfig
+from sfcompile.masking.schedule import TemperingSchedule
+from sfcompile.masking.state import sparsify
+from sfcompile.masking.tempering import sample_generator, sampled_quantile
+from sfcompile.train import TrainConfig, train
+from sfcompile.train import distributed as dist
+
+SEQ, MB, STEPS = 32, 2, 8  # MB = the global micro-batch: 2 ranks read MB // 2 each
+
+
+def _config(root, name, world, **kw):
+    data = root / "train.txt"
+    if not data.exists():
+        data.write_text(TEXT)
+    forge = ForgeConfig(
+        schedule=TemperingSchedule(period_early=2, period_late=2, harden_start=0.3, harden_end=0.6,
+                                   finalize_at=0.8),
+        tau_samples=512,  # below most sites' sizes: the sampled τ path runs too
+    )
+    base = dict(tokens=SEQ * MB * 2 * STEPS, data=str(data), seqlen=SEQ, micro_batch=MB // world, grad_accum=2,
+                lr=1e-3, warmup=2, forge=forge, out=str(root / name), eval_text=str(data), eval_windows=2,
+                log_every=1, squarehead_weight=0.5, harden=True, device="cpu", dtype="fp32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _model():
+    model = tiny_llama(seed=0)
+    sparsify(model, "2:4")
+    return model
+
+
+def _two_rank_runs(rank, root):
+    tok = byte_tokenizer()
+    r = train(_model(), _config(root, "two", 2), tokenizer=tok)
+    assert r.steps == STEPS and r.final_path is not None if rank == 0 else r.final_path is None
+    r = train(_model(), _config(root, "half", 2), tokenizer=tok, stop_at=STEPS // 2)
+    assert r.stopped == "stop_at"
+
+
+def _losses(run):
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in rows if x["kind"] == "train"]
+
+
+def _final(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def test_two_ranks_equal_one_rank_and_resume_on_one(tmp_path):
+    run_ranks(_two_rank_runs, 2, tmp_path)
+    tok = byte_tokenizer()
+    train(_model(), _config(tmp_path, "one", 1), tokenizer=tok)
+    ckpt = tmp_path / "half" / "checkpoints" / f"step_{STEPS // 2:07d}"
+    assert (ckpt / "dcp" / ".metadata").exists() and not (ckpt / "model.pt").exists()
+    r = train(_model(), _config(tmp_path, "half", 1), tokenizer=tok, resume=True)  # 2-rank ckpt, 1 rank
+    assert r.steps == STEPS
+
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == STEPS
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
+    resumed = _losses(tmp_path / "half")  # its log holds both halves
+    torch.testing.assert_close(torch.tensor(resumed[-STEPS // 2:]), torch.tensor(one[-STEPS // 2:]),
+                               rtol=1e-4, atol=1e-5)
+
+    a, b, c = _final(tmp_path / "one"), _final(tmp_path / "two"), _final(tmp_path / "half")
+    assert a.keys() == b.keys() == c.keys()
+    sites = [k for k in a if k.endswith("proj.weight")]
+    assert sites
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+        torch.testing.assert_close(c[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+    for k in sites:  # the masks: the same 2:4 zeros
+        assert torch.equal(b[k] == 0, a[k] == 0), k
+        assert torch.equal(c[k] == 0, a[k] == 0), k
+        assert float((a[k] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_helpers_are_the_identity_in_one_process():
+    assert dist.world_size() == 1 and dist.rank() == 0 and dist.is_main_process()
+    assert dist.all_reduce_mean(2.5) == 2.5
+    t = torch.arange(4.0)
+    assert dist.all_reduce_mean(t) is t
+    assert dist.any_rank(True) and not dist.any_rank(False)
+    model = _model()
+    assert dist.wrap_model(model, _config_stub()) is model
+    assert not dist.is_sharded(model)
+    assert dist.full_model(model) is model
+    z = torch.randn(64, 48)
+    for n in (512, 10_000):  # sampled and exact paths: equal to tempering's
+        assert shards.sampled_quantile(z, z, 0.5, n, sample_generator(0, 3, 1)) == sampled_quantile(
+            z, 0.5, n, sample_generator(0, 3, 1))
+    assert shards.local_rows(z, z) is z and shards.row_range(z) == (0, 64)
+
+
+def _config_stub():
+    class C:
+        engine = "fsdp2"
+
+    return C()
+
+
+def test_world_sizes_that_split_groups_are_refused():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("gpt2", n_embd=64, n_layer=1, n_head=4, vocab_size=128, n_positions=64)
+    torch.manual_seed(0)
+    gpt2 = AutoModelForCausalLM.from_config(cfg)
+    sparsify(gpt2, "4:8")  # Conv1D: K is dim 0 (64 for c_attn/c_fc/c_proj; 256 for mlp.c_proj)
+    dist.check_shardable(gpt2, 2)  # 32 rows each: whole groups of 8
+    with pytest.raises(dist.DistributedError, match=r"not a multiple of 8.*ceil\(64/W\)"):
+        dist.check_shardable(gpt2, 3)  # 22 rows: a 4:8 group would straddle two ranks
+    llama = _model()
+    dist.check_shardable(llama, 3)  # K is the last dim: any world size keeps groups whole
+    blocks = tiny_llama(seed=0)
+    sparsify(blocks, "block16")
+    with pytest.raises(dist.DistributedError, match="not a multiple of 16"):
+        dist.check_shardable(blocks, 3)
+    with pytest.raises(dist.DistributedError, match="engine 'megatron' is not known"):
+        dist.engine_of(type("C", (), {"engine": "megatron"})())
