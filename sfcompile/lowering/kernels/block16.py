@@ -160,7 +160,7 @@ def _interpreted():
 
 
 def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
-    """Exact fp32 dots; bf16 is upcast under the Triton interpreter (its bf16 dot is wrong in Triton 3.8)."""
+    """Exact fp32 dots; bf16 is upcast in the Triton interpreter (its bf16 dot is wrong in 3.7 and 3.8)."""
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
 
 

@@ -228,7 +228,7 @@ SMALL_M = 16
 
 def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
     """fp32 dots stay exact (no tf32); the Triton interpreter (TRITON_INTERPRET=1, CPU tests) computes bf16
-    dots wrongly (Triton 3.8), so there bf16 tiles are upcast to fp32 first."""
+    dots wrongly (Triton 3.7, 3.8), so there bf16 tiles are upcast to fp32 first."""
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
 
 
