@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cslt", action="store_true", help="skip cuSPARSELt")
     g.add_argument("--moe", action="store_true", help="also time the grouped expert matmul")
     g.add_argument("--out", type=Path, help="write the table here (.md) and its rows beside it (.json)")
+    e2e = _e2e_module()
+    if e2e is not None:  # a source checkout: benchmarks/e2e.py brings its own options (no name clashes)
+        parser.add_argument("--e2e", action="store_true",
+                            help="decode tokens/s and prefill latency, dense Inductor vs sparseforge")
+        e2e.add_arguments(parser)
 
 
 def _shapes(spec: str):
@@ -73,7 +78,28 @@ def _run_kernels(args) -> int:
     return 0
 
 
-_BENCHES = {"kernels": _run_kernels}
+def _e2e_module():
+    """benchmarks/e2e.py of this source checkout (the end-to-end benchmark lives with the benchmarks), or None
+    for an installed package without it (then ``--e2e`` is not offered)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+    if not path.exists():
+        return None
+    if "sfcompile_benchmarks_e2e" in sys.modules:
+        return sys.modules["sfcompile_benchmarks_e2e"]
+    spec = importlib.util.spec_from_file_location("sfcompile_benchmarks_e2e", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_e2e(args) -> int:
+    return _e2e_module().run(args)
+
+
+_BENCHES = {"kernels": _run_kernels, "e2e": _run_e2e}
 
 
 def run(args) -> int:

@@ -1,0 +1,420 @@
+"""End to end: decode tokens/s and prefill latency, dense Inductor vs the `sparseforge` backend.
+
+Both sides run the same HF model class with a static KV cache and CUDA graphs:
+
+* dense:       ``torch.compile(step, mode="reduce-overhead")``           (default Inductor + CUDA graphs)
+* sparseforge: ``torch.compile(step, backend="sparseforge", mode="reduce-overhead")`` on the model hardened
+               to the pattern (every discovered site; ``lm_head`` and embeddings stay dense, as in `harden`).
+
+Weights are random (weight values do not change speed); the hardened pattern is the magnitude projection
+of those random weights, so 2:4 positions and block-16 tiles are spread as they are in a pruned model.
+``--layers`` builds the model with fewer decoder layers than the real one (stated in every row; nothing is
+scaled): decoder layers are identical, so fewer layers change compile time, not the per-layer speed, but
+the dense ``lm_head`` weighs relatively more, which lowers the end-to-end ratio.
+
+One decode step is ``model(token, cache_position=p, past_key_values=static_cache, logits_to_keep=1)``
+then greedy argmax, compiled as one graph (gpt-fast style). The cache is filled by an eager prefill of a
+short prompt first; the timed loop runs ``--new-tokens`` steps between CUDA events. Prefill latency is
+the median of compiled forwards over ``--prefill`` tokens (batch 1). Each row also records how far the
+compiled step's logits are from eager on the same cache state, and the weight bytes the graph reads.
+
+Usage::
+
+    python benchmarks/e2e.py --model llama-2-7b --layers 8 --patterns 2:4,block16 --batches 1,8 \
+        --new-tokens 256 --prefill 2048 --out results/e2e-llama.json
+    sfcompile bench --e2e --model llama-2-7b ...            # the same, through the CLI
+
+Needs CUDA for meaningful numbers; ``--device cpu`` runs the same code on a tiny config (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            vocab_size=256)
+
+
+@dataclass
+class Row:
+    model: str
+    layers: int
+    pattern: str                  # "dense" or the hardened pattern
+    batch: int
+    decode_ms_per_step: float | None = None
+    decode_tok_s: float | None = None
+    prefill_ms: float | None = None
+    packed_ops: int | None = None
+    site_bytes: int | None = None      # dense bytes of the lowered sites
+    packed_bytes: int | None = None    # what the compiled graph holds for them
+    weight_bytes: int | None = None    # every weight the model reads (dense rest + packed sites)
+    logit_err: float | None = None     # max |compiled - eager| / max |eager| on the first decode step
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    """What to measure (parsed once from the command line)."""
+
+    models: tuple[str, ...] = ("llama-2-7b",)
+    layers: int | None = None
+    patterns: tuple[str, ...] = ("2:4", "block16")
+    batches: tuple[int, ...] = (1, 8)
+    new_tokens: int = 256
+    prefill: int = 2048
+    prefill_patterns: tuple[str, ...] = ("2:4", "block16")
+    dtype: str = "bfloat16"
+    device: str = "cuda"
+    budget_s: float = 0.0
+    out: Path | None = None
+
+    @classmethod
+    def from_args(cls, args) -> E2EConfig:
+        def items(text):
+            return tuple(x.strip() for x in text.split(",") if x.strip())
+
+        return cls(models=items(args.model), layers=args.layers, patterns=items(args.e2e_patterns),
+                   batches=tuple(int(b) for b in items(args.batches)), new_tokens=args.new_tokens,
+                   prefill=args.prefill, prefill_patterns=items(args.prefill_patterns), dtype=args.dtype,
+                   device=args.device, budget_s=args.budget_s, out=args.e2e_out)
+
+
+# ---- model -----------------------------------------------------------------------------------------------
+
+def build(alias: str, layers: int | None, dtype: torch.dtype, device: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    from sfcompile.models.aliases import alias_config
+
+    cfg = alias_config(alias)
+    if device == "cpu":
+        for key, value in TINY.items():
+            setattr(cfg, key, value)
+    if layers:
+        cfg.num_hidden_layers = layers
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = cfg.layer_types[:layers]
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
+@torch.no_grad()
+def harden_random(model, pattern: str) -> list[str]:
+    """Zero every discovered site to ``pattern`` (magnitude projection) and mark it hardened, as `harden`
+    leaves it. Returns the site names."""
+    from sfcompile.passes.discover import discover
+    from sfcompile.passes.site import mark_hardened
+    from sfcompile.patterns import parse_pattern
+
+    p = parse_pattern(pattern)
+    params = dict(model.named_parameters())
+    sites = discover(model, p).sites
+    for site in sites:
+        w = params[site.name]
+        w.mul_(p.project(w.abs(), site.k_dim).to(w.dtype))
+        mark_hardened(w, {"pattern": str(p), "k_dim": site.k_dim, "kind": site.kind, "site": site.name})
+    return [s.name for s in sites]
+
+
+# ---- timing ----------------------------------------------------------------------------------------------
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _mark_step():
+    if hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def _forward(model):
+    """``fwd(ids, cache, pos) -> logits`` writing ``ids`` at positions ``pos`` of the static cache, for
+    transformers 5.17 (``past_key_values``, ``cache_position``) and 5.24+ (``cache``, positions only)."""
+    import inspect
+
+    params = inspect.signature(model.model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    with_cache_position = "cache_position" in params
+
+    def fwd(ids, cache, pos):
+        kwargs = {cache_kw: cache, "position_ids": pos.unsqueeze(0).expand(ids.shape[0], -1)}
+        if with_cache_position:
+            kwargs["cache_position"] = pos
+        return model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs).logits
+
+    return fwd
+
+
+def _step_fn(model):
+    fwd = _forward(model)
+
+    def step(tok, cache, pos):
+        logits = fwd(tok, cache, pos)
+        return logits[:, -1].argmax(-1, keepdim=True), logits
+
+    return step
+
+
+def compile_step(model, backend: str | None, cudagraphs: bool, hook=None):
+    """One greedy decode step, compiled whole: dense Inductor or sparseforge, with CUDA graphs or not."""
+    if backend is None:
+        return torch.compile(_step_fn(model), fullgraph=True, dynamic=False,
+                             mode="reduce-overhead" if cudagraphs else None)
+    return torch.compile(_step_fn(model), backend=backend, fullgraph=True, dynamic=False,
+                         options={"cudagraphs": cudagraphs, "on_lower": hook})
+
+
+def _static_cache(model, max_len: int):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+@torch.no_grad()
+def time_decode(model, step, batch: int, new_tokens: int, device: str,
+                prompt: int = 16) -> tuple[float, float]:
+    """(ms per decode step, max relative logit error of the first compiled step vs eager)."""
+    # Positions advance in lockstep with the cache's own counter (5.24+): check step, 3 warm-up, timed steps.
+    cache = _static_cache(model, prompt + new_tokens + 8)
+    fwd = _forward(model)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=device)
+    tok = fwd(ids, cache, torch.arange(prompt, device=device))[:, -1:].argmax(-1)  # eager: fills the cache
+    positions = torch.arange(prompt, prompt + new_tokens + 8, device=device)
+
+    reference = copy.deepcopy(cache)
+    _mark_step()
+    _, logits = step(tok, cache, positions[0:1])
+    logits = logits.clone()
+    eager = fwd(tok, reference, positions[0:1])
+    err = ((logits.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
+    del reference
+
+    def run(n: int, first: int):
+        t = tok
+        for i in range(first, first + n):
+            _mark_step()
+            t = step(t, cache, positions[i:i + 1])[0].clone()
+        return t
+
+    run(3, 1)  # CUDA graph warm-up and recording
+    _sync(device)
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(new_tokens, 4)
+        end.record()
+        end.synchronize()
+        ms = start.elapsed_time(end)
+    else:
+        t0 = time.perf_counter()
+        run(new_tokens, 4)
+        ms = (time.perf_counter() - t0) * 1e3
+    return ms / new_tokens, err
+
+
+@torch.no_grad()
+def time_prefill(model, backend: str | None, mode: str | None, tokens: int, device: str,
+                 reps: int = 5) -> float:
+    """Median ms of a compiled forward over ``tokens`` tokens (batch 1) into a static cache."""
+    cache = _static_cache(model, tokens)
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
+    positions = torch.arange(tokens, device=device)
+    fwd = _forward(model)
+    fwd(ids[:, :1], cache, positions[:1])  # eager: allocates the cache
+
+    kwargs = {"fullgraph": True, "dynamic": False, "mode": mode}
+    if backend:
+        kwargs["backend"] = backend
+    fn = torch.compile(fwd, **kwargs)
+    times = []
+    for i in range(reps + 2):
+        cache.reset()  # in place (static addresses kept): every rep writes positions 0..tokens-1
+        _mark_step()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(ids, cache, positions)
+        _sync(device)
+        if i >= 2:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# ---- one model -------------------------------------------------------------------------------------------
+
+def bench_model(args: E2EConfig, alias: str, emit) -> list[Row]:
+    device, dtype = args.device, getattr(torch, args.dtype)
+    mode = "reduce-overhead" if device == "cuda" else None
+    layers = args.layers
+    rows: list[Row] = []
+    started = time.perf_counter()
+
+    def over_budget() -> bool:
+        return args.budget_s and time.perf_counter() - started > args.budget_s
+
+    configs = [("dense", None)] + [(p, "sparseforge") for p in args.patterns]
+    for pattern, backend in configs:
+        if over_budget():
+            rows.append(Row(alias, layers, pattern, 0, notes=["skipped: time budget spent"]))
+            emit(rows[-1])
+            continue
+        torch._dynamo.reset()
+        model = build(alias, layers, dtype, device, seed=0)
+        n_layers = model.config.num_hidden_layers
+        all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        site_bytes = packed_bytes = None
+        lowered: list = []
+        sites = []
+        if backend:
+            sites = harden_random(model, pattern)
+
+        def hook(gm, report, lowered=lowered):
+            lowered.append((gm, report))
+
+        step = compile_step(model, backend, device == "cuda", hook)
+        for batch in args.batches:
+            if over_budget():
+                rows.append(Row(alias, n_layers, pattern, batch, notes=["skipped: time budget spent"]))
+                emit(rows[-1])
+                continue
+            t0 = time.perf_counter()
+            row = Row(alias, n_layers, pattern, batch)
+            try:
+                ms, err = time_decode(model, step, batch, args.new_tokens, device)
+                row.decode_ms_per_step, row.decode_tok_s = ms, batch * 1e3 / ms
+                row.logit_err = err
+            except Exception as e:  # noqa: BLE001 - a benchmark row records the failure and goes on
+                row.notes.append(f"decode failed: {type(e).__name__}: {str(e)[:300]}")
+            row.notes.append(f"decode compile+run {time.perf_counter() - t0:.0f}s")
+            if backend:
+                params = dict(model.named_parameters())
+                done = {s for _, rep in lowered for s in rep.lowered}
+                row.packed_ops = sum(rep.packed_ops for _, rep in lowered[-1:])
+                packed = {}
+                for gm, _ in lowered:
+                    for name, buf in gm.named_buffers():
+                        if name.startswith("_sf_packed_"):
+                            packed[buf.data_ptr()] = buf.numel() * buf.element_size()
+                site_bytes = sum(params[s].numel() * params[s].element_size() for s in done)
+                packed_bytes = sum(packed.values())
+                row.site_bytes, row.packed_bytes = site_bytes, packed_bytes
+                row.weight_bytes = all_bytes - site_bytes + packed_bytes
+                if len(done) != len(sites):
+                    row.notes.append(f"only {len(done)} of {len(sites)} hardened sites lowered")
+                dense = {s: r for _, rep in lowered for s, r in rep.dense.items()}
+                if dense:
+                    row.notes.append(f"dense: {dense}")
+            else:
+                row.weight_bytes = all_bytes
+            if batch == 1 and args.prefill and (backend is None or pattern in args.prefill_patterns):
+                t0 = time.perf_counter()
+                try:
+                    row.prefill_ms = time_prefill(model, backend, mode, args.prefill, device)
+                except Exception as e:  # noqa: BLE001
+                    row.notes.append(f"prefill failed: {type(e).__name__}: {str(e)[:300]}")
+                row.notes.append(f"prefill compile+run {time.perf_counter() - t0:.0f}s")
+            rows.append(row)
+            emit(row)
+        del model, step
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ---- report ----------------------------------------------------------------------------------------------
+
+def markdown(rows: list[Row]) -> str:
+    dense = {(r.model, r.batch): r for r in rows if r.pattern == "dense"}
+    lines = ["| model (layers) | pattern | batch | decode tok/s | ms/step | vs dense | prefill ms | vs dense "
+             "| weight bytes vs dense | site bytes packed/dense | logit err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    for r in rows:
+        d = dense.get((r.model, r.batch))
+        d1 = dense.get((r.model, 1))
+        speed = r.decode_tok_s / d.decode_tok_s if d and r.decode_tok_s and d.decode_tok_s else None
+        pre = d1.prefill_ms / r.prefill_ms if d1 and r.prefill_ms and d1.prefill_ms else None
+        mem = r.weight_bytes / d.weight_bytes if d and r.weight_bytes and d.weight_bytes else None
+        site = r.packed_bytes / r.site_bytes if r.site_bytes else None
+        lines.append(f"| {r.model} ({r.layers}) | {r.pattern} | {r.batch} | {fmt(r.decode_tok_s, '.1f')} | "
+                     f"{fmt(r.decode_ms_per_step, '.3f')} | {fmt(speed, '.2f')}× | "
+                     f"{fmt(r.prefill_ms, '.2f')} | "
+                     f"{fmt(pre, '.2f')}× | {fmt(mem, '.3f')}× | {fmt(site, '.3f')}× | "
+                     f"{fmt(r.logit_err, '.1e')} |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("e2e")
+    g.add_argument("--model", default="llama-2-7b",
+                   help="comma-separated model aliases (default %(default)s)")
+    g.add_argument("--layers", type=int, default=None, help="decoder layers to build (default: all)")
+    g.add_argument("--e2e-patterns", default="2:4,block16",
+                   help="comma-separated hardened patterns (default %(default)s)")
+    g.add_argument("--batches", default="1,8",
+                   help="comma-separated decode batch sizes (default %(default)s)")
+    g.add_argument("--new-tokens", type=int, default=256,
+                   help="decode steps timed (default %(default)s)")
+    g.add_argument("--prefill", type=int, default=2048,
+                   help="prefill tokens, 0 to skip (default %(default)s)")
+    g.add_argument("--prefill-patterns", default="2:4,block16",
+                   help="patterns whose prefill is timed (default %(default)s)")
+    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--budget-s", type=float, default=0, help="per-model time budget; later configs are "
+                                                             "skipped, not cut (0 = none)")
+    g.add_argument("--e2e-out", dest="e2e_out", type=Path, help="write rows (.json) and table (.md) here")
+
+
+def run(args) -> int:
+    import sfcompile.lowering  # noqa: F401  (registers the backend)
+
+    cfg = E2EConfig.from_args(args)
+    rows: list[Row] = []
+
+    def emit(row: Row) -> None:  # every row is written as soon as it exists: a cut run keeps what it measured
+        rows.append(row)
+        print(json.dumps(asdict(row)), flush=True)
+        if cfg.out:
+            cfg.out.parent.mkdir(parents=True, exist_ok=True)
+            cfg.out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+    for alias in cfg.models:
+        bench_model(cfg, alias, emit)
+    table = markdown(rows)
+    print(table)
+    if cfg.out:
+        meta = {"device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu",
+                "torch": torch.__version__, "argv": sys.argv}
+        record = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        cfg.out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+        cfg.out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
