@@ -114,8 +114,9 @@ class ForgeConfig:
         hessian_eps: ε in the scores above.
         probes_per_update: Rademacher probes per probe call (each costs one estimator evaluation).
         probe_every: probe every this many optimizer steps (the trainer asks ``wants_probe``).
-        fd_eps: finite-difference step, relative to the RMS of all sites' effective weights (1e-2: error
-            ~1e-4 relative to the exact HVP on a tiny llama in fp32, with margin for bf16 gradients).
+        fd_eps: finite-difference step, relative to the RMS of all sites' effective weights; None (default)
+            picks it from the precision the probe's loss is computed in (`hutchinson.auto_fd_eps`: 1e-2 in
+            fp32, 5e-2 under bf16/fp16 autocast, where smaller steps drown in rounding noise).
         schedule: the tempering schedule (fractions of total steps; see `TemperingSchedule`).
         tau_samples: scores sampled per site to estimate the quantile τ (the reference's 262,144).
         slorb: add the sparse low-rank bypass y += S(P x) to every Linear-like site.
@@ -132,7 +133,7 @@ class ForgeConfig:
     hessian_eps: float = 1e-8
     probes_per_update: int = 1
     probe_every: int = 1
-    fd_eps: float = 1e-2
+    fd_eps: float | None = None
     schedule: TemperingSchedule = field(default_factory=TemperingSchedule)
     tau_samples: int = 262_144
     slorb: bool = True
@@ -156,9 +157,12 @@ class ForgeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ForgeConfigError(f"{name}={value!r} must be an integer >= 1")
-        if not 0.0 < self.fd_eps < 1.0:
+        if isinstance(self.fd_eps, str):  # from a KEY=VALUE command line
+            object.__setattr__(self, "fd_eps", None if self.fd_eps.lower() in ("none", "auto") else
+                               float(self.fd_eps))
+        if self.fd_eps is not None and not 0.0 < self.fd_eps < 1.0:
             raise ForgeConfigError(f"fd_eps={self.fd_eps} must lie in (0, 1) (it is relative to the "
-                                   "weight RMS; 1e-3 … 1e-2 work)")
+                                   "weight RMS; 1e-2 for fp32 compute, 5e-2 under bf16 autocast) or None")
         if not isinstance(self.schedule, TemperingSchedule):
             raise ForgeConfigError("schedule must be a TemperingSchedule, got "
                                    f"{type(self.schedule).__name__}")
@@ -236,6 +240,7 @@ class SparseForge:
         self.fisher_count = 0
         self.finalized = False
         self.slorb_initialised_at: int | None = None
+        self.fd_eps: float | None = None  # the finite-difference step in use (decided at the first probe)
         self.slorb_skipped: list[tuple[str, str]] = []
         self._collect_acts = True
         self._hooks = []
@@ -309,8 +314,13 @@ class SparseForge:
         gens = [tempering.sample_generator(cfg.seed, step, 1_000 + i) for i in range(len(self.entries))]
         self._collect_acts = False
         try:
+            if cfg.estimator == "fd" and self.fd_eps is None:
+                self.fd_eps = cfg.fd_eps or hutchinson.auto_fd_eps(
+                    hutchinson.compute_dtype(self.model, self.entries, loss_fn))
+                log.info("finite-difference Hessian probes use fd_eps=%g", self.fd_eps)
             diag = hutchinson.estimate_diag(self.model, self.entries, loss_fn, estimator=cfg.estimator,
-                                            generators=gens, fd_eps=cfg.fd_eps, probes=cfg.probes_per_update)
+                                            generators=gens, fd_eps=self.fd_eps or 0.0,
+                                            probes=cfg.probes_per_update)
         finally:
             self._collect_acts = True
         # Under data parallelism the gradients are averaged across ranks before the probe reads them, so

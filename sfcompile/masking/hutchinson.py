@@ -32,11 +32,12 @@ import torch
 from torch import nn
 
 from sfcompile.masking.scores import local
+from sfcompile.masking.shards import local_rows
 from sfcompile.masking.state import SoftMask, dense_weight
 from sfcompile.passes.site import Site
 
 __all__ = ["HutchinsonError", "rademacher", "estimate_diag", "fd_hessian_vector", "exact_hessian_vector",
-           "compare_estimators",
+           "compare_estimators", "compute_dtype", "auto_fd_eps",
            "math_attention", "spearman"]
 
 Entry = tuple[Site, nn.Module, SoftMask]
@@ -210,8 +211,8 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
     for _ in range(probes):
         vs = []
         for (site, module, _), gen in zip(entries, generators):
-            w = local(dense_weight(module, site.param))
-            vs.append(rademacher(w.shape, gen, w.device))
+            w = dense_weight(module, site.param)  # probe drawn at the global shape: equal to 1 process
+            vs.append(local_rows(rademacher(w.shape, gen, local(w).device), w))
         if estimator == "fd":
             hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
         else:
@@ -219,6 +220,40 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
         est = [v * hv for v, hv in zip(vs, hvs)]
         totals = est if totals is None else [t + e for t, e in zip(totals, est)]
     return [t / probes for t in totals]
+
+
+def compute_dtype(model: nn.Module, entries: Sequence[Entry],
+                  loss_fn: Callable[[], torch.Tensor]) -> torch.dtype:
+    """The precision the sites' matmuls run in under ``loss_fn`` (e.g. bfloat16 under autocast), found by one
+    no-grad evaluation with output hooks on the sites' modules (RNG state restored)."""
+    seen: list[torch.dtype] = []
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            seen.append(output.dtype)
+
+    handles = [module.register_forward_hook(hook) for _, module, _ in entries[:4]]
+    rng = _rng_state()
+    try:
+        with torch.no_grad():
+            loss_fn()
+    finally:
+        _set_rng_state(rng)
+        for h in handles:
+            h.remove()
+    if not seen:
+        return torch.float32
+    return min(seen, key=lambda d: torch.finfo(d).bits)
+
+
+def auto_fd_eps(dtype: torch.dtype) -> float:
+    """Finite-difference step for gradients computed in ``dtype``.
+
+    Measured against the exact HVP on SmolLM2-135M (2 of 30 layers' sites, 128 tokens, same probes): fp32
+    Spearman 0.99997 at 1e-2 (0.986 at 5e-2: curvature changes over larger steps); bf16 autocast 0.826 at
+    1e-2 but 0.986 at 5e-2 (rounding noise of the bf16 gradients dominates small steps).
+    """
+    return 1e-2 if torch.finfo(dtype).bits >= 32 else 5e-2
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sfcompile.masking.shards import mean_across_ranks
+
 __all__ = ["STAT_NAMES", "ensure_stat", "ema_", "compute_score", "znorm", "act_hook", "ScoreError"]
 
 STAT_NAMES = {"hessian": "sf_hdiag", "fisher": "sf_fisher", "act": "sf_act_sq"}
@@ -135,6 +137,7 @@ def act_hook(stat: torch.Tensor, beta: float, enabled):
         x = args[0] if args else next(iter(kwargs.values()))
         with torch.no_grad():
             x2 = x.detach().float().square().reshape(-1, x.shape[-1]).mean(0)  # (K,)
+            x2 = mean_across_ranks(x2)  # replicated statistic: every rank keeps the global mean
             target = local(stat)
             if bool((target == 0).all()):
                 target.copy_(x2)

@@ -221,3 +221,11 @@ def test_probe_leaves_grads_alone(dense):
     after = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
     assert forge.probe_count == 1
+
+
+def test_fd_eps_from_the_command_line_and_auto(dense):
+    assert ForgeConfig(fd_eps="0.05").fd_eps == 0.05 and ForgeConfig(fd_eps="auto").fd_eps is None
+    model, forge, _ = _build(dense)
+    x = _batch(0)
+    forge.probe(0, lambda: model(x, labels=x).loss)
+    assert forge.fd_eps == 1e-2  # fp32 compute

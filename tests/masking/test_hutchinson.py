@@ -193,3 +193,21 @@ def test_fd_runs_compiled_and_agrees_with_eager():
     exact = _probe(model, "hvp", 0, lambda: (model(x) - y).square().mean())
     for a, b in zip(comp, exact):
         torch.testing.assert_close(a, b, rtol=0.05, atol=1e-4)
+
+
+def test_fd_step_follows_the_compute_precision(tiny):
+    from sfcompile.masking.hutchinson import auto_fd_eps, compute_dtype
+
+    model, loss_fn = tiny
+    entries = masked_sites(model)
+
+    def bf16_loss():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn()
+
+    rng = torch.get_rng_state()
+    assert compute_dtype(model, entries, loss_fn) == torch.float32
+    assert compute_dtype(model, entries, bf16_loss) == torch.bfloat16
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert auto_fd_eps(torch.float32) == 1e-2 and auto_fd_eps(torch.bfloat16) == 5e-2
+    assert not any(m._forward_hooks for _, m, _ in entries)
