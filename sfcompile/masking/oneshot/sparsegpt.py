@@ -11,8 +11,10 @@ How the mask is chosen, per pattern (all exact: the returned mask satisfies the 
 * N:M — at the first column of every group of M columns, keep the N entries of each row with the largest
   w²/Uⱼⱼ² using the *current* (already updated) weights, as the paper does.
 * unstructured — adaptive per block, as the paper does, but per output row (our ``Unstructured`` pattern keeps
-  round(density·K) per row): at the start of each block each row keeps its share of its budget (the budget is
-  split over blocks by rounding the cumulative share, so the shares add up exactly) with the largest w²/Uⱼⱼ².
+  round(density·K) per row, Wanda's comparison group): at the start of each block, each row ranks all its
+  not-yet-visited columns by w²/Uⱼⱼ² on the current (updated) weights, keeps the best ones up to its remaining
+  budget, and the part of that selection inside the block is fixed. Rows spend exactly their budget, and no
+  per-block quota is imposed.
 * block (tiles over rows × K) — a tile spans 16 columns and the budget is per matrix, so a left-to-right sweep
   cannot choose tiles greedily without knowing what later columns will need. We choose the tiles once, up
   front, by the summed OBS saliency w²/[H⁻¹]ⱼⱼ (``Block.project`` of that score), then run the sweep with that
@@ -24,8 +26,6 @@ Wᵢⱼ ← 0, so they cost nothing to prune and never pull updates.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ...patterns import NM, Block, Pattern, Unstructured
@@ -33,22 +33,13 @@ from ...patterns import NM, Block, Pattern, Unstructured
 __all__ = ["sparsegpt_prune"]
 
 
-def _row_budget_split(keep_row: int, k: int, starts: list[int]) -> list[int]:
-    """Split a per-row budget ``keep_row`` of K columns over column blocks so the parts add up exactly."""
-    ends = starts[1:] + [k]
-
-    def cum(c: int) -> int:
-        return math.floor(keep_row * c / k + 0.5)
-
-    return [cum(e) - cum(s) for s, e in zip(starts, ends)]
-
-
-def _keep_largest_per_row(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Bool mask keeping ``keep`` largest entries per row; ties → lower index (as ``Pattern.project``)."""
+def _keep_per_row(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Bool mask keeping the ``keep[r]`` largest entries of each row r; ties → lower index (as
+    ``Pattern.project``)."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranked = torch.arange(scores.shape[-1], device=scores.device)[None, :] < keep[:, None]
     mask = torch.zeros_like(scores, dtype=torch.bool)
-    if keep > 0:
-        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-        mask.scatter_(-1, order[:, :keep], True)
+    mask.scatter_(-1, order, ranked)
     return mask
 
 
@@ -115,11 +106,11 @@ def sparsegpt_prune(
         raise TypeError(f"sparsegpt_prune does not know pattern {pattern!r}")
 
     starts = list(range(0, k, blocksize))
-    if isinstance(pattern, Unstructured):
-        block_budget = _row_budget_split(pattern.keep_count(k), k, starts)
+    if isinstance(pattern, Unstructured):  # per-row budget still to spend on the columns not yet visited
+        budget = torch.full((rows,), pattern.keep_count(k), dtype=torch.long, device=w.device)
 
     mask = torch.zeros(rows, k, dtype=torch.bool, device=w.device)
-    for b, i1 in enumerate(starts):
+    for i1 in starts:
         i2 = min(i1 + blocksize, k)
         count = i2 - i1
         w1 = w[:, i1:i2].clone()
@@ -131,7 +122,11 @@ def sparsegpt_prune(
         if fixed_mask is not None:
             mask1 = fixed_mask[:, i1:i2].clone()
         elif isinstance(pattern, Unstructured):
-            mask1 = _keep_largest_per_row(w1.pow(2) / d1.pow(2)[None, :], block_budget[b])
+            # Rank every remaining column of each row by w²/Uⱼⱼ² on the current (updated) weights, spend the
+            # row's remaining budget on the best of them, and fix the part that falls in this block.
+            rest = w[:, i1:].pow(2) / u_diag[i1:].pow(2)[None, :]
+            mask1 = _keep_per_row(rest, budget)[:, :count]
+            budget -= mask1.sum(1)
         else:
             mask1 = torch.zeros_like(w1, dtype=torch.bool)
 
