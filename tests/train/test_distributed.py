@@ -29,6 +29,7 @@ def _config(root, name, world, **kw):
     forge = ForgeConfig(
         schedule=TemperingSchedule(period_early=2, period_late=2, harden_start=0.3, harden_end=0.6,
                                    finalize_at=0.8),
+        score="magnitude",  # exact comparison: no finite-difference noise (see the hessian test below)
         tau_samples=512,  # below most sites' sizes: the sampled τ path runs too
     )
     base = dict(tokens=SEQ * MB * 2 * STEPS, data=str(data), seqlen=SEQ, micro_batch=MB // world, grad_accum=2,
@@ -83,9 +84,15 @@ def test_two_ranks_equal_one_rank_and_resume_on_one(tmp_path):
     assert a.keys() == b.keys() == c.keys()
     sites = [k for k in a if k.endswith("proj.weight")]
     assert sites
+    lr = 1e-3
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
-        torch.testing.assert_close(c[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+        for other in (b, c):
+            # Gradients agree to float rounding (one GEMM over 2b rows vs two over b, averaged); Adam turns a
+            # near-zero gradient's rounding into a ±lr step, so a handful of entries differ by ~lr, the rest
+            # agree to 1e-4.
+            diff = (other[k] - a[k]).abs()
+            assert float(diff.max()) <= 2 * lr, k
+            assert float((diff > 1e-4).float().mean()) <= 1e-3, k
     for k in sites:  # the masks: the same 2:4 zeros
         assert torch.equal(b[k] == 0, a[k] == 0), k
         assert torch.equal(c[k] == 0, a[k] == 0), k

@@ -1,0 +1,110 @@
+"""Shard-aware helpers for mask state under FSDP2 (row-sharded DTensors); identity in one process.
+
+FSDP2 shards every parameter along dim 0 (``Shard(0)``, torch.chunk sizes: ``ceil(d0 / W)`` rows per rank, the
+last ranks possibly fewer or none). A site's weight, soft mask, hard mask and Hessian/Fisher EMA are sharded
+the same way, so the local shards of all of them cover the same rows and element-wise work (scores, gate,
+pattern projection when groups/tiles do not cross rows) needs no communication. What does need it:
+
+* the quantile τ of a site's z-scores: `sampled_quantile` draws the SAME global sample indices on every rank
+  (the generator is seeded by (seed, step, site)), each rank fills the entries it owns, one SUM all-reduce
+  completes the sample — bit-identical to the one-process sample, so τ and the masks equal a 1-rank run's;
+* probe vectors: `local_rows` slices this rank's rows out of a probe drawn at the global shape;
+* counters (sparsity, mask flips): `all_reduce_sum`.
+
+`sfcompile.train.distributed` (which owns process groups and wrapping) sets the sharding up; this module only
+reads the DTensor layout, so `masking` keeps importing nothing from `train`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["is_sharded", "row_range", "local_rows", "sampled_quantile", "all_reduce_sum", "mean_across_ranks"]
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2-managed parameter or a statistic sharded like one)."""
+    return hasattr(t, "to_local") and hasattr(t, "placements")
+
+
+def row_range(t: torch.Tensor) -> tuple[int, int]:
+    """The global rows ``[start, stop)`` of dim 0 this rank holds of ``t`` (all rows when not sharded)."""
+    if not is_sharded(t):
+        return 0, t.shape[0]
+    from torch.distributed.tensor import Shard
+
+    placements = tuple(t.placements)
+    if len(placements) != 1 or not isinstance(placements[0], Shard) or placements[0].dim != 0:
+        raise NotImplementedError(
+            f"mask state sharded as {placements}: only 1-D row sharding (Shard(0), "
+            "FSDP2's default) keeps N:M groups local; do not pass shard_placement_fn"
+        )
+    n0 = t.shape[0]
+    world = t.device_mesh.size(0)
+    r = t.device_mesh.get_local_rank(0)
+    chunk = -(-n0 // world)
+    start = min(r * chunk, n0)
+    return start, min(start + chunk, n0)
+
+
+def local_rows(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of ``full`` (a tensor of ``like``'s global shape), laid out like ``like``'s shard."""
+    if not is_sharded(like):
+        return full
+    start, stop = row_range(like)
+    return full[start:stop]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """SUM over ranks, in place; ``t`` itself in one process."""
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """MEAN over ranks (a new tensor); ``t`` itself in one process."""
+    if not _distributed():
+        return t
+    import torch.distributed as dist
+
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+@torch.no_grad()
+def sampled_quantile(
+    z_local: torch.Tensor, like: torch.Tensor, q: float, n_samples: int, generator: torch.Generator | None
+) -> float:
+    """`tempering.sampled_quantile` of the GLOBAL score tensor whose local rows are ``z_local``.
+
+    ``like`` is a tensor of the site's global shape and sharding (the soft mask). Identical on every rank and
+    identical to the one-process value: the sample indices come from the same generator draws.
+    """
+    from sfcompile.masking.tempering import sampled_quantile as one_process
+
+    if not is_sharded(like):
+        return one_process(z_local, q, n_samples, generator)
+    numel = like.numel()  # global
+    start, stop = row_range(like)
+    row = numel // max(like.shape[0], 1)
+    lo, hi = start * row, stop * row
+    if numel > n_samples:  # the same draw tempering.sampled_quantile makes
+        idx = torch.randint(numel, (n_samples,), generator=generator)
+    else:
+        idx = torch.arange(numel)
+    idx = idx.to(z_local.device)
+    sample = torch.zeros(idx.numel(), dtype=torch.float32, device=z_local.device)
+    own = (idx >= lo) & (idx < hi)
+    sample[own] = z_local.detach().reshape(-1).float()[idx[own] - lo]
+    all_reduce_sum(sample)  # every index is owned by exactly one rank
+    return one_process(sample, q, sample.numel(), None)

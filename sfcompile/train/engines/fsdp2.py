@@ -1,0 +1,99 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``): the default engine.
+
+Works directly on parametrized models: ``fully_shard`` registers every parameter under a block — the dense
+``parametrizations.<w>.original`` and the SoftMask's ``mask`` and ``hard`` — as a Shard(0) DTensor and
+all-gathers them before the block's forward, where the parametrization computes W ⊙ m_eff from the gathered
+tensors as usual (checked on torch 2.13 on CPU/gloo; same code path on 2.11). Writing a mask update into
+``mask.to_local()`` between steps changes what the next all-gather returns.
+
+The forge's statistics (``sf_hdiag``, ``sf_fisher``: one fp32 value per weight) are not needed in the forward,
+so they are kept out of FSDP2 (``ignored_params``: no all-gather each step) and row-sharded by hand with the
+same chunking as their weight (``distribute_tensor(..., [Shard(0)])``): local shards of W, mask, hard and
+statistics cover the same rows. ``sf_act_sq`` (Wanda's per-input-feature norms, shape (K,)) stays replicated
+and is averaged across ranks by its hook.
+
+Layout per rank, with ``W`` ranks: every block's parameters ``1/W``; the unsharded block being computed (and
+the next one, prefetched) transiently; with ``activation_checkpointing`` only block inputs are kept for the
+backward. Mixed precision on CUDA: bf16 parameters for compute, fp32 gradient reduction, fp32 master weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mesh(device_type: str):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (torch.distributed.get_world_size(),))
+
+
+def _stat_params(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], list[tuple[nn.Module, str]]]:
+    """(row-shardable statistics, replicated statistics) as (owning SoftMask, name) pairs."""
+    from sfcompile.masking.scores import STAT_NAMES
+    from sfcompile.masking.state import masked_sites
+
+    sharded, replicated = [], []
+    for _, _, soft in masked_sites(model):
+        for kind, name in STAT_NAMES.items():
+            if getattr(soft, name, None) is None:
+                continue
+            (replicated if kind == "act" else sharded).append((soft, name))
+    return sharded, replicated
+
+
+def _mixed_precision(config, device_type: str):
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtype = getattr(config, "dtype", "auto")
+    if device_type == "cuda" and dtype in ("auto", "bf16"):
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if dtype == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
+    """Shard ``model`` in place: each repeated block, then the root. ``trainable=False`` for the teacher."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from sfcompile.passes.blocks import repeated_blocks
+
+    first = next(model.parameters())
+    device_type = first.device.type
+    mesh = _mesh(device_type)
+    mp = _mixed_precision(config, device_type) if trainable else None
+    ignored: set[nn.Parameter] = set()
+    if trainable:
+        sharded, replicated = _stat_params(model)
+        for soft, name in sharded:
+            stat = getattr(soft, name)
+            dt = distribute_tensor(stat.detach(), mesh, [Shard(0)])
+            new = nn.Parameter(dt, requires_grad=False)
+            soft._parameters[name] = new
+            ignored.add(new)
+        ignored.update(getattr(soft, name) for soft, name in replicated)
+    kwargs = {"mesh": mesh}
+    if mp is not None:
+        kwargs["mp_policy"] = mp
+    if ignored:
+        kwargs["ignored_params"] = ignored
+    try:
+        blocks = repeated_blocks(model)
+    except ValueError as err:
+        raise ValueError(
+            f"FSDP2 shards a model block by block, but {type(model).__name__} has no repeated blocks ({err})"
+        ) from err
+    checkpointing = trainable and bool(getattr(config, "activation_checkpointing", False))
+    for _, block in blocks:
+        if checkpointing:
+            from torch.distributed._composable import checkpoint
+
+            checkpoint(block)
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    if not trainable:
+        model.requires_grad_(False)
+    return model
