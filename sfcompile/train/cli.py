@@ -83,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forwards")
+    from sfcompile.train.launch import add_arguments as add_launch_arguments
+
+    add_launch_arguments(parser)  # --nproc-per-node/--nnodes/..., --engine, --activation-checkpointing
 
 
 def _convert(text: str, current):
@@ -158,6 +161,8 @@ def config_from_args(args):
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
+        engine=args.engine,
+        activation_checkpointing=args.activation_checkpointing,
         log_every=args.log_every,
         eval_every=args.eval_every,
         eval_text=args.eval_text,
@@ -175,9 +180,17 @@ def run(args) -> int:
     import torch
 
     import sfcompile
+    from sfcompile.train import distributed, launch
     from sfcompile.train.config import TrainConfig
     from sfcompile.train.loop import train
 
+    if launch.wants_launch(args):  # --nproc-per-node N > 1: start torch.distributed.run, which re-runs us
+        return launch.launch_from_args(args)
+    if distributed.init_from_env(args.device):  # a launched worker: join the group, run, leave it
+        try:
+            return run(args)
+        finally:
+            distributed.shutdown()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:

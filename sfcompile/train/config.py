@@ -118,6 +118,10 @@ class TrainConfig:
         log_every, eval_every (0 = only at start and end), eval_text, eval_windows (None = the whole text),
         eval_seqlen.
 
+    Several processes (`sfcompile.train.distributed`; one process ignores these)
+        engine: ``"fsdp2"`` (``fully_shard`` per block) or ``"deepspeed"`` (ZeRO-3).
+        activation_checkpointing: recompute each block in the backward (memory for compute).
+
     Example::
 
         cfg = TrainConfig(tokens="20M", data="calib", seqlen=512, micro_batch=8, out="runs/a")
@@ -163,6 +167,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    engine: str = "fsdp2"
+    activation_checkpointing: bool = False
     log_every: int = 10
     eval_every: int = 0
     eval_text: str = "wiki"
@@ -224,6 +230,7 @@ class TrainConfig:
                 'choose init="sparsegpt" (or wanda/magnitude), or give a ForgeConfig',
             )
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
+        need(self.engine in ("fsdp2", "deepspeed"), f"engine={self.engine!r} is not 'fsdp2' or 'deepspeed'")
         need(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")
         need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
         need(self.log_every >= 1, f"log_every={self.log_every} must be >= 1")
