@@ -109,11 +109,16 @@ def torchrun_argv(
 
 def launch(argv: list[str]) -> int:
     """Run ``torch.distributed.run`` with ``argv`` (see `torchrun_argv`) in this process; the exit code."""
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     try:
         run(parse_args(argv))
+    except SignalException as err:  # Ctrl-C / SIGTERM: the agent forwarded it and waited for the workers
+        print(f"sfcompile train: stopped by {err.sigval.name}; the workers wrote their checkpoint (resume "
+              "with --resume RUN_DIR)", file=sys.stderr)
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         codes = [f.exitcode for f in err.failures.values()]
         code = next((c for c in codes if c not in (None, 0)), 1)
