@@ -19,8 +19,14 @@ def _entry(rank: int, world: int, port: int, fn, args, errors):
     import torch
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -37,8 +43,9 @@ def run_ranks(fn, world: int, *args) -> None:
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     try:
-        mp.start_processes(_entry, args=(world, free_port(), fn, args, errors), nprocs=world,
-                           start_method="spawn")
+        mp.start_processes(
+            _entry, args=(world, free_port(), fn, args, errors), nprocs=world, start_method="spawn"
+        )
     except Exception as err:
         detail = errors.get() if not errors.empty() else ""
         raise AssertionError(f"distributed run failed: {err}\n{detail}") from None

@@ -27,14 +27,30 @@ def _config(root, name, world, **kw):
     if not data.exists():
         data.write_text(TEXT)
     forge = ForgeConfig(
-        schedule=TemperingSchedule(period_early=2, period_late=2, harden_start=0.3, harden_end=0.6,
-                                   finalize_at=0.8),
+        schedule=TemperingSchedule(
+            period_early=2, period_late=2, harden_start=0.3, harden_end=0.6, finalize_at=0.8
+        ),
         score="magnitude",  # exact comparison: no finite-difference noise (see the hessian test below)
         tau_samples=512,  # below most sites' sizes: the sampled τ path runs too
     )
-    base = dict(tokens=SEQ * MB * 2 * STEPS, data=str(data), seqlen=SEQ, micro_batch=MB // world, grad_accum=2,
-                lr=1e-3, warmup=2, forge=forge, out=str(root / name), eval_text=str(data), eval_windows=2,
-                log_every=1, squarehead_weight=0.5, harden=True, device="cpu", dtype="fp32")
+    base = dict(
+        tokens=SEQ * MB * 2 * STEPS,
+        data=str(data),
+        seqlen=SEQ,
+        micro_batch=MB // world,
+        grad_accum=2,
+        lr=1e-3,
+        warmup=2,
+        forge=forge,
+        out=str(root / name),
+        eval_text=str(data),
+        eval_windows=2,
+        log_every=1,
+        squarehead_weight=0.5,
+        harden=True,
+        device="cpu",
+        dtype="fp32",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -77,8 +93,9 @@ def test_two_ranks_equal_one_rank_and_resume_on_one(tmp_path):
     assert len(one) == len(two) == STEPS
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
     resumed = _losses(tmp_path / "half")  # its log holds both halves
-    torch.testing.assert_close(torch.tensor(resumed[-STEPS // 2:]), torch.tensor(one[-STEPS // 2:]),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(resumed[-STEPS // 2 :]), torch.tensor(one[-STEPS // 2 :]), rtol=1e-4, atol=1e-5
+    )
 
     a, b, c = _final(tmp_path / "one"), _final(tmp_path / "two"), _final(tmp_path / "half")
     assert a.keys() == b.keys() == c.keys()
@@ -112,7 +129,8 @@ def test_helpers_are_the_identity_in_one_process():
     z = torch.randn(64, 48)
     for n in (512, 10_000):  # sampled and exact paths: equal to tempering's
         assert shards.sampled_quantile(z, z, 0.5, n, sample_generator(0, 3, 1)) == sampled_quantile(
-            z, 0.5, n, sample_generator(0, 3, 1))
+            z, 0.5, n, sample_generator(0, 3, 1)
+        )
     assert shards.local_rows(z, z) is z and shards.row_range(z) == (0, 64)
 
 

@@ -1,5 +1,5 @@
-"""`sfcompile train --nproc-per-node N`: the torchrun command line, bad flags, and a real 2-process CPU run that
-is stopped with SIGINT (checkpoint written by both ranks, exit 130) and resumed to the end."""
+"""`sfcompile train --nproc-per-node N`: the torchrun command line, bad flags, and a real 2-process CPU run
+that is stopped with SIGINT (checkpoint written by both ranks, exit 130) and resumed to the end."""
 
 from __future__ import annotations
 
@@ -20,13 +20,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_launch_flags_are_stripped_and_passed_to_torchrun():
-    argv = ["--model", "m", "--nproc-per-node", "4", "--nnodes=2", "--out", "runs/a", "--master-addr", "h0",
-            "--node-rank", "1", "--master_port=1234", "--tokens", "1M"]
+    argv = [
+        "--model",
+        "m",
+        "--nproc-per-node",
+        "4",
+        "--nnodes=2",
+        "--out",
+        "runs/a",
+        "--master-addr",
+        "h0",
+        "--node-rank",
+        "1",
+        "--master_port=1234",
+        "--tokens",
+        "1M",
+    ]
     assert launch.strip_launch_flags(argv) == ["--model", "m", "--out", "runs/a", "--tokens", "1M"]
-    cmd = launch.torchrun_argv(argv, nproc_per_node=4, nnodes=2, node_rank=1, master_addr="h0", master_port=1234)
+    cmd = launch.torchrun_argv(
+        argv, nproc_per_node=4, nnodes=2, node_rank=1, master_addr="h0", master_port=1234
+    )
     assert cmd[-9:] == ["-m", "sfcompile", "train", "--model", "m", "--out", "runs/a", "--tokens", "1M"]
-    for flag in ("--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=h0", "--master-port=1234",
-                 "--max-restarts=0"):
+    for flag in (
+        "--nproc-per-node=4",
+        "--nnodes=2",
+        "--node-rank=1",
+        "--master-addr=h0",
+        "--master-port=1234",
+        "--max-restarts=0",
+    ):
         assert flag in cmd
     from torch.distributed.run import parse_args
 
@@ -56,10 +78,42 @@ def test_no_second_launch_inside_a_worker(monkeypatch):
 
 def _cli(model_dir: Path, out: Path, *extra: str) -> list[str]:
     data = str(model_dir / "train.txt")
-    return [sys.executable, "-m", "sfcompile", "train", "--model", str(model_dir), "--out", str(out),
-            "--data", data, "--eval-text", data, "--eval-windows", "1", "--tokens", str(32 * 2 * 2 * 2 * 40),
-            "--seqlen", "32", "--micro-batch", "2", "--grad-accum", "2", "--device", "cpu", "--threads", "1",
-            "--no-forge", "--init", "magnitude", "--checkpoint-every", "2", "--log-every", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sfcompile",
+        "train",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--data",
+        data,
+        "--eval-text",
+        data,
+        "--eval-windows",
+        "1",
+        "--tokens",
+        str(32 * 2 * 2 * 2 * 40),
+        "--seqlen",
+        "32",
+        "--micro-batch",
+        "2",
+        "--grad-accum",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-forge",
+        "--init",
+        "magnitude",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+        *extra,
+    ]
 
 
 def test_sigint_stops_all_ranks_with_a_checkpoint_then_resume(tmp_path):
@@ -70,8 +124,14 @@ def test_sigint_stops_all_ranks_with_a_checkpoint_then_resume(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     port = str(free_port())
-    proc = subprocess.Popen(_cli(model_dir, out, "--nproc-per-node", "2", "--master-port", port), cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli(model_dir, out, "--nproc-per-node", "2", "--master-port", port),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     latest = out / "checkpoints" / "latest"
     deadline = time.monotonic() + 80
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -87,8 +147,16 @@ def test_sigint_stops_all_ranks_with_a_checkpoint_then_resume(tmp_path):
     assert not list((out / "checkpoints").glob(".tmp-*"))  # nothing half-written left behind
     assert "stopped at step" in log
 
-    done = subprocess.run(_cli(model_dir, out, "--resume", str(out), "--nproc-per-node", "2", "--master-port",
-                               str(free_port())), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        _cli(
+            model_dir, out, "--resume", str(out), "--nproc-per-node", "2", "--master-port", str(free_port())
+        ),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert f"resumed from {ckpt}" in done.stdout + done.stderr
     assert (out / "final" / "sparsity.json").exists()
