@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ...passes.blocks import repeated_blocks
 from ...passes.site import Site
+from ..state import dense_weight
 
 __all__ = ["SiteStats", "MatmulInputRecorder", "calibrate_sequentially"]
 
@@ -49,14 +50,15 @@ class SiteStats:
     experts: int
     k: int
     want_hessian: bool
+    device: torch.device | str = "cpu"
     hessian: torch.Tensor | None = None
     sq_sum: torch.Tensor | None = None
     tokens: torch.Tensor = field(default=None)
 
     def __post_init__(self):
         if self.want_hessian:
-            self.hessian = torch.zeros(self.experts, self.k, self.k, dtype=torch.float64)
-        self.sq_sum = torch.zeros(self.experts, self.k, dtype=torch.float64)
+            self.hessian = torch.zeros(self.experts, self.k, self.k, dtype=torch.float64, device=self.device)
+        self.sq_sum = torch.zeros(self.experts, self.k, dtype=torch.float64, device=self.device)
         self.tokens = torch.zeros(self.experts, dtype=torch.long)
 
     @torch.no_grad()
@@ -302,9 +304,10 @@ def _block_sites(blocks, entries):
 
 def _new_stats(entries, want_hessian: bool) -> dict[str, SiteStats]:
     stats = {}
-    for site, _, _ in entries:
+    for site, owner, _ in entries:
         experts = site.shape[0] if len(site.shape) == 3 else 1
-        stats[site.name] = SiteStats(site, experts, site.k, want_hessian)
+        device = dense_weight(owner, site.param).device  # statistics live beside the weight (GPU or CPU)
+        stats[site.name] = SiteStats(site, experts, site.k, want_hessian, device)
     return stats
 
 
