@@ -212,7 +212,8 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
         vs = []
         for (site, module, _), gen in zip(entries, generators):
             w = dense_weight(module, site.param)  # probe drawn at the global shape: equal to 1 process
-            vs.append(local_rows(rademacher(w.shape, gen, local(w).device), w))
+            # sliced on the host: only this rank's rows reach the device (a view would keep the full probe)
+            vs.append(local_rows(rademacher(w.shape, gen, "cpu"), w).to(local(w).device))
         if estimator == "fd":
             hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
         else:
