@@ -167,7 +167,47 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
             "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
+    if report.packed_ops:
+        _warm_packed_ops(gm, example_inputs)
     return compile_fx(gm, example_inputs, config_patches=opts.config_patches())
+
+
+@torch.no_grad()
+def _warm_packed_ops(gm: torch.fx.GraphModule, example_inputs: Sequence) -> None:
+    """Run each packed op of ``gm`` once, eagerly, at the shapes the graph will run it with.
+
+    The CUDA ops keep per-weight state that they build on their first call (the cuSPARSELt compressed
+    copy and its algorithm, the Triton-vs-cuSPARSELt choice timed for a shape). Built during Inductor's
+    CUDA-graph warm-up, those tensors would live in the CUDA-graph memory pool without being graph outputs,
+    which CUDA graph trees refuse ("tensor(s) in the cudagraph pool not tracked as outputs"). Building them
+    here, before Inductor, keeps them out of the pool. Inputs are zeros (values do not matter); operands
+    with a symbolic shape are skipped (their state is then built at the first call).
+    """
+    from sfcompile.passes.lower import is_packed_op
+
+    placeholders = {n: v for n, v in zip(gm.graph.find_nodes(op="placeholder"), example_inputs)}
+
+    def concrete(value):
+        if isinstance(value, torch.fx.Node):
+            if value.op == "get_attr":
+                return getattr(gm, value.target)
+            if value in placeholders and isinstance(placeholders[value], torch.Tensor):
+                return placeholders[value]
+            fake = value.meta.get("example_value", value.meta.get("val"))
+            if not isinstance(fake, torch.Tensor) or not all(isinstance(d, int) for d in fake.shape):
+                raise LookupError(value.name)
+            return torch.zeros(fake.shape, dtype=fake.dtype, device=fake.device)
+        return value
+
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not is_packed_op(node.target):
+            continue
+        try:
+            args = [concrete(a) for a in node.args]
+        except LookupError as missing:
+            log.debug("sparseforge: not warming %s: operand %s has a symbolic shape", node.name, missing)
+            continue
+        node.target(*args)
 
 
 def _guard_identity(nodes: list) -> bool:

@@ -44,7 +44,7 @@ from torch import fx
 
 from sfcompile.passes.site import hardened_info
 
-__all__ = ["PackedMatmul", "LowerReport", "lower_hardened_matmuls", "count_packed_ops"]
+__all__ = ["PackedMatmul", "LowerReport", "lower_hardened_matmuls", "count_packed_ops", "is_packed_op"]
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,11 @@ def _op_namespace(target) -> str | None:
     if isinstance(target, torch._ops.OpOverloadPacket):
         return target._qualified_op_name.split("::")[0]
     return None
+
+
+def is_packed_op(target, namespace: str = "sfcompile") -> bool:
+    """Whether a call_function target is an op of ``torch.ops.<namespace>``."""
+    return _op_namespace(target) == namespace
 
 
 def count_packed_ops(gm: fx.GraphModule, namespace: str = "sfcompile") -> int:

@@ -189,7 +189,7 @@ def test_same_structure_other_weights_not_reused():
 
 
 def test_recompile_reuses_the_packed_weights():
-    """A second graph over the same weights (another batch size) reads the same packed tensors: packed once."""
+    """A second graph over the same weights (another batch size) reads the same packed tensors."""
     torch._dynamo.reset()
     m = _hardened_two_linears(0)
     buffers = []
@@ -204,6 +204,25 @@ def test_recompile_reuses_the_packed_weights():
             torch.testing.assert_close(fast(x), m(x))
     assert len(buffers) == 2 and len(buffers[0]) == 5  # 2:4 values+meta, block16 tiles+row_ptr+col_idx
     assert {id(b) for b in buffers[0].values()} == {id(b) for b in buffers[1].values()}
+
+
+def test_packed_ops_warmed_before_inductor(monkeypatch):
+    """Each packed op runs once at its graph shape before Inductor (CUDA ops build per-weight state on their
+    first call, which must not happen inside a CUDA-graph memory pool)."""
+    from sfcompile.lowering import ops
+
+    torch._dynamo.reset()
+    calls = []
+    real = ops._linear_ref
+    monkeypatch.setattr(ops, "_linear_ref", lambda x, w, b: calls.append(tuple(x.shape)) or real(x, w, b))
+    seen_at_lowering = []
+    m = _hardened_two_linears(0)
+    fast = torch.compile(m, backend="sparseforge",
+                         options={"on_lower": lambda gm, report: seen_at_lowering.append(len(calls))})
+    with torch.no_grad():
+        fast(torch.randn(3, 32))
+    assert seen_at_lowering == [0]
+    assert calls == [(3, 32)] * 4  # 2 ops warmed, then 2 ops in the real call
 
 
 def test_direct_call_without_dynamo_refuses():
