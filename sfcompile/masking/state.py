@@ -221,10 +221,11 @@ class ManifestError(ValueError):
 
 
 @torch.no_grad()
-def apply_manifest(model: nn.Module, manifest: dict) -> nn.Module:
+def apply_manifest(model: nn.Module, manifest: dict, folder=None) -> nn.Module:
     """Check that ``model``'s weights hold the patterns ``manifest`` claims, then mark them hardened.
 
-    Used by `sfcompile.load` on a saved hardened model.
+    Used by `sfcompile.load` on a saved hardened model; ``folder`` (the saved model's folder) supplies the
+    SLoRB tensors that ``from_pretrained`` does not load (the HF architecture does not declare them).
 
     Raises:
         ManifestError: a listed weight is missing, has another shape, or violates its pattern.
@@ -249,9 +250,12 @@ def apply_manifest(model: nn.Module, manifest: dict) -> nn.Module:
                                 "sparsity.json to load the model as dense")
         mark_hardened(weight, {**entry, "site": name})
     if manifest.get("slorb"):
-        from sfcompile.masking.slorb import install_slorb
+        from sfcompile.masking.slorb import install_slorb, read_slorb_tensors
 
-        install_slorb(model, manifest["slorb"])
+        if folder is None:
+            raise ManifestError("this model has a SLoRB bypass: pass the saved folder to apply_manifest so its "
+                                "slorb_* tensors are loaded (sfcompile.load does this)")
+        install_slorb(model, manifest["slorb"], tensors=read_slorb_tensors(folder))
     model.sfcompile_manifest = manifest
     return model
 

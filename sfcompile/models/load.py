@@ -116,7 +116,7 @@ def _apply_manifest(model, folder: Path) -> None:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON ({e}); re-save the model or delete the file") from e
-    apply_manifest(model, manifest)
+    apply_manifest(model, manifest, folder)
 
 
 def _random(alias: Alias, dtype, device):
