@@ -54,6 +54,12 @@ def _mixed_precision(config, device_type: str):
     return MixedPrecisionPolicy()
 
 
+def _reshard_after_no_grad_forward(module, args, output):
+    if not torch.is_grad_enabled():
+        module.reshard()
+    return output
+
+
 def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
     """Shard ``model`` in place: each repeated block, then the root. ``trainable=False`` for the teacher."""
     from torch.distributed.fsdp import fully_shard
@@ -94,6 +100,11 @@ def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
             checkpoint(block)
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
+    # FSDP2 keeps the root's parameters (embeddings, final norm, head) unsharded after a forward, expecting
+    # the backward to reshard them. After a no-grad forward (evaluation, the probe's precision check, the
+    # teacher) no backward comes: an optimizer step would then update the shards while the next forward
+    # reused the stale unsharded copy. Reshard explicitly after every no-grad forward.
+    model.register_forward_hook(_reshard_after_no_grad_forward)
     if not trainable:
         model.requires_grad_(False)
     return model
