@@ -1,0 +1,140 @@
+"""FSDP2 training throughput and peak memory per rank against `sfcompile plan`, random weights, no download.
+
+    torchrun --nproc-per-node 2 benchmarks/scale_fsdp2.py --model qwen3-8b --seqlen 2048 --steps 6
+    torchrun --nproc-per-node 1 benchmarks/scale_fsdp2.py --model qwen3-1.7b ...      # the 1-GPU baseline
+
+The model is built from the alias's offline config with random weights, sparsified 2:4 and trained by
+`sfcompile.train` (teacher copy sharded, Hessian scoring, SLoRB: the defaults) on synthetic text with a byte
+tokenizer (the loss is meaningless; memory and speed are what is measured). Rank 0 prints one JSON line:
+tokens/s of the steps after the first, peak allocated memory per rank, and plan's prediction by component.
+Run on CPU with ``--device cpu`` (gloo) to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen3-1.7b")
+    ap.add_argument("--layers", type=int, default=None, help="override the number of blocks (smaller runs)")
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    from _tiny import byte_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    import sfcompile
+    from sfcompile.masking.forge import ForgeConfig
+    from sfcompile.masking.schedule import TemperingSchedule
+    from sfcompile.models.aliases import alias_config
+    from sfcompile.train import TrainConfig, train
+    from sfcompile.train import distributed as dist
+    from sfcompile.train.plan import PlanInput, count_model, plan
+
+    dist.init_from_env(args.device)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    cfg = alias_config(args.model)
+    if args.layers:
+        cfg.num_hidden_layers = args.layers
+    torch.manual_seed(0)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    sfcompile.sparsify(model, "2:4", mask_dtype=torch.float32)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    root = Path(tempfile.mkdtemp(prefix="sfc-scale-"))
+    text = root / "synthetic.txt"
+    if dist.is_main_process():
+        rng = random.Random(0)
+        words = ["".join(rng.choice("abcdefghij klmnop") for _ in range(7)) for _ in range(500)]
+        text.write_text(" ".join(rng.choice(words) for _ in range(args.seqlen * 64)))
+    root = Path(dist.broadcast_object(str(root)))
+    text = root / "synthetic.txt"
+    dist.barrier()
+    world = dist.world_size()
+    forge = ForgeConfig(
+        schedule=TemperingSchedule(
+            period_early=2, period_late=2, harden_start=0.5, harden_end=0.8, finalize_at=0.9
+        )
+    )
+    config = TrainConfig(
+        tokens=args.seqlen * args.micro_batch * world * args.steps,
+        data=str(text),
+        seqlen=args.seqlen,
+        micro_batch=args.micro_batch,
+        forge=forge,
+        harden=False,
+        out=str(root / "run"),
+        eval_text=str(text),
+        eval_windows=1,
+        log_every=1,
+        activation_checkpointing=args.activation_checkpointing,
+        device=args.device,
+    )
+    t0 = time.perf_counter()
+    result = train(model, config, tokenizer=byte_tokenizer())
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    peaks = [peak] * world
+    if world > 1:
+        t = torch.tensor([float(peak)], device="cuda" if cuda else "cpu")
+        gathered = [torch.zeros_like(t) for _ in range(world)]
+        torch.distributed.all_gather(gathered, t)
+        peaks = [int(x.item()) for x in gathered]
+    if dist.is_main_process():
+        rows = [h for h in result.history if h.get("kind") == "train"]
+        times = [h["time"] for h in rows if "time" in h]
+        tps = (
+            (len(times) - 1) * config.tokens_per_step(world) / (times[-1] - times[0])
+            if len(times) > 2
+            else None
+        )
+        predicted = plan(
+            count_model(cfg),
+            PlanInput(
+                gpus=world,
+                micro_batch=args.micro_batch,
+                seqlen=args.seqlen,
+                mask_bytes=4,
+                checkpointing=args.activation_checkpointing,
+            ),
+        )
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "layers": cfg.num_hidden_layers,
+                    "world": world,
+                    "seqlen": args.seqlen,
+                    "micro_batch": args.micro_batch,
+                    "steps": result.steps,
+                    "tokens_per_s": tps,
+                    "wall_s": round(wall, 1),
+                    "peak_gib_per_rank": [round(p / 2**30, 2) for p in peaks],
+                    "plan_gib": {k: round(v / 2**30, 2) for k, v in predicted.items()},
+                }
+            )
+        )
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()
