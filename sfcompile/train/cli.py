@@ -224,6 +224,8 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         return _bad(str(e))
     result = train(model, config, tokenizer=tok, resume=bool(args.resume))
+    if not distributed.is_main_process():  # rank 0 reports for all
+        return result.exit_code
     if result.stopped:
         print(
             f"stopped at step {result.steps}/{result.total_steps}; continue with: sfcompile train --resume "
