@@ -156,3 +156,25 @@ def test_end_of_run_outputs_and_hardened_model(tmp_path):
     assert set(r.ppl) == {0, 6}
     q = model.model.layers[0].self_attn.q_proj.weight
     assert ((q.reshape(-1, 4) != 0).sum(-1) <= 2).all()
+
+
+def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
+    # The student (and teacher) forwards go through torch.compile; the probe stays eager. aot_eager keeps the
+    # test fast on CPU while still running Dynamo + AOTAutograd over the soft-mask parametrizations.
+    import functools
+
+    import sfcompile.train.loop as loop
+
+    monkeypatch.setattr(loop.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    tok = byte_tokenizer()
+    results = {}
+    for compiled in (False, True):
+        model = _model()
+        r = train(model, _config(tmp_path, f"c{compiled}", 6, compile=compiled), tokenizer=tok)
+        results[compiled] = (r, _state(model))
+    assert results[True][0].compiled == ["student forward", "teacher forward"]
+    assert results[False][0].compiled == []
+    for name, (w, m, h) in results[False][1].items():
+        w2, m2, h2 = results[True][1][name]
+        torch.testing.assert_close(w2, w, rtol=1e-4, atol=1e-5)
+        assert torch.equal(h2, h)
