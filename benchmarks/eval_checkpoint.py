@@ -46,8 +46,16 @@ def main() -> None:
     sfcompile.harden(model)
     with torch.no_grad():
         ppl = perplexity(model, tok, args.text, seqlen=args.seqlen, max_windows=args.max_windows)
-    row = {"run": str(run), "checkpoint": ckpt.name, "step": state["step"], "tokens": state["tokens"],
-           "text": args.text, "seqlen": args.seqlen, "max_windows": args.max_windows, "ppl": ppl}
+    row = {
+        "run": str(run),
+        "checkpoint": ckpt.name,
+        "step": state["step"],
+        "tokens": state["tokens"],
+        "text": args.text,
+        "seqlen": args.seqlen,
+        "max_windows": args.max_windows,
+        "ppl": ppl,
+    }
     print(json.dumps(row))
 
 

@@ -177,4 +177,5 @@ def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
     for name, (w, m, h) in results[False][1].items():
         w2, m2, h2 = results[True][1][name]
         torch.testing.assert_close(w2, w, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m2, m, rtol=1e-4, atol=1e-5)
         assert torch.equal(h2, h)
