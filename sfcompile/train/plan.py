@@ -30,7 +30,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
