@@ -25,7 +25,7 @@ def main() -> None:
     sites = sfcompile.discover(model, args.pattern)
     print(f"{len(sites.sites)} prunable sites, {len(sites.skipped)} skipped")
     sfcompile.sparsify(model, pattern=args.pattern, sites=sites)
-    sfcompile.prune(model, method=args.method, calib="calib")
+    sfcompile.prune(model, method=args.method, calib="calib", tok=tok)
     sfcompile.harden(model)
     sparse_ppl = perplexity(model, tok, "wiki", seqlen=512, max_windows=args.max_windows)
     sfcompile.save(model, tok, args.out)

@@ -5,7 +5,7 @@ The public API, in the order of the flow::
     model, tok = sfcompile.load("smollm2-135m")
     sites = sfcompile.discover(model)
     sfcompile.sparsify(model, pattern="2:4")
-    sfcompile.prune(model, method="sparsegpt", calib="calib")      # one-shot, or:
+    sfcompile.prune(model, method="sparsegpt", calib="calib", tok=tok)   # one-shot, or:
     sfcompile.train(model, sfcompile.TrainConfig(tokens="20M"))    # SparseForge recovery
     sfcompile.harden(model)
     sfcompile.save(model, tok, "out/")
