@@ -1,0 +1,74 @@
+"""`sfcompile train` end to end on a tiny local HF folder: SIGTERM → exit 143 + checkpoint, --resume → done."""
+
+import argparse
+import json
+import os
+import signal
+
+from _tiny import TEXT, byte_tokenizer, tiny_llama
+
+from sfcompile.train import cli
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_sigterm_then_resume(tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    tiny_llama().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    data = tmp_path / "train.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "run"
+    argv = [
+        "--model",
+        str(folder),
+        "--out",
+        str(out),
+        "--tokens",
+        str(32 * 2 * 8),
+        "--seqlen",
+        "32",
+        "--micro-batch",
+        "2",
+        "--data",
+        str(data),
+        "--eval-text",
+        str(data),
+        "--eval-windows",
+        "2",
+        "--forge",
+        "period_early=2",
+        "--forge",
+        "period_late=2",
+        "--forge",
+        "tau_samples=512",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--log-every",
+        "1",
+    ]
+    import sfcompile.train.loop as loop
+
+    real = loop.lr_at
+
+    def signal_at_3(step, **kw):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(step, **kw)
+
+    monkeypatch.setattr(loop, "lr_at", signal_at_3)
+    assert cli.run(_args(argv)) == 143
+    assert (out / "checkpoints" / "latest").read_text() == "step_0000004"
+    assert json.loads((out / "run.json").read_text())["model"] == str(folder)
+    assert cli.run(_args(argv)) == 2  # the folder holds a run: a new run there is refused
+    monkeypatch.setattr(loop, "lr_at", real)
+    assert cli.run(_args(["--resume", str(out)])) == 0
+    assert (out / "final" / "sparsity.json").exists()
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 9))
