@@ -5,21 +5,26 @@ The model is built on the meta device (no weights, no download) and its paramete
     P        all parameters                 Ps   parameters of sparse sites (2-D+ weights in the repeated blocks)
     Pb       parameters of the largest block  W   ranks (FSDP2 / ZeRO-3 shard every persistent tensor W ways)
 
-Per rank (bytes), with AdamW and bf16 compute over fp32 master weights:
+Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as the trainer builds it:
 
     weights      4·P/W              fp32 master copy, sharded
-    grads        4·P/W              fp32, reduce-scattered
-    optimizer    8·P/W              AdamW exp_avg + exp_avg_sq
-    masks        2·mb·Ps/W          soft mask + hard mask (mb = mask bytes)
-    scores       4·Ps/W             Hessian-diagonal (or Fisher) EMA
-    estimator    4·Ps/W             the finite-difference probe keeps one extra gradient of the sites
+    grads        4·Pt/W             fp32, reduce-scattered (Pt = P minus the frozen input embeddings)
+    optimizer    8·Pt/W             AdamW exp_avg + exp_avg_sq
+    masks        2·mb·Ps/W          soft mask + hard mask (mb = mask bytes: fp32 by default)
+    scores       4·Ps/W             Hessian-diagonal (or Fisher) EMA, row-sharded with its weight
+    estimator    24·Ps/W + 4·P/W    the finite-difference probe: saved W and mask, W⊙m_eff, the probe vector,
+                                    g+ and g− of the sites, plus the probe's gradients of every parameter
+    slorb        16·Ps/(k·W)        SLoRB S (out × in/k per site) with its gradient and Adam state
     teacher      2·P/W              bf16 dense teacher, sharded the same way ("none": 0)
-    gather       2·2·Pb·(1+teacher) unsharded bf16 block being computed + the one being prefetched
+    gather       2·Pb·(3 + t)·2 + 2·Pr  two unsharded bf16 blocks in flight (W, mask and hard of the student;
+                                    the teacher's W) plus the root's parameters (embeddings, head: Pr), which
+                                    stay gathered
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
     logits       tokens·V·4·(2 + teacher)   fp32 student logits + their grad (+ teacher logits)
 
-These are estimates of the large terms; allocator slack and CUDA context are a flat 2 GiB. The H200 runs in
-benchmarks/README.md compare them with measured peaks.
+Before sharding, each rank holds the whole fp32 student and bf16 teacher for a moment (``startup``: 4·P + 2·P):
+the verdict uses the larger of that and the training-step total. Allocator slack and the CUDA context are a
+flat 2 GiB. Node 0 also needs 4·P of host RAM at the end, for the gathered copy it hardens and saves.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ class PlanInput:
     micro_batch: int = 1
     seqlen: int = 4096
     teacher: bool = True
-    mask_bytes: int = 2
-    checkpointing: bool = True
+    mask_bytes: int = 4
+    checkpointing: bool = False
+    slorb_group: int = 16
     score_stats: int = 1  # Hessian EMA (1), + Fisher (2)
 
     def __post_init__(self):
@@ -61,6 +67,8 @@ class ModelCounts:
     params: int
     site_params: int
     block_params: int
+    root_params: int
+    embedding_params: int
     layers: int
     hidden: int
     intermediate: int
@@ -89,7 +97,10 @@ def count_model(config) -> ModelCounts:
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     kv = getattr(text, "num_key_value_heads", None) or heads
     inter = getattr(text, "intermediate_size", None) or getattr(text, "moe_intermediate_size", None) or 4 * hidden
-    return ModelCounts(sum(p.numel() for p in model.parameters()), site_params, block_params, len(blocks),
+    params = sum(p.numel() for p in model.parameters())
+    in_blocks = sum(p.numel() for _, b in blocks for p in b.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    return ModelCounts(params, site_params, block_params, params - in_blocks, embedding, len(blocks),
                        hidden, inter, kv * head_dim, text.vocab_size)
 
 
@@ -106,21 +117,24 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
     w = p.gpus
     tokens = p.micro_batch * p.seqlen
     t = 1 if p.teacher else 0
+    trainable = m.params - m.embedding_params
     parts = {
         "weights": 4 * m.params / w,
-        "grads": 4 * m.params / w,
-        "optimizer": 8 * m.params / w,
+        "grads": 4 * trainable / w,
+        "optimizer": 8 * trainable / w,
         "masks": 2 * p.mask_bytes * m.site_params / w,
         "scores": 4 * p.score_stats * m.site_params / w,
-        "estimator": 4 * m.site_params / w,
+        "estimator": (24 * m.site_params + 4 * m.params) / w,
+        "slorb": 16 * m.site_params / p.slorb_group / w,
         "teacher": 2 * m.params * t / w,
-        "gather": (2 * 2 * m.block_params * (1 + t)) if w > 1 else 0.0,
+        "gather": (2 * m.block_params * (3 + t) * 2 + 2 * m.root_params) if w > 1 else 0.0,
         "activations": tokens * m.layers * _bytes_per_token_layer(m, p.checkpointing)
         + (tokens * _bytes_per_token_layer(m, False) if p.checkpointing else 0.0),
         "logits": tokens * m.vocab * 4 * (2 + t),
         "overhead": float(OVERHEAD),
     }
     parts["total"] = sum(parts.values())
+    parts["startup"] = (4 + 2 * t) * m.params + OVERHEAD
     return parts
 
 
@@ -141,7 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--no-teacher", action="store_true")
-    parser.add_argument("--no-checkpointing", action="store_true", help="plan without activation checkpointing")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="plan with activation checkpointing (the trainer's --activation-checkpointing)")
 
 
 def _config(name: str):
@@ -159,18 +174,22 @@ def _config(name: str):
 def run(args) -> int:
     inp = PlanInput(gpus=args.gpus, gpu_mem=_parse_mem(args.gpu_mem), engine=args.engine,
                     micro_batch=args.micro_batch, seqlen=args.seqlen, teacher=not args.no_teacher,
-                    checkpointing=not args.no_checkpointing)
+                    checkpointing=args.activation_checkpointing)
     counts = count_model(_config(args.model))
     parts = plan(counts, inp)
     print(f"{args.model}: {counts.params / 1e9:.2f}B params ({counts.site_params / 1e9:.2f}B in sparse sites), "
           f"{counts.layers} blocks; {inp.engine} on {inp.gpus} GPU(s), micro-batch {inp.micro_batch}×{inp.seqlen}")
     for name, value in parts.items():
-        if name != "total":
+        if name not in ("total", "startup"):
             print(f"  {name:<12} {value / GIB:8.2f} GiB")
-    total = parts["total"]
+    total = max(parts["total"], parts["startup"])
+    print(f"  {'step total':<12} {parts['total'] / GIB:8.2f} GiB per rank")
+    print(f"  {'startup':<12} {parts['startup'] / GIB:8.2f} GiB per rank (whole student + teacher before sharding)")
     verdict = "fits" if total <= inp.gpu_mem else "does NOT fit"
-    print(f"  {'total':<12} {total / GIB:8.2f} GiB per rank of {inp.gpu_mem / GIB:.0f} GiB: {verdict}")
-    if total > inp.gpu_mem:
-        need = math.ceil(inp.gpus * (total - OVERHEAD) / max(inp.gpu_mem - OVERHEAD, 1))
+    print(f"  peak {total / GIB:.2f} GiB of {inp.gpu_mem / GIB:.0f} GiB: {verdict}")
+    if parts["startup"] > inp.gpu_mem:
+        print("  the startup peak alone does not fit: it does not shrink with more GPUs (see the trainer's notes)")
+    elif total > inp.gpu_mem:
+        need = math.ceil(inp.gpus * (parts["total"] - OVERHEAD) / max(inp.gpu_mem - OVERHEAD, 1))
         print(f"  try --gpus {need}+ or a smaller --micro-batch / --seqlen")
     return 0 if total <= inp.gpu_mem else 1
