@@ -176,6 +176,8 @@ def harden(model: nn.Module) -> nn.Module:
             which weights to prune — run `sfcompile.prune` or `sfcompile.train` first).
     """
     entries = masked_sites(model)
+    if not entries and getattr(model, "sfcompile_manifest", None):
+        return model  # already hardened (e.g. by sfcompile.train): nothing left to fold
     if not entries:
         raise MaskStateError(f"{type(model).__name__} has no sfcompile mask state: call "
                              "sfcompile.sparsify(model, pattern=...) and then sfcompile.prune(...) or "

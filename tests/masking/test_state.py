@@ -120,6 +120,8 @@ def test_harden_folds_masks_exactly(ids):
     assert model.sfcompile_manifest["pattern"] == "2:4"
     assert len(model.sfcompile_manifest["sites"]) == 14
     assert all(r["ok"] and r["sparsity"] >= 0.5 for r in sparsity_report(model))
+    assert harden(model) is model  # hardening a hardened model is a no-op (train hardens at its end)
+    torch.testing.assert_close(model(ids).logits, before)
 
 
 def test_harden_block16():
