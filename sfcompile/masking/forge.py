@@ -94,6 +94,7 @@ __all__ = ["ForgeConfig", "ForgeConfigError", "SparseForge"]
 
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
 ESTIMATORS = ("fd", "hvp")
+HESSIAN_SMOOTHING = ("kron", "none")
 
 
 class ForgeConfigError(ValueError):
@@ -113,7 +114,16 @@ class ForgeConfig:
         hessian_ema: β of the EMA of the Hessian / Fisher diagonal (bias-corrected).
         hessian_eps: ε in the scores above.
         probes_per_update: Rademacher probes per probe call (each costs one estimator evaluation).
-        probe_every: probe every this many optimizer steps (the trainer asks ``wants_probe``).
+        probe_every: probe every this many optimizer steps (the trainer asks ``wants_probe``); None (default)
+            probes once per mask update, at the step that ends with the update, so a probe costs 1/K of its
+            time per step (the reference probes every step: 2 extra forward+backward passes per step).
+        hessian_smoothing: how the EMA'd Hutchinson diagonal is denoised before scoring. "kron" (default)
+            fits it with a rank-1 row × column product, H[n, k] ≈ r[n]·c[k]/mean(H) (r, c the means over the
+            reduction and the output dim): the layer Hessian of a linear map factors as (input second moment)
+            ⊗ (output curvature), and a one-probe Hutchinson estimate of a single entry has a variance far
+            larger than its value (the off-diagonal mass), so per-entry estimates rank weights almost at
+            random while the row/column means average over thousands of entries. "none" uses the per-entry
+            estimate (clamped at 0), as the reference does.
         fd_eps: finite-difference step, relative to the RMS of all sites' effective weights; None (default)
             picks it from the precision the probe's loss is computed in (`hutchinson.auto_fd_eps`: 1e-2 in
             fp32, 5e-2 under bf16/fp16 autocast, where smaller steps drown in rounding noise).
@@ -132,7 +142,8 @@ class ForgeConfig:
     hessian_ema: float = 0.98
     hessian_eps: float = 1e-8
     probes_per_update: int = 1
-    probe_every: int = 1
+    probe_every: int | None = None
+    hessian_smoothing: str = "kron"
     fd_eps: float | None = None
     schedule: TemperingSchedule = field(default_factory=TemperingSchedule)
     tau_samples: int = 262_144
@@ -149,11 +160,18 @@ class ForgeConfig:
             raise ForgeConfigError(f"unknown estimator {self.estimator!r}; choose 'fd' (finite differences: "
                                    "works with flash/SDPA attention, torch.compile, FSDP2) or 'hvp' (exact, "
                                    "eager only)")
+        if self.hessian_smoothing not in HESSIAN_SMOOTHING:
+            raise ForgeConfigError(f"unknown hessian_smoothing {self.hessian_smoothing!r}; choose one of "
+                                   f"{HESSIAN_SMOOTHING}")
+        if self.probe_every is not None and (isinstance(self.probe_every, bool)
+                                             or not isinstance(self.probe_every, int) or self.probe_every < 1):
+            raise ForgeConfigError(f"probe_every={self.probe_every!r} must be an integer >= 1, or None (probe "
+                                   "once per mask update)")
         if not 0.0 <= self.hessian_ema < 1.0:
             raise ForgeConfigError(f"hessian_ema={self.hessian_ema} must lie in [0, 1)")
         if not self.hessian_eps >= 0.0:
             raise ForgeConfigError(f"hessian_eps={self.hessian_eps} must be >= 0")
-        for name in ("probes_per_update", "probe_every", "tau_samples", "slorb_group"):
+        for name in ("probes_per_update", "tau_samples", "slorb_group"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ForgeConfigError(f"{name}={value!r} must be an integer >= 1")
@@ -201,6 +219,32 @@ def _input_groups(entries) -> list[list[int]]:
     return list(groups.values())
 
 
+@torch.no_grad()
+def kron_smooth(h: torch.Tensor, k_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """Rank-1 fit of a Hessian diagonal estimate over its two matrix dims: H[n, k] ≈ r[n]·c[k] / mean(H) (≥ 0).
+
+    ``h`` is this rank's rows (FSDP2 shards dim 0); ``like`` is a tensor of the site's global shape and
+    sharding (the soft mask), so the mean over a sharded dim 0 is completed across ranks. Leading dims of 3-D
+    expert weights are batch dims (one fit per expert)."""
+    h = h.float()  # means of the raw (unbiased) estimates; clamping first would bias them upward
+    if h.dim() < 2:
+        return h.clamp(min=0)
+    k_dim = k_dim % h.dim()
+    other = h.dim() - 1 if k_dim == h.dim() - 2 else h.dim() - 2
+
+    def mean(t: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim == 0 and shards.is_sharded(like):  # rows are spread over ranks: global sum / global count
+            return shards.all_reduce_sum(t.sum(0, keepdim=True)) / like.shape[0]
+        return t.mean(dim, keepdim=True)
+
+    r = mean(h, k_dim)  # per output (per row for a Linear): mean over the reduction dim
+    c = mean(h, other)  # per input feature
+    total = mean(r, other)
+    # a matrix whose estimates average to <= 0 carries no curvature information: H = 0 (score = ε·W²)
+    fit = r.clamp(min=0) * c.clamp(min=0) / torch.where(total > 0, total, 1.0)
+    return torch.where(total > 0, fit, 0.0)
+
+
 def _mean_across_ranks(value: float, device) -> float:
     import torch.distributed as dist
 
@@ -228,12 +272,12 @@ class SparseForge:
             raise ForgeConfigError(f"config must be a ForgeConfig, got {type(config).__name__}")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ForgeConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
-        config.validate(total_steps)
         self.model, self.config, self.total_steps = model, config, total_steps
         self.entries = masked_sites(model)
         if not self.entries:
             raise ForgeConfigError(f"{type(model).__name__} has no soft masks: call "
                                    "sfcompile.sparsify(model, pattern=...) before building SparseForge")
+        config.validate(total_steps)
         self.final_sparsity = self.entries[0][2].pattern.sparsity
         self.step = -1  # last step seen by after_step
         self.probe_count = 0
@@ -303,15 +347,20 @@ class SparseForge:
     # ---- per step ------------------------------------------------------------------------------------------
     def wants_probe(self, step: int) -> bool:
         """Whether the trainer should call `probe` at this step (Hessian scores, before finalisation)."""
-        return (self.config.uses_hessian and not self.finalized and step % self.config.probe_every == 0
-                and step + 1 < self.config.schedule.finalize_step(self.total_steps))
+        cfg, sched = self.config, self.config.schedule
+        if not cfg.uses_hessian or self.finalized or step + 1 >= sched.finalize_step(self.total_steps):
+            return False
+        if cfg.probe_every is None:  # once per mask update, just before it (and before the first one)
+            return sched.is_update(step + 1, self.total_steps) or self.probe_count == 0
+        return step % cfg.probe_every == 0
 
     def probe(self, step: int, loss_fn: Callable[[], torch.Tensor]) -> None:
         """One Hutchinson probe (``probes_per_update`` Rademacher vectors) into the Hessian EMA."""
         cfg = self.config
         if not cfg.uses_hessian:
             raise ForgeConfigError(f"probe() is only used by Hessian scores; score={cfg.score!r} needs none")
-        gens = [tempering.sample_generator(cfg.seed, step, 1_000 + i) for i in range(len(self.entries))]
+        gens = [tempering.sample_generator(cfg.seed, step, 1_000 + i, self._device(i))
+                for i in range(len(self.entries))]
         self._collect_acts = False
         try:
             if cfg.estimator == "fd" and self.fd_eps is None:
@@ -344,8 +393,11 @@ class SparseForge:
             self.fisher_count += 1
 
     @torch.no_grad()
-    def after_step(self, step: int) -> dict[str, float]:
-        """Mask update (every K steps), hardness, SLoRB initialisation, finalisation; returns metrics."""
+    def after_step(self, step: int, measure: bool = True) -> dict[str, float]:
+        """Mask update (every K steps), hardness, SLoRB initialisation, finalisation; returns metrics.
+
+        ``measure=False`` leaves out ``sparsity`` / ``hard_sparsity`` (a pass over every mask and a host sync:
+        the trainer asks for them on logging steps only)."""
         cfg, sched, total = self.config, self.config.schedule, self.total_steps
         t = step + 1
         self.step = step
@@ -366,10 +418,15 @@ class SparseForge:
                 self._apply_step_state(t)
         metrics.update(temperature=values["temperature"], target_sparsity=values["target_sparsity"],
                        pull=values["pull"], hardness=0.0 if self.finalized else values["hardness"])
-        metrics.update(self._sparsity())
+        if measure:
+            metrics.update(self._sparsity())
         return metrics
 
     # ---- internals ----------------------------------------------------------------------------------------
+    def _device(self, i: int) -> torch.device:
+        """Where site ``i``'s state lives (probe vectors and τ samples are drawn there)."""
+        return local(self.entries[i][2].mask).device
+
     def _apply_step_state(self, t: int) -> None:
         """Hardness of every mask and the SLoRB gain for the forward after ``t`` completed steps."""
         h = 0.0 if self.finalized else self.config.schedule.hardness(t, self.total_steps)
@@ -386,8 +443,10 @@ class SparseForge:
             if self.probe_count == 0:
                 raise ForgeConfigError(f"score {cfg.score!r} needs Hessian probes before the first mask "
                                        "update: call forge.probe(step, loss_fn) when forge.wants_probe(step)")
-            kw["hdiag"] = bias_corrected(getattr(soft, STAT_NAMES["hessian"]), cfg.hessian_ema,
-                                         self.probe_count)
+            hdiag = bias_corrected(getattr(soft, STAT_NAMES["hessian"]), cfg.hessian_ema, self.probe_count)
+            if cfg.hessian_smoothing == "kron":
+                hdiag = kron_smooth(hdiag, soft.k_dim, soft.mask)
+            kw["hdiag"] = hdiag
         elif cfg.score == "fisher":
             if self.fisher_count == 0:
                 raise ForgeConfigError("score 'fisher' needs gradients before the first mask update: call "
@@ -412,7 +471,7 @@ class SparseForge:
             if len(group) > 1:
                 z = znorm(sum(self._scores(i) for i in group[1:]) + z)
             lead_soft = self.entries[group[0]][2]
-            gen = tempering.sample_generator(cfg.seed, step, group[0])
+            gen = tempering.sample_generator(cfg.seed, step, group[0], self._device(group[0]))
             # τ of the GLOBAL scores: under FSDP2 every rank completes the same sample (equal to 1 process)
             tau = shards.sampled_quantile(z, lead_soft.mask, values["target_sparsity"], cfg.tau_samples, gen)
             new = tempering.tempered_mask(

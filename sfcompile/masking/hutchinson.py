@@ -48,8 +48,8 @@ class HutchinsonError(RuntimeError):
 
 
 def rademacher(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
-    """±1 entries, drawn on the CPU from ``generator`` (deterministic on any device), moved to ``device``."""
-    v = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8)
+    """±1 entries drawn from ``generator`` on its device (deterministic per device kind), moved to ``device``."""
+    v = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8, device=generator.device)
     return (v.to(dtype) * 2 - 1).to(device)
 
 
@@ -212,8 +212,9 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
         vs = []
         for (site, module, _), gen in zip(entries, generators):
             w = dense_weight(module, site.param)  # probe drawn at the global shape: equal to 1 process
-            # sliced on the host: only this rank's rows reach the device (a view would keep the full probe)
-            vs.append(local_rows(rademacher(w.shape, gen, "cpu"), w).to(local(w).device))
+            # drawn where the generator lives (the weight's device); a sharded rank keeps a copy of its rows
+            v = rademacher(w.shape, gen, gen.device)
+            vs.append(local_rows(v, w).to(local(w).device, copy=v.shape != local(w).shape))
         if estimator == "fd":
             hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
         else:
@@ -278,7 +279,7 @@ def compare_estimators(model: nn.Module, loss_fn: Callable[[], torch.Tensor], *,
     from sfcompile.masking.tempering import sample_generator
 
     entries = masked_sites(model)
-    gens = lambda: [sample_generator(seed, 0, i) for i in range(len(entries))]  # noqa: E731
+    gens = lambda: [sample_generator(seed, 0, i, local(s.mask).device) for i, (_, _, s) in enumerate(entries)]  # noqa: E731
     fd = estimate_diag(model, entries, loss_fn, estimator="fd", generators=gens(), fd_eps=fd_eps,
                        probes=probes)
     ex = estimate_diag(model, entries, loss_fn, estimator="hvp", generators=gens(), probes=probes)

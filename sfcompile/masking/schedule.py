@@ -13,8 +13,9 @@ SparseForge (arXiv 2605.06402) tempers a soft mask into a hard pattern. Five qua
   at ``harden_end``, 0 after; masks are finalised (exact, frozen) at ``finalize_at``;
 * **update period** K(t): masks are updated every ``period_early`` steps before ``period_switch`` and every
   ``period_late`` steps after. A period is an absolute step count (a whole number >= 1) or a fraction of the
-  total steps (< 1, rounded, at least 1 step): the defaults 0.0015 / 0.0005 are the reference's 30 / 10 steps
-  of 20,000, and become "every step" in a short run, so a 250-step run still gets ~190 annealed updates.
+  total steps (< 1, rounded, at least 1 step). The defaults are the reference's 30 / 10 steps: an update (a
+  score pass over every weight, and a Hessian probe before it) costs several training steps, so updating
+  every step would multiply the cost of a run; a run too short for one update is refused by `validate`.
 
 Convention: window points (``*_warmup``, ``*_at``, ``*_start``, ``*_end``, ``period_switch``) are FRACTIONS of
 the total number of optimizer steps, so one schedule serves a 200-step CPU run and a 20,000-step GPU run; the
@@ -60,8 +61,8 @@ class TemperingSchedule:
     pull_lr: float = 0.1                 # step size of the pull (reference LLaMA pen_lr: 0.1)
     pull_warmup: float = 0.05            # fraction: λ reaches pull_max here
     mask_momentum: float = 0.9           # m ← momentum·m + (1 − momentum)·G at every update
-    period_early: int | float = 0.0015   # K before period_switch: steps (int) or fraction (float < 1)
-    period_late: int | float = 0.0005    # K after period_switch
+    period_early: int | float = 30       # K before period_switch: steps (int) or fraction (float < 1)
+    period_late: int | float = 10        # K after period_switch
     period_switch: float = 0.1
     harden_start: float = 0.1
     harden_end: float = 0.6

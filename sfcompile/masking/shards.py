@@ -99,7 +99,8 @@ def sampled_quantile(
     row = numel // max(like.shape[0], 1)
     lo, hi = start * row, stop * row
     if numel > n_samples:  # the same draw tempering.sampled_quantile makes
-        idx = torch.randint(numel, (n_samples,), generator=generator)
+        idx = torch.randint(numel, (n_samples,), generator=generator,
+                            device=generator.device if generator is not None else None)
     else:
         idx = torch.arange(numel)
     idx = idx.to(z_local.device)

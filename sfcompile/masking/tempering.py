@@ -22,9 +22,13 @@ from sfcompile.patterns import Pattern
 __all__ = ["sampled_quantile", "gate", "pull_toward_pattern", "ema_mask", "tempered_mask", "sample_generator"]
 
 
-def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
-    """A CPU generator deterministic in (seed, step, site index): resume needs no RNG state."""
-    g = torch.Generator()
+def sample_generator(seed: int, step: int, index: int, device=None) -> torch.Generator:
+    """A generator deterministic in (seed, step, site index): resume needs no RNG state.
+
+    ``device``: where the draws happen (the weight's device; drawing on the host and copying 100M+ probe
+    entries to the GPU cost more than the probe's own passes). Streams differ between CPU and CUDA
+    generators, so a run is reproducible on the same kind of device."""
+    g = torch.Generator(device=device) if device is not None else torch.Generator()
     g.manual_seed((seed * 1_000_003 + step) * 65_537 + index)
     return g
 
@@ -38,7 +42,8 @@ def sampled_quantile(z: torch.Tensor, q: float, n_samples: int,
         raise ValueError(f"quantile {q} must lie in [0, 1]")
     flat = z.detach().reshape(-1).float()
     if flat.numel() > n_samples:
-        idx = torch.randint(flat.numel(), (n_samples,), generator=generator).to(flat.device)
+        dev = generator.device if generator is not None else flat.device
+        idx = torch.randint(flat.numel(), (n_samples,), generator=generator, device=dev).to(flat.device)
         flat = flat[idx]
     k = min(flat.numel(), max(1, int(round(q * flat.numel()))))
     # kthvalue(k) is the k-th smallest: q = 0.5 on 4 values gives the 2nd smallest (half the values <= τ).

@@ -104,7 +104,8 @@ class TrainConfig:
     Masks
         init: one-shot mask before training: ``"dense"`` (all ones; the forge tempers from dense),
             ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows``
-            of the calibration text). Not re-applied on resume.
+            of the calibration text). Not re-applied on resume. With a pruning init the forge starts at the
+            pattern's sparsity (its ``sparsity_warmup`` is set to 0 here).
         forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
             fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
 
@@ -180,6 +181,13 @@ class TrainConfig:
         set_(self, "tokens", parse_tokens(self.tokens))
         set_(self, "teacher_data_tokens", parse_tokens(self.teacher_data_tokens))
         set_(self, "betas", _parse_betas(self.betas))
+        if self.init != "dense" and self.forge is not None and hasattr(self.forge, "schedule"):
+            # A pruning init starts at the pattern's sparsity: ramping the target up from 0 would first pull
+            # the pruned weights' masks back toward 1. The change is visible in train_config.json.
+            sched = self.forge.schedule
+            if sched.sparsity_warmup > 0:
+                set_(self, "forge", dataclasses.replace(
+                    self.forge, schedule=dataclasses.replace(sched, sparsity_warmup=0.0)))
         self._validate()
 
     # ------------------------------------------------------------------ validation

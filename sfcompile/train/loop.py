@@ -340,10 +340,12 @@ def train(
                         s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0)
                         loss, parts = distillation_loss(s_out, ids, weights, t_out)
                     (loss / len(micro)).backward()
-                    loss_sum += float(loss.detach()) / len(micro)
+                    loss_sum = loss_sum + loss.detach() / len(micro)  # on the device: one host sync per step
                     for k, v in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / len(micro)
+                        parts_sum[k] = parts_sum.get(k, 0.0) + v.detach() / len(micro)
                     del s_out, loss
+                loss_sum = float(loss_sum)
+                parts_sum = {k: float(v) for k, v in parts_sum.items()}
 
                 # NaN/inf guard: a non-finite loss or gradient skips the update (the schedule still advances)
                 # one loss for all ranks (the mean over the global batch): every rank takes the same branch
@@ -372,7 +374,9 @@ def train(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 t_out = None
-                metrics = forge.after_step(step) if forge is not None else {}
+                done = step + 1
+                log_now = done % config.log_every == 0 or done == end
+                metrics = forge.after_step(step, measure=log_now) if forge is not None else {}
                 if metrics.get("finalized"):
                     # masks are exact and frozen now: restart Adam's moments of the masked weights (the
                     # reference rebuilds its optimizer here) so stale second moments of pruned weights go
@@ -381,10 +385,9 @@ def train(
                     log.message(f"step {step + 1}: masks finalised")
                 tokens_done += tokens_per_step
                 last_loss = loss_sum
-                done = step + 1
 
                 # log, evaluate, checkpoint
-                if done % config.log_every == 0 or done == end:
+                if log_now:
                     sparsity = metrics.get("sparsity", _masked_sparsity(model))
                     log.log(
                         done,

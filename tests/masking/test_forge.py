@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from sfcompile.masking.forge import ForgeConfig, ForgeConfigError, SparseForge
+from sfcompile.masking.forge import ForgeConfig, ForgeConfigError, SparseForge, kron_smooth
 from sfcompile.masking.schedule import ScheduleError, TemperingSchedule
 from sfcompile.masking.state import dense_weight, harden, masked_sites, sparsify
 
@@ -62,6 +62,7 @@ def _train(model, forge, opt, steps):
     ({"hessian_ema": 1.0}, "hessian_ema"),
     ({"fd_eps": 0.0}, "fd_eps"),
     ({"slorb_group": -16}, "slorb_group"),
+    ({"hessian_smoothing": "median"}, "hessian_smoothing"),
     ({"schedule": "fast"}, "TemperingSchedule"),
 ])
 def test_bad_config_rejected(kwargs, match):
@@ -229,3 +230,30 @@ def test_fd_eps_from_the_command_line_and_auto(dense):
     x = _batch(0)
     forge.probe(0, lambda: model(x, labels=x).loss)
     assert forge.fd_eps == 1e-2  # fp32 compute
+
+
+def test_probes_happen_once_per_mask_update_by_default(dense):
+    sched = TemperingSchedule(period_early=3, period_late=3, harden_start=0.5, harden_end=0.5, finalize_at=0.75)
+    model = copy.deepcopy(dense)
+    sparsify(model, "2:4")
+    forge = SparseForge(model, ForgeConfig(schedule=sched), total_steps=TOTAL)
+    probed = [s for s in range(TOTAL) if forge.wants_probe(s)]
+    forge.probe_count = 1  # after the first probe, only the steps that end with an update probe
+    later = [s for s in range(TOTAL) if forge.wants_probe(s)]
+    assert later == [s for s in range(TOTAL) if sched.is_update(s + 1, TOTAL)] == [2, 5]
+    assert probed == list(range(9 - 1))  # before any probe, every step before finalisation asks for one
+    every = SparseForge(copy.deepcopy(model), ForgeConfig(schedule=sched, probe_every=2), total_steps=TOTAL)
+    assert [s for s in range(TOTAL) if every.wants_probe(s)] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("k_dim", [0, 1])
+def test_kron_smoothing_is_exact_on_a_separable_diagonal_and_denoises(k_dim):
+    g = torch.Generator().manual_seed(0)
+    r, c = torch.rand(64, 1, generator=g) + 0.1, torch.rand(1, 128, generator=g) + 0.1
+    true = r * c
+    assert torch.allclose(kron_smooth(true, k_dim, true), true, rtol=1e-5)
+    noisy = true + 3 * true.mean() * torch.randn(true.shape, generator=g)  # one-probe Hutchinson-like noise
+    err = lambda h: float((h - true).abs().mean())  # noqa: E731
+    assert err(kron_smooth(noisy, k_dim, noisy)) < 0.3 * err(noisy.clamp(min=0))  # measured: 0.24
+    experts = torch.stack([true, 2 * true])  # 3-D experts: one fit per expert
+    assert torch.allclose(kron_smooth(experts, 2, experts), experts, rtol=1e-5)

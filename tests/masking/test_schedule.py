@@ -79,11 +79,17 @@ def test_updates_stop_at_finalisation():
 
 
 def test_fractional_periods_scale_with_the_run():
-    s = TemperingSchedule()
+    s = TemperingSchedule(period_early=0.0015, period_late=0.0005)
     assert [s.period(0, n) for n in (250, 20_000, 100_000)] == [1, 30, 150]
     assert sum(s.is_update(t, 250) for t in range(251)) == s.finalize_step(250) - 1  # every step
     fixed = TemperingSchedule(period_early=7, period_late=7)
     assert fixed.period(0, 250) == fixed.period(0, 20_000) == 7
+
+
+def test_default_periods_are_the_references_steps():
+    s = TemperingSchedule()
+    assert [s.period(0, n) for n in (1_000, 20_000)] == [30, 30]
+    assert s.period(s.step_of(s.period_switch, 1_000), 1_000) == 10
 
 
 def test_whole_float_periods_are_steps():  # what a CLI that parses "30" as a float produces
@@ -91,7 +97,9 @@ def test_whole_float_periods_are_steps():  # what a CLI that parses "30" as a fl
 
 
 def test_validate_rejects_a_run_without_updates():
-    TemperingSchedule().validate(10)
+    TemperingSchedule().validate(100)
+    with pytest.raises(ScheduleError, match="no mask update"):
+        TemperingSchedule().validate(10)  # finalised at step 8, before the first 10-step period ends
     with pytest.raises(ScheduleError, match="no mask update"):
         TemperingSchedule(period_early=50, period_late=50).validate(40)
     with pytest.raises(ScheduleError, match="total steps"):

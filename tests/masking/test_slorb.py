@@ -157,8 +157,8 @@ def test_saved_hardened_model_reloads_with_its_bypass(tmp_path):
                                num_attention_heads=2, num_key_value_heads=1, vocab_size=128)
     model = AutoModelForCausalLM.from_config(cfg)
     sparsify(model, "2:4")
-    forge = SparseForge(model, ForgeConfig(score="magnitude", schedule=TemperingSchedule(period_early=1)),
-                        total_steps=8)
+    sched = TemperingSchedule(period_early=1, period_late=1)
+    forge = SparseForge(model, ForgeConfig(score="magnitude", schedule=sched), total_steps=8)
     for step in range(8):
         forge.after_step(step)
     harden(model)
