@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
+INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
 DTYPES = ("auto", "bf16", "fp32")
 
@@ -104,8 +104,10 @@ class TrainConfig:
     Masks
         init: one-shot mask before training: ``"dense"`` (all ones; the forge tempers from dense),
             ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows``
-            of the calibration text). Not re-applied on resume. With a pruning init the forge starts at the
-            pattern's sparsity (its ``sparsity_warmup`` is set to 0 here).
+            of the calibration text), or ``"keep"``: the masks the model already carries (the caller pruned
+            it, e.g. once for several runs; pass the dense ``teacher=`` to `train`). Not re-applied on resume.
+            With a pruning init the forge starts at the pattern's sparsity (its ``sparsity_warmup`` is set to
+            0 here).
         forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
             fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
 

@@ -91,6 +91,14 @@ class _StopFlag:
 def _one_shot_init(model, config: TrainConfig, tokenizer, log: RunLogger) -> None:
     if config.init == "dense":
         return
+    if config.init == "keep":
+        from sfcompile.masking.state import masked_sites
+
+        if all(bool((soft.mask.detach() == 1).all()) for _, _, soft in masked_sites(model)):
+            raise ValueError('init="keep" keeps the model\'s masks, but they prune nothing: prune the model '
+                             'first (sfcompile.prune) or choose init="sparsegpt"')
+        log.message("init: the model's own masks (init=keep)")
+        return
     from sfcompile.masking.oneshot import prune
 
     if tokenizer is None and config.init != "magnitude":
@@ -234,6 +242,9 @@ def train(
 
     # ---- teacher (from the dense W, before any pruning), student placement, one-shot init ----------------
     weights = LossWeights(config.ce_weight, config.kl_weight, config.kl_temperature, config.squarehead_weight)
+    if config.init == "keep" and teacher is None and config.teacher == "copy" and ckpt_path is None:
+        raise ValueError('init="keep": the model is already pruned, so a copy of it is no teacher; pass the '
+                         'dense model as train(..., teacher=dense) or set teacher="none" and kl_weight=0')
     teacher = build_teacher(model, config.teacher, device, given=teacher)
     if teacher is None and weights.needs_teacher:
         raise ValueError(

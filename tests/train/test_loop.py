@@ -179,3 +179,23 @@ def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
         torch.testing.assert_close(w2, w, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(m2, m, rtol=1e-4, atol=1e-5)
         assert torch.equal(h2, h)
+
+
+def test_init_keep_trains_from_the_callers_masks(tmp_path):
+    import copy
+
+    import pytest
+
+    from sfcompile.masking.oneshot import prune
+
+    model = _model()
+    dense = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="prune nothing"):
+        train(model, _config(tmp_path, "k0", 2, init="keep", forge=None), teacher=dense, tokenizer=byte_tokenizer())
+    prune(model, "magnitude")
+    chosen = {site.name: soft.hard.detach().clone() for site, _, soft in masked_sites(model)}
+    with pytest.raises(ValueError, match="no teacher"):
+        train(model, _config(tmp_path, "k1", 2, init="keep", forge=None), tokenizer=byte_tokenizer())
+    train(model, _config(tmp_path, "k2", 2, init="keep", forge=None), teacher=dense, tokenizer=byte_tokenizer())
+    for site, _, soft in masked_sites(model):  # fixed masks: exactly the caller's
+        assert torch.equal(soft.hard, chosen[site.name])
