@@ -1,180 +1,202 @@
-"""One device call: overhead benchmark, dense + SparseGPT perplexity, and a time-budgeted SparseForge run.
+"""One device call: SmolLM2-135M 2:4 recovery on an H200 — baselines, the main run, zero-shot, ablations.
 
-Runs on the H200 with everything it needs carried in (the GGUF in two pieces, calib/wiki as JSONL, the gguf
-wheel); results land in $OUT. The training budget in tokens is computed from the measured step times so the
-run (its schedule included) completes inside ``--train-seconds``.
+Everything runs in one process on the GPU, in priority order, each phase appending one JSON line to
+``$OUT/results.jsonl`` as soon as it finishes (a call cut short keeps what it measured); a phase that the
+remaining time (``--budget-s``) cannot hold is recorded as skipped, never silently dropped.
+
+1. baselines: dense and SparseGPT one-shot 2:4 (128 × 512 calibration windows of ``calib``, seed 0) perplexity
+   on the whole ``wiki`` text (seqlen 512) — the same harness as every trained model below;
+2. the main run: SparseForge from the SparseGPT masks (``init="keep"``): Hessian-OBD scores (finite-difference
+   Hutchinson probes, Kronecker-smoothed), hard forward from the first step with mask exploration until
+   ``finalize_at``, SLoRB, CE + KL distillation from the dense teacher; wiki perplexity every ``--evals`` points
+   (the perplexity-vs-tokens curve);
+3. zero-shot (lm-eval, the eight tasks, ``--zs-limit`` documents each) for dense, SparseGPT and the main run;
+4. ablations at ``--abl-tokens`` each, all from the same SparseGPT masks: the full recipe, fixed masks (no
+   forge), magnitude instead of Hessian scores, raw per-entry Hessian (no smoothing), no SLoRB, + SquareHead,
+   and training on teacher-generated text instead of ``calib``.
 
     python3 benchmarks/train_h200.py --model /root/cache/smol.gguf --calib calib.jsonl --wiki wiki.jsonl \
-        --train-seconds 200 --out $OUT
+        --out $OUT --budget-s 540
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def sh(cmd: list[str], log: Path) -> int:
-    print("+", " ".join(cmd), flush=True)
-    t = time.perf_counter()
-    with log.open("a") as f:
-        f.write("+ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
-    print(f"  rc={rc} in {time.perf_counter() - t:.0f} s", flush=True)
-    return rc
+import torch
 
 
-def baselines(args) -> None:
-    """Dense and SparseGPT (128 × 512 calib windows, seed 0) perplexity on the whole wiki text, on CUDA."""
-    import torch
+class Budget:
+    def __init__(self, seconds: float):
+        self.t0, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def emit(out: Path, row: dict) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    with (out / "results.jsonl").open("a") as f:
+        f.write(line + "\n")
+
+
+def forge_config(**over):
+    from sfcompile.masking.forge import ForgeConfig
+    from sfcompile.masking.schedule import TemperingSchedule
+
+    sched_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
+    s_kw = {k: v for k, v in over.items() if k in sched_fields}
+    f_kw = {k: v for k, v in over.items() if k not in sched_fields}
+    # hard forward from the first step (the SparseGPT masks are already exact), exploration until
+    # finalize_at, then recovery on frozen masks
+    base = dict(harden_start=0.0, harden_end=0.0, finalize_at=0.6, sparsity_warmup=0.0)
+    base.update(s_kw)
+    return ForgeConfig(schedule=TemperingSchedule(**base), **f_kw)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="the SmolLM2 GGUF (or any sfcompile.load name)")
+    ap.add_argument("--calib", required=True)
+    ap.add_argument("--wiki", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/root/cache/work")
+    ap.add_argument("--budget-s", type=float, default=540)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--micro-batch", type=int, default=32)
+    ap.add_argument("--main-tokens", type=float, default=8e6)
+    ap.add_argument("--evals", type=int, default=4, help="wiki evaluations during the main run")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--abl-tokens", type=float, default=1e6)
+    ap.add_argument("--abl-micro-batch", type=int, default=8)
+    ap.add_argument("--zs-limit", type=int, default=500)
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: zeroshot,ablations")
+    ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of this script
+    ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
+    ap.add_argument("--calib-windows", type=int, default=128, help=argparse.SUPPRESS)
+    ap.add_argument("--wiki-windows", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    budget = Budget(args.budget_s)
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
 
     import sfcompile
     from sfcompile.eval.perplexity import perplexity
     from sfcompile.eval.texts import calibration_windows
     from sfcompile.masking.oneshot import prune
+    from sfcompile.train import TrainConfig, train
 
-    model, tok = sfcompile.load(args.model, device="cuda")
-    rows = {}
-    with torch.no_grad():
-        rows["dense"] = perplexity(model, tok, args.wiki, seqlen=args.seqlen, batch_size=16, progress=False)
-        sfcompile.sparsify(model, pattern="2:4")
-        calib = calibration_windows(tok, args.calib, n=128, seqlen=args.seqlen, seed=0)
-        prune(model, "sparsegpt", calib, nsamples=128, seqlen=args.seqlen, progress=False)
-        rows["sparsegpt"] = perplexity(
-            model, tok, args.wiki, seqlen=args.seqlen, batch_size=16, progress=False
+    dev = args.device
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dense, tok = sfcompile.load(args.model, device=dev, weights=args.weights)
+    pruned = copy.deepcopy(dense)  # trainable copy; every run trains a copy of it
+    dense.eval().requires_grad_(False)
+    amp = dict(device_type=dev, dtype=torch.bfloat16, enabled=dev == "cuda")
+
+    def wiki_ppl(model) -> float:
+        with torch.no_grad(), torch.autocast(**amp):
+            return perplexity(model, tok, args.wiki, seqlen=args.seqlen, max_windows=args.wiki_windows,
+                              batch_size=32, progress=False)
+
+    # 1. baselines ------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    base_ppl = {"dense": wiki_ppl(dense)}
+    sfcompile.sparsify(pruned, pattern="2:4", mask_dtype=torch.float32)
+    n = args.calib_windows
+    calib = calibration_windows(tok, args.calib, n=n, seqlen=args.seqlen, seed=0)
+    report = prune(pruned, "sparsegpt", calib, nsamples=n, seqlen=args.seqlen, progress=False)
+    base_ppl["sparsegpt"] = wiki_ppl(pruned)
+    emit(out, {"phase": "baselines", "text": f"wiki ({args.wiki_windows or 'all'} windows)", "seqlen": args.seqlen,
+               **base_ppl, "calib_windows": n, "sparsegpt_seconds": report.seconds,
+               "seconds": time.perf_counter() - t, "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name() if dev == "cuda" else None})
+
+    def run(name: str, tokens: float, micro_batch: int, evals: int, **over) -> dict:
+        """One training run from the SparseGPT masks; returns its result row."""
+        model = copy.deepcopy(pruned)
+        forge = over.pop("forge", "default")
+        cfg_kw = dict(
+            tokens=int(tokens), data=args.calib, seqlen=args.seqlen, micro_batch=micro_batch, lr=args.lr,
+            min_lr=args.lr / 10, warmup=0.05, ce_weight=1.0, kl_weight=1.0, init="keep",
+            forge=forge_config() if forge == "default" else forge, eval_text=args.wiki,
+            eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
+            teacher_data_tokens=int(tokens),
         )
-    line = json.dumps({"text": "wiki (whole)", "seqlen": args.seqlen, **rows})
-    print(line)
-    (Path(args.out) / "baselines.json").write_text(line + "\n")
+        cfg_kw.update(over)
+        steps = int(tokens) // (micro_batch * args.seqlen)
+        if evals:
+            cfg_kw["eval_every"] = max(1, steps // evals)
+        cfg = TrainConfig(**cfg_kw)
+        t = time.perf_counter()
+        result = train(model, cfg, teacher=dense, tokenizer=tok)
+        seconds = time.perf_counter() - t
+        curve = {str(s * cfg.tokens_per_step()): v for s, v in sorted(result.ppl.items())}
+        row = {"run": name, "tokens": result.tokens, "steps": result.steps, "final_ppl": result.ppl.get(
+            result.steps), "ppl_by_tokens": curve, "seconds": seconds, "tok_s": result.tokens / seconds,
+            "skipped_steps": result.skipped_steps, "compiled": result.compiled}
+        row["config"] = {k: v for k, v in cfg.to_dict().items() if k in over or k == "forge"}
+        return row, model
 
+    # 2. the main run ----------------------------------------------------------------------------------------
+    row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals)
+    emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], "sparsegpt": base_ppl["sparsegpt"]})
+    tok_s = row["tok_s"]
+    log = work / "main" / "log.jsonl"
+    if log.exists():
+        (out / "main_log.jsonl").write_bytes(log.read_bytes())
+    png = work / "main" / "curves.png"
+    if png.exists():
+        (out / "main_curves.png").write_bytes(png.read_bytes())
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--calib", required=True)
-    ap.add_argument("--wiki", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--work", default="/root/cache/work")
-    ap.add_argument("--train-seconds", type=float, default=200)
-    ap.add_argument("--micro-batch", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--probe-every", type=int, default=5)
-    ap.add_argument("--max-tokens", type=float, default=100e6)
-    ap.add_argument("--baselines-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.baselines_only:
-        return baselines(args)
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    log = out / "log.txt"
-    py = sys.executable
-    t0 = time.perf_counter()
+    # 3. zero-shot --------------------------------------------------------------------------------------------
+    if "zeroshot" not in skip:
+        from sfcompile.eval.zeroshot import zeroshot
 
-    # 1. overhead: dense step vs soft masks + scoring, same model and batch
-    sh(
-        [
-            py,
-            "benchmarks/train_overhead.py",
-            "--model",
-            args.model,
-            "--seqlen",
-            str(args.seqlen),
-            "--micro-batch",
-            str(args.micro_batch),
-            "--rounds",
-            "5",
-            "--out",
-            str(out / "overhead.jsonl"),
-        ],
-        log,
-    )
-    over = json.loads((out / "overhead.jsonl").read_text().splitlines()[-1])
-    med = over["median_s"]
-    # a distillation step = teacher fwd + masked step (+ probe every P steps, + mask update every ~10-30)
-    step_s = med["teacher"] + med["masked"] + med["probe"] / args.probe_every + med["mask_update"] / 10
-    tokens_per_step = args.micro_batch * args.seqlen
-    # leave room for the evaluations (6 × full wiki) and start-up
-    steps = int(args.train_seconds / step_s)
-    tokens = int(min(args.max_tokens, steps * tokens_per_step))
-    steps = tokens // tokens_per_step
-    print(f"step ≈ {step_s:.3f} s → {steps} steps, {tokens:,} tokens", flush=True)
+        for name, model in (("dense", dense), ("sparsegpt", pruned), ("sfcompile", main_model)):
+            if budget.left() < 45:
+                emit(out, {"phase": "zeroshot", "model": name, "skipped": "out of time"})
+                continue
+            t = time.perf_counter()
+            with torch.autocast(**amp):
+                scores = zeroshot(model, tok, "all", limit=args.zs_limit, batch_size=64)
+            emit(out, {"phase": "zeroshot", "model": name, "limit": args.zs_limit, **scores,
+                       "seconds": time.perf_counter() - t})
+    del main_model
 
-    # 2. dense and SparseGPT one-shot, same harness (whole wiki text, seqlen 512), on the GPU. (The first
-    # device run used `sfcompile prune`, which loads and prunes on the CPU: that step alone ate the budget.)
-    sh(
-        [
-            py,
-            __file__,
-            "--baselines-only",
-            "--model",
-            args.model,
-            "--calib",
-            args.calib,
-            "--wiki",
-            args.wiki,
-            "--out",
-            str(out),
-        ],
-        log,
-    )
-
-    # 3. SparseForge training from dense: Hessian OBD scores (fd probes), SLoRB, KL distillation
-    run = work / "run"
-    rc = sh(
-        [
-            py,
-            "-m",
-            "sfcompile",
-            "train",
-            "--model",
-            args.model,
-            "--pattern",
-            "2:4",
-            "--tokens",
-            str(tokens),
-            "--data",
-            args.calib,
-            "--seqlen",
-            str(args.seqlen),
-            "--micro-batch",
-            str(args.micro_batch),
-            "--lr",
-            "1e-4",
-            "--min-lr",
-            "1e-5",
-            "--warmup",
-            "0.05",
-            "--kl-weight",
-            "1",
-            "--ce-weight",
-            "1",
-            "--forge",
-            f"probe_every={args.probe_every}",
-            "--forge",
-            "hessian_ema=0.95",
-            "--eval-text",
-            args.wiki,
-            "--eval-windows",
-            "0",
-            "--eval-every",
-            str(max(1, steps // 5)),
-            "--log-every",
-            "10",
-            "--out",
-            str(run),
-        ],
-        log,
-    )
-    for name in ("log.jsonl", "summary.md", "curves.png", "train_config.json"):
-        if (run / name).exists():
-            (out / name).write_bytes((run / name).read_bytes())
-    print(f"done rc={rc} in {time.perf_counter() - t0:.0f} s", flush=True)
+    # 4. ablations -----------------------------------------------------------------------------------------------
+    if "ablations" not in skip:
+        variants = [
+            ("full", {}),
+            ("fixed_masks", {"forge": None}),
+            ("magnitude_scores", {"forge": forge_config(score="magnitude")}),
+            ("hessian_unsmoothed", {"forge": forge_config(hessian_smoothing="none")}),
+            ("no_slorb", {"forge": forge_config(slorb=False)}),
+            ("squarehead", {"squarehead_weight": 1.0}),
+            ("teacher_data", {"data": "teacher"}),
+        ]
+        for name, over in variants:
+            need = args.abl_tokens / max(tok_s, 1.0) * 1.6 + 20  # smaller batches run slower; + eval
+            if budget.left() < need:
+                emit(out, {"phase": "ablation", "run": name, "skipped": f"out of time ({budget.left():.0f} s "
+                           f"left, ~{need:.0f} s needed)"})
+                continue
+            row, model = run(f"abl_{name}", args.abl_tokens, args.abl_micro_batch, 0, **over)
+            emit(out, {"phase": "ablation", **row})
+            del model
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+    emit(out, {"phase": "done", "seconds": budget.elapsed()})
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--weights", default="real", choices=("real", "random"),
+                    help="random: the alias's offline config with random weights (speed does not depend on them)")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of one dense and one masked step")
     ap.add_argument("--out", default=None, help="append the result as one JSON line here")
     args = ap.parse_args()
     if args.threads:
@@ -82,7 +85,7 @@ def main() -> None:
                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
         dense, tok = AutoModelForCausalLM.from_config(cfg_), list(range(256))
     else:
-        dense, tok = sfcompile.load(args.model)
+        dense, tok = sfcompile.load(args.model, weights=args.weights)
     teacher = copy.deepcopy(dense).eval().requires_grad_(False)
     if device.type == "cuda":
         teacher = teacher.to(torch.bfloat16)
@@ -110,7 +113,8 @@ def main() -> None:
     mparams = [p for g in opt_masked.param_groups for p in g["params"]]
     weights = LossWeights(ce=1.0)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, len(tok), (args.micro_batch, args.seqlen), generator=gen).to(device)
+    vocab = len(tok) if tok is not None else dense.config.vocab_size  # weights="random" has no tokenizer
+    ids = torch.randint(0, vocab, (args.micro_batch, args.seqlen), generator=gen).to(device)
 
     def dense_step():
         with autocast():
@@ -128,7 +132,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(mparams, 1.0)
         opt_masked.step()
         opt_masked.zero_grad(set_to_none=True)
-        forge.after_step(step)
+        forge.after_step(step, measure=False)  # the trainer measures sparsity on log steps only
 
     def loss_fn():
         with autocast():
@@ -139,7 +143,7 @@ def main() -> None:
 
     def update():
         # after_step at a step where the schedule updates the masks (t = 30: step index 29)
-        forge.after_step(29)
+        forge.after_step(29, measure=False)
 
     def teacher_fwd():
         with torch.no_grad(), autocast():
@@ -174,6 +178,17 @@ def main() -> None:
             times[k].append(dt)
             if peak is not None:
                 peaks[k] = max(peaks.get(k, 0), peak)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        for name, fn in (("dense", dense_step), ("masked", lambda: masked_step(1)), ("probe", lambda: probe(28)),
+                         ("mask_update", update)):
+            with profile(activities=acts) as prof:
+                fn()
+                _sync(device)
+            key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            print(f"== profile: {name} ==\n" + prof.key_averages().table(sort_by=key, row_limit=18), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {}
     for P, K in ((1, 30), (10, 30), (30, 30), (1, 10), (10, 10)):

@@ -31,6 +31,15 @@ class PatternError(ValueError):
 
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Boolean mask keeping the ``keep`` highest entries of each row of the last dim; ties → lower index."""
+    m = scores.shape[-1]
+    if m <= 8:
+        # Small groups (N:M): the rank of each entry by pairwise comparison — entries strictly greater, plus
+        # equal ones at a lower index — is the same order as a stable descending sort, in a few elementwise
+        # passes instead of a segmented sort (the mask update projects every site twice).
+        a, b = scores.unsqueeze(-1), scores.unsqueeze(-2)  # a: entry i, b: entry j
+        lower = torch.ones(m, m, dtype=torch.bool, device=scores.device).tril(-1)  # [i, j]: j < i
+        rank = ((b > a) | ((b == a) & lower)).sum(-1)
+        return rank < keep
     # A stable descending sort keeps equal scores in index order, so ties resolve to the lower index.
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     mask = torch.zeros_like(scores, dtype=torch.bool)

@@ -136,3 +136,14 @@ def test_incompatibility_reasons():
     assert NM(2, 4).incompatibility((6, 8), 1) is None
     assert Block(16, 0.5).incompatibility((32, 40), 1) is not None
     assert Unstructured(0.5).incompatibility((3, 5), 1) is None
+
+
+@pytest.mark.parametrize("m, keep", [(4, 2), (8, 4), (2, 1), (8, 1)])
+def test_pairwise_rank_equals_a_stable_sort(m, keep):
+    from sfcompile.patterns import _keep_top
+
+    g = torch.Generator().manual_seed(m * 10 + keep)
+    scores = torch.randint(0, 3, (64, 32, m), generator=g).float()  # many ties
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    want = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order[..., :keep], True)
+    assert torch.equal(_keep_top(scores, keep), want)

@@ -463,17 +463,26 @@ class SparseForge:
             kw["act_sq"] = act
         return znorm(compute_score(cfg.score, w, k_dim=soft.k_dim, eps=cfg.hessian_eps, **kw))
 
+    def _group_scores(self, group: list[int]) -> torch.Tensor:
+        z = self._scores(group[0])
+        if len(group) > 1:
+            z = znorm(sum(self._scores(i) for i in group[1:]) + z)
+        return z
+
     def _update_masks(self, step: int, values: dict) -> float:
         cfg, sched = self.config, self.config.schedule
+        # τ of every group's GLOBAL scores (under FSDP2 every rank completes the same sample, equal to one
+        # process), all quantiles in one batched kthvalue; the scores are recomputed below rather than kept
+        # (a second weight-sized copy of every site would not fit next to a sharded 8B model)
+        gens = [tempering.sample_generator(cfg.seed, step, g[0], self._device(g[0])) for g in self._groups]
+        samples = [shards.global_sample(self._group_scores(g), self.entries[g[0]][2].mask, cfg.tau_samples, gen)
+                   for g, gen in zip(self._groups, gens)]
+        taus = tempering.quantiles(samples, values["target_sparsity"])
+        del samples
         flips, count = None, 0
-        for group in self._groups:
-            z = self._scores(group[0])
-            if len(group) > 1:
-                z = znorm(sum(self._scores(i) for i in group[1:]) + z)
+        for group, tau in zip(self._groups, taus):
+            z = self._group_scores(group)
             lead_soft = self.entries[group[0]][2]
-            gen = tempering.sample_generator(cfg.seed, step, group[0], self._device(group[0]))
-            # τ of the GLOBAL scores: under FSDP2 every rank completes the same sample (equal to 1 process)
-            tau = shards.sampled_quantile(z, lead_soft.mask, values["target_sparsity"], cfg.tau_samples, gen)
             new = tempering.tempered_mask(
                 z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
                 target_sparsity=values["target_sparsity"], temperature=values["temperature"],

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_sharded", "row_range", "local_rows", "sampled_quantile", "all_reduce_sum", "mean_across_ranks"]
+__all__ = ["is_sharded", "row_range", "local_rows", "global_sample", "sampled_quantile", "all_reduce_sum",
+           "mean_across_ranks"]
 
 
 def _distributed() -> bool:
@@ -82,23 +83,25 @@ def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sampled_quantile(
-    z_local: torch.Tensor, like: torch.Tensor, q: float, n_samples: int, generator: torch.Generator | None
-) -> float:
-    """`tempering.sampled_quantile` of the GLOBAL score tensor whose local rows are ``z_local``.
+def global_sample(
+    z_local: torch.Tensor, like: torch.Tensor, n_samples: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The entries of the GLOBAL score tensor (local rows ``z_local``) that `tempering.sampled_quantile`
+    would use: all of them when there are at most ``n_samples``, else ``n_samples`` drawn with replacement.
 
     ``like`` is a tensor of the site's global shape and sharding (the soft mask). Identical on every rank and
-    identical to the one-process value: the sample indices come from the same generator draws.
+    identical to the one-process sample: the indices come from the same generator draws, each rank fills the
+    entries it owns and one SUM all-reduce completes the sample.
     """
-    from sfcompile.masking.tempering import sampled_quantile as one_process
+    from sfcompile.masking.tempering import sample_entries
 
     if not is_sharded(like):
-        return one_process(z_local, q, n_samples, generator)
+        return sample_entries(z_local, n_samples, generator)
     numel = like.numel()  # global
     start, stop = row_range(like)
     row = numel // max(like.shape[0], 1)
     lo, hi = start * row, stop * row
-    if numel > n_samples:  # the same draw tempering.sampled_quantile makes
+    if numel > n_samples:  # the same draw tempering.sample_entries makes
         idx = torch.randint(numel, (n_samples,), generator=generator,
                             device=generator.device if generator is not None else None)
     else:
@@ -108,4 +111,15 @@ def sampled_quantile(
     own = (idx >= lo) & (idx < hi)
     sample[own] = z_local.detach().reshape(-1).float()[idx[own] - lo]
     all_reduce_sum(sample)  # every index is owned by exactly one rank
-    return one_process(sample, q, sample.numel(), None)
+    return sample
+
+
+@torch.no_grad()
+def sampled_quantile(
+    z_local: torch.Tensor, like: torch.Tensor, q: float, n_samples: int, generator: torch.Generator | None
+) -> float:
+    """`tempering.sampled_quantile` of the GLOBAL score tensor whose local rows are ``z_local`` (see
+    `global_sample`)."""
+    from sfcompile.masking.tempering import quantiles
+
+    return quantiles([global_sample(z_local, like, n_samples, generator)], q)[0]

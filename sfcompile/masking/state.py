@@ -78,6 +78,16 @@ class SoftMask(nn.Module):
         return f"pattern={self.pattern}, k_dim={self.k_dim}, shape={tuple(self.site.shape)}"
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before removing a parametrization.
+
+    ``parametrize`` generates one ``Parametrized<Cls>`` class per module and ``copy.deepcopy`` shares it with the
+    copy; ``remove_parametrizations`` deletes the weight property from that class, which would break every
+    other copy of the model (harden a deep copy and the original loses its ``weight``)."""
+    cls = module.__class__
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def _soft_masks(module: nn.Module):
     if not parametrize.is_parametrized(module):
         return
@@ -191,6 +201,7 @@ def harden(model: nn.Module) -> nn.Module:
     for site, module, soft in entries:
         hard = soft.pattern.project(soft.mask, soft.k_dim)
         original = dense_weight(module, site.param)
+        _own_class(module)
         parametrize.remove_parametrizations(module, site.param, leave_parametrized=False)
         weight = getattr(module, site.param)
         assert weight is original

@@ -19,7 +19,8 @@ import torch
 
 from sfcompile.patterns import Pattern
 
-__all__ = ["sampled_quantile", "gate", "pull_toward_pattern", "ema_mask", "tempered_mask", "sample_generator"]
+__all__ = ["sampled_quantile", "sample_entries", "quantiles", "gate", "pull_toward_pattern", "ema_mask",
+           "tempered_mask", "sample_generator"]
 
 
 def sample_generator(seed: int, step: int, index: int, device=None) -> torch.Generator:
@@ -34,20 +35,45 @@ def sample_generator(seed: int, step: int, index: int, device=None) -> torch.Gen
 
 
 @torch.no_grad()
+def sample_entries(z: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The entries of ``z`` a quantile is estimated from (flat fp32): all of them when there are at most
+    ``n_samples``, otherwise ``n_samples`` drawn uniformly with replacement (the reference samples 262,144)."""
+    flat = z.detach().reshape(-1).float()
+    if flat.numel() > n_samples:
+        dev = generator.device if generator is not None else flat.device
+        idx = torch.randint(flat.numel(), (n_samples,), generator=generator, device=dev).to(flat.device)
+        flat = flat[idx]
+    return flat
+
+
+@torch.no_grad()
+def quantiles(samples: list[torch.Tensor], q: float) -> list[float]:
+    """The ``q`` quantile of each 1-D sample: its k-th smallest value, k = round(q · n) clamped to [1, n]
+    (q = 0.5 on 4 values gives the 2nd smallest: half the values are <= τ). Samples of equal length and
+    device are stacked into one ``kthvalue`` call, and all results come back in one host transfer."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} must lie in [0, 1]")
+    out = [0.0] * len(samples)
+    buckets: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        buckets.setdefault((s.numel(), s.device), []).append(i)
+    for (n, _), idx in buckets.items():
+        stacked = torch.stack([samples[i] for i in idx])
+        k = min(n, max(1, int(round(q * n))))
+        vals = stacked.kthvalue(k, dim=1).values if q > 0 else stacked.min(dim=1).values
+        for i, v in zip(idx, vals.cpu().tolist()):
+            out[i] = v
+    return out
+
+
+@torch.no_grad()
 def sampled_quantile(z: torch.Tensor, q: float, n_samples: int,
                      generator: torch.Generator | None = None) -> float:
     """The ``q`` quantile of ``z``: exact when ``z`` has at most ``n_samples`` entries, otherwise from
     ``n_samples`` entries drawn uniformly with replacement (the reference samples 262,144)."""
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile {q} must lie in [0, 1]")
-    flat = z.detach().reshape(-1).float()
-    if flat.numel() > n_samples:
-        dev = generator.device if generator is not None else flat.device
-        idx = torch.randint(flat.numel(), (n_samples,), generator=generator, device=dev).to(flat.device)
-        flat = flat[idx]
-    k = min(flat.numel(), max(1, int(round(q * flat.numel()))))
-    # kthvalue(k) is the k-th smallest: q = 0.5 on 4 values gives the 2nd smallest (half the values <= τ).
-    return float(flat.kthvalue(k).values) if q > 0 else float(flat.min())
+    return quantiles([sample_entries(z, n_samples, generator)], q)[0]
 
 
 TIE_BREAK = 1e-3

@@ -196,3 +196,23 @@ def test_tied_head_is_refused_with_a_reason():
     with pytest.raises(MaskStateError, match="tied weights"):
         sparsify(model, "2:4", sites=sites)
     assert masked_sites(model) == []
+
+
+def test_hardening_a_deep_copy_leaves_the_original_working():
+    import copy
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+    model = AutoModelForCausalLM.from_config(cfg)
+    sparsify(model, "2:4")
+    from sfcompile.masking.oneshot import prune
+
+    prune(model, "magnitude")
+    ids = torch.randint(0, 64, (1, 8))
+    before = model(ids).logits
+    twin = copy.deepcopy(model)
+    harden(twin)
+    assert torch.equal(model(ids).logits, before)  # the original still has its masked weights
+    assert masked_sites(model) and not masked_sites(twin)
