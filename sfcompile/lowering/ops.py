@@ -39,7 +39,8 @@ half dtypes: correct, not fast). The CUDA implementation dispatches on M = rows 
 
 * 2:4, M <= 16: the Triton kernel or cuSPARSELt, whichever one timing on the first call finds faster for
   that (N, K, M bucket); M >= 17: cuSPARSELt (alg_id searched once per shape; 1.33-1.49x dense at M=2048).
-* block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call + cuBLAS.
+* block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call (a Triton
+  kernel, `kernels/block16_unpack.py`) + cuBLAS.
 * experts: the Triton kernels (grouped by expert).
 
 Shapes or dtypes a kernel does not support run the reference math on the device instead (one logged line
@@ -213,9 +214,10 @@ def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
     if reason:
         _log_once(f"linear_block16 ({n}, {k}): {reason}")
         return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
-    if x.numel() // max(1, k) >= BLOCK16_DENSE_MIN_M:   # prefill: unpack for this call, cuBLAS
-        w = _block16_dense(tile_values, row_ptr, col_idx, n, k)
-        return torch.nn.functional.linear(x, w, bias)
+    if x.numel() // max(1, k) >= BLOCK16_DENSE_MIN_M:   # prefill: unpack for this call (Triton), cuBLAS
+        from sfcompile.lowering.kernels.block16_unpack import block16_unpack
+
+        return torch.nn.functional.linear(x, block16_unpack(tile_values, row_ptr, col_idx, n, k), bias)
     from sfcompile.lowering.kernels.block16 import block16_matmul
 
     return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, bias)

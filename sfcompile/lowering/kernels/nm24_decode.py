@@ -1,0 +1,205 @@
+"""2:4 decode matmul ``y = x @ W.T (+ bias)`` for few rows of x (M <= 16), W packed as values + 2-bit positions.
+
+Decode is bound by the weight bytes, so what matters is how many instructions each stored value costs.
+The tile kernel (:mod:`.nm24`) rebuilds the dense (BLOCK_N, BLOCK_K) tile of W in registers and pushes it
+through shared memory into ``tl.dot``: ~50 SASS instructions per stored value, 0.4-0.7x dense cuBLAS on the
+H200. This kernel never rebuilds W. Each program owns BLOCK_N output columns and every row of x (BLOCK_M >= M,
+so W is read once), walks its share of K (``SPLIT_K`` programs per column block, summed by
+:func:`.splitk.store_tile`) and, per ``VARIANT``:
+
+* 0, gather: for each stored value ``vals[n, j]`` (j along K/2) it reads the value's 2-bit position from
+  the metadata (one int16 covers 8 values, loaded once per thread) and gathers ``x[m, 4*(j//2) + idx]`` from
+  x, which at decode is a few KB and sits in L1: ``y[m, n] += vals[n, j] * x[m, col]``. Per value and row:
+  one L1 load and one FMA.
+* 1, select: loads x's 4 candidates of each group of 4 once per K block (shared by all BLOCK_N columns) and
+  picks the kept ones with two selects per value and row: contiguous loads only, no gathers.
+* 2, tensor cores: the tile kernel's 3-D-select decompression, with W as the dot's left operand
+  (BLOCK_N >= 64 rows, x^T padded to 16 columns) so Hopper can issue wgmma with W from registers.
+
+Which one wins depends on M (gathers cost 1 load per row, selects 2 ALU ops per row, the tensor-core path a
+fixed decompression cost); the autotuner picks per (M bucket, N, K).
+
+The values are ``(N, K/2)``; the metadata ``(N, ceil(K/32))`` int32 of :mod:`sfcompile.lowering.pack` holds
+value j's position in bits ``2*(j % 16) .. 2*(j % 16)+1`` of word ``j // 16``, so its int16 view holds value
+j's in bits ``2*(j % 8)..`` of half-word ``j // 8`` (little-endian): the kernel reads it that way, the format
+is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sfcompile.lowering.kernels import splitk
+
+__all__ = ["nm24_decode", "nm24_decode_configs", "MAX_M"]
+
+MAX_M = 16
+
+
+def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
+    """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
+    SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
+    offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
+    space = [
+        (0, 32, 256, 1, 4), (0, 64, 256, 1, 4), (0, 32, 512, 2, 4), (0, 64, 128, 4, 4), (0, 16, 512, 4, 4),
+        (0, 128, 128, 1, 8), (0, 32, 256, 4, 4), (0, 64, 256, 2, 8), (0, 16, 256, 8, 4),
+        (1, 32, 256, 1, 4), (1, 64, 128, 2, 4), (1, 16, 512, 2, 4), (1, 32, 256, 4, 4), (1, 64, 256, 1, 8),
+        (2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 1, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
+    ]
+    return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
+                           "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
+            for v, bn, bk, sk, w in space if v == 2 or m_bucket <= 8]
+
+
+@triton.jit(do_not_specialize=["M"])
+def _nm24_decode_kernel(
+    x_ptr, v_ptr, meta_ptr, meta16_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, M_KEY, stride_vn, stride_mn, stride_m16n, stride_om,
+    stride_xm: tl.constexpr,   # = K (x is made contiguous): row offsets of the gathers become immediates
+    HAS_BIAS: tl.constexpr, FP32_IEEE: tl.constexpr,
+    EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % (BLOCK_K * SPLIT_K) == 0: no masks in the loop
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    VARIANT: tl.constexpr,
+):
+    BH: tl.constexpr = BLOCK_K // 2    # stored values per row per K block
+    G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_m, M - 1)   # rows past M read row M-1 (never stored): x loads need no row mask
+
+    k_per_split = ((K + SPLIT_K - 1) // SPLIT_K + BLOCK_K - 1) // BLOCK_K * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+
+    if VARIANT == 0:
+        acc3 = tl.full((BLOCK_M, BLOCK_N, BH), 0.0, tl.float32)
+    elif VARIANT == 1:
+        acc3 = tl.full((BLOCK_M, BLOCK_N, G), 0.0, tl.float32)
+    else:
+        acc_t = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)          # y^T tile: W is the left operand
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if VARIANT == 0:
+            offs_h = k0 // 2 + tl.arange(0, BH)                          # value index along K/2
+            v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
+            h_ptrs = meta16_ptr + offs_n[:, None] * stride_m16n + (offs_h // 8)[None, :]
+            if EVEN:
+                vals = tl.load(v_ptrs)
+                half = tl.load(h_ptrs)                                   # (BN, BH) int16, 8 values share one
+            else:
+                mask_h = mask_n[:, None] & (offs_h[None, :] < k_hi // 2)
+                vals = tl.load(v_ptrs, mask=mask_h, other=0.0)       # masked values are 0: their gathers
+                half = tl.load(h_ptrs, mask=mask_h, other=0)         # read column 4*(j//2) < K, harmless
+            idx = (half.to(tl.int32) >> ((offs_h % 8) * 2)[None, :]) & 3
+            cols = (offs_h // 2 * 4)[None, :] + idx                      # dense K column of each value
+            if not EVEN:
+                cols = tl.minimum(cols, K - 1)                           # (values past K/2 are masked to 0)
+            xg = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols[None, :, :])    # (BM, BN, BH) gather
+            acc3 += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :]
+        elif VARIANT == 1:
+            offs_h = k0 // 2 + tl.arange(0, BH)
+            offs_g = k0 // 4 + tl.arange(0, G)
+            v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
+            w_ptrs = meta_ptr + offs_n[:, None] * stride_mn + (offs_g // 8)[None, :]
+            if EVEN:
+                vals = tl.load(v_ptrs)
+                word = tl.load(w_ptrs)                                                          # (BN, G)
+            else:
+                vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < k_hi // 2), other=0.0)
+                word = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_g[None, :] < k_hi // 4), other=0)
+            v0, v1 = tl.split(tl.reshape(vals.to(tl.float32), (BLOCK_N, G, 2)))                 # (BN, G)
+            nib = (word >> ((offs_g % 8) * 4)[None, :]) & 15
+            i0 = (nib & 3)[None, :, :]                                   # 0..2
+            i1 = (nib >> 2)[None, :, :]                                  # 1..3
+            x_g = x_ptr + rows[:, None] * stride_xm + tl.minimum(offs_g * 4, K - 4)[None, :]
+            c0 = tl.load(x_g).to(tl.float32)[:, None, :]                 # (BM, 1, G): the 4 candidates
+            c1 = tl.load(x_g + 1).to(tl.float32)[:, None, :]
+            c2 = tl.load(x_g + 2).to(tl.float32)[:, None, :]
+            c3 = tl.load(x_g + 3).to(tl.float32)[:, None, :]
+            x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))       # x at the first kept position
+            x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))       # ... and at the second
+            acc3 += x0 * v0[None, :, :] + x1 * v1[None, :, :]
+        else:
+            offs_h = k0 // 2 + tl.arange(0, BH)
+            offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
+            w_ptrs = meta_ptr + offs_n[:, None] * stride_mn + offs_w[None, :]
+            if EVEN:
+                vals = tl.load(v_ptrs)
+                words = tl.load(w_ptrs)
+            else:
+                vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < k_hi // 2), other=0.0)
+                words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < (K + 31) // 32), other=0)
+            v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))                                # (BN, G)
+            nib = tl.reshape((words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 15, (BLOCK_N, G))
+            pos = tl.arange(0, 4)[None, None, :]
+            w3 = tl.where(pos == (nib & 3)[:, :, None], v0[:, :, None],
+                          tl.where(pos == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
+            w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)                          # (BN, BK)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x_t = tl.load(x_ptr + rows[None, :] * stride_xm + tl.minimum(offs_k, K - 1)[:, None])  # (BK, BM)
+            if not EVEN:
+                x_t = tl.where((offs_k < k_hi)[:, None], x_t, 0.0)
+            if FP32_IEEE:
+                acc_t = tl.dot(w_tile.to(tl.float32), x_t.to(tl.float32), acc_t, input_precision="ieee")
+            else:
+                acc_t = tl.dot(w_tile, x_t, acc_t)
+
+    if VARIANT == 2:
+        acc = tl.trans(acc_t)
+    else:
+        acc = tl.sum(acc3, axis=2)
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    splitk.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, mask_m[:, None] & mask_n[None, :], M, N,
+                      stride_om, pid_k, pid_n, SPLIT_K)
+
+
+def _even(n: int, k: int, config: dict) -> bool:
+    return n % config["BLOCK_N"] == 0 and k % (config["BLOCK_K"] * config["SPLIT_K"]) == 0
+
+
+_AUTOTUNED: dict = {}
+
+
+def _autotuned(m_bucket: int):
+    """The autotuned launcher for one M bucket, built on first use (nothing compiles or benchmarks at
+    import)."""
+    if m_bucket not in _AUTOTUNED:
+        even = triton.heuristics({"EVEN": lambda a: _even(a["N"], a["K"], a)})(_nm24_decode_kernel)
+        _AUTOTUNED[m_bucket] = triton.autotune(configs=nm24_decode_configs(m_bucket), key=["M_KEY", "N", "K"],
+                                               do_bench=splitk.tuning_bench)(even)
+    return _AUTOTUNED[m_bucket]
+
+
+def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                out: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+    """``out = x2 @ W.T + bias`` for x2 (M, K) with M <= MAX_M, contiguous along K; checked by the caller
+    (:func:`sfcompile.lowering.kernels.nm24.nm24_matmul`). ``config``: fixed ``VARIANT``, ``BLOCK_N``,
+    ``BLOCK_K``, ``SPLIT_K`` (+ ``num_warps``) instead of autotuning."""
+    m, k = x2.shape
+    n = values.shape[0]
+    if m > MAX_M:
+        raise ValueError(f"nm24_decode takes at most {MAX_M} rows, got {m}")
+    on_cpu = x2.device.type == "cpu"
+    meta16 = meta.view(torch.int16)                                   # (N, 2*ceil(K/32)): 8 values per half
+    may_split = config is None or config["SPLIT_K"] > 1
+    cnt = splitk.counters(x2.device, -(-n // 16)) if may_split else meta
+    ws = splitk.workspace(m, n, x2.device) if may_split else out
+    args = (x2, values, meta, meta16, bias if bias is not None else values, out, ws, cnt, m, n, k,
+            splitk.m_key(m), values.stride(0), meta.stride(0), meta16.stride(0), out.stride(0), k)
+    flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu)}
+
+    def grid(meta_):
+        return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
+
+    if config is not None:
+        config = {"EVEN": _even(n, k, config), "BLOCK_M": 16 if config["VARIANT"] == 2 else splitk.m_key(m), **config}
+    splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    return out
