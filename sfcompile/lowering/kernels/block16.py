@@ -34,10 +34,8 @@ def block16_configs(m_bucket: int) -> list[triton.Config]:
     64/128, VARIANT 1."""
     if m_bucket <= 16:
         # (TILES, SPLIT_K, warps, stages)
-        dot = [(8, 4, 4, 3), (8, 8, 4, 2), (16, 4, 4, 2), (16, 8, 4, 2), (4, 8, 4, 3), (4, 16, 4, 2),
-               (8, 16, 4, 2), (8, 2, 4, 3), (16, 2, 8, 3)]
-        core = [(2, 4, 2, 2), (4, 4, 4, 2), (4, 8, 4, 2), (8, 4, 4, 2), (2, 8, 2, 2), (4, 16, 4, 2),
-                (8, 8, 8, 2), (2, 16, 1, 2)]
+        dot = [(8, 4, 4, 3), (16, 4, 4, 2), (4, 8, 4, 3), (8, 16, 4, 2), (16, 2, 8, 3)]
+        core = [(2, 4, 2, 2), (4, 4, 4, 2), (4, 8, 4, 2), (8, 8, 8, 2)]
         return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk, "VARIANT": 1}, num_warps=w,
                               num_stages=s) for t, sk, w, s in dot] + [
             triton.Config({"BLOCK_M": m_bucket, "TILES": t, "SPLIT_K": sk, "VARIANT": 2}, num_warps=w,
@@ -137,17 +135,20 @@ def _block16_kernel(
                       N, stride_om, pid_k, expert * tl.num_programs(0) + pid, SPLIT_K)
 
 
-_AUTOTUNED: dict[int, object] = {}
+_AUTOTUNED: dict[tuple, object] = {}
 
 
-def _autotuned(m_bucket: int):
-    """The autotuned launcher for one M bucket (decode buckets 1..16, one for all prefill), built on first use
-    (nothing compiles or benchmarks at import)."""
-    m_bucket = min(m_bucket, 32)
-    if m_bucket not in _AUTOTUNED:
-        _AUTOTUNED[m_bucket] = triton.autotune(configs=block16_configs(m_bucket), key=["M_KEY", "N", "K"],
-                                               do_bench=splitk.tuning_bench)(_block16_kernel)
-    return _AUTOTUNED[m_bucket]
+def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
+    """The autotuned launcher for one M bucket (decode buckets 1..16, one for all prefill) and a subset of
+    variants (benchmarks), built on first use (nothing compiles or benchmarks at import)."""
+    key = (min(m_bucket, 32), variants)
+    if key not in _AUTOTUNED:
+        configs = [c for c in block16_configs(key[0]) if variants is None or c.kwargs["VARIANT"] in variants]
+        if not configs:
+            raise ValueError(f"no block16 config of variants {variants} for {m_bucket} rows")
+        _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
+                                          do_bench=splitk.tuning_bench)(_block16_kernel)
+    return _AUTOTUNED[key]
 
 
 def _first_config(m_bucket: int) -> dict:
@@ -176,14 +177,15 @@ def _check(x, tile_values, row_ptr, col_idx, n, k, bias, experts):
 
 def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                    n: int, k: int, bias: torch.Tensor | None = None, offs: torch.Tensor | None = None,
-                   config: dict | None = None) -> torch.Tensor:
+                   config: dict | None = None, variants: tuple[int, ...] | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` for a block-16 W (CSR of tiles); with ``offs`` (E,), the expert grouped matmul.
 
     Args:
         x: (..., K), or (T, K) sorted by expert when ``offs`` is given.
         tile_values, row_ptr, col_idx: see :mod:`sfcompile.lowering.ops`.
         n, k: the dense (per-expert) weight is (N, K).
-        config: fixed launch config (``BLOCK_M``, ``TILES``, ``SPLIT_K``, optional ``num_warps``).
+        config: fixed launch config (``BLOCK_M``, ``TILES``, ``SPLIT_K``, ``VARIANT``, optional ``num_warps``).
+        variants: autotune over these variants only (benchmarks).
 
     Returns:
         (..., N) in x.dtype.
@@ -212,7 +214,7 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
     def grid(meta_):
         return (triton.cdiv(m, meta_["BLOCK_M"]) * (n // 16), meta_["SPLIT_K"], experts)
 
-    splitk.launch(_block16_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    splitk.launch(_block16_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out.reshape(*x.shape[:-1], n)
 
 

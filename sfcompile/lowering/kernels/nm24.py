@@ -172,7 +172,7 @@ def _nm24_kernel(
                       stride_om, pid_k, expert * tl.num_programs(0) + pid, SPLIT_K)
 
 
-_AUTOTUNED: dict[bool, object] = {}
+_AUTOTUNED: dict[bool, object] = {}   # small M (grouped experts) or large M
 
 
 def _autotuned(small_m: bool):

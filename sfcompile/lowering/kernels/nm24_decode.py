@@ -43,10 +43,9 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
     offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
     space = [
-        (0, 32, 256, 1, 4), (0, 64, 256, 1, 4), (0, 32, 512, 2, 4), (0, 64, 128, 4, 4), (0, 16, 512, 4, 4),
-        (0, 128, 128, 1, 8), (0, 32, 256, 4, 4), (0, 64, 256, 2, 8), (0, 16, 256, 8, 4),
-        (1, 32, 256, 1, 4), (1, 64, 128, 2, 4), (1, 16, 512, 2, 4), (1, 32, 256, 4, 4), (1, 64, 256, 1, 8),
-        (2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 1, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
+        (0, 32, 256, 1, 4), (0, 64, 128, 2, 4), (0, 16, 512, 4, 4), (0, 32, 256, 4, 4),
+        (1, 32, 256, 1, 4), (1, 64, 128, 2, 4), (1, 16, 256, 4, 4),
+        (2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
     ]
     return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
                            "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
@@ -56,8 +55,7 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
 @triton.jit(do_not_specialize=["M"])
 def _nm24_decode_kernel(
     x_ptr, v_ptr, meta_ptr, meta16_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, M_KEY, stride_vn, stride_mn, stride_m16n, stride_om,
-    stride_xm: tl.constexpr,   # = K (x is made contiguous): row offsets of the gathers become immediates
+    M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_m16n, stride_om,
     HAS_BIAS: tl.constexpr, FP32_IEEE: tl.constexpr,
     EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % (BLOCK_K * SPLIT_K) == 0: no masks in the loop
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -168,21 +166,27 @@ def _even(n: int, k: int, config: dict) -> bool:
 _AUTOTUNED: dict = {}
 
 
-def _autotuned(m_bucket: int):
-    """The autotuned launcher for one M bucket, built on first use (nothing compiles or benchmarks at
-    import)."""
-    if m_bucket not in _AUTOTUNED:
+def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
+    """The autotuned launcher for one M bucket (and a subset of variants: benchmarks), built on first use
+    (nothing compiles or benchmarks at import)."""
+    key = (m_bucket, variants)
+    if key not in _AUTOTUNED:
+        configs = [c for c in nm24_decode_configs(m_bucket) if variants is None or c.kwargs["VARIANT"] in variants]
+        if not configs:
+            raise ValueError(f"no nm24 decode config of variants {variants} for {m_bucket} rows")
         even = triton.heuristics({"EVEN": lambda a: _even(a["N"], a["K"], a)})(_nm24_decode_kernel)
-        _AUTOTUNED[m_bucket] = triton.autotune(configs=nm24_decode_configs(m_bucket), key=["M_KEY", "N", "K"],
-                                               do_bench=splitk.tuning_bench)(even)
-    return _AUTOTUNED[m_bucket]
+        _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
+                                          do_bench=splitk.tuning_bench)(even)
+    return _AUTOTUNED[key]
 
 
 def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
-                out: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+                out: torch.Tensor, config: dict | None = None, variants: tuple[int, ...] | None = None
+                ) -> torch.Tensor:
     """``out = x2 @ W.T + bias`` for x2 (M, K) with M <= MAX_M, contiguous along K; checked by the caller
     (:func:`sfcompile.lowering.kernels.nm24.nm24_matmul`). ``config``: fixed ``VARIANT``, ``BLOCK_N``,
-    ``BLOCK_K``, ``SPLIT_K`` (+ ``num_warps``) instead of autotuning."""
+    ``BLOCK_K``, ``SPLIT_K`` (+ ``num_warps``) instead of autotuning; ``variants``: autotune over these
+    variants only (benchmarks)."""
     m, k = x2.shape
     n = values.shape[0]
     if m > MAX_M:
@@ -193,7 +197,7 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
     cnt = splitk.counters(x2.device, -(-n // 16)) if may_split else meta
     ws = splitk.workspace(m, n, x2.device) if may_split else out
     args = (x2, values, meta, meta16, bias if bias is not None else values, out, ws, cnt, m, n, k,
-            splitk.m_key(m), values.stride(0), meta.stride(0), meta16.stride(0), out.stride(0), k)
+            splitk.m_key(m), x2.stride(0), values.stride(0), meta.stride(0), meta16.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu)}
 
     def grid(meta_):
@@ -201,5 +205,5 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
 
     if config is not None:
         config = {"EVEN": _even(n, k, config), "BLOCK_M": 16 if config["VARIANT"] == 2 else splitk.m_key(m), **config}
-    splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out
