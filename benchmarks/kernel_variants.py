@@ -75,6 +75,8 @@ def main():
             if m <= 16:
                 impls += [("2:4", v, p24, partial(_nm24, variants=vs)) for v, vs in NM24.items()]
                 impls += [("block16", v, pb, partial(_block16, variants=vs)) for v, vs in BLOCK16.items()]
+                impls += [("2:4", "cuSPARSELt", p24, lambda x_, pw: ops.cslt_linear(x_, pw.data["values"],
+                                                                                   pw.data["meta"]))]
             else:
                 impls += [("block16", "unpack+cuBLAS", pb, lambda x_, pw: pw.linear(x_))]
                 impls += [("2:4", "cuSPARSELt", p24, lambda x_, pw: pw.linear(x_))]

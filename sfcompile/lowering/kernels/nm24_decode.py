@@ -42,14 +42,23 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
     SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
     offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
-    space = [
-        (0, 32, 256, 1, 4), (0, 64, 128, 2, 4), (0, 16, 512, 4, 4), (0, 32, 256, 4, 4),
-        (1, 32, 256, 1, 4), (1, 64, 128, 2, 4), (1, 16, 256, 4, 4),
-        (2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
-    ]
+    # CUDA-core variants accumulate a (BLOCK_M, BLOCK_N, values per block) fp32 tile: sized here so it
+    # stays at 16-32 registers per thread (the first sweep spilled at 8 rows and ran 0.02x dense).
+    cuda_core = {
+        1: [(0, 32, 256, 4, 4), (0, 64, 128, 2, 4), (0, 16, 512, 4, 4), (0, 64, 256, 2, 8), (0, 32, 256, 2, 4),
+            (1, 32, 256, 4, 4), (1, 64, 256, 2, 4), (1, 16, 512, 4, 4), (1, 64, 128, 2, 4)],
+        2: [(0, 16, 256, 4, 4), (0, 32, 128, 4, 4), (0, 64, 128, 2, 8), (1, 32, 256, 4, 4), (1, 16, 512, 4, 4),
+            (1, 64, 128, 2, 4)],
+        4: [(0, 16, 128, 4, 4), (0, 32, 128, 4, 8), (0, 16, 256, 4, 8), (1, 16, 256, 4, 4), (1, 32, 128, 4, 4),
+            (1, 32, 256, 2, 8)],
+        8: [(0, 16, 64, 4, 4), (0, 16, 128, 4, 8), (1, 16, 128, 4, 4), (1, 16, 256, 4, 8)],
+    }
+    tensor_core = [(2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
+                   (2, 128, 128, 4, 8)]
+    space = cuda_core.get(m_bucket, []) + tensor_core
     return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
                            "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
-            for v, bn, bk, sk, w in space if v == 2 or m_bucket <= 8]
+            for v, bn, bk, sk, w in space]
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -58,6 +67,7 @@ def _nm24_decode_kernel(
     M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_m16n, stride_om,
     HAS_BIAS: tl.constexpr, FP32_IEEE: tl.constexpr,
     EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % (BLOCK_K * SPLIT_K) == 0: no masks in the loop
+    PREFETCH: tl.constexpr,    # software-pipelined value/metadata loads (mask-free loop only)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     VARIANT: tl.constexpr,
 ):
@@ -76,58 +86,106 @@ def _nm24_decode_kernel(
     k_hi = tl.minimum(k_lo + k_per_split, K)
 
     if VARIANT == 0:
-        acc3 = tl.full((BLOCK_M, BLOCK_N, BH), 0.0, tl.float32)
+        if BLOCK_M == 1:
+            acc2 = tl.full((BLOCK_N, BH), 0.0, tl.float32)
+        else:
+            acc3 = tl.full((BLOCK_M, BLOCK_N, BH), 0.0, tl.float32)
     elif VARIANT == 1:
-        acc3 = tl.full((BLOCK_M, BLOCK_N, G), 0.0, tl.float32)
+        if BLOCK_M == 1:
+            acc2 = tl.full((BLOCK_N, G), 0.0, tl.float32)
+        else:
+            acc3 = tl.full((BLOCK_M, BLOCK_N, G), 0.0, tl.float32)
     else:
         acc_t = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)          # y^T tile: W is the left operand
+    # PREFETCH (mask-free loop): the next block's values and metadata are loaded before
+    # this block's gathers/selects run, so each program keeps one block of HBM reads in flight while it
+    # computes. The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
+    offs_j = tl.arange(0, BH)
+    if VARIANT == 0:
+        m_cols = offs_j // 8             # metadata: int16 half-words, 8 values each
+        m_base = meta16_ptr + offs_n[:, None] * stride_m16n
+    else:
+        m_cols = offs_j // 16            # metadata: int32 words, 16 values each (V1 reads one per group)
+        m_base = meta_ptr + offs_n[:, None] * stride_mn
+    v_base = v_ptr + offs_n[:, None] * stride_vn
+    if PREFETCH:
+        nxt_v = tl.load(v_base + (k_lo // 2 + offs_j)[None, :])
+        if VARIANT < 2:
+            nxt_m = tl.load(m_base + (k_lo // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
+        else:
+            offs_wj = tl.arange(0, BLOCK_K // 32)
+            w_base = meta_ptr + offs_n[:, None] * stride_mn
+            nxt_w = tl.load(w_base + (k_lo // 32 + offs_wj)[None, :])
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        if VARIANT == 0:
-            offs_h = k0 // 2 + tl.arange(0, BH)                          # value index along K/2
-            v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
-            h_ptrs = meta16_ptr + offs_n[:, None] * stride_m16n + (offs_h // 8)[None, :]
-            if EVEN:
-                vals = tl.load(v_ptrs)
-                half = tl.load(h_ptrs)                                   # (BN, BH) int16, 8 values share one
+        if VARIANT < 2:
+            offs_h = k0 // 2 + offs_j                                    # value index along K/2
+            if PREFETCH:
+                vals = nxt_v
+                meta = nxt_m
+                k_nx = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
+                nxt_v = tl.load(v_base + (k_nx // 2 + offs_j)[None, :])
+                nxt_m = tl.load(m_base + (k_nx // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
             else:
-                mask_h = mask_n[:, None] & (offs_h[None, :] < k_hi // 2)
-                vals = tl.load(v_ptrs, mask=mask_h, other=0.0)       # masked values are 0: their gathers
-                half = tl.load(h_ptrs, mask=mask_h, other=0)         # read column 4*(j//2) < K, harmless
-            idx = (half.to(tl.int32) >> ((offs_h % 8) * 2)[None, :]) & 3
+                m_ptrs = m_base + (k0 // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :]
+                if EVEN:
+                    vals = tl.load(v_base + offs_h[None, :])
+                    meta = tl.load(m_ptrs)
+                else:
+                    mask_h = mask_n[:, None] & (offs_h[None, :] < k_hi // 2)
+                    vals = tl.load(v_base + offs_h[None, :], mask=mask_h, other=0.0)   # masked values are 0:
+                    meta = tl.load(m_ptrs, mask=mask_h, other=0)    # their x reads stay in bounds, harmless
+        if VARIANT == 0:
+            # meta: (BN, BH) int16, value j's position in bits 2*(j%8); gather x at 4*(j//2) + position
+            idx = (meta.to(tl.int32) >> ((offs_h % 8) * 2)[None, :]) & 3
             cols = (offs_h // 2 * 4)[None, :] + idx                      # dense K column of each value
             if not EVEN:
-                cols = tl.minimum(cols, K - 1)                           # (values past K/2 are masked to 0)
-            xg = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols[None, :, :])    # (BM, BN, BH) gather
-            acc3 += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :]
-        elif VARIANT == 1:
-            offs_h = k0 // 2 + tl.arange(0, BH)
-            offs_g = k0 // 4 + tl.arange(0, G)
-            v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
-            w_ptrs = meta_ptr + offs_n[:, None] * stride_mn + (offs_g // 8)[None, :]
-            if EVEN:
-                vals = tl.load(v_ptrs)
-                word = tl.load(w_ptrs)                                                          # (BN, G)
+                cols = tl.minimum(cols, K - 1)
+            if BLOCK_M == 1:     # one row of x: 2-D tiles, no broadcast layout for the gathers
+                xg = tl.load(x_ptr + cols)                                                     # (BN, BH)
+                acc2 += xg.to(tl.float32) * vals.to(tl.float32)
             else:
-                vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < k_hi // 2), other=0.0)
-                word = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_g[None, :] < k_hi // 4), other=0)
+                xg = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols[None, :, :])   # (BM, BN, BH)
+                acc3 += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :]
+        elif VARIANT == 1:
+            # meta: (BN, BH) int32 words; both values of a group share its nibble, read at the even slot
             v0, v1 = tl.split(tl.reshape(vals.to(tl.float32), (BLOCK_N, G, 2)))                 # (BN, G)
+            word, _ = tl.split(tl.reshape(meta, (BLOCK_N, G, 2)))                               # (BN, G)
+            offs_g = k0 // 4 + tl.arange(0, G)
             nib = (word >> ((offs_g % 8) * 4)[None, :]) & 15
-            i0 = (nib & 3)[None, :, :]                                   # 0..2
-            i1 = (nib >> 2)[None, :, :]                                  # 1..3
-            x_g = x_ptr + rows[:, None] * stride_xm + tl.minimum(offs_g * 4, K - 4)[None, :]
-            c0 = tl.load(x_g).to(tl.float32)[:, None, :]                 # (BM, 1, G): the 4 candidates
-            c1 = tl.load(x_g + 1).to(tl.float32)[:, None, :]
-            c2 = tl.load(x_g + 2).to(tl.float32)[:, None, :]
-            c3 = tl.load(x_g + 3).to(tl.float32)[:, None, :]
-            x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))       # x at the first kept position
-            x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))       # ... and at the second
-            acc3 += x0 * v0[None, :, :] + x1 * v1[None, :, :]
+            if BLOCK_M == 1:     # one row of x: 2-D tiles
+                x_g = x_ptr + tl.minimum(offs_g * 4, K - 4)
+                c0 = tl.load(x_g).to(tl.float32)[None, :]                # (1, G): the 4 candidates
+                c1 = tl.load(x_g + 1).to(tl.float32)[None, :]
+                c2 = tl.load(x_g + 2).to(tl.float32)[None, :]
+                c3 = tl.load(x_g + 3).to(tl.float32)[None, :]
+                i0 = nib & 3
+                i1 = nib >> 2
+                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))
+                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))
+                acc2 += x0 * v0 + x1 * v1
+            else:
+                i0 = (nib & 3)[None, :, :]                               # 0..2
+                i1 = (nib >> 2)[None, :, :]                              # 1..3
+                x_g = x_ptr + rows[:, None] * stride_xm + tl.minimum(offs_g * 4, K - 4)[None, :]
+                c0 = tl.load(x_g).to(tl.float32)[:, None, :]             # (BM, 1, G): the 4 candidates
+                c1 = tl.load(x_g + 1).to(tl.float32)[:, None, :]
+                c2 = tl.load(x_g + 2).to(tl.float32)[:, None, :]
+                c3 = tl.load(x_g + 3).to(tl.float32)[:, None, :]
+                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))   # x at the first kept position
+                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))   # ... and at the second
+                acc3 += x0 * v0[None, :, :] + x1 * v1[None, :, :]
         else:
             offs_h = k0 // 2 + tl.arange(0, BH)
             offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
             v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
             w_ptrs = meta_ptr + offs_n[:, None] * stride_mn + offs_w[None, :]
-            if EVEN:
+            if PREFETCH:
+                vals = nxt_v
+                words = nxt_w
+                k_nx = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
+                nxt_v = tl.load(v_base + (k_nx // 2 + offs_j)[None, :])
+                nxt_w = tl.load(w_base + (k_nx // 32 + offs_wj)[None, :])
+            elif EVEN:
                 vals = tl.load(v_ptrs)
                 words = tl.load(w_ptrs)
             else:
@@ -150,6 +208,8 @@ def _nm24_decode_kernel(
 
     if VARIANT == 2:
         acc = tl.trans(acc_t)
+    elif BLOCK_M == 1:
+        acc = tl.sum(acc2, axis=1)[None, :]
     else:
         acc = tl.sum(acc3, axis=2)
     if HAS_BIAS:
@@ -174,7 +234,9 @@ def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
         configs = [c for c in nm24_decode_configs(m_bucket) if variants is None or c.kwargs["VARIANT"] in variants]
         if not configs:
             raise ValueError(f"no nm24 decode config of variants {variants} for {m_bucket} rows")
-        even = triton.heuristics({"EVEN": lambda a: _even(a["N"], a["K"], a)})(_nm24_decode_kernel)
+        even = triton.heuristics({"EVEN": lambda a: _even(a["N"], a["K"], a),
+                                  "PREFETCH": lambda a: _even(a["N"], a["K"], a),
+                                  })(_nm24_decode_kernel)
         _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
                                           do_bench=splitk.tuning_bench)(even)
     return _AUTOTUNED[key]
@@ -204,6 +266,10 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        config = {"EVEN": _even(n, k, config), "BLOCK_M": 16 if config["VARIANT"] == 2 else splitk.m_key(m), **config}
+        if config["BLOCK_K"] < 32 or config["BLOCK_K"] & (config["BLOCK_K"] - 1):
+            raise ValueError(f"BLOCK_K must be a power of two >= 32 (one metadata word), got {config['BLOCK_K']}")
+        even = _even(n, k, config)
+        block_m = 16 if config["VARIANT"] == 2 else splitk.m_key(m)
+        config = {"EVEN": even, "PREFETCH": even, "BLOCK_M": block_m, **config}
     splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out
