@@ -222,7 +222,7 @@ def test_nm24_decode_variants_cuda(variant, m):
     w = _w24(n, k, torch.bfloat16, g).cuda()
     pw = pack(w, "2:4", -1)
     x = torch.randn(m, k, generator=g).bfloat16().cuda()
-    for cfg in (dict(BLOCK_N=32, BLOCK_K=256, SPLIT_K=1), dict(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4)):
+    for cfg in (dict(BLOCK_N=16, BLOCK_K=64, SPLIT_K=1), dict(BLOCK_N=64, BLOCK_K=64, SPLIT_K=4)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], config=dict(VARIANT=variant, **cfg))
         assert _rel(y, x.double() @ w.double().T) < TOL[torch.bfloat16]
 
