@@ -10,6 +10,7 @@ import torch
 
 from sfcompile.lowering.kernels.block16 import block16_matmul, block16_matmul_reference
 from sfcompile.lowering.kernels.nm24 import nm24_matmul, nm24_matmul_reference
+from sfcompile.lowering.kernels.nm24_decode import nm24_decode_reference
 from sfcompile.lowering.pack import pack
 from sfcompile.patterns import NM, Block
 
@@ -88,6 +89,17 @@ def test_nm24_decode_interpreter(dtype, m, n, k, bn, bk, sk, variant):
     assert _rel(y, dense) < TOL[dtype]
     ref = nm24_matmul_reference(x, pw.data["values"], pw.data["meta"], b)
     assert _rel(y, ref) < TOL[dtype]
+    assert _rel(y, nm24_decode_reference(x, pw.data["values"], pw.data["meta"], b)) < TOL[dtype]
+
+
+def test_nm24_decode_reference_is_the_dense_product():
+    # the compressed-domain formula (gather x by each value's 2-bit position) equals x @ W.T exactly in fp64
+    g = torch.Generator().manual_seed(11)
+    w = _w24(40, 100, torch.float64, g)
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(5, 100, generator=g, dtype=torch.float64)
+    y = nm24_decode_reference(x, pw.data["values"], pw.data["meta"])
+    torch.testing.assert_close(y, x @ w.T, rtol=1e-12, atol=1e-12)
 
 
 def test_nm24_decode_split_counters_reset_between_calls():

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
 
-__all__ = ["nm24_decode", "nm24_decode_configs", "MAX_M"]
+__all__ = ["nm24_decode", "nm24_decode_reference", "nm24_decode_configs", "MAX_M"]
 
 MAX_M = 16
 
@@ -275,3 +275,20 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         config = {"EVEN": even, "PREFETCH": even, "BLOCK_M": block_m, **config}
     splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out
+
+
+def nm24_decode_reference(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch reference of what the kernel computes, in the compressed domain (W is never rebuilt):
+    ``y[m, n] = sum_j values[n, j] * x[m, 4*(j//2) + idx[n, j]] (+ bias[n])`` in fp32 (fp64 for fp64
+    inputs), x2.dtype out."""
+    k = x2.shape[-1]
+    j = torch.arange(k // 2, device=values.device)
+    words = meta[:, j // 16].to(torch.int64)                              # (N, K/2): each value's word
+    idx = (words >> (2 * (j % 16))) & 3                                   # its 2-bit position in the group
+    cols = 4 * (j // 2) + idx                                             # (N, K/2) dense K column
+    ct = torch.float64 if x2.dtype == torch.float64 else torch.float32
+    y = torch.einsum("nj,mnj->mn", values.to(ct), x2.to(ct)[:, cols])     # (M, N)
+    if bias is not None:
+        y = y + bias.to(ct)
+    return y.to(x2.dtype)
