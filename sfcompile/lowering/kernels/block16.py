@@ -9,9 +9,13 @@ At decode the tile list of a row is split across ``SPLIT_K`` programs that add i
 With ``GROUPED`` the third grid axis is the MoE expert: expert ``e`` owns rows ``offs[e-1] .. offs[e]-1`` of x
 and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
 
-Measured on the H200 (benchmarks/README.md), 50% density: 0.74-1.11x dense cuBLAS at decode (VARIANT 1,
-split). At prefill every program re-reads its x strips for 16 output columns only (16 FLOP per byte of x at
-most), so this kernel is L2-bound at 0.2x dense; ``sfcompile.lowering.ops`` sends large M elsewhere.
+``VARIANT`` 2 skips tl.dot for few rows: products of tiles and x strips are summed on CUDA cores in registers
+and reduced once at the end.
+
+Measured on the H200 (benchmarks/README.md), 50% density: 0.73-1.13x dense cuBLAS at decode (median 1.00; the
+CUDA-core variant wins only at M = 1-2, by 0-0.1x). At prefill every program re-reads its x strips for 16
+output columns only (16 FLOP per byte of x at most), so this kernel is L2-bound at 0.2x dense;
+``sfcompile.lowering.ops`` sends large M to :mod:`.block16_unpack` + cuBLAS instead.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """2:4 sparse matmul ``y = x @ W.T (+ bias)`` with W packed as values (N, K/2) + 2-bit positions (N, K/32).
 
-The weight is decompressed in registers: each program loads a (BLOCK_N, BLOCK_K/2) slab of values and the
-(BLOCK_N, BLOCK_K/32) int32 metadata words covering it (16-byte vector loads along K), expands them into the
-dense (BLOCK_N, BLOCK_K) tile with selects, and feeds it to ``tl.dot`` (``DECOMP`` picks one of three
-expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may be split
-over ``SPLIT_K`` programs; the last one to finish an output tile sums the partials (no extra launches).
+:func:`nm24_matmul` is the entry point. Up to 16 rows of x (decode, not grouped) it runs the decode kernel
+of :mod:`.nm24_decode`, which never rebuilds W. Otherwise it runs the tile kernel of this file: each program
+loads a (BLOCK_N, BLOCK_K/2) slab of values and the (BLOCK_N, BLOCK_K/32) int32 metadata words covering it,
+expands them into the dense (BLOCK_N, BLOCK_K) tile with selects and feeds it to ``tl.dot`` (``DECOMP`` picks
+one of three expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may
+be split over ``SPLIT_K`` programs (:func:`.splitk.store_tile` sums the partials, no extra launches).
 
-Measured on the H200 (benchmarks/README.md): 0.4-0.7x dense cuBLAS at decode. The byte ceiling is 1.78x,
-but decompressing in registers costs ~30 instructions per weight element, so the kernel is bound by
-instruction issue at ~0.75 TB/s. Prefill goes to cuSPARSELt instead (``sfcompile.lowering.ops``).
+Measured on the H200 (benchmarks/README.md): the tile kernel runs 0.4-0.7x dense cuBLAS at decode sizes
+(~50 SASS instructions per stored value: selects, index math, the register -> shared-memory trip into the
+dot). Prefill goes to cuSPARSELt instead (``sfcompile.lowering.ops``); the tile kernel serves MoE experts
+and CUDA tensors cuSPARSELt refuses.
 
 The same kernel serves MoE experts (``GROUPED``): the third grid axis is the expert; expert ``e`` owns rows
 ``offs[e-1] .. offs[e]-1`` of x (``torch._grouped_mm``'s contract) and its own values/meta slab.

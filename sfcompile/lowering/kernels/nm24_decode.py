@@ -17,7 +17,14 @@ so W is read once), walks its share of K (``SPLIT_K`` programs per column block,
   (BLOCK_N >= 64 rows, x^T padded to 16 columns) so Hopper can issue wgmma with W from registers.
 
 Which one wins depends on M (gathers cost 1 load per row, selects 2 ALU ops per row, the tensor-core path a
-fixed decompression cost); the autotuner picks per (M bucket, N, K).
+fixed decompression cost); the autotuner picks per (M bucket, N, K). Value and metadata loads are
+software-pipelined one K block ahead (``PREFETCH``) when the loop needs no masks.
+
+Measured on the H200 (benchmarks/README.md, LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS): 0.68-0.87x at
+M = 1 (median 0.78; the tile kernel ran ~0.55x), 0.43-0.73x at M = 2..16 (median 0.57 over M = 1..16): still
+below dense, far from the 1.78x byte ceiling. SASS compiled for sm_90 on the CPU counts ~11 instructions per
+stored value in the M = 1 gather loop (was ~50), so instruction issue no longer explains the gap; what does
+(memory-level parallelism, L1 wavefronts per gather, split-K epilogue) is not measured yet.
 
 The values are ``(N, K/2)``; the metadata ``(N, ceil(K/32))`` int32 of :mod:`sfcompile.lowering.pack` holds
 value j's position in bits ``2*(j % 16) .. 2*(j % 16)+1`` of word ``j // 16``, so its int16 view holds value
