@@ -69,6 +69,7 @@ DECODE_CASES = [  # (M, N, K, BLOCK_N, BLOCK_K, SPLIT_K): M = 1, odd M, 16 rows;
     (3, 40, 100, 16, 32, 3),      # K % 32 != 0: a partial metadata word; split K
     (7, 64, 256, 32, 64, 2),      # mask-free, split K, odd M
     (16, 24, 64, 16, 32, 1),      # 16 rows: the largest decode bucket
+    (2, 64, 1024, 64, 64, 16),    # SPLIT_K 16 (the workspace's depth), mask-free and pipelined
 ]
 
 

@@ -52,18 +52,26 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     # CUDA-core variants accumulate a (BLOCK_M, BLOCK_N, values per block) fp32 tile: sized here so it
     # stays at 16-32 registers per thread (the first sweep spilled at 8 rows and ran 0.02x dense).
     # BLOCK_K 64 puts 4 lanes along K and 8 along N, so one gather instruction reads one 128-byte line of x
-    # (wider K blocks spread a warp's gathers over 4 lines).
+    # (wider K blocks spread a warp's gathers over 4 lines). The configs marked "occupancy" (SPLIT_K 8-16,
+    # several programs per SM) were added after the last H200 run, where the winners at M = 1 ran one 4-warp
+    # program per SM (128 programs): likely latency-bound. They are unmeasured; the autotuner decides.
     cuda_core = {
         1: [(0, 128, 64, 4, 4), (0, 256, 64, 2, 8), (0, 128, 64, 2, 4), (0, 32, 256, 4, 4), (0, 64, 128, 2, 4),
-            (0, 64, 256, 2, 8), (1, 128, 64, 4, 4), (1, 32, 256, 4, 4), (1, 64, 256, 2, 4), (1, 16, 512, 4, 4)],
+            (0, 64, 256, 2, 8), (1, 128, 64, 4, 4), (1, 32, 256, 4, 4), (1, 64, 256, 2, 4), (1, 16, 512, 4, 4),
+            # occupancy
+            (0, 64, 64, 16, 4), (0, 128, 64, 8, 8), (0, 64, 64, 8, 4), (1, 64, 64, 16, 4), (1, 64, 128, 8, 4)],
         2: [(0, 64, 64, 4, 4), (0, 128, 64, 2, 8), (0, 16, 256, 4, 4), (0, 32, 128, 4, 4), (1, 64, 64, 4, 4),
-            (1, 32, 256, 4, 4), (1, 64, 128, 2, 4)],
+            (1, 32, 256, 4, 4), (1, 64, 128, 2, 4),
+            (0, 32, 64, 16, 4), (1, 64, 64, 8, 4), (1, 32, 128, 8, 4)],     # occupancy
         4: [(0, 32, 64, 4, 4), (0, 64, 64, 2, 8), (0, 16, 128, 4, 4), (1, 32, 64, 4, 4), (1, 16, 256, 4, 4),
-            (1, 32, 128, 4, 4)],
-        8: [(0, 16, 64, 4, 4), (0, 32, 64, 4, 8), (1, 16, 128, 4, 4), (1, 32, 64, 4, 4)],
+            (1, 32, 128, 4, 4),
+            (1, 32, 64, 8, 4), (1, 16, 128, 8, 4)],                          # occupancy
+        8: [(0, 16, 64, 4, 4), (0, 32, 64, 4, 8), (1, 16, 128, 4, 4), (1, 32, 64, 4, 4),
+            (1, 16, 64, 16, 4)],                                             # occupancy
     }
     tensor_core = [(2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
-                   (2, 128, 128, 4, 8)]
+                   (2, 128, 128, 4, 8),
+                   (2, 64, 128, 8, 4)]                                       # occupancy
     space = cuda_core.get(m_bucket, []) + tensor_core
     return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
                            "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
