@@ -177,7 +177,7 @@ def _warm_packed_ops(gm: torch.fx.GraphModule, example_inputs: Sequence) -> None
     """Run each packed op of ``gm`` once, eagerly, at the shapes the graph will run it with.
 
     The CUDA ops keep per-weight state that they build on their first call (the cuSPARSELt compressed
-    copy and its algorithm, the Triton-vs-cuSPARSELt choice timed for a shape). Built during Inductor's
+    copy and its algorithm, the Triton kernels' autotuned configs). Built during Inductor's
     CUDA-graph warm-up, those tensors would live in the CUDA-graph memory pool without being graph outputs,
     which CUDA graph trees refuse ("tensor(s) in the cudagraph pool not tracked as outputs"). Building them
     here, before Inductor, keeps them out of the pool. Inputs are zeros (values do not matter); operands

@@ -187,15 +187,15 @@ def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
 
 
 def tuned_configs() -> dict[str, str]:
-    """The autotuner's choice per (kernel, M bucket, N, K) so far in this process."""
-    from sfcompile.lowering.kernels import block16, nm24
+    """The autotuner's choice per (kernel, tuner, N, K, M bucket) so far in this process."""
+    from sfcompile.lowering.kernels import block16, nm24, nm24_decode
 
     out = {}
-    for mod in (nm24, block16):
-        for small, tuner in mod._AUTOTUNED.items():
+    for mod in (nm24, nm24_decode, block16):
+        for tuner_key, tuner in mod._AUTOTUNED.items():
             for key, cfg in getattr(tuner, "cache", {}).items():
                 name = mod.__name__.rsplit(".", 1)[-1]
-                out[f"{name} {'decode' if small else 'prefill'} {key[:3]}"] = str(cfg)
+                out[f"{name} {tuner_key} {key[:3]}"] = str(cfg)
     return out
 
 

@@ -37,9 +37,10 @@ Device dispatch: the CPU implementation is the reference math (unpack, then a de
 half dtypes: correct, not fast). The CUDA implementation dispatches on M = rows of ``x`` (numbers:
 ``benchmarks/README.md``):
 
-* 2:4, M <= 16: the Triton kernel or cuSPARSELt, whichever one timing on the first call finds faster for
-  that (N, K, M bucket); M >= 17: cuSPARSELt (alg_id searched once per shape; 1.33-1.49x dense at M=2048).
-* block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call + cuBLAS.
+* 2:4, M <= 16: the Triton decode kernel (`kernels/nm24_decode.py`); M >= 17: cuSPARSELt (alg_id searched
+  once per shape; 1.27-1.43x dense at M=2048), which keeps its own compressed copy of each weight it runs.
+* block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call (a Triton
+  kernel, `kernels/block16_unpack.py`) + cuBLAS.
 * experts: the Triton kernels (grouped by expert).
 
 Shapes or dtypes a kernel does not support run the reference math on the device instead (one logged line
@@ -63,6 +64,7 @@ import logging
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["linear_nm24", "linear_block16", "grouped_nm24", "grouped_block16", "PREFILL_CSLT_MIN_M",
            "BLOCK16_DENSE_MIN_M",
@@ -192,16 +194,10 @@ def _(x, values, meta, bias=None):
     cslt_ok = cslt_unsupported(x, values) is None
     if m >= PREFILL_CSLT_MIN_M and cslt_ok:
         return cslt_linear(x, values, meta, bias)
+    # Decode: the Triton kernel only. cuSPARSELt would need its own compressed copy of every weight (+0.56x
+    # dense bytes) and ran 0.35-0.74x dense at M <= 16 on the H200 (benchmarks/README.md).
     from sfcompile.lowering.kernels.nm24 import nm24_matmul
 
-    if not cslt_ok:
-        return nm24_matmul(x, values, meta, bias)
-    # Decode: the Triton kernel or cuSPARSELt, whichever measured faster for this shape (timed once).
-    key = ("linear_nm24", values.shape[-2], x.shape[-1], 1 << max(0, (m - 1).bit_length()), x.dtype)
-    choice = _fastest(key, {"triton": lambda: nm24_matmul(x, values, meta, bias),
-                            "cusparselt": lambda: cslt_linear(x, values, meta, bias)}, default="triton")
-    if choice == "cusparselt":
-        return cslt_linear(x, values, meta, bias)
     return nm24_matmul(x, values, meta, bias)
 
 
@@ -213,9 +209,10 @@ def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
     if reason:
         _log_once(f"linear_block16 ({n}, {k}): {reason}")
         return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
-    if x.numel() // max(1, k) >= BLOCK16_DENSE_MIN_M:   # prefill: unpack for this call, cuBLAS
-        w = _block16_dense(tile_values, row_ptr, col_idx, n, k)
-        return torch.nn.functional.linear(x, w, bias)
+    if x.numel() // max(1, k) >= BLOCK16_DENSE_MIN_M:   # prefill: unpack for this call (Triton), cuBLAS
+        from sfcompile.lowering.kernels.block16_unpack import block16_unpack
+
+        return torch.nn.functional.linear(x, block16_unpack(tile_values, row_ptr, col_idx, n, k), bias)
     from sfcompile.lowering.kernels.block16 import block16_matmul
 
     return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, bias)
@@ -243,33 +240,14 @@ def _(x, tile_values, row_ptr, col_idx, offs, n, k):
     return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, offs=offs.to(torch.int32))
 
 
-# ---- dispatch by measurement ---------------------------------------------------------------------------
-
-_CHOICE: dict[tuple, str] = {}
-
-
-def _fastest(key: tuple, candidates: dict, default: str) -> str:
-    """Name of the fastest candidate for ``key``, timed once (``triton.testing.do_bench``: median, L2
-    flushed) on the first call outside CUDA-graph capture; ``default`` while capturing an undecided key."""
-    if key in _CHOICE:
-        return _CHOICE[key]
-    if torch.cuda.is_current_stream_capturing():
-        return default
-    import triton
-
-    times = {name: triton.testing.do_bench(fn, warmup=5, rep=15, return_mode="median")
-             for name, fn in candidates.items()}
-    _CHOICE[key] = min(times, key=times.get)
-    log.info("sfcompile ops: %s -> %s (%s)", key, _CHOICE[key],
-             ", ".join(f"{k} {v * 1e3:.1f}us" for k, v in times.items()))
-    return _CHOICE[key]
-
-
 # ---- cuSPARSELt (prefill): a second packed form, built lazily on the GPU, alg_id searched once per shape --
 
-# The cache holds each weight's values tensor alive with its compressed form; clear_cslt_cache() frees them.
-_CSLT: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # weight key -> (values, compressed)
-_CSLT_ALG: dict[tuple, int] = {}                             # (N, K, M bucket, dtype) -> alg_id
+# The compressed copy lives as long as the packed values it was built from, and no longer: the cache is keyed
+# weakly by the values tensor (WeakIdKeyDictionary: by identity), so it never keeps a weight alive. It is
+# built on the first prefill call only (decode never uses it) and costs one more 2:4 copy of the weight
+# (~0.56x dense bytes) while it lives; clear_cslt_cache() drops all of them.
+_CSLT: WeakIdKeyDictionary = WeakIdKeyDictionary()   # values -> (version, meta, compressed)
+_CSLT_ALG: dict[tuple, int] = {}                     # (N, K, M bucket, dtype) -> alg_id
 
 
 def cslt_unsupported(x: torch.Tensor, values: torch.Tensor) -> str | None:
@@ -285,13 +263,12 @@ def cslt_unsupported(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 
 def _cslt_compressed(values: torch.Tensor, meta: torch.Tensor, k: int) -> torch.Tensor:
-    key = (values.data_ptr(), meta.data_ptr(), tuple(values.shape), values.dtype, values._version)
-    hit = _CSLT.get(key)
-    if hit is None:
-        compressed = torch._cslt_compress(_nm24_dense(values, meta, k).contiguous())
-        hit = (values, compressed)       # holding values keeps data_ptr from being reused while cached
-        _CSLT[key] = hit
-    return hit[1]
+    hit = _CSLT.get(values)
+    if hit is None or hit[0] != values._version or hit[1] is not meta:
+        compressed = torch._cslt_compress(_nm24_dense(values, meta, k).contiguous())  # (the dense temporary
+        hit = (values._version, meta, compressed)                                      #  is freed here)
+        _CSLT[values] = hit
+    return hit[2]
 
 
 def cslt_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
@@ -316,7 +293,6 @@ def cslt_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 
 def clear_cslt_cache() -> None:
-    """Drop the cuSPARSELt compressed weights, the alg_id choices and the measured dispatch choices."""
+    """Drop the cuSPARSELt compressed weights and the alg_id choices."""
     _CSLT.clear()
     _CSLT_ALG.clear()
-    _CHOICE.clear()

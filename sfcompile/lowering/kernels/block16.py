@@ -9,9 +9,13 @@ At decode the tile list of a row is split across ``SPLIT_K`` programs that add i
 With ``GROUPED`` the third grid axis is the MoE expert: expert ``e`` owns rows ``offs[e-1] .. offs[e]-1`` of x
 and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
 
-Measured on the H200 (benchmarks/README.md), 50% density: 0.74-1.11x dense cuBLAS at decode (VARIANT 1,
-split). At prefill every program re-reads its x strips for 16 output columns only (16 FLOP per byte of x at
-most), so this kernel is L2-bound at 0.2x dense; ``sfcompile.lowering.ops`` sends large M elsewhere.
+``VARIANT`` 2 skips tl.dot for few rows: products of tiles and x strips are summed on CUDA cores in registers
+and reduced once at the end.
+
+Measured on the H200 (benchmarks/README.md), 50% density: 0.73-1.13x dense cuBLAS at decode (median 1.00; the
+CUDA-core variant wins only at M = 1-2, by 0-0.1x). At prefill every program re-reads its x strips for 16
+output columns only (16 FLOP per byte of x at most), so this kernel is L2-bound at 0.2x dense;
+``sfcompile.lowering.ops`` sends large M to :mod:`.block16_unpack` + cuBLAS instead.
 """
 
 from __future__ import annotations
@@ -20,22 +24,26 @@ import torch
 import triton
 import triton.language as tl
 
+from sfcompile.lowering.kernels import splitk
+
 __all__ = ["block16_matmul", "block16_matmul_reference", "block16_configs"]
 
 SMALL_M = 16
 
 
-def block16_configs(small_m: bool) -> list[triton.Config]:
-    """Autotune space: decode (BLOCK_M = 16, split over a row's tiles) or prefill (BLOCK_M 64/128); VARIANT 1
-    loads 2-D operands directly, VARIANT 0 loads 3-D tiles and reshapes."""
-    if small_m:
-        # Split each block row's tiles so every program runs only a few iterations (see nm24_configs).
-        space = [(8, 4, 4, 3), (8, 8, 4, 2), (16, 4, 4, 2), (16, 8, 4, 2), (4, 8, 4, 3), (4, 16, 4, 2),
-                 (8, 16, 4, 2), (8, 2, 4, 3), (16, 2, 8, 3)]
+def block16_configs(m_bucket: int) -> list[triton.Config]:
+    """Autotune space for rows of x up to ``m_bucket`` (M's next power of two). Decode (<= 16 rows): split over
+    a row's tiles, with tl.dot on 2-D operands (VARIANT 1, BLOCK_M 16) or on CUDA cores (VARIANT 2, BLOCK_M =
+    the bucket, up to 8 rows: one FMA per weight element and row, no shared-memory trip); prefill: BLOCK_M
+    64/128, VARIANT 1."""
+    if m_bucket <= 16:
+        # (TILES, SPLIT_K, warps, stages)
+        dot = [(8, 4, 4, 3), (16, 4, 4, 2), (4, 8, 4, 3), (8, 16, 4, 2), (16, 2, 8, 3)]
+        core = [(2, 4, 2, 2), (4, 4, 4, 2), (4, 8, 4, 2), (8, 8, 8, 2)]
         return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk, "VARIANT": 1}, num_warps=w,
-                              num_stages=s)
-                for t, sk, w, s in space] + [
-            triton.Config({"BLOCK_M": 16, "TILES": 8, "SPLIT_K": 4, "VARIANT": 0}, num_warps=4, num_stages=3)]
+                              num_stages=s) for t, sk, w, s in dot] + [
+            triton.Config({"BLOCK_M": m_bucket, "TILES": t, "SPLIT_K": sk, "VARIANT": 2}, num_warps=w,
+                          num_stages=s) for t, sk, w, s in core if m_bucket <= 8]
     space = [(64, 4, 4, 3), (128, 4, 4, 3), (128, 8, 8, 3), (64, 8, 4, 3), (128, 2, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "TILES": t, "SPLIT_K": 1, "VARIANT": 1}, num_warps=w, num_stages=s)
             for bm, t, w, s in space]
@@ -67,6 +75,7 @@ def _block16_kernel(
 
     offs_m = first_row + tl.arange(0, BLOCK_M)
     mask_m = offs_m < row_end
+    rows = tl.minimum(offs_m, row_end - 1)      # rows past the end read the last row (never stored)
     offs_i = tl.arange(0, 16)        # output column within the block row (N direction)
     offs_j = tl.arange(0, 16)        # column within a tile (K direction)
     offs_n = r * 16 + offs_i
@@ -79,9 +88,21 @@ def _block16_kernel(
     t_hi = tl.minimum(t_lo + per_split, t_end)
 
     acc = tl.full((BLOCK_M, 16), 0.0, tl.float32)
+    if VARIANT == 2:
+        acc4 = tl.full((BLOCK_M, TILES, 16, 16), 0.0, tl.float32)   # (row, tile, i, j) products, summed at the end
     offs_kk = tl.arange(0, TILES * 16)   # (tile, column) flattened: tile kk // 16, column kk % 16
     for t0 in range(t_lo, t_hi, TILES):
-        if VARIANT == 1:
+        if VARIANT == 2:
+            # CUDA cores: tiles (TILES, 16 i, 16 j) contiguous along j, x strips (BM, TILES, 16 j)
+            offs_t = t0 + tl.arange(0, TILES)
+            mask_t = offs_t < t_hi
+            cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)
+            b = tl.load(tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, :, None] * 16 + offs_j[None, None, :],
+                        mask=mask_t[:, None, None], other=0.0)
+            xs = tl.load(x_ptr + rows[:, None, None] * stride_xm + (cols * 16)[None, :, None]
+                         + offs_j[None, None, :])                     # masked tiles are 0: any column will do
+            acc4 += xs.to(tl.float32)[:, :, None, :] * b.to(tl.float32)[None, :, :, :]
+        elif VARIANT == 1:
             # 2-D operands straight from memory, no reshapes: B[(t, j), i] = tile_t[i, j]
             t_of = t0 + offs_kk // 16
             mask_kk = t_of < t_hi
@@ -103,83 +124,39 @@ def _block16_kernel(
             x = tl.load(x_ptrs, mask=mask_m[:, None, None] & mask_t[None, :, None], other=0.0)
             x2 = tl.reshape(x, (BLOCK_M, TILES * 16))
             b2 = tl.reshape(b, (TILES * 16, 16))
-        if FP32_IEEE:
-            acc = tl.dot(x2.to(tl.float32), b2.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x2, b2, acc)
+        if VARIANT != 2:
+            if FP32_IEEE:
+                acc = tl.dot(x2.to(tl.float32), b2.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x2, b2, acc)
 
+    if VARIANT == 2:
+        acc = tl.sum(tl.sum(acc4, axis=3), axis=1)
     if HAS_BIAS:
         if pid_k == 0:
             acc += tl.load(bias_ptr + offs_n).to(tl.float32)[None, :]
-    mask = mask_m[:, None] & (offs_n[None, :] < N)
-    if SPLIT_K == 1:
-        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=mask)
-    else:
-        # Split-K without extra launches: each split stores its partial sums (SPLIT_K, M, N); the last split
-        # to arrive at this output tile (a counter per tile) adds them up, writes y and resets the counter.
-        part = offs_m[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=mask)
-        tile = expert * tl.num_programs(0) + pid
-        tl.debug_barrier()                                   # every thread's partial is written ...
-        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")   # ... before the release
-        if arrived == SPLIT_K - 1:
-            total = tl.full(acc.shape, 0.0, tl.float32)
-            for s in range(SPLIT_K):
-                total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
-            o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-            tl.store(o_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(cnt_ptr + tile, 0)
+    splitk.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, mask_m[:, None] & (offs_n[None, :] < N), M,
+                      N, stride_om, pid_k, expert * tl.num_programs(0) + pid, SPLIT_K)
 
 
-_AUTOTUNED: dict[bool, object] = {}
-_INTERPRETED: list = []
+_AUTOTUNED: dict[tuple, object] = {}
 
 
-def _autotuned(small_m: bool):
-    """The autotuned launcher, built on first use (nothing compiles or benchmarks at import)."""
-    if small_m not in _AUTOTUNED:
-        _AUTOTUNED[small_m] = triton.autotune(configs=block16_configs(small_m), key=["M_KEY", "N", "K"],
-                                              do_bench=_tuning_bench)(_block16_kernel)
-    return _AUTOTUNED[small_m]
+def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
+    """The autotuned launcher for one M bucket (decode buckets 1..16, one for all prefill) and a subset of
+    variants (benchmarks), built on first use (nothing compiles or benchmarks at import)."""
+    key = (min(m_bucket, 32), variants)
+    if key not in _AUTOTUNED:
+        configs = [c for c in block16_configs(key[0]) if variants is None or c.kwargs["VARIANT"] in variants]
+        if not configs:
+            raise ValueError(f"no block16 config of variants {variants} for {m_bucket} rows")
+        _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
+                                          do_bench=splitk.tuning_bench)(_block16_kernel)
+    return _AUTOTUNED[key]
 
 
-def _tuning_bench(fn, quantiles=None):
-    """Autotuning timer: do_bench (which flushes L2 between runs, so weights come from HBM as in decode),
-    shorter than its default so a whole model tunes in seconds."""
-    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-
-def _interpreted():
-    """The kernel run by Triton's interpreter, for CPU tensors (tests): no TRITON_INTERPRET needed."""
-    if not _INTERPRETED:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        _INTERPRETED.append(InterpretedFunction(_block16_kernel.fn))
-    return _INTERPRETED[0]
-
-
-def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
-    """Exact fp32 dots; bf16 is upcast in the Triton interpreter (its bf16 dot is wrong in 3.7 and 3.8)."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
-
-
-MAX_SPLIT_K = 16
-_COUNTERS: dict = {}
-
-
-def _counters(device: torch.device, size: int) -> torch.Tensor:
-    """Per-output-tile arrival counters for split-K, zero between launches (each launch's last split resets
-    its tile). Allocated once per device, generously, so CUDA-graph capture never allocates them."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < size:
-        buf = torch.zeros(max(size, 1 << 16), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
-
-
-def _first_config(small_m: bool) -> dict:
-    c = block16_configs(small_m)[0]
+def _first_config(m_bucket: int) -> dict:
+    c = block16_configs(m_bucket)[0]
     return {**c.kwargs, "num_warps": c.num_warps}
 
 
@@ -204,14 +181,15 @@ def _check(x, tile_values, row_ptr, col_idx, n, k, bias, experts):
 
 def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                    n: int, k: int, bias: torch.Tensor | None = None, offs: torch.Tensor | None = None,
-                   config: dict | None = None) -> torch.Tensor:
+                   config: dict | None = None, variants: tuple[int, ...] | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` for a block-16 W (CSR of tiles); with ``offs`` (E,), the expert grouped matmul.
 
     Args:
         x: (..., K), or (T, K) sorted by expert when ``offs`` is given.
         tile_values, row_ptr, col_idx: see :mod:`sfcompile.lowering.ops`.
         n, k: the dense (per-expert) weight is (N, K).
-        config: fixed launch config (``BLOCK_M``, ``TILES``, ``SPLIT_K``, optional ``num_warps``).
+        config: fixed launch config (``BLOCK_M``, ``TILES``, ``SPLIT_K``, ``VARIANT``, optional ``num_warps``).
+        variants: autotune over these variants only (benchmarks).
 
     Returns:
         (..., N) in x.dtype.
@@ -225,34 +203,23 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
     m = x2.shape[0]
     on_cpu = x.device.type == "cpu"
     if config is None and on_cpu:
-        config = _first_config(m <= SMALL_M)
+        config = _first_config(splitk.m_key(m))
     tile_values = tile_values.contiguous()
     out = (torch.zeros if grouped else torch.empty)((m, n), device=x.device, dtype=x.dtype)
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
     may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
-    counters = _counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
-    ws = torch.empty((MAX_SPLIT_K, m, n), device=x.device, dtype=torch.float32) if may_split else out
+    cnt = splitk.counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
+    ws = splitk.workspace(m, n, x.device) if may_split else out
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
-            offs if grouped else row_ptr, out, ws, counters, m, n, k, _m_key(m), x2.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": _ieee_dot(x.dtype, on_cpu)}
+            offs if grouped else row_ptr, out, ws, cnt, m, n, k, splitk.m_key(m), x2.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu)}
 
     def grid(meta_):
         return (triton.cdiv(m, meta_["BLOCK_M"]) * (n // 16), meta_["SPLIT_K"], experts)
 
-    if config is not None:
-        cfg = dict(config)
-        launch = {k_: cfg.pop(k_) for k_ in ("num_warps", "num_stages") if k_ in cfg}
-        kernel = _interpreted() if on_cpu else _block16_kernel
-        kernel[grid(cfg)](*args, **flags, **cfg, **launch)
-    else:
-        kernel = _autotuned(m <= SMALL_M)
-        kernel[grid](*args, **flags)
+    splitk.launch(_block16_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out.reshape(*x.shape[:-1], n)
-
-
-def _m_key(m: int) -> int:
-    return 1 << max(0, (m - 1).bit_length())
 
 
 def block16_matmul_reference(x, tile_values, row_ptr, col_idx, n, k, bias=None, offs=None):

@@ -1,14 +1,16 @@
 """2:4 sparse matmul ``y = x @ W.T (+ bias)`` with W packed as values (N, K/2) + 2-bit positions (N, K/32).
 
-The weight is decompressed in registers: each program loads a (BLOCK_N, BLOCK_K/2) slab of values and the
-(BLOCK_N, BLOCK_K/32) int32 metadata words covering it (16-byte vector loads along K), expands them into the
-dense (BLOCK_N, BLOCK_K) tile with selects, and feeds it to ``tl.dot`` (``DECOMP`` picks one of three
-expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may be split
-over ``SPLIT_K`` programs; the last one to finish an output tile sums the partials (no extra launches).
+:func:`nm24_matmul` is the entry point. Up to 16 rows of x (decode, not grouped) it runs the decode kernel
+of :mod:`.nm24_decode`, which never rebuilds W. Otherwise it runs the tile kernel of this file: each program
+loads a (BLOCK_N, BLOCK_K/2) slab of values and the (BLOCK_N, BLOCK_K/32) int32 metadata words covering it,
+expands them into the dense (BLOCK_N, BLOCK_K) tile with selects and feeds it to ``tl.dot`` (``DECOMP`` picks
+one of three expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may
+be split over ``SPLIT_K`` programs (:func:`.splitk.store_tile` sums the partials, no extra launches).
 
-Measured on the H200 (benchmarks/README.md): 0.4-0.7x dense cuBLAS at decode. The byte ceiling is 1.78x,
-but decompressing in registers costs ~30 instructions per weight element, so the kernel is bound by
-instruction issue at ~0.75 TB/s. Prefill goes to cuSPARSELt instead (``sfcompile.lowering.ops``).
+Measured on the H200 (benchmarks/README.md): the tile kernel runs 0.4-0.7x dense cuBLAS at decode sizes
+(~50 SASS instructions per stored value: selects, index math, the register -> shared-memory trip into the
+dot). Prefill goes to cuSPARSELt instead (``sfcompile.lowering.ops``); the tile kernel serves MoE experts
+and CUDA tensors cuSPARSELt refuses.
 
 The same kernel serves MoE experts (``GROUPED``): the third grid axis is the expert; expert ``e`` owns rows
 ``offs[e-1] .. offs[e]-1`` of x (``torch._grouped_mm``'s contract) and its own values/meta slab.
@@ -19,6 +21,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from sfcompile.lowering.kernels import splitk
+from sfcompile.lowering.kernels.nm24_decode import MAX_M as DECODE_MAX_M
+from sfcompile.lowering.kernels.nm24_decode import nm24_decode
 
 __all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
 
@@ -164,29 +170,11 @@ def _nm24_kernel(
     if HAS_BIAS:
         if pid_k == 0:
             acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        # Split-K without extra launches: each split stores its partial sums (SPLIT_K, M, N); the last split
-        # to arrive at this output tile (a counter per tile) adds them up, writes y and resets the counter.
-        part = offs_m[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=mask)
-        tile = expert * tl.num_programs(0) + pid
-        tl.debug_barrier()                                   # every thread's partial is written ...
-        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")   # ... before the release
-        if arrived == SPLIT_K - 1:
-            total = tl.full(acc.shape, 0.0, tl.float32)
-            for s in range(SPLIT_K):
-                total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
-            o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-            tl.store(o_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(cnt_ptr + tile, 0)
+    splitk.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, mask_m[:, None] & mask_n[None, :], M, N,
+                      stride_om, pid_k, expert * tl.num_programs(0) + pid, SPLIT_K)
 
 
-_AUTOTUNED: dict[bool, object] = {}
-_INTERPRETED: list = []
+_AUTOTUNED: dict[bool, object] = {}   # small M (grouped experts) or large M
 
 
 def _autotuned(small_m: bool):
@@ -194,7 +182,7 @@ def _autotuned(small_m: bool):
     if small_m not in _AUTOTUNED:
         _AUTOTUNED[small_m] = triton.autotune(configs=nm24_configs(small_m), key=["M_KEY", "N", "K"],
                                               prune_configs_by={"early_config_prune": _prune},
-                                              do_bench=_tuning_bench)(_nm24_kernel)
+                                              do_bench=splitk.tuning_bench)(_nm24_kernel)
     return _AUTOTUNED[small_m]
 
 
@@ -204,46 +192,7 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["DECOMP"] != 3 or c.kwargs["BLOCK_M"] >= m_key]
 
 
-def _tuning_bench(fn, quantiles=None):
-    """Autotuning timer: do_bench (which flushes L2 between runs, so weights come from HBM as in decode),
-    shorter than its default so a whole model tunes in seconds."""
-    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-
-def _interpreted():
-    """The kernel run by Triton's interpreter, for CPU tensors (tests): no TRITON_INTERPRET needed."""
-    if not _INTERPRETED:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        _INTERPRETED.append(InterpretedFunction(_nm24_kernel.fn))
-    return _INTERPRETED[0]
-
-
-def _m_key(m: int) -> int:
-    return 1 << max(0, (m - 1).bit_length())   # next power of two: one tuning per M bucket
-
-
 SMALL_M = 16
-
-
-def _ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
-    """fp32 dots stay exact (no tf32); the Triton interpreter (TRITON_INTERPRET=1, CPU tests) computes bf16
-    dots wrongly (Triton 3.7, 3.8), so there bf16 tiles are upcast to fp32 first."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
-
-
-MAX_SPLIT_K = 16
-_COUNTERS: dict = {}
-
-
-def _counters(device: torch.device, size: int) -> torch.Tensor:
-    """Per-output-tile arrival counters for split-K, zero between launches (each launch's last split resets
-    its tile). Allocated once per device, generously, so CUDA-graph capture never allocates them."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < size:
-        buf = torch.zeros(max(size, 1 << 16), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
 
 
 def _first_config(small_m: bool) -> dict:
@@ -277,8 +226,10 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         values, meta: (N, K/2), (N, ceil(K/32)) int32; (E, N, K/2), (E, N, ceil(K/32)) for experts.
         bias: (N,) or None (not with ``offs``).
         offs: (E,) int32 cumulative row ends per expert.
-        config: fixed launch config (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``, optional
-            ``num_warps``): skips autotuning (used by tests and the interpreter).
+        config: fixed launch config instead of autotuning (tests, the interpreter): with ``VARIANT`` (and
+            ``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``), the decode kernel (:mod:`.nm24_decode`, M <= 16, not
+            grouped); with ``DECOMP`` (and ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``), the tile
+            kernel; optional ``num_warps``.
 
     Returns:
         (..., N) in x.dtype.
@@ -288,41 +239,40 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     k = x.shape[-1]
     n = values.shape[-2]
     x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
+    if not x2.is_contiguous():
         x2 = x2.contiguous()
     m = x2.shape[0]
     on_cpu = x.device.type == "cpu"
-    if config is None and on_cpu:
-        config = _first_config(m <= SMALL_M)
     values = values.contiguous()
     meta = meta.contiguous()
     experts = values.shape[0] if grouped else 1
     out = (torch.zeros if grouped else torch.empty)((m, n), device=x.device, dtype=x.dtype)
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
-    may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
-    counters = _counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
-    # split-K partial sums, (SPLIT_K, M, N): every element a split reads is written by that split first
-    ws = torch.empty((MAX_SPLIT_K, m, n), device=x.device, dtype=torch.float32) if may_split else out
+    decode = not grouped and m <= DECODE_MAX_M and (config is None or "VARIANT" in config)
+    if decode:                      # few rows: the kernel that never rebuilds W (nm24_decode.py)
+        if config is None and on_cpu:
+            config = {"VARIANT": 0, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
+        nm24_decode(x2, values, meta, bias, out, config)
+        return out.reshape(*x.shape[:-1], n)
+    small = m <= SMALL_M
+    if config is None and on_cpu:
+        config = _first_config(small)
+    may_split = small if config is None else config["SPLIT_K"] > 1
+    cnt = splitk.counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
+    ws = splitk.workspace(m, n, x.device) if may_split else out
     stride_ve = values.stride(0) if grouped else 0
     stride_me = meta.stride(0) if grouped else 0
     args = (x2, values, meta, bias if bias is not None else values, offs if grouped else meta, out, ws,
-            counters, m, n, k, _m_key(m), x2.stride(0), stride_ve, values.stride(-2), stride_me,
+            cnt, m, n, k, splitk.m_key(m), x2.stride(0), stride_ve, values.stride(-2), stride_me,
             meta.stride(-2), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": _ieee_dot(x.dtype, on_cpu)}
+    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu)}
 
     def grid(meta_):
         tiles = triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_N"])
         return (tiles, meta_["SPLIT_K"], experts)
 
-    if config is not None:
-        cfg = dict(config)
-        launch = {k_: cfg.pop(k_) for k_ in ("num_warps", "num_stages") if k_ in cfg}
-        kernel = _interpreted() if on_cpu else _nm24_kernel
-        kernel[grid(cfg)](*args, **flags, **cfg, **launch)
-    else:
-        kernel = _autotuned(m <= SMALL_M)
-        kernel[grid](*args, **flags)
+    splitk.launch(_nm24_kernel, lambda: _autotuned(small), grid, args, flags, config, on_cpu)
     return out.reshape(*x.shape[:-1], n)
 
 

@@ -1,0 +1,309 @@
+"""2:4 decode matmul ``y = x @ W.T (+ bias)`` for few rows of x (M <= 16), W packed as values + 2-bit positions.
+
+Decode is bound by the weight bytes, so what matters is how many instructions each stored value costs.
+The tile kernel (:mod:`.nm24`) rebuilds the dense (BLOCK_N, BLOCK_K) tile of W in registers and pushes it
+through shared memory into ``tl.dot``: ~50 SASS instructions per stored value, 0.4-0.7x dense cuBLAS on the
+H200. This kernel never rebuilds W. Each program owns BLOCK_N output columns and every row of x (BLOCK_M >= M,
+so W is read once), walks its share of K (``SPLIT_K`` programs per column block, summed by
+:func:`.splitk.store_tile`) and, per ``VARIANT``:
+
+* 0, gather: for each stored value ``vals[n, j]`` (j along K/2) it reads the value's 2-bit position from
+  the metadata (one int16 covers 8 values, loaded once per thread) and gathers ``x[m, 4*(j//2) + idx]`` from
+  x, which at decode is a few KB and sits in L1: ``y[m, n] += vals[n, j] * x[m, col]``. Per value and row:
+  one L1 load and one FMA.
+* 1, select: loads x's 4 candidates of each group of 4 once per K block (shared by all BLOCK_N columns) and
+  picks the kept ones with two selects per value and row: contiguous loads only, no gathers.
+* 2, tensor cores: the tile kernel's 3-D-select decompression, with W as the dot's left operand
+  (BLOCK_N >= 64 rows, x^T padded to 16 columns) so Hopper can issue wgmma with W from registers.
+
+Which one wins depends on M (gathers cost 1 load per row, selects 2 ALU ops per row, the tensor-core path a
+fixed decompression cost); the autotuner picks per (M bucket, N, K). Value and metadata loads are
+software-pipelined one K block ahead (``PREFETCH``) when the loop needs no masks.
+
+Measured on the H200 (benchmarks/README.md, LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS): 0.68-0.87x at
+M = 1 (median 0.78; the tile kernel ran ~0.55x), 0.43-0.73x at M = 2..16 (median 0.57 over M = 1..16): still
+below dense, far from the 1.78x byte ceiling. SASS compiled for sm_90 on the CPU counts ~11 instructions per
+stored value in the M = 1 gather loop (was ~50), so instruction issue no longer explains the gap; what does
+(memory-level parallelism, L1 wavefronts per gather, split-K epilogue) is not measured yet.
+
+The values are ``(N, K/2)``; the metadata ``(N, ceil(K/32))`` int32 of :mod:`sfcompile.lowering.pack` holds
+value j's position in bits ``2*(j % 16) .. 2*(j % 16)+1`` of word ``j // 16``, so its int16 view holds value
+j's in bits ``2*(j % 8)..`` of half-word ``j // 8`` (little-endian): the kernel reads it that way, the format
+is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sfcompile.lowering.kernels import splitk
+
+__all__ = ["nm24_decode", "nm24_decode_reference", "nm24_decode_configs", "MAX_M"]
+
+MAX_M = 16
+
+
+def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
+    """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
+    SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
+    offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
+    # CUDA-core variants accumulate a (BLOCK_M, BLOCK_N, values per block) fp32 tile: sized here so it
+    # stays at 16-32 registers per thread (the first sweep spilled at 8 rows and ran 0.02x dense).
+    # BLOCK_K 64 puts 4 lanes along K and 8 along N, so one gather instruction reads one 128-byte line of x
+    # (wider K blocks spread a warp's gathers over 4 lines). The configs marked "occupancy" (SPLIT_K 8-16,
+    # several programs per SM) were added after the last H200 run, where the winners at M = 1 ran one 4-warp
+    # program per SM (128 programs): likely latency-bound. They are unmeasured; the autotuner decides.
+    cuda_core = {
+        1: [(0, 128, 64, 4, 4), (0, 256, 64, 2, 8), (0, 128, 64, 2, 4), (0, 32, 256, 4, 4), (0, 64, 128, 2, 4),
+            (0, 64, 256, 2, 8), (1, 128, 64, 4, 4), (1, 32, 256, 4, 4), (1, 64, 256, 2, 4), (1, 16, 512, 4, 4),
+            # occupancy
+            (0, 64, 64, 16, 4), (0, 128, 64, 8, 8), (0, 64, 64, 8, 4), (1, 64, 64, 16, 4), (1, 64, 128, 8, 4)],
+        2: [(0, 64, 64, 4, 4), (0, 128, 64, 2, 8), (0, 16, 256, 4, 4), (0, 32, 128, 4, 4), (1, 64, 64, 4, 4),
+            (1, 32, 256, 4, 4), (1, 64, 128, 2, 4),
+            (0, 32, 64, 16, 4), (1, 64, 64, 8, 4), (1, 32, 128, 8, 4)],     # occupancy
+        4: [(0, 32, 64, 4, 4), (0, 64, 64, 2, 8), (0, 16, 128, 4, 4), (1, 32, 64, 4, 4), (1, 16, 256, 4, 4),
+            (1, 32, 128, 4, 4),
+            (1, 32, 64, 8, 4), (1, 16, 128, 8, 4)],                          # occupancy
+        8: [(0, 16, 64, 4, 4), (0, 32, 64, 4, 8), (1, 16, 128, 4, 4), (1, 32, 64, 4, 4),
+            (1, 16, 64, 16, 4)],                                             # occupancy
+    }
+    tensor_core = [(2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
+                   (2, 128, 128, 4, 8),
+                   (2, 64, 128, 8, 4)]                                       # occupancy
+    space = cuda_core.get(m_bucket, []) + tensor_core
+    return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
+                           "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
+            for v, bn, bk, sk, w in space]
+
+
+@triton.jit(do_not_specialize=["M"])
+def _nm24_decode_kernel(
+    x_ptr, v_ptr, meta_ptr, meta16_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_m16n, stride_om,
+    HAS_BIAS: tl.constexpr, FP32_IEEE: tl.constexpr,
+    EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % (BLOCK_K * SPLIT_K) == 0: no masks in the loop
+    PREFETCH: tl.constexpr,    # software-pipelined value/metadata loads (mask-free loop only)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    VARIANT: tl.constexpr,
+):
+    BH: tl.constexpr = BLOCK_K // 2    # stored values per row per K block
+    G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_m, M - 1)   # rows past M read row M-1 (never stored): x loads need no row mask
+
+    k_per_split = ((K + SPLIT_K - 1) // SPLIT_K + BLOCK_K - 1) // BLOCK_K * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+
+    if VARIANT == 0:
+        if BLOCK_M == 1:
+            acc2 = tl.full((BLOCK_N, BH), 0.0, tl.float32)
+        else:
+            acc3 = tl.full((BLOCK_M, BLOCK_N, BH), 0.0, tl.float32)
+    elif VARIANT == 1:
+        if BLOCK_M == 1:
+            acc2 = tl.full((BLOCK_N, G), 0.0, tl.float32)
+        else:
+            acc3 = tl.full((BLOCK_M, BLOCK_N, G), 0.0, tl.float32)
+    else:
+        acc_t = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)          # y^T tile: W is the left operand
+    # PREFETCH (mask-free loop): the next block's values and metadata are loaded before
+    # this block's gathers/selects run, so each program keeps one block of HBM reads in flight while it
+    # computes. The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
+    offs_j = tl.arange(0, BH)
+    if VARIANT == 0:
+        m_cols = offs_j // 8             # metadata: int16 half-words, 8 values each
+        m_base = meta16_ptr + offs_n[:, None] * stride_m16n
+    else:
+        m_cols = offs_j // 16            # metadata: int32 words, 16 values each (V1 reads one per group)
+        m_base = meta_ptr + offs_n[:, None] * stride_mn
+    v_base = v_ptr + offs_n[:, None] * stride_vn
+    if PREFETCH:
+        nxt_v = tl.load(v_base + (k_lo // 2 + offs_j)[None, :])
+        if VARIANT < 2:
+            nxt_m = tl.load(m_base + (k_lo // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
+        else:
+            offs_wj = tl.arange(0, BLOCK_K // 32)
+            w_base = meta_ptr + offs_n[:, None] * stride_mn
+            nxt_w = tl.load(w_base + (k_lo // 32 + offs_wj)[None, :])
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if VARIANT < 2:
+            offs_h = k0 // 2 + offs_j                                    # value index along K/2
+            if PREFETCH:
+                vals = nxt_v
+                meta = nxt_m
+                k_nx = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
+                nxt_v = tl.load(v_base + (k_nx // 2 + offs_j)[None, :])
+                nxt_m = tl.load(m_base + (k_nx // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
+            else:
+                m_ptrs = m_base + (k0 // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :]
+                if EVEN:
+                    vals = tl.load(v_base + offs_h[None, :])
+                    meta = tl.load(m_ptrs)
+                else:
+                    mask_h = mask_n[:, None] & (offs_h[None, :] < k_hi // 2)
+                    vals = tl.load(v_base + offs_h[None, :], mask=mask_h, other=0.0)   # masked values are 0:
+                    meta = tl.load(m_ptrs, mask=mask_h, other=0)    # their x reads stay in bounds, harmless
+        if VARIANT == 0:
+            # meta: (BN, BH) int16, value j's position in bits 2*(j%8); gather x at 4*(j//2) + position
+            idx = (meta.to(tl.int32) >> ((offs_h % 8) * 2)[None, :]) & 3
+            cols = (offs_h // 2 * 4)[None, :] + idx                      # dense K column of each value
+            if not EVEN:
+                cols = tl.minimum(cols, K - 1)
+            if BLOCK_M == 1:     # one row of x: 2-D tiles, no broadcast layout for the gathers
+                xg = tl.load(x_ptr + cols)                                                     # (BN, BH)
+                acc2 += xg.to(tl.float32) * vals.to(tl.float32)
+            else:
+                xg = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols[None, :, :])   # (BM, BN, BH)
+                acc3 += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :]
+        elif VARIANT == 1:
+            # meta: (BN, BH) int32 words; both values of a group share its nibble, read at the even slot
+            v0, v1 = tl.split(tl.reshape(vals.to(tl.float32), (BLOCK_N, G, 2)))                 # (BN, G)
+            word, _ = tl.split(tl.reshape(meta, (BLOCK_N, G, 2)))                               # (BN, G)
+            offs_g = k0 // 4 + tl.arange(0, G)
+            nib = (word >> ((offs_g % 8) * 4)[None, :]) & 15
+            if BLOCK_M == 1:     # one row of x: 2-D tiles
+                x_g = x_ptr + tl.minimum(offs_g * 4, K - 4)
+                c0 = tl.load(x_g).to(tl.float32)[None, :]                # (1, G): the 4 candidates
+                c1 = tl.load(x_g + 1).to(tl.float32)[None, :]
+                c2 = tl.load(x_g + 2).to(tl.float32)[None, :]
+                c3 = tl.load(x_g + 3).to(tl.float32)[None, :]
+                i0 = nib & 3
+                i1 = nib >> 2
+                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))
+                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))
+                acc2 += x0 * v0 + x1 * v1
+            else:
+                i0 = (nib & 3)[None, :, :]                               # 0..2
+                i1 = (nib >> 2)[None, :, :]                              # 1..3
+                x_g = x_ptr + rows[:, None] * stride_xm + tl.minimum(offs_g * 4, K - 4)[None, :]
+                c0 = tl.load(x_g).to(tl.float32)[:, None, :]             # (BM, 1, G): the 4 candidates
+                c1 = tl.load(x_g + 1).to(tl.float32)[:, None, :]
+                c2 = tl.load(x_g + 2).to(tl.float32)[:, None, :]
+                c3 = tl.load(x_g + 3).to(tl.float32)[:, None, :]
+                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))   # x at the first kept position
+                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))   # ... and at the second
+                acc3 += x0 * v0[None, :, :] + x1 * v1[None, :, :]
+        else:
+            offs_h = k0 // 2 + tl.arange(0, BH)
+            offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
+            w_ptrs = meta_ptr + offs_n[:, None] * stride_mn + offs_w[None, :]
+            if PREFETCH:
+                vals = nxt_v
+                words = nxt_w
+                k_nx = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
+                nxt_v = tl.load(v_base + (k_nx // 2 + offs_j)[None, :])
+                nxt_w = tl.load(w_base + (k_nx // 32 + offs_wj)[None, :])
+            elif EVEN:
+                vals = tl.load(v_ptrs)
+                words = tl.load(w_ptrs)
+            else:
+                vals = tl.load(v_ptrs, mask=mask_n[:, None] & (offs_h[None, :] < k_hi // 2), other=0.0)
+                words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < (K + 31) // 32), other=0)
+            v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))                                # (BN, G)
+            nib = tl.reshape((words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 15, (BLOCK_N, G))
+            pos = tl.arange(0, 4)[None, None, :]
+            w3 = tl.where(pos == (nib & 3)[:, :, None], v0[:, :, None],
+                          tl.where(pos == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
+            w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)                          # (BN, BK)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x_t = tl.load(x_ptr + rows[None, :] * stride_xm + tl.minimum(offs_k, K - 1)[:, None])  # (BK, BM)
+            if not EVEN:
+                x_t = tl.where((offs_k < k_hi)[:, None], x_t, 0.0)
+            if FP32_IEEE:
+                acc_t = tl.dot(w_tile.to(tl.float32), x_t.to(tl.float32), acc_t, input_precision="ieee")
+            else:
+                acc_t = tl.dot(w_tile, x_t, acc_t)
+
+    if VARIANT == 2:
+        acc = tl.trans(acc_t)
+    elif BLOCK_M == 1:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    else:
+        acc = tl.sum(acc3, axis=2)
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    splitk.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, mask_m[:, None] & mask_n[None, :], M, N,
+                      stride_om, pid_k, pid_n, SPLIT_K)
+
+
+def _even(n: int, k: int, config: dict) -> bool:
+    return n % config["BLOCK_N"] == 0 and k % (config["BLOCK_K"] * config["SPLIT_K"]) == 0
+
+
+_AUTOTUNED: dict = {}
+
+
+def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
+    """The autotuned launcher for one M bucket (and a subset of variants: benchmarks), built on first use
+    (nothing compiles or benchmarks at import)."""
+    key = (m_bucket, variants)
+    if key not in _AUTOTUNED:
+        configs = [c for c in nm24_decode_configs(m_bucket) if variants is None or c.kwargs["VARIANT"] in variants]
+        if not configs:
+            raise ValueError(f"no nm24 decode config of variants {variants} for {m_bucket} rows")
+        even = triton.heuristics({"EVEN": lambda a: _even(a["N"], a["K"], a),
+                                  "PREFETCH": lambda a: _even(a["N"], a["K"], a),
+                                  })(_nm24_decode_kernel)
+        _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
+                                          do_bench=splitk.tuning_bench)(even)
+    return _AUTOTUNED[key]
+
+
+def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                out: torch.Tensor, config: dict | None = None, variants: tuple[int, ...] | None = None
+                ) -> torch.Tensor:
+    """``out = x2 @ W.T + bias`` for x2 (M, K) with M <= MAX_M, contiguous along K; checked by the caller
+    (:func:`sfcompile.lowering.kernels.nm24.nm24_matmul`). ``config``: fixed ``VARIANT``, ``BLOCK_N``,
+    ``BLOCK_K``, ``SPLIT_K`` (+ ``num_warps``) instead of autotuning; ``variants``: autotune over these
+    variants only (benchmarks)."""
+    m, k = x2.shape
+    n = values.shape[0]
+    if m > MAX_M:
+        raise ValueError(f"nm24_decode takes at most {MAX_M} rows, got {m}")
+    on_cpu = x2.device.type == "cpu"
+    meta16 = meta.view(torch.int16)                                   # (N, 2*ceil(K/32)): 8 values per half
+    may_split = config is None or config["SPLIT_K"] > 1
+    cnt = splitk.counters(x2.device, -(-n // 16)) if may_split else meta
+    ws = splitk.workspace(m, n, x2.device) if may_split else out
+    args = (x2, values, meta, meta16, bias if bias is not None else values, out, ws, cnt, m, n, k,
+            splitk.m_key(m), x2.stride(0), values.stride(0), meta.stride(0), meta16.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu)}
+
+    def grid(meta_):
+        return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
+
+    if config is not None:
+        if config["BLOCK_K"] < 32 or config["BLOCK_K"] & (config["BLOCK_K"] - 1):
+            raise ValueError(f"BLOCK_K must be a power of two >= 32 (one metadata word), got {config['BLOCK_K']}")
+        even = _even(n, k, config)
+        block_m = 16 if config["VARIANT"] == 2 else splitk.m_key(m)
+        config = {"EVEN": even, "PREFETCH": even, "BLOCK_M": block_m, **config}
+    splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
+    return out
+
+
+def nm24_decode_reference(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch reference of what the kernel computes, in the compressed domain (W is never rebuilt):
+    ``y[m, n] = sum_j values[n, j] * x[m, 4*(j//2) + idx[n, j]] (+ bias[n])`` in fp32 (fp64 for fp64
+    inputs), x2.dtype out."""
+    k = x2.shape[-1]
+    j = torch.arange(k // 2, device=values.device)
+    words = meta[:, j // 16].to(torch.int64)                              # (N, K/2): each value's word
+    idx = (words >> (2 * (j % 16))) & 3                                   # its 2-bit position in the group
+    cols = 4 * (j // 2) + idx                                             # (N, K/2) dense K column
+    ct = torch.float64 if x2.dtype == torch.float64 else torch.float32
+    y = torch.einsum("nj,mnj->mn", values.to(ct), x2.to(ct)[:, cols])     # (M, N)
+    if bias is not None:
+        y = y + bias.to(ct)
+    return y.to(x2.dtype)

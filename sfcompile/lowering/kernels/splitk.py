@@ -1,0 +1,110 @@
+"""What the sparse matmul kernels share: the split-K epilogue, its counters and workspace, and the launcher.
+
+Split-K without extra launches: each of the ``SPLIT_K`` programs of an output tile stores its fp32 partial
+sums into a workspace ``(SPLIT_K, M, N)``; the last one to arrive (an int32 counter per tile, bumped with an
+acquire-release atomic) adds them up, writes y and resets the counter to zero for the next launch. The
+counters are allocated once per device, so CUDA-graph capture never allocates them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["store_tile", "counters", "workspace", "m_key", "ieee_dot", "tuning_bench", "launch"]
+
+MAX_SPLIT_K = 16
+
+
+@triton.jit
+def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, mask, M, N, stride_om, pid_k, tile,
+               SPLIT_K: tl.constexpr):
+    """Write the (BLOCK_M, BLOCK_N) fp32 tile ``acc`` to y, summing the SPLIT_K partials when K is split."""
+    o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        part = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=mask)
+        tl.debug_barrier()                                          # every thread's partial is written ...
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")   # ... before the release
+        if arrived == SPLIT_K - 1:
+            total = tl.full(acc.shape, 0.0, tl.float32)
+            for s in range(SPLIT_K):
+                total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(o_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+_COUNTERS: dict = {}
+
+
+def counters(device: torch.device, size: int) -> torch.Tensor:
+    """Per-output-tile arrival counters, zero between launches (each launch's last split resets its tile)."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < size:
+        buf = torch.zeros(max(size, 1 << 16), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def workspace(m: int, n: int, device, split_k: int = MAX_SPLIT_K) -> torch.Tensor:
+    """fp32 partial sums (SPLIT_K, M, N): every element a split reads is written by that split first."""
+    return torch.empty((split_k, m, n), device=device, dtype=torch.float32)
+
+
+def m_key(m: int) -> int:
+    """Next power of two of the row count: one autotuning per M bucket."""
+    return 1 << max(0, (m - 1).bit_length())
+
+
+def ieee_dot(dtype: torch.dtype, interpreted: bool) -> bool:
+    """fp32 dots stay exact (no tf32); the Triton interpreter computes bf16 dots wrongly (Triton 3.7, 3.8),
+    so there bf16 tiles are upcast to fp32 first."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
+
+
+def tuning_bench(fn, quantiles=None):
+    """Autotuning timer: do_bench (which flushes L2 between runs, so weights come from HBM as in decode),
+    shorter than its default so a whole model tunes in seconds."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+@contextlib.contextmanager
+def _interpreter():
+    """Run ``@triton.jit`` functions called from an interpreted kernel (``tl.sum``, :func:`store_tile`)
+    through the interpreter too, as TRITON_INTERPRET=1 would; without it they refuse to run outside a
+    compiled kernel. Scoped to one launch, so nothing leaks into compiled kernels or other tests."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    original = JITFunction.__call__
+    JITFunction.__call__ = lambda self, *args, **kwargs: InterpretedFunction(self.fn)(*args, **kwargs)
+    try:
+        yield
+    finally:
+        JITFunction.__call__ = original
+
+
+def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple], args: tuple, flags: dict,
+           config: dict | None, on_cpu: bool) -> None:
+    """Launch ``kernel`` with a fixed ``config`` (interpreted for CPU tensors), or its autotuned launcher.
+
+    ``config`` holds the kernel's constexprs plus optional ``num_warps`` / ``num_stages``.
+    """
+    if config is not None:
+        cfg = dict(config)
+        opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
+        if on_cpu:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            with _interpreter():
+                InterpretedFunction(kernel.fn)[grid(cfg)](*args, **flags, **cfg, **opts)
+        else:
+            kernel[grid(cfg)](*args, **flags, **cfg, **opts)
+    else:
+        autotuned()[grid](*args, **flags)
