@@ -99,7 +99,7 @@ def main() -> None:
         micro_batch=args.micro_batch,
         forge=forge,
         harden=False,
-        out=str(root / "run"),
+        out=None,  # no checkpoint: the final sharded save of an 8B run outlasts the measurement itself
         eval_text=str(text),
         eval_windows=1,
         log_every=1,
