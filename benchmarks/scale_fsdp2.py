@@ -1,13 +1,16 @@
-"""FSDP2 training throughput and peak memory per rank against `sfcompile plan`, random weights, no download.
+"""Sharded training throughput and peak memory per rank against `sfcompile plan`, random weights, no download.
 
     torchrun --nproc-per-node 2 benchmarks/scale_fsdp2.py --model qwen3-8b --seqlen 2048 --steps 6
     torchrun --nproc-per-node 1 benchmarks/scale_fsdp2.py --model qwen3-1.7b ...      # the 1-GPU baseline
+    torchrun --nproc-per-node 2 benchmarks/scale_fsdp2.py --engine deepspeed --model qwen3-0.6b ...  # ZeRO-3
+    benchmarks/scale_h200x2.sh       # the three runs of the H200 ×2 proof in one command (JSON lines to $OUT)
 
 The model is built from the alias's offline config with random weights, sparsified 2:4 and trained by
 `sfcompile.train` (teacher copy sharded, Hessian scoring, SLoRB: the defaults) on synthetic text with a byte
 tokenizer (the loss is meaningless; memory and speed are what is measured). Rank 0 prints one JSON line:
 tokens/s of the steps after the first, peak allocated memory per rank, and plan's prediction by component.
-Run on CPU with ``--device cpu`` (gloo) to check the script itself.
+Run on CPU with ``--device cpu`` (gloo) to check the script itself (``--hidden``/``--layers`` shrink the
+config). ``--out FILE`` appends the JSON line to FILE as well.
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--engine", default="fsdp2", choices=("fsdp2", "deepspeed"))
+    ap.add_argument("--hidden", type=int, default=None, help="override hidden/intermediate/heads (CPU checks)")
+    ap.add_argument("--probe-every", type=int, default=1, help="Hessian probe period (fd estimator)")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = ap.parse_args()
+    if args.engine == "deepspeed" and not torch.cuda.is_available():
+        import os
+
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     from _tiny import byte_tokenizer
     from transformers import AutoModelForCausalLM
@@ -53,6 +65,10 @@ def main() -> None:
     cfg = alias_config(args.model)
     if args.layers:
         cfg.num_hidden_layers = args.layers
+    if args.hidden:  # a tiny config of the same family, for checking the script on CPU
+        cfg.hidden_size, cfg.intermediate_size = args.hidden, 2 * args.hidden
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 4, 2, args.hidden // 4
+        cfg.vocab_size = 512
     torch.manual_seed(0)
     with torch.device("cuda" if cuda else "cpu"):
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
@@ -73,7 +89,8 @@ def main() -> None:
     forge = ForgeConfig(
         schedule=TemperingSchedule(
             period_early=2, period_late=2, harden_start=0.5, harden_end=0.8, finalize_at=0.9
-        )
+        ),
+        probe_every=args.probe_every,
     )
     config = TrainConfig(
         tokens=args.seqlen * args.micro_batch * world * args.steps,
@@ -82,12 +99,13 @@ def main() -> None:
         micro_batch=args.micro_batch,
         forge=forge,
         harden=False,
-        out=str(root / "run"),
+        out=None,  # no checkpoint: the final sharded save of an 8B run outlasts the measurement itself
         eval_text=str(text),
         eval_windows=1,
         log_every=1,
         activation_checkpointing=args.activation_checkpointing,
         device=args.device,
+        engine=args.engine,
     )
     t0 = time.perf_counter()
     result = train(model, config, tokenizer=byte_tokenizer())
@@ -115,12 +133,20 @@ def main() -> None:
                 seqlen=args.seqlen,
                 mask_bytes=4,
                 checkpointing=args.activation_checkpointing,
+                engine=args.engine,
             ),
         )
-        print(
-            json.dumps(
+        peak_plan = max(predicted["total"], predicted["startup"])
+        line = json.dumps(
                 {
+                    "label": args.label,
+                    "engine": args.engine,
+                    "device": torch.cuda.get_device_name() if cuda else "cpu",
+                    "score": forge.score,
+                    "estimator": forge.estimator,
+                    "activation_checkpointing": args.activation_checkpointing,
                     "model": args.model,
+                    "hidden": cfg.hidden_size,
                     "layers": cfg.num_hidden_layers,
                     "world": world,
                     "seqlen": args.seqlen,
@@ -130,9 +156,15 @@ def main() -> None:
                     "wall_s": round(wall, 1),
                     "peak_gib_per_rank": [round(p / 2**30, 2) for p in peaks],
                     "plan_gib": {k: round(v / 2**30, 2) for k, v in predicted.items()},
+                    "plan_peak_gib": round(peak_plan / 2**30, 2),
+                    "measured_over_plan": round(max(peaks) / peak_plan, 3) if cuda else None,
+                    "final_loss": result.final_loss,
                 }
             )
-        )
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
     dist.shutdown()
 
 

@@ -74,7 +74,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sfcompile.masking import hutchinson, shards, slorb, tempering
+from sfcompile.masking import hutchinson, shards, slorb, tempering, zero3
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.masking.scores import (
     STAT_NAMES,
@@ -385,7 +385,8 @@ class SparseForge:
             return
         seen = False
         for site, module, soft in self.entries:
-            g = dense_weight(module, site.param).grad
+            w = dense_weight(module, site.param)
+            g = zero3.local_grad(w) if zero3.is_partitioned(w) else w.grad
             if g is not None:
                 ema_(getattr(soft, STAT_NAMES["fisher"]), local(g).float().square(), self.config.hessian_ema)
                 seen = True
@@ -470,35 +471,56 @@ class SparseForge:
         return z
 
     def _update_masks(self, step: int, values: dict) -> float:
-        cfg, sched = self.config, self.config.schedule
         # τ of every group's GLOBAL scores (under FSDP2 every rank completes the same sample, equal to one
-        # process), all quantiles in one batched kthvalue; the scores are recomputed below rather than kept
-        # (a second weight-sized copy of every site would not fit next to a sharded 8B model)
-        gens = [tempering.sample_generator(cfg.seed, step, g[0], self._device(g[0])) for g in self._groups]
-        samples = [shards.global_sample(self._group_scores(g), self.entries[g[0]][2].mask, cfg.tau_samples, gen)
-                   for g, gen in zip(self._groups, gens)]
+        # process), all quantiles in one batched kthvalue; the scores are recomputed in the second pass rather
+        # than kept (a second weight-sized copy of every site would not fit next to a sharded 8B model).
+        # ZeRO-3: each group's whole tensors are gathered for the pattern work (a flat partition may cut an
+        # N:M group).
+        cfg = self.config
+        samples = []
+        for group in self._groups:
+            gen = tempering.sample_generator(cfg.seed, step, group[0], self._device(group[0]))
+            with zero3.gathered(self._site_tensors(group), modify=False):
+                samples.append(shards.global_sample(self._group_scores(group), self.entries[group[0]][2].mask,
+                                                    cfg.tau_samples, gen))
         taus = tempering.quantiles(samples, values["target_sparsity"])
         del samples
         flips, count = None, 0
         for group, tau in zip(self._groups, taus):
-            z = self._group_scores(group)
-            lead_soft = self.entries[group[0]][2]
-            new = tempering.tempered_mask(
-                z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
-                target_sparsity=values["target_sparsity"], temperature=values["temperature"],
-                pull=values["pull"], pull_lr=sched.pull_lr, momentum=sched.mask_momentum,
-                n_samples=cfg.tau_samples, tau=tau)
-            for i in group:
-                soft = self.entries[i][2]
-                before = local(soft.hard).detach().clone()
-                self._set_mask(soft, new)
-                changed = (local(soft.hard) != before).sum()
-                flips = changed if flips is None else flips + changed
-                count += before.numel()
+            with zero3.gathered(self._site_tensors(group), modify=True):
+                flips, count = self._update_group(values, group, tau, flips, count)
         if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows
             both = torch.stack([flips.double(), flips.new_tensor(count).double()])
             flips, count = shards.all_reduce_sum(both)
         return float(flips) / max(float(count), 1.0)
+
+    def _site_tensors(self, group) -> list[torch.Tensor]:
+        """W, mask state, statistics and SLoRB tensors of the sites in ``group`` (for ZeRO-3 gathering)."""
+        out = []
+        for i in group:
+            site, module, soft = self.entries[i]
+            out += [dense_weight(module, site.param), soft.mask, soft.hard]
+            out += [getattr(soft, name, None) for name in STAT_NAMES.values()]
+            out += [getattr(module, "slorb_S", None), getattr(module, "slorb_P", None)]
+        return [t for t in out if isinstance(t, torch.Tensor)]
+
+    def _update_group(self, values: dict, group, tau: float, flips, count):
+        cfg, sched = self.config, self.config.schedule
+        z = self._group_scores(group)
+        lead_soft = self.entries[group[0]][2]
+        new = tempering.tempered_mask(
+            z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
+            target_sparsity=values["target_sparsity"], temperature=values["temperature"],
+            pull=values["pull"], pull_lr=sched.pull_lr, momentum=sched.mask_momentum,
+            n_samples=cfg.tau_samples, tau=tau)
+        for i in group:
+            soft = self.entries[i][2]
+            before = local(soft.hard).detach().clone()
+            self._set_mask(soft, new)
+            changed = (local(soft.hard) != before).sum()
+            flips = changed if flips is None else flips + changed
+            count += before.numel()
+        return flips, count
 
     @staticmethod
     def _set_mask(soft: SoftMask, new: torch.Tensor) -> None:
@@ -509,16 +531,18 @@ class SparseForge:
             soft.set_mask(new.to(soft.mask.dtype))
 
     def _init_slorb(self) -> None:
-        for site, module, soft in self.entries:
+        for i, (site, module, soft) in enumerate(self.entries):
             if hasattr(module, "_sfcompile_slorb") and site.kind in slorb.SLORB_KINDS:
-                slorb.init_slorb_(module, local(dense_weight(module, site.param)), local(soft.hard))
+                with zero3.gathered(self._site_tensors([i]), modify=True):
+                    slorb.init_slorb_(module, local(dense_weight(module, site.param)), local(soft.hard))
 
     def _finalize(self) -> None:
         """Masks exact and frozen: m ← hard(m), W ← W ⊙ m, hardness 0, gradients masked (no STE)."""
-        for site, module, soft in self.entries:
-            hard = local(soft.hard).detach().clone()
-            self._set_mask(soft, hard)
-            local(dense_weight(module, site.param)).mul_(hard.to(dense_weight(module, site.param).dtype))
+        for i, (site, module, soft) in enumerate(self.entries):
+            with zero3.gathered(self._site_tensors([i]), modify=True):
+                hard = local(soft.hard).detach().clone()
+                self._set_mask(soft, hard)
+                local(dense_weight(module, site.param)).mul_(hard.to(dense_weight(module, site.param).dtype))
             soft.ste = False
         self.finalized = True
         self._apply_step_state(self.total_steps)
@@ -526,11 +550,12 @@ class SparseForge:
     def _sparsity(self) -> dict[str, float]:
         counts, total = None, 0  # accumulated on the device: one host sync per step, not one per site
         for _, _, soft in self.entries:
-            m_eff = local(soft.effective())
+            m_eff = soft.hardness * local(soft.mask) + (1 - soft.hardness) * local(soft.hard)  # element-wise
             c = torch.stack([(m_eff == 0).sum(), (local(soft.hard) == 0).sum()])
             counts = c if counts is None else counts + c
             total += m_eff.numel()
-        if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows
+        mask = self.entries[0][2].mask
+        if shards.is_sharded(mask) or zero3.is_partitioned(mask):  # counts over all ranks' rows / slices
             counts = torch.cat([counts, counts.new_tensor([total])])
             total = shards.all_reduce_sum(counts)[-1].item()
             counts = counts[:2]

@@ -32,8 +32,11 @@ import torch
 from torch import nn
 
 from sfcompile.masking.scores import local
-from sfcompile.masking.shards import local_rows
+from sfcompile.masking.shards import global_shape, local_rows
 from sfcompile.masking.state import SoftMask, dense_weight
+from sfcompile.masking.zero3 import any_partitioned, flat_slice
+from sfcompile.masking.zero3 import full_grads as zero3_grads
+from sfcompile.masking.zero3 import release as zero3_release
 from sfcompile.passes.site import Site
 
 __all__ = ["HutchinsonError", "rademacher", "estimate_diag", "fd_hessian_vector", "exact_hessian_vector",
@@ -94,10 +97,13 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     """
     weights = [dense_weight(module, site.param) for site, module, _ in entries]
     softs = [soft for _, _, soft in entries]
+    zero3 = any_partitioned(weights)  # DeepSpeed ZeRO-3: perturb this rank's flat slices (masking/zero3.py)
+    if zero3:
+        zero3_release(model)  # no stale gathered copy may hide the writes to the slices below
     saved_w = [local(w).detach().clone() for w in weights]
     saved_mask = [local(s.mask).detach().clone() for s in softs]
     saved_h = [s.hardness.detach().clone() for s in softs]
-    base = [w * local(s.effective()).to(w.dtype) for w, s in zip(saved_w, softs)]  # W ⊙ m_eff
+    base = [w * _local_effective(s).to(w.dtype) for w, s in zip(saved_w, softs)]  # W ⊙ m_eff
     # One step for all sites: with per-site steps the cross-site terms of Hv would be rescaled (still unbiased
     # for the diagonal, but noisier than the exact product).
     sq = torch.stack([b.float().square().sum() for b in base]).sum().double()
@@ -122,17 +128,31 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
             _set_rng_state(rng)
             with _grads_set_aside(model), torch.enable_grad():
                 loss = loss_fn()
-                loss.backward()
+                if zero3:  # ZeRO-3 keeps no .grad: full gradients by autograd.grad, averaged over ranks
+                    full = zero3_grads(loss, weights)
+                    got = [None if g is None else flat_slice(g, w) for g, w in zip(full, weights)]
+                    zero3_release(model)
+                else:
+                    loss.backward()
+                    got = [None if w.grad is None else local(w.grad) for w in weights]
                 # kept in the gradient's dtype: the difference g+ − g− cancels most digits
-                grads[sign] = [torch.zeros_like(b) if w.grad is None else local(w.grad).detach().clone()
-                               for w, b in zip(weights, base)]
+                grads[sign] = [torch.zeros_like(b) if g is None else g.detach().clone()
+                               for g, b in zip(got, base)]
     finally:
         _set_rng_state(rng)
         for w, s, sw, sm, sh in zip(weights, softs, saved_w, saved_mask, saved_h):
             local(w).copy_(sw)
             local(s.mask).copy_(sm)
             s.hardness.copy_(sh)
+        if zero3:
+            zero3_release(model)
     return [((gp - gm) / (2 * eps)).float() for gp, gm, eps in zip(grads[1], grads[-1], steps)]
+
+
+def _local_effective(soft: SoftMask) -> torch.Tensor:
+    """m_eff = h · mask + (1 − h) · hard on this rank's local mask state (element-wise: any sharding)."""
+    h = soft.hardness
+    return h * local(soft.mask) + (1 - h) * local(soft.hard)
 
 
 @contextlib.contextmanager
@@ -170,6 +190,9 @@ def _check_hvp_possible(model: nn.Module, weights: Sequence[torch.Tensor]) -> No
     if any(hasattr(w, "to_local") for w in weights):
         raise HutchinsonError("estimator='hvp' needs a double backward, which FSDP2 (DTensor parameters) "
                               "does not support; use estimator='fd'")
+    if any(hasattr(w, "ds_id") for w in weights):
+        raise HutchinsonError("estimator='hvp' is not supported under DeepSpeed ZeRO-3 (its parameters are "
+                              "re-partitioned between the two backward passes); use estimator='fd'")
 
 
 def exact_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[[], torch.Tensor],
@@ -213,8 +236,9 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
         for (site, module, _), gen in zip(entries, generators):
             w = dense_weight(module, site.param)  # probe drawn at the global shape: equal to 1 process
             # drawn where the generator lives (the weight's device); a sharded rank keeps a copy of its rows
-            v = rademacher(w.shape, gen, gen.device)
-            vs.append(local_rows(v, w).to(local(w).device, copy=v.shape != local(w).shape))
+            v = rademacher(global_shape(w), gen, gen.device)
+            rows = local_rows(v, w)
+            vs.append((rows if rows.numel() == v.numel() else rows.clone()).to(local(w).device))
         if estimator == "fd":
             hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
         else:

@@ -34,8 +34,13 @@ class ScoreError(ValueError):
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
+    """The local shard of a DTensor (FSDP2), this rank's flat slice of a partitioned ZeRO-3 parameter
+    (`zero3.local`), the tensor itself otherwise."""
+    if hasattr(t, "to_local"):
+        return t.to_local()
+    from sfcompile.masking import zero3
+
+    return zero3.local(t)
 
 
 def ensure_stat(soft: nn.Module, name: str, shape: tuple[int, ...], device=None) -> nn.Parameter:

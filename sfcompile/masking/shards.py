@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_sharded", "row_range", "local_rows", "global_sample", "sampled_quantile", "all_reduce_sum",
-           "mean_across_ranks"]
+__all__ = ["global_shape", "is_sharded", "row_range", "local_rows", "global_sample", "sampled_quantile",
+           "all_reduce_sum", "mean_across_ranks"]
 
 
 def _distributed() -> bool:
@@ -32,6 +32,11 @@ def _distributed() -> bool:
 def is_sharded(t: torch.Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2-managed parameter or a statistic sharded like one)."""
     return hasattr(t, "to_local") and hasattr(t, "placements")
+
+
+def global_shape(t: torch.Tensor) -> torch.Size:
+    """The full shape of ``t``: ZeRO-3 keeps it in ``ds_shape`` (its ``shape`` is (0,) when partitioned)."""
+    return t.ds_shape if hasattr(t, "ds_shape") else t.shape
 
 
 def row_range(t: torch.Tensor) -> tuple[int, int]:
@@ -55,9 +60,12 @@ def row_range(t: torch.Tensor) -> tuple[int, int]:
 
 
 def local_rows(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """This rank's rows of ``full`` (a tensor of ``like``'s global shape), laid out like ``like``'s shard."""
+    """This rank's rows of ``full`` (a tensor of ``like``'s global shape), laid out like ``like``'s shard
+    (a flat slice when ``like`` is a partitioned ZeRO-3 parameter: `zero3.flat_slice`)."""
     if not is_sharded(like):
-        return full
+        from sfcompile.masking import zero3
+
+        return zero3.flat_slice(full, like)
     start, stop = row_range(like)
     return full[start:stop]
 

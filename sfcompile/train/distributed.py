@@ -12,7 +12,10 @@ student and teacher are wrapped by the run's engine:
     forward, so FSDP2 does not all-gather them). Sharding is along dim 0, so an N:M group or 16×16 tile stays
     on one rank when K is the last dim; when K is dim 0 (GPT-2 Conv1D) `check_shardable` refuses world sizes
     that would split a group. Mask updates then need no communication except τ (`masking.shards`).
-``"deepspeed"`` (`engines/deepspeed.py`) ZeRO-3 through the same calls.
+``"deepspeed"`` (`engines/deepspeed.py`)
+    ZeRO-3 through the same calls: `wrap_model` only marks the model; `attach_optimizer` (after the optimizer
+    is built) runs ``deepspeed.initialize``, which partitions every parameter; `stepper` drives backward and
+    step through the engine; mask work runs on ZeRO's slices or under gathered parameters (`masking.zero3`).
 
 At the end of a sharded run `full_model` gathers the trained state into a plain (unsharded, CPU) copy of the
 model on rank 0, which the trainer hardens and saves.
@@ -199,8 +202,16 @@ def wrap_model(model: nn.Module, config) -> nn.Module:
     world = world_size()
     if world == 1:
         return model
-    check_shardable(model, world)
     engine = engine_of(config)
+    if engine == "deepspeed":  # partitioned at attach_optimizer; pattern work runs gathered: any world size
+        from sfcompile.train.engines.deepspeed import check_supported, require_deepspeed
+
+        require_deepspeed()
+        check_supported(config)
+        _SKELETONS[model] = _skeleton(model) if is_main_process() else None
+        model._sfcompile_engine = engine
+        return model
+    check_shardable(model, world)
     _SKELETONS[model] = _skeleton(model) if is_main_process() else None
     if engine == "fsdp2":
         from sfcompile.train.engines.fsdp2 import wrap
@@ -223,12 +234,57 @@ def wrap_teacher(teacher: nn.Module | None, config) -> nn.Module | None:
             'teacher="offload" streams blocks to one GPU; with several processes the teacher '
             'is sharded across them instead: use teacher="copy"'
         )
-    engine = engine_of(config)
-    if engine == "fsdp2":
-        from sfcompile.train.engines.fsdp2 import wrap
-    else:
-        from sfcompile.train.engines.deepspeed import wrap
+    if engine_of(config) == "deepspeed":
+        from sfcompile.train.engines.deepspeed import wrap_teacher as ds_wrap_teacher
+
+        return ds_wrap_teacher(teacher, config)
+    from sfcompile.train.engines.fsdp2 import wrap
+
     return wrap(teacher, config, trainable=False)
+
+
+def attach_optimizer(student: nn.Module, model: nn.Module, optimizer, config) -> nn.Module:
+    """The module the trainer calls for the training forward once the optimizer exists: ``student`` itself,
+    or under DeepSpeed the ZeRO-3 engine built from ``model`` and ``optimizer`` (which partitions the model)."""
+    if getattr(model, "_sfcompile_engine", None) != "deepspeed":
+        return student
+    from sfcompile.train.engines.deepspeed import initialize
+
+    return initialize(model, optimizer, config)
+
+
+class Stepper:
+    """backward / gradient norm / clip + step / skip for one process and FSDP2 (plain autograd + optimizer);
+    `stepper` returns the DeepSpeed one under ZeRO-3."""
+
+    def __init__(self, optimizer, trained):
+        self.optimizer, self.trained = optimizer, trained
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        loss.backward()
+
+    def grad_norm(self) -> torch.Tensor:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained if p.grad is not None])
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor partial norm
+
+    def step(self, clip: float, grad_norm: torch.Tensor) -> None:
+        if clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.trained, clip, grad_norm)
+        self.optimizer.step()
+
+    def skip(self) -> None:
+        """Nothing to do: `zero_grad` follows."""
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def stepper(model: nn.Module, optimizer, trained):
+    if getattr(model, "_sfcompile_engine", None) == "deepspeed":
+        from sfcompile.train.engines.deepspeed import Stepper as DeepSpeedStepper
+
+        return DeepSpeedStepper(model)
+    return Stepper(optimizer, trained)
 
 
 def full_model(model: nn.Module) -> nn.Module | None:
@@ -236,9 +292,14 @@ def full_model(model: nn.Module) -> nn.Module | None:
     with the full state on rank 0 (None on the other ranks). Collective: call on every rank."""
     if not is_sharded(model):
         return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if getattr(model, "_sfcompile_engine", None) == "deepspeed":
+        from sfcompile.train.engines.deepspeed import full_state
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = full_state(model)
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main_process():
         return None
     skeleton = _SKELETONS.get(model)
@@ -270,6 +331,10 @@ def save_sharded_state(folder, model: nn.Module, optimizer) -> None:
     ``torch.distributed.checkpoint`` keys tensors by parameter name, so the checkpoint loads on any number of
     ranks (resharded on load), also into a single unwrapped process.
     """
+    if getattr(model, "_sfcompile_engine", None) == "deepspeed":
+        from sfcompile.train.engines import deepspeed as ds
+
+        return ds.save(folder, model)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -278,11 +343,22 @@ def save_sharded_state(folder, model: nn.Module, optimizer) -> None:
 
 
 def has_sharded_state(folder) -> bool:
-    return (folder / DCP_DIR / ".metadata").exists()
+    from sfcompile.train.engines.deepspeed import has_state
+
+    return (folder / DCP_DIR / ".metadata").exists() or has_state(folder)
 
 
 def load_sharded_state(folder, model: nn.Module, optimizer) -> None:
     """Load ``folder/dcp`` into ``model`` and ``optimizer``, whatever the number of ranks that wrote it."""
+    from sfcompile.train.engines import deepspeed as ds
+
+    if ds.has_state(folder) or getattr(model, "_sfcompile_engine", None) == "deepspeed":
+        if not ds.has_state(folder) or getattr(model, "_sfcompile_engine", None) != "deepspeed":
+            raise DistributedError(
+                f"{folder}: DeepSpeed checkpoints resume with engine='deepspeed' and FSDP2/DCP ones with "
+                "engine='fsdp2'; resume with the engine that wrote it"
+            )
+        return ds.load(folder, model)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 

@@ -262,13 +262,15 @@ def train(
     student = dist.wrap_model(model, config)  # FSDP2 shards in place, after the forge (its state too)
     teacher = dist.wrap_teacher(teacher, config)
     extra = forge.trainable_extra_parameters() if forge else []  # after wrapping: the sharded parameters
+    optimizer = build_optimizer(model, config, extra=extra)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
+    student = dist.attach_optimizer(student, model, optimizer, config)  # DeepSpeed: the ZeRO-3 engine
+    stepper = dist.stepper(model, optimizer, trained)  # backward / grad norm / clip + step for the engine
     compiled: list[str] = []
     student_fwd = _compile(student, "student forward", compiled, log) if config.compile else student
     teacher_fwd = teacher
     if config.compile and teacher is not None and config.teacher == "copy":
         teacher_fwd = _compile(teacher, "teacher forward", compiled, log)
-    optimizer = build_optimizer(model, config, extra=extra)
-    trained = [p for g in optimizer.param_groups for p in g["params"]]
 
     # ---- resume -----------------------------------------------------------------------------------------
     start, skipped, tokens_done, ppl = 0, 0, 0, {}
@@ -341,7 +343,7 @@ def train(
 
                 # forward/backward over the micro-batches, gradients accumulated
                 loss_sum, parts_sum = 0.0, {}
-                for ids in micro:
+                for i_micro, ids in enumerate(micro):
                     ids = ids.to(device, non_blocking=True)
                     with autocast():
                         t_out = None
@@ -350,7 +352,7 @@ def train(
                                 t_out = teacher_fwd(ids, output_hidden_states=weights.squarehead > 0)
                         s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0)
                         loss, parts = distillation_loss(s_out, ids, weights, t_out)
-                    (loss / len(micro)).backward()
+                    stepper.backward(loss / len(micro), last=i_micro == len(micro) - 1)
                     loss_sum = loss_sum + loss.detach() / len(micro)  # on the device: one host sync per step
                     for k, v in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + v.detach() / len(micro)
@@ -361,9 +363,7 @@ def train(
                 # NaN/inf guard: a non-finite loss or gradient skips the update (the schedule still advances)
                 # one loss for all ranks (the mean over the global batch): every rank takes the same branch
                 loss_sum, parts_sum = dist.all_reduce_mean(loss_sum), dist.all_reduce_dict_mean(parts_sum)
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None])
-                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor partial norm
-                    grad_norm = grad_norm.full_tensor()
+                grad_norm = stepper.grad_norm()
                 finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
                 if finite:
                     if forge is not None:
@@ -373,17 +373,16 @@ def train(
                             forge.probe(
                                 step, functools.partial(_probe_loss, model, ids, t_out, weights, autocast)
                             )
-                    if config.clip > 0:
-                        torch.nn.utils.clip_grads_with_norm_(trained, config.clip, grad_norm)
-                    optimizer.step()
+                    stepper.step(config.clip, grad_norm)
                 else:
+                    stepper.skip()
                     skipped += 1
                     log.log(step, "skip", loss=loss_sum, grad_norm=float(grad_norm))
                     log.message(
                         f"step {step}: non-finite loss/gradient (loss {loss_sum}, grad norm "
                         f"{float(grad_norm)}): update skipped"
                     )
-                optimizer.zero_grad(set_to_none=True)
+                stepper.zero_grad()
                 t_out = None
                 done = step + 1
                 log_now = done % config.log_every == 0 or done == end

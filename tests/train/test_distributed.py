@@ -217,16 +217,3 @@ def test_world_sizes_that_split_groups_are_refused():
         dist.check_shardable(blocks, 3)
     with pytest.raises(dist.DistributedError, match="engine 'megatron' is not known"):
         dist.engine_of(type("C", (), {"engine": "megatron"})())
-
-
-def test_deepspeed_engine_refuses_with_what_to_do():
-    from sfcompile.train.engines import deepspeed as ds
-
-    try:
-        import deepspeed  # noqa: F401
-
-        expected = "not built yet.*engine='fsdp2'"
-    except ImportError:
-        expected = "pip install deepspeed.*engine='fsdp2'"
-    with pytest.raises(ds.DeepSpeedUnavailable, match=expected):
-        ds.wrap(_model(), _config_stub(), trainable=True)
