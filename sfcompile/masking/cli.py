@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also report dense and pruned perplexity on this text (e.g. wiki)")
     parser.add_argument("--max-windows", type=int, default=None,
                         help="evaluate perplexity on only the first N windows (default: all)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to prune and evaluate: cpu, cuda, cuda:N or auto (cuda when available); "
+                             "default cpu")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
 
 
@@ -56,10 +59,34 @@ def _check(args) -> str | None:
             return f"--{name} {value} is not valid: it must be a positive integer (e.g. --{name} 128)"
     if args.max_windows is not None and args.max_windows < 1:
         return f"--max-windows {args.max_windows} is not valid: it must be a positive integer"
+    try:
+        _device(args.device)
+    except ValueError as e:
+        return str(e)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return f"--out {out} exists and is not a folder; pass a folder path"
     return None
+
+
+def _device(name: str):
+    """The torch device for ``--device`` (ValueError naming the value when it cannot be used here)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: only cpu and cuda are supported")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _ppl(model, tok, text: str, args) -> float:
@@ -86,7 +113,7 @@ def run(args) -> int:
     if problem:
         return _bad(problem)
     try:
-        model, tok = sfcompile.load(args.model)
+        model, tok = sfcompile.load(args.model, device=_device(args.device))
     except (ValueError, FileNotFoundError) as e:
         return _bad(str(e))
 

@@ -308,8 +308,9 @@ def _cli(*argv):
 
 @pytest.mark.parametrize("extra, match", [
     (["--pattern", "3:3"], "3:3"), (["--nsamples", "0"], "--nsamples 0"), (["--seqlen", "-1"], "--seqlen -1"),
-    (["--max-windows", "0"], "--max-windows 0"),
-])
+    (["--max-windows", "0"], "--max-windows 0"), (["--device", "tpu"], "--device 'tpu'"),
+    (["--device", "nonsense!"], "not a device"),
+] + ([(["--device", "cuda"], "CUDA is not available")] if not torch.cuda.is_available() else []))
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, match):
     out = tmp_path / "out"
     assert _cli("--model", "smollm2-135m", "--out", str(out), *extra) == 2
@@ -327,7 +328,8 @@ def test_cli_missing_model_exits_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_magnitude_on_smollm2_saves_a_hardened_model(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["--model", "smollm2-135m", "--method", "magnitude", "--pattern", "2:4", "--out", str(out)]
+    argv = ["--model", "smollm2-135m", "--method", "magnitude", "--pattern", "2:4", "--device", "auto",
+            "--out", str(out)]
     assert _cli(*argv) == 0
     assert (out / "sparsity.json").exists()
     printed = capsys.readouterr().out
