@@ -53,7 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kl-weight", type=float, default=1.0)
     g.add_argument("--kl-temperature", type=float, default=2.0)
     g.add_argument("--squarehead", type=float, default=0.0, help="SquareHead weight (default 0)")
-    g.add_argument("--init", default="dense", choices=("dense", "magnitude", "wanda", "sparsegpt"))
+    g.add_argument(
+        "--init",
+        default="sparsegpt",
+        choices=("dense", "magnitude", "wanda", "sparsegpt"),
+        help="one-shot masks to start from (default sparsegpt). From a pruning init the forge keeps the hard "
+        "pattern in the forward from the first step and explores mask flips until 60%% of the run, then trains "
+        "on frozen masks (the recipe measured in benchmarks/README.md); from dense it follows the reference's "
+        "soft-to-hard tempering schedule. --forge KEY=VALUE overrides either",
+    )
     g.add_argument(
         "--init-calib-windows",
         type=int,
@@ -102,15 +110,21 @@ def _convert(text: str, current):
     return text
 
 
-def forge_from_overrides(items: list[str]):
-    """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields)."""
+FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
+
+
+def forge_from_overrides(items: list[str], init: str = "dense"):
+    """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields).
+
+    With a pruning ``init`` the schedule starts from `FROM_PRUNED` (hard forward from the first step, exploration
+    until 60% of the run); the strings override it."""
     from sfcompile.masking.forge import ForgeConfig
     from sfcompile.masking.schedule import TemperingSchedule
 
     base, sched = ForgeConfig(), TemperingSchedule()
     f_fields = {f.name for f in dataclasses.fields(ForgeConfig)} - {"schedule"}
     s_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
-    f_kw, s_kw = {}, {}
+    f_kw, s_kw = {}, dict(FROM_PRUNED) if init != "dense" else {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -154,7 +168,7 @@ def config_from_args(args):
         teacher=args.teacher,
         init=args.init,
         init_calib_windows=args.init_calib_windows,
-        forge=None if args.no_forge else forge_from_overrides(args.forge),
+        forge=None if args.no_forge else forge_from_overrides(args.forge, args.init),
         out=args.out,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

@@ -40,6 +40,8 @@ def test_cli_sigterm_then_resume(tmp_path, monkeypatch):
         str(data),
         "--eval-windows",
         "2",
+        "--init",
+        "dense",
         "--forge",
         "period_early=2",
         "--forge",
@@ -72,3 +74,13 @@ def test_cli_sigterm_then_resume(tmp_path, monkeypatch):
     assert (out / "final" / "sparsity.json").exists()
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 9))
+
+
+def test_default_recipe_starts_from_sparsegpt_with_a_hard_forward():
+    args = _args(["--model", "m", "--out", "o", "--tokens", "10M"])
+    assert args.init == "sparsegpt"
+    sched = cli.forge_from_overrides([], args.init).schedule
+    assert (sched.harden_start, sched.harden_end, sched.finalize_at, sched.sparsity_warmup) == (0, 0, 0.6, 0)
+    assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt").schedule.finalize_at == 0.8  # user wins
+    dense = cli.forge_from_overrides([], "dense").schedule
+    assert dense.harden_start > 0 and dense.sparsity_warmup > 0  # the reference schedule from dense
