@@ -38,7 +38,7 @@ from torch import nn
 from sfcompile.passes.site import Site
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
-           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors"]
+           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors", "folded_bypass"]
 
 SLORB_KINDS = ("linear", "conv1d")
 _HANDLE = "_sfcompile_slorb_handle"
@@ -72,7 +72,40 @@ def block_sum_matrix(k: int, group: int, dtype=torch.float32, device=None) -> to
     return eye.repeat_interleave(group, dim=1)
 
 
+def _folded_soft(module: nn.Module):
+    """The SoftMask on ``module``'s weight that folds this module's bypass into the weight, or None."""
+    plists = getattr(module, "parametrizations", None)
+    if plists is None:
+        return None
+    for plist in plists.values():
+        for p in plist:
+            if p.__dict__.get("_bypass_owner") is module:
+                return p
+    return None
+
+
+def folded_bypass(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """gain · (S P) laid out like the module's weight ((N, K) linear, (K, N) conv1d), in ``dtype``.
+
+    While the weight carries a soft mask (training) the bypass is added to the effective weight instead of
+    being a second matmul: x·(W ⊙ m + gain·S P)ᵀ = x·(W ⊙ m)ᵀ + gain·S(P x). The gradients are the same (the
+    map is linear in both), and a training step saves the skinny matmuls and their kernels."""
+    info = module._sfcompile_slorb
+    s = module.slorb_S
+    p = getattr(module, "slorb_P", None)
+    if p is None:  # each group's S entry repeated over its k inputs: a broadcast view and one copy
+        n, groups = s.shape
+        full = s.unsqueeze(-1).expand(n, groups, info["group"]).reshape(n, groups * info["group"])
+    else:
+        full = s @ p  # (N, K)
+    if info["kind"] == "conv1d":
+        full = full.t()
+    return (module.slorb_gain.to(full.dtype) * full).to(dtype)  # .to: no-op for an fp32 weight
+
+
 def _slorb_forward(module: nn.Module, args, kwargs, output):
+    if _folded_soft(module) is not None:  # training: already inside the effective weight
+        return None
     x = args[0] if args else next(iter(kwargs.values()))  # (..., K)
     s = module.slorb_S  # (N, K/k)
     p = getattr(module, "slorb_P", None)
@@ -102,11 +135,26 @@ def add_slorb(module: nn.Module, kind: str, shape, group: int, *, train_p: bool 
     module._sfcompile_slorb = {"kind": kind, "group": group, "train_p": train_p, "in_features": k,
                                "out_features": n}
     setattr(module, _HANDLE, module.register_forward_hook(_slorb_forward, with_kwargs=True))
+    _link_soft_mask(module)
     return params
+
+
+def _link_soft_mask(module: nn.Module) -> None:
+    """Let the module's soft mask (if its weight has one) fold the bypass into the weight (`folded_bypass`)."""
+    from sfcompile.masking.state import SoftMask
+
+    for plist in getattr(module, "parametrizations", {}).values():
+        for p in plist:
+            if isinstance(p, SoftMask) and p.site.kind in SLORB_KINDS:
+                object.__setattr__(p, "_bypass_owner", module)  # a plain reference, not a submodule
+                return
 
 
 def remove_slorb(module: nn.Module) -> None:
     """Undo `add_slorb` (hook, parameters, buffer)."""
+    soft = _folded_soft(module)
+    if soft is not None:
+        del soft.__dict__["_bypass_owner"]
     getattr(module, _HANDLE).remove()
     for name in ("slorb_S", "slorb_P", "slorb_gain", _HANDLE, "_sfcompile_slorb"):
         if hasattr(module, name):

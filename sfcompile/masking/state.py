@@ -8,6 +8,10 @@ module's attribute (eager forward, ``torch.compile``, ``generate()``) computes w
     forward value  W ⊙ m_eff
     gradient to W  unmasked (straight-through, `ste=True`) or masked (`ste=False`, after finalisation)
 
+With a SLoRB bypass (`sfcompile.masking.slorb`) on the module, the parametrized weight is W ⊙ m_eff + gain·S P:
+the bypass is folded into the weight while the mask exists (one matmul per layer in training) and becomes a
+separate small matmul again once the model is hardened.
+
 ``mask`` (soft, in [0, 1]) and ``hard`` (= ``pattern.project(mask)``) are frozen ``nn.Parameter``s of the
 weight's shape: they are saved in ``state_dict`` and FSDP2 shards them with their weight.
 
@@ -29,6 +33,19 @@ MANIFEST_FORMAT = 1
 
 class MaskStateError(ValueError):
     """The model's mask state does not allow the requested operation."""
+
+
+class _StraightThrough(torch.autograd.Function):
+    """W ⊙ m forward, identity backward to W (m gets no gradient): one kernel per forward and none backward,
+    where ``W + (W ⊙ (m − 1)).detach()`` costs four — training steps on a GPU are kernel-launch-bound."""
+
+    @staticmethod
+    def forward(ctx, weight, m):
+        return weight * m
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 class SoftMask(nn.Module):
@@ -57,16 +74,19 @@ class SoftMask(nn.Module):
         self.hardness.fill_(h)
 
     def effective(self) -> torch.Tensor:
-        """m_eff = h · mask + (1 − h) · hard."""
-        h = self.hardness
-        return h * self.mask + (1 - h) * self.hard
+        """m_eff = h · mask + (1 − h) · hard (one fused kernel; exactly ``hard`` at h = 0, ``mask`` at h = 1)."""
+        return torch.lerp(self.hard, self.mask, self.hardness)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         m = self.effective().to(weight.dtype)
-        if self.ste:
-            # Forward value W ⊙ m; the gradient reaches W unmasked, so pruned weights can come back.
-            return weight + (weight * (m - 1)).detach()
-        return weight * m
+        # Forward value W ⊙ m; with ste the gradient reaches W unmasked, so pruned weights can come back.
+        w = _StraightThrough.apply(weight, m) if self.ste else weight * m
+        owner = self.__dict__.get("_bypass_owner")  # set by slorb.add_slorb: the SLoRB bypass, folded in
+        if owner is not None:
+            from sfcompile.masking.slorb import folded_bypass
+
+            w = w + folded_bypass(owner, w.dtype)
+        return w
 
     def get_extra_state(self):
         return {"ste": self.ste}
