@@ -110,9 +110,6 @@ def _convert(text: str, current):
     return text
 
 
-FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
-
-
 def forge_from_overrides(items: list[str], init: str = "dense"):
     """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields).
 
@@ -120,6 +117,7 @@ def forge_from_overrides(items: list[str], init: str = "dense"):
     until 60% of the run); the strings override it."""
     from sfcompile.masking.forge import ForgeConfig
     from sfcompile.masking.schedule import TemperingSchedule
+    from sfcompile.train.config import FROM_PRUNED
 
     base, sched = ForgeConfig(), TemperingSchedule()
     f_fields = {f.name for f in dataclasses.fields(ForgeConfig)} - {"schedule"}

@@ -53,6 +53,17 @@ def _parse_betas(value) -> tuple[float, float]:
     return betas
 
 
+# The schedule a pruning init gets (measured: benchmarks/README.md, "Training (H200)"): the hard pattern in the
+# forward from the first step, mask exploration until 60% of the run, then recovery on frozen masks.
+FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
+
+
+def _default_schedule():
+    from sfcompile.masking.schedule import TemperingSchedule
+
+    return TemperingSchedule()
+
+
 def _default_forge():
     from sfcompile.masking.forge import ForgeConfig
 
@@ -106,8 +117,9 @@ class TrainConfig:
             ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows``
             of the calibration text), or ``"keep"``: the masks the model already carries (the caller pruned
             it, e.g. once for several runs; pass the dense ``teacher=`` to `train`). Not re-applied on resume.
-            With a pruning init the forge starts at the pattern's sparsity (its ``sparsity_warmup`` is set to
-            0 here).
+            With a pruning init the forge starts at the pattern's sparsity (``sparsity_warmup`` set to 0 here)
+            and, unless the hardening window was changed from its default, uses `FROM_PRUNED`'s window: the
+            hard pattern in the forward from the first step, exploration until 60% of the run.
         forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
             fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
 
@@ -185,11 +197,18 @@ class TrainConfig:
         set_(self, "betas", _parse_betas(self.betas))
         if self.init != "dense" and self.forge is not None and hasattr(self.forge, "schedule"):
             # A pruning init starts at the pattern's sparsity: ramping the target up from 0 would first pull
-            # the pruned weights' masks back toward 1. The change is visible in train_config.json.
+            # the pruned weights' masks back toward 1. With the default hardening window, the masks start exact,
+            # so the forward keeps the hard pattern from the first step (a soft forward would scale the kept
+            # weights by their mask values) and exploration runs until FROM_PRUNED["finalize_at"]. A window the
+            # caller set is kept. The change is visible in train_config.json.
             sched = self.forge.schedule
-            if sched.sparsity_warmup > 0:
-                set_(self, "forge", dataclasses.replace(
-                    self.forge, schedule=dataclasses.replace(sched, sparsity_warmup=0.0)))
+            changes = {"sparsity_warmup": 0.0} if sched.sparsity_warmup > 0 else {}
+            window = ("harden_start", "harden_end", "finalize_at")
+            default = _default_schedule()
+            if all(getattr(sched, k) == getattr(default, k) for k in window):
+                changes.update({k: FROM_PRUNED[k] for k in window})
+            if changes:
+                set_(self, "forge", dataclasses.replace(self.forge, schedule=dataclasses.replace(sched, **changes)))
         self._validate()
 
     # ------------------------------------------------------------------ validation

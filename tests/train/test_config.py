@@ -76,3 +76,14 @@ def test_frozen():
     cfg = TrainConfig()
     with pytest.raises(AttributeError):
         cfg.lr = 1.0
+
+
+def test_pruning_init_gets_the_from_pruned_window_unless_one_was_chosen():
+    from sfcompile.train.config import FROM_PRUNED
+
+    sched = TrainConfig(tokens="10M", init="sparsegpt").forge.schedule
+    assert {k: getattr(sched, k) for k in FROM_PRUNED} == FROM_PRUNED
+    assert TrainConfig(tokens="10M").forge.schedule == TemperingSchedule()  # from dense: the reference's
+    mine = ForgeConfig(schedule=TemperingSchedule(harden_start=0.2, harden_end=0.5, finalize_at=0.7))
+    kept = TrainConfig(tokens="10M", init="wanda", forge=mine).forge.schedule
+    assert (kept.harden_start, kept.harden_end, kept.finalize_at, kept.sparsity_warmup) == (0.2, 0.5, 0.7, 0.0)
