@@ -21,7 +21,8 @@ def _tiny():
 def _hardened_with_slorb():
     model = _tiny()
     sfcompile.sparsify(model, "2:4", mask_dtype=torch.float32)
-    forge = SparseForge(model, ForgeConfig(score="magnitude", schedule=TemperingSchedule(period_early=1)),
+    forge = SparseForge(model, ForgeConfig(score="magnitude",
+                                           schedule=TemperingSchedule(period_early=1, period_late=1)),
                         total_steps=8)
     for step in range(8):
         forge.after_step(step)
