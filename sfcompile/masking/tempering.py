@@ -71,8 +71,6 @@ def sampled_quantile(z: torch.Tensor, q: float, n_samples: int,
                      generator: torch.Generator | None = None) -> float:
     """The ``q`` quantile of ``z``: exact when ``z`` has at most ``n_samples`` entries, otherwise from
     ``n_samples`` entries drawn uniformly with replacement (the reference samples 262,144)."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile {q} must lie in [0, 1]")
     return quantiles([sample_entries(z, n_samples, generator)], q)[0]
 
 
