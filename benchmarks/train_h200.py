@@ -56,10 +56,11 @@ def forge_config(**over):
     sched_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
     s_kw = {k: v for k, v in over.items() if k in sched_fields}
     f_kw = {k: v for k, v in over.items() if k not in sched_fields}
-    # hard forward from the first step (the SparseGPT masks are already exact), exploration until
-    # finalize_at, then recovery on frozen masks
-    base = dict(harden_start=0.0, harden_end=0.0, finalize_at=0.6, sparsity_warmup=0.0)
-    base.update(s_kw)
+    from sfcompile.train.config import FROM_PRUNED
+
+    # the trainer's schedule for a pruning init: hard forward from the first step (the SparseGPT masks are
+    # already exact), exploration until finalize_at, then recovery on frozen masks
+    base = {**FROM_PRUNED, **s_kw}
     return ForgeConfig(schedule=TemperingSchedule(**base), **f_kw)
 
 
