@@ -1,6 +1,6 @@
 """Sharded training throughput and peak memory per rank against `sfcompile plan`, random weights, no download.
 
-    torchrun --nproc-per-node 2 benchmarks/scale_fsdp2.py --model qwen3-8b --seqlen 2048 --steps 6
+    torchrun --nproc-per-node 2 benchmarks/scale_fsdp2.py --model qwen3-8b --seqlen 2048 --steps 12
     torchrun --nproc-per-node 1 benchmarks/scale_fsdp2.py --model qwen3-1.7b ...      # the 1-GPU baseline
     torchrun --nproc-per-node 2 benchmarks/scale_fsdp2.py --engine deepspeed --model qwen3-0.6b ...  # ZeRO-3
     benchmarks/scale_h200x2.sh       # the three runs of the H200 ×2 proof in one command (JSON lines to $OUT)
@@ -29,18 +29,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
 
 
+def step_times(history: list[dict], tokens_per_step: int, period: int = 10) -> dict:
+    """Per-step wall times from the trainer's log (one "train" row per step): the median plain step, the
+    median probe + mask-update step, tokens/s of plain steps, and tokens/s with one probe + update every
+    ``period`` steps (the default schedule's late period). The first step (compilation, first probe) is
+    left out."""
+    import statistics
+
+    rows = [h for h in history if h.get("kind") == "train" and "time" in h]
+    plain, update = [], []
+    for prev, row in zip(rows[1:], rows[2:]):
+        (update if row.get("mask_update") else plain).append(row["time"] - prev["time"])
+    out = {"plain_steps": len(plain), "update_steps": len(update), "step_s": None, "update_step_s": None,
+           "tokens_per_s": None, "tokens_per_s_with_updates": None}
+    if plain:
+        step = statistics.median(plain)
+        out.update(step_s=round(step, 4), tokens_per_s=round(tokens_per_step / step, 1))
+        if update:
+            upd = statistics.median(update)
+            out.update(update_step_s=round(upd, 4),
+                       tokens_per_s_with_updates=round(period * tokens_per_step / ((period - 1) * step + upd), 1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-1.7b")
     ap.add_argument("--layers", type=int, default=None, help="override the number of blocks (smaller runs)")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--micro-batch", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--period", type=int, default=4, help="mask update period (steps); each update has its probe")
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--engine", default="fsdp2", choices=("fsdp2", "deepspeed"))
     ap.add_argument("--hidden", type=int, default=None, help="override hidden/intermediate/heads (CPU checks)")
-    ap.add_argument("--probe-every", type=int, default=1, help="Hessian probe period (fd estimator)")
     ap.add_argument("--label", default="")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = ap.parse_args()
@@ -60,6 +83,12 @@ def main() -> None:
     from sfcompile.train import distributed as dist
     from sfcompile.train.plan import PlanInput, count_model, plan
 
+    t_start = time.perf_counter()
+
+    def phase(name: str) -> None:  # timestamps in the log: where a slow or stopped run spent its time
+        if dist.is_main_process():
+            print(f"[{time.perf_counter() - t_start:7.1f}s] {name}", flush=True)
+
     dist.init_from_env(args.device)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     cfg = alias_config(args.model)
@@ -72,7 +101,9 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device("cuda" if cuda else "cpu"):
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    phase("model built")
     sfcompile.sparsify(model, "2:4", mask_dtype=torch.float32)
+    phase("sparsified")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
@@ -86,11 +117,13 @@ def main() -> None:
     text = root / "synthetic.txt"
     dist.barrier()
     world = dist.world_size()
+    # the trainer's defaults (Hessian OBD, fd probe once per mask update, SLoRB) with a short update period so
+    # a few steps hold plain steps and probe+update steps: both are timed, and the throughput of the
+    # default schedule (an update every 10 steps late in the run) is derived from them
     forge = ForgeConfig(
         schedule=TemperingSchedule(
-            period_early=2, period_late=2, harden_start=0.5, harden_end=0.8, finalize_at=0.9
+            period_early=args.period, period_late=args.period, harden_start=0.5, harden_end=0.8, finalize_at=0.95
         ),
-        probe_every=args.probe_every,
     )
     config = TrainConfig(
         tokens=args.seqlen * args.micro_batch * world * args.steps,
@@ -99,6 +132,7 @@ def main() -> None:
         micro_batch=args.micro_batch,
         forge=forge,
         harden=False,
+        cache_dir=str(root / "cache"),
         out=None,  # no checkpoint: the final sharded save of an 8B run outlasts the measurement itself
         eval_text=str(text),
         eval_windows=1,
@@ -107,9 +141,11 @@ def main() -> None:
         device=args.device,
         engine=args.engine,
     )
+    phase("training starts")
     t0 = time.perf_counter()
     result = train(model, config, tokenizer=byte_tokenizer())
     wall = time.perf_counter() - t0
+    phase("training done")
     peak = torch.cuda.max_memory_allocated() if cuda else 0
     peaks = [peak] * world
     if world > 1:
@@ -118,13 +154,7 @@ def main() -> None:
         torch.distributed.all_gather(gathered, t)
         peaks = [int(x.item()) for x in gathered]
     if dist.is_main_process():
-        rows = [h for h in result.history if h.get("kind") == "train"]
-        times = [h["time"] for h in rows if "time" in h]
-        tps = (
-            (len(times) - 1) * config.tokens_per_step(world) / (times[-1] - times[0])
-            if len(times) > 2
-            else None
-        )
+        timing = step_times(result.history, config.tokens_per_step(world))
         predicted = plan(
             count_model(cfg),
             PlanInput(
@@ -152,7 +182,7 @@ def main() -> None:
                     "seqlen": args.seqlen,
                     "micro_batch": args.micro_batch,
                     "steps": result.steps,
-                    "tokens_per_s": tps,
+                    **timing,
                     "wall_s": round(wall, 1),
                     "peak_gib_per_rank": [round(p / 2**30, 2) for p in peaks],
                     "plan_gib": {k: round(v / 2**30, 2) for k, v in predicted.items()},

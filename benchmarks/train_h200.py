@@ -1,19 +1,26 @@
-"""One device call: SmolLM2-135M 2:4 recovery on an H200 — baselines, the main run, zero-shot, ablations.
+"""One device call: SmolLM2-135M 2:4 recovery on an H200 — baselines, LR choice, the main run, zero-shot, ablations.
 
 Everything runs in one process on the GPU, in priority order, each phase appending one JSON line to
 ``$OUT/results.jsonl`` as soon as it finishes (a call cut short keeps what it measured); a phase that the
 remaining time (``--budget-s``) cannot hold is recorded as skipped, never silently dropped.
 
-1. baselines: dense and SparseGPT one-shot 2:4 (128 × 512 calibration windows of ``calib``, seed 0) perplexity
-   on the whole ``wiki`` text (seqlen 512) — the same harness as every trained model below;
-2. the main run: SparseForge from the SparseGPT masks (``init="keep"``): Hessian-OBD scores (finite-difference
+The training text is ``--calib`` minus held-out documents (every n-th one) (``--holdout-docs``): the LR is chosen
+on that held-out text, never on ``wiki``, which stays the evaluation text of every reported number.
+
+1. baselines: dense and SparseGPT one-shot 2:4 (128 × 512 calibration windows of the training text, seed 0)
+   perplexity on the whole ``wiki`` text (seqlen 512) — the same harness as every trained model below;
+2. LR choice (``--lrs``): a short run (``--sweep-tokens``) per LR from the same SparseGPT masks; the LR with
+   the lowest held-out perplexity is the main run's (each row also records its wiki perplexity);
+3. the main run: SparseForge from the SparseGPT masks (``init="keep"``): Hessian-OBD scores (finite-difference
    Hutchinson probes, Kronecker-smoothed), hard forward from the first step with mask exploration until
    ``finalize_at``, SLoRB, CE + KL distillation from the dense teacher; wiki perplexity every ``--evals`` points
    (the perplexity-vs-tokens curve);
-3. zero-shot (lm-eval, the eight tasks, ``--zs-limit`` documents each) for dense, SparseGPT and the main run;
-4. ablations at ``--abl-tokens`` each, all from the same SparseGPT masks: the full recipe, fixed masks (no
-   forge), magnitude instead of Hessian scores, raw per-entry Hessian (no smoothing), no SLoRB, + SquareHead,
-   and training on teacher-generated text instead of ``calib``.
+4. zero-shot (lm-eval, the eight tasks, ``--zs-limit`` documents each) for ``--zs-models`` of dense,
+   sparsegpt and the main run's model;
+5. ablations at ``--abl-tokens`` each (``--ablations``), all from the same SparseGPT masks: the full recipe, fixed
+   masks (no forge), magnitude instead of Hessian scores, raw per-entry Hessian (no smoothing), no SLoRB,
+   + SquareHead, training on teacher-generated text instead of the training text, and the pruned weights
+   restored to their dense values before training (SparseGPT leaves them at 0, where an OBD score is 0).
 
     python3 benchmarks/train_h200.py --model /root/cache/smol.gguf --calib calib.jsonl --wiki wiki.jsonl \
         --out $OUT --budget-s 540
@@ -64,6 +71,38 @@ def forge_config(**over):
     return ForgeConfig(schedule=TemperingSchedule(**base), **f_kw)
 
 
+def split_documents(path: Path, holdout: int, work: Path) -> tuple[str, str]:
+    """Split ``path``'s documents into a training and a held-out JSONL file in ``work`` (every
+    ``len // holdout``-th document is held out, so every part of a concatenated text is represented);
+    returns their paths."""
+    from sfcompile.eval.texts import get_text
+
+    docs = get_text(str(path))
+    if holdout >= len(docs):
+        raise SystemExit(f"--holdout-docs {holdout} leaves no training text: {path} has {len(docs)} documents")
+    stride = len(docs) // max(holdout, 1)
+    held = [i % stride == stride - 1 for i in range(len(docs))] if holdout else [False] * len(docs)
+    names = []
+    for name, part in (("train", [d for d, h in zip(docs, held) if not h]),
+                       ("holdout", [d for d, h in zip(docs, held) if h])):
+        f = work / f"calib_{name}.jsonl"
+        f.write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+        names.append(str(f))
+    return names[0], names[1]
+
+
+@torch.no_grad()
+def restore_pruned(model, dense) -> None:
+    """Give the pruned entries of every masked weight their dense values (the kept ones keep SparseGPT's
+    update): the forward is unchanged under a hard mask, but scores and straight-through gradients see them."""
+    from sfcompile.masking.state import dense_weight, masked_sites
+
+    reference = dict(dense.named_parameters())
+    for site, module, soft in masked_sites(model):
+        w = dense_weight(module, site.param)
+        w.copy_(torch.where(soft.hard.bool(), w, reference[site.name].to(w.dtype)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="the SmolLM2 GGUF (or any sfcompile.load name)")
@@ -76,7 +115,13 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--main-tokens", type=float, default=8e6)
     ap.add_argument("--evals", type=int, default=4, help="wiki evaluations during the main run")
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-4, help="LR of the ablations (and of the main run without --lrs)")
+    ap.add_argument("--lrs", default="", help="comma list of LRs to choose the main run's from (held-out calib)")
+    ap.add_argument("--sweep-tokens", type=float, default=1e6)
+    ap.add_argument("--holdout-docs", type=int, default=300, help="documents of --calib held out (every n-th)")
+    ap.add_argument("--zs-models", default="dense,sparsegpt,sfcompile")
+    ap.add_argument("--ablations", default="full,fixed_masks,magnitude_scores,hessian_unsmoothed,no_slorb,"
+                    "squarehead,teacher_data,restore_dense")
     ap.add_argument("--abl-tokens", type=float, default=1e6)
     ap.add_argument("--abl-micro-batch", type=int, default=8)
     ap.add_argument("--zs-limit", type=int, default=500)
@@ -92,6 +137,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+    train_text, holdout_text = split_documents(Path(args.calib), args.holdout_docs, work)
 
     import sfcompile
     from sfcompile.eval.perplexity import perplexity
@@ -106,9 +152,9 @@ def main() -> None:
     dense.eval().requires_grad_(False)
     amp = dict(device_type=dev, dtype=torch.bfloat16, enabled=dev == "cuda")
 
-    def wiki_ppl(model) -> float:
+    def wiki_ppl(model, text=None) -> float:
         with torch.no_grad(), torch.autocast(**amp):
-            return perplexity(model, tok, args.wiki, seqlen=args.seqlen, max_windows=args.wiki_windows,
+            return perplexity(model, tok, text or args.wiki, seqlen=args.seqlen, max_windows=args.wiki_windows,
                               batch_size=32, progress=False)
 
     # 1. baselines ------------------------------------------------------------------------------------------
@@ -116,7 +162,7 @@ def main() -> None:
     base_ppl = {"dense": wiki_ppl(dense)}
     sfcompile.sparsify(pruned, pattern="2:4", mask_dtype=torch.float32)
     n = args.calib_windows
-    calib = calibration_windows(tok, args.calib, n=n, seqlen=args.seqlen, seed=0)
+    calib = calibration_windows(tok, train_text, n=n, seqlen=args.seqlen, seed=0)
     report = prune(pruned, "sparsegpt", calib, nsamples=n, seqlen=args.seqlen, progress=False)
     base_ppl["sparsegpt"] = wiki_ppl(pruned)
     emit(out, {"phase": "baselines", "text": f"wiki ({args.wiki_windows or 'all'} windows)", "seqlen": args.seqlen,
@@ -124,13 +170,16 @@ def main() -> None:
                "seconds": time.perf_counter() - t, "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if dev == "cuda" else None})
 
-    def run(name: str, tokens: float, micro_batch: int, evals: int, **over) -> dict:
+    def run(name: str, tokens: float, micro_batch: int, evals: int, restore: bool = False, **over) -> dict:
         """One training run from the SparseGPT masks; returns its result row."""
         model = copy.deepcopy(pruned)
+        if restore:
+            restore_pruned(model, dense)
         forge = over.pop("forge", "default")
+        lr = over.pop("lr", args.lr)
         cfg_kw = dict(
-            tokens=int(tokens), data=args.calib, seqlen=args.seqlen, micro_batch=micro_batch, lr=args.lr,
-            min_lr=args.lr / 10, warmup=0.05, ce_weight=1.0, kl_weight=1.0, init="keep",
+            tokens=int(tokens), data=train_text, seqlen=args.seqlen, micro_batch=micro_batch, lr=lr,
+            min_lr=lr / 10, warmup=0.05, ce_weight=1.0, kl_weight=1.0, init="keep",
             forge=forge_config() if forge == "default" else forge, eval_text=args.wiki,
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
             teacher_data_tokens=int(tokens),
@@ -147,25 +196,42 @@ def main() -> None:
         row = {"run": name, "tokens": result.tokens, "steps": result.steps, "final_ppl": result.ppl.get(
             result.steps), "ppl_by_tokens": curve, "seconds": seconds, "tok_s": result.tokens / seconds,
             "skipped_steps": result.skipped_steps, "compiled": result.compiled}
-        row["config"] = {k: v for k, v in cfg.to_dict().items() if k in over or k == "forge"}
+        row["config"] = {k: v for k, v in cfg.to_dict().items() if k in over or k in ("forge", "lr")}
+        row["restore_dense"] = restore
         return row, model
 
-    # 2. the main run ----------------------------------------------------------------------------------------
+    # 2. LR choice on held-out calib ------------------------------------------------------------------------
+    main_lr = args.lr
+    lrs = [float(v) for v in args.lrs.split(",") if v]
+    if lrs and "main" not in skip:
+        held = {}
+        for lr in lrs:
+            row, model = run(f"sweep_lr{lr:g}", args.sweep_tokens, args.micro_batch, 0, lr=lr)
+            held[lr] = wiki_ppl(model, holdout_text)
+            emit(out, {"phase": "lr_sweep", **row, "lr": lr, "holdout_ppl": held[lr],
+                       "holdout": f"{args.holdout_docs} documents of {args.calib} (every n-th)"})
+            del model
+        main_lr = min(held, key=held.get)
+        emit(out, {"phase": "lr_choice", "lr": main_lr, "holdout_ppl": held})
+
+    # 3. the main run ----------------------------------------------------------------------------------------
     main_model, tok_s = None, 40_000.0  # tok/s guess for the ablations' time checks when main is skipped
     if "main" not in skip:
-        row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals)
-        emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], "sparsegpt": base_ppl["sparsegpt"]})
+        row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr)
+        emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], "sparsegpt": base_ppl["sparsegpt"],
+                   "holdout_ppl": wiki_ppl(main_model, holdout_text)})
         tok_s = row["tok_s"]
         for src, dst in (("log.jsonl", "main_log.jsonl"), ("curves.png", "main_curves.png")):
             if (work / "main" / src).exists():
                 (out / dst).write_bytes((work / "main" / src).read_bytes())
 
-    # 3. zero-shot --------------------------------------------------------------------------------------------
+    # 4. zero-shot --------------------------------------------------------------------------------------------
     if "zeroshot" not in skip:
         from sfcompile.eval.zeroshot import zeroshot
 
         models = [("dense", dense), ("sparsegpt", pruned)] + ([("sfcompile", main_model)] if main_model else [])
-        for name, model in models:
+        wanted = set(args.zs_models.split(","))
+        for name, model in [(n, m) for n, m in models if n in wanted]:
             if budget.left() < 45:
                 emit(out, {"phase": "zeroshot", "model": name, "skipped": "out of time"})
                 continue
@@ -176,7 +242,7 @@ def main() -> None:
                        "seconds": time.perf_counter() - t})
     del main_model
 
-    # 4. ablations -----------------------------------------------------------------------------------------------
+    # 5. ablations -----------------------------------------------------------------------------------------------
     if "ablations" not in skip:
         variants = [
             ("full", {}),
@@ -186,8 +252,13 @@ def main() -> None:
             ("no_slorb", {"forge": forge_config(slorb=False)}),
             ("squarehead", {"squarehead_weight": 1.0}),
             ("teacher_data", {"data": "teacher"}),
+            ("restore_dense", {"restore": True}),
         ]
-        for name, over in variants:
+        wanted = args.ablations.split(",")
+        unknown = set(wanted) - {n for n, _ in variants}
+        if unknown:
+            raise SystemExit(f"unknown ablation(s) {sorted(unknown)}; choose from {[n for n, _ in variants]}")
+        for name, over in [v for v in variants if v[0] in wanted]:
             need = args.abl_tokens / max(tok_s, 1.0) * 1.3 + 15  # + evaluation and set-up
             if budget.left() < need:
                 emit(out, {"phase": "ablation", "run": name, "skipped": f"out of time ({budget.left():.0f} s "
