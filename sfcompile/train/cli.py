@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tokens", default="20M", help='training tokens, e.g. "20M", "1.5B" (default 20M)')
     g.add_argument("--data", default="calib", help='registry text, .txt/.jsonl file, or "teacher"')
     g.add_argument("--teacher-data-tokens", default="2M", help="tokens generated for --data teacher")
+    g.add_argument("--teacher-data-prompts", default="calib",
+                   help="text whose 4-token snippets start the sequences of --data teacher (name or path)")
+    g.add_argument("--teacher-data-batch", type=int, default=32,
+                   help="sequences --data teacher generates at once (256 on an H200)")
     g.add_argument("--seqlen", type=int, default=512)
     g.add_argument("--micro-batch", type=int, default=8)
     g.add_argument("--grad-accum", type=int, default=1)
@@ -150,6 +154,8 @@ def config_from_args(args):
         micro_batch=args.micro_batch,
         grad_accum=args.grad_accum,
         teacher_data_tokens=args.teacher_data_tokens,
+        teacher_data_prompts=args.teacher_data_prompts,
+        teacher_data_batch=args.teacher_data_batch,
         lr=args.lr,
         min_lr=args.min_lr,
         warmup=args.warmup,

@@ -84,6 +84,10 @@ class TrainConfig:
             ``.txt``/``.jsonl`` path, or ``"teacher"`` (sequences sampled from the dense teacher, cached).
         teacher_data_tokens: how many tokens ``data="teacher"`` generates (once; the order then cycles).
         teacher_data_temperature: sampling temperature of the generated sequences.
+        teacher_data_prompts: the text whose random 4-token snippets start the generated sequences (a name
+            or a path, as ``data``).
+        teacher_data_batch: sequences generated at once (GPU: 256 keeps one H200 busy; each batch costs
+            ``seqlen`` decode steps, so a small batch makes generation take minutes per million tokens).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.
 
     Optimizer (mask-aware AdamW, `sfcompile.train.optim`)
@@ -149,6 +153,8 @@ class TrainConfig:
     grad_accum: int = 1
     teacher_data_tokens: int | str = "2M"
     teacher_data_temperature: float = 1.0
+    teacher_data_prompts: str = "calib"
+    teacher_data_batch: int = 32
     cache_dir: str | None = None
 
     lr: float = 1e-4
@@ -242,6 +248,10 @@ class TrainConfig:
         need(
             self.teacher_data_temperature > 0,
             f"teacher_data_temperature={self.teacher_data_temperature} must be > 0",
+        )
+        need(
+            isinstance(self.teacher_data_batch, int) and self.teacher_data_batch >= 1,
+            f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1",
         )
         need(self.teacher in TEACHER_MODES, f"teacher={self.teacher!r} is not one of {TEACHER_MODES}")
         if self.teacher == "none":

@@ -159,7 +159,7 @@ def teacher_shard(
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
     key = hashlib.sha256(
-        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}".encode()
+        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}:{batch}".encode()
     ).hexdigest()[:12]
     shard = cache / "shards" / f"teacher-{key}-{th}"
     if shard.with_suffix(".json").exists():

@@ -132,6 +132,8 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
             seqlen=config.seqlen,
             temperature=config.teacher_data_temperature,
             seed=config.seed,
+            prompt_source=config.teacher_data_prompts,
+            batch=config.teacher_data_batch,
             device=device,
         )
     return text_shard(config.data, tokenizer, cache)

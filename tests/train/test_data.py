@@ -93,8 +93,18 @@ def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, mo
     assert len(shard) == 48
     rows = np.asarray(shard).reshape(3, 16)
     assert (rows[:, 0] == tok.bos_token_id).all()
-    again = teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0)
+    again = teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0, batch=2)
     assert np.array_equal(np.asarray(again), np.asarray(shard))
+    # the batch size is part of the cache key: another batch size samples (and caches) its own sequences
+    sources = []
+    monkeypatch.setattr(
+        "sfcompile.train.data.text_shard",
+        lambda source, tok_, cache: sources.append(source) or read_shard(_write(tmp_path, tok_)),
+    )
+    teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0, batch=3,
+                  prompt_source="my.jsonl")
+    assert sources == ["my.jsonl"]
+    assert len(list((tmp_path / "c" / "shards").glob("teacher-*.json"))) == 2
 
 
 def _write(tmp_path, tok):
