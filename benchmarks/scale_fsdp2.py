@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--engine", default="fsdp2", choices=("fsdp2", "deepspeed"))
     ap.add_argument("--hidden", type=int, default=None, help="override hidden/intermediate/heads (CPU checks)")
+    ap.add_argument("--profile", action="store_true",
+                    help="run under torch.profiler; rank 0 prints the top ops by self CUDA and self CPU time")
     ap.add_argument("--label", default="")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = ap.parse_args()
@@ -143,7 +145,18 @@ def main() -> None:
     )
     phase("training starts")
     t0 = time.perf_counter()
-    result = train(model, config, tokenizer=byte_tokenizer())
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            result = train(model, config, tokenizer=byte_tokenizer())
+        if dist.is_main_process():
+            for key in (["self_cuda_time_total"] if cuda else []) + ["self_cpu_time_total"]:
+                print(f"== profile of the whole run, by {key} ==", flush=True)
+                print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
+    else:
+        result = train(model, config, tokenizer=byte_tokenizer())
     wall = time.perf_counter() - t0
     phase("training done")
     peak = torch.cuda.max_memory_allocated() if cuda else 0

@@ -11,6 +11,7 @@ periods P; memory: bytes held by parameters + gradients + optimizer state + mask
 allocated during the step above what is held.
 
     python benchmarks/train_overhead.py --model smollm2-135m --seqlen 512 --micro-batch 1 --rounds 3
+    python benchmarks/train_overhead.py ... --compile     # dense and masked forward under torch.compile
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--weights", default="real", choices=("real", "random"),
                     help="random: the alias's offline config with random weights (speed does not depend on them)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the dense and the masked model's forward (what TrainConfig.compile does; "
+                    "the probe and the mask update stay eager)")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one dense and one masked step")
     ap.add_argument("--out", default=None, help="append the result as one JSON line here")
     args = ap.parse_args()
@@ -112,13 +116,14 @@ def main() -> None:
     opt_masked = build_optimizer(masked, cfg.replace(lr=1e-5), extra=forge.trainable_extra_parameters())
     mparams = [p for g in opt_masked.param_groups for p in g["params"]]
     weights = LossWeights(ce=1.0)
+    dense_fwd, masked_fwd = (torch.compile(dense), torch.compile(masked)) if args.compile else (dense, masked)
     gen = torch.Generator().manual_seed(0)
     vocab = len(tok) if tok is not None else dense.config.vocab_size  # weights="random" has no tokenizer
     ids = torch.randint(0, vocab, (args.micro_batch, args.seqlen), generator=gen).to(device)
 
     def dense_step():
         with autocast():
-            loss, _ = distillation_loss(dense(ids), ids, weights)
+            loss, _ = distillation_loss(dense_fwd(ids), ids, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dparams, 1.0)
         opt_dense.step()
@@ -126,7 +131,7 @@ def main() -> None:
 
     def masked_step(step):
         with autocast():
-            loss, _ = distillation_loss(masked(ids), ids, weights)
+            loss, _ = distillation_loss(masked_fwd(ids), ids, weights)
         loss.backward()
         forge.observe_grads(step)
         torch.nn.utils.clip_grad_norm_(mparams, 1.0)
@@ -208,6 +213,7 @@ def main() -> None:
         "held_MiB": {k: v / 2**20 for k, v in held.items()},
         "step_peak_MiB": {k: v / 2**20 for k, v in peaks.items()} or None,
         "threads": torch.get_num_threads(),
+        "compiled": args.compile,
         "rounds": args.rounds,
     }
     print(json.dumps(row, indent=1))
