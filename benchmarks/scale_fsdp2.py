@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--engine", default="fsdp2", choices=("fsdp2", "deepspeed"))
+    ap.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="TrainConfig.dtype")
     ap.add_argument("--hidden", type=int, default=None, help="override hidden/intermediate/heads (CPU checks)")
     ap.add_argument("--profile", action="store_true",
                     help="run under torch.profiler; rank 0 prints the top ops by self CUDA and self CPU time")
@@ -142,6 +143,7 @@ def main() -> None:
         activation_checkpointing=args.activation_checkpointing,
         device=args.device,
         engine=args.engine,
+        dtype=args.dtype,
     )
     phase("training starts")
     t0 = time.perf_counter()

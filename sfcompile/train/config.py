@@ -292,6 +292,18 @@ class TrainConfig:
                 ) from err
 
     # ------------------------------------------------------------------ derived values
+    def resolved_device(self):
+        """The training device: ``device``, with ``"auto"`` = cuda when available."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def bf16_autocast(self) -> bool:
+        """Whether the steps compute under bf16 autocast (``dtype="bf16"``, or ``"auto"`` on CUDA)."""
+        return self.dtype == "bf16" or (self.dtype == "auto" and self.resolved_device().type == "cuda")
+
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seqlen * self.micro_batch * self.grad_accum * world_size
 

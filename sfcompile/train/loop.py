@@ -50,14 +50,11 @@ class TrainResult:
 
 
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    return config.resolved_device()
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    use_bf16 = config.dtype == "bf16" or (config.dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
+    if not config.bf16_autocast():
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 

@@ -149,3 +149,14 @@ def test_ds_config_is_zero3_with_the_run_sizes(tmp_path):
     assert (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"]) == (3, 5)
     assert c["gradient_clipping"] == 0.5 and not c["bf16"]["enabled"]
     assert "gradient_clipping" not in ds.ds_config(config, train=False)
+
+
+def test_ds_config_keeps_the_trainers_bf16_autocast(tmp_path):
+    # DeepSpeed's forward switches off an autocast entered outside it unless its config asks for one: a run
+    # that computes in bf16 must say so, one in fp32 (CPU default, dtype="fp32") must not
+    base = dict(tokens=200_000, engine="deepspeed", out=str(tmp_path))
+    on = ds.ds_config(TrainConfig(**base, dtype="bf16"))["torch_autocast"]
+    assert on == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    assert "torch_autocast" not in ds.ds_config(TrainConfig(**base, dtype="fp32", device="cuda"))
+    assert "torch_autocast" not in ds.ds_config(TrainConfig(**base, device="cpu"))  # auto on CPU: fp32
+    assert "torch_autocast" in ds.ds_config(TrainConfig(**base, device="cuda"))     # auto on CUDA: bf16
