@@ -263,13 +263,55 @@ class Stepper:
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         loss.backward()
 
+    def _split_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(local shards of the gradients FSDP2 shards over all ranks, every other gradient).
+
+        The global norm and the clipping scale are computed on the local shards with plain tensor ops and one
+        all-reduce: through DTensor the same two calls cost ~0.5 ms of host time per parameter (measured on
+        CPU: 195 ms for 400 parameters against 7 ms on plain tensors), which on the H200 was as long as the
+        whole difference between a 1-GPU and a 2-GPU step."""
+        shards, whole = [], []
+        for p in self.trained:
+            g = p.grad
+            if g is None:
+                continue
+            mesh = getattr(g, "device_mesh", None)
+            if mesh is not None and mesh.ndim == 1 and mesh.size() == world_size() and all(
+                pl.is_shard() for pl in g.placements
+            ):
+                shards.append(g.to_local())
+            else:
+                whole.append(g)
+        return shards, whole
+
     def grad_norm(self) -> torch.Tensor:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained if p.grad is not None])
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor partial norm
+        shards, whole = self._split_grads()
+        if shards or whole:
+            device = (shards or whole)[0].device
+        else:
+            device = _reduce_device() if _initialized() else torch.device("cpu")
+        sq = torch.zeros((), dtype=torch.float32, device=device)
+        if shards:
+            sq = sq + torch.stack([n.float() for n in torch._foreach_norm(shards)]).square().sum()
+        if world_size() > 1 and _initialized():
+            torch.distributed.all_reduce(sq)  # every rank holds different rows: the squares add up
+        if not whole:
+            return sq.sqrt()
+        norm = torch.nn.utils.get_total_norm(whole)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return (sq + norm.float().to(device).square()).sqrt() if shards else norm
 
     def step(self, clip: float, grad_norm: torch.Tensor) -> None:
-        if clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(self.trained, clip, grad_norm)
+        if clip > 0:  # torch.nn.utils.clip_grads_with_norm_'s scale, applied to the local shards
+            scale = (clip / (grad_norm + 1e-6)).clamp(max=1.0)
+            shards, whole = self._split_grads()
+            sharded_whole = [g for g in whole if hasattr(g, "to_local")]  # DTensors placed otherwise
+            for g in sharded_whole:
+                g.mul_(scale.item())
+            plain = shards + [g for g in whole if not hasattr(g, "to_local")]
+            for device, dtype in {(g.device, g.dtype) for g in plain}:
+                group = [g for g in plain if g.device == device and g.dtype == dtype]
+                torch._foreach_mul_(group, scale.to(device, dtype))
         self.optimizer.step()
 
     def skip(self) -> None:

@@ -136,13 +136,26 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
     return text_shard(config.data, tokenizer, cache)
 
 
+@torch.no_grad()
 def _masked_sparsity(model) -> float | None:
+    """Fraction of masked-site entries whose effective mask is 0 (runs without a forge: fixed masks).
+
+    Counted on each rank's local rows (FSDP2 shards, ZeRO-3 slices) and summed across ranks: one host sync
+    for the whole model, not one DTensor reduction and sync per site."""
+    from sfcompile.masking import shards, zero3
+    from sfcompile.masking.scores import local
     from sfcompile.masking.state import masked_sites
 
-    zeros = total = 0
+    counts = None
     for _, _, soft in masked_sites(model):
-        zeros += int((soft.effective() == 0).sum())
-        total += soft.mask.numel()
+        m_eff = torch.lerp(local(soft.hard), local(soft.mask), soft.hardness)
+        c = torch.stack([(m_eff == 0).sum(), torch.tensor(m_eff.numel(), device=m_eff.device)])
+        counts = c if counts is None else counts + c
+    if counts is None:
+        return None
+    if shards.is_sharded(soft.mask) or zero3.is_partitioned(soft.mask):
+        shards.all_reduce_sum(counts)
+    zeros, total = counts.tolist()
     return zeros / total if total else None
 
 
@@ -397,7 +410,8 @@ def train(
 
                 # log, evaluate, checkpoint
                 if log_now:
-                    sparsity = metrics.get("sparsity", _masked_sparsity(model))
+                    # (not metrics.get(..., _masked_sparsity(model)): that would count every mask on every log step)
+                    sparsity = metrics["sparsity"] if "sparsity" in metrics else _masked_sparsity(model)
                     log.log(
                         done,
                         "train",

@@ -192,6 +192,29 @@ def test_helpers_are_the_identity_in_one_process():
     assert shards.local_rows(z, z) is z and shards.row_range(z) == (0, 64)
 
 
+
+def test_stepper_clips_like_torch_in_one_process():
+    # the one-process path of Stepper (FSDP2's sharded one is checked by the 2-rank = 1-rank test above)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(5))]
+    for p in params:
+        p.grad = torch.randn_like(p) * 3
+    ref = [p.grad.clone() for p in params]
+    norm = torch.nn.utils.get_total_norm(ref)
+    expected = [g * min(1.0, 1.0 / (float(norm) + 1e-6)) for g in (p.grad.clone() for p in params)]
+
+    class NoStep:
+        def step(self):
+            pass
+
+    st = dist.Stepper(NoStep(), params)
+    got = st.grad_norm()
+    assert torch.allclose(got, norm)
+    st.step(1.0, got)
+    for p, e in zip(params, expected):
+        assert torch.allclose(p.grad, e, rtol=1e-6, atol=0)
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in params])) < 1.0 + 1e-5
+
 def _config_stub():
     class C:
         engine = "fsdp2"

@@ -196,6 +196,12 @@ def test_init_keep_trains_from_the_callers_masks(tmp_path):
     chosen = {site.name: soft.hard.detach().clone() for site, _, soft in masked_sites(model)}
     with pytest.raises(ValueError, match="no teacher"):
         train(model, _config(tmp_path, "k1", 2, init="keep", forge=None), tokenizer=byte_tokenizer())
-    train(model, _config(tmp_path, "k2", 2, init="keep", forge=None), teacher=dense, tokenizer=byte_tokenizer())
+    result = train(
+        model, _config(tmp_path, "k2", 2, init="keep", forge=None, harden=False), teacher=dense,
+        tokenizer=byte_tokenizer(),
+    )
     for site, _, soft in masked_sites(model):  # fixed masks: exactly the caller's
         assert torch.equal(soft.hard, chosen[site.name])
+    # without a forge the log's sparsity is counted from the masks themselves (2:4 on every site: one half)
+    logged = [h["sparsity"] for h in result.history if h.get("kind") == "train"]
+    assert logged and all(v == 0.5 for v in logged)
