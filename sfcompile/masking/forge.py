@@ -548,19 +548,7 @@ class SparseForge:
         self._apply_step_state(self.total_steps)
 
     def _sparsity(self) -> dict[str, float]:
-        counts, total = None, 0  # accumulated on the device: one host sync per step, not one per site
-        for _, _, soft in self.entries:
-            m_eff = soft.hardness * local(soft.mask) + (1 - soft.hardness) * local(soft.hard)  # element-wise
-            c = torch.stack([(m_eff == 0).sum(), (local(soft.hard) == 0).sum()])
-            counts = c if counts is None else counts + c
-            total += m_eff.numel()
-        mask = self.entries[0][2].mask
-        if shards.is_sharded(mask) or zero3.is_partitioned(mask):  # counts over all ranks' rows / slices
-            counts = torch.cat([counts, counts.new_tensor([total])])
-            total = shards.all_reduce_sum(counts)[-1].item()
-            counts = counts[:2]
-        zeros, hard_zeros = counts.tolist()
-        return {"sparsity": zeros / total, "hard_sparsity": hard_zeros / total}
+        return mask_sparsity([soft for _, _, soft in self.entries])
 
     # ---- resume --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -594,3 +582,24 @@ class SparseForge:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+
+
+@torch.no_grad()
+def mask_sparsity(softs) -> dict[str, float]:
+    """``sparsity`` (entries whose effective mask m_eff is 0) and ``hard_sparsity`` (entries the hard mask
+    prunes) over the SoftMasks ``softs``, counted on each rank's local rows (FSDP2 shards, ZeRO-3 slices) and
+    summed across ranks: accumulated on the device, one host sync in all, not one per site."""
+    counts, total = None, 0
+    for soft in softs:
+        m_eff = soft.hardness * local(soft.mask) + (1 - soft.hardness) * local(soft.hard)  # element-wise
+        c = torch.stack([(m_eff == 0).sum(), (local(soft.hard) == 0).sum()])
+        counts = c if counts is None else counts + c
+        total += m_eff.numel()
+    if counts is None:
+        return {}
+    if shards.is_sharded(soft.mask) or zero3.is_partitioned(soft.mask):  # counts over all ranks' rows / slices
+        counts = torch.cat([counts, counts.new_tensor([total])])
+        total = shards.all_reduce_sum(counts)[-1].item()
+        counts = counts[:2]
+    zeros, hard_zeros = counts.tolist()
+    return {"sparsity": zeros / total, "hard_sparsity": hard_zeros / total}

@@ -267,9 +267,8 @@ class Stepper:
         """(local shards of the gradients FSDP2 shards over all ranks, every other gradient).
 
         The global norm and the clipping scale are computed on the local shards with plain tensor ops and one
-        all-reduce: through DTensor the same two calls cost ~0.5 ms of host time per parameter (measured on
-        CPU: 195 ms for 400 parameters against 7 ms on plain tensors), which on the H200 was as long as the
-        whole difference between a 1-GPU and a 2-GPU step."""
+        all-reduce: clipping through DTensor cost 67 ms of host time per step on an FSDP2 model with 310
+        gradients (2 ranks, CPU), 4 ms on the local shards."""
         shards, whole = [], []
         for p in self.trained:
             g = p.grad

@@ -136,27 +136,12 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
     return text_shard(config.data, tokenizer, cache)
 
 
-@torch.no_grad()
 def _masked_sparsity(model) -> float | None:
-    """Fraction of masked-site entries whose effective mask is 0 (runs without a forge: fixed masks).
-
-    Counted on each rank's local rows (FSDP2 shards, ZeRO-3 slices) and summed across ranks: one host sync
-    for the whole model, not one DTensor reduction and sync per site."""
-    from sfcompile.masking import shards, zero3
-    from sfcompile.masking.scores import local
+    """Fraction of masked-site entries whose effective mask is 0 (runs without a forge: fixed masks)."""
+    from sfcompile.masking.forge import mask_sparsity
     from sfcompile.masking.state import masked_sites
 
-    counts = None
-    for _, _, soft in masked_sites(model):
-        m_eff = torch.lerp(local(soft.hard), local(soft.mask), soft.hardness)
-        c = torch.stack([(m_eff == 0).sum(), torch.tensor(m_eff.numel(), device=m_eff.device)])
-        counts = c if counts is None else counts + c
-    if counts is None:
-        return None
-    if shards.is_sharded(soft.mask) or zero3.is_partitioned(soft.mask):
-        shards.all_reduce_sum(counts)
-    zeros, total = counts.tolist()
-    return zeros / total if total else None
+    return mask_sparsity([soft for _, _, soft in masked_sites(model)]).get("sparsity")
 
 
 @torch.no_grad()
