@@ -90,7 +90,7 @@ from sfcompile.masking.state import SoftMask, dense_weight, masked_sites
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgeConfig", "ForgeConfigError", "SparseForge"]
+__all__ = ["ForgeConfig", "ForgeConfigError", "SparseForge", "mask_sparsity"]
 
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
 ESTIMATORS = ("fd", "hvp")
