@@ -153,19 +153,19 @@ def main() -> None:
     dense.eval().requires_grad_(False)
     amp = dict(device_type=dev, dtype=torch.bfloat16, enabled=dev == "cuda")
 
-    def wiki_ppl(model, text=None) -> float:
+    def ppl(model, text=args.wiki) -> float:
         with torch.no_grad(), torch.autocast(**amp):
-            return perplexity(model, tok, text or args.wiki, seqlen=args.seqlen, max_windows=args.wiki_windows,
+            return perplexity(model, tok, text, seqlen=args.seqlen, max_windows=args.wiki_windows,
                               batch_size=32, progress=False)
 
     # 1. baselines ------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    base_ppl = {"dense": wiki_ppl(dense)}
+    base_ppl = {"dense": ppl(dense)}
     sfcompile.sparsify(pruned, pattern="2:4", mask_dtype=torch.float32)
     n = args.calib_windows
     calib = calibration_windows(tok, train_text, n=n, seqlen=args.seqlen, seed=0)
     report = prune(pruned, "sparsegpt", calib, nsamples=n, seqlen=args.seqlen, progress=False)
-    base_ppl["sparsegpt"] = wiki_ppl(pruned)
+    base_ppl["sparsegpt"] = ppl(pruned)
     emit(out, {"phase": "baselines", "text": f"wiki ({args.wiki_windows or 'all'} windows)", "seqlen": args.seqlen,
                **base_ppl, "calib_windows": n, "sparsegpt_seconds": report.seconds,
                "seconds": time.perf_counter() - t, "torch": torch.__version__,
@@ -208,7 +208,7 @@ def main() -> None:
         held = {}
         for lr in lrs:
             row, model = run(f"sweep_lr{lr:g}", args.sweep_tokens, args.micro_batch, 0, lr=lr)
-            held[lr] = wiki_ppl(model, holdout_text)
+            held[lr] = ppl(model, holdout_text)
             emit(out, {"phase": "lr_sweep", **row, "lr": lr, "holdout_ppl": held[lr],
                        "holdout": f"{args.holdout_docs} documents of {args.calib} (every n-th)"})
             del model
@@ -220,7 +220,7 @@ def main() -> None:
     if "main" not in skip:
         row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr)
         emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], "sparsegpt": base_ppl["sparsegpt"],
-                   "holdout_ppl": wiki_ppl(main_model, holdout_text)})
+                   "holdout_ppl": ppl(main_model, holdout_text)})
         tok_s = row["tok_s"]
         for src, dst in (("log.jsonl", "main_log.jsonl"), ("curves.png", "main_curves.png")):
             if (work / "main" / src).exists():

@@ -49,10 +49,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _device(config: TrainConfig) -> torch.device:
-    return config.resolved_device()
-
-
 def _autocast(config: TrainConfig, device: torch.device):
     if not config.bf16_autocast():
         return contextlib.nullcontext
@@ -220,7 +216,7 @@ def train(
     out = Path(config.out) if config.out else None
     if resume and out is None:
         raise ValueError("resume=True needs config.out (the run directory holding checkpoints/)")
-    device = _device(config)
+    device = config.resolved_device()
     autocast = _autocast(config, device)
     torch.manual_seed(config.seed)
     world = dist.world_size()
