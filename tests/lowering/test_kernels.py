@@ -69,15 +69,17 @@ DECODE_CASES = [  # (M, N, K, BLOCK_N, BLOCK_K, SPLIT_K): M = 1, odd M, 16 rows;
     (3, 40, 100, 16, 32, 3),      # K % 32 != 0: a partial metadata word; split K
     (7, 64, 256, 32, 64, 2),      # mask-free, split K, odd M
     (16, 24, 64, 16, 32, 1),      # 16 rows: the largest decode bucket
-    (2, 64, 1024, 64, 64, 16),    # SPLIT_K 16 (the workspace's depth), mask-free and pipelined
+    (2, 64, 1024, 64, 64, 16),    # SPLIT_K 16, mask-free and pipelined
+    (1, 32, 320, 16, 64, 4),      # K % (BLOCK_K * SPLIT_K) != 0: whole blocks per split, the last one empty
+    (4, 32, 2048, 16, 32, 64),    # SPLIT_K 64 (the workspace's depth)
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n,k,bn,bk,sk", DECODE_CASES)
-@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4])
 def test_nm24_decode_interpreter(dtype, m, n, k, bn, bk, sk, variant):
-    # gather (0), select (1) and tensor-core (2) decode variants, each against the float64 dense product
+    # gather (0, 3), select (1, 4) and tensor-core (2) decode variants, each against the float64 dense product
     g = torch.Generator().manual_seed(m * 1000 + n + k + variant)
     w = _w24(n, k, dtype, g)
     pw = pack(w, "2:4", -1)
@@ -227,7 +229,7 @@ def test_nm24_cuda(dtype, m):
 
 
 @cuda
-@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("m", [1, 3, 8, 16])
 def test_nm24_decode_variants_cuda(variant, m):
     g = torch.Generator().manual_seed(m)

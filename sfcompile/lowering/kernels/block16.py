@@ -38,12 +38,13 @@ def block16_configs(m_bucket: int) -> list[triton.Config]:
     64/128, VARIANT 1."""
     if m_bucket <= 16:
         # (TILES, SPLIT_K, warps, stages)
-        dot = [(8, 4, 4, 3), (16, 4, 4, 2), (4, 8, 4, 3), (8, 16, 4, 2), (16, 2, 8, 3)]
-        core = [(2, 4, 2, 2), (4, 4, 4, 2), (4, 8, 4, 2), (8, 8, 8, 2)]
+        # sweep of 2026-12-01 (benchmarks/decode_sweep.py): small CUDA-core programs win at 1-2 rows
+        dot = [(8, 4, 4, 3), (8, 8, 4, 3), (4, 16, 4, 2), (8, 16, 4, 3), (16, 4, 8, 3)]
+        core = [(2, 32, 1, 2), (4, 16, 2, 2), (2, 64, 1, 2), (4, 4, 4, 2), (4, 32, 2, 2)]
         return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk, "VARIANT": 1}, num_warps=w,
                               num_stages=s) for t, sk, w, s in dot] + [
             triton.Config({"BLOCK_M": m_bucket, "TILES": t, "SPLIT_K": sk, "VARIANT": 2}, num_warps=w,
-                          num_stages=s) for t, sk, w, s in core if m_bucket <= 8]
+                          num_stages=s) for t, sk, w, s in core if m_bucket <= 2]
     space = [(64, 4, 4, 3), (128, 4, 4, 3), (128, 8, 8, 3), (64, 8, 4, 3), (128, 2, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "TILES": t, "SPLIT_K": 1, "VARIANT": 1}, num_warps=w, num_stages=s)
             for bm, t, w, s in space]
@@ -210,7 +211,9 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
         return out.reshape(*x.shape[:-1], n)
     may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
     cnt = splitk.counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
-    ws = splitk.workspace(m, n, x.device) if may_split else out
+    split = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"]
+                                                                 for c in block16_configs(splitk.m_key(m)))
+    ws = splitk.workspace(m, n, x.device, max(split, 1)) if may_split else out
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
             offs if grouped else row_ptr, out, ws, cnt, m, n, k, splitk.m_key(m), x2.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu)}

@@ -49,29 +49,21 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
     SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
     offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
-    # CUDA-core variants accumulate a (BLOCK_M, BLOCK_N, values per block) fp32 tile: sized here so it
-    # stays at 16-32 registers per thread (the first sweep spilled at 8 rows and ran 0.02x dense).
-    # BLOCK_K 64 puts 4 lanes along K and 8 along N, so one gather instruction reads one 128-byte line of x
-    # (wider K blocks spread a warp's gathers over 4 lines). The configs marked "occupancy" (SPLIT_K 8-16,
-    # several programs per SM) were added after the last H200 run, where the winners at M = 1 ran one 4-warp
-    # program per SM (128 programs): likely latency-bound. They are unmeasured; the autotuner decides.
+    # Sweep of 2026-12-01 (benchmarks/decode_sweep.py, H200): the tiles shaped like the packed bytes (3, 4) beat
+    # the per-value ones (0, 1: 0.56-0.68x dense at M = 1 against 0.96-1.09x) once a thread holds 8-16 values
+    # (56-96 registers; 32 values took 157-255 and spilled). Deep splits were slow only because the split-K
+    # epilogue read its partials one L2 round trip at a time (fixed in splitk.store_tile), so the space keeps
+    # SPLIT_K 8-32 and several programs per SM.
     cuda_core = {
-        1: [(0, 128, 64, 4, 4), (0, 256, 64, 2, 8), (0, 128, 64, 2, 4), (0, 32, 256, 4, 4), (0, 64, 128, 2, 4),
-            (0, 64, 256, 2, 8), (1, 128, 64, 4, 4), (1, 32, 256, 4, 4), (1, 64, 256, 2, 4), (1, 16, 512, 4, 4),
-            # occupancy
-            (0, 64, 64, 16, 4), (0, 128, 64, 8, 8), (0, 64, 64, 8, 4), (1, 64, 64, 16, 4), (1, 64, 128, 8, 4)],
-        2: [(0, 64, 64, 4, 4), (0, 128, 64, 2, 8), (0, 16, 256, 4, 4), (0, 32, 128, 4, 4), (1, 64, 64, 4, 4),
-            (1, 32, 256, 4, 4), (1, 64, 128, 2, 4),
-            (0, 32, 64, 16, 4), (1, 64, 64, 8, 4), (1, 32, 128, 8, 4)],     # occupancy
-        4: [(0, 32, 64, 4, 4), (0, 64, 64, 2, 8), (0, 16, 128, 4, 4), (1, 32, 64, 4, 4), (1, 16, 256, 4, 4),
-            (1, 32, 128, 4, 4),
-            (1, 32, 64, 8, 4), (1, 16, 128, 8, 4)],                          # occupancy
-        8: [(0, 16, 64, 4, 4), (0, 32, 64, 4, 8), (1, 16, 128, 4, 4), (1, 32, 64, 4, 4),
-            (1, 16, 64, 16, 4)],                                             # occupancy
+        1: [(4, 64, 128, 8, 8), (4, 32, 128, 16, 4), (4, 64, 128, 16, 8), (4, 32, 128, 32, 4), (4, 64, 64, 16, 8),
+            (4, 32, 64, 32, 4), (3, 64, 128, 8, 8), (3, 32, 128, 16, 4), (3, 64, 64, 16, 8)],
+        2: [(4, 32, 128, 16, 4), (4, 64, 128, 8, 8), (4, 32, 64, 32, 4), (4, 32, 128, 8, 4), (3, 32, 128, 16, 4),
+            (3, 64, 64, 16, 8)],
+        4: [(4, 32, 64, 16, 8), (4, 16, 64, 32, 4), (4, 32, 128, 16, 8), (4, 16, 128, 16, 4)],
+        8: [(4, 16, 64, 32, 4), (4, 32, 64, 16, 8), (4, 16, 128, 16, 8)],
     }
-    tensor_core = [(2, 64, 128, 1, 4), (2, 64, 256, 2, 4), (2, 128, 128, 2, 8), (2, 64, 128, 4, 4),
-                   (2, 128, 128, 4, 8),
-                   (2, 64, 128, 8, 4)]                                       # occupancy
+    tensor_core = [(2, 64, 128, 8, 4), (2, 64, 128, 16, 4), (2, 64, 64, 32, 4), (2, 64, 64, 16, 4),
+                   (2, 128, 64, 16, 4)]
     space = cuda_core.get(m_bucket, []) + tensor_core
     return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
                            "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
@@ -83,7 +75,7 @@ def _nm24_decode_kernel(
     x_ptr, v_ptr, meta_ptr, meta16_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_m16n, stride_om,
     HAS_BIAS: tl.constexpr, FP32_IEEE: tl.constexpr,
-    EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % (BLOCK_K * SPLIT_K) == 0: no masks in the loop
+    EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % BLOCK_K == 0: no masks in the loop
     PREFETCH: tl.constexpr,    # software-pipelined value/metadata loads (mask-free loop only)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     VARIANT: tl.constexpr,
@@ -112,8 +104,16 @@ def _nm24_decode_kernel(
             acc2 = tl.full((BLOCK_N, G), 0.0, tl.float32)
         else:
             acc3 = tl.full((BLOCK_M, BLOCK_N, G), 0.0, tl.float32)
-    else:
+    elif VARIANT == 2:
         acc_t = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)          # y^T tile: W is the left operand
+    else:
+        # 3, 4: tiles shaped (.., BLOCK_N, words, 8) like the packed bytes: each metadata word (int16 for 3,
+        # int32 for 4) is loaded once, not once per value, and 8 or 16 values load as one 16-32 byte vector
+        WPB: tl.constexpr = BLOCK_K // 32 if VARIANT == 4 else BLOCK_K // 16    # words per K block
+        if BLOCK_M == 1:
+            accv = tl.full((BLOCK_N, WPB, 8), 0.0, tl.float32)
+        else:
+            accw = tl.full((BLOCK_M, BLOCK_N, WPB, 8), 0.0, tl.float32)
     # PREFETCH (mask-free loop): the next block's values and metadata are loaded before
     # this block's gathers/selects run, so each program keeps one block of HBM reads in flight while it
     # computes. The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
@@ -125,14 +125,15 @@ def _nm24_decode_kernel(
         m_cols = offs_j // 16            # metadata: int32 words, 16 values each (V1 reads one per group)
         m_base = meta_ptr + offs_n[:, None] * stride_mn
     v_base = v_ptr + offs_n[:, None] * stride_vn
-    if PREFETCH:
-        nxt_v = tl.load(v_base + (k_lo // 2 + offs_j)[None, :])
+    if PREFETCH and VARIANT < 3:
+        k_first = tl.minimum(k_lo, K - BLOCK_K)      # an empty last split must not read past the end
+        nxt_v = tl.load(v_base + (k_first // 2 + offs_j)[None, :])
         if VARIANT < 2:
-            nxt_m = tl.load(m_base + (k_lo // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
+            nxt_m = tl.load(m_base + (k_first // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
         else:
             offs_wj = tl.arange(0, BLOCK_K // 32)
             w_base = meta_ptr + offs_n[:, None] * stride_mn
-            nxt_w = tl.load(w_base + (k_lo // 32 + offs_wj)[None, :])
+            nxt_w = tl.load(w_base + (k_first // 32 + offs_wj)[None, :])
     for k0 in range(k_lo, k_hi, BLOCK_K):
         if VARIANT < 2:
             offs_h = k0 // 2 + offs_j                                    # value index along K/2
@@ -191,7 +192,7 @@ def _nm24_decode_kernel(
                 x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))   # x at the first kept position
                 x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))   # ... and at the second
                 acc3 += x0 * v0[None, :, :] + x1 * v1[None, :, :]
-        else:
+        elif VARIANT == 2:
             offs_h = k0 // 2 + tl.arange(0, BH)
             offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
             v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
@@ -222,9 +223,75 @@ def _nm24_decode_kernel(
                 acc_t = tl.dot(w_tile.to(tl.float32), x_t.to(tl.float32), acc_t, input_precision="ieee")
             else:
                 acc_t = tl.dot(w_tile, x_t, acc_t)
+        elif VARIANT == 3:
+            # gather, one int16 per 8 values: value (w, e) of this block sits at K column
+            # k0 + 16*w + 4*(e//2) + its 2-bit position in bits 2e..2e+1 of half-word w
+            offs_w = tl.arange(0, WPB)
+            offs_e = tl.arange(0, 8)
+            offs_v = (k0 // 2 + offs_w * 8)[None, :, None] + offs_e[None, None, :]                 # (1, W, 8)
+            hw = k0 // 16 + offs_w                                                                 # (W,)
+            if EVEN:
+                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v)                 # (BN, W, 8)
+                half = tl.load(meta16_ptr + offs_n[:, None] * stride_m16n + hw[None, :])           # (BN, W)
+            else:
+                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v,
+                               mask=mask_n[:, None, None] & (offs_v < k_hi // 2), other=0.0)
+                half = tl.load(meta16_ptr + offs_n[:, None] * stride_m16n + hw[None, :],
+                               mask=mask_n[:, None] & (hw < (K + 31) // 32 * 2)[None, :], other=0)
+            idx = (half.to(tl.int32)[:, :, None] >> (offs_e * 2)[None, None, :]) & 3              # (BN, W, 8)
+            cols = (k0 + offs_w * 16)[None, :, None] + (offs_e // 2 * 4)[None, None, :] + idx
+            if not EVEN:
+                cols = tl.minimum(cols, K - 1)          # masked values are 0: any column in bounds will do
+            if BLOCK_M == 1:
+                accv += tl.load(x_ptr + cols).to(tl.float32) * vals.to(tl.float32)
+            else:
+                xg = tl.load(x_ptr + rows[:, None, None, None] * stride_xm + cols[None, :, :, :])  # (BM, BN, W, 8)
+                accw += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :, :]
+        else:
+            # select, one int32 per 8 groups: x's 4 candidates of each group are loaded once for all columns
+            offs_w = tl.arange(0, WPB)
+            offs_v = (k0 // 2 + offs_w * 16)[None, :, None] + tl.arange(0, 16)[None, None, :]     # (1, W, 16)
+            wd = k0 // 32 + offs_w                                                                 # (W,)
+            if EVEN:
+                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v)                # (BN, W, 16)
+                word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + wd[None, :])              # (BN, W)
+            else:
+                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v,
+                               mask=mask_n[:, None, None] & (offs_v < k_hi // 2), other=0.0)
+                word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + wd[None, :],
+                               mask=mask_n[:, None] & (wd < (K + 31) // 32)[None, :], other=0)
+            v0, v1 = tl.split(tl.reshape(vals.to(tl.float32), (BLOCK_N, WPB, 8, 2)))              # (BN, W, 8)
+            nib = (word[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 15                 # (BN, W, 8)
+            i0 = nib & 3                                                                           # 0..2
+            i1 = nib >> 2                                                                          # 1..3
+            grp = (k0 + offs_w * 32)[:, None] + tl.arange(0, 8)[None, :] * 4                       # (W, 8)
+            if not EVEN:
+                grp = tl.minimum(grp, K - 4)
+            if BLOCK_M == 1:
+                c0 = tl.load(x_ptr + grp).to(tl.float32)[None, :, :]                               # (1, W, 8)
+                c1 = tl.load(x_ptr + grp + 1).to(tl.float32)[None, :, :]
+                c2 = tl.load(x_ptr + grp + 2).to(tl.float32)[None, :, :]
+                c3 = tl.load(x_ptr + grp + 3).to(tl.float32)[None, :, :]
+                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))
+                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))
+                accv += x0 * v0 + x1 * v1
+            else:
+                x_g = x_ptr + rows[:, None, None] * stride_xm + grp[None, :, :]                     # (BM, W, 8)
+                c0 = tl.load(x_g).to(tl.float32)[:, None, :, :]                                     # (BM, 1, W, 8)
+                c1 = tl.load(x_g + 1).to(tl.float32)[:, None, :, :]
+                c2 = tl.load(x_g + 2).to(tl.float32)[:, None, :, :]
+                c3 = tl.load(x_g + 3).to(tl.float32)[:, None, :, :]
+                x0 = tl.where(i0[None] == 0, c0, tl.where(i0[None] == 1, c1, c2))
+                x1 = tl.where(i1[None] == 3, c3, tl.where(i1[None] == 2, c2, c1))
+                accw += x0 * v0[None] + x1 * v1[None]
 
     if VARIANT == 2:
         acc = tl.trans(acc_t)
+    elif VARIANT >= 3:
+        if BLOCK_M == 1:
+            acc = tl.sum(tl.sum(accv, axis=2), axis=1)[None, :]
+        else:
+            acc = tl.sum(tl.sum(accw, axis=3), axis=2)
     elif BLOCK_M == 1:
         acc = tl.sum(acc2, axis=1)[None, :]
     else:
@@ -237,7 +304,8 @@ def _nm24_decode_kernel(
 
 
 def _even(n: int, k: int, config: dict) -> bool:
-    return n % config["BLOCK_N"] == 0 and k % (config["BLOCK_K"] * config["SPLIT_K"]) == 0
+    # every split then covers whole K blocks (the last splits may be empty): no masks in the loop
+    return n % config["BLOCK_N"] == 0 and k % config["BLOCK_K"] == 0
 
 
 _AUTOTUNED: dict = {}
@@ -272,9 +340,10 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         raise ValueError(f"nm24_decode takes at most {MAX_M} rows, got {m}")
     on_cpu = x2.device.type == "cpu"
     meta16 = meta.view(torch.int16)                                   # (N, 2*ceil(K/32)): 8 values per half
-    may_split = config is None or config["SPLIT_K"] > 1
-    cnt = splitk.counters(x2.device, -(-n // 16)) if may_split else meta
-    ws = splitk.workspace(m, n, x2.device) if may_split else out
+    split = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"]
+                                                                 for c in nm24_decode_configs(splitk.m_key(m)))
+    cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
+    ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
     args = (x2, values, meta, meta16, bias if bias is not None else values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), values.stride(0), meta.stride(0), meta16.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu)}
