@@ -38,7 +38,7 @@ def block16_configs(m_bucket: int) -> list[triton.Config]:
     64/128, VARIANT 1."""
     if m_bucket <= 16:
         # (TILES, SPLIT_K, warps, stages)
-        # sweep of 2026-12-01 (benchmarks/decode_sweep.py): small CUDA-core programs win at 1-2 rows
+        # sweep of 2026-11-30 (benchmarks/decode_sweep.py): small CUDA-core programs win at 1-2 rows
         dot = [(8, 4, 4, 3), (8, 8, 4, 3), (4, 16, 4, 2), (8, 16, 4, 3), (16, 4, 8, 3)]
         core = [(2, 32, 1, 2), (4, 16, 2, 2), (2, 64, 1, 2), (4, 4, 4, 2), (4, 32, 2, 2)]
         return [triton.Config({"BLOCK_M": 16, "TILES": t, "SPLIT_K": sk, "VARIANT": 1}, num_warps=w,

@@ -49,7 +49,7 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
     SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
     offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
-    # Sweep of 2026-12-01 (benchmarks/decode_sweep.py, H200): the tiles shaped like the packed bytes (3, 4) beat
+    # Sweep of 2026-11-30 (benchmarks/decode_sweep.py, H200): the tiles shaped like the packed bytes (3, 4) beat
     # the per-value ones (0, 1: 0.56-0.68x dense at M = 1 against 0.96-1.09x) once a thread holds 8-16 values
     # (56-96 registers; 32 values took 157-255 and spilled). Deep splits were slow only because the split-K
     # epilogue read its partials one L2 round trip at a time (fixed in splitk.store_tile), so the space keeps
