@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--period", type=int, default=4, help="mask update period (steps); each update has its probe")
     ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--engine", default="fsdp2", choices=("fsdp2", "deepspeed"))
     ap.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="TrainConfig.dtype")
@@ -141,6 +142,7 @@ def main() -> None:
         eval_windows=1,
         log_every=1,
         activation_checkpointing=args.activation_checkpointing,
+        reshard_after_forward=args.reshard_after_forward,
         device=args.device,
         engine=args.engine,
         dtype=args.dtype,
@@ -178,6 +180,7 @@ def main() -> None:
                 seqlen=args.seqlen,
                 mask_bytes=4,
                 checkpointing=args.activation_checkpointing,
+                reshard_after_forward=args.reshard_after_forward,
                 engine=args.engine,
             ),
         )
@@ -190,6 +193,7 @@ def main() -> None:
                     "score": forge.score,
                     "estimator": forge.estimator,
                     "activation_checkpointing": args.activation_checkpointing,
+                    "reshard_after_forward": args.reshard_after_forward,
                     "model": args.model,
                     "hidden": cfg.hidden_size,
                     "layers": cfg.num_hidden_layers,

@@ -182,6 +182,7 @@ def config_from_args(args):
         compile=args.compile,
         engine=args.engine,
         activation_checkpointing=args.activation_checkpointing,
+        reshard_after_forward=args.reshard_after_forward,
         log_every=args.log_every,
         eval_every=args.eval_every,
         eval_text=args.eval_text,

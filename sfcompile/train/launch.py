@@ -45,6 +45,11 @@ def add_arguments(parser) -> None:
     g.add_argument(
         "--activation-checkpointing", action="store_true", help="recompute each block in the backward"
     )
+    g.add_argument(
+        "--no-reshard-after-forward", dest="reshard_after_forward", action="store_false",
+        help="FSDP2: keep each block's gathered parameters from forward to backward (one all-gather fewer per "
+        "block and step; more memory: see sfcompile plan --no-reshard-after-forward)",
+    )
 
 
 def in_worker() -> bool:

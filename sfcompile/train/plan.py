@@ -18,7 +18,8 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
     teacher      2·P/W              bf16 dense teacher, sharded the same way ("none": 0)
     gather       2·Pb·(3 + t)·2 + 2·Pr  two unsharded bf16 blocks in flight (W, mask and hard of the student;
                                     the teacher's W) plus the root's parameters (embeddings, head: Pr), which
-                                    stay gathered
+                                    stay gathered; without resharding after forward, every student block
+                                    stays gathered from forward to backward: 2·Pb·3·L + 2·Pb·t·2 + 2·Pr
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
     logits       tokens·V·4·(2 + teacher)   fp32 student logits + their grad (+ teacher logits)
 
@@ -50,6 +51,7 @@ class PlanInput:
     teacher: bool = True
     mask_bytes: int = 4
     checkpointing: bool = False
+    reshard_after_forward: bool = True
     slorb_group: int = 16
     score_stats: int = 1  # Hessian EMA (1), + Fisher (2)
 
@@ -112,6 +114,12 @@ def _bytes_per_token_layer(m: ModelCounts, checkpointing: bool) -> float:
     return 2 * (7 * m.hidden + 2 * m.kv_dim + 5 * m.intermediate)
 
 
+def _gather(m: ModelCounts, p: PlanInput, t: int) -> float:
+    if p.reshard_after_forward:
+        return 2 * m.block_params * (3 + t) * 2 + 2 * m.root_params
+    return 2 * m.block_params * 3 * m.layers + 2 * m.block_params * t * 2 + 2 * m.root_params
+
+
 def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
     """Bytes per rank by component (see the module docstring for the formulas)."""
     w = p.gpus
@@ -127,7 +135,7 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
         "estimator": (24 * m.site_params + 4 * m.params) / w,
         "slorb": 16 * m.site_params / p.slorb_group / w,
         "teacher": 2 * m.params * t / w,
-        "gather": (2 * m.block_params * (3 + t) * 2 + 2 * m.root_params) if w > 1 else 0.0,
+        "gather": _gather(m, p, t) if w > 1 else 0.0,
         "activations": tokens * m.layers * _bytes_per_token_layer(m, p.checkpointing)
         + (tokens * _bytes_per_token_layer(m, False) if p.checkpointing else 0.0),
         "logits": tokens * m.vocab * 4 * (2 + t),
@@ -157,6 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-teacher", action="store_true")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="plan with activation checkpointing (the trainer's --activation-checkpointing)")
+    parser.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false",
+                        help="plan with FSDP2 blocks kept gathered from forward to backward (the trainer's flag)")
 
 
 def _config(name: str):
@@ -174,7 +184,8 @@ def _config(name: str):
 def run(args) -> int:
     inp = PlanInput(gpus=args.gpus, gpu_mem=_parse_mem(args.gpu_mem), engine=args.engine,
                     micro_batch=args.micro_batch, seqlen=args.seqlen, teacher=not args.no_teacher,
-                    checkpointing=args.activation_checkpointing)
+                    checkpointing=args.activation_checkpointing,
+                    reshard_after_forward=args.reshard_after_forward)
     counts = count_model(_config(args.model))
     parts = plan(counts, inp)
     print(f"{args.model}: {counts.params / 1e9:.2f}B params ({counts.site_params / 1e9:.2f}B in sparse sites), "

@@ -96,6 +96,8 @@ def _two_rank_runs(rank, root):
     # with activation checkpointing (recomputation is exact: the 1-rank reference runs without it)
     r = train(_model(), _config(root, "two", 2, activation_checkpointing=True), tokenizer=tok)
     assert r.steps == STEPS and r.final_path is not None if rank == 0 else r.final_path is None
+    # FSDP2 blocks kept gathered from forward to backward (no second all-gather): the same numbers
+    train(_model(), _config(root, "keep", 2, reshard_after_forward=False), tokenizer=tok)
     r = train(_model(), _config(root, "half", 2), tokenizer=tok, stop_at=STEPS // 2)
     assert r.stopped == "stop_at"
 
@@ -128,20 +130,22 @@ def test_two_ranks_equal_one_rank_and_resume_on_one(two_ranks):
     r = train(_model(), _config(tmp_path, "half", 1), tokenizer=tok, resume=True)  # 2-rank ckpt, 1 rank
     assert r.steps == STEPS
 
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(one) == len(two) == STEPS
+    one, two, keep = _losses(tmp_path / "one"), _losses(tmp_path / "two"), _losses(tmp_path / "keep")
+    assert len(one) == len(two) == len(keep) == STEPS
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(keep), torch.tensor(one), rtol=1e-4, atol=1e-5)
     resumed = _losses(tmp_path / "half")  # its log holds both halves
     torch.testing.assert_close(
         torch.tensor(resumed[-STEPS // 2 :]), torch.tensor(one[-STEPS // 2 :]), rtol=1e-4, atol=1e-5
     )
 
     a, b, c = _final(tmp_path / "one"), _final(tmp_path / "two"), _final(tmp_path / "half")
-    assert a.keys() == b.keys() == c.keys()
+    d = _final(tmp_path / "keep")
+    assert a.keys() == b.keys() == c.keys() == d.keys()
     sites = [k for k in a if k.endswith("proj.weight")]
     assert sites
     lr = 1e-3
-    for other in (b, c):
+    for other in (b, c, d):
         # Gradients agree to float rounding (one GEMM over 2b rows vs two over b, averaged); Adam turns a
         # near-zero gradient's rounding into a ±lr step, so a handful of entries differ by ~lr, the rest agree
         # to 1e-4.
@@ -154,6 +158,7 @@ def test_two_ranks_equal_one_rank_and_resume_on_one(two_ranks):
     for k in sites:  # the masks: the same 2:4 zeros
         assert torch.equal(b[k] == 0, a[k] == 0), k
         assert torch.equal(c[k] == 0, a[k] == 0), k
+        assert torch.equal(d[k] == 0, a[k] == 0), k
         assert float((a[k] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
 

@@ -34,6 +34,11 @@ def test_sharded_terms_scale_with_ranks_and_formulas_hold():
     assert plan(m, PlanInput(teacher=False))["teacher"] == 0
     ckpt = plan(m, PlanInput(checkpointing=True))["activations"]
     assert ckpt < one["activations"]
+    # FSDP2 blocks kept gathered from forward to backward: every student block's W, mask and hard in bf16
+    keep = plan(m, PlanInput(gpus=8, reshard_after_forward=False))
+    assert keep["gather"] == 2 * m.block_params * 3 * m.layers + 2 * m.block_params * 2 + 2 * m.root_params
+    assert keep["gather"] > eight["gather"] and plan(m, PlanInput(reshard_after_forward=False))["gather"] == 0
+    assert _args("--model", "x", "--no-reshard-after-forward").reshard_after_forward is False
 
 
 def _args(*argv):

@@ -84,3 +84,11 @@ def test_default_recipe_starts_from_sparsegpt_with_a_hard_forward():
     assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt").schedule.finalize_at == 0.8  # user wins
     dense = cli.forge_from_overrides([], "dense").schedule
     assert dense.harden_start > 0 and dense.sparsity_warmup > 0  # the reference schedule from dense
+
+
+def test_sharding_flags_reach_the_config():
+    base = ["--model", "m", "--out", "o", "--tokens", "10M"]
+    cfg = cli.config_from_args(_args(base))
+    assert cfg.reshard_after_forward and not cfg.activation_checkpointing
+    cfg = cli.config_from_args(_args([*base, "--no-reshard-after-forward", "--activation-checkpointing"]))
+    assert not cfg.reshard_after_forward and cfg.activation_checkpointing

@@ -93,12 +93,14 @@ def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
             f"FSDP2 shards a model block by block, but {type(model).__name__} has no repeated blocks ({err})"
         ) from err
     checkpointing = trainable and bool(getattr(config, "activation_checkpointing", False))
+    # the teacher (no backward) always reshards: keeping its blocks would only hold memory
+    keep = trainable and not getattr(config, "reshard_after_forward", True)
     for _, block in blocks:
         if checkpointing:
             from torch.distributed._composable import checkpoint
 
             checkpoint(block)
-        fully_shard(block, **kwargs)
+        fully_shard(block, **kwargs, reshard_after_forward=not keep)
     fully_shard(model, **kwargs)
     # FSDP2 keeps the root's parameters (embeddings, final norm, head) unsharded after a forward, expecting
     # the backward to reshard them. After a no-grad forward (evaluation, the probe's precision check, the
