@@ -92,6 +92,13 @@ def _two_rank_runs(rank, root):
         model.get_output_embeddings().weight.to_local().zero_()  # an "optimizer step" on the head's shard
         loss = float(model(PROBE_IDS[rank : rank + 1], labels=PROBE_IDS[rank : rank + 1]).loss)
     torch.save(loss, root / f"zero_head{rank}.pt")
+    # blocks kept gathered from forward to backward (reshard_after_forward=False): a no-grad forward (no
+    # backward follows) must not leave them gathered when the probe writes into the shards
+    model = _model()
+    dist.wrap_model(model, _config(root, "probe_keep", 2, reshard_after_forward=False))
+    with torch.no_grad():
+        model(PROBE_IDS[rank : rank + 1])
+    torch.save(_probe(model, PROBE_IDS[rank : rank + 1]), root / f"probe_keep{rank}.pt")
     tok = byte_tokenizer()
     # with activation checkpointing (recomputation is exact: the 1-rank reference runs without it)
     r = train(_model(), _config(root, "two", 2, activation_checkpointing=True), tokenizer=tok)
@@ -168,8 +175,10 @@ def test_hessian_probe_on_two_ranks_equals_one_process(two_ranks):
     for rank in (0, 1):
         got = torch.load(root / f"probe{rank}.pt")
         assert len(got["diag"]) == len(full)
-        for d, (start, stop), ref in zip(got["diag"], got["rows"], full):
+        kept = torch.load(root / f"probe_keep{rank}.pt")
+        for d, k, (start, stop), ref in zip(got["diag"], kept, got["rows"], full):
             torch.testing.assert_close(d, ref[start:stop], rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+            torch.testing.assert_close(k, ref[start:stop], rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
 
 
 def test_updates_after_a_no_grad_forward_are_seen(two_ranks):

@@ -56,7 +56,11 @@ def _mixed_precision(config, device_type: str):
 
 def _reshard_after_no_grad_forward(module, args, output):
     if not torch.is_grad_enabled():
-        module.reshard()
+        from torch.distributed.fsdp import FSDPModule
+
+        for sub in module.modules():   # the root, and blocks kept gathered (reshard_after_forward=False)
+            if isinstance(sub, FSDPModule):
+                sub.reshard()
     return output
 
 
@@ -102,10 +106,12 @@ def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
             checkpoint(block)
         fully_shard(block, **kwargs, reshard_after_forward=not keep)
     fully_shard(model, **kwargs)
-    # FSDP2 keeps the root's parameters (embeddings, final norm, head) unsharded after a forward, expecting
-    # the backward to reshard them. After a no-grad forward (evaluation, the probe's precision check, the
-    # teacher) no backward comes: an optimizer step would then update the shards while the next forward
-    # reused the stale unsharded copy. Reshard explicitly after every no-grad forward.
+    # FSDP2 keeps the root's parameters (embeddings, final norm, head) unsharded after a forward, and with
+    # reshard_after_forward=False every block's too, expecting the backward to reshard them. After a no-grad
+    # forward (evaluation, the probe's precision check, the teacher) no backward comes: an optimizer step or
+    # the probe would then write the shards while the next forward reused the stale unsharded copy (with
+    # blocks kept gathered, the probe's in-place shard writes crashed: CUDA "invalid argument", a segfault on
+    # CPU). Reshard everything explicitly after every no-grad forward.
     model.register_forward_hook(_reshard_after_no_grad_forward)
     if not trainable:
         model.requires_grad_(False)
