@@ -15,6 +15,7 @@ in the same process); every config's output is checked against the dense product
 
 import argparse
 import json
+import statistics
 import time
 from functools import partial
 
@@ -113,9 +114,9 @@ def main():
     for r in table:
         print(f"best {r['n']}x{r['k']} M={r['m']} {r['kind']:12s} {r['cfg']} {r['us']:.1f} us {r['ratio']:.2f}x")
     for kind in ("2:4", "block16", "dense-triton"):
-        ratios = sorted(r["ratio"] for r in table if r["kind"] == kind)
+        ratios = [r["ratio"] for r in table if r["kind"] == kind]
         if ratios:
-            print(f"median {kind}: {ratios[len(ratios) // 2]:.2f}x over {len(ratios)} (shape, M)", flush=True)
+            print(f"median {kind}: {statistics.median(ratios):.2f}x over {len(ratios)} (shape, M)", flush=True)
 
 
 def run(args, t0, record):
