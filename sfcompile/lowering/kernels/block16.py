@@ -12,8 +12,8 @@ and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
 ``VARIANT`` 2 skips tl.dot for few rows: products of tiles and x strips are summed on CUDA cores in registers
 and reduced once at the end.
 
-Measured on the H200 (benchmarks/README.md), 50% density: 0.73-1.13x dense cuBLAS at decode (median 1.00; the
-CUDA-core variant wins only at M = 1-2, by 0-0.1x). At prefill every program re-reads its x strips for 16
+Measured on the H200 (benchmarks/README.md, run 7), 50% density: 0.73-1.37x dense cuBLAS at decode (median 1.02;
+M = 1: 1.03-1.37x, the CUDA-core variant with 2 tiles, one warp and SPLIT_K 32; from 4 rows up the tl.dot one). At prefill every program re-reads its x strips for 16
 output columns only (16 FLOP per byte of x at most), so this kernel is L2-bound at 0.2x dense;
 ``sfcompile.lowering.ops`` sends large M to :mod:`.block16_unpack` + cuBLAS instead.
 """
@@ -34,7 +34,7 @@ SMALL_M = 16
 def block16_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (M's next power of two). Decode (<= 16 rows): split over
     a row's tiles, with tl.dot on 2-D operands (VARIANT 1, BLOCK_M 16) or on CUDA cores (VARIANT 2, BLOCK_M =
-    the bucket, up to 8 rows: one FMA per weight element and row, no shared-memory trip); prefill: BLOCK_M
+    the bucket, 1-2 rows: one FMA per weight element and row, no shared-memory trip); prefill: BLOCK_M
     64/128, VARIANT 1."""
     if m_bucket <= 16:
         # (TILES, SPLIT_K, warps, stages)

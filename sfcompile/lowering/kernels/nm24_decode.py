@@ -3,32 +3,33 @@
 Decode is bound by the weight bytes, so what matters is how many instructions each stored value costs.
 The tile kernel (:mod:`.nm24`) rebuilds the dense (BLOCK_N, BLOCK_K) tile of W in registers and pushes it
 through shared memory into ``tl.dot``: ~50 SASS instructions per stored value, 0.4-0.7x dense cuBLAS on the
-H200. This kernel never rebuilds W. Each program owns BLOCK_N output columns and every row of x (BLOCK_M >= M,
-so W is read once), walks its share of K (``SPLIT_K`` programs per column block, summed by
+H200. Each program here owns BLOCK_N output columns and every row of x (BLOCK_M >= M, so W is read once), walks
+its share of K (``SPLIT_K`` programs per column block, whole K blocks each, summed by
 :func:`.splitk.store_tile`) and, per ``VARIANT``:
 
-* 0, gather: for each stored value ``vals[n, j]`` (j along K/2) it reads the value's 2-bit position from
-  the metadata (one int16 covers 8 values, loaded once per thread) and gathers ``x[m, 4*(j//2) + idx]`` from
-  x, which at decode is a few KB and sits in L1: ``y[m, n] += vals[n, j] * x[m, col]``. Per value and row:
-  one L1 load and one FMA.
-* 1, select: loads x's 4 candidates of each group of 4 once per K block (shared by all BLOCK_N columns) and
-  picks the kept ones with two selects per value and row: contiguous loads only, no gathers.
 * 2, tensor cores: the tile kernel's 3-D-select decompression, with W as the dot's left operand
-  (BLOCK_N >= 64 rows, x^T padded to 16 columns) so Hopper can issue wgmma with W from registers.
+  (BLOCK_N >= 64 rows, x^T padded to 16 columns) so Hopper can issue wgmma with W from registers. A fixed cost
+  per weight element, whatever M: the choice from 4 rows up.
+* 3, gather (CUDA cores, W never rebuilt): tiles (BLOCK_N, K/16 half-words, 8) shaped like the packed bytes;
+  each int16 of metadata is loaded once for its 8 values, which load as one 16-byte vector; each value's
+  2-bit position picks the column of x to gather (x is a few KB at decode and sits in L1):
+  ``y[m, n] += vals[n, j] * x[m, 4*(j//2) + idx]``.
+* 4, select (CUDA cores): tiles (BLOCK_N, K/32 words, 16 values); x's 4 candidates of each group of 4 are loaded
+  once per K block for all BLOCK_N columns and the kept ones are picked with two selects per value and row.
 
-Which one wins depends on M (gathers cost 1 load per row, selects 2 ALU ops per row, the tensor-core path a
-fixed decompression cost); the autotuner picks per (M bucket, N, K). Value and metadata loads are
-software-pipelined one K block ahead (``PREFETCH``) when the loop needs no masks.
+The autotuner picks per (M bucket, N, K); value and metadata loads are software-pipelined one K block ahead
+(``PREFETCH``) in variant 2 when the loop needs no masks. (Variants 0 and 1, the per-value gather and select
+that loaded a metadata word once per value, lost to 3 and 4 on every shape in the sweep of 2026-11-30 and were
+removed.)
 
-Measured on the H200 (benchmarks/README.md, LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS): 0.68-0.87x at
-M = 1 (median 0.78; the tile kernel ran ~0.55x), 0.43-0.73x at M = 2..16 (median 0.57 over M = 1..16): still
-below dense, far from the 1.78x byte ceiling. SASS compiled for sm_90 on the CPU counts ~11 instructions per
-stored value in the M = 1 gather loop (was ~50), so instruction issue no longer explains the gap; what does
-(memory-level parallelism, L1 wavefronts per gather, split-K epilogue) is not measured yet.
+Measured on the H200 (benchmarks/README.md, run 7: LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS in the same
+run): 1.08x at M = 1 (0.99-1.22), 0.86x at M = 2, 0.46-0.84x at M = 4..16 (median 0.69 over M = 1..16): far
+from the 1.78x byte ceiling. The M = 1 loop streams ~2.1 TB/s against cuBLAS's ~3.8: ~12 SASS instructions
+per stored value and a shared-memory layout conversion of the metadata word per K block.
 
 The values are ``(N, K/2)``; the metadata ``(N, ceil(K/32))`` int32 of :mod:`sfcompile.lowering.pack` holds
 value j's position in bits ``2*(j % 16) .. 2*(j % 16)+1`` of word ``j // 16``, so its int16 view holds value
-j's in bits ``2*(j % 8)..`` of half-word ``j // 8`` (little-endian): the kernel reads it that way, the format
+j's in bits ``2*(j % 8)..`` of half-word ``j // 8`` (little-endian): variant 3 reads it that way, the format
 is unchanged.
 """
 
@@ -82,6 +83,8 @@ def _nm24_decode_kernel(
 ):
     BH: tl.constexpr = BLOCK_K // 2    # stored values per row per K block
     G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
+    if VARIANT < 2 or VARIANT > 4:
+        tl.static_assert(False, "VARIANT must be 2 (tensor cores), 3 (gather) or 4 (select)")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -94,17 +97,7 @@ def _nm24_decode_kernel(
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
 
-    if VARIANT == 0:
-        if BLOCK_M == 1:
-            acc2 = tl.full((BLOCK_N, BH), 0.0, tl.float32)
-        else:
-            acc3 = tl.full((BLOCK_M, BLOCK_N, BH), 0.0, tl.float32)
-    elif VARIANT == 1:
-        if BLOCK_M == 1:
-            acc2 = tl.full((BLOCK_N, G), 0.0, tl.float32)
-        else:
-            acc3 = tl.full((BLOCK_M, BLOCK_N, G), 0.0, tl.float32)
-    elif VARIANT == 2:
+    if VARIANT == 2:
         acc_t = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)          # y^T tile: W is the left operand
     else:
         # 3, 4: tiles shaped (.., BLOCK_N, words, 8) like the packed bytes: each metadata word (int16 for 3,
@@ -114,85 +107,19 @@ def _nm24_decode_kernel(
             accv = tl.full((BLOCK_N, WPB, 8), 0.0, tl.float32)
         else:
             accw = tl.full((BLOCK_M, BLOCK_N, WPB, 8), 0.0, tl.float32)
-    # PREFETCH (mask-free loop): the next block's values and metadata are loaded before
-    # this block's gathers/selects run, so each program keeps one block of HBM reads in flight while it
-    # computes. The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
-    offs_j = tl.arange(0, BH)
-    if VARIANT == 0:
-        m_cols = offs_j // 8             # metadata: int16 half-words, 8 values each
-        m_base = meta16_ptr + offs_n[:, None] * stride_m16n
-    else:
-        m_cols = offs_j // 16            # metadata: int32 words, 16 values each (V1 reads one per group)
-        m_base = meta_ptr + offs_n[:, None] * stride_mn
-    v_base = v_ptr + offs_n[:, None] * stride_vn
-    if PREFETCH and VARIANT < 3:
+    # PREFETCH (variant 2, mask-free loop): the next block's values and metadata are loaded before this
+    # block's decompression runs, so each program keeps one block of HBM reads in flight while it computes.
+    # The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
+    if PREFETCH and VARIANT == 2:
+        offs_j = tl.arange(0, BH)
+        offs_wj = tl.arange(0, BLOCK_K // 32)
+        v_base = v_ptr + offs_n[:, None] * stride_vn
+        w_base = meta_ptr + offs_n[:, None] * stride_mn
         k_first = tl.minimum(k_lo, K - BLOCK_K)      # an empty last split must not read past the end
         nxt_v = tl.load(v_base + (k_first // 2 + offs_j)[None, :])
-        if VARIANT < 2:
-            nxt_m = tl.load(m_base + (k_first // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
-        else:
-            offs_wj = tl.arange(0, BLOCK_K // 32)
-            w_base = meta_ptr + offs_n[:, None] * stride_mn
-            nxt_w = tl.load(w_base + (k_first // 32 + offs_wj)[None, :])
+        nxt_w = tl.load(w_base + (k_first // 32 + offs_wj)[None, :])
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        if VARIANT < 2:
-            offs_h = k0 // 2 + offs_j                                    # value index along K/2
-            if PREFETCH:
-                vals = nxt_v
-                meta = nxt_m
-                k_nx = tl.minimum(k0 + BLOCK_K, k_hi - BLOCK_K)
-                nxt_v = tl.load(v_base + (k_nx // 2 + offs_j)[None, :])
-                nxt_m = tl.load(m_base + (k_nx // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :])
-            else:
-                m_ptrs = m_base + (k0 // 32 * (2 if VARIANT == 0 else 1) + m_cols)[None, :]
-                if EVEN:
-                    vals = tl.load(v_base + offs_h[None, :])
-                    meta = tl.load(m_ptrs)
-                else:
-                    mask_h = mask_n[:, None] & (offs_h[None, :] < k_hi // 2)
-                    vals = tl.load(v_base + offs_h[None, :], mask=mask_h, other=0.0)   # masked values are 0:
-                    meta = tl.load(m_ptrs, mask=mask_h, other=0)    # their x reads stay in bounds, harmless
-        if VARIANT == 0:
-            # meta: (BN, BH) int16, value j's position in bits 2*(j%8); gather x at 4*(j//2) + position
-            idx = (meta.to(tl.int32) >> ((offs_h % 8) * 2)[None, :]) & 3
-            cols = (offs_h // 2 * 4)[None, :] + idx                      # dense K column of each value
-            if not EVEN:
-                cols = tl.minimum(cols, K - 1)
-            if BLOCK_M == 1:     # one row of x: 2-D tiles, no broadcast layout for the gathers
-                xg = tl.load(x_ptr + cols)                                                     # (BN, BH)
-                acc2 += xg.to(tl.float32) * vals.to(tl.float32)
-            else:
-                xg = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols[None, :, :])   # (BM, BN, BH)
-                acc3 += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :]
-        elif VARIANT == 1:
-            # meta: (BN, BH) int32 words; both values of a group share its nibble, read at the even slot
-            v0, v1 = tl.split(tl.reshape(vals.to(tl.float32), (BLOCK_N, G, 2)))                 # (BN, G)
-            word, _ = tl.split(tl.reshape(meta, (BLOCK_N, G, 2)))                               # (BN, G)
-            offs_g = k0 // 4 + tl.arange(0, G)
-            nib = (word >> ((offs_g % 8) * 4)[None, :]) & 15
-            if BLOCK_M == 1:     # one row of x: 2-D tiles
-                x_g = x_ptr + tl.minimum(offs_g * 4, K - 4)
-                c0 = tl.load(x_g).to(tl.float32)[None, :]                # (1, G): the 4 candidates
-                c1 = tl.load(x_g + 1).to(tl.float32)[None, :]
-                c2 = tl.load(x_g + 2).to(tl.float32)[None, :]
-                c3 = tl.load(x_g + 3).to(tl.float32)[None, :]
-                i0 = nib & 3
-                i1 = nib >> 2
-                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))
-                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))
-                acc2 += x0 * v0 + x1 * v1
-            else:
-                i0 = (nib & 3)[None, :, :]                               # 0..2
-                i1 = (nib >> 2)[None, :, :]                              # 1..3
-                x_g = x_ptr + rows[:, None] * stride_xm + tl.minimum(offs_g * 4, K - 4)[None, :]
-                c0 = tl.load(x_g).to(tl.float32)[:, None, :]             # (BM, 1, G): the 4 candidates
-                c1 = tl.load(x_g + 1).to(tl.float32)[:, None, :]
-                c2 = tl.load(x_g + 2).to(tl.float32)[:, None, :]
-                c3 = tl.load(x_g + 3).to(tl.float32)[:, None, :]
-                x0 = tl.where(i0 == 0, c0, tl.where(i0 == 1, c1, c2))   # x at the first kept position
-                x1 = tl.where(i1 == 3, c3, tl.where(i1 == 2, c2, c1))   # ... and at the second
-                acc3 += x0 * v0[None, :, :] + x1 * v1[None, :, :]
-        elif VARIANT == 2:
+        if VARIANT == 2:
             offs_h = k0 // 2 + tl.arange(0, BH)
             offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
             v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
@@ -287,15 +214,10 @@ def _nm24_decode_kernel(
 
     if VARIANT == 2:
         acc = tl.trans(acc_t)
-    elif VARIANT >= 3:
-        if BLOCK_M == 1:
-            acc = tl.sum(tl.sum(accv, axis=2), axis=1)[None, :]
-        else:
-            acc = tl.sum(tl.sum(accw, axis=3), axis=2)
     elif BLOCK_M == 1:
-        acc = tl.sum(acc2, axis=1)[None, :]
+        acc = tl.sum(tl.sum(accv, axis=2), axis=1)[None, :]
     else:
-        acc = tl.sum(acc3, axis=2)
+        acc = tl.sum(tl.sum(accw, axis=3), axis=2)
     if HAS_BIAS:
         if pid_k == 0:
             acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -352,6 +274,9 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
 
     if config is not None:
+        if config["VARIANT"] not in (2, 3, 4):
+            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 2 (tensor cores), "
+                             "3 (gather) or 4 (select)")
         if config["BLOCK_K"] < 32 or config["BLOCK_K"] & (config["BLOCK_K"] - 1):
             raise ValueError(f"BLOCK_K must be a power of two >= 32 (one metadata word), got {config['BLOCK_K']}")
         even = _even(n, k, config)
