@@ -13,8 +13,9 @@ and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
 and reduced once at the end.
 
 Measured on the H200 (benchmarks/README.md, run 7), 50% density: 0.73-1.37x dense cuBLAS at decode (median 1.02;
-M = 1: 1.03-1.37x, the CUDA-core variant with 2 tiles, one warp and SPLIT_K 32; from 4 rows up the tl.dot one). At prefill every program re-reads its x strips for 16
-output columns only (16 FLOP per byte of x at most), so this kernel is L2-bound at 0.2x dense;
+M = 1: 1.03-1.37x, the CUDA-core variant with 2 tiles, one warp and SPLIT_K 32; from 4 rows up the tl.dot
+one). At prefill every program re-reads its x strips for 16 output columns only (16 FLOP per byte of x at
+most), so this kernel is L2-bound at 0.2x dense;
 ``sfcompile.lowering.ops`` sends large M to :mod:`.block16_unpack` + cuBLAS instead.
 """
 
