@@ -23,6 +23,22 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
     logits       tokens·V·4·(2 + teacher)   fp32 student logits + their grad (+ teacher logits)
 
+Under DeepSpeed ZeRO-3 (``--engine deepspeed``, W > 1) the parameters stay fp32 (bf16 comes from autocast) and
+sfcompile's ``ds_config`` leaves DeepSpeed's bucket defaults (0.19: reduce_bucket_size Rb = 5e8 elements,
+stage3_max_live_parameters Lv = 1e9 elements), so five terms change or join:
+
+    master       4·(Pt + Ps/k)/W    ZeRO's fp32 optimizer partition is a clone of the fp32 parameter partition, not
+                                    an alias (stage3.py compares the partition's torch.device with the str "cuda:N")
+    ipg          4·Rb               the contiguous-gradient (IPG) bucket, fp32 like the parameters, held all run
+    estimator    24·Ps/W + 4·Ps     the probe's site gradients come whole from torch.autograd.grad (fp32); the
+                                    + pass's set is still referenced while the − pass runs
+    gather       4·min(Lv, Pz)      fp32 parameters gathered or prefetched: the prefetcher runs ahead until Lv
+                                    elements are live (Pz = P + (2 + stats)·Ps + Ps/k, every student parameter)
+    activations  + 4·Ps + tokens·layers·(8·h + 4·kv)   ZeRO's memory-efficient linear saves its un-cast fp32
+                                    inputs: the effective weights W⊙m_eff, and the fp32 norm outputs (with fp32 norm
+                                    weights both norms' normalised value and output are 4 B, not 2); the KV cache
+                                    holds the fp32 rotary keys (checkpointed: 4·Pb + tokens·(2·h·layers + 8·h))
+
 Before sharding, each rank holds the whole fp32 student and bf16 teacher for a moment (``startup``: 4·P + 2·P):
 the verdict uses the larger of that and the training-step total. Allocator slack and the CUDA context are a
 flat 2 GiB. Node 0 also needs 4·P of host RAM at the end, for the gathered copy it hardens and saves.
@@ -39,6 +55,9 @@ import torch
 
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
+# DeepSpeed 0.19 defaults that engines/deepspeed.py's ds_config leaves unset (elements, not bytes)
+DS_REDUCE_BUCKET = 500_000_000  # zero_optimization.reduce_bucket_size: the IPG gradient bucket
+DS_MAX_LIVE = 1_000_000_000  # zero_optimization.stage3_max_live_parameters: gathered + prefetched parameters
 
 
 @dataclass(frozen=True)
@@ -141,9 +160,33 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
         "logits": tokens * m.vocab * 4 * (2 + t),
         "overhead": float(OVERHEAD),
     }
+    if p.engine == "deepspeed" and w > 1:  # one process trains without the engine (distributed.wrap_model)
+        parts = _deepspeed(m, p, parts)
     parts["total"] = sum(parts.values())
     parts["startup"] = (4 + 2 * t) * m.params + OVERHEAD
     return parts
+
+
+def _deepspeed(m: ModelCounts, p: PlanInput, parts: dict[str, float]) -> dict[str, float]:
+    """``parts`` with ZeRO-3's terms (module docstring): fp32 parameters under the trainer's autocast."""
+    w = p.gpus
+    tokens = p.micro_batch * p.seqlen
+    slorb = m.site_params / p.slorb_group
+    student = m.params + (2 + p.score_stats) * m.site_params + slorb  # W, mask, hard, statistics, SLoRB S
+    if p.checkpointing:  # recomputed one block at a time; HF turns the KV cache off under checkpointing
+        saved = 4 * m.block_params + tokens * (2 * m.hidden * m.layers + 8 * m.hidden)
+    else:
+        saved = 4 * m.site_params + tokens * m.layers * (8 * m.hidden + 4 * m.kv_dim)
+    out = {}
+    for name, value in parts.items():
+        out[name] = value
+        if name == "optimizer":
+            out["master"] = 4 * (m.params - m.embedding_params + slorb) / w
+            out["ipg"] = 4.0 * DS_REDUCE_BUCKET
+    out["estimator"] = 24 * m.site_params / w + 4 * m.site_params
+    out["gather"] = 4.0 * min(DS_MAX_LIVE, student)
+    out["activations"] = parts["activations"] + saved
+    return out
 
 
 def _parse_mem(text: str) -> float:
