@@ -113,7 +113,7 @@ def main():
     table = best_table(rows)
     for r in table:
         print(f"best {r['n']}x{r['k']} M={r['m']} {r['kind']:12s} {r['cfg']} {r['us']:.1f} us {r['ratio']:.2f}x")
-    for kind in ("2:4", "block16", "dense-triton"):
+    for kind in ("2:4", "2:4-candidate", "block16", "dense-triton"):
         ratios = [r["ratio"] for r in table if r["kind"] == kind]
         if ratios:
             print(f"median {kind}: {statistics.median(ratios):.2f}x over {len(ratios)} (shape, M)", flush=True)
@@ -132,6 +132,8 @@ def run(args, t0, record):
             d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
             print(f"{shape} M={m} dense {d_us:.1f} us", flush=True)
             cases = [("2:4", cfg, p24, dense[0], nm24) for cfg in nm24_space(m)]
+            # candidates outside the autotune space: variant 5 in every tensor-core config of the space
+            cases += [("2:4-candidate", (5, *cfg[1:]), p24, dense[0], nm24) for cfg in nm24_space(m) if cfg[0] == 2]
             cases += [("block16", cfg, pb, wb[0], block16) for cfg in block16_space(m)]
             if m == 1:
                 cases += [("dense-triton", cfg, dense, dense[0], lambda x_, w_, c: dense_gemv(x_, w_, c))

@@ -77,9 +77,9 @@ DECODE_CASES = [  # (M, N, K, BLOCK_N, BLOCK_K, SPLIT_K): M = 1, odd M, 16 rows;
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n,k,bn,bk,sk", DECODE_CASES)
-@pytest.mark.parametrize("variant", [2, 3, 4])
+@pytest.mark.parametrize("variant", [2, 3, 4, 5])
 def test_nm24_decode_interpreter(dtype, m, n, k, bn, bk, sk, variant):
-    # tensor-core (2), gather (3) and select (4) decode variants, each against the float64 dense product
+    # tensor-core (2, 5), gather (3) and select (4) decode variants, each against the float64 dense product
     g = torch.Generator().manual_seed(m * 1000 + n + k + variant)
     w = _w24(n, k, dtype, g)
     pw = pack(w, "2:4", -1)
@@ -229,7 +229,7 @@ def test_nm24_cuda(dtype, m):
 
 
 @cuda
-@pytest.mark.parametrize("variant", [2, 3, 4])
+@pytest.mark.parametrize("variant", [2, 3, 4, 5])
 @pytest.mark.parametrize("m", [1, 3, 8, 16])
 def test_nm24_decode_variants_cuda(variant, m):
     g = torch.Generator().manual_seed(m)

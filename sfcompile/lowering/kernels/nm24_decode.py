@@ -16,6 +16,9 @@ its share of K (``SPLIT_K`` programs per column block, whole K blocks each, summ
   ``y[m, n] += vals[n, j] * x[m, 4*(j//2) + idx]``.
 * 4, select (CUDA cores): tiles (BLOCK_N, K/32 words, 16 values); x's 4 candidates of each group of 4 are loaded
   once per K block for all BLOCK_N columns and the kept ones are picked with two selects per value and row.
+* 5, tensor cores like 2, with the dense tile built as four selected (BLOCK_N, K/4) planes joined in registers:
+  fewer instructions and 16-byte shared-memory stores in the SASS; not yet timed on the GPU, so not in the
+  autotune space (``benchmarks/decode_sweep.py`` measures it as a candidate).
 
 The autotuner picks per (M bucket, N, K); value and metadata loads are software-pipelined one K block ahead
 (``PREFETCH``) in variant 2 when the loop needs no masks. (Variants 0 and 1, the per-value gather and select
@@ -83,8 +86,9 @@ def _nm24_decode_kernel(
 ):
     BH: tl.constexpr = BLOCK_K // 2    # stored values per row per K block
     G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
-    if VARIANT < 2 or VARIANT > 4:
-        tl.static_assert(False, "VARIANT must be 2 (tensor cores), 3 (gather) or 4 (select)")
+    if VARIANT < 2 or VARIANT > 5:
+        tl.static_assert(False, "VARIANT must be 2 or 5 (tensor cores), 3 (gather) or 4 (select)")
+    TC: tl.constexpr = VARIANT == 2 or VARIANT == 5
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -97,7 +101,7 @@ def _nm24_decode_kernel(
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
 
-    if VARIANT == 2:
+    if TC:
         acc_t = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)          # y^T tile: W is the left operand
     else:
         # 3, 4: tiles shaped (.., BLOCK_N, words, 8) like the packed bytes: each metadata word (int16 for 3,
@@ -110,7 +114,7 @@ def _nm24_decode_kernel(
     # PREFETCH (variant 2, mask-free loop): the next block's values and metadata are loaded before this
     # block's decompression runs, so each program keeps one block of HBM reads in flight while it computes.
     # The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
-    if PREFETCH and VARIANT == 2:
+    if PREFETCH and TC:
         offs_j = tl.arange(0, BH)
         offs_wj = tl.arange(0, BLOCK_K // 32)
         v_base = v_ptr + offs_n[:, None] * stride_vn
@@ -119,7 +123,7 @@ def _nm24_decode_kernel(
         nxt_v = tl.load(v_base + (k_first // 2 + offs_j)[None, :])
         nxt_w = tl.load(w_base + (k_first // 32 + offs_wj)[None, :])
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        if VARIANT == 2:
+        if TC:
             offs_h = k0 // 2 + tl.arange(0, BH)
             offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
             v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_h[None, :]
@@ -138,10 +142,25 @@ def _nm24_decode_kernel(
                 words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < (K + 31) // 32), other=0)
             v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))                                # (BN, G)
             nib = tl.reshape((words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 15, (BLOCK_N, G))
-            pos = tl.arange(0, 4)[None, None, :]
-            w3 = tl.where(pos == (nib & 3)[:, :, None], v0[:, :, None],
-                          tl.where(pos == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
-            w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)                          # (BN, BK)
+            if VARIANT == 5:
+                # the group's 4 dense entries as 4 (BN, G) selects (3 per entry, not 4), joined in registers:
+                # the tile then reaches shared memory in 16-byte stores (SASS for sm_90: 8 STS.128 + 16 STS.U16
+                # per K block and thread, against 80 STS.U16 for the 3-D select; ~10.5 instructions per weight
+                # element against ~13). Not timed on the GPU yet: outside the autotune space until it is.
+                i0 = nib & 3                                                                 # 0..2
+                i1 = nib >> 2                                                                # 1..3
+                zero = tl.zeros_like(v0)
+                e0 = tl.where(i0 == 0, v0, zero)
+                e1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
+                e2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
+                e3 = tl.where(i1 == 3, v1, zero)
+                w4 = tl.join(tl.join(e0, e2), tl.join(e1, e3))         # (BN, G, 2, 2): [g, a, b] = entry 2a + b
+                w_tile = tl.reshape(w4, (BLOCK_N, BLOCK_K))                                   # (BN, BK)
+            else:
+                pos = tl.arange(0, 4)[None, None, :]
+                w3 = tl.where(pos == (nib & 3)[:, :, None], v0[:, :, None],
+                              tl.where(pos == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
+                w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)                    # (BN, BK)
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x_t = tl.load(x_ptr + rows[None, :] * stride_xm + tl.minimum(offs_k, K - 1)[:, None])  # (BK, BM)
             if not EVEN:
@@ -212,7 +231,7 @@ def _nm24_decode_kernel(
                 x1 = tl.where(i1[None] == 3, c3, tl.where(i1[None] == 2, c2, c1))
                 accw += x0 * v0[None] + x1 * v1[None]
 
-    if VARIANT == 2:
+    if TC:
         acc = tl.trans(acc_t)
     elif BLOCK_M == 1:
         acc = tl.sum(tl.sum(accv, axis=2), axis=1)[None, :]
@@ -274,13 +293,13 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        if config["VARIANT"] not in (2, 3, 4):
-            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 2 (tensor cores), "
-                             "3 (gather) or 4 (select)")
+        if config["VARIANT"] not in (2, 3, 4, 5):
+            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 2 or 5 (tensor "
+                             "cores), 3 (gather) or 4 (select)")
         if config["BLOCK_K"] < 32 or config["BLOCK_K"] & (config["BLOCK_K"] - 1):
             raise ValueError(f"BLOCK_K must be a power of two >= 32 (one metadata word), got {config['BLOCK_K']}")
         even = _even(n, k, config)
-        block_m = 16 if config["VARIANT"] == 2 else splitk.m_key(m)
+        block_m = 16 if config["VARIANT"] in (2, 5) else splitk.m_key(m)
         config = {"EVEN": even, "PREFETCH": even, "BLOCK_M": block_m, **config}
     splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out
