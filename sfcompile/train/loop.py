@@ -163,7 +163,7 @@ def _evaluate(model, tokenizer, config: TrainConfig, autocast) -> float:
 
 def _probe_loss(model, ids, teacher_out, weights, autocast):
     with autocast():
-        out = model(ids, output_hidden_states=weights.squarehead > 0)
+        out = model(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
         return distillation_loss(out, ids, weights, teacher_out)[0]
 
 
@@ -342,8 +342,10 @@ def train(
                         t_out = None
                         if teacher is not None and weights.needs_teacher:
                             with torch.no_grad():
-                                t_out = teacher_fwd(ids, output_hidden_states=weights.squarehead > 0)
-                        s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0)
+                                t_out = teacher_fwd(ids, output_hidden_states=weights.squarehead > 0,
+                                                    use_cache=False)
+                        # use_cache=False: a training forward has no use for the K/V cache HF builds by default
+                        s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
                         loss, parts = distillation_loss(s_out, ids, weights, t_out)
                     stepper.backward(loss / len(micro), last=i_micro == len(micro) - 1)
                     loss_sum = loss_sum + loss.detach() / len(micro)  # on the device: one host sync per step

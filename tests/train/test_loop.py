@@ -205,3 +205,19 @@ def test_init_keep_trains_from_the_callers_masks(tmp_path):
     # without a forge the log's sparsity is counted from the masks themselves (2:4 on every site: one half)
     logged = [h["sparsity"] for h in result.history if h.get("kind") == "train"]
     assert logged and all(v == 0.5 for v in logged)
+
+
+def test_training_forwards_build_no_kv_cache(tmp_path):
+    # HF models build a K/V cache by default: the student, teacher, probe and evaluation forwards must not
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append((torch.is_grad_enabled(), kwargs.get("use_cache")))
+
+    model = _model()
+    model.register_forward_pre_hook(record, with_kwargs=True)   # deep-copied into the teacher too
+    train(model, _config(tmp_path, "nocache", 4), tokenizer=byte_tokenizer())
+    grad = [u for g, u in seen if g]
+    no_grad = [u for g, u in seen if not g]
+    assert len(grad) >= 4 * 2 and len(no_grad) >= 4 * 2          # student and teacher, every micro-batch
+    assert all(u is False for u in grad + no_grad), seen
