@@ -74,6 +74,20 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
             for v, bn, bk, sk, w in space]
 
 
+@triton.jit
+def _load_words(v_ptr, w_ptr, offs_n, mask_n, stride_vn, stride_wn, offs_v, offs_w, v_end, w_end,
+                EVEN: tl.constexpr):
+    """Values (BN, W, S) at value indices ``offs_v`` (1, W, S) and their metadata words (BN, W) at ``offs_w``
+    (W,) of rows ``offs_n``; masked (values 0, words 0) past ``v_end`` / ``w_end`` and N unless EVEN."""
+    v_ptrs = v_ptr + offs_n[:, None, None] * stride_vn + offs_v
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :]
+    if EVEN:
+        return tl.load(v_ptrs), tl.load(w_ptrs)
+    vals = tl.load(v_ptrs, mask=mask_n[:, None, None] & (offs_v < v_end), other=0.0)
+    words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w < w_end)[None, :], other=0)
+    return vals, words
+
+
 @triton.jit(do_not_specialize=["M"])
 def _nm24_decode_kernel(
     x_ptr, v_ptr, meta_ptr, meta16_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -176,14 +190,8 @@ def _nm24_decode_kernel(
             offs_e = tl.arange(0, 8)
             offs_v = (k0 // 2 + offs_w * 8)[None, :, None] + offs_e[None, None, :]                 # (1, W, 8)
             hw = k0 // 16 + offs_w                                                                 # (W,)
-            if EVEN:
-                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v)                 # (BN, W, 8)
-                half = tl.load(meta16_ptr + offs_n[:, None] * stride_m16n + hw[None, :])           # (BN, W)
-            else:
-                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v,
-                               mask=mask_n[:, None, None] & (offs_v < k_hi // 2), other=0.0)
-                half = tl.load(meta16_ptr + offs_n[:, None] * stride_m16n + hw[None, :],
-                               mask=mask_n[:, None] & (hw < (K + 31) // 32 * 2)[None, :], other=0)
+            vals, half = _load_words(v_ptr, meta16_ptr, offs_n, mask_n, stride_vn, stride_m16n, offs_v, hw,
+                                     k_hi // 2, (K + 31) // 32 * 2, EVEN)          # (BN, W, 8), (BN, W) int16
             idx = (half.to(tl.int32)[:, :, None] >> (offs_e * 2)[None, None, :]) & 3              # (BN, W, 8)
             cols = (k0 + offs_w * 16)[None, :, None] + (offs_e // 2 * 4)[None, None, :] + idx
             if not EVEN:
@@ -198,14 +206,8 @@ def _nm24_decode_kernel(
             offs_w = tl.arange(0, WPB)
             offs_v = (k0 // 2 + offs_w * 16)[None, :, None] + tl.arange(0, 16)[None, None, :]     # (1, W, 16)
             wd = k0 // 32 + offs_w                                                                 # (W,)
-            if EVEN:
-                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v)                # (BN, W, 16)
-                word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + wd[None, :])              # (BN, W)
-            else:
-                vals = tl.load(v_ptr + offs_n[:, None, None] * stride_vn + offs_v,
-                               mask=mask_n[:, None, None] & (offs_v < k_hi // 2), other=0.0)
-                word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + wd[None, :],
-                               mask=mask_n[:, None] & (wd < (K + 31) // 32)[None, :], other=0)
+            vals, word = _load_words(v_ptr, meta_ptr, offs_n, mask_n, stride_vn, stride_mn, offs_v, wd,
+                                     k_hi // 2, (K + 31) // 32, EVEN)            # (BN, W, 16), (BN, W) int32
             v0, v1 = tl.split(tl.reshape(vals.to(tl.float32), (BLOCK_N, WPB, 8, 2)))              # (BN, W, 8)
             nib = (word[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 15                 # (BN, W, 8)
             i0 = nib & 3                                                                           # 0..2
