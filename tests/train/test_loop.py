@@ -221,3 +221,24 @@ def test_training_forwards_build_no_kv_cache(tmp_path):
     no_grad = [u for g, u in seen if not g]
     assert len(grad) >= 4 * 2 and len(no_grad) >= 4 * 2          # student and teacher, every micro-batch
     assert all(u is False for u in grad + no_grad), seen
+
+
+def test_moe_experts_are_sparsified_and_trained_routers_stay_dense(tmp_path, tiny_model):
+    # transformers 5 grouped experts (3-D weights): soft masks, Hessian probes and mask updates per expert,
+    # training moves them, hardening gives every expert exact 2:4; the router is not a site and stays dense
+    model = tiny_model("qwen3_moe", vocab_size=257, max_position_embeddings=256)
+    sparsify(model, "2:4")
+    experts = [(site, module) for site, module, _ in masked_sites(model) if dense_weight(module, site.param).dim() == 3]
+    assert len(experts) == 4, [s.name for s, _, _ in masked_sites(model)]   # gate_up and down of both layers
+    assert not any(".mlp.gate." in s.name for s, _, _ in masked_sites(model))   # the router is no site
+    router = model.model.layers[0].mlp.gate.weight.detach().clone()
+    before = {site.name: dense_weight(module, site.param).detach().clone() for site, module in experts}
+    r = train(model, _config(tmp_path, "moe", 6, harden=True, squarehead_weight=0.0), tokenizer=byte_tokenizer())
+    assert r.steps == 6
+    for site, module in experts:
+        w = getattr(module, site.param)
+        assert w.dim() == 3 and not torch.equal(w.detach(), before[site.name]), site.name
+        groups = w.detach().movedim(site.k_dim, -1).reshape(-1, 4)   # groups of 4 along each expert's K
+        assert ((groups != 0).sum(-1) <= 2).all(), site.name
+    assert (model.model.layers[0].mlp.gate.weight != 0).float().mean() > 0.99   # dense
+    assert not torch.equal(model.model.layers[0].mlp.gate.weight.detach(), router)  # ... and trained
