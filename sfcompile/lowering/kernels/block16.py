@@ -21,6 +21,8 @@ most), so this kernel is L2-bound at 0.2x dense;
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -32,6 +34,7 @@ __all__ = ["block16_matmul", "block16_matmul_reference", "block16_configs"]
 SMALL_M = 16
 
 
+@functools.cache   # built once per bucket: the launcher sizes its workspace from it on every call
 def block16_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (M's next power of two). Decode (<= 16 rows): split over
     a row's tiles, with tl.dot on 2-D operands (VARIANT 1, BLOCK_M 16) or on CUDA cores (VARIANT 2, BLOCK_M =
@@ -212,9 +215,8 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
         return out.reshape(*x.shape[:-1], n)
     may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
     cnt = splitk.counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
-    split = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"]
-                                                                 for c in block16_configs(splitk.m_key(m)))
-    ws = splitk.workspace(m, n, x.device, max(split, 1)) if may_split else out
+    ws = (splitk.workspace(m, n, x.device, splitk.split_depth(config, lambda: block16_configs(splitk.m_key(m))))
+          if may_split else out)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
             offs if grouped else row_ptr, out, ws, cnt, m, n, k, splitk.m_key(m), x2.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu)}

@@ -38,6 +38,8 @@ is unchanged.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -49,6 +51,7 @@ __all__ = ["nm24_decode", "nm24_decode_reference", "nm24_decode_configs", "MAX_M
 MAX_M = 16
 
 
+@functools.cache   # built once per bucket: the launcher sizes its workspace from it on every call
 def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
     SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
@@ -283,8 +286,7 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         raise ValueError(f"nm24_decode takes at most {MAX_M} rows, got {m}")
     on_cpu = x2.device.type == "cpu"
     meta16 = meta.view(torch.int16)                                   # (N, 2*ceil(K/32)): 8 values per half
-    split = config["SPLIT_K"] if config is not None else max(c.kwargs["SPLIT_K"]
-                                                                 for c in nm24_decode_configs(splitk.m_key(m)))
+    split = splitk.split_depth(config, lambda: nm24_decode_configs(splitk.m_key(m)))
     cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
     ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
     args = (x2, values, meta, meta16, bias if bias is not None else values, out, ws, cnt, m, n, k,

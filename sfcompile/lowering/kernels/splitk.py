@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["store_tile", "counters", "workspace", "m_key", "ieee_dot", "tuning_bench", "launch"]
+__all__ = ["store_tile", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench", "launch"]
 
 MAX_SPLIT_K = 64
 
@@ -60,6 +60,13 @@ def workspace(m: int, n: int, device, split_k: int = 16) -> torch.Tensor:
     if split_k > MAX_SPLIT_K:
         raise ValueError(f"SPLIT_K {split_k} is over the workspace's {MAX_SPLIT_K}")
     return torch.empty((split_k, m, n), device=device, dtype=torch.float32)
+
+
+def split_depth(config: dict | None, space: Callable[[], list]) -> int:
+    """The workspace depth a launch needs: a fixed config's SPLIT_K, else the largest of its autotune ``space``."""
+    if config is not None:
+        return config["SPLIT_K"]
+    return max(c.kwargs["SPLIT_K"] for c in space())
 
 
 def m_key(m: int) -> int:
