@@ -54,14 +54,16 @@ def _mixed_precision(config, device_type: str):
     return MixedPrecisionPolicy()
 
 
-def _reshard_after_no_grad_forward(module, args, output):
-    if not torch.is_grad_enabled():
-        from torch.distributed.fsdp import FSDPModule
+def _reshard_after_no_grad_forward(gathered: list[nn.Module]):
+    """Forward hook: reshard ``gathered`` (FSDP modules left unsharded by a forward) when no backward follows."""
 
-        for sub in module.modules():   # the root, and blocks kept gathered (reshard_after_forward=False)
-            if isinstance(sub, FSDPModule):
+    def hook(module, args, output):
+        if not torch.is_grad_enabled():
+            for sub in gathered:
                 sub.reshard()
-    return output
+        return output
+
+    return hook
 
 
 def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
@@ -112,7 +114,8 @@ def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
     # the probe would then write the shards while the next forward reused the stale unsharded copy (with
     # blocks kept gathered, the probe's in-place shard writes crashed: CUDA "invalid argument", a segfault on
     # CPU). Reshard everything explicitly after every no-grad forward.
-    model.register_forward_hook(_reshard_after_no_grad_forward)
+    kept = [block for _, block in blocks] if keep else []
+    model.register_forward_hook(_reshard_after_no_grad_forward([model, *kept]))
     if not trainable:
         model.requires_grad_(False)
     return model
