@@ -6,18 +6,21 @@ Measured, interleaved round by round (so a busy machine slows both sides alike):
     probe        one Hutchinson probe (estimator "fd": two extra forward+backward passes)
     mask update  one scoring + tempering update of every mask (happens every K steps)
     teacher      one forward of the dense teacher (distillation; not part of the ratio)
-Reported: time per step of each, and the overhead ratio (masked + probe/P + update/K) / dense for probe
-periods P; memory: bytes held by parameters + gradients + optimizer state + mask state, and (CUDA) the peak
+Reported: time per step of each, the overhead ratio (masked + probe/P + update/K) / dense for probe
+periods P and update periods K, and the ratio averaged over whole runs of the trainer's schedules (one probe
+per mask update: masked + (probe + update) · updates / steps); memory: bytes held by parameters + gradients + optimizer state + mask state, and (CUDA) the peak
 allocated during the step above what is held.
 
     python benchmarks/train_overhead.py --model smollm2-135m --seqlen 512 --micro-batch 1 --rounds 3
     python benchmarks/train_overhead.py ... --compile     # dense and masked forward under torch.compile
+    python benchmarks/train_overhead.py ... --probe-rows 8  # the probe on 8 sequences (TrainConfig.probe_rows)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -29,7 +32,7 @@ import torch
 import sfcompile
 from sfcompile.masking.forge import ForgeConfig, SparseForge
 from sfcompile.masking.schedule import TemperingSchedule
-from sfcompile.train.config import TrainConfig
+from sfcompile.train.config import FROM_PRUNED, TrainConfig
 from sfcompile.train.losses import LossWeights, distillation_loss
 from sfcompile.train.optim import build_optimizer
 
@@ -66,6 +69,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the dense and the masked model's forward (what TrainConfig.compile does; "
                     "the probe and the mask update stay eager)")
+    ap.add_argument("--probe-rows", type=int, default=None,
+                    help="sequences of the micro-batch the probe uses (TrainConfig.probe_rows; default: all)")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one dense and one masked step")
     ap.add_argument("--out", default=None, help="append the result as one JSON line here")
     args = ap.parse_args()
@@ -139,9 +144,11 @@ def main() -> None:
         opt_masked.zero_grad(set_to_none=True)
         forge.after_step(step, measure=False)  # the trainer measures sparsity on log steps only
 
+    probe_ids = ids[: args.probe_rows] if args.probe_rows else ids
+
     def loss_fn():
         with autocast():
-            return distillation_loss(masked(ids), ids, weights)[0]
+            return distillation_loss(masked(probe_ids), probe_ids, weights)[0]
 
     def probe(step):
         forge.probe(step, loss_fn)
@@ -200,6 +207,14 @@ def main() -> None:
         ratios[f"probe_every={P},K={K}"] = (med["masked"] + med["probe"] / P + med["mask_update"] / K) / med[
             "dense"
         ]
+    # whole runs (1,000 steps) under the trainer's schedules, one probe per mask update
+    for name, window in (("default", {}), ("from_pruned", FROM_PRUNED)):
+        run_sched = dataclasses.replace(TemperingSchedule(), **window)
+        fin = run_sched.finalize_step(total_steps)
+        updates = sum(run_sched.is_update(t, total_steps) for t in range(1, fin))
+        per_step = med["masked"] + (med["probe"] + med["mask_update"]) * updates / total_steps
+        ratios[f"run_average_{name}"] = per_step / med["dense"]
+        ratios[f"updates_per_1000_steps_{name}"] = updates
     held = {"dense": _held_bytes(dense, opt_dense), "masked": _held_bytes(masked, opt_masked)}
     row = {
         "model": args.model,
@@ -214,6 +229,7 @@ def main() -> None:
         "step_peak_MiB": {k: v / 2**20 for k, v in peaks.items()} or None,
         "threads": torch.get_num_threads(),
         "compiled": args.compile,
+        "probe_rows": args.probe_rows or args.micro_batch,
         "rounds": args.rounds,
     }
     print(json.dumps(row, indent=1))

@@ -96,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forwards")
+    g.add_argument("--probe-rows", type=int, default=None,
+                   help="sequences of the micro-batch the Hessian probe uses (default: all)")
     from sfcompile.train.launch import add_arguments as add_launch_arguments
 
     add_launch_arguments(parser)  # --nproc-per-node/--nnodes/..., --engine, --activation-checkpointing
@@ -180,6 +182,7 @@ def config_from_args(args):
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
+        probe_rows=args.probe_rows,
         engine=args.engine,
         activation_checkpointing=args.activation_checkpointing,
         reshard_after_forward=args.reshard_after_forward,

@@ -137,6 +137,10 @@ class TrainConfig:
             (0 = only at the end and on SIGTERM/Ctrl-C). keep_checkpoints: how many to keep.
         seed, device (``"auto"`` = cuda if available), dtype (``"auto"``: bf16 autocast on CUDA, fp32 on CPU),
         compile (torch.compile the student and teacher forwards; the Hessian probe runs eager),
+        probe_rows: sequences of the last micro-batch the Hessian probe's loss is computed on (None: all of
+            them). The probe costs two extra forward+backward passes per mask update; on a few sequences it
+            costs proportionally less, with a noisier estimate that the Hessian EMA and the Kronecker fit
+            average out (benchmarks/README.md, "Training overhead").
         log_every, eval_every (0 = only at start and end), eval_text, eval_windows (None = the whole text),
         eval_seqlen.
 
@@ -195,6 +199,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    probe_rows: int | None = None
     engine: str = "fsdp2"
     activation_checkpointing: bool = False
     reshard_after_forward: bool = True
@@ -276,6 +281,10 @@ class TrainConfig:
                 'forge=None keeps the masks fixed, but init="dense" prunes nothing: '
                 'choose init="sparsegpt" (or wanda/magnitude), or give a ForgeConfig',
             )
+        need(
+            self.probe_rows is None or (isinstance(self.probe_rows, int) and self.probe_rows >= 1),
+            f"probe_rows={self.probe_rows!r} must be an integer >= 1, or None (the whole micro-batch)",
+        )
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
         need(self.engine in ("fsdp2", "deepspeed"), f"engine={self.engine!r} is not 'fsdp2' or 'deepspeed'")
         need(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")

@@ -161,6 +161,24 @@ def _evaluate(model, tokenizer, config: TrainConfig, autocast) -> float:
         model.train(was_training)
 
 
+def _first_rows(ids: torch.Tensor, teacher_out, rows: int | None):
+    """The first ``rows`` sequences of a micro-batch and of its teacher output (logits (B, T, V), hidden
+    states (B, T, D) each): what the Hessian probe's loss is computed on."""
+    if rows is None or rows >= ids.shape[0]:
+        return ids, teacher_out
+    if teacher_out is None:
+        return ids[:rows], None
+    cut = {}
+    for k, v in teacher_out.items():
+        if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == ids.shape[0]:
+            cut[k] = v[:rows]
+        elif isinstance(v, tuple) and all(torch.is_tensor(h) for h in v):
+            cut[k] = tuple(h[:rows] for h in v)
+        else:
+            cut[k] = v
+    return ids[:rows], type(teacher_out)(**cut)
+
+
 def _probe_loss(model, ids, teacher_out, weights, autocast):
     with autocast():
         out = model(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
@@ -364,9 +382,11 @@ def train(
                     if forge is not None:
                         forge.observe_grads(step)
                         if forge.wants_probe(step):
-                            # the probe recomputes the loss on the last micro-batch, eager (no compile)
+                            # the probe recomputes the loss on (the first probe_rows sequences of) the last
+                            # micro-batch, eager (no compile)
+                            p_ids, p_t = _first_rows(ids, t_out, config.probe_rows)
                             forge.probe(
-                                step, functools.partial(_probe_loss, model, ids, t_out, weights, autocast)
+                                step, functools.partial(_probe_loss, model, p_ids, p_t, weights, autocast)
                             )
                     stepper.step(config.clip, grad_norm)
                 else:

@@ -55,6 +55,7 @@ def test_unknown_score_rejected():
         (dict(seqlen=1), "seqlen"),
         (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
         (dict(teacher_data_batch=0), "teacher_data_batch=0"),
+        (dict(probe_rows=0), "probe_rows=0"),
     ],
 )
 def test_bad_values_name_the_value(kwargs, match):

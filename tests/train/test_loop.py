@@ -223,6 +223,25 @@ def test_training_forwards_build_no_kv_cache(tmp_path):
     assert all(u is False for u in grad + no_grad), seen
 
 
+def test_probe_rows_limits_the_probe_to_the_first_sequences(tmp_path):
+    # the probe's two passes (estimator "fd") see probe_rows sequences, with the teacher logits and hidden
+    # states (SquareHead is on in _config) cut to the same rows; the training forwards keep the whole batch
+    shapes = []
+
+    def record(module, args, kwargs):
+        ids = args[0] if args else kwargs["input_ids"]
+        shapes.append((torch.is_grad_enabled(), tuple(ids.shape)))
+
+    model = _model()
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    result = train(model, _config(tmp_path, "probe_rows", 4, probe_rows=1), tokenizer=byte_tokenizer())
+    train_rows = [s[0] for g, s in shapes if g and s[0] == MB]
+    probe_rows = [s[0] for g, s in shapes if g and s[0] == 1]
+    assert len(train_rows) == 4 * 2                      # 4 steps x 2 micro-batches, whole batch each
+    assert len(probe_rows) >= 2 and len(probe_rows) % 2 == 0, shapes   # two passes per probe, one row each
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history if h.get("kind") == "train")
+
+
 def test_moe_experts_are_sparsified_and_trained_routers_stay_dense(tmp_path, tiny_model):
     # transformers 5 grouped experts (3-D weights): soft masks, Hessian probes and mask updates per expert,
     # training moves them, hardening gives every expert exact 2:4; the router is not a site and stays dense
