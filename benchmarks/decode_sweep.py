@@ -3,6 +3,7 @@ decode kernels timed one by one against dense cuBLAS, plus a plain dense Triton 
 epilogue as a control (what this harness lets a Triton GEMV reach at all).
 
     python benchmarks/decode_sweep.py --out sweep.json [--ms 1,4,16] [--shapes 4096x4096,11008x4096] [--budget-s 400]
+        [--kinds 2:4,2:4-candidate]
 
 Why: the autotuned decode kernels ran at 0.75-1.4 TB/s of weight bytes where cuBLAS streams ~3.8 TB/s, whatever
 the decompression (benchmarks/README.md). A program of one 4-warp block with one K block of loads in flight
@@ -100,6 +101,8 @@ def main():
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for _, n, k in bench.LAYER_SHAPES))
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=1e9)
+    ap.add_argument("--kinds", default="2:4,2:4-candidate,block16,dense-triton",
+                    help="which rows to time (comma-separated)")
     args = ap.parse_args()
     t0 = time.time()
     rows = []
@@ -132,13 +135,14 @@ def run(args, t0, record):
             d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
             print(f"{shape} M={m} dense {d_us:.1f} us", flush=True)
             cases = [("2:4", cfg, p24, dense[0], nm24) for cfg in nm24_space(m)]
-            # candidates outside the autotune space: variant 5 in every tensor-core config of the space
-            cases += [("2:4-candidate", (5, *cfg[1:]), p24, dense[0], nm24) for cfg in nm24_space(m) if cfg[0] == 2]
+            # candidates outside the autotune space ("2:4-candidate" rows) go here while they are being tried
+            # (variant 5 was one in run 8, and then replaced variant 2 in the space)
             cases += [("block16", cfg, pb, wb[0], block16) for cfg in block16_space(m)]
             if m == 1:
                 cases += [("dense-triton", cfg, dense, dense[0], lambda x_, w_, c: dense_gemv(x_, w_, c))
                           for cfg in DENSE]
-            for kind, cfg, weights, w0, fn in cases:
+            kinds = set(args.kinds.split(","))
+            for kind, cfg, weights, w0, fn in (c for c in cases if c[0] in kinds):
                 if time.time() - t0 > args.budget_s:
                     print("budget reached", flush=True)
                     return

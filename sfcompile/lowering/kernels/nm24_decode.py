@@ -7,27 +7,27 @@ H200. Each program here owns BLOCK_N output columns and every row of x (BLOCK_M 
 its share of K (``SPLIT_K`` programs per column block, whole K blocks each, summed by
 :func:`.splitk.store_tile`) and, per ``VARIANT``:
 
-* 2, tensor cores: the tile kernel's 3-D-select decompression, with W as the dot's left operand
-  (BLOCK_N >= 64 rows, x^T padded to 16 columns) so Hopper can issue wgmma with W from registers. A fixed cost
-  per weight element, whatever M: the choice from 4 rows up.
 * 3, gather (CUDA cores, W never rebuilt): tiles (BLOCK_N, K/16 half-words, 8) shaped like the packed bytes;
   each int16 of metadata is loaded once for its 8 values, which load as one 16-byte vector; each value's
   2-bit position picks the column of x to gather (x is a few KB at decode and sits in L1):
   ``y[m, n] += vals[n, j] * x[m, 4*(j//2) + idx]``.
 * 4, select (CUDA cores): tiles (BLOCK_N, K/32 words, 16 values); x's 4 candidates of each group of 4 are loaded
   once per K block for all BLOCK_N columns and the kept ones are picked with two selects per value and row.
-* 5, tensor cores like 2, with the dense tile built as four selected (BLOCK_N, K/4) planes joined in registers:
-  fewer instructions and 16-byte shared-memory stores in the SASS; not yet timed on the GPU, so not in the
-  autotune space (``benchmarks/decode_sweep.py`` measures it as a candidate).
+* 5, tensor cores: the dense (BLOCK_N, BLOCK_K) tile is built in registers as four selected (BLOCK_N, K/4)
+  planes joined, with W as the dot's left operand (BLOCK_N >= 64 rows, x^T padded to 16 columns). A fixed
+  cost per weight element, whatever M: the choice from 4 rows up. In the SASS for sm_90 the tile reaches
+  shared memory in 16-byte stores (8 STS.128 + 16 STS.U16 per K block and thread).
 
 The autotuner picks per (M bucket, N, K); value and metadata loads are software-pipelined one K block ahead
-(``PREFETCH``) in variant 2 when the loop needs no masks. (Variants 0 and 1, the per-value gather and select
-that loaded a metadata word once per value, lost to 3 and 4 on every shape in the sweep of 2026-11-30 and were
-removed.)
+(``PREFETCH``) in variant 5 when the loop needs no masks. Removed after losing on every shape of the decode
+sweeps (benchmarks/README.md): variants 0 and 1, the per-value gather and select that loaded a metadata word
+once per value (to 3 and 4, 2026-11-30), and variant 2, the tensor-core decode with the tile built by a 3-D
+select (80 2-byte shared-memory stores per K block; to 5 at every M >= 4, run 8: 0.46-0.84x against
+0.65-0.97x dense).
 
-Measured on the H200 (benchmarks/README.md, run 7: LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS in the same
-run): 1.08x at M = 1 (0.99-1.22), 0.86x at M = 2, 0.46-0.84x at M = 4..16 (median 0.69 over M = 1..16): far
-from the 1.78x byte ceiling. The M = 1 loop streams ~2.1 TB/s against cuBLAS's ~3.8: ~12 SASS instructions
+Measured on the H200 (benchmarks/README.md, runs 7-8: LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS in the
+same run): 1.08x at M = 1 (0.99-1.22), 0.86x at M = 2, 0.65-0.97x at M = 4..16 with variant 5: far from the
+1.78x byte ceiling. The M = 1 loop streams ~2.1 TB/s against cuBLAS's ~3.8: ~12 SASS instructions
 per stored value and a shared-memory layout conversion of the metadata word per K block.
 
 The values are ``(N, K/2)``; the metadata ``(N, ceil(K/32))`` int32 of :mod:`sfcompile.lowering.pack` holds
@@ -69,11 +69,11 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
         4: [(4, 32, 64, 16, 8), (4, 16, 64, 32, 4), (4, 32, 128, 16, 8), (4, 16, 128, 16, 4)],
         8: [(4, 16, 64, 32, 4), (4, 32, 64, 16, 8), (4, 16, 128, 16, 8)],
     }
-    tensor_core = [(2, 64, 128, 8, 4), (2, 64, 128, 16, 4), (2, 64, 64, 32, 4), (2, 64, 64, 16, 4),
-                   (2, 128, 64, 16, 4)]
+    # variant 5: the three configs that won some (shape, M) of run 8 (benchmarks/decode_sweep.py)
+    tensor_core = [(5, 64, 128, 8, 4), (5, 64, 128, 16, 4), (5, 64, 64, 16, 4)]
     space = cuda_core.get(m_bucket, []) + tensor_core
-    return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 2 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
-                           "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 2 else 2)
+    return [triton.Config({"VARIANT": v, "BLOCK_M": 16 if v == 5 else m_bucket, "BLOCK_N": bn, "BLOCK_K": bk,
+                           "SPLIT_K": sk}, num_warps=w, num_stages=3 if v == 5 else 2)
             for v, bn, bk, sk, w in space]
 
 
@@ -103,9 +103,9 @@ def _nm24_decode_kernel(
 ):
     BH: tl.constexpr = BLOCK_K // 2    # stored values per row per K block
     G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
-    if VARIANT < 2 or VARIANT > 5:
-        tl.static_assert(False, "VARIANT must be 2 or 5 (tensor cores), 3 (gather) or 4 (select)")
-    TC: tl.constexpr = VARIANT == 2 or VARIANT == 5
+    if VARIANT < 3 or VARIANT > 5:
+        tl.static_assert(False, "VARIANT must be 3 (gather), 4 (select) or 5 (tensor cores)")
+    TC: tl.constexpr = VARIANT == 5
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -128,7 +128,7 @@ def _nm24_decode_kernel(
             accv = tl.full((BLOCK_N, WPB, 8), 0.0, tl.float32)
         else:
             accw = tl.full((BLOCK_M, BLOCK_N, WPB, 8), 0.0, tl.float32)
-    # PREFETCH (variant 2, mask-free loop): the next block's values and metadata are loaded before this
+    # PREFETCH (variant 5, mask-free loop): the next block's values and metadata are loaded before this
     # block's decompression runs, so each program keeps one block of HBM reads in flight while it computes.
     # The last iteration re-reads the last block (a scalar clamp keeps the loads mask-free).
     if PREFETCH and TC:
@@ -159,25 +159,17 @@ def _nm24_decode_kernel(
                 words = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_w[None, :] < (K + 31) // 32), other=0)
             v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))                                # (BN, G)
             nib = tl.reshape((words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 15, (BLOCK_N, G))
-            if VARIANT == 5:
-                # the group's 4 dense entries as 4 (BN, G) selects (3 per entry, not 4), joined in registers:
-                # the tile then reaches shared memory in 16-byte stores (SASS for sm_90: 8 STS.128 + 16 STS.U16
-                # per K block and thread, against 80 STS.U16 for the 3-D select; ~10.5 instructions per weight
-                # element against ~13). Not timed on the GPU yet: outside the autotune space until it is.
-                i0 = nib & 3                                                                 # 0..2
-                i1 = nib >> 2                                                                # 1..3
-                zero = tl.zeros_like(v0)
-                e0 = tl.where(i0 == 0, v0, zero)
-                e1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
-                e2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
-                e3 = tl.where(i1 == 3, v1, zero)
-                w4 = tl.join(tl.join(e0, e2), tl.join(e1, e3))         # (BN, G, 2, 2): [g, a, b] = entry 2a + b
-                w_tile = tl.reshape(w4, (BLOCK_N, BLOCK_K))                                   # (BN, BK)
-            else:
-                pos = tl.arange(0, 4)[None, None, :]
-                w3 = tl.where(pos == (nib & 3)[:, :, None], v0[:, :, None],
-                              tl.where(pos == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
-                w_tile = tl.reshape(w3, (BLOCK_N, BLOCK_K)).to(vals.dtype)                    # (BN, BK)
+            # the group's 4 dense entries as 4 (BN, G) selects (3 per entry, not 4), joined in registers: the
+            # tile then reaches shared memory in 16-byte stores (~10.5 SASS instructions per weight element)
+            i0 = nib & 3                                                                     # 0..2
+            i1 = nib >> 2                                                                    # 1..3
+            zero = tl.zeros_like(v0)
+            e0 = tl.where(i0 == 0, v0, zero)
+            e1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
+            e2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
+            e3 = tl.where(i1 == 3, v1, zero)
+            w4 = tl.join(tl.join(e0, e2), tl.join(e1, e3))             # (BN, G, 2, 2): [g, a, b] = entry 2a + b
+            w_tile = tl.reshape(w4, (BLOCK_N, BLOCK_K))                                       # (BN, BK)
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x_t = tl.load(x_ptr + rows[None, :] * stride_xm + tl.minimum(offs_k, K - 1)[:, None])  # (BK, BM)
             if not EVEN:
@@ -297,13 +289,13 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
         return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        if config["VARIANT"] not in (2, 3, 4, 5):
-            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 2 or 5 (tensor "
-                             "cores), 3 (gather) or 4 (select)")
+        if config["VARIANT"] not in (3, 4, 5):
+            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 3 (gather), 4 "
+                             "(select) or 5 (tensor cores)")
         if config["BLOCK_K"] < 32 or config["BLOCK_K"] & (config["BLOCK_K"] - 1):
             raise ValueError(f"BLOCK_K must be a power of two >= 32 (one metadata word), got {config['BLOCK_K']}")
         even = _even(n, k, config)
-        block_m = 16 if config["VARIANT"] in (2, 5) else splitk.m_key(m)
+        block_m = 16 if config["VARIANT"] == 5 else splitk.m_key(m)
         config = {"EVEN": even, "PREFETCH": even, "BLOCK_M": block_m, **config}
     splitk.launch(_nm24_decode_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
     return out
