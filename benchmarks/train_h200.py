@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of phases to skip: main,zeroshot,ablations (e.g. two "
                     "processes on two GPUs: one runs main+zeroshot, the other the ablations)")
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of this script
+    ap.add_argument("--compile", action="store_true",
+                    help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
     ap.add_argument("--calib-windows", type=int, default=128, help=argparse.SUPPRESS)
     ap.add_argument("--wiki-windows", type=int, default=None, help=argparse.SUPPRESS)
@@ -184,6 +186,7 @@ def main() -> None:
             forge=forge_config() if forge == "default" else forge, eval_text=args.wiki,
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
             teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=256,
+            compile=args.compile,
         )
         cfg_kw.update(over)
         steps = int(tokens) // (micro_batch * args.seqlen)

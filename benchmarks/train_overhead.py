@@ -7,9 +7,9 @@ Measured, interleaved round by round (so a busy machine slows both sides alike):
     mask update  one scoring + tempering update of every mask (happens every K steps)
     teacher      one forward of the dense teacher (distillation; not part of the ratio)
 Reported: time per step of each, the overhead ratio (masked + probe/P + update/K) / dense for probe
-periods P and update periods K, and the ratio averaged over whole runs of the trainer's schedules (one probe
-per mask update: masked + (probe + update) · updates / steps); memory: bytes held by parameters + gradients + optimizer state + mask state, and (CUDA) the peak
-allocated during the step above what is held.
+periods P and update periods K, and the ratio averaged over whole runs of the trainer's schedules (one
+probe per mask update: masked + (probe + update) · updates / steps); memory: bytes held by parameters +
+gradients + optimizer state + mask state, and (CUDA) the peak allocated during the step above what is held.
 
     python benchmarks/train_overhead.py --model smollm2-135m --seqlen 512 --micro-batch 1 --rounds 3
     python benchmarks/train_overhead.py ... --compile     # dense and masked forward under torch.compile
@@ -68,7 +68,7 @@ def main() -> None:
                     help="random: the alias's offline config with random weights (speed does not depend on them)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the dense and the masked model's forward (what TrainConfig.compile does; "
-                    "the probe and the mask update stay eager)")
+                    "the finite-difference probe's passes use the compiled forward too)")
     ap.add_argument("--probe-rows", type=int, default=None,
                     help="sequences of the micro-batch the probe uses (TrainConfig.probe_rows; default: all)")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one dense and one masked step")
@@ -146,9 +146,9 @@ def main() -> None:
 
     probe_ids = ids[: args.probe_rows] if args.probe_rows else ids
 
-    def loss_fn():
+    def loss_fn():  # the fd probe runs through the compiled student, as in the trainer
         with autocast():
-            return distillation_loss(masked(probe_ids), probe_ids, weights)[0]
+            return distillation_loss(masked_fwd(probe_ids), probe_ids, weights)[0]
 
     def probe(step):
         forge.probe(step, loss_fn)

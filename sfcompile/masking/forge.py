@@ -285,6 +285,7 @@ class SparseForge:
         self.finalized = False
         self.slorb_initialised_at: int | None = None
         self.fd_eps: float | None = None  # the finite-difference step in use (decided at the first probe)
+        self._applied_hardness: float | None = None  # last value _apply_step_state wrote (None: not yet)
         self.slorb_skipped: list[tuple[str, str]] = []
         self._collect_acts = True
         self._hooks = []
@@ -429,11 +430,17 @@ class SparseForge:
         return local(self.entries[i][2].mask).device
 
     def _apply_step_state(self, t: int) -> None:
-        """Hardness of every mask and the SLoRB gain for the forward after ``t`` completed steps."""
+        """Hardness of every mask and the SLoRB gain for the forward after ``t`` completed steps.
+
+        Written only when the value changes (one small kernel per site each step otherwise; h is constant
+        outside the hardening window). The probe restores what it changes, so the cache stays true."""
         h = 0.0 if self.finalized else self.config.schedule.hardness(t, self.total_steps)
+        if h == self._applied_hardness:
+            return
         for _, _, soft in self.entries:
             soft.hardness.fill_(h)
         slorb.set_slorb_gain(self.model, 1.0 - h)
+        self._applied_hardness = h
 
     def _scores(self, i: int) -> torch.Tensor:
         cfg = self.config
@@ -575,6 +582,7 @@ class SparseForge:
         if self.finalized:
             for _, _, soft in self.entries:
                 soft.ste = False
+        self._applied_hardness = None  # the loaded buffers decide nothing: write the schedule's value
         self._apply_step_state(self.step + 1)
 
     def close(self) -> None:

@@ -100,13 +100,16 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     zero3 = any_partitioned(weights)  # DeepSpeed ZeRO-3: perturb this rank's flat slices (masking/zero3.py)
     if zero3:
         zero3_release(model)  # no stale gathered copy may hide the writes to the slices below
-    saved_w = [local(w).detach().clone() for w in weights]
-    saved_mask = [local(s.mask).detach().clone() for s in softs]
-    saved_h = [s.hardness.detach().clone() for s in softs]
-    base = [w * _local_effective(s).to(w.dtype) for w, s in zip(saved_w, softs)]  # W ⊙ m_eff
+    # Every per-site pass below is one multi-tensor (foreach) kernel over all sites: a 135M-parameter model
+    # has ~200 sites, and one small kernel per site and pass made the probe launch-bound on a GPU.
+    ws = [local(w) for w in weights]
+    masks = [local(s.mask) for s in softs]
+    saved_w, saved_mask = _copies(ws), _copies(masks)
+    saved_h = _copies([s.hardness for s in softs])
+    base = torch._foreach_mul(saved_w, [_local_effective(s).to(w.dtype) for w, s in zip(saved_w, softs)])  # W⊙m_eff
     # One step for all sites: with per-site steps the cross-site terms of Hv would be rescaled (still unbiased
     # for the diagonal, but noisier than the exact product).
-    sq = torch.stack([b.float().square().sum() for b in base]).sum().double()
+    sq = torch.stack(torch._foreach_norm([b.float() for b in base])).double().square().sum()
     n = torch.tensor(float(sum(b.numel() for b in base)), dtype=torch.float64, device=sq.device)
     if _distributed():
         import torch.distributed as dist
@@ -115,16 +118,17 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
         dist.all_reduce(stats)
         sq, n = stats
     rms = float((sq / n).sqrt())
-    steps = [fd_eps * (rms if rms > 0 else 1.0)] * len(base)
+    eps = fd_eps * (rms if rms > 0 else 1.0)
+    vs = [v.to(b.dtype) for v, b in zip(vs, base)]
     grads: dict[int, list[torch.Tensor]] = {}
     rng = _rng_state()
     try:
-        for s in softs:  # m_eff = 1 for the probe: W itself is the effective weight
-            local(s.mask).fill_(1.0)
+        torch._foreach_zero_(masks)  # m_eff = 1 for the probe (mask = hardness = 1): W is the effective weight
+        torch._foreach_add_(masks, 1.0)
+        for s in softs:
             s.hardness.fill_(1.0)
         for sign in (1, -1):
-            for w, b, v, eps in zip(weights, base, vs, steps):
-                local(w).copy_(b + (sign * eps) * v.to(b.dtype))
+            torch._foreach_copy_(ws, torch._foreach_add(base, vs, alpha=sign * eps))  # W ⊙ m_eff ± εv
             _set_rng_state(rng)
             with _grads_set_aside(model), torch.enable_grad():
                 loss = loss_fn()
@@ -136,23 +140,30 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
                     loss.backward()
                     got = [None if w.grad is None else local(w.grad) for w in weights]
                 # kept in the gradient's dtype: the difference g+ − g− cancels most digits
-                grads[sign] = [torch.zeros_like(b) if g is None else g.detach().clone()
-                               for g, b in zip(got, base)]
+                grads[sign] = _copies([torch.zeros_like(b) if g is None else g.detach() for g, b in zip(got, base)])
     finally:
         _set_rng_state(rng)
-        for w, s, sw, sm, sh in zip(weights, softs, saved_w, saved_mask, saved_h):
-            local(w).copy_(sw)
-            local(s.mask).copy_(sm)
-            s.hardness.copy_(sh)
+        torch._foreach_copy_(ws, saved_w)
+        torch._foreach_copy_(masks, saved_mask)
+        torch._foreach_copy_([s.hardness for s in softs], saved_h)
         if zero3:
             zero3_release(model)
-    return [((gp - gm) / (2 * eps)).float() for gp, gm, eps in zip(grads[1], grads[-1], steps)]
+    hv = torch._foreach_sub(grads[1], grads[-1])
+    torch._foreach_div_(hv, 2 * eps)
+    return [h.float() for h in hv]
+
+
+def _copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached copies of ``tensors`` (one multi-tensor copy kernel instead of one clone per tensor)."""
+    out = [torch.empty_like(t) for t in tensors]
+    if out:
+        torch._foreach_copy_(out, [t.detach() for t in tensors])
+    return out
 
 
 def _local_effective(soft: SoftMask) -> torch.Tensor:
     """m_eff = h · mask + (1 − h) · hard on this rank's local mask state (element-wise: any sharding)."""
-    h = soft.hardness
-    return h * local(soft.mask) + (1 - h) * local(soft.hard)
+    return torch.lerp(local(soft.hard), local(soft.mask), soft.hardness)
 
 
 @contextlib.contextmanager
@@ -243,9 +254,11 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
             hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
         else:
             hvs = exact_hessian_vector(model, entries, loss_fn, vs)
-        est = [v * hv for v, hv in zip(vs, hvs)]
-        totals = est if totals is None else [t + e for t, e in zip(totals, est)]
-    return [t / probes for t in totals]
+        est = torch._foreach_mul(vs, hvs)
+        totals = est if totals is None else torch._foreach_add(totals, est)
+    if probes > 1:
+        torch._foreach_div_(totals, float(probes))
+    return totals
 
 
 def compute_dtype(model: nn.Module, entries: Sequence[Entry],

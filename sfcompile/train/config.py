@@ -136,7 +136,8 @@ class TrainConfig:
         out: run directory (checkpoints, logs, final model). checkpoint_every: steps between checkpoints
             (0 = only at the end and on SIGTERM/Ctrl-C). keep_checkpoints: how many to keep.
         seed, device (``"auto"`` = cuda if available), dtype (``"auto"``: bf16 autocast on CUDA, fp32 on CPU),
-        compile (torch.compile the student and teacher forwards; the Hessian probe runs eager),
+        compile (torch.compile the student and teacher forwards, and the finite-difference Hessian probe's
+            passes; the "hvp" probe and evaluation run eager),
         probe_rows: sequences of the last micro-batch the Hessian probe's loss is computed on (None: all of
             them). The probe costs two extra forward+backward passes per mask update; on a few sequences it
             costs proportionally less, with a noisier estimate that the Hessian EMA and the Kronecker fit

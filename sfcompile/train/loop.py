@@ -282,6 +282,13 @@ def train(
     teacher_fwd = teacher
     if config.compile and teacher is not None and config.teacher == "copy":
         teacher_fwd = _compile(teacher, "teacher forward", compiled, log)
+    # The finite-difference probe is two ordinary forward+backward passes: it runs through the compiled
+    # student (same graph: only tensor values change). "hvp" needs a double backward, which compiled graphs
+    # do not support, and a DeepSpeed engine probes through the bare model (masking/zero3.py): both eager.
+    probe_fwd = model
+    if config.compile and forge is not None and forge.config.estimator == "fd" and student is model:
+        probe_fwd = student_fwd
+        compiled.append("Hessian probe (fd)")
 
     # ---- resume -----------------------------------------------------------------------------------------
     start, skipped, tokens_done, ppl = 0, 0, 0, {}
@@ -302,11 +309,11 @@ def train(
         tokens_per_step=tokens_per_step,
         device=str(device),
         compiled=",".join(compiled) or "none",
-        probe="eager",
+        probe="compiled" if probe_fwd is not model else "eager",
         resumed=ckpt_path is not None,
     )
     if compiled:
-        log.message(f"compiled: {', '.join(compiled)}; the Hessian probe and evaluation run eager")
+        log.message(f"compiled: {', '.join(compiled)}; evaluation runs eager")
 
     shard = _data(config, tokenizer, teacher, device)
     batches = Batches(
@@ -383,10 +390,10 @@ def train(
                         forge.observe_grads(step)
                         if forge.wants_probe(step):
                             # the probe recomputes the loss on (the first probe_rows sequences of) the last
-                            # micro-batch, eager (no compile)
+                            # micro-batch
                             p_ids, p_t = _first_rows(ids, t_out, config.probe_rows)
                             forge.probe(
-                                step, functools.partial(_probe_loss, model, p_ids, p_t, weights, autocast)
+                                step, functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast)
                             )
                     stepper.step(config.clip, grad_norm)
                 else:

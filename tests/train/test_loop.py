@@ -159,8 +159,9 @@ def test_end_of_run_outputs_and_hardened_model(tmp_path):
 
 
 def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
-    # The student (and teacher) forwards go through torch.compile; the probe stays eager. aot_eager keeps the
-    # test fast on CPU while still running Dynamo + AOTAutograd over the soft-mask parametrizations.
+    # The student (and teacher) forwards and the finite-difference probe's passes go through torch.compile;
+    # masks, weights and Hessian statistics end as in eager. aot_eager keeps the test fast on CPU while still
+    # running Dynamo + AOTAutograd over the soft-mask parametrizations.
     import functools
 
     import sfcompile.train.loop as loop
@@ -168,17 +169,22 @@ def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     tok = byte_tokenizer()
     results = {}
+    hdiag = {}
     for compiled in (False, True):
         model = _model()
         r = train(model, _config(tmp_path, f"c{compiled}", 6, compile=compiled), tokenizer=tok)
         results[compiled] = (r, _state(model))
-    assert results[True][0].compiled == ["student forward", "teacher forward"]
+        hdiag[compiled] = [soft.sf_hdiag.detach().clone() for _, _, soft in masked_sites(model)]
+    assert results[True][0].compiled == ["student forward", "teacher forward", "Hessian probe (fd)"]
     assert results[False][0].compiled == []
     for name, (w, m, h) in results[False][1].items():
         w2, m2, h2 = results[True][1][name]
         torch.testing.assert_close(w2, w, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(m2, m, rtol=1e-4, atol=1e-5)
         assert torch.equal(h2, h)
+    assert any(bool(h.abs().sum() > 0) for h in hdiag[False])  # the probes ran
+    for h, h2 in zip(hdiag[False], hdiag[True]):
+        torch.testing.assert_close(h2, h, rtol=1e-3, atol=1e-6)
 
 
 def test_init_keep_trains_from_the_callers_masks(tmp_path):
