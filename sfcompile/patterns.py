@@ -47,12 +47,12 @@ def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def _check_scores(scores: torch.Tensor) -> torch.Tensor:
+def _check_scores(scores: torch.Tensor, check_nan: bool = True) -> torch.Tensor:
     if scores.dim() < 2:
         raise PatternError(f"patterns apply to weights of 2 or more dims, got shape {tuple(scores.shape)}")
     scores = scores.detach()
     if scores.is_floating_point():
-        if torch.isnan(scores).any():
+        if check_nan and torch.isnan(scores).any():  # a host sync: batched callers check once themselves
             raise PatternError("scores contain NaN; compute finite importance scores before projecting")
         return scores.float()
     return scores.to(torch.float32)
@@ -67,8 +67,12 @@ class Pattern(ABC):
         """Fraction of entries kept."""
 
     @abstractmethod
-    def project(self, scores: torch.Tensor, k_dim: int = -1) -> torch.Tensor:
-        """Boolean mask of ``scores.shape`` keeping the best entries under this pattern."""
+    def project(self, scores: torch.Tensor, k_dim: int = -1, *, check_nan: bool = True) -> torch.Tensor:
+        """Boolean mask of ``scores.shape`` keeping the best entries under this pattern.
+
+        Leading dims beyond the weight's are batch dims when ``k_dim`` is negative (one projection per
+        matrix). ``check_nan=False`` skips the NaN check, a host sync, for callers that check once for many
+        projections (the mask update)."""
 
     @abstractmethod
     def count_violations(self, weight: torch.Tensor, k_dim: int = -1) -> int:
@@ -132,8 +136,8 @@ class NM(Pattern):
         t = _to_last(t, k_dim)
         return t.reshape(*t.shape[:-1], t.shape[-1] // self.m, self.m)  # (..., K/M, M)
 
-    def project(self, scores, k_dim=-1):
-        scores = _check_scores(scores)
+    def project(self, scores, k_dim=-1, *, check_nan=True):
+        scores = _check_scores(scores, check_nan)
         reason = self.incompatibility(tuple(scores.shape), k_dim)
         if reason:
             raise PatternError(reason)
@@ -182,8 +186,8 @@ class Block(Pattern):
         *lead, r, c = t.shape
         return t.reshape(*lead, r // b, b, c // b, b).transpose(-3, -2)  # (..., R/b, C/b, b, b)
 
-    def project(self, scores, k_dim=-1):
-        scores = _check_scores(scores)
+    def project(self, scores, k_dim=-1, *, check_nan=True):
+        scores = _check_scores(scores, check_nan)
         reason = self.incompatibility(tuple(scores.shape), k_dim)
         if reason:
             raise PatternError(reason)
@@ -225,8 +229,8 @@ class Unstructured(Pattern):
     def keep_count(self, k: int) -> int:
         return max(1, round(self.density_ * k))
 
-    def project(self, scores, k_dim=-1):
-        scores = _check_scores(scores)
+    def project(self, scores, k_dim=-1, *, check_nan=True):
+        scores = _check_scores(scores, check_nan)
         moved = _to_last(scores, k_dim)
         return _keep_top(moved, self.keep_count(moved.shape[-1])).movedim(-1, k_dim)
 

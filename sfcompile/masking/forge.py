@@ -74,10 +74,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sfcompile.masking import hutchinson, shards, slorb, tempering, zero3
+from sfcompile.masking import hutchinson, shards, slorb, tempering, update, zero3
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.masking.scores import (
     STAT_NAMES,
+    ScoreError,
     act_hook,
     bias_corrected,
     compute_score,
@@ -95,6 +96,8 @@ __all__ = ["ForgeConfig", "ForgeConfigError", "SparseForge", "mask_sparsity"]
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
 ESTIMATORS = ("fd", "hvp")
 HESSIAN_SMOOTHING = ("kron", "none")
+RESUME_NEUTRAL = {"update_batch_numel"}  # config fields a resume may change (speed/memory only: results are the
+# same; checkpoints made before the field existed lack it)
 
 
 class ForgeConfigError(ValueError):
@@ -135,6 +138,14 @@ class ForgeConfig:
         joint_input_groups: sites that read the same input (Site.shares_input_with: q/k/v, gate/up) share one
             mask computed from their summed z-scores (requires equal shapes; others keep their own).
         seed: seeds probe vectors and τ sampling (together with the step and site index).
+        update_batch_numel: the mask update runs on batches of same-shape sites stacked together (a handful
+            of shapes per model; see `masking.update`); a batch holds at most this many weight entries (its
+            stacked temporaries are ~10 fp32 copies of it). None (default): 2**26 on a GPU (≈ the largest
+            site of an 8B model, so the update's peak memory stays what the site-by-site update needed; the
+            update is bound by kernel launches there: SmolLM2-135M dispatches 31,330 ops per update site by
+            site, 2,110 so), 2**22 on the CPU (bound by memory traffic, and fresh pages for temporaries above
+            glibc's 32 MiB mmap threshold cost more than the ops saved). 1 updates site by site. The masks do
+            not depend on it (bit-identical to site-by-site updates), so a resume may change it.
     """
 
     score: str = "hessian_obd"
@@ -152,6 +163,7 @@ class ForgeConfig:
     slorb_train_p: bool = False
     joint_input_groups: bool = False
     seed: int = 0
+    update_batch_numel: int | None = None
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -171,8 +183,10 @@ class ForgeConfig:
             raise ForgeConfigError(f"hessian_ema={self.hessian_ema} must lie in [0, 1)")
         if not self.hessian_eps >= 0.0:
             raise ForgeConfigError(f"hessian_eps={self.hessian_eps} must be >= 0")
-        for name in ("probes_per_update", "tau_samples", "slorb_group"):
+        for name in ("probes_per_update", "tau_samples", "slorb_group", "update_batch_numel"):
             value = getattr(self, name)
+            if name == "update_batch_numel" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ForgeConfigError(f"{name}={value!r} must be an integer >= 1")
         if isinstance(self.fd_eps, str):  # from a KEY=VALUE command line
@@ -220,22 +234,29 @@ def _input_groups(entries) -> list[list[int]]:
 
 
 @torch.no_grad()
-def kron_smooth(h: torch.Tensor, k_dim: int, like: torch.Tensor) -> torch.Tensor:
+def kron_smooth(h: torch.Tensor, k_dim: int, like: torch.Tensor, batched: bool = False) -> torch.Tensor:
     """Rank-1 fit of a Hessian diagonal estimate over its two matrix dims: H[n, k] ≈ r[n]·c[k] / mean(H) (≥ 0).
 
     ``h`` is this rank's rows (FSDP2 shards dim 0); ``like`` is a tensor of the site's global shape and
     sharding (the soft mask), so the mean over a sharded dim 0 is completed across ranks. Leading dims of 3-D
-    expert weights are batch dims (one fit per expert)."""
+    expert weights are batch dims (one fit per expert). ``batched``: ``h`` is a (B, ...) stack of B sites'
+    estimates (``k_dim`` and ``like`` those of one site): element-wise passes and all-reduces run once for all
+    B, the means once per site (bit-identical to the unbatched call; see `scores.znorm`)."""
     h = h.float()  # means of the raw (unbiased) estimates; clamping first would bias them upward
-    if h.dim() < 2:
+    ndim = h.dim() - int(batched)  # dims of one site
+    if ndim < 2:
         return h.clamp(min=0)
-    k_dim = k_dim % h.dim()
-    other = h.dim() - 1 if k_dim == h.dim() - 2 else h.dim() - 2
+    k_dim = k_dim % ndim - ndim  # negative: the same dim of one site's tensor and of a stack
+    other = -1 if k_dim == -2 else -2
+    rows = -ndim  # a site's dim 0, the one FSDP2 shards
+
+    def per_site(t: torch.Tensor, fn) -> torch.Tensor:
+        return torch.stack([fn(x) for x in t]) if batched else fn(t)
 
     def mean(t: torch.Tensor, dim: int) -> torch.Tensor:
-        if dim == 0 and shards.is_sharded(like):  # rows are spread over ranks: global sum / global count
-            return shards.all_reduce_sum(t.sum(0, keepdim=True)) / like.shape[0]
-        return t.mean(dim, keepdim=True)
+        if dim == rows and shards.is_sharded(like):  # rows are spread over ranks: global sum / global count
+            return shards.all_reduce_sum(per_site(t, lambda x: x.sum(dim, keepdim=True))) / like.shape[0]
+        return per_site(t, lambda x: x.mean(dim, keepdim=True))
 
     r = mean(h, k_dim)  # per output (per row for a Linear): mean over the reduction dim
     c = mean(h, other)  # per input feature
@@ -442,23 +463,28 @@ class SparseForge:
         slorb.set_slorb_gain(self.model, 1.0 - h)
         self._applied_hardness = h
 
+    def _check_score_inputs(self) -> None:
+        cfg = self.config
+        if cfg.uses_hessian and self.probe_count == 0:
+            raise ForgeConfigError(f"score {cfg.score!r} needs Hessian probes before the first mask "
+                                   "update: call forge.probe(step, loss_fn) when forge.wants_probe(step)")
+        if cfg.score == "fisher" and self.fisher_count == 0:
+            raise ForgeConfigError("score 'fisher' needs gradients before the first mask update: call "
+                                   "forge.observe_grads(step) after each backward")
+
     def _scores(self, i: int) -> torch.Tensor:
+        """z-scores of site ``i`` alone (the per-site reference path, `update.update_masks_reference`)."""
         cfg = self.config
         site, module, soft = self.entries[i]
         w = local(dense_weight(module, site.param))
+        self._check_score_inputs()
         kw = {}
         if cfg.uses_hessian:
-            if self.probe_count == 0:
-                raise ForgeConfigError(f"score {cfg.score!r} needs Hessian probes before the first mask "
-                                       "update: call forge.probe(step, loss_fn) when forge.wants_probe(step)")
             hdiag = bias_corrected(getattr(soft, STAT_NAMES["hessian"]), cfg.hessian_ema, self.probe_count)
             if cfg.hessian_smoothing == "kron":
                 hdiag = kron_smooth(hdiag, soft.k_dim, soft.mask)
             kw["hdiag"] = hdiag
         elif cfg.score == "fisher":
-            if self.fisher_count == 0:
-                raise ForgeConfigError("score 'fisher' needs gradients before the first mask update: call "
-                                       "forge.observe_grads(step) after each backward")
             kw["fisher"] = bias_corrected(getattr(soft, STAT_NAMES["fisher"]), cfg.hessian_ema,
                                           self.fisher_count)
         elif cfg.score == "wanda":
@@ -477,29 +503,127 @@ class SparseForge:
             z = znorm(sum(self._scores(i) for i in group[1:]) + z)
         return z
 
-    def _update_masks(self, step: int, values: dict) -> float:
-        # τ of every group's GLOBAL scores (under FSDP2 every rank completes the same sample, equal to one
-        # process), all quantiles in one batched kthvalue; the scores are recomputed in the second pass rather
-        # than kept (a second weight-sized copy of every site would not fit next to a sharded 8B model).
-        # ZeRO-3: each group's whole tensors are gathered for the pattern work (a flat partition may cut an
-        # N:M group).
+    def _stacked_scores(self, idx: list[int]) -> torch.Tensor:
+        """Raw scores of the same-shape sites ``idx`` at once: (len(idx), *local shape) fp32, the values
+        `_scores` computes site by site before its z-normalisation."""
         cfg = self.config
-        samples = []
-        for group in self._groups:
-            gen = tempering.sample_generator(cfg.seed, step, group[0], self._device(group[0]))
-            with zero3.gathered(self._site_tensors(group), modify=False):
-                samples.append(shards.global_sample(self._group_scores(group), self.entries[group[0]][2].mask,
-                                                    cfg.tau_samples, gen))
-        taus = tempering.quantiles(samples, values["target_sparsity"])
-        del samples
-        flips, count = None, 0
-        for group, tau in zip(self._groups, taus):
-            with zero3.gathered(self._site_tensors(group), modify=True):
-                flips, count = self._update_group(values, group, tau, flips, count)
-        if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows
-            both = torch.stack([flips.double(), flips.new_tensor(count).double()])
-            flips, count = shards.all_reduce_sum(both)
-        return float(flips) / max(float(count), 1.0)
+        site, _, soft = self.entries[idx[0]]
+        self._check_score_inputs()
+        w = torch.stack([local(dense_weight(self.entries[i][1], self.entries[i][0].param)) for i in idx])
+
+        def stat(name: str) -> torch.Tensor:  # (B, ...) the sites' statistic
+            return torch.stack([local(getattr(self.entries[i][2], STAT_NAMES[name])) for i in idx])
+
+        kw = {}
+        if cfg.uses_hessian:
+            kw["hdiag"] = bias_corrected(stat("hessian"), cfg.hessian_ema, self.probe_count)
+            if cfg.hessian_smoothing == "kron":
+                kw["hdiag"] = kron_smooth(kw["hdiag"], soft.k_dim, soft.mask, batched=True)
+        elif cfg.score == "fisher":
+            kw["fisher"] = bias_corrected(stat("fisher"), cfg.hessian_ema, self.fisher_count)
+        elif cfg.score == "wanda":
+            kw["act_sq"] = self._stacked_act(idx, stat("act"))
+        ndim = len(site.shape)
+        return compute_score(cfg.score, w, k_dim=soft.k_dim % ndim - ndim, eps=cfg.hessian_eps, **kw)
+
+    def _stacked_act(self, idx: list[int], act: torch.Tensor) -> torch.Tensor:
+        """Wanda's activation norms of the sites ``idx`` (act: (B, K) as stored), this rank's part of K."""
+        unseen = (act == 0).all(1)  # (B,): no forward pass observed
+        if bool(unseen.any()):
+            name = self.entries[idx[int(unseen.nonzero()[0])]][0].name
+            raise ForgeConfigError(f"score 'wanda' has seen no training forward pass of {name} before the "
+                                   "first mask update")
+        soft = self.entries[idx[0]][2]
+        if soft.k_dim % len(self.entries[idx[0]][0].shape) == 0:  # K is the sharded dim: this rank's rows
+            return torch.stack([shards.local_rows(a, self.entries[i][2].mask) for a, i in zip(act, idx)])
+        return act
+
+    def _batch_scores(self, batch: list[list[int]]) -> torch.Tensor:
+        """z-scores of the G groups of ``batch`` (S same-shape sites each), stacked: (G, *local shape). A group
+        of several sites (joint input groups) combines them as `_group_scores` does, in the same order."""
+        z = [znorm(self._stacked_scores([group[pos] for group in batch]), batched=True)
+             for pos in range(len(batch[0]))]
+        if len(z) == 1:
+            return z[0]
+        total = z[1]
+        for extra in z[2:]:
+            total = total + extra
+        return znorm(total + z[0], batched=True)
+
+    def _update_masks(self, step: int, values: dict) -> float:
+        # One pass over batches of same-shape site groups (`update.plan_batches`, from global shapes, so every
+        # rank forms the same batches and their collectives pair up). Per batch: the stacked scores, each
+        # group's τ from its own global sample (a kthvalue per row, left on the device), the tempered masks,
+        # the hard masks and flips, written back by foreach copies. No scores outlive their batch (a second
+        # weight-sized copy of every site would not fit next to a sharded 8B model). ZeRO-3: a batch's whole
+        # tensors are gathered (a flat partition may cut an N:M group). One host sync in all: flips and the
+        # NaN check together. `update.update_masks_reference` is the per-site specification.
+        flips, bad, count = [], [], 0
+        for batch in update.plan_batches(self.entries, self._groups, self._batch_numel()):
+            sites = [i for group in batch for i in group]
+            with zero3.gathered(self._site_tensors(sites), modify=True):
+                changed, nan = self._update_batch(step, values, batch)
+                count += sum(local(self.entries[i][2].hard).numel() for i in sites)
+            flips.append(changed)
+            bad.append(nan)
+        dev = flips[0].device
+        totals = torch.stack([torch.stack([f.to(dev) for f in flips]).sum().double(),
+                              torch.tensor(float(count), dtype=torch.float64, device=dev),
+                              torch.stack([b.to(dev) for b in bad]).sum().double()])
+        if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows; every rank sees a NaN
+            shards.all_reduce_sum(totals)
+        n_flips, n, n_bad = totals.tolist()
+        if n_bad:
+            self._raise_nan(step)
+        return n_flips / max(n, 1.0)
+
+    def _batch_numel(self) -> int:
+        """``ForgeConfig.update_batch_numel``, or its default for the device the masks are on."""
+        if self.config.update_batch_numel is not None:
+            return self.config.update_batch_numel
+        return 2**22 if self._device(0).type == "cpu" else 2**26
+
+    def _update_batch(self, step: int, values: dict, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the G site groups of ``batch`` together; returns (hard-mask entries that flipped, whether a
+        new mask holds NaN), device scalars."""
+        cfg, sched = self.config, self.config.schedule
+        site, _, lead = self.entries[batch[0][0]]
+        z = self._batch_scores(batch)  # (G, *local shape)
+        gens = [tempering.sample_generator(cfg.seed, step, group[0], self._device(group[0])) for group in batch]
+        tau = tempering.quantile_rows(shards.global_samples(z, lead.mask, cfg.tau_samples, gens),
+                                      values["target_sparsity"])  # (G,)
+        m = torch.stack([local(self.entries[group[0]][2].mask) for group in batch])  # the lead sites' masks
+        ndim = len(site.shape)
+        new = tempering.tempered_mask(
+            z, m, lead.pattern, lead.k_dim % ndim - ndim, target_sparsity=values["target_sparsity"],
+            temperature=values["temperature"], pull=values["pull"], pull_lr=sched.pull_lr,
+            momentum=sched.mask_momentum, n_samples=cfg.tau_samples, tau=tau.view(-1, *[1] * (z.dim() - 1)),
+            check_nan=False)  # (G, *local shape) fp32
+        del z, m
+        flips = sum(self._write_masks([self.entries[group[pos]] for group in batch], new)
+                    for pos in range(len(batch[0])))
+        return flips, torch.isnan(new).any()
+
+    @staticmethod
+    def _write_masks(entries, new: torch.Tensor) -> torch.Tensor:
+        """Write ``new`` (B, *local shape) fp32 into the soft masks of the B same-shape sites ``entries`` and
+        its projection into their hard masks (projected from the mask as stored, in its dtype, as
+        `SoftMask.set_mask` does); returns how many hard-mask entries changed."""
+        site, _, soft = entries[0]
+        ndim = len(site.shape)
+        stored = new.to(soft.mask.dtype)
+        hard = soft.pattern.project(stored, soft.k_dim % ndim - ndim, check_nan=False).to(stored.dtype)
+        masks, hards = [local(s.mask) for _, _, s in entries], [local(s.hard) for _, _, s in entries]
+        changed = (hard != torch.stack(hards)).sum()
+        torch._foreach_copy_(masks, list(stored.unbind(0)))
+        torch._foreach_copy_(hards, list(hard.unbind(0)))
+        return changed
+
+    def _raise_nan(self, step: int) -> None:
+        names = [site.name for site, _, soft in self.entries if bool(torch.isnan(local(soft.mask)).any())]
+        raise ScoreError(f"the mask update after step {step} gave NaN soft masks for "
+                         f"{names or 'sites held by another rank'}: their scores are NaN (the weight or its "
+                         "Hessian / Fisher statistic holds NaN or inf); the run has likely diverged")
 
     def _site_tensors(self, group) -> list[torch.Tensor]:
         """W, mask state, statistics and SLoRB tensors of the sites in ``group`` (for ZeRO-3 gathering)."""
@@ -510,24 +634,6 @@ class SparseForge:
             out += [getattr(soft, name, None) for name in STAT_NAMES.values()]
             out += [getattr(module, "slorb_S", None), getattr(module, "slorb_P", None)]
         return [t for t in out if isinstance(t, torch.Tensor)]
-
-    def _update_group(self, values: dict, group, tau: float, flips, count):
-        cfg, sched = self.config, self.config.schedule
-        z = self._group_scores(group)
-        lead_soft = self.entries[group[0]][2]
-        new = tempering.tempered_mask(
-            z, local(lead_soft.mask), lead_soft.pattern, lead_soft.k_dim,
-            target_sparsity=values["target_sparsity"], temperature=values["temperature"],
-            pull=values["pull"], pull_lr=sched.pull_lr, momentum=sched.mask_momentum,
-            n_samples=cfg.tau_samples, tau=tau)
-        for i in group:
-            soft = self.entries[i][2]
-            before = local(soft.hard).detach().clone()
-            self._set_mask(soft, new)
-            changed = (local(soft.hard) != before).sum()
-            flips = changed if flips is None else flips + changed
-            count += before.numel()
-        return flips, count
 
     @staticmethod
     def _set_mask(soft: SoftMask, new: torch.Tensor) -> None:
@@ -570,9 +676,10 @@ class SparseForge:
             raise ForgeConfigError(f"checkpoint was made for total_steps={sd['total_steps']}, this run has "
                                    f"{self.total_steps}: the schedule would differ; resume with the same "
                                    "budget")
-        saved = sd.get("config", {})
-        if saved and saved != self.config.to_dict():
-            diff = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
+        saved, current = sd.get("config", {}), self.config.to_dict()
+        diff = sorted(k for k in saved.keys() | current.keys()
+                      if k not in RESUME_NEUTRAL and saved.get(k) != current.get(k))
+        if saved and diff:
             raise ForgeConfigError(f"checkpoint's ForgeConfig differs in {diff}; resume with the same config")
         self.step = sd["step"]
         self.probe_count = sd["probe_count"]

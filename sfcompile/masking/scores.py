@@ -67,9 +67,12 @@ def bias_corrected(stat: torch.Tensor, beta: float, count: int) -> torch.Tensor:
 
 
 def _along_k(vec: torch.Tensor, ndim: int, k_dim: int) -> torch.Tensor:
-    """Reshape a (K,) vector to broadcast against a weight whose reduction dim is ``k_dim``."""
+    """Reshape a (K,) vector to broadcast against a weight whose reduction dim is ``k_dim``; a (B, K) stack
+    against a (B, ...) stack of weights (``k_dim`` then negative)."""
     shape = [1] * ndim
-    shape[k_dim] = -1
+    shape[k_dim] = vec.shape[-1]
+    if vec.dim() == 2:
+        shape[0] = vec.shape[0]
     return vec.reshape(shape)
 
 
@@ -86,6 +89,9 @@ def compute_score(kind: str, weight: torch.Tensor, *, k_dim: int, eps: float = 1
         hdiag, fisher: the (bias-corrected) Hessian / Fisher diagonal, W's shape; negative values are clamped
             to 0 (a Hutchinson EMA of an indefinite Hessian can dip below 0).
         act_sq: mean squared activation per input feature, shape (K,).
+
+    Element-wise, so a (B, ...) stack of weights and statistics (``act_sq`` (B, K)) scores B sites at once
+    (``k_dim`` negative).
     """
     w = weight.detach().float()
     if kind == "magnitude":
@@ -107,11 +113,19 @@ def compute_score(kind: str, weight: torch.Tensor, *, k_dim: int, eps: float = 1
     raise ScoreError(f"unknown score {kind!r}")
 
 
-def znorm(scores: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """(s − mean) / std over the whole site (global across shards when distributed)."""
+def znorm(scores: torch.Tensor, eps: float = 1e-12, batched: bool = False) -> torch.Tensor:
+    """(s − mean) / std over the whole site (global across shards when distributed).
+
+    ``batched``: ``scores`` is a (B, ...) stack of B sites, each normalised on its own; element-wise passes and
+    the all-reduce run once for all B, the sums once per site, so that each equals the unbatched one in every
+    bit (a reduction over a row of a stack may sum in another order than over a whole tensor)."""
     s = scores.float()
-    n = torch.tensor(float(s.numel()), device=s.device)
-    total, sq = s.sum(), s.square().sum()
+    if batched:  # (B,) per-site numel, sum and sum of squares
+        n = torch.full((s.shape[0],), float(s[0].numel()), device=s.device)
+        total, sq = torch.stack([x.sum() for x in s]), torch.stack([x.sum() for x in s.square()])
+    else:
+        n = torch.tensor(float(s.numel()), device=s.device)
+        total, sq = s.sum(), s.square().sum()
     if _distributed():
         import torch.distributed as dist
 
@@ -120,7 +134,8 @@ def znorm(scores: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         n, total, sq = stats
     mean = total / n
     var = (sq / n - mean.square()).clamp(min=0)
-    return (s - mean) / (var.sqrt() + eps)
+    shape = (-1,) + (1,) * (s.dim() - 1) if batched else ()
+    return (s - mean.view(shape)) / (var.sqrt() + eps).view(shape)
 
 
 def _distributed() -> bool:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["global_shape", "is_sharded", "row_range", "local_rows", "global_sample", "sampled_quantile",
-           "all_reduce_sum", "mean_across_ranks"]
+__all__ = ["global_shape", "is_sharded", "row_range", "local_rows", "global_sample", "global_samples",
+           "sampled_quantile", "all_reduce_sum", "mean_across_ranks"]
 
 
 def _distributed() -> bool:
@@ -120,6 +120,37 @@ def global_sample(
     sample[own] = z_local.detach().reshape(-1).float()[idx[own] - lo]
     all_reduce_sum(sample)  # every index is owned by exactly one rank
     return sample
+
+
+@torch.no_grad()
+def global_samples(
+    z_local: torch.Tensor, like: torch.Tensor, n_samples: int, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """`global_sample` of B sites at once: ``z_local`` (B, ...) stacks their local scores (all of one global
+    shape and sharding, that of ``like``), ``generators`` holds each site's own; returns (B, n) fp32.
+
+    The same values as B calls of `global_sample` (the same draws, one gather and, when sharded, one SUM
+    all-reduce for all B)."""
+    b = z_local.shape[0]
+    flat = z_local.detach().reshape(b, -1).float()  # (B, local numel)
+    numel = like.numel()  # global
+    if numel <= n_samples:  # every entry, in order
+        if not is_sharded(like):
+            return flat
+        idx = torch.arange(numel, device=flat.device).expand(b, numel)
+    else:  # the draws tempering.sample_entries makes, one generator per site
+        idx = torch.stack([torch.randint(numel, (n_samples,), generator=g, device=g.device) for g in generators])
+        idx = idx.to(flat.device)
+    if not is_sharded(like):
+        return flat.gather(1, idx)
+    start, stop = row_range(like)
+    row = numel // max(like.shape[0], 1)
+    lo, hi = start * row, stop * row
+    sample = torch.zeros(idx.shape, dtype=torch.float32, device=flat.device)
+    if hi > lo:  # this rank owns rows: fill the entries it holds (others stay 0 for the SUM)
+        own = (idx >= lo) & (idx < hi)
+        sample = torch.where(own, flat.gather(1, (idx - lo).clamp(0, hi - lo - 1)), sample)
+    return all_reduce_sum(sample)  # every index is owned by exactly one rank
 
 
 @torch.no_grad()

@@ -19,8 +19,8 @@ import torch
 
 from sfcompile.patterns import Pattern
 
-__all__ = ["sampled_quantile", "sample_entries", "quantiles", "gate", "pull_toward_pattern", "ema_mask",
-           "tempered_mask", "sample_generator"]
+__all__ = ["sampled_quantile", "sample_entries", "quantile_rows", "quantiles", "gate", "pull_toward_pattern",
+           "ema_mask", "tempered_mask", "sample_generator"]
 
 
 def sample_generator(seed: int, step: int, index: int, device=None) -> torch.Generator:
@@ -47,20 +47,29 @@ def sample_entries(z: torch.Tensor, n_samples: int, generator: torch.Generator |
 
 
 @torch.no_grad()
+def quantile_rows(samples: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of each row of ``samples`` (B, n) -> (B,), on their device (no host sync): the k-th
+    smallest value, k = round(q · n) clamped to [1, n] (q = 0.5 on 4 values gives the 2nd smallest: half the
+    values are <= τ)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} must lie in [0, 1]")
+    n = samples.shape[-1]
+    k = min(n, max(1, int(round(q * n))))
+    return samples.kthvalue(k, dim=-1).values if q > 0 else samples.min(dim=-1).values
+
+
+@torch.no_grad()
 def quantiles(samples: list[torch.Tensor], q: float) -> list[float]:
-    """The ``q`` quantile of each 1-D sample: its k-th smallest value, k = round(q · n) clamped to [1, n]
-    (q = 0.5 on 4 values gives the 2nd smallest: half the values are <= τ). Samples of equal length and
-    device are stacked into one ``kthvalue`` call, and all results come back in one host transfer."""
+    """The ``q`` quantile of each 1-D sample (see `quantile_rows`). Samples of equal length and device are
+    stacked into one ``kthvalue`` call, and all results come back in one host transfer."""
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile {q} must lie in [0, 1]")
     out = [0.0] * len(samples)
     buckets: dict[tuple, list[int]] = {}
     for i, s in enumerate(samples):
         buckets.setdefault((s.numel(), s.device), []).append(i)
-    for (n, _), idx in buckets.items():
-        stacked = torch.stack([samples[i] for i in idx])
-        k = min(n, max(1, int(round(q * n))))
-        vals = stacked.kthvalue(k, dim=1).values if q > 0 else stacked.min(dim=1).values
+    for idx in buckets.values():
+        vals = quantile_rows(torch.stack([samples[i] for i in idx]), q)
         for i, v in zip(idx, vals.cpu().tolist()):
             out[i] = v
     return out
@@ -77,42 +86,50 @@ def sampled_quantile(z: torch.Tensor, q: float, n_samples: int,
 TIE_BREAK = 1e-3
 
 
-def gate(z: torch.Tensor, tau: float, temperature: float) -> torch.Tensor:
+def gate(z: torch.Tensor, tau: float | torch.Tensor, temperature: float) -> torch.Tensor:
     """G = (1 − δ)·σ((z − τ)/T) + δ·σ(z − τ), δ = 1e-3.
 
     At the low temperatures of late tempering σ((z − τ)/T) saturates to exactly 0 or 1 in float32 for most
     weights, and the pattern projection of a mask full of equal values picks by index, not by score (a flaw of
     the reference's plain σ). The small temperature-1 term keeps G strictly increasing in the score, so the
     mask keeps the scores' order within every N:M group / tile; it moves G by at most δ.
+
+    ``tau``: a float, or a tensor broadcasting against ``z`` (one τ per site of a batch of stacked sites).
     """
     if temperature <= 0:
         raise ValueError(f"temperature {temperature} must be > 0")
-    return (1 - TIE_BREAK) * torch.sigmoid((z - tau) / temperature) + TIE_BREAK * torch.sigmoid(z - tau)
+    d = z - tau  # computed once, the same values both terms used; in-place passes: same ops, same rounding
+    g = (d / temperature).sigmoid_().mul_(1 - TIE_BREAK)
+    return g.add_(d.sigmoid_().mul_(TIE_BREAK))
 
 
 def pull_toward_pattern(g: torch.Tensor, m: torch.Tensor, pattern: Pattern, k_dim: int, strength: float,
-                        lr: float) -> torch.Tensor:
+                        lr: float, check_nan: bool = True) -> torch.Tensor:
     """G ← clamp(G − lr·strength·(m − hard(G)), 0, 1), hard(G) = the pattern's projection of G."""
     if strength == 0 or lr == 0:
         return g
-    hard = pattern.project(g, k_dim).to(g.dtype)
-    return (g - lr * strength * (m.to(g.dtype) - hard)).clamp_(0.0, 1.0)
+    hard = pattern.project(g, k_dim, check_nan=check_nan).to(g.dtype)
+    step = (m.to(g.dtype) - hard).mul_(lr * strength)
+    return (g - step).clamp_(0.0, 1.0)
 
 
 def ema_mask(m: torch.Tensor, g: torch.Tensor, momentum: float) -> torch.Tensor:
     """m ← μ·m + (1 − μ)·G."""
-    return m.float() * momentum + g * (1.0 - momentum)
+    return (m.float() * momentum).add_(g * (1.0 - momentum))
 
 
 @torch.no_grad()
 def tempered_mask(z: torch.Tensor, m: torch.Tensor, pattern: Pattern, k_dim: int, *, target_sparsity: float,
                   temperature: float, pull: float, pull_lr: float, momentum: float, n_samples: int,
-                  generator: torch.Generator | None = None, tau: float | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, tau: float | torch.Tensor | None = None,
+                  check_nan: bool = True) -> torch.Tensor:
     """One full update (see the module docstring); returns the new soft mask (fp32, m's shape).
 
-    ``tau`` overrides the sampled quantile (used when τ is agreed across ranks)."""
+    ``tau`` overrides the sampled quantile (used when τ is agreed across ranks); a tensor broadcasting against
+    ``z`` gives each site of a batch of stacked sites (leading dim; ``k_dim`` negative) its own τ.
+    ``check_nan=False`` leaves the NaN check of the pattern projection (a host sync) to the caller."""
     if tau is None:
         tau = sampled_quantile(z, target_sparsity, n_samples, generator)
     g = gate(z.float(), tau, temperature)
-    g = pull_toward_pattern(g, m, pattern, k_dim, pull, pull_lr)
+    g = pull_toward_pattern(g, m, pattern, k_dim, pull, pull_lr, check_nan)
     return ema_mask(m, g, momentum).clamp_(0.0, 1.0)
