@@ -150,8 +150,10 @@ def main() -> None:
         with autocast():
             return distillation_loss(masked_fwd(probe_ids), probe_ids, weights)[0]
 
+    probe_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the trainer tells it
+
     def probe(step):
-        forge.probe(step, loss_fn)
+        forge.probe(step, loss_fn, compute_dtype=probe_dtype)
 
     def update():
         # after_step at a step where the schedule updates the masks (t = 30: step index 29)

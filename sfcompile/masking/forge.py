@@ -376,8 +376,13 @@ class SparseForge:
             return sched.is_update(step + 1, self.total_steps) or self.probe_count == 0
         return step % cfg.probe_every == 0
 
-    def probe(self, step: int, loss_fn: Callable[[], torch.Tensor]) -> None:
-        """One Hutchinson probe (``probes_per_update`` Rademacher vectors) into the Hessian EMA."""
+    def probe(self, step: int, loss_fn: Callable[[], torch.Tensor],
+              compute_dtype: torch.dtype | None = None) -> None:
+        """One Hutchinson probe (``probes_per_update`` Rademacher vectors) into the Hessian EMA.
+
+        ``compute_dtype``: the precision the sites' matmuls run in under ``loss_fn`` (bf16 under autocast),
+        which sets the automatic finite-difference step; None finds it by one hooked evaluation of
+        ``loss_fn`` (a trainer whose ``loss_fn`` is compiled passes it: hooks and no-grad would recompile)."""
         cfg = self.config
         if not cfg.uses_hessian:
             raise ForgeConfigError(f"probe() is only used by Hessian scores; score={cfg.score!r} needs none")
@@ -387,7 +392,7 @@ class SparseForge:
         try:
             if cfg.estimator == "fd" and self.fd_eps is None:
                 self.fd_eps = cfg.fd_eps or hutchinson.auto_fd_eps(
-                    hutchinson.compute_dtype(self.model, self.entries, loss_fn))
+                    compute_dtype or hutchinson.compute_dtype(self.model, self.entries, loss_fn))
                 log.info("finite-difference Hessian probes use fd_eps=%g", self.fd_eps)
             diag = hutchinson.estimate_diag(self.model, self.entries, loss_fn, estimator=cfg.estimator,
                                             generators=gens, fd_eps=self.fd_eps or 0.0,

@@ -48,6 +48,22 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+class _GatedStraightThrough(torch.autograd.Function):
+    """W ⊙ m forward; backward to W: the gradient itself where ``gate`` is 1 (straight-through), masked by m
+    where it is 0. The compiled form of the ``ste`` switch: a tensor, not a Python bool, so finalisation
+    (ste → False) changes a value instead of a guard and costs no recompile of the whole model."""
+
+    @staticmethod
+    def forward(ctx, weight, m, gate):
+        ctx.save_for_backward(m, gate)
+        return weight * m
+
+    @staticmethod
+    def backward(ctx, grad):
+        m, gate = ctx.saved_tensors
+        return torch.where(gate > 0, grad, grad * m), None, None
+
+
 class SoftMask(nn.Module):
     """The parametrization holding one site's mask state (see the module docstring)."""
 
@@ -56,11 +72,24 @@ class SoftMask(nn.Module):
         self.site = site
         self.pattern = pattern
         self.k_dim = site.k_dim
-        self.ste = True
         self.mask = nn.Parameter(torch.ones(site.shape, dtype=dtype, device=device), requires_grad=False)
         self.hard = nn.Parameter(torch.ones(site.shape, dtype=dtype, device=device), requires_grad=False)
         self.register_buffer("hardness", torch.ones((), dtype=dtype, device=device))
+        # `ste` as a tensor for compiled graphs (1.0 = straight-through); not saved: `ste` is in the extra state
+        self.register_buffer("ste_gate", torch.ones((), dtype=dtype, device=device), persistent=False)
+        self.ste = True
         self.set_mask(self.mask)
+
+    @property
+    def ste(self) -> bool:
+        """Straight-through gradients to W (True until finalisation), else gradients masked by m."""
+        return self._ste
+
+    @ste.setter
+    def ste(self, value: bool) -> None:
+        self._ste = bool(value)
+        with torch.no_grad():
+            self.ste_gate.fill_(1.0 if self._ste else 0.0)
 
     @torch.no_grad()
     def set_mask(self, m: torch.Tensor) -> None:
@@ -80,7 +109,10 @@ class SoftMask(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         m = self.effective().to(weight.dtype)
         # Forward value W ⊙ m; with ste the gradient reaches W unmasked, so pruned weights can come back.
-        w = _StraightThrough.apply(weight, m) if self.ste else weight * m
+        if torch.compiler.is_compiling():  # the switch as a value: no guard on the bool, no recompile
+            w = _GatedStraightThrough.apply(weight, m, self.ste_gate)
+        else:
+            w = _StraightThrough.apply(weight, m) if self.ste else weight * m
         owner = self.__dict__.get("_bypass_owner")  # set by slorb.add_slorb: the SLoRB bypass, folded in
         if owner is not None:
             from sfcompile.masking.slorb import folded_bypass

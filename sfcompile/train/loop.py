@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sfcompile.masking.state import dense_weight
 from sfcompile.train import distributed as dist
 from sfcompile.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint, set_rng_state
 from sfcompile.train.config import TrainConfig
@@ -285,10 +286,13 @@ def train(
     # The finite-difference probe is two ordinary forward+backward passes: it runs through the compiled
     # student (same graph: only tensor values change). "hvp" needs a double backward, which compiled graphs
     # do not support, and a DeepSpeed engine probes through the bare model (masking/zero3.py): both eager.
-    probe_fwd = model
+    probe_fwd, probe_dtype = model, None
     if config.compile and forge is not None and forge.config.estimator == "fd" and student is model:
         probe_fwd = student_fwd
         compiled.append("Hessian probe (fd)")
+        # the matmul precision, told rather than found by a hooked no-grad pass (a second compile)
+        site, module, _ = forge.entries[0]
+        probe_dtype = torch.bfloat16 if config.bf16_autocast() else dense_weight(module, site.param).dtype
 
     # ---- resume -----------------------------------------------------------------------------------------
     start, skipped, tokens_done, ppl = 0, 0, 0, {}
@@ -393,7 +397,8 @@ def train(
                             # micro-batch
                             p_ids, p_t = _first_rows(ids, t_out, config.probe_rows)
                             forge.probe(
-                                step, functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast)
+                                step, functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast),
+                                compute_dtype=probe_dtype,
                             )
                     stepper.step(config.clip, grad_norm)
                 else:

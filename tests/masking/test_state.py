@@ -79,6 +79,32 @@ def test_straight_through_gradient_reaches_pruned_weights(ids):
     assert (dense_weight(module, "weight").grad[soft.hard == 0] == 0).all()
 
 
+def test_compiled_gradients_follow_ste_without_recompiling(ids):
+    # Under torch.compile the ste switch is a tensor: finalisation (ste -> False) changes the gradients to
+    # eager's masked ones without a second compile of the model
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    model = tiny_llama()
+    sparsify(model, "2:4", sites=linear_sites(model))
+    prune_by_magnitude(model)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    site, module, soft = masked_sites(model)[0]
+    w = dense_weight(module, "weight")
+    for ste in (True, False):
+        for _, _, s in masked_sites(model):
+            s.ste = ste
+        grads = []
+        for fn in (model, compiled):
+            model.zero_grad()
+            fn(ids).logits.square().mean().backward()
+            grads.append(w.grad.clone())
+        torch.testing.assert_close(grads[1], grads[0])
+        pruned = grads[1][soft.hard == 0]
+        assert (pruned != 0).float().mean() > 0.9 if ste else (pruned == 0).all()
+    assert counter.frame_count == 1
+
+
 def test_compile_and_generate_see_masked_weights(ids):
     model = tiny_llama()
     sparsify(model, "2:4", sites=linear_sites(model))

@@ -164,9 +164,17 @@ def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
     # running Dynamo + AOTAutograd over the soft-mask parametrizations.
     import functools
 
+    from torch._dynamo.backends.debugging import aot_eager
+
     import sfcompile.train.loop as loop
 
-    monkeypatch.setattr(loop.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    graphs = []  # (grad enabled, nodes) of every graph compiled; tiny ones are HF's decorator frames
+
+    def backend(gm, example_inputs):
+        graphs.append((torch.is_grad_enabled(), len(gm.graph.nodes)))
+        return aot_eager(gm, example_inputs)
+
+    monkeypatch.setattr(loop.torch, "compile", functools.partial(torch.compile, backend=backend))
     tok = byte_tokenizer()
     results = {}
     hdiag = {}
@@ -176,6 +184,11 @@ def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
         results[compiled] = (r, _state(model))
         hdiag[compiled] = [soft.sf_hdiag.detach().clone() for _, _, soft in masked_sites(model)]
     assert results[True][0].compiled == ["student forward", "teacher forward", "Hessian probe (fd)"]
+    # one graph for the student (training steps, probes, finalisation) and one for the no-grad teacher:
+    # the probe's mask writes and finalisation's ste switch change values, not guards, and the probe's
+    # precision is told, not found by a no-grad pass of the student
+    model_graphs = [grad for grad, nodes in graphs if nodes > 50]
+    assert sorted(model_graphs) == [False, True], graphs
     assert results[False][0].compiled == []
     for name, (w, m, h) in results[False][1].items():
         w2, m2, h2 = results[True][1][name]
