@@ -43,6 +43,16 @@ def block16_space(m: int) -> list[tuple]:
             for c in block16_configs(splitk.m_key(m))]
 
 
+# candidates outside the autotune space, per M bucket: variant 6 (byte permute) in the CUDA-core configs
+CANDIDATES = {
+    1: [(6, 32, 128, 16, 4), (6, 64, 128, 8, 8), (6, 64, 128, 16, 8), (6, 32, 128, 32, 4), (6, 64, 64, 16, 8),
+        (6, 32, 64, 32, 4), (6, 64, 64, 16, 4), (6, 32, 256, 8, 4), (6, 128, 64, 8, 8)],
+    2: [(6, 32, 128, 16, 4), (6, 64, 128, 8, 8), (6, 32, 64, 32, 4), (6, 32, 128, 8, 4), (6, 64, 64, 16, 8)],
+    4: [(6, 32, 64, 16, 8), (6, 16, 64, 32, 4), (6, 32, 128, 16, 8), (6, 16, 128, 16, 4)],
+    8: [(6, 16, 64, 32, 4), (6, 32, 64, 16, 8), (6, 16, 128, 16, 8)],
+    16: [(6, 16, 64, 32, 4), (6, 16, 64, 16, 8)],
+}
+
 # dense Triton GEMV control (M = 1): (BLOCK_N, BLOCK_K, SPLIT_K, num_warps)
 DENSE = [(32, 128, 16, 4), (64, 128, 8, 4), (64, 128, 16, 8)]
 
@@ -135,8 +145,9 @@ def run(args, t0, record):
             d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
             print(f"{shape} M={m} dense {d_us:.1f} us", flush=True)
             cases = [("2:4", cfg, p24, dense[0], nm24) for cfg in nm24_space(m)]
-            # candidates outside the autotune space ("2:4-candidate" rows) go here while they are being tried
-            # (variant 5 was one in run 8, and then replaced variant 2 in the space)
+            # candidates outside the autotune space ("2:4-candidate" rows) while they are being tried (variant 5
+            # was one in run 8, and then replaced variant 2 in the space)
+            cases += [("2:4-candidate", cfg, p24, dense[0], nm24) for cfg in CANDIDATES.get(splitk.m_key(m), [])]
             cases += [("block16", cfg, pb, wb[0], block16) for cfg in block16_space(m)]
             if m == 1:
                 cases += [("dense-triton", cfg, dense, dense[0], lambda x_, w_, c: dense_gemv(x_, w_, c))

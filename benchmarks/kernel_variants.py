@@ -20,7 +20,7 @@ from sfcompile.lowering.kernels.block16 import block16_matmul
 from sfcompile.lowering.kernels.nm24_decode import nm24_decode
 from sfcompile.lowering.pack import pack
 
-NM24 = {"gather": (3,), "select": (4,), "tensorcore": (5,), "auto": None}
+NM24 = {"select": (4,), "tensorcore": (5,), "permute": (6,), "auto": None}
 BLOCK16 = {"dot": (1,), "cudacore": (2,), "auto": None}
 
 

@@ -202,7 +202,13 @@ def main() -> None:
                 fn()
                 _sync(device)
             key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-            print(f"== profile: {name} ==\n" + prof.key_averages().table(sort_by=key, row_limit=18), flush=True)
+            events = prof.key_averages()
+            busy = sum(e.self_device_time_total for e in events) / 1e3
+            launches = sum(e.count for e in events if "LaunchKernel" in e.key)
+            print(f"== profile: {name}: device busy {busy:.1f} ms, {launches} kernel launches ==\n"
+                  + events.table(sort_by=key, row_limit=25), flush=True)
+            if device.type == "cuda":
+                print(events.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {}
     for P, K in ((1, 30), (10, 30), (30, 30), (1, 10), (10, 10)):

@@ -77,9 +77,10 @@ DECODE_CASES = [  # (M, N, K, BLOCK_N, BLOCK_K, SPLIT_K): M = 1, odd M, 16 rows;
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n,k,bn,bk,sk", DECODE_CASES)
-@pytest.mark.parametrize("variant", [3, 4, 5])
+@pytest.mark.parametrize("variant", [4, 5, 6])
 def test_nm24_decode_interpreter(dtype, m, n, k, bn, bk, sk, variant):
-    # gather (3), select (4) and tensor-core (5) decode variants, each against the float64 dense product
+    # select (4), tensor-core (5) and byte-permute (6, its select form: the interpreter has no PTX; fp32 inputs
+    # run it as 4) decode variants, each against the float64 dense product
     g = torch.Generator().manual_seed(m * 1000 + n + k + variant)
     w = _w24(n, k, dtype, g)
     pw = pack(w, "2:4", -1)
@@ -110,7 +111,7 @@ def test_nm24_decode_split_counters_reset_between_calls():
     g = torch.Generator().manual_seed(3)
     w = _w24(32, 128, torch.float32, g)
     pw = pack(w, "2:4", -1)
-    cfg = dict(VARIANT=3, BLOCK_N=16, BLOCK_K=32, SPLIT_K=4)
+    cfg = dict(VARIANT=6, BLOCK_N=16, BLOCK_K=32, SPLIT_K=4)
     for _ in range(2):
         x = torch.randn(2, 128, generator=g)
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], config=cfg)
@@ -229,17 +230,25 @@ def test_nm24_cuda(dtype, m):
 
 
 @cuda
-@pytest.mark.parametrize("variant", [3, 4, 5])
+@pytest.mark.parametrize("variant", [4, 5, 6])
 @pytest.mark.parametrize("m", [1, 3, 8, 16])
-def test_nm24_decode_variants_cuda(variant, m):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_nm24_decode_variants_cuda(variant, m, dtype):
+    # variant 6 compiled picks x with PTX prmt: only here (on a GPU) is that path run
     g = torch.Generator().manual_seed(m)
     n, k = 4096, 4096
-    w = _w24(n, k, torch.bfloat16, g).cuda()
+    w = _w24(n, k, dtype, g).cuda()
     pw = pack(w, "2:4", -1)
-    x = torch.randn(m, k, generator=g).bfloat16().cuda()
-    for cfg in (dict(BLOCK_N=16, BLOCK_K=64, SPLIT_K=1), dict(BLOCK_N=64, BLOCK_K=64, SPLIT_K=4)):
+    x = torch.randn(m, k, generator=g).to(dtype).cuda()
+    for cfg in (dict(BLOCK_N=16, BLOCK_K=64, SPLIT_K=1), dict(BLOCK_N=64, BLOCK_K=64, SPLIT_K=4),
+                dict(BLOCK_N=32, BLOCK_K=128, SPLIT_K=3)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], config=dict(VARIANT=variant, **cfg))
-        assert _rel(y, x.double() @ w.double().T) < TOL[torch.bfloat16]
+        assert _rel(y, x.double() @ w.double().T) < TOL[dtype]
+    x_odd = torch.randn(m, k - 36, generator=g).to(dtype).cuda()     # K % 32 != 0: masked loop, partial word
+    pw_odd = pack(w[:, : k - 36].contiguous(), "2:4", -1)
+    y = nm24_matmul(x_odd, pw_odd.data["values"], pw_odd.data["meta"],
+                    config=dict(VARIANT=variant, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2))
+    assert _rel(y, x_odd.double() @ w[:, : k - 36].double().T) < TOL[dtype]
 
 
 @cuda
@@ -269,7 +278,7 @@ def test_grouped_cuda():
     assert _rel(y, ref) < TOL[torch.bfloat16]
 
 
-@pytest.mark.parametrize("variant", [0, 2])
+@pytest.mark.parametrize("variant", [0, 2, 3])
 def test_nm24_decode_rejects_a_removed_variant(variant):
     g = torch.Generator().manual_seed(5)
     pw = pack(_w24(16, 64, torch.float32, g), "2:4", -1)

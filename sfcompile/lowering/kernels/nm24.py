@@ -252,7 +252,7 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     decode = not grouped and m <= DECODE_MAX_M and (config is None or "VARIANT" in config)
     if decode:                      # few rows: the kernel that never rebuilds W (nm24_decode.py)
         if config is None and on_cpu:
-            config = {"VARIANT": 0, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
+            config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
         nm24_decode(x2, values, meta, bias, out, config)
         return out.reshape(*x.shape[:-1], n)
     small = m <= SMALL_M

@@ -7,33 +7,35 @@ H200. Each program here owns BLOCK_N output columns and every row of x (BLOCK_M 
 its share of K (``SPLIT_K`` programs per column block, whole K blocks each, summed by
 :func:`.splitk.store_tile`) and, per ``VARIANT``:
 
-* 3, gather (CUDA cores, W never rebuilt): tiles (BLOCK_N, K/16 half-words, 8) shaped like the packed bytes;
-  each int16 of metadata is loaded once for its 8 values, which load as one 16-byte vector; each value's
-  2-bit position picks the column of x to gather (x is a few KB at decode and sits in L1):
-  ``y[m, n] += vals[n, j] * x[m, 4*(j//2) + idx]``.
 * 4, select (CUDA cores): tiles (BLOCK_N, K/32 words, 16 values); x's 4 candidates of each group of 4 are loaded
   once per K block for all BLOCK_N columns and the kept ones are picked with two selects per value and row.
 * 5, tensor cores: the dense (BLOCK_N, BLOCK_K) tile is built in registers as four selected (BLOCK_N, K/4)
   planes joined, with W as the dot's left operand (BLOCK_N >= 64 rows, x^T padded to 16 columns). A fixed
   cost per weight element, whatever M: the choice from 4 rows up. In the SASS for sm_90 the tile reaches
   shared memory in 16-byte stores (8 STS.128 + 16 STS.U16 per K block and thread).
+* 6, byte permute (CUDA cores, bf16/fp16; fp32 inputs run as 4): tiles (BLOCK_N, K/32 words, 8 groups); a
+  group's two stored values load as one 32-bit word and x's 4 candidates as two; the group's 4-bit position
+  code becomes a ``prmt`` selector that moves x[i0] and x[i1] into one word in one instruction, and a bf16
+  half widens to fp32 by a shift. ~9 SASS instructions per stored value in the loop against variant 4's ~12,
+  and one shared-memory exchange per K block instead of two: the choice at M = 1. The Triton interpreter has
+  no PTX, so on CPU (tests) the same word is built with selects (``USE_ASM``); the GPU tests run the PTX.
 
 The autotuner picks per (M bucket, N, K); value and metadata loads are software-pipelined one K block ahead
 (``PREFETCH``) in variant 5 when the loop needs no masks. Removed after losing on every shape of the decode
 sweeps (benchmarks/README.md): variants 0 and 1, the per-value gather and select that loaded a metadata word
-once per value (to 3 and 4, 2026-11-30), and variant 2, the tensor-core decode with the tile built by a 3-D
-select (80 2-byte shared-memory stores per K block; to 5 at every M >= 4, run 8: 0.46-0.84x against
+once per value (to 3 and 4, 2026-11-30), variant 3, a gather of x by each value's position with one int16
+of metadata per 8 values (to 4 and 6 at M = 1, 2, run 9), and variant 2, the tensor-core decode with the tile
+built by a 3-D select (80 2-byte shared-memory stores per K block; to 5 at every M >= 4, run 8: 0.46-0.84x against
 0.65-0.97x dense).
 
-Measured on the H200 (benchmarks/README.md, runs 7-8: LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS in the
-same run): 1.08x at M = 1 (0.99-1.22), 0.86x at M = 2, 0.65-0.97x at M = 4..16 with variant 5: far from the
-1.78x byte ceiling. The M = 1 loop streams ~2.1 TB/s against cuBLAS's ~3.8: ~12 SASS instructions
-per stored value and a shared-memory layout conversion of the metadata word per K block.
+Measured on the H200 (benchmarks/README.md, runs 8-9: LLaMA-2-7B / Qwen3-8B layers, vs dense cuBLAS in the
+same run): 1.01-1.32x at M = 1 with variant 6 (run 9 sweep), 0.86x at M = 2, 0.65-0.97x at M = 4..16 with
+variant 5: far from the 1.78x byte ceiling. At M = 1 the tall shapes (N = 11008, 12288 at K = 4096) stay at
+~1.0x, where cuBLAS streams 3.1-3.3 TB/s and this kernel ~1.8.
 
 The values are ``(N, K/2)``; the metadata ``(N, ceil(K/32))`` int32 of :mod:`sfcompile.lowering.pack` holds
-value j's position in bits ``2*(j % 16) .. 2*(j % 16)+1`` of word ``j // 16``, so its int16 view holds value
-j's in bits ``2*(j % 8)..`` of half-word ``j // 8`` (little-endian): variant 3 reads it that way, the format
-is unchanged.
+value j's position in bits ``2*(j % 16) .. 2*(j % 16)+1`` of word ``j // 16``: group g's two positions
+(i0 < i1) are the 4-bit code ``i0 | i1 << 2`` in bits ``4*(g % 8)..`` of word ``g // 8``.
 """
 
 from __future__ import annotations
@@ -56,16 +58,18 @@ def nm24_decode_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space for rows of x up to ``m_bucket`` (a power of two <= 16): (VARIANT, BLOCK_N, BLOCK_K,
     SPLIT_K, num_warps). BLOCK_M is ``m_bucket`` for the CUDA-core variants, which cost per row and are
     offered up to 8 rows, and 16 (tl.dot's minimum) for the tensor-core one."""
-    # Sweep of 2026-11-30 (benchmarks/decode_sweep.py, H200): the tiles shaped like the packed bytes (3, 4) beat
+    # Sweep of 2026-11-30 (benchmarks/decode_sweep.py, H200): the tiles shaped like the packed bytes (then 3, 4) beat
     # the per-value ones (0, 1: 0.56-0.68x dense at M = 1 against 0.96-1.09x) once a thread holds 8-16 values
     # (56-96 registers; 32 values took 157-255 and spilled). Deep splits were slow only because the split-K
     # epilogue read its partials one L2 round trip at a time (fixed in splitk.store_tile), so the space keeps
     # SPLIT_K 8-32 and several programs per SM.
+    # Sweep of run 9 (2026-11-30, fourth session): variant 6 won every shape at M = 1 (1.01-1.32x dense against
+    # variant 4's 0.98-1.23x) and some at M = 2; variant 3 (gather) won nowhere and is gone. The space keeps the
+    # configs that won or came within 3% somewhere, and two deeper-K ones for the tall shapes.
     cuda_core = {
-        1: [(4, 64, 128, 8, 8), (4, 32, 128, 16, 4), (4, 64, 128, 16, 8), (4, 32, 128, 32, 4), (4, 64, 64, 16, 8),
-            (4, 32, 64, 32, 4), (3, 64, 128, 8, 8), (3, 32, 128, 16, 4), (3, 64, 64, 16, 8)],
-        2: [(4, 32, 128, 16, 4), (4, 64, 128, 8, 8), (4, 32, 64, 32, 4), (4, 32, 128, 8, 4), (3, 32, 128, 16, 4),
-            (3, 64, 64, 16, 8)],
+        1: [(6, 32, 256, 8, 4), (6, 64, 128, 8, 8), (6, 64, 64, 16, 4), (6, 32, 128, 16, 4), (6, 64, 128, 16, 8),
+            (6, 32, 256, 4, 4), (6, 64, 256, 4, 8), (4, 32, 128, 16, 4), (4, 64, 128, 8, 8)],
+        2: [(4, 32, 128, 16, 4), (6, 32, 128, 8, 4), (4, 32, 128, 8, 4), (6, 32, 128, 16, 4), (6, 64, 128, 8, 8)],
         4: [(4, 32, 64, 16, 8), (4, 16, 64, 32, 4), (4, 32, 128, 16, 8), (4, 16, 128, 16, 4)],
         8: [(4, 16, 64, 32, 4), (4, 32, 64, 16, 8), (4, 16, 128, 16, 8)],
     }
@@ -91,11 +95,24 @@ def _load_words(v_ptr, w_ptr, offs_n, mask_n, stride_vn, stride_wn, offs_v, offs
     return vals, words
 
 
+@triton.jit
+def _widen(w, IS_BF16: tl.constexpr):
+    """The low and high 16-bit halves of int32 ``w`` (bf16 or fp16 patterns) as fp32."""
+    if IS_BF16:   # a bf16 is the top half of the fp32 of the same value
+        lo = (w << 16).to(tl.float32, bitcast=True)
+        hi = (w & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
 @triton.jit(do_not_specialize=["M"])
 def _nm24_decode_kernel(
-    x_ptr, v_ptr, meta_ptr, meta16_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_m16n, stride_om,
+    x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_om,
     HAS_BIAS: tl.constexpr, FP32_IEEE: tl.constexpr,
+    USE_ASM: tl.constexpr,     # variant 6 picks x with PTX prmt (compiled); the interpreter takes the select form
     EVEN: tl.constexpr,        # N % BLOCK_N == 0 and K % BLOCK_K == 0: no masks in the loop
     PREFETCH: tl.constexpr,    # software-pipelined value/metadata loads (mask-free loop only)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -103,9 +120,11 @@ def _nm24_decode_kernel(
 ):
     BH: tl.constexpr = BLOCK_K // 2    # stored values per row per K block
     G: tl.constexpr = BLOCK_K // 4     # groups of 4 per K block
-    if VARIANT < 3 or VARIANT > 5:
-        tl.static_assert(False, "VARIANT must be 3 (gather), 4 (select) or 5 (tensor cores)")
+    if VARIANT < 4 or VARIANT > 6:
+        tl.static_assert(False, "VARIANT must be 4 (select), 5 (tensor cores) or 6 (byte permute)")
     TC: tl.constexpr = VARIANT == 5
+    # variant 6 works on the 16-bit patterns of x and W; with fp32 inputs it runs as variant 4
+    PERM: tl.constexpr = VARIANT == 6 and x_ptr.dtype.element_ty.primitive_bitwidth == 16
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -123,7 +142,7 @@ def _nm24_decode_kernel(
     else:
         # 3, 4: tiles shaped (.., BLOCK_N, words, 8) like the packed bytes: each metadata word (int16 for 3,
         # int32 for 4) is loaded once, not once per value, and 8 or 16 values load as one 16-32 byte vector
-        WPB: tl.constexpr = BLOCK_K // 32 if VARIANT == 4 else BLOCK_K // 16    # words per K block
+        WPB: tl.constexpr = BLOCK_K // 32    # metadata words per K block
         if BLOCK_M == 1:
             accv = tl.full((BLOCK_N, WPB, 8), 0.0, tl.float32)
         else:
@@ -178,25 +197,55 @@ def _nm24_decode_kernel(
                 acc_t = tl.dot(w_tile.to(tl.float32), x_t.to(tl.float32), acc_t, input_precision="ieee")
             else:
                 acc_t = tl.dot(w_tile, x_t, acc_t)
-        elif VARIANT == 3:
-            # gather, one int16 per 8 values: value (w, e) of this block sits at K column
-            # k0 + 16*w + 4*(e//2) + its 2-bit position in bits 2e..2e+1 of half-word w
+        elif PERM:
+            # byte permute, one int32 per 8 groups: a group's two stored values are one 32-bit word (v0 low, v1
+            # high) and x's 4 candidates two words (x0 x1 | x2 x3); the group's 4-bit position code becomes a
+            # prmt selector that moves x[i0] and x[i1] into one word, and a bf16 half widens to fp32 by a shift
             offs_w = tl.arange(0, WPB)
-            offs_e = tl.arange(0, 8)
-            offs_v = (k0 // 2 + offs_w * 8)[None, :, None] + offs_e[None, None, :]                 # (1, W, 8)
-            hw = k0 // 16 + offs_w                                                                 # (W,)
-            vals, half = _load_words(v_ptr, meta16_ptr, offs_n, mask_n, stride_vn, stride_m16n, offs_v, hw,
-                                     k_hi // 2, (K + 31) // 32 * 2, EVEN)          # (BN, W, 8), (BN, W) int16
-            idx = (half.to(tl.int32)[:, :, None] >> (offs_e * 2)[None, None, :]) & 3              # (BN, W, 8)
-            cols = (k0 + offs_w * 16)[None, :, None] + (offs_e // 2 * 4)[None, None, :] + idx
-            if not EVEN:
-                cols = tl.minimum(cols, K - 1)          # masked values are 0: any column in bounds will do
-            if BLOCK_M == 1:
-                accv += tl.load(x_ptr + cols).to(tl.float32) * vals.to(tl.float32)
+            offs_g = tl.arange(0, 8)
+            gi = (k0 // 4 + offs_w * 8)[:, None] + offs_g[None, :]            # (W, 8): group = value-pair index
+            v_ptrs = v_ptr.to(tl.pointer_type(tl.int32)) + offs_n[:, None, None] * (stride_vn // 2) + gi[None]
+            # each group's metadata word is loaded once per group (same address: one L1 transaction), so the
+            # words arrive in the values' register layout without a shared-memory exchange
+            w_ptrs = meta_ptr + offs_n[:, None, None] * stride_mn + (k0 // 32 + offs_w)[None, :, None] \
+                + tl.zeros_like(offs_g)[None, None, :]
+            if EVEN:
+                pairs = tl.load(v_ptrs)                                                            # (BN, W, 8)
+                word = tl.load(w_ptrs)                                                             # (BN, W, 8)
             else:
-                xg = tl.load(x_ptr + rows[:, None, None, None] * stride_xm + cols[None, :, :, :])  # (BM, BN, W, 8)
-                accw += xg.to(tl.float32) * vals.to(tl.float32)[None, :, :, :]
-        else:
+                pairs = tl.load(v_ptrs, mask=mask_n[:, None, None] & (gi < k_hi // 4)[None], other=0)
+                word = tl.load(w_ptrs, mask=mask_n[:, None, None] & (k0 // 32 + offs_w < (K + 31) // 32)[None, :,
+                               None], other=0)
+                gi = tl.minimum(gi, K // 4 - 1)        # masked pairs are 0: any group in bounds will do
+            code = word.to(tl.uint32, bitcast=True) >> (offs_g * 4).to(tl.uint32)[None, None, :]  # (BN, W, 8)
+            x_g = x_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None, None, None] * (stride_xm // 2) \
+                + (gi * 2)[None, :, :, None] + tl.arange(0, 2)[None, None, None, :]               # (BM, W, 8, 2)
+            x01, x23 = tl.split(tl.load(x_g))
+            x01 = x01[:, None, :, :]                                                               # (BM, 1, W, 8)
+            x23 = x23[:, None, :, :]
+            if USE_ASM:
+                # selector bytes (2·i0, 2·i0+1, 2·i1, 2·i1+1) of the 8 bytes x01 ∪ x23: x[i0] low, x[i1] high
+                sel = (((code & 3) * 0x22) | ((code & 12) * 0x880) | 0x1010).to(tl.int32, bitcast=True)[None]
+                xs = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r",
+                                               [x01 + tl.zeros_like(sel), x23 + tl.zeros_like(sel), sel],
+                                               dtype=tl.int32, is_pure=True, pack=1)
+            else:   # the same word by selects (the interpreter has no PTX)
+                i0 = (code & 3).to(tl.int32)[None]                                                 # 0..2
+                i1 = ((code >> 2) & 3).to(tl.int32)[None]                                          # 1..3
+                t0 = tl.where(i0 >= 2, x23, x01)
+                t0 = tl.where((i0 & 1) != 0, t0 >> 16, t0)
+                t1 = tl.where(i1 >= 2, x23, x01)
+                t1 = tl.where((i1 & 1) != 0, t1 >> 16, t1)
+                xs = (t0 & 0xFFFF) | (t1 << 16)
+            x0, x1 = _widen(xs, x_ptr.dtype.element_ty == tl.bfloat16)
+            v0, v1 = _widen(pairs, x_ptr.dtype.element_ty == tl.bfloat16)
+            if BLOCK_M == 1:
+                accv += v0 * tl.reshape(x0, (BLOCK_N, WPB, 8))
+                accv += v1 * tl.reshape(x1, (BLOCK_N, WPB, 8))
+            else:
+                accw += v0[None] * x0
+                accw += v1[None] * x1
+        else:   # variant 4, or 6 with fp32 inputs
             # select, one int32 per 8 groups: x's 4 candidates of each group are loaded once for all columns
             offs_w = tl.arange(0, WPB)
             offs_v = (k0 // 2 + offs_w * 16)[None, :, None] + tl.arange(0, 16)[None, None, :]     # (1, W, 16)
@@ -277,21 +326,25 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
     if m > MAX_M:
         raise ValueError(f"nm24_decode takes at most {MAX_M} rows, got {m}")
     on_cpu = x2.device.type == "cpu"
-    meta16 = meta.view(torch.int16)                                   # (N, 2*ceil(K/32)): 8 values per half
+    # variant 6 reads x and the values as 32-bit words (two 16-bit elements each)
+    if x2.stride(0) % 2 or x2.data_ptr() % 4:
+        x2 = x2.clone()
+    if values.stride(0) % 2 or values.data_ptr() % 4:
+        values = values.clone()
     split = splitk.split_depth(config, lambda: nm24_decode_configs(splitk.m_key(m)))
     cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
     ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
-    args = (x2, values, meta, meta16, bias if bias is not None else values, out, ws, cnt, m, n, k,
-            splitk.m_key(m), x2.stride(0), values.stride(0), meta.stride(0), meta16.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu)}
+    args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k,
+            splitk.m_key(m), x2.stride(0), values.stride(0), meta.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu), "USE_ASM": not on_cpu}
 
     def grid(meta_):
         return (triton.cdiv(n, meta_["BLOCK_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        if config["VARIANT"] not in (3, 4, 5):
-            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 3 (gather), 4 "
-                             "(select) or 5 (tensor cores)")
+        if config["VARIANT"] not in (4, 5, 6):
+            raise ValueError(f"nm24_decode VARIANT {config['VARIANT']} does not exist: use 4 (select), 5 (tensor "
+                             "cores) or 6 (byte permute)")
         if config["BLOCK_K"] < 32 or config["BLOCK_K"] & (config["BLOCK_K"] - 1):
             raise ValueError(f"BLOCK_K must be a power of two >= 32 (one metadata word), got {config['BLOCK_K']}")
         even = _even(n, k, config)
