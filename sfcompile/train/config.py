@@ -142,8 +142,10 @@ class TrainConfig:
             them). The probe costs two extra forward+backward passes per mask update; on a few sequences it
             costs proportionally less, with a noisier estimate that the Hessian EMA and the Kronecker fit
             average out. Measured on an H200, the eager probe is launch-bound and barely gets cheaper (427 ms
-            on 8 of 32 rows, 496 ms on all; benchmarks/README.md, "Training overhead"); with ``compile`` a
-            second batch size costs one more compile of the student.
+            on 8 of 32 rows, 496 ms on all; benchmarks/README.md, "Training overhead"). With ``compile`` do
+            not set it: the second batch size recompiles the student with a dynamic batch dimension, which
+            made every step slower on the H200 (masked step 1.46x dense instead of 1.18x, probe 224 instead
+            of 195 ms).
         log_every, eval_every (0 = only at start and end), eval_text, eval_windows (None = the whole text),
         eval_seqlen.
 
