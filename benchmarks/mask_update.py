@@ -107,6 +107,7 @@ def _check(forge) -> dict:
     for s, (m, h) in zip(softs, start):
         s.mask.copy_(m)
         s.hard.copy_(h)
+        s.refresh()
     ref_flips = update.update_masks_reference(forge, UPDATE_STEP, values)
     mask_diff = max(float((g[0] - s.mask).abs().max()) for g, s in zip(got, softs))
     hard_diff = sum(int((g[1] != s.hard).sum()) for g, s in zip(got, softs))

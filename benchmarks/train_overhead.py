@@ -138,6 +138,7 @@ def main() -> None:
         with autocast():
             loss, _ = distillation_loss(masked_fwd(ids), ids, weights)
         loss.backward()
+        forge.mask_grads()  # a no-op before finalisation (the step timed here)
         forge.observe_grads(step)
         torch.nn.utils.clip_grad_norm_(mparams, 1.0)
         opt_masked.step()

@@ -14,6 +14,7 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
     opt = AdamW([*model_params, *forge.trainable_extra_parameters()])     # SLoRB S (and P): exist up-front
     for step in range(start, N):                                          # step = 0-based optimizer step
         ... forward/backward over the micro-batches (accumulating .grad) ...
+        forge.mask_grads()                         # after finalisation: gradients of W masked to the pattern
         forge.observe_grads(step)                  # before clipping; Fisher EMA (no-op unless score="fisher")
         if forge.wants_probe(step):
             forge.probe(step, loss_fn)             # Hutchinson Hessian probe; leaves every .grad untouched
@@ -29,10 +30,12 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
   "hardness", "mask_flips", "pull", "mask_update", "finalized"}`` (floats; ``sparsity`` = fraction of zeros
   in m_eff over all sites, ``hard_sparsity`` = that of hard(m), ``mask_flips`` = fraction of hard-mask
   entries that changed at this step, ``mask_update`` = 1.0 if masks were updated). When ``"finalized"`` is
-  1.0 the masks have just become exact and frozen: W ← W ⊙ m, ``ste=False``;
-  from then on no probes are wanted and the model is ready for ``sfcompile.harden``. The trainer should then
-  reset the optimizer state of the masked weights if it wishes (the reference rebuilds its optimizer); nothing
-  in this object requires it.
+  1.0 the masks have just become exact and frozen: W ← W ⊙ m, and ``mask_grads()`` masks the gradients of W
+  to the pattern (what ``ste=False`` does in the graph, done as multi-tensor multiplies so that a compiled
+  model is not recompiled for the flag; under ZeRO-3, whose gradient partitions are DeepSpeed's, the forge
+  sets ``ste=False`` instead and ``mask_grads`` does nothing); from then on no probes are wanted and the
+  model is ready for ``sfcompile.harden``. The trainer should then reset the optimizer state of the masked
+  weights if it wishes (the reference rebuilds its optimizer); nothing in this object requires it.
 * ``trainable_extra_parameters()`` returns the SLoRB parameters (``slorb_S``, and ``slorb_P`` when
   ``slorb_train_p``), created at construction (S = 0, so the model is unchanged) and initialised IN PLACE from
   the pruned weights when hardening starts (``forge.slorb_initialised_at`` = that step, None before). They are
@@ -86,7 +89,7 @@ from sfcompile.masking.scores import (
     local,
     znorm,
 )
-from sfcompile.masking.state import SoftMask, dense_weight, masked_sites
+from sfcompile.masking.state import SoftMask, dense_weight, masked_sites, refresh_effective
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +291,21 @@ class SparseForge:
         self.probe_count += 1
 
     @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Call after backward, before the gradient norm: after finalisation, grad(W) ← grad(W) ⊙ hard for
+        every site (local shards; multi-tensor multiplies); a no-op before (straight-through gradients)."""
+        if not self.finalized or self._ste_off:
+            return
+        grads, hards = [], []
+        for site, module, soft in self.entries:
+            g = dense_weight(module, site.param).grad
+            if g is not None:
+                grads.append(local(g))
+                hards.append(local(soft.hard).to(g.dtype))  # no copy when the dtypes match
+        if grads:
+            torch._foreach_mul_(grads, hards)
+
+    @torch.no_grad()
     def observe_grads(self, step: int) -> None:
         """Fisher EMA from the dense weights' ``.grad`` (call before clipping); a no-op for other scores."""
         if self.config.score != "fisher" or self.finalized:
@@ -345,8 +363,10 @@ class SparseForge:
         h = 0.0 if self.finalized else self.config.schedule.hardness(t, self.total_steps)
         if h == self._applied_hardness:
             return
-        for _, _, soft in self.entries:
+        softs = [soft for _, _, soft in self.entries]
+        for soft in softs:
             soft.hardness.fill_(h)
+        refresh_effective(softs, hardness=h)
         slorb.set_slorb_gain(self.model, 1.0 - h)
         self._applied_hardness = h
 
@@ -462,6 +482,7 @@ class SparseForge:
         n_flips, n, n_bad = totals.tolist()
         if n_bad:
             self._raise_nan(step)
+        refresh_effective([soft for _, _, soft in self.entries])  # local elements: no gathering needed
         return n_flips / max(n, 1.0)
 
     def _batch_numel(self) -> int:
@@ -517,7 +538,7 @@ class SparseForge:
         out = []
         for i in group:
             site, module, soft = self.entries[i]
-            out += [dense_weight(module, site.param), soft.mask, soft.hard]
+            out += [dense_weight(module, site.param), soft.mask, soft.hard, soft.eff]
             out += [getattr(soft, name, None) for name in STAT_NAMES.values()]
             out += [getattr(module, "slorb_S", None), getattr(module, "slorb_P", None)]
         return [t for t in out if isinstance(t, torch.Tensor)]
@@ -527,6 +548,7 @@ class SparseForge:
         if hasattr(soft.mask, "to_local"):  # FSDP2 shard: write and project locally (N:M groups are local)
             local(soft.mask).copy_(new)
             local(soft.hard).copy_(soft.pattern.project(new, soft.k_dim))
+            soft.refresh()
         else:
             soft.set_mask(new.to(soft.mask.dtype))
 
@@ -536,16 +558,24 @@ class SparseForge:
                 with zero3.gathered(self._site_tensors([i]), modify=True):
                     slorb.init_slorb_(module, local(dense_weight(module, site.param)), local(soft.hard))
 
+    @property
+    def _ste_off(self) -> bool:
+        """ZeRO-3: the gradient partitions are DeepSpeed's, so finalisation masks gradients in the graph
+        (``ste=False``; ZeRO-3 runs eager, so the flag costs no recompile) instead of in `_mask_grads`."""
+        return zero3.any_partitioned([dense_weight(module, site.param) for site, module, _ in self.entries[:1]])
+
     def _finalize(self) -> None:
-        """Masks exact and frozen: m ← hard(m), W ← W ⊙ m, hardness 0, gradients masked (no STE)."""
+        """Masks exact and frozen: m ← hard(m), W ← W ⊙ m, hardness 0, gradients masked from now on."""
         for i, (site, module, soft) in enumerate(self.entries):
             with zero3.gathered(self._site_tensors([i]), modify=True):
                 hard = local(soft.hard).detach().clone()
                 self._set_mask(soft, hard)
                 local(dense_weight(module, site.param)).mul_(hard.to(dense_weight(module, site.param).dtype))
-            soft.ste = False
+            if self._ste_off:
+                soft.ste = False
         self.finalized = True
         self._apply_step_state(self.total_steps)
+        refresh_effective([soft for _, _, soft in self.entries], hardness=0.0)
 
     def _sparsity(self) -> dict[str, float]:
         return mask_sparsity([soft for _, _, soft in self.entries])
@@ -573,7 +603,7 @@ class SparseForge:
         self.fisher_count = sd["fisher_count"]
         self.finalized = sd["finalized"]
         self.slorb_initialised_at = sd["slorb_initialised_at"]
-        if self.finalized:
+        if self.finalized and self._ste_off:
             for _, _, soft in self.entries:
                 soft.ste = False
         self._applied_hardness = None  # the loaded buffers decide nothing: write the schedule's value
@@ -593,10 +623,9 @@ def mask_sparsity(softs) -> dict[str, float]:
     summed across ranks: accumulated on the device, one host sync in all, not one per site."""
     counts, total = None, 0
     for soft in softs:
-        m_eff = soft.hardness * local(soft.mask) + (1 - soft.hardness) * local(soft.hard)  # element-wise
-        c = torch.stack([(m_eff == 0).sum(), (local(soft.hard) == 0).sum()])
+        c = torch.stack([(local(soft.eff) == 0).sum(), (local(soft.hard) == 0).sum()])
         counts = c if counts is None else counts + c
-        total += m_eff.numel()
+        total += local(soft.hard).numel()
     if counts is None:
         return {}
     if shards.is_sharded(soft.mask) or zero3.is_partitioned(soft.mask):  # counts over all ranks' rows / slices

@@ -15,9 +15,9 @@ For a Rademacher probe v (entries ±1), E[v ⊙ Hv] = diag(H) (Hutchinson). Two 
 What is estimated: the Hessian of the loss with respect to each site's EFFECTIVE weight W ⊙ m_eff, so pruned
 positions (m_eff = 0) still get their curvature and can score their way back. "hvp" gets it through the
 straight-through graph of `SoftMask` (dW_eff/dW = 1 in the graph). "fd" cannot reach a position whose mask
-is 0 by perturbing W, so for the probe it sets each site's mask to 1 (hardness 1) and W to W ⊙ m_eff ± εv: the
-forward value is unchanged, the perturbation lands on the effective weight, and W, mask and hardness are
-restored bit-exactly afterwards.
+is 0 by perturbing W, so for the probe it sets each site's stored m_eff to 1 and W to W ⊙ m_eff ± εv: the
+forward value is unchanged, the perturbation lands on the effective weight, and W and m_eff are restored
+bit-exactly afterwards.
 
 Both leave every parameter's ``.grad`` as they found it and run each loss evaluation from the same saved RNG
 state (identical dropout in the ± passes; the training RNG stream is untouched).
@@ -103,10 +103,9 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     # Every per-site pass below is one multi-tensor (foreach) kernel over all sites: a 135M-parameter model
     # has ~200 sites, and one small kernel per site and pass made the probe launch-bound on a GPU.
     ws = [local(w) for w in weights]
-    masks = [local(s.mask) for s in softs]
-    saved_w, saved_mask = _copies(ws), _copies(masks)
-    saved_h = _copies([s.hardness for s in softs])
-    base = torch._foreach_mul(saved_w, [_local_effective(s).to(w.dtype) for w, s in zip(saved_w, softs)])  # W⊙m_eff
+    effs = [local(s.eff) for s in softs]
+    saved_w, saved_eff = _copies(ws), _copies(effs)
+    base = torch._foreach_mul(saved_w, [e.to(w.dtype) for w, e in zip(saved_w, saved_eff)])  # W ⊙ m_eff
     # One step for all sites: with per-site steps the cross-site terms of Hv would be rescaled (still unbiased
     # for the diagonal, but noisier than the exact product).
     sq = torch.stack(torch._foreach_norm([b.float() for b in base])).double().square().sum()
@@ -123,10 +122,8 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     grads: dict[int, list[torch.Tensor]] = {}
     rng = _rng_state()
     try:
-        torch._foreach_zero_(masks)  # m_eff = 1 for the probe (mask = hardness = 1): W is the effective weight
-        torch._foreach_add_(masks, 1.0)
-        for s in softs:
-            s.hardness.fill_(1.0)
+        torch._foreach_zero_(effs)  # m_eff = 1 for the probe: W is the effective weight
+        torch._foreach_add_(effs, 1.0)
         for sign in (1, -1):
             torch._foreach_copy_(ws, torch._foreach_add(base, vs, alpha=sign * eps))  # W ⊙ m_eff ± εv
             _set_rng_state(rng)
@@ -144,8 +141,7 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     finally:
         _set_rng_state(rng)
         torch._foreach_copy_(ws, saved_w)
-        torch._foreach_copy_(masks, saved_mask)
-        torch._foreach_copy_([s.hardness for s in softs], saved_h)
+        torch._foreach_copy_(effs, saved_eff)
         if zero3:
             zero3_release(model)
     hv = torch._foreach_sub(grads[1], grads[-1])
@@ -159,11 +155,6 @@ def _copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     if out:
         torch._foreach_copy_(out, [t.detach() for t in tensors])
     return out
-
-
-def _local_effective(soft: SoftMask) -> torch.Tensor:
-    """m_eff = h · mask + (1 − h) · hard on this rank's local mask state (element-wise: any sharding)."""
-    return torch.lerp(local(soft.hard), local(soft.mask), soft.hardness)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfcompile.masking.state import soft_masks_of, soft_name
 from sfcompile.passes.site import Site
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
@@ -74,14 +75,8 @@ def block_sum_matrix(k: int, group: int, dtype=torch.float32, device=None) -> to
 
 def _folded_soft(module: nn.Module):
     """The SoftMask on ``module``'s weight that folds this module's bypass into the weight, or None."""
-    plists = getattr(module, "parametrizations", None)
-    if plists is None:
-        return None
-    for plist in plists.values():
-        for p in plist:
-            if p.__dict__.get("_bypass_owner") is module:
-                return p
-    return None
+    param = module.__dict__.get("_sfcompile_slorb_folds")
+    return None if param is None else getattr(module, soft_name(param))
 
 
 def folded_bypass(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -141,20 +136,15 @@ def add_slorb(module: nn.Module, kind: str, shape, group: int, *, train_p: bool 
 
 def _link_soft_mask(module: nn.Module) -> None:
     """Let the module's soft mask (if its weight has one) fold the bypass into the weight (`folded_bypass`)."""
-    from sfcompile.masking.state import SoftMask
-
-    for plist in getattr(module, "parametrizations", {}).values():
-        for p in plist:
-            if isinstance(p, SoftMask) and p.site.kind in SLORB_KINDS:
-                object.__setattr__(p, "_bypass_owner", module)  # a plain reference, not a submodule
-                return
+    for param, soft in soft_masks_of(module):
+        if soft.site.kind in SLORB_KINDS:
+            module._sfcompile_slorb_folds = param  # read by the masked-weight property (masking/state.py)
+            return
 
 
 def remove_slorb(module: nn.Module) -> None:
     """Undo `add_slorb` (hook, parameters, buffer)."""
-    soft = _folded_soft(module)
-    if soft is not None:
-        del soft.__dict__["_bypass_owner"]
+    module.__dict__.pop("_sfcompile_slorb_folds", None)
     getattr(module, _HANDLE).remove()
     for name in ("slorb_S", "slorb_P", "slorb_gain", _HANDLE, "_sfcompile_slorb"):
         if hasattr(module, name):

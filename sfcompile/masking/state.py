@@ -1,38 +1,73 @@
 """Mask state: `sparsify` installs a soft mask on every site's weight, `harden` folds it away.
 
-Each site's weight gets a `SoftMask` parametrization (``torch.nn.utils.parametrize``), so every consumer of the
-module's attribute (eager forward, ``torch.compile``, ``generate()``) computes with ``W ⊙ m_eff``::
+Each site's owning module gets a generated subclass whose weight attribute is a property, so every consumer of
+the attribute (eager forward, ``torch.compile``, ``generate()``) computes with ``W ⊙ m_eff``::
 
-    module.weight                 # = SoftMask(module.parametrizations.weight.original)
-    m_eff = h · mask + (1 − h) · hard          # h = hardness: 1 → soft mask, 0 → hard pattern
-    forward value  W ⊙ m_eff
-    gradient to W  unmasked (straight-through, `ste=True`) or masked (`ste=False`, after finalisation)
+    module.sfmask_weight_dense    # W: the dense weight the optimizer trains (`dense_weight`)
+    module.sfmask_weight          # SoftMask: mask (soft, in [0, 1]), hard (= pattern.project(mask)), hardness h
+    module.sfmask_weight_eff      # m_eff = h · mask + (1 − h) · hard, kept current by every writer
+    module.weight                 # = W ⊙ m_eff: gradient to W unmasked (straight-through, ``ste``) or masked
 
-With a SLoRB bypass (`sfcompile.masking.slorb`) on the module, the parametrized weight is W ⊙ m_eff + gain·S P:
-the bypass is folded into the weight while the mask exists (one matmul per layer in training) and becomes a
+W moves to a name of its own because FSDP2 (and other wrappers) read a parameter back with ``getattr``, which
+must give the parameter, not the property's product.
+
+Why not ``torch.nn.utils.parametrize`` (the first implementation): its three modules per site
+(ModuleDict → ParametrizationList → SoftMask) each carry Dynamo guards, and m_eff computed in the graph is
+one more saved activation per site; a compiled training step paid ~2x a dense step's host time for it
+(`benchmarks/train_host_overhead.py`). Here the forward reads two tensors that sit on the owning module, W
+and the stored m_eff, and the Dynamo-visible state per site is those two plus the ``ste`` flag.
+
+With a SLoRB bypass (`sfcompile.masking.slorb`) on the module, the masked weight is W ⊙ m_eff + gain·S P: the
+bypass is folded into the weight while the mask exists (one matmul per layer in training) and becomes a
 separate small matmul again once the model is hardened.
 
-``mask`` (soft, in [0, 1]) and ``hard`` (= ``pattern.project(mask)``) are frozen ``nn.Parameter``s of the
-weight's shape: they are saved in ``state_dict`` and FSDP2 shards them with their weight.
+``mask``, ``hard`` and ``m_eff`` are frozen ``nn.Parameter``s of the weight's shape: they are saved in
+``state_dict`` and FSDP2 shards them with their weight (m_eff sits on the owning module, so ZeRO-3 gathers it
+with W for the module's forward; mask and hard are gathered only by the forge's pattern work). Memory: three
+weight-sized tensors of mask state per site, in ``mask_dtype``.
 
-`harden` makes the pattern exact: ``W ← W ⊙ hard``, removes the parametrization (a plain HF model again),
+`harden` makes the pattern exact: ``W ← W ⊙ hard``, restores the module's own class (a plain HF model again),
 verifies the pattern, marks each weight for the lowering (`mark_hardened`) and records a manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from sfcompile.passes.site import Site, mark_hardened
 from sfcompile.patterns import Pattern, parse_pattern
 
 MANIFEST_FORMAT = 1
+_MASKED = "_sfcompile_masked"  # on a generated class: the names of the parameters it masks
+_BASE = "_sfcompile_base"  # on a generated class: the module's own class
+_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}  # one generated class per (own class, masked params)
+_CACHES: list[dict] = []  # innermost `cached()` scope last
 
 
 class MaskStateError(ValueError):
     """The model's mask state does not allow the requested operation."""
+
+
+def soft_name(param: str) -> str:
+    """Attribute of the owning module holding ``param``'s SoftMask."""
+    return f"sfmask_{param}"
+
+
+def eff_name(param: str) -> str:
+    """Attribute of the owning module holding ``param``'s m_eff."""
+    return f"sfmask_{param}_eff"
+
+
+def dense_name(param: str) -> str:
+    """Attribute of the owning module holding ``param``'s dense weight W while it is masked."""
+    return f"sfmask_{param}_dense"
+
+
+def _ste_name(param: str) -> str:
+    return f"_sfmask_{param}_ste"
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -48,24 +83,59 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-class _GatedStraightThrough(torch.autograd.Function):
-    """W ⊙ m forward; backward to W: the gradient itself where ``gate`` is 1 (straight-through), masked by m
-    where it is 0. The compiled form of the ``ste`` switch: a tensor, not a Python bool, so finalisation
-    (ste → False) changes a value instead of a guard and costs no recompile of the whole model."""
+def _masked_weight_property(param: str) -> property:
+    dense_attr, eff_attr, ste_attr = dense_name(param), eff_name(param), _ste_name(param)
 
-    @staticmethod
-    def forward(ctx, weight, m, gate):
-        ctx.save_for_backward(m, gate)
-        return weight * m
+    def masked_weight(self):
+        cache = _CACHES[-1] if _CACHES else None
+        if cache is not None and (id(self), param) in cache:
+            return cache[(id(self), param)]
+        weight = self._parameters[dense_attr]
+        m = self._parameters[eff_attr].to(weight.dtype)
+        # Forward value W ⊙ m; with ste the gradient reaches W unmasked, so pruned weights can come back.
+        # Under torch.compile the flag is a guard: flipping it recompiles (SparseForge never flips it: after
+        # finalisation it masks the gradients itself, see SparseForge.observe_grads).
+        w = _StraightThrough.apply(weight, m) if self.__dict__[ste_attr] else weight * m
+        if self.__dict__.get("_sfcompile_slorb_folds") == param:  # set by slorb.add_slorb: the SLoRB bypass, folded in
+            from sfcompile.masking.slorb import folded_bypass
 
-    @staticmethod
-    def backward(ctx, grad):
-        m, gate = ctx.saved_tensors
-        return torch.where(gate > 0, grad, grad * m), None, None
+            w = w + folded_bypass(self, w.dtype)
+        if cache is not None:
+            cache[(id(self), param)] = w
+        return w
+
+    return property(masked_weight, doc=f"{param} ⊙ m_eff (sfcompile soft mask; the dense {param} is "
+                                          f"{dense_attr!r})")
+
+
+def _masked_class(base: type, params: tuple[str, ...]) -> type:
+    key = (base, tuple(sorted(params)))
+    if key not in _CLASSES:
+        namespace = {p: _masked_weight_property(p) for p in key[1]}
+        namespace.update({_MASKED: key[1], _BASE: base, "_sfcompile_slorb_folds": None,
+                          "__module__": base.__module__})
+        _CLASSES[key] = type(f"SoftMasked{base.__name__}", (base,), namespace)
+    return _CLASSES[key]
+
+
+def _masked_params(module: nn.Module) -> tuple[str, ...]:
+    return getattr(type(module), _MASKED, ())
+
+
+@contextlib.contextmanager
+def cached():
+    """Within the block each masked weight is computed once per module: ``module.weight`` is one tensor object
+    for the whole forward (what ``parametrize.cached()`` did; the one-shot calibration finds a site's matmul by
+    that identity). For no-grad passes only: a cached weight is not recomputed when W or the mask changes."""
+    _CACHES.append({})
+    try:
+        yield
+    finally:
+        _CACHES.pop()
 
 
 class SoftMask(nn.Module):
-    """The parametrization holding one site's mask state (see the module docstring)."""
+    """One site's mask state (see the module docstring); a child of the owning module."""
 
     def __init__(self, site: Site, pattern: Pattern, dtype: torch.dtype, device=None):
         super().__init__()
@@ -75,10 +145,18 @@ class SoftMask(nn.Module):
         self.mask = nn.Parameter(torch.ones(site.shape, dtype=dtype, device=device), requires_grad=False)
         self.hard = nn.Parameter(torch.ones(site.shape, dtype=dtype, device=device), requires_grad=False)
         self.register_buffer("hardness", torch.ones((), dtype=dtype, device=device))
-        # `ste` as a tensor for compiled graphs (1.0 = straight-through); not saved: `ste` is in the extra state
-        self.register_buffer("ste_gate", torch.ones((), dtype=dtype, device=device), persistent=False)
-        self.ste = True
-        self.set_mask(self.mask)
+        self._ste = True
+
+    def _owner(self) -> nn.Module:
+        owner = self.__dict__.get("_sfcompile_owner")
+        if owner is None:
+            raise MaskStateError(f"the SoftMask of {self.site.name} is not installed on a module (use sparsify)")
+        return owner
+
+    @property
+    def eff(self) -> nn.Parameter:
+        """The stored m_eff the forward multiplies W by (a frozen parameter of the owning module)."""
+        return self._owner()._parameters[eff_name(self.site.param)]
 
     @property
     def ste(self) -> bool:
@@ -88,37 +166,31 @@ class SoftMask(nn.Module):
     @ste.setter
     def ste(self, value: bool) -> None:
         self._ste = bool(value)
-        with torch.no_grad():
-            self.ste_gate.fill_(1.0 if self._ste else 0.0)
+        owner = self.__dict__.get("_sfcompile_owner")
+        if owner is not None:  # mirrored on the owner, where the masked-weight property reads it
+            owner.__dict__[_ste_name(self.site.param)] = self._ste
 
     @torch.no_grad()
     def set_mask(self, m: torch.Tensor) -> None:
-        """Set the soft mask to ``m`` (values in [0, 1]) and recompute its hard projection."""
+        """Set the soft mask to ``m`` (values in [0, 1]) and recompute its hard projection and m_eff."""
         if m is not self.mask:
             self.mask.copy_(m)
         self.hard.copy_(self.pattern.project(self.mask, self.k_dim))
+        self.refresh()
 
     @torch.no_grad()
     def set_hardness(self, h: float) -> None:
         self.hardness.fill_(h)
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the stored m_eff from mask, hard and hardness (after writing any of them directly)."""
+        refresh_effective([self])
 
     def effective(self) -> torch.Tensor:
-        """m_eff = h · mask + (1 − h) · hard (one fused kernel; exactly ``hard`` at h = 0, ``mask`` at h = 1)."""
-        return torch.lerp(self.hard, self.mask, self.hardness)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        m = self.effective().to(weight.dtype)
-        # Forward value W ⊙ m; with ste the gradient reaches W unmasked, so pruned weights can come back.
-        if torch.compiler.is_compiling():  # the switch as a value: no guard on the bool, no recompile
-            w = _GatedStraightThrough.apply(weight, m, self.ste_gate)
-        else:
-            w = _StraightThrough.apply(weight, m) if self.ste else weight * m
-        owner = self.__dict__.get("_bypass_owner")  # set by slorb.add_slorb: the SLoRB bypass, folded in
-        if owner is not None:
-            from sfcompile.masking.slorb import folded_bypass
-
-            w = w + folded_bypass(owner, w.dtype)
-        return w
+        """m_eff = h · mask + (1 − h) · hard (stored: exactly ``hard`` at h = 0, ``mask`` at h = 1)."""
+        return self.eff
 
     def get_extra_state(self):
         return {"ste": self.ste}
@@ -130,39 +202,86 @@ class SoftMask(nn.Module):
         return f"pattern={self.pattern}, k_dim={self.k_dim}, shape={tuple(self.site.shape)}"
 
 
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized module a class of its own before removing a parametrization.
+@torch.no_grad()
+def refresh_effective(softs, hardness: float | None = None) -> None:
+    """m_eff ← lerp(hard, mask, hardness) for every SoftMask in ``softs``, on each rank's local elements (FSDP2
+    shards, ZeRO-3 slices: the three tensors share a shape, so their local parts line up element by element),
+    as multi-tensor kernels (a model has hundreds of sites). ``hardness``: the value every one of them holds,
+    when the caller knows it (one kernel per pass instead of per-site ones)."""
+    from sfcompile.masking.scores import local
 
-    ``parametrize`` generates one ``Parametrized<Cls>`` class per module and ``copy.deepcopy`` shares it with the
-    copy; ``remove_parametrizations`` deletes the weight property from that class, which would break every
-    other copy of the model (harden a deep copy and the original loses its ``weight``)."""
-    cls = module.__class__
-    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-
-
-def _soft_masks(module: nn.Module):
-    if not parametrize.is_parametrized(module):
+    softs = list(softs)
+    if not softs:
         return
-    for param_name, plist in module.parametrizations.items():
-        for p in plist:
-            if isinstance(p, SoftMask):
-                yield param_name, p
+    effs = [local(s.eff) for s in softs]
+    weight = hardness if hardness is not None else [s.hardness.to(s.mask.dtype) for s in softs]
+    new = torch._foreach_lerp([local(s.hard) for s in softs], [local(s.mask) for s in softs], weight)
+    torch._foreach_copy_(effs, new)
+
+
+def _rename_parameter(module: nn.Module, old: str, new: str) -> None:
+    """Re-key a parameter in place (``named_parameters`` / ``state_dict`` keep their order)."""
+    module._parameters = {new if k == old else k: v for k, v in module._parameters.items()}
+
+
+def _install(module: nn.Module, site: Site, soft: SoftMask) -> None:
+    param = site.param
+    _rename_parameter(module, param, dense_name(param))
+    params = _masked_params(module) + (param,)
+    base = getattr(type(module), _BASE, type(module))
+    module.__class__ = _masked_class(base, params)
+    module.add_module(soft_name(param), soft)
+    soft.__dict__["_sfcompile_owner"] = module  # a plain reference, not a submodule (no cycle in modules())
+    module.register_parameter(eff_name(param), nn.Parameter(soft.mask.detach().clone(), requires_grad=False))
+    soft.ste = soft.ste  # mirror the flag onto the owner
+
+
+def unmask(module: nn.Module, param: str) -> nn.Parameter:
+    """Remove ``param``'s mask machinery from ``module`` (nothing folded in) and return its dense weight."""
+    if param not in _masked_params(module):
+        raise MaskStateError(f"{type(module).__name__}.{param} carries no mask state")
+    weight = module._parameters[dense_name(param)]
+    soft = module._modules.pop(soft_name(param))
+    soft.__dict__.pop("_sfcompile_owner", None)
+    del module._parameters[eff_name(param)]
+    module.__dict__.pop(_ste_name(param), None)
+    if module.__dict__.get("_sfcompile_slorb_folds") == param:
+        del module.__dict__["_sfcompile_slorb_folds"]
+    rest = tuple(p for p in _masked_params(module) if p != param)
+    base = getattr(type(module), _BASE)
+    module.__class__ = _masked_class(base, rest) if rest else base
+    _rename_parameter(module, dense_name(param), param)
+    return weight
+
+
+def strip_masks(model: nn.Module) -> nn.Module:
+    """Remove every soft mask from ``model`` without applying it: the modules compute with their dense W."""
+    for module in model.modules():
+        for param in _masked_params(module):
+            unmask(module, param)
+    return model
+
+
+def soft_masks_of(module: nn.Module):
+    """``(param, SoftMask)`` for each masked parameter of ``module`` itself (not its children)."""
+    for param in _masked_params(module):
+        yield param, module._modules[soft_name(param)]
 
 
 def masked_sites(model: nn.Module) -> list[tuple[Site, nn.Module, SoftMask]]:
     """Every site that carries mask state, as ``(site, owning module, SoftMask)``, in model order."""
     found = []
     for _, module in model.named_modules():
-        for _, soft in _soft_masks(module):
+        for _, soft in soft_masks_of(module):
             found.append((soft.site, module, soft))
     return found
 
 
 def dense_weight(module: nn.Module, param: str) -> nn.Parameter:
     """The unmasked weight W under a SoftMask (the tensor the optimizer trains)."""
-    if not parametrize.is_parametrized(module, param):
+    if param not in _masked_params(module):
         raise MaskStateError(f"{type(module).__name__}.{param} carries no mask state; call sfcompile.sparsify first")
-    return module.parametrizations[param].original
+    return module._parameters[dense_name(param)]
 
 
 def is_sparsified(model: nn.Module) -> bool:
@@ -218,7 +337,7 @@ def sparsify(model: nn.Module, pattern: str | Pattern = "2:4", *, sites=None, in
         module = model.get_submodule(site.module)
         weight = getattr(module, site.param)
         soft = SoftMask(site, pattern, mask_dtype or weight.dtype, device=weight.device)
-        parametrize.register_parametrization(module, site.param, soft)
+        _install(module, site, soft)
     return model
 
 
@@ -252,11 +371,7 @@ def harden(model: nn.Module) -> nn.Module:
     manifest_sites = {}
     for site, module, soft in entries:
         hard = soft.pattern.project(soft.mask, soft.k_dim)
-        original = dense_weight(module, site.param)
-        _own_class(module)
-        parametrize.remove_parametrizations(module, site.param, leave_parametrized=False)
-        weight = getattr(module, site.param)
-        assert weight is original
+        weight = unmask(module, site.param)
         weight.mul_(hard.to(weight.dtype))
         ok, violations = soft.pattern.verify(weight, soft.k_dim)
         if not ok:  # project() is exact, so this is a bug, not a user error

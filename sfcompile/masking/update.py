@@ -97,6 +97,7 @@ def update_masks_reference(forge, step: int, values: dict) -> float:
                 if hasattr(soft.mask, "to_local"):  # FSDP2 shard: write and project locally
                     local(soft.mask).copy_(new)
                     local(soft.hard).copy_(soft.pattern.project(new, soft.k_dim))
+                    soft.refresh()
                 else:
                     soft.set_mask(new.to(soft.mask.dtype))
                 changed = (local(soft.hard) != before).sum()

@@ -127,6 +127,13 @@ def restore_checkpoint(path: Path, model, optimizer, map_location="cpu") -> dict
             "multi-process run from its final model"
         )
     model_state, state = load_checkpoint(path, map_location=map_location)
+    old = next((k for k in model_state if ".parametrizations." in k), None)
+    if old is not None:
+        raise CheckpointError(
+            f"{path} holds mask state in the torch.nn.utils.parametrize layout of sfcompile before 2026-11-30 "
+            f"(e.g. {old}), which this version no longer reads (its parameter order differs too, so AdamW's "
+            "state would not line up); start the run again, or finish it with the sfcompile that wrote it"
+        )
     model.load_state_dict(model_state)
     optimizer.load_state_dict(state["optimizer"])
     return state

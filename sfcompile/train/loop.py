@@ -2,7 +2,7 @@
 
 setup (device, teacher, one-shot init, forge, optimizer, resume) →
 for each optimizer step: lr → accumulate micro-batches (teacher fwd, student fwd, loss, backward) →
-NaN/inf guard → forge.observe_grads → forge.probe → clip → optimizer.step → forge.after_step →
+forge.mask_grads → NaN/inf guard → forge.observe_grads → forge.probe → clip → optimizer.step → forge.after_step →
 log / eval / checkpoint / stop on signal →
 finish (forge finalised, harden, save, plot, summary)
 """
@@ -383,6 +383,8 @@ def train(
                     del s_out, loss
                 loss_sum = float(loss_sum)
                 parts_sum = {k: float(v) for k, v in parts_sum.items()}
+                if forge is not None:
+                    forge.mask_grads()  # after finalisation: the gradients of W masked to the pattern
 
                 # NaN/inf guard: a non-finite loss or gradient skips the update (the schedule still advances)
                 # one loss for all ranks (the mean over the global batch): every rank takes the same branch
@@ -418,7 +420,7 @@ def train(
                     # masks are exact and frozen now: restart Adam's moments of the masked weights (the
                     # reference rebuilds its optimizer here) so stale second moments of pruned weights go
                     for site, module, _ in masked_sites(model):
-                        optimizer.state.pop(getattr(module.parametrizations, site.param).original, None)
+                        optimizer.state.pop(dense_weight(module, site.param), None)
                     log.message(f"step {step + 1}: masks finalised")
                 tokens_done += tokens_per_step
                 last_loss = loss_sum

@@ -13,23 +13,13 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+
+from sfcompile.masking.state import strip_masks
 
 
 def dense_copy(model: nn.Module) -> nn.Module:
     """A frozen copy of ``model`` computing with its dense weights W (soft masks removed, not applied)."""
-    teacher = copy.deepcopy(model)
-    for module in teacher.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        # Not parametrize.remove_parametrizations: a deep copy shares the generated Parametrized<Class>
-        # with the original, and removing would delete the property from that shared class and break the
-        # student. Swap this copy back to its plain class and make the dense W its parameter instead.
-        plain = type(module).__bases__[0]
-        plists = module._modules.pop("parametrizations")
-        module.__class__ = plain
-        for name, plist in plists.items():
-            module._parameters[name] = plist.original
+    teacher = strip_masks(copy.deepcopy(model))
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher

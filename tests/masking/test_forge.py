@@ -46,6 +46,7 @@ def _train(model, forge, opt, steps):
         x = _batch(step)
         loss_fn = lambda x=x: model(x, labels=x).loss  # noqa: E731
         loss_fn().backward()
+        forge.mask_grads()
         forge.observe_grads(step)
         if forge.wants_probe(step):
             forge.probe(step, loss_fn)
@@ -90,14 +91,17 @@ def test_ste_gradients_reach_pruned_weights_until_finalisation(dense):
     site, module, soft = masked_sites(model)[0]
     pruned = soft.hard == 0
     x = _batch(99)
-    soft.ste = True  # as during training: the gradient reaches W where the mask is 0
+    assert soft.ste  # the forge leaves the graph's flag alone (a compiled model is not recompiled) ...
     model(x, labels=x).loss.backward()
     w = dense_weight(module, site.param)
     assert w.grad[pruned].abs().sum() > 0
-    w.grad = None
-    soft.ste = False  # after finalisation: masked gradient
-    model(x, labels=x).loss.backward()
+    forge.mask_grads()  # ... and masks the gradients itself after finalisation
     assert w.grad[pruned].abs().sum() == 0 and w.grad[~pruned].abs().sum() > 0
+    masked = w.grad.clone()
+    w.grad = None
+    soft.ste = False  # the same gradients as the graph's own masking
+    model(x, labels=x).loss.backward()
+    torch.testing.assert_close(w.grad, masked)
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "block16"])
@@ -123,12 +127,33 @@ def test_training_ends_in_the_exact_pattern(dense, pattern):
         assert (w[soft.hard == 0] == 0).all()
         ok, _ = soft.pattern.verify(w, soft.k_dim)
         assert ok
-        assert not soft.ste
+        assert soft.ste
     harden(model)
     with torch.no_grad():
         after = model(x).logits
     torch.testing.assert_close(after, before)  # harden keeps SLoRB; nothing changes
     assert "slorb" in model.sfcompile_manifest
+
+
+def test_stored_effective_mask_follows_every_write(dense):
+    # The forward reads the stored m_eff; every writer (mask updates, the hardness schedule, probes, SLoRB
+    # initialisation, finalisation) must leave it equal to lerp(hard, mask, hardness), or the model would
+    # silently train with a stale mask.
+    model, forge, opt = _build(dense, score="hessian_obd")
+    seen_soft = False
+    for step in range(TOTAL):
+        _train(model, forge, opt, [step])
+        for site, _, soft in masked_sites(model):
+            expected = torch.lerp(soft.hard, soft.mask, soft.hardness)
+            assert torch.equal(soft.eff, expected), (step, site.name)
+            seen_soft |= 0 < float(soft.hardness) < 1
+    assert seen_soft  # the window where hardness blends mask and hard was crossed
+    site, module, soft = masked_sites(model)[0]
+    w = dense_weight(module, site.param)
+    from sfcompile.masking.slorb import folded_bypass
+
+    with torch.no_grad():
+        torch.testing.assert_close(module.weight, w * soft.hard + folded_bypass(module, w.dtype))
 
 
 def test_slorb_starts_from_the_pruned_part_when_hardening_starts(dense):

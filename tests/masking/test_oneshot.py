@@ -82,8 +82,8 @@ def test_magnitude_is_the_projected_top_abs_w(tiny_model, family, pattern):
 def test_wanda_matches_hand_computation_and_is_sequential(pattern):
     model = _toy(pattern)
     ids = _windows()
-    w0 = model.layers[0].lin.parametrizations.weight.original.detach().clone()
-    w1 = model.layers[1].lin.parametrizations.weight.original.detach().clone()
+    w0 = model.layers[0].lin.sfmask_weight_dense.detach().clone()
+    w1 = model.layers[1].lin.sfmask_weight_dense.detach().clone()
     with torch.no_grad():
         x0 = model.emb(ids).reshape(-1, 32)  # (tokens, K)
     prune(model, "wanda", ids, nsamples=6, seqlen=16, progress=False)
@@ -181,14 +181,14 @@ def test_sparsegpt_dead_inputs_are_zeroed_and_pruned_first():
 
 def test_prune_sparsegpt_updates_weights_exactly_on_the_mask():
     model = _toy("2:4")
-    before = model.layers[0].lin.parametrizations.weight.original.detach().clone()
+    before = model.layers[0].lin.sfmask_weight_dense.detach().clone()
     prune(model, "sparsegpt", _windows(), nsamples=6, seqlen=16, blocksize=8, progress=False)
     for site, owner, soft in masked_sites(model):
         w = dense_weight(owner, site.param)
         assert torch.equal(w * soft.hard, w), site.name  # pruned entries are exact zeros
         assert float(soft.hardness) == 0.0
     kept = _hard(model)["layers.0.lin.weight"]
-    after = model.layers[0].lin.parametrizations.weight.original
+    after = model.layers[0].lin.sfmask_weight_dense
     assert not torch.allclose(after[kept], before[kept])  # the OBS update moved the kept weights
 
 

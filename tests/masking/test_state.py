@@ -79,9 +79,9 @@ def test_straight_through_gradient_reaches_pruned_weights(ids):
     assert (dense_weight(module, "weight").grad[soft.hard == 0] == 0).all()
 
 
-def test_compiled_gradients_follow_ste_without_recompiling(ids):
-    # Under torch.compile the ste switch is a tensor: finalisation (ste -> False) changes the gradients to
-    # eager's masked ones without a second compile of the model
+def test_compiled_gradients_follow_ste(ids):
+    # Under torch.compile the ste flag is a guard: flipping it recompiles once and gives eager's gradients.
+    # (SparseForge never flips it in training: it masks gradients itself after finalisation, `mask_grads`.)
     from torch._dynamo.testing import CompileCounterWithBackend
 
     model = tiny_llama()
@@ -91,7 +91,7 @@ def test_compiled_gradients_follow_ste_without_recompiling(ids):
     compiled = torch.compile(model, backend=counter)
     site, module, soft = masked_sites(model)[0]
     w = dense_weight(module, "weight")
-    for ste in (True, False):
+    for ste in (True, False, True):
         for _, _, s in masked_sites(model):
             s.ste = ste
         grads = []
@@ -102,7 +102,25 @@ def test_compiled_gradients_follow_ste_without_recompiling(ids):
         torch.testing.assert_close(grads[1], grads[0])
         pruned = grads[1][soft.hard == 0]
         assert (pruned != 0).float().mean() > 0.9 if ste else (pruned == 0).all()
-    assert counter.frame_count == 1
+    assert counter.frame_count == 2  # one graph per value of the flag, both kept
+
+
+def test_compiled_forward_reads_two_tensors_per_site(ids):
+    # The host cost of a compiled training step grows with the graph's inputs: the masked weight must read
+    # W and the stored m_eff only (not mask, hard, hardness), so a masked model has 2 inputs per site where
+    # the dense one has 1.
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    dense = tiny_llama()
+    torch.compile(dense, backend=backend)(ids)
+    model = tiny_llama()
+    sparsify(model, "2:4", sites=linear_sites(model))
+    torch.compile(model, backend=backend)(ids)
+    assert graphs[1] - graphs[0] == len(masked_sites(model))
 
 
 def test_compile_and_generate_see_masked_weights(ids):
@@ -123,7 +141,12 @@ def test_mask_state_round_trips_through_state_dict(ids):
     for _, _, soft in masked_sites(model):
         soft.ste = False
     sd = model.state_dict()
-    assert any(k.endswith("parametrizations.weight.0.mask") for k in sd)
+    # the dense W and the mask state sit beside each other on the owning module
+    q = "model.layers.0.self_attn.q_proj."
+    assert torch.equal(sd[q + "sfmask_weight_dense"], dense_weight(model.model.layers[0].self_attn.q_proj, "weight"))
+    for key in ("sfmask_weight.mask", "sfmask_weight.hard", "sfmask_weight.hardness", "sfmask_weight_eff"):
+        assert q + key in sd
+    assert q + "weight" not in sd  # the masked product is not state
     other = tiny_llama(seed=5)
     sparsify(other, "2:4", sites=linear_sites(other))
     other.load_state_dict(sd)

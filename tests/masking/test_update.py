@@ -59,6 +59,7 @@ def _restore(forge, state):
     for (_, _, s), (m, h) in zip(forge.entries, state):
         s.mask.copy_(m)
         s.hard.copy_(h)
+        s.refresh()
 
 
 def _both_updates(forge, step):

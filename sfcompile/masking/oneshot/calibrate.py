@@ -14,8 +14,8 @@ the same length and no padding, so they are recorded for every block once, from 
 forward (which also handles models whose blocks get different arguments, e.g. sliding-window layers). That
 they do not depend on the window's content is checked on the second window.
 
-Which matmul reads a site's weight is found by identity, generically: under ``parametrize.cached()`` a
-parametrized weight is one tensor object for the whole forward, so a ``TorchFunctionMode`` sees it (or an
+Which matmul reads a site's weight is found by identity, generically: under ``state.cached()`` a soft-masked
+weight is one tensor object for the whole forward, so a ``TorchFunctionMode`` sees it (or an
 integer-indexed expert slice ``experts_weight[e]``, or its transpose) as the weight operand of ``linear``/
 ``addmm``/``mm``/``matmul``/``bmm``/``grouped_mm`` and records the other operand, the input X (…, K), split
 per expert for 3-D expert weights (see `MatmulInputRecorder`).
@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from ...passes.blocks import repeated_blocks
 from ...passes.site import Site
-from ..state import dense_weight
+from ..state import cached, dense_weight
 
 __all__ = ["SiteStats", "MatmulInputRecorder", "calibrate_sequentially"]
 
@@ -88,8 +87,8 @@ class MatmulInputRecorder(TorchFunctionMode):
     """Records the input operand X of every matmul-family call whose weight operand is a watched tensor.
 
     Args:
-        watched: ``{key: weight tensor}`` — the exact tensor objects the forward will use (parametrized
-            weights under ``parametrize.cached()``).
+        watched: ``{key: weight tensor}`` — the exact tensor objects the forward will use (soft-masked
+            weights under ``state.cached()``).
 
     For a 3-D (expert) weight ``W`` (E, ·, ·), these uses are recognised, each attributing rows of X to
     experts: ``linear``/``mm`` on an integer-indexed slice ``W[e]`` (expert e); ``bmm``/``matmul`` of a
@@ -314,7 +313,7 @@ def _new_stats(entries, want_hessian: bool) -> dict[str, SiteStats]:
 def _collect(entries, stats, run_one: Callable[[int], None], n: int) -> None:
     """Run ``run_one(window)`` for every window while recording the entries' matmul inputs into ``stats``."""
     for w in range(n):
-        with torch.no_grad(), parametrize.cached():
+        with torch.no_grad(), cached():
             watched = {site.name: getattr(owner, site.param) for site, owner, _ in entries}
             recorder = MatmulInputRecorder(watched)
             with recorder:

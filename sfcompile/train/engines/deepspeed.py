@@ -5,13 +5,14 @@ How the pieces map onto ZeRO-3:
 
 * Wrapping (`initialize`): after the forge (its statistics and SLoRB parameters exist) and the optimizer
   are built, ``deepspeed.initialize(model, optimizer=MaskAwareAdamW)`` partitions EVERY parameter — W, the
-  SoftMask's ``mask``/``hard``, the Hessian/Fisher EMA, SLoRB S — as flat 1/W slices; ZeRO's module hooks
-  gather them around each module's forward and backward (the SoftMask parametrization is a module, so its
-  ``mask``/``hard`` are gathered when W is read). Parameters stay fp32 in ZeRO (``bf16.enabled=false``): the
-  trainer's bf16 autocast does the compute, masks keep fp32 resolution, and ZeRO's fp32 master partitions
-  are what AdamW updates. The engine's forward turns off any autocast entered outside it unless its config
-  has a ``torch_autocast`` section, so `ds_config` writes one whenever the trainer computes in bf16 (without
-  it the H200 run computed in fp32: 2.2 s per 2048-token step for 0.6B parameters); its
+  SoftMask's ``mask``/``hard``, the stored m_eff, the Hessian/Fisher EMA, SLoRB S — as flat 1/W slices;
+  ZeRO's module hooks gather them around each module's forward and backward (W and m_eff sit on the module
+  whose forward reads them; ``mask``/``hard`` are gathered only by the forge's pattern work). Parameters stay
+  fp32 in ZeRO (``bf16.enabled=false``): the trainer's bf16 autocast does the compute, masks keep fp32
+  resolution, and ZeRO's fp32 master partitions are what AdamW updates. The engine's forward turns off any
+  autocast entered outside it unless its config has a ``torch_autocast`` section, so `ds_config` writes one
+  whenever the trainer computes in bf16 (without it the H200 run computed in fp32: 2.2 s per 2048-token step
+  for 0.6B parameters); its
   ``lower_precision_safe_modules`` is empty, so every parameter is still gathered in fp32.
   ``stage3_param_persistence_threshold=0``: no parameter is kept whole, so every
   site is partitioned the same way.

@@ -1,10 +1,10 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``): the default engine.
 
-Works directly on parametrized models: ``fully_shard`` registers every parameter under a block — the dense
-``parametrizations.<w>.original`` and the SoftMask's ``mask`` and ``hard`` — as a Shard(0) DTensor and
-all-gathers them before the block's forward, where the parametrization computes W ⊙ m_eff from the gathered
-tensors as usual (checked on torch 2.13 on CPU/gloo; same code path on 2.11). Writing a mask update into
-``mask.to_local()`` between steps changes what the next all-gather returns.
+Works directly on soft-masked models: ``fully_shard`` registers every parameter under a block — the dense W,
+its stored m_eff and the SoftMask's ``mask`` and ``hard`` — as a Shard(0) DTensor and all-gathers them before
+the block's forward, where the masked-weight property computes W ⊙ m_eff from the gathered tensors as usual
+(checked on torch 2.13 on CPU/gloo; same code path on 2.11). Writing a mask update into ``mask.to_local()``
+(and m_eff, `refresh_effective`) between steps changes what the next all-gather returns.
 
 The forge's statistics (``sf_hdiag``, ``sf_fisher``: one fp32 value per weight) are not needed in the forward,
 so they are kept out of FSDP2 (``ignored_params``: no all-gather each step) and row-sharded by hand with the
