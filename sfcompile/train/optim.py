@@ -49,7 +49,7 @@ def ramp(step: int, end_value: float, ramp_steps: int) -> float:
 def trainable_parameters(model: nn.Module, *, train_embeddings: bool = False, exclude=()) -> list[dict]:
     """Parameter groups for the optimizer.
 
-    Trained: every parameter that requires grad — the dense W under each soft mask (mask/hard are frozen
+    Trained: every parameter that requires grad — the dense W under each soft mask (mask/hard/m_eff are frozen
     parameters and are left out), unmasked weights, norms, biases — except the input embeddings (and an
     output head tied to them) unless ``train_embeddings``, and except ``exclude``.
     Weight decay applies to ≥2-D tensors only.
@@ -61,7 +61,7 @@ def trainable_parameters(model: nn.Module, *, train_embeddings: bool = False, ex
             for p in emb.parameters():
                 p.requires_grad_(False)
                 frozen.add(id(p))
-    masks = {id(p) for _, _, soft in masked_sites(model) for p in (soft.mask, soft.hard)}
+    masks = {id(p) for _, _, soft in masked_sites(model) for p in (soft.mask, soft.hard, soft.eff)}
     seen: set[int] = {id(p) for p in exclude}
     decay, no_decay = [], []
     for p in model.parameters():

@@ -10,16 +10,17 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
     weights      4·P/W              fp32 master copy, sharded
     grads        4·Pt/W             fp32, reduce-scattered (Pt = P minus the frozen input embeddings)
     optimizer    8·Pt/W             AdamW exp_avg + exp_avg_sq
-    masks        2·mb·Ps/W          soft mask + hard mask (mb = mask bytes: fp32 by default)
+    masks        3·mb·Ps/W          soft mask, hard mask, stored m_eff (mb = mask bytes: fp32 by default)
     scores       4·Ps/W             Hessian-diagonal (or Fisher) EMA, row-sharded with its weight
-    estimator    24·Ps/W + 4·P/W    the finite-difference probe: saved W and mask, W⊙m_eff, the probe vector,
+    estimator    24·Ps/W + 4·P/W    the finite-difference probe: saved W and m_eff, W⊙m_eff, the probe vector,
                                     g+ and g− of the sites, plus the probe's gradients of every parameter
     slorb        16·Ps/(k·W)        SLoRB S (out × in/k per site) with its gradient and Adam state
     teacher      2·P/W              bf16 dense teacher, sharded the same way ("none": 0)
-    gather       2·Pb·(3 + t)·2 + 2·Pr  two unsharded bf16 blocks in flight (W, mask and hard of the student;
-                                    the teacher's W) plus the root's parameters (embeddings, head: Pr), which
-                                    stay gathered; without resharding after forward, every student block
-                                    stays gathered from forward to backward: 2·Pb·3·L + 2·Pb·t·2 + 2·Pr
+    gather       2·Pb·(2 + t)·2 + 2·Pr  two unsharded bf16 blocks in flight (W and m_eff of the student — mask
+                                    and hard are not gathered —; the teacher's W) plus the root's parameters
+                                    (embeddings, head: Pr), which stay gathered; without resharding after
+                                    forward, every student block stays gathered from forward to backward:
+                                    2·Pb·2·L + 2·Pb·t·2 + 2·Pr
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
     logits       tokens·V·4·(2 + teacher)   fp32 student logits + their grad (+ teacher logits)
 
@@ -33,7 +34,7 @@ stage3_max_live_parameters Lv = 1e9 elements), so five terms change or join:
     estimator    24·Ps/W + 4·Ps     the probe's site gradients come whole from torch.autograd.grad (fp32); the
                                     + pass's set is still referenced while the − pass runs
     gather       4·min(Lv, Pz)      fp32 parameters gathered or prefetched: the prefetcher runs ahead until Lv
-                                    elements are live (Pz = P + (2 + stats)·Ps + Ps/k, every student parameter)
+                                    elements are live (Pz = P + (3 + stats)·Ps + Ps/k, every student parameter)
     activations  + 4·Ps + tokens·layers·(8·h + 4·kv)   ZeRO's memory-efficient linear saves its un-cast fp32
                                     inputs: the effective weights W⊙m_eff, and the fp32 norm outputs (with fp32 norm
                                     weights both norms' normalised value and output are 4 B, not 2); the KV cache
@@ -135,8 +136,8 @@ def _bytes_per_token_layer(m: ModelCounts, checkpointing: bool) -> float:
 
 def _gather(m: ModelCounts, p: PlanInput, t: int) -> float:
     if p.reshard_after_forward:
-        return 2 * m.block_params * (3 + t) * 2 + 2 * m.root_params
-    return 2 * m.block_params * 3 * m.layers + 2 * m.block_params * t * 2 + 2 * m.root_params
+        return 2 * m.block_params * (2 + t) * 2 + 2 * m.root_params
+    return 2 * m.block_params * 2 * m.layers + 2 * m.block_params * t * 2 + 2 * m.root_params
 
 
 def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
@@ -149,7 +150,7 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
         "weights": 4 * m.params / w,
         "grads": 4 * trainable / w,
         "optimizer": 8 * trainable / w,
-        "masks": 2 * p.mask_bytes * m.site_params / w,
+        "masks": 3 * p.mask_bytes * m.site_params / w,
         "scores": 4 * p.score_stats * m.site_params / w,
         "estimator": (24 * m.site_params + 4 * m.params) / w,
         "slorb": 16 * m.site_params / p.slorb_group / w,
@@ -172,7 +173,7 @@ def _deepspeed(m: ModelCounts, p: PlanInput, parts: dict[str, float]) -> dict[st
     w = p.gpus
     tokens = p.micro_batch * p.seqlen
     slorb = m.site_params / p.slorb_group
-    student = m.params + (2 + p.score_stats) * m.site_params + slorb  # W, mask, hard, statistics, SLoRB S
+    student = m.params + (3 + p.score_stats) * m.site_params + slorb  # W, mask, hard, m_eff, statistics, SLoRB S
     if p.checkpointing:  # recomputed one block at a time; HF turns the KV cache off under checkpointing
         saved = 4 * m.block_params + tokens * (2 * m.hidden * m.layers + 8 * m.hidden)
     else:

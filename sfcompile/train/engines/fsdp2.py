@@ -1,15 +1,16 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``): the default engine.
 
-Works directly on soft-masked models: ``fully_shard`` registers every parameter under a block — the dense W,
-its stored m_eff and the SoftMask's ``mask`` and ``hard`` — as a Shard(0) DTensor and all-gathers them before
-the block's forward, where the masked-weight property computes W ⊙ m_eff from the gathered tensors as usual
-(checked on torch 2.13 on CPU/gloo; same code path on 2.11). Writing a mask update into ``mask.to_local()``
-(and m_eff, `refresh_effective`) between steps changes what the next all-gather returns.
+Works directly on soft-masked models: ``fully_shard`` registers the parameters the forward reads — the dense
+W and its stored m_eff among them — as Shard(0) DTensors and all-gathers them before the block's forward,
+where the masked-weight property computes W ⊙ m_eff from the gathered tensors as usual (checked on torch 2.13
+on CPU/gloo; same code path on 2.11). Writing a mask update into the local shards of ``mask``, ``hard`` and
+m_eff (`refresh_effective`) between steps changes what the next all-gather returns.
 
-The forge's statistics (``sf_hdiag``, ``sf_fisher``: one fp32 value per weight) are not needed in the forward,
-so they are kept out of FSDP2 (``ignored_params``: no all-gather each step) and row-sharded by hand with the
-same chunking as their weight (``distribute_tensor(..., [Shard(0)])``): local shards of W, mask, hard and
-statistics cover the same rows. ``sf_act_sq`` (Wanda's per-input-feature norms, shape (K,)) stays replicated
+The SoftMask's ``mask`` and ``hard`` and the forge's statistics (``sf_hdiag``, ``sf_fisher``: one fp32 value
+per weight) are not needed in the forward, so they are kept out of FSDP2 (``ignored_params``: no all-gather
+each step — for a masked layer half of what its forward would otherwise gather) and row-sharded by hand with
+the same chunking as their weight (``distribute_tensor(..., [Shard(0)])``): local shards of W, m_eff, mask,
+hard and statistics cover the same rows. ``sf_act_sq`` (Wanda's per-input-feature norms, shape (K,)) stays replicated
 and is averaged across ranks by its hook.
 
 Layout per rank, with ``W`` ranks: every block's parameters ``1/W``; the unsharded block being computed (and
@@ -29,13 +30,15 @@ def _mesh(device_type: str):
     return init_device_mesh(device_type, (torch.distributed.get_world_size(),))
 
 
-def _stat_params(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], list[tuple[nn.Module, str]]]:
-    """(row-shardable statistics, replicated statistics) as (owning SoftMask, name) pairs."""
+def _unforwarded_params(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], list[tuple[nn.Module, str]]]:
+    """SoftMask tensors the forward never reads, as (owning SoftMask, name) pairs: (row-shardable — ``mask``,
+    ``hard`` and the statistics —, replicated — Wanda's per-input norms)."""
     from sfcompile.masking.scores import STAT_NAMES
     from sfcompile.masking.state import masked_sites
 
     sharded, replicated = [], []
     for _, _, soft in masked_sites(model):
+        sharded += [(soft, "mask"), (soft, "hard")]
         for kind, name in STAT_NAMES.items():
             if getattr(soft, name, None) is None:
                 continue
@@ -79,7 +82,7 @@ def wrap(model: nn.Module, config, *, trainable: bool) -> nn.Module:
     mp = _mixed_precision(config, device_type) if trainable else None
     ignored: set[nn.Parameter] = set()
     if trainable:
-        sharded, replicated = _stat_params(model)
+        sharded, replicated = _unforwarded_params(model)
         for soft, name in sharded:
             stat = getattr(soft, name)
             dt = distribute_tensor(stat.detach(), mesh, [Shard(0)])
