@@ -89,7 +89,7 @@ from sfcompile.masking.scores import (
     local,
     znorm,
 )
-from sfcompile.masking.state import SoftMask, dense_weight, masked_sites, refresh_effective
+from sfcompile.masking.state import SoftMask, dense_weight, local_views, masked_sites, refresh_effective
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ class SparseForge:
         self.slorb_initialised_at: int | None = None
         self.fd_eps: float | None = None  # the finite-difference step in use (decided at the first probe)
         self._applied_hardness: float | None = None  # last value _apply_step_state wrote (None: not yet)
+        self._views, self._views_key = None, None  # `_local_views` cache
         self.slorb_skipped: list[tuple[str, str]] = []
         self._collect_acts = True
         self._hooks = []
@@ -297,11 +298,11 @@ class SparseForge:
         if not self.finalized or self._ste_off:
             return
         grads, hards = [], []
-        for site, module, soft in self.entries:
+        for (site, module, _), hard in zip(self.entries, self._local_views()[0]):
             g = dense_weight(module, site.param).grad
             if g is not None:
                 grads.append(local(g))
-                hards.append(local(soft.hard).to(g.dtype))  # no copy when the dtypes match
+                hards.append(hard.to(g.dtype))  # no copy when the dtypes match
         if grads:
             torch._foreach_mul_(grads, hards)
 
@@ -366,7 +367,7 @@ class SparseForge:
         softs = [soft for _, _, soft in self.entries]
         for soft in softs:
             soft.hardness.fill_(h)
-        refresh_effective(softs, hardness=h)
+        refresh_effective(softs, hardness=h, views=self._local_views())
         slorb.set_slorb_gain(self.model, 1.0 - h)
         self._applied_hardness = h
 
@@ -482,7 +483,7 @@ class SparseForge:
         n_flips, n, n_bad = totals.tolist()
         if n_bad:
             self._raise_nan(step)
-        refresh_effective([soft for _, _, soft in self.entries])  # local elements: no gathering needed
+        refresh_effective([soft for _, _, soft in self.entries], views=self._local_views())  # no gathering
         return n_flips / max(n, 1.0)
 
     def _batch_numel(self) -> int:
@@ -558,6 +559,17 @@ class SparseForge:
                 with zero3.gathered(self._site_tensors([i]), modify=True):
                     slorb.init_slorb_(module, local(dense_weight(module, site.param)), local(soft.hard))
 
+    def _local_views(self):
+        """`local_views` of every site's mask state, kept while the parameter objects stay the same (FSDP2 and
+        the by-hand sharding replace them once, at wrapping): a DTensor's ``to_local`` costs host time on
+        every call, and steps in the hardening window refresh every m_eff. Not kept under ZeRO-3, whose
+        `local` depends on whether a parameter is gathered at the moment."""
+        softs = [soft for _, _, soft in self.entries]
+        key = [(id(s.hard), id(s.mask), id(s.eff)) for s in softs]
+        if key != self._views_key or self._ste_off:
+            self._views, self._views_key = local_views(softs), key
+        return self._views
+
     @property
     def _ste_off(self) -> bool:
         """ZeRO-3: the gradient partitions are DeepSpeed's, so finalisation masks gradients in the graph
@@ -575,7 +587,7 @@ class SparseForge:
                 soft.ste = False
         self.finalized = True
         self._apply_step_state(self.total_steps)
-        refresh_effective([soft for _, _, soft in self.entries], hardness=0.0)
+        refresh_effective([soft for _, _, soft in self.entries], hardness=0.0, views=self._local_views())
 
     def _sparsity(self) -> dict[str, float]:
         return mask_sparsity([soft for _, _, soft in self.entries])

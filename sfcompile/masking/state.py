@@ -203,20 +203,27 @@ class SoftMask(nn.Module):
 
 
 @torch.no_grad()
-def refresh_effective(softs, hardness: float | None = None) -> None:
+def refresh_effective(softs, hardness: float | None = None, views=None) -> None:
     """m_eff ← lerp(hard, mask, hardness) for every SoftMask in ``softs``, on each rank's local elements (FSDP2
     shards, ZeRO-3 slices: the three tensors share a shape, so their local parts line up element by element),
     as multi-tensor kernels (a model has hundreds of sites). ``hardness``: the value every one of them holds,
-    when the caller knows it (one kernel per pass instead of per-site ones)."""
-    from sfcompile.masking.scores import local
-
+    when the caller knows it (one kernel per pass instead of per-site ones). ``views``: the local
+    ``(hards, masks, effs)`` of ``softs`` if the caller holds them (`local_views`)."""
     softs = list(softs)
     if not softs:
         return
-    effs = [local(s.eff) for s in softs]
+    hards, masks, effs = views if views is not None else local_views(softs)
     weight = hardness if hardness is not None else [s.hardness.to(s.mask.dtype) for s in softs]
-    new = torch._foreach_lerp([local(s.hard) for s in softs], [local(s.mask) for s in softs], weight)
-    torch._foreach_copy_(effs, new)
+    torch._foreach_copy_(effs, torch._foreach_lerp(hards, masks, weight))
+
+
+def local_views(softs) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's local ``hard``, ``mask`` and m_eff of each SoftMask in ``softs`` (views: writes land in
+    the parameters)."""
+    from sfcompile.masking.scores import local
+
+    softs = list(softs)
+    return [local(s.hard) for s in softs], [local(s.mask) for s in softs], [local(s.eff) for s in softs]
 
 
 def _rename_parameter(module: nn.Module, old: str, new: str) -> None:
