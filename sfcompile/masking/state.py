@@ -94,7 +94,7 @@ def _masked_weight_property(param: str) -> property:
         m = self._parameters[eff_attr].to(weight.dtype)
         # Forward value W ⊙ m; with ste the gradient reaches W unmasked, so pruned weights can come back.
         # Under torch.compile the flag is a guard: flipping it recompiles (SparseForge never flips it: after
-        # finalisation it masks the gradients itself, see SparseForge.observe_grads).
+        # finalisation it masks the gradients itself, SparseForge.mask_grads).
         w = _StraightThrough.apply(weight, m) if self.__dict__[ste_attr] else weight * m
         if self.__dict__.get("_sfcompile_slorb_folds") == param:  # set by slorb.add_slorb: the SLoRB bypass, folded in
             from sfcompile.masking.slorb import folded_bypass
@@ -112,8 +112,7 @@ def _masked_class(base: type, params: tuple[str, ...]) -> type:
     key = (base, tuple(sorted(params)))
     if key not in _CLASSES:
         namespace = {p: _masked_weight_property(p) for p in key[1]}
-        namespace.update({_MASKED: key[1], _BASE: base, "_sfcompile_slorb_folds": None,
-                          "__module__": base.__module__})
+        namespace.update({_MASKED: key[1], _BASE: base, "__module__": base.__module__})
         _CLASSES[key] = type(f"SoftMasked{base.__name__}", (base,), namespace)
     return _CLASSES[key]
 
