@@ -19,24 +19,14 @@ import time
 from pathlib import Path
 
 from torch._dynamo.utils import counters
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import sfcompile
 from sfcompile.masking.config import ForgeConfig
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.train.config import TrainConfig
+from sfcompile.train.data import byte_tokenizer
 from sfcompile.train.loop import train
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<eos>")
 
 
 def phase_times(log: Path) -> dict[str, dict[str, float]]:

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from sfcompile.train.data import byte_tokenizer  # noqa: F401  (the trainer tests import it from here)
 
 TEXT = "\n\n".join(
     f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i % 7} times, and the cat watches "
     f"from window number {i % 5} while it rains on day {i}."
     for i in range(300)
 )
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<eos>")
 
 
 def tiny_llama(seed: int = 0, vocab: int = 257):
