@@ -57,9 +57,8 @@ def rademacher(shape, generator: torch.Generator, device, dtype=torch.float32) -
 
 
 @contextlib.contextmanager
-def _grads_set_aside(model: nn.Module):
+def _grads_set_aside(params: list[torch.Tensor]):
     """Set every parameter's ``.grad`` aside (to None) and put the very same tensors back afterwards."""
-    params = list(model.parameters())
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
@@ -120,6 +119,7 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     eps = fd_eps * (rms if rms > 0 else 1.0)
     vs = [v.to(b.dtype) for v, b in zip(vs, base)]
     grads: dict[int, list[torch.Tensor]] = {}
+    params = list(model.parameters())  # once for both passes: walking the module tree costs host time
     rng = _rng_state()
     try:
         torch._foreach_zero_(effs)  # m_eff = 1 for the probe: W is the effective weight
@@ -127,7 +127,7 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
         for sign in (1, -1):
             torch._foreach_copy_(ws, torch._foreach_add(base, vs, alpha=sign * eps))  # W ⊙ m_eff ± εv
             _set_rng_state(rng)
-            with _grads_set_aside(model), torch.enable_grad():
+            with _grads_set_aside(params), torch.enable_grad():
                 loss = loss_fn()
                 if zero3:  # ZeRO-3 keeps no .grad: full gradients by autograd.grad, averaged over ranks
                     full = zero3_grads(loss, weights)
