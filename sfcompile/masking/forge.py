@@ -573,7 +573,7 @@ class SparseForge:
     @property
     def _ste_off(self) -> bool:
         """ZeRO-3: the gradient partitions are DeepSpeed's, so finalisation masks gradients in the graph
-        (``ste=False``; ZeRO-3 runs eager, so the flag costs no recompile) instead of in `_mask_grads`."""
+        (``ste=False``; ZeRO-3 runs eager, so the flag costs no recompile) instead of in `mask_grads`."""
         return zero3.any_partitioned([dense_weight(module, site.param) for site, module, _ in self.entries[:1]])
 
     def _finalize(self) -> None:
@@ -586,8 +586,8 @@ class SparseForge:
             if self._ste_off:
                 soft.ste = False
         self.finalized = True
+        self._applied_hardness = None  # write hardness 0 and refresh every m_eff, whatever was applied before
         self._apply_step_state(self.total_steps)
-        refresh_effective([soft for _, _, soft in self.entries], hardness=0.0, views=self._local_views())
 
     def _sparsity(self) -> dict[str, float]:
         return mask_sparsity([soft for _, _, soft in self.entries])

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sfcompile.masking.state import soft_masks_of, soft_name
+from sfcompile.masking.state import SLORB_FOLDS, soft_masks_of, soft_name
 from sfcompile.passes.site import Site
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
@@ -75,7 +75,7 @@ def block_sum_matrix(k: int, group: int, dtype=torch.float32, device=None) -> to
 
 def _folded_soft(module: nn.Module):
     """The SoftMask on ``module``'s weight that folds this module's bypass into the weight, or None."""
-    param = module.__dict__.get("_sfcompile_slorb_folds")
+    param = module.__dict__.get(SLORB_FOLDS)
     return None if param is None else getattr(module, soft_name(param))
 
 
@@ -138,13 +138,13 @@ def _link_soft_mask(module: nn.Module) -> None:
     """Let the module's soft mask (if its weight has one) fold the bypass into the weight (`folded_bypass`)."""
     for param, soft in soft_masks_of(module):
         if soft.site.kind in SLORB_KINDS:
-            module._sfcompile_slorb_folds = param  # read by the masked-weight property (masking/state.py)
+            module.__dict__[SLORB_FOLDS] = param  # read by the masked-weight property (masking/state.py)
             return
 
 
 def remove_slorb(module: nn.Module) -> None:
     """Undo `add_slorb` (hook, parameters, buffer)."""
-    module.__dict__.pop("_sfcompile_slorb_folds", None)
+    module.__dict__.pop(SLORB_FOLDS, None)
     getattr(module, _HANDLE).remove()
     for name in ("slorb_S", "slorb_P", "slorb_gain", _HANDLE, "_sfcompile_slorb"):
         if hasattr(module, name):

@@ -45,6 +45,7 @@ _MASKED = "_sfcompile_masked"  # on a generated class: the names of the paramete
 _BASE = "_sfcompile_base"  # on a generated class: the module's own class
 _CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}  # one generated class per (own class, masked params)
 _CACHES: list[dict] = []  # innermost `cached()` scope last
+SLORB_FOLDS = "_sfcompile_slorb_folds"  # on an owning module: the masked parameter its SLoRB bypass folds into
 
 
 class MaskStateError(ValueError):
@@ -96,7 +97,7 @@ def _masked_weight_property(param: str) -> property:
         # Under torch.compile the flag is a guard: flipping it recompiles (SparseForge never flips it: after
         # finalisation it masks the gradients itself, SparseForge.mask_grads).
         w = _StraightThrough.apply(weight, m) if self.__dict__[ste_attr] else weight * m
-        if self.__dict__.get("_sfcompile_slorb_folds") == param:  # set by slorb.add_slorb: the SLoRB bypass, folded in
+        if self.__dict__.get(SLORB_FOLDS) == param:  # set by slorb.add_slorb: the SLoRB bypass, folded in
             from sfcompile.masking.slorb import folded_bypass
 
             w = w + folded_bypass(self, w.dtype)
@@ -251,8 +252,8 @@ def unmask(module: nn.Module, param: str) -> nn.Parameter:
     soft.__dict__.pop("_sfcompile_owner", None)
     del module._parameters[eff_name(param)]
     module.__dict__.pop(_ste_name(param), None)
-    if module.__dict__.get("_sfcompile_slorb_folds") == param:
-        del module.__dict__["_sfcompile_slorb_folds"]
+    if module.__dict__.get(SLORB_FOLDS) == param:
+        del module.__dict__[SLORB_FOLDS]
     rest = tuple(p for p in _masked_params(module) if p != param)
     base = getattr(type(module), _BASE)
     module.__class__ = _masked_class(base, rest) if rest else base

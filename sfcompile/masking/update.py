@@ -94,12 +94,7 @@ def update_masks_reference(forge, step: int, values: dict) -> float:
             for i in group:
                 soft = forge.entries[i][2]
                 before = local(soft.hard).detach().clone()
-                if hasattr(soft.mask, "to_local"):  # FSDP2 shard: write and project locally
-                    local(soft.mask).copy_(new)
-                    local(soft.hard).copy_(soft.pattern.project(new, soft.k_dim))
-                    soft.refresh()
-                else:
-                    soft.set_mask(new.to(soft.mask.dtype))
+                forge._set_mask(soft, new)
                 changed = (local(soft.hard) != before).sum()
                 flips = changed if flips is None else flips + changed
                 count += before.numel()

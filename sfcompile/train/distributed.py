@@ -6,10 +6,10 @@ sfcompile train ...``): the process group comes from the environment torchrun se
 student and teacher are wrapped by the run's engine:
 
 ``"fsdp2"`` (default, `engines/fsdp2.py`)
-    ``fully_shard`` on each repeated block, then on the root. The soft-mask state (``mask``, ``hard``, m_eff: frozen
-    parameters of the SoftMask and its module) is sharded with its weight by FSDP2 itself; the forge's
-    statistics (Hessian / Fisher EMA) are row-sharded the same way by hand (they are not needed in the
-    forward, so FSDP2 does not all-gather them). Sharding is along dim 0, so an N:M group or 16×16 tile stays
+    ``fully_shard`` on each repeated block, then on the root. The stored m_eff (the forward's mask) is sharded
+    with its weight by FSDP2 itself; the SoftMask's ``mask`` and ``hard`` and the forge's statistics
+    (Hessian / Fisher EMA) are row-sharded the same way by hand (they are not needed in the forward, so
+    FSDP2 does not all-gather them). Sharding is along dim 0, so an N:M group or 16×16 tile stays
     on one rank when K is the last dim; when K is dim 0 (GPT-2 Conv1D) `check_shardable` refuses world sizes
     that would split a group. Mask updates then need no communication except τ (`masking.shards`).
 ``"deepspeed"`` (`engines/deepspeed.py`)
