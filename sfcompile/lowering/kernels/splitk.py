@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["store_tile", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench", "launch"]
+__all__ = ["store_tile", "store_points", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench",
+           "launch"]
 
 MAX_SPLIT_K = 64
 
@@ -24,11 +25,21 @@ MAX_SPLIT_K = 64
 def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, mask, M, N, stride_om, pid_k, tile,
                SPLIT_K: tl.constexpr):
     """Write the (BLOCK_M, BLOCK_N) fp32 tile ``acc`` to y, summing the SPLIT_K partials when K is split."""
-    o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    store_points(acc, out_ptr, ws_ptr, cnt_ptr, offs_m[:, None], offs_n[None, :], mask, M, N, stride_om, pid_k,
+                 tile, SPLIT_K)
+
+
+@triton.jit
+def store_points(acc, out_ptr, ws_ptr, cnt_ptr, idx_m, idx_n, mask, M, N, stride_om, pid_k, tile,
+                 SPLIT_K: tl.constexpr):
+    """Write fp32 ``acc`` to y[idx_m, idx_n] (index tensors that broadcast to acc's shape, any layout of
+    points), summing the SPLIT_K partials when K is split: ``tile`` names this program's output points for
+    the arrival counter, the same for every split of them."""
+    o_ptrs = out_ptr + idx_m * stride_om + idx_n
     if SPLIT_K == 1:
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        part = offs_m[:, None] * N + offs_n[None, :]
+        part = idx_m * N + idx_n
         tl.store(ws_ptr + pid_k * M * N + part, acc, mask=mask)
         tl.debug_barrier()                                          # every thread's partial is written ...
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")   # ... before the release

@@ -1,0 +1,341 @@
+"""2:4 decode matmul ``y = x @ W.T (+ bias)`` on the sparse tensor cores (PTX ``mma.sp``), W packed as values
++ 2-bit positions, for few rows of x (M <= 16, bf16/fp16, K a multiple of 32).
+
+The decode kernels of :mod:`.nm24_decode` rebuild W's kept entries next to x in registers: 9-50 SASS
+instructions per stored value, so they stream packed bytes at 1.2-2.3 TB/s where cuBLAS streams dense ones at
+~3. Here the hardware does the decompression: ``mma.sp.m16n8k32`` takes a 16 x 32 block of W as its 16 x 16
+kept values plus 4 bits of positions per group of 4, and x^T as the 32 x 8 dense operand (the rows of x are
+its 8 columns; 16 rows take two). What is left per weight element is the load of its bytes.
+
+Each warp owns 16 output columns (rows of W) and a share of K, one 32-wide chunk per ``mma``. The fragments
+are read straight from the packed layout of :mod:`sfcompile.lowering.pack`, with no second copy of W: the
+``mma`` may number the 8 groups of a chunk in any order as long as its x rows follow the same order, so the
+lane holding logical groups t and 4 + t (its two A registers of a row) is given the packed groups 2t and
+2t + 1, the 8 bytes at values[n, 16c + 4t .. 16c + 4t + 3]: one 64-bit load per row and lane. The
+positions of a chunk are one metadata word per row (32 K columns = 8 groups = 8 nibbles); the ``mma`` wants
+its logical groups 0-3 and 4-7 as 16-bit halves, so the even and the odd nibbles are pulled together
+(:func:`_even_nibbles`).
+
+Triton has no sparse dot, so the ``mma`` is inline PTX on 1-D tensors of exactly one element per thread
+(``tl.arange(0, 32 * num_warps)``: element i lives in thread i, so each element is one lane's fragment and
+the warp-wide instruction sees every lane's registers). The Triton interpreter has no PTX: on CPU (tests)
+:func:`_mma_sp_emulated` computes the same warp-wide product from the same per-lane registers.
+
+Split-K across programs goes through :func:`.splitk.store_points`; ``WARPS_K`` warps of a program split its
+K range further and are summed in the program.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from sfcompile.lowering.kernels import splitk
+from sfcompile.lowering.kernels.nm24_decode import _widen
+
+__all__ = ["nm24_mma", "nm24_mma_configs", "nm24_mma_unsupported", "MAX_M"]
+
+MAX_M = 16
+# groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
+_MASKED_META = tl.constexpr(0x44444444)
+
+
+@functools.cache
+def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K. A first guess:
+    enough 64-bit loads in flight per SM (CHUNKS chunks per warp per step) and programs to fill 132 SMs."""
+    space = [(4, 1, 4, 8), (2, 2, 4, 8), (4, 1, 4, 4), (2, 2, 4, 4), (4, 1, 2, 8), (2, 2, 2, 8), (4, 1, 2, 16),
+             (8, 1, 4, 4), (4, 2, 4, 4), (2, 2, 4, 16), (1, 4, 4, 8), (4, 1, 4, 16)]
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
+                          num_warps=wn * wk, num_stages=1)
+            for wn, wk, ch, sk in space]
+
+
+@triton.jit
+def _even_nibbles(w):
+    """Nibbles 0, 2, 4, 6 of the int32 ``w`` packed into its low 16 bits (the odd ones: ``_even_nibbles(w >> 4)``)."""
+    a = w & 0x0F0F0F0F
+    a = (a | (a >> 4)) & 0x00FF00FF
+    return (a | (a >> 8)) & 0x0000FFFF
+
+
+@triton.jit
+def _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e, IS_BF16: tl.constexpr):
+    """One warp-wide ``mma.sp::ordered_metadata.m16n8k32`` (fp32 accumulate) on per-lane registers: element i
+    of each (T,) tensor is lane i % 32 of warp i // 32. Plain ``mma.sp`` gives the same on the H200; PTX
+    advises the ordered form from sm_90 on (the positions of a group are always increasing here)."""
+    if IS_BF16:
+        return tl.inline_asm_elementwise(
+            "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
+            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, 0x0;",
+            "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f,r", [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 "
+            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, 0x0;",
+            "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f,r", [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _lanes(src, idx, NW: tl.constexpr):
+    """``src`` (NW * 32,) per-lane values, read at lanes ``idx`` (NW, L) of each warp: (NW, L)."""
+    return tl.gather(tl.reshape(src, (NW, 32)), idx, axis=1)
+
+
+@triton.jit
+def _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e, NW: tl.constexpr, IS_BF16: tl.constexpr):
+    """What :func:`_mma_sp` computes, from the same per-lane registers, for the interpreter (PTX ISA,
+    "sparse mma.m16n8k32 with .f16/.bf16": A as the dense m16n8k16 A fragment of the 16 x 16 kept values,
+    two per 4-group; B rows 2t + (i & 1) + 8 (i >> 1), column g; D rows g, g + 8, columns 2t, 2t + 1;
+    metadata with selector 0 in lanes t = 0 (groups 0-3) and t = 1 (groups 4-7), row g in bits 0-15 and
+    row g + 8 in bits 16-31, 4 bits per group with the first position in the low 2)."""
+    zero = tl.zeros((NW, 256), tl.int32)
+    s = tl.arange(0, 256)[None, :] + zero          # (row r, group q, half h) of A's 16 x 8 x 2 kept values
+    r = s // 16
+    q = (s // 2) % 8
+    h = s % 2
+    lane_a = (r % 8) * 4 + q % 4
+    reg = (r // 8) + 2 * (q // 4)
+    word = tl.where(reg == 0, _lanes(a0, lane_a, NW), tl.where(reg == 1, _lanes(a1, lane_a, NW),
+                    tl.where(reg == 2, _lanes(a2, lane_a, NW), _lanes(a3, lane_a, NW))))
+    lo, hi = _widen(word, IS_BF16)
+    val = tl.where(h == 0, lo, hi)                                                # (NW, 256) fp32
+    nib = (_lanes(e, (r % 8) * 4 + q // 4, NW) >> (4 * (q % 4) + 16 * (r // 8))) & 15
+    k = 4 * q + tl.where(h == 0, nib & 3, (nib >> 2) & 3)                          # dense K column 0..31
+    # B[k, col] for every kept value and column: lane 4 col + (k % 8) // 2, register k // 8, half k % 2
+    kb = tl.reshape(k[:, :, None] + tl.zeros((NW, 256, 8), tl.int32), (NW, 2048))
+    col = tl.reshape(tl.arange(0, 8)[None, None, :] + tl.zeros((NW, 256, 8), tl.int32), (NW, 2048))
+    lane_b = col * 4 + (kb % 8) // 2
+    breg = kb // 8
+    bword = tl.where(breg == 0, _lanes(b0, lane_b, NW), tl.where(breg == 1, _lanes(b1, lane_b, NW),
+                     tl.where(breg == 2, _lanes(b2, lane_b, NW), _lanes(b3, lane_b, NW))))
+    blo, bhi = _widen(bword, IS_BF16)
+    bval = tl.reshape(tl.where(kb % 2 == 0, blo, bhi), (NW, 256, 8))
+    d = tl.reshape(tl.sum(tl.reshape(val[:, :, None] * bval, (NW, 16, 16, 8)), axis=2), (NW, 128))  # [r * 8 + col]
+    lane = tl.arange(0, 32)[None, :] + tl.zeros((NW, 32), tl.int32)
+    g = lane // 4
+    t = lane % 4
+    d0 = tl.gather(d, g * 8 + 2 * t, axis=1)
+    d1 = tl.gather(d, g * 8 + 2 * t + 1, axis=1)
+    d2 = tl.gather(d, (g + 8) * 8 + 2 * t, axis=1)
+    d3 = tl.gather(d, (g + 8) * 8 + 2 * t + 1, axis=1)
+    return (c0 + tl.reshape(d0, (NW * 32,)), c1 + tl.reshape(d1, (NW * 32,)), c2 + tl.reshape(d2, (NW * 32,)),
+            c3 + tl.reshape(d3, (NW * 32,)))
+
+
+@triton.jit
+def _x_fragment(x32, stride_xw, tok, c, t, mask_x, i: tl.constexpr):
+    """B register i of each lane for chunk ``c``: x[tok, the two K columns of logical row 2t + 8i] as one
+    32-bit word. Logical group lg = 2i + t // 2 is packed group 2 lg (lg < 4) or 2 (lg - 4) + 1."""
+    if i < 2:
+        pg = 4 * i + 2 * (t // 2)
+    else:
+        pg = 4 * (i - 2) + 2 * (t // 2) + 1
+    return tl.load(x32 + tok * stride_xw + 16 * c + 2 * pg + (t % 2), mask=mask_x, other=0)
+
+
+@triton.jit
+def _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, MT: tl.constexpr):
+    """Everything one lane needs for chunk ``c``: its 64-bit value words of rows row0 and row0 + 8, their
+    metadata words, and its B registers of x rows g (and g + 8 when MT = 2; else copies, never used)."""
+    live = c < c_hi
+    w0 = tl.load(va0 + 4 * c, mask=live & ok0, other=0)          # row0: packed groups 2t, 2t + 1
+    w1 = tl.load(va1 + 4 * c, mask=live & ok1, other=0)
+    m0 = tl.load(ma0 + c, mask=live & ok0, other=_MASKED_META)
+    m1 = tl.load(ma1 + c, mask=live & ok1, other=_MASKED_META)
+    xm = live & (g < M)
+    b0 = _x_fragment(x32, stride_xw, g, c, t, xm, 0)
+    b1 = _x_fragment(x32, stride_xw, g, c, t, xm, 1)
+    b2 = _x_fragment(x32, stride_xw, g, c, t, xm, 2)
+    b3 = _x_fragment(x32, stride_xw, g, c, t, xm, 3)
+    if MT == 2:
+        xm1 = live & (g + 8 < M)
+        b4 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 0)
+        b5 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 1)
+        b6 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 2)
+        b7 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 3)
+    else:
+        b4, b5, b6, b7 = b0, b1, b2, b3
+    return w0, w1, m0, m1, b0, b1, b2, b3, b4, b5, b6, b7
+
+
+@triton.jit
+def _mma_chunk(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW: tl.constexpr, IS_BF16: tl.constexpr,
+               USE_ASM: tl.constexpr, MT: tl.constexpr):
+    """The mma (two when MT = 2) of one chunk loaded by :func:`_load_chunk`."""
+    w0, w1, m0, m1, b0, b1, b2, b3, b4, b5, b6, b7 = ld
+    a0 = w0.to(tl.int32)              # logical group t of row0 (low word), 4 + t (high word)
+    a2 = (w0 >> 32).to(tl.int32)
+    a1 = w1.to(tl.int32)
+    a3 = (w1 >> 32).to(tl.int32)
+    # selector 0: lane t = 0 gives logical groups 0-3 (= packed 0, 2, 4, 6: the even nibbles), t = 1 groups
+    # 4-7 (the odd ones); row0 in the low half, row0 + 8 in the high half
+    sh = tl.where(t == 1, 4, 0)
+    e = _even_nibbles(m0 >> sh) | (_even_nibbles(m1 >> sh) << 16)
+    if USE_ASM:
+        acc0, acc1, acc2, acc3 = _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, IS_BF16)
+    else:
+        acc0, acc1, acc2, acc3 = _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, NW,
+                                                  IS_BF16)
+    if MT == 2:
+        if USE_ASM:
+            acc4, acc5, acc6, acc7 = _mma_sp(a0, a1, a2, a3, b4, b5, b6, b7, acc4, acc5, acc6, acc7, e, IS_BF16)
+        else:
+            acc4, acc5, acc6, acc7 = _mma_sp_emulated(a0, a1, a2, a3, b4, b5, b6, b7, acc4, acc5, acc6, acc7, e,
+                                                      NW, IS_BF16)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit(do_not_specialize=["M"])
+def _nm24_mma_kernel(
+    x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_om,
+    HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    WARPS_N: tl.constexpr, WARPS_K: tl.constexpr, CHUNKS: tl.constexpr, SPLIT_K: tl.constexpr,
+    MT: tl.constexpr,          # 8-row tiles of x (1: M <= 8, 2: M <= 16)
+):
+    NW: tl.constexpr = WARPS_N * WARPS_K
+    IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+    tid = tl.arange(0, 32 * NW)          # one element per thread: element i is lane i % 32 of warp i // 32
+    lane = tid % 32
+    warp = tid // 32
+    wn = warp % WARPS_N
+    wk = warp // WARPS_N
+    g = lane // 4
+    t = lane % 4
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row0 = (pid_n * WARPS_N + wn) * 16 + g         # this lane's A rows: row0 and row0 + 8
+    row1 = row0 + 8
+    ok0 = row0 < N
+    ok1 = row1 < N
+
+    chunks = K // 32
+    STEP: tl.constexpr = WARPS_K * CHUNKS
+    per_split = ((chunks + SPLIT_K - 1) // SPLIT_K + STEP - 1) // STEP * STEP
+    c_lo = pid_k * per_split
+    c_hi = tl.minimum(c_lo + per_split, chunks)
+
+    v64 = v_ptr.to(tl.pointer_type(tl.int64))
+    x32 = x_ptr.to(tl.pointer_type(tl.int32))
+    stride_v64 = stride_vn // 4
+    stride_xw = stride_xm // 2
+    va0 = v64 + row0 * stride_v64 + t
+    va1 = v64 + row1 * stride_v64 + t
+    ma0 = meta_ptr + row0 * stride_mn
+    ma1 = meta_ptr + row1 * stride_mn
+    acc0 = tl.zeros((32 * NW,), tl.float32)
+    acc1 = tl.zeros((32 * NW,), tl.float32)
+    acc2 = tl.zeros((32 * NW,), tl.float32)
+    acc3 = tl.zeros((32 * NW,), tl.float32)
+    acc4 = tl.zeros((32 * NW,), tl.float32)      # second x tile (MT = 2; unused otherwise)
+    acc5 = tl.zeros((32 * NW,), tl.float32)
+    acc6 = tl.zeros((32 * NW,), tl.float32)
+    acc7 = tl.zeros((32 * NW,), tl.float32)
+    # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
+    # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp)
+    for cb in range(c_lo, c_hi, STEP):
+        c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
+        ld0 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, MT)
+        if CHUNKS >= 2:
+            ld1 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 1, c_hi, ok0, ok1, t, g, M, MT)
+        if CHUNKS >= 4:
+            ld2 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 2, c_hi, ok0, ok1, t, g, M, MT)
+            ld3 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 3, c_hi, ok0, ok1, t, g, M, MT)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        if CHUNKS >= 2:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        if CHUNKS >= 4:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+
+    # D register j of a lane: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in the second x tile). join
+    # stacks on a new last axis, so the flat index is (j % 2) * 2 MT + (j // 2) * MT + tile
+    if MT == 2:
+        acc = tl.reshape(tl.join(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)),
+                                 tl.join(tl.join(acc4, acc5), tl.join(acc6, acc7))), (32 * NW, 8))
+    else:
+        acc = tl.reshape(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)), (32 * NW, 4))
+    R: tl.constexpr = 4 * MT
+    if WARPS_K > 1:   # the warps of one column strip split K: sum them (element order: wk major)
+        acc = tl.sum(tl.reshape(acc, (WARPS_K, 32 * WARPS_N, R)), axis=0)
+    p = tl.arange(0, 32 * WARPS_N)[:, None]
+    jj = tl.arange(0, R)[None, :]
+    pl = p % 32
+    idx_n = (pid_n * WARPS_N + p // 32) * 16 + pl // 4 + 8 * ((jj // MT) % 2)
+    idx_m = 2 * (pl % 4) + jj // (2 * MT) + 8 * (jj % MT)
+    mask = (idx_n < N) & (idx_m < M)
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + idx_n, mask=idx_n < N, other=0.0).to(tl.float32)
+    splitk.store_points(acc, out_ptr, ws_ptr, cnt_ptr, idx_m, idx_n, mask, M, N, stride_om, pid_k, pid_n, SPLIT_K)
+
+
+def nm24_mma_unsupported(x2: torch.Tensor, values: torch.Tensor) -> str | None:
+    """Why this kernel cannot run ``x2 @ W.T`` (then the CUDA-core decode kernel does), or None."""
+    m, k = x2.shape
+    if m > MAX_M:
+        return f"{m} rows of x (at most {MAX_M})"
+    if x2.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtype {x2.dtype} (mma.sp takes bf16/fp16)"
+    if k % 32:
+        return f"K={k} is not a multiple of 32 (one mma.sp chunk)"
+    if x2.is_cuda and torch.cuda.get_device_capability(x2.device) < (8, 0):
+        return "mma.sp needs compute capability 8.0 or newer"
+    return None
+
+
+_AUTOTUNED: dict = {}
+
+
+def _autotuned(m_bucket: int):
+    if m_bucket not in _AUTOTUNED:
+        _AUTOTUNED[m_bucket] = triton.autotune(configs=nm24_mma_configs(m_bucket), key=["M_KEY", "N", "K"],
+                                               do_bench=splitk.tuning_bench)(_nm24_mma_kernel)
+    return _AUTOTUNED[m_bucket]
+
+
+def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+             out: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+    """``out = x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, K % 32 == 0 (:func:`nm24_mma_unsupported`
+    says why not; the caller checks). ``config``: fixed ``WARPS_N``, ``WARPS_K``, ``CHUNKS``, ``SPLIT_K``
+    instead of autotuning (tests, the interpreter on CPU)."""
+    reason = nm24_mma_unsupported(x2, values)
+    if reason:
+        raise ValueError(f"nm24_mma cannot run this matmul: {reason}")
+    m, k = x2.shape
+    n = values.shape[0]
+    on_cpu = x2.device.type == "cpu"
+    # 32-bit words of x, 64-bit words of the values (4 kept values: two groups)
+    if x2.stride(0) % 2 or x2.stride(1) != 1 or x2.data_ptr() % 4:
+        x2 = x2.contiguous().clone()
+    if values.stride(0) % 4 or values.stride(1) != 1 or values.data_ptr() % 8:
+        values = values.contiguous().clone()
+    if meta.stride(1) != 1:
+        meta = meta.contiguous()
+    mt = 2 if m > 8 else 1
+    split = splitk.split_depth(config, lambda: nm24_mma_configs(splitk.m_key(m)))
+    cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
+    ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
+    args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k, splitk.m_key(m),
+            x2.stride(0), values.stride(0), meta.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu}
+
+    def grid(meta_):
+        return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
+
+    if config is not None:
+        config = {"MT": mt, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        if config["MT"] != mt:
+            raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
+    splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    return out
