@@ -187,11 +187,12 @@ def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
 
 
 def tuned_configs() -> dict[str, str]:
-    """The autotuner's choice per (kernel, tuner, N, K, M bucket) so far in this process."""
-    from sfcompile.lowering.kernels import block16, nm24, nm24_decode
+    """The autotuner's choice per (kernel, tuner, N, K, M bucket) so far in this process, and the 2:4 decode
+    kernel picked per (M bucket, N, K, dtype)."""
+    from sfcompile.lowering.kernels import block16, nm24, nm24_decode, nm24_mma
 
-    out = {}
-    for mod in (nm24, nm24_decode, block16):
+    out = {f"decode kernel {key[:4]}": pick for key, pick in nm24._DECODE_CHOICE.items()}
+    for mod in (nm24, nm24_decode, nm24_mma, block16):
         for tuner_key, tuner in mod._AUTOTUNED.items():
             for key, cfg in getattr(tuner, "cache", {}).items():
                 name = mod.__name__.rsplit(".", 1)[-1]

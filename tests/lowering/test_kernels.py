@@ -285,3 +285,81 @@ def test_nm24_decode_rejects_a_removed_variant(variant):
     with pytest.raises(ValueError, match=f"VARIANT {variant} does not exist"):
         nm24_matmul(torch.randn(1, 64), pw.data["values"], pw.data["meta"],
                     config=dict(VARIANT=variant, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1))
+
+
+MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K): M = 1, odd M, 8 and 16 rows (two x tiles);
+    (1, 16, 32, 1, 1, 1, 1),          # one chunk, one warp
+    (3, 40, 96, 2, 2, 1, 2),          # N past the last strip, 3 chunks over 2 splits x 2 warps (an empty one)
+    (8, 64, 256, 4, 1, 2, 1),         # whole steps of 2 chunks
+    (9, 48, 128, 1, 2, 2, 3),         # two x tiles, 9 rows; K split 3 ways with masked chunks
+    (16, 32, 320, 2, 1, 4, 2),        # 16 rows; 10 chunks in steps of 4
+    (5, 16, 512, 1, 1, 8, 1),         # 8 chunks per step
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk", MMA_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
+    # the interpreter has no PTX: the kernel's per-lane fragments go through _mma_sp_emulated, which computes
+    # what the PTX ISA says mma.sp does with them (the GPU test below runs the real instruction)
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    w = _w24(n, k, dtype, g)
+    w[1] = 0                                                    # an all-zero row: positions still valid
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch,
+                                                                          SPLIT_K=sk))
+    ref = nm24_decode_reference(x, pw.data["values"], pw.data["meta"], b)
+    assert _rel(y, ref) < TOL[dtype]
+    assert y[:, 1].float().abs().max() == (0 if b is None else b[1].float().abs())
+
+
+@pytest.mark.parametrize("dtype,k,m,reason", [(torch.float32, 64, 1, "bf16/fp16"), (torch.bfloat16, 100, 1, "K=100"),
+                                              (torch.bfloat16, 64, 17, "17 rows")])
+def test_nm24_mma_refuses_what_it_cannot_run(dtype, k, m, reason):
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(0)
+    pw = pack(_w24(16, k, dtype, g), "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    with pytest.raises(ValueError, match=reason):
+        nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, 16, dtype=dtype),
+                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=1, SPLIT_K=1))
+
+
+def test_decode_choice_keeps_fp32_and_odd_k_on_the_cuda_core_kernel():
+    from sfcompile.lowering.kernels.nm24 import decode_choice
+
+    g = torch.Generator().manual_seed(0)
+    for dtype, k in ((torch.float32, 64), (torch.bfloat16, 100)):
+        pw = pack(_w24(16, k, dtype, g), "2:4", -1)
+        x = torch.randn(2, k, generator=g).to(dtype)
+        assert decode_choice(x, pw.data["values"], pw.data["meta"], None, torch.empty(2, 16, dtype=dtype)) \
+            == "cuda-core"
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_nm24_mma_cuda(m, dtype):
+    # the PTX mma.sp path: fixed configs (masked and whole steps, split K) and the autotuned launcher
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(m)
+    n, k = 4096, 4096
+    w = _w24(n, k, dtype, g).cuda()
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(dtype).cuda()
+    b = torch.randn(n, generator=g).to(dtype).cuda()
+    ref = x.double() @ w.double().T + b.double()
+    for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
+                dict(WARPS_N=1, WARPS_K=1, CHUNKS=1, SPLIT_K=1)):
+        y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
+        assert _rel(y, ref) < TOL[dtype]
+    y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype, device="cuda"))
+    assert _rel(y, ref) < TOL[dtype]
+    y = nm24_matmul(x[:, :4000].contiguous(), pack(w[:, :4000].contiguous(), "2:4", -1).data["values"],
+                    pack(w[:, :4000].contiguous(), "2:4", -1).data["meta"])     # K % 32 != 0: the other kernel
+    assert _rel(y, x[:, :4000].double() @ w[:, :4000].double().T) < TOL[dtype]

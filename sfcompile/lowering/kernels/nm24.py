@@ -1,7 +1,9 @@
 """2:4 sparse matmul ``y = x @ W.T (+ bias)`` with W packed as values (N, K/2) + 2-bit positions (N, K/32).
 
-:func:`nm24_matmul` is the entry point. Up to 16 rows of x (decode, not grouped) it runs the decode kernel
-of :mod:`.nm24_decode`, which never rebuilds W. Otherwise it runs the tile kernel of this file: each program
+:func:`nm24_matmul` is the entry point. Up to 16 rows of x (decode, not grouped) it runs one of the two decode
+kernels, which never rebuild W: the sparse-tensor-core one of :mod:`.nm24_mma` (bf16/fp16, K % 32 == 0) or
+the CUDA-core one of :mod:`.nm24_decode`, whichever was faster on this GPU for the (M bucket, N, K, dtype)
+when it was first called (:func:`decode_choice`). Otherwise it runs the tile kernel of this file: each program
 loads a (BLOCK_N, BLOCK_K/2) slab of values and the (BLOCK_N, BLOCK_K/32) int32 metadata words covering it,
 expands them into the dense (BLOCK_N, BLOCK_K) tile with selects and feeds it to ``tl.dot`` (``DECOMP`` picks
 one of three expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may
@@ -25,6 +27,7 @@ import triton.language as tl
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import MAX_M as DECODE_MAX_M
 from sfcompile.lowering.kernels.nm24_decode import nm24_decode
+from sfcompile.lowering.kernels.nm24_mma import nm24_mma, nm24_mma_unsupported
 
 __all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
 
@@ -228,8 +231,9 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         offs: (E,) int32 cumulative row ends per expert.
         config: fixed launch config instead of autotuning (tests, the interpreter): with ``VARIANT`` (and
             ``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``), the decode kernel (:mod:`.nm24_decode`, M <= 16, not
-            grouped); with ``DECOMP`` (and ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``SPLIT_K``), the tile
-            kernel; optional ``num_warps``.
+            grouped); with ``WARPS_N`` (and ``WARPS_K``, ``CHUNKS``, ``SPLIT_K``), the sparse-tensor-core
+            decode kernel (:mod:`.nm24_mma`); with ``DECOMP`` (and ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``,
+            ``SPLIT_K``), the tile kernel; optional ``num_warps``.
 
     Returns:
         (..., N) in x.dtype.
@@ -249,11 +253,16 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     out = (torch.zeros if grouped else torch.empty)((m, n), device=x.device, dtype=x.dtype)
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
-    decode = not grouped and m <= DECODE_MAX_M and (config is None or "VARIANT" in config)
-    if decode:                      # few rows: the kernel that never rebuilds W (nm24_decode.py)
-        if config is None and on_cpu:
-            config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
-        nm24_decode(x2, values, meta, bias, out, config)
+    decode = not grouped and m <= DECODE_MAX_M and (config is None or "VARIANT" in config or "WARPS_N" in config)
+    if decode:                      # few rows: the kernels that never rebuild W (nm24_mma.py, nm24_decode.py)
+        if config is not None and "WARPS_N" in config:
+            nm24_mma(x2, values, meta, bias, out, config)
+        elif config is None and not on_cpu and decode_choice(x2, values, meta, bias, out) == "mma":
+            nm24_mma(x2, values, meta, bias, out)
+        else:
+            if config is None and on_cpu:
+                config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
+            nm24_decode(x2, values, meta, bias, out, config)
         return out.reshape(*x.shape[:-1], n)
     small = m <= SMALL_M
     if config is None and on_cpu:
@@ -274,6 +283,24 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
 
     splitk.launch(_nm24_kernel, lambda: _autotuned(small), grid, args, flags, config, on_cpu)
     return out.reshape(*x.shape[:-1], n)
+
+
+_DECODE_CHOICE: dict = {}    # (M bucket, N, K, dtype, device) -> "mma" | "cuda-core"
+
+
+def decode_choice(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                  out: torch.Tensor) -> str:
+    """Which decode kernel runs ``x2 @ W.T`` on this GPU: "cuda-core" where the sparse tensor cores cannot
+    (fp32, K % 32 != 0, before sm_80), else the faster of the two autotuned kernels, timed on this call's
+    operands once per (M bucket, N, K, dtype, device) -- like the autotuners, before any CUDA-graph capture."""
+    if nm24_mma_unsupported(x2, values) is not None:
+        return "cuda-core"
+    key = (splitk.m_key(x2.shape[0]), values.shape[0], x2.shape[1], x2.dtype, x2.device)
+    if key not in _DECODE_CHOICE:
+        t_mma = splitk.tuning_bench(lambda: nm24_mma(x2, values, meta, bias, out))
+        t_cc = splitk.tuning_bench(lambda: nm24_decode(x2, values, meta, bias, out))
+        _DECODE_CHOICE[key] = "mma" if t_mma <= t_cc else "cuda-core"
+    return _DECODE_CHOICE[key]
 
 
 def nm24_matmul_reference(x, values, meta, bias=None, offs=None):

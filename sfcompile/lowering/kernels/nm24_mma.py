@@ -47,8 +47,10 @@ _MASKED_META = tl.constexpr(0x44444444)
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K. A first guess:
     enough 64-bit loads in flight per SM (CHUNKS chunks per warp per step) and programs to fill 132 SMs."""
-    space = [(4, 1, 4, 8), (2, 2, 4, 8), (4, 1, 4, 4), (2, 2, 4, 4), (4, 1, 2, 8), (2, 2, 2, 8), (4, 1, 2, 16),
-             (8, 1, 4, 4), (4, 2, 4, 4), (2, 2, 4, 16), (1, 4, 4, 8), (4, 1, 4, 16)]
+    # mma_decode sweep 2 (H200, 2026-11-30): CHUNKS 4 won every (shape, M) over 1 and 2, mostly at (4, 1, 4, 8);
+    # CHUNKS 8 (a warp's whole K share in one step at SPLIT_K 16) is untested there
+    space = [(4, 1, 4, 8), (2, 2, 4, 8), (4, 1, 4, 4), (2, 2, 4, 4), (8, 1, 4, 4), (4, 2, 4, 4), (2, 2, 4, 16),
+             (4, 1, 8, 16), (4, 1, 8, 8), (2, 2, 8, 8), (8, 1, 8, 4), (4, 1, 8, 4)]
     return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
                           num_warps=wn * wk, num_stages=1)
             for wn, wk, ch, sk in space]
@@ -247,6 +249,11 @@ def _nm24_mma_kernel(
         if CHUNKS >= 4:
             ld2 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 2, c_hi, ok0, ok1, t, g, M, MT)
             ld3 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 3, c_hi, ok0, ok1, t, g, M, MT)
+        if CHUNKS >= 8:
+            ld4 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 4, c_hi, ok0, ok1, t, g, M, MT)
+            ld5 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 5, c_hi, ok0, ok1, t, g, M, MT)
+            ld6 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 6, c_hi, ok0, ok1, t, g, M, MT)
+            ld7 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 7, c_hi, ok0, ok1, t, g, M, MT)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
             ld0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
         if CHUNKS >= 2:
@@ -257,6 +264,15 @@ def _nm24_mma_kernel(
                 ld2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
                 ld3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        if CHUNKS >= 8:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld4, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld5, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld6, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+                ld7, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
 
     # D register j of a lane: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in the second x tile). join
     # stacks on a new last axis, so the flat index is (j % 2) * 2 MT + (j // 2) * MT + tile
