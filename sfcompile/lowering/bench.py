@@ -187,11 +187,10 @@ def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
 
 
 def tuned_configs() -> dict[str, str]:
-    """The autotuner's choice per (kernel, tuner, N, K, M bucket) so far in this process, and the 2:4 decode
-    kernel picked per (M bucket, N, K, dtype)."""
+    """The autotuner's choice per (kernel, tuner, N, K, M bucket) so far in this process."""
     from sfcompile.lowering.kernels import block16, nm24, nm24_decode, nm24_mma
 
-    out = {f"decode kernel {key[:4]}": pick for key, pick in nm24._DECODE_CHOICE.items()}
+    out = {}
     for mod in (nm24, nm24_decode, nm24_mma, block16):
         for tuner_key, tuner in mod._AUTOTUNED.items():
             for key, cfg in getattr(tuner, "cache", {}).items():

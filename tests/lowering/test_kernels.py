@@ -329,15 +329,15 @@ def test_nm24_mma_refuses_what_it_cannot_run(dtype, k, m, reason):
                  dict(WARPS_N=1, WARPS_K=1, CHUNKS=1, SPLIT_K=1))
 
 
-def test_decode_choice_keeps_fp32_and_odd_k_on_the_cuda_core_kernel():
+def test_decode_choice_follows_rows_dtype_and_k():
     from sfcompile.lowering.kernels.nm24 import decode_choice
 
     g = torch.Generator().manual_seed(0)
-    for dtype, k in ((torch.float32, 64), (torch.bfloat16, 100)):
+    for dtype, k, m, want in ((torch.bfloat16, 64, 4, "mma"), (torch.float16, 64, 8, "mma"),
+                              (torch.bfloat16, 64, 1, "cuda-core"), (torch.bfloat16, 64, 9, "cuda-core"),
+                              (torch.float32, 64, 4, "cuda-core"), (torch.bfloat16, 100, 4, "cuda-core")):
         pw = pack(_w24(16, k, dtype, g), "2:4", -1)
-        x = torch.randn(2, k, generator=g).to(dtype)
-        assert decode_choice(x, pw.data["values"], pw.data["meta"], None, torch.empty(2, 16, dtype=dtype)) \
-            == "cuda-core"
+        assert decode_choice(torch.randn(m, k, generator=g).to(dtype), pw.data["values"]) == want, (dtype, k, m)
 
 
 @cuda

@@ -1,9 +1,9 @@
 """2:4 sparse matmul ``y = x @ W.T (+ bias)`` with W packed as values (N, K/2) + 2-bit positions (N, K/32).
 
 :func:`nm24_matmul` is the entry point. Up to 16 rows of x (decode, not grouped) it runs one of the two decode
-kernels, which never rebuild W: the sparse-tensor-core one of :mod:`.nm24_mma` (bf16/fp16, K % 32 == 0) or
-the CUDA-core one of :mod:`.nm24_decode`, whichever was faster on this GPU for the (M bucket, N, K, dtype)
-when it was first called (:func:`decode_choice`). Otherwise it runs the tile kernel of this file: each program
+kernels, which never rebuild W: the sparse-tensor-core one of :mod:`.nm24_mma` (bf16/fp16, K % 32 == 0) from
+2 to 8 rows, else the CUDA-core one of :mod:`.nm24_decode` (:func:`decode_choice`, from measurements).
+Otherwise it runs the tile kernel of this file: each program
 loads a (BLOCK_N, BLOCK_K/2) slab of values and the (BLOCK_N, BLOCK_K/32) int32 metadata words covering it,
 expands them into the dense (BLOCK_N, BLOCK_K) tile with selects and feeds it to ``tl.dot`` (``DECOMP`` picks
 one of three expansions; ``DECOMP`` 3 instead gathers x at each kept entry on CUDA cores, for M <= 4). K may
@@ -257,7 +257,7 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     if decode:                      # few rows: the kernels that never rebuild W (nm24_mma.py, nm24_decode.py)
         if config is not None and "WARPS_N" in config:
             nm24_mma(x2, values, meta, bias, out, config)
-        elif config is None and not on_cpu and decode_choice(x2, values, meta, bias, out) == "mma":
+        elif config is None and not on_cpu and decode_choice(x2, values) == "mma":
             nm24_mma(x2, values, meta, bias, out)
         else:
             if config is None and on_cpu:
@@ -285,22 +285,22 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     return out.reshape(*x.shape[:-1], n)
 
 
-_DECODE_CHOICE: dict = {}    # (M bucket, N, K, dtype, device) -> "mma" | "cuda-core"
+# Rows of x for which the sparse-tensor-core kernel runs: measured on the H200 (benchmarks/README.md, run 10:
+# every config of both kernels per LLaMA-2-7B / Qwen3-8B layer shape, CUDA graphs) it beat the CUDA-core kernel at
+# M = 2..8 on all six shapes (1.08-1.28x dense at M = 2 against 0.80-1.11x), lost at M = 1 on four of six (the
+# byte-permute variant 6 streams faster) and at M = 16 on five of six (two mma per chunk, twice the x loads).
+# A fixed rule, not a timing per shape at first call: timed outside CUDA graphs the two kernels differ by less
+# than the launch gaps, and such a choice picked the slower kernel on 6 of 30 (shape, M).
+MMA_ROWS = range(2, 9)
 
 
-def decode_choice(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
-                  out: torch.Tensor) -> str:
-    """Which decode kernel runs ``x2 @ W.T`` on this GPU: "cuda-core" where the sparse tensor cores cannot
-    (fp32, K % 32 != 0, before sm_80), else the faster of the two autotuned kernels, timed on this call's
-    operands once per (M bucket, N, K, dtype, device) -- like the autotuners, before any CUDA-graph capture."""
-    if nm24_mma_unsupported(x2, values) is not None:
-        return "cuda-core"
-    key = (splitk.m_key(x2.shape[0]), values.shape[0], x2.shape[1], x2.dtype, x2.device)
-    if key not in _DECODE_CHOICE:
-        t_mma = splitk.tuning_bench(lambda: nm24_mma(x2, values, meta, bias, out))
-        t_cc = splitk.tuning_bench(lambda: nm24_decode(x2, values, meta, bias, out))
-        _DECODE_CHOICE[key] = "mma" if t_mma <= t_cc else "cuda-core"
-    return _DECODE_CHOICE[key]
+def decode_choice(x2: torch.Tensor, values: torch.Tensor) -> str:
+    """Which decode kernel runs ``x2 @ W.T``: "mma" (:mod:`.nm24_mma`) for :data:`MMA_ROWS` rows of x where
+    the sparse tensor cores can run it (bf16/fp16, K % 32 == 0, sm_80 and newer), else "cuda-core"
+    (:mod:`.nm24_decode`)."""
+    if x2.shape[0] in MMA_ROWS and nm24_mma_unsupported(x2, values) is None:
+        return "mma"
+    return "cuda-core"
 
 
 def nm24_matmul_reference(x, values, meta, bias=None, offs=None):
