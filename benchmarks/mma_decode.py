@@ -33,7 +33,8 @@ def check(log) -> float:
     errs = []
     for dtype in (torch.bfloat16, torch.float16):
         for m, n, k, cfg in [(1, 64, 128, (4, 1, 1, 1)), (5, 96, 256, (2, 2, 2, 2)), (16, 128, 512, (4, 1, 2, 4)),
-                             (9, 40, 96, (1, 2, 1, 1)), (3, 4096, 4096, (2, 2, 4, 8))]:
+                             (9, 40, 96, (1, 2, 1, 1)), (3, 4096, 4096, (2, 2, 4, 8)), (9, 96, 480, (1, 1, 4, 2)),
+                             (16, 4096, 4096, (4, 1, 8, 4)), (1, 4096, 11008, (4, 1, 4, 8))]:
             pw = pack(bench._hardened((n, k), "2:4", dtype, "cuda", seed=m), "2:4", -1)
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             y = torch.empty(m, n, device="cuda", dtype=dtype)
@@ -44,7 +45,7 @@ def check(log) -> float:
     return max(errs)
 
 
-def sweep(shapes, ms, budget_s, log) -> list[dict]:
+def sweep(shapes, ms, budget_s, log, args_spans=()) -> list[dict]:
     rows = []
     t_end = time.time() + budget_s
     for name, n, k in shapes:
@@ -64,7 +65,9 @@ def sweep(shapes, ms, budget_s, log) -> list[dict]:
                    "decode_ratio": d_us / dec_us, "mma": []}
             best = None
             for c in nm24_mma.nm24_mma_configs(splitk.m_key(m)):
-                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K")}
+                if args_spans and c.kwargs["SPAN"] not in args_spans:
+                    continue
+                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "SPAN")}
                 fns = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o, cfg)
                        for pw, o in zip(pws, outs)]
                 try:
@@ -83,6 +86,8 @@ def sweep(shapes, ms, budget_s, log) -> list[dict]:
             auto = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o)
                     for pw, o in zip(pws, outs)]
             try:
+                if args_spans:   # (a partial sweep: the autotuner would still time every config)
+                    raise RuntimeError("skipped: --spans given")
                 row["mma_auto_us"] = bench._graph_time(auto)[0]
                 row["mma_auto_ratio"] = d_us / row["mma_auto_us"]
                 auto[0]()
@@ -106,6 +111,7 @@ def main():
     parser.add_argument("--shapes", default="all")
     parser.add_argument("--budget-s", type=float, default=400)
     parser.add_argument("--check-only", action="store_true")
+    parser.add_argument("--spans", default="", help="time only configs of these SPAN values (e.g. 4)")
     args = parser.parse_args()
     log = partial(print, flush=True)
     result = {"check_max_rel_err": check(log)}
@@ -115,7 +121,8 @@ def main():
         shapes = bench.LAYER_SHAPES if args.shapes == "all" else [
             (s, *map(int, s.split("x"))) for s in args.shapes.split(",")]
         ms = [int(v) for v in args.ms.split(",")]
-        result["rows"] = sweep(shapes, ms, args.budget_s, log)
+        spans = tuple(int(v) for v in args.spans.split(",")) if args.spans else ()
+        result["rows"] = sweep(shapes, ms, args.budget_s, log, spans)
         ratios = [r["best"]["ratio"] for r in result["rows"] if r.get("best")]
         if ratios:
             log(f"median best-config ratio over {len(ratios)} (shape, M): {statistics.median(ratios):.2f}x; "

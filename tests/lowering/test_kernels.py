@@ -288,12 +288,14 @@ def test_nm24_decode_rejects_a_removed_variant(variant):
 
 
 MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K): M = 1, odd M, 8 and 16 rows (two x tiles);
-    (1, 16, 32, 1, 1, 1, 1),          # one chunk, one warp
+    (1, 16, 32, 1, 1, 1, 1),          # one chunk, one warp (SPAN 1: CHUNKS 1, 2)
     (3, 40, 96, 2, 2, 1, 2),          # N past the last strip, 3 chunks over 2 splits x 2 warps (an empty one)
     (8, 64, 256, 4, 1, 2, 1),         # whole steps of 2 chunks
     (9, 48, 128, 1, 2, 2, 3),         # two x tiles, 9 rows; K split 3 ways with masked chunks
-    (16, 32, 320, 2, 1, 4, 2),        # 16 rows; 10 chunks in steps of 4
-    (5, 16, 512, 1, 1, 8, 1),         # 8 chunks per step
+    (16, 32, 320, 2, 1, 4, 2),        # SPAN 4 from here: 16 rows; 10 chunks, a partial span (no vector meta)
+    (5, 16, 512, 1, 1, 8, 1),         # 8 chunks (2 spans) per step, vector metadata loads
+    (3, 40, 384, 2, 2, 4, 2),         # N past the last strip, K split over programs and warps
+    (12, 48, 480, 1, 1, 4, 2),        # two x tiles; 15 chunks: the last span has 3
 ]
 
 

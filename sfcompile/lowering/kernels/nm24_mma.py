@@ -51,9 +51,9 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # CHUNKS 8 (a warp's whole K share in one step at SPLIT_K 16) is untested there
     space = [(4, 1, 4, 8), (2, 2, 4, 8), (4, 1, 4, 4), (2, 2, 4, 4), (8, 1, 4, 4), (4, 2, 4, 4), (2, 2, 4, 16),
              (4, 1, 8, 16), (4, 1, 8, 8), (2, 2, 8, 8), (8, 1, 8, 4), (4, 1, 8, 4)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
-                          num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk in space]
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "SPAN": span,
+                           "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
+            for span in (4, 1) for wn, wk, ch, sk in space]
 
 
 @triton.jit
@@ -193,11 +193,173 @@ def _mma_chunk(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW: tl.con
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
+@triton.jit
+def _columns4(v):
+    """The 4 columns of a (T, 4) tensor as (T,) tensors."""
+    a, b = tl.split(tl.reshape(v, (v.shape[0], 2, 2)))       # a: columns 0, 2; b: columns 1, 3
+    c0, c2 = tl.split(a)
+    c1, c3 = tl.split(b)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr):
+    """The weight operands of the 4 ``mma`` of span c .. c + 3 (SPAN 4): lane t loads all of chunk c + t of
+    rows row0 and row0 + 8 (4 x 64 bits as two 16-byte loads per row: a warp's load covers 8 rows x 64
+    contiguous bytes instead of 8 x 32), and the span's 4 metadata words per row (one 16-byte load when the
+    row stride allows, ``META_VEC``; the same words in the 4 lanes of a quad). Loads wider than 16 bytes per
+    thread would be spread over several threads by Triton's layouts, so none is."""
+    e2 = tl.arange(0, 2)[None, :]
+    live = ((c + t) < c_hi)[:, None]
+    vo = tl.multiple_of((4 * (c + t))[:, None] + e2, [1, 2])
+    p0, p1 = tl.split(tl.load(vr0[:, None] + vo, mask=live & ok0[:, None], other=0))         # (T, 2) int64
+    p2, p3 = tl.split(tl.load(vr0[:, None] + vo + 2, mask=live & ok0[:, None], other=0))
+    q0, q1 = tl.split(tl.load(vr1[:, None] + vo, mask=live & ok1[:, None], other=0))
+    q2, q3 = tl.split(tl.load(vr1[:, None] + vo + 2, mask=live & ok1[:, None], other=0))
+    if META_VEC:
+        # (K % 128 == 0 then: spans are whole, so one mask per lane and the load stays one vector)
+        mo = tl.multiple_of(c[:, None] + tl.arange(0, 4)[None, :], [1, 4])
+        span_live = (c < c_hi)[:, None]
+        a0, a1, a2, a3 = _columns4(tl.load(mr0[:, None] + mo, mask=span_live & ok0[:, None], other=_MASKED_META))
+        b0, b1, b2, b3 = _columns4(tl.load(mr1[:, None] + mo, mask=span_live & ok1[:, None], other=_MASKED_META))
+    else:
+        a0 = tl.load(mr0 + c, mask=(c < c_hi) & ok0, other=_MASKED_META)
+        a1 = tl.load(mr0 + c + 1, mask=(c + 1 < c_hi) & ok0, other=_MASKED_META)
+        a2 = tl.load(mr0 + c + 2, mask=(c + 2 < c_hi) & ok0, other=_MASKED_META)
+        a3 = tl.load(mr0 + c + 3, mask=(c + 3 < c_hi) & ok0, other=_MASKED_META)
+        b0 = tl.load(mr1 + c, mask=(c < c_hi) & ok1, other=_MASKED_META)
+        b1 = tl.load(mr1 + c + 1, mask=(c + 1 < c_hi) & ok1, other=_MASKED_META)
+        b2 = tl.load(mr1 + c + 2, mask=(c + 2 < c_hi) & ok1, other=_MASKED_META)
+        b3 = tl.load(mr1 + c + 3, mask=(c + 3 < c_hi) & ok1, other=_MASKED_META)
+    return p0, p1, p2, p3, q0, q1, q2, q3, a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@triton.jit
+def _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u: tl.constexpr, i: tl.constexpr):
+    """B register i of ``mma`` u of span c (SPAN 4). That mma takes packed groups 2u, 2u + 1 of each of the 4
+    chunks: logical group lg is group 2u + lg // 4 of chunk c + lg % 4; register i of lane t holds logical
+    group lg = 2i + t // 2, its K columns 2 (t % 2) and 2 (t % 2) + 1, as one 32-bit word of x."""
+    lg = 2 * i + t // 2
+    ch = c + lg % 4
+    return tl.load(x32 + tok * stride_xw + 16 * ch + 2 * (2 * u + lg // 4) + t % 2, mask=ok_tok & (ch < c_hi),
+                   other=0)
+
+
+@triton.jit
+def _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, u: tl.constexpr):
+    """Metadata of ``mma`` u of a span from the 4 chunks' words of row0 (a) and row0 + 8 (b): lane t = 0 gives
+    logical groups 0-3 = nibble 2u of each word, t = 1 logical groups 4-7 = nibble 2u + 1; row0 in bits 0-15,
+    row0 + 8 in bits 16-31."""
+    sh = 8 * u + tl.where(t == 1, 4, 0)
+    lo = ((a0 >> sh) & 15) | (((a1 >> sh) & 15) << 4) | (((a2 >> sh) & 15) << 8) | (((a3 >> sh) & 15) << 12)
+    hi = ((b0 >> sh) & 15) | (((b1 >> sh) & 15) << 4) | (((b2 >> sh) & 15) << 8) | (((b3 >> sh) & 15) << 12)
+    return lo | (hi << 16)
+
+
+@triton.jit
+def _x_regs(x32, stride_xw, tok, c, c_hi, t, ok_tok, u: tl.constexpr):
+    """The 4 B registers of ``mma`` u of span c for x rows ``tok``."""
+    b0 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 0)
+    b1 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 1)
+    b2 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 2)
+    b3 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 3)
+    return b0, b1, b2, b3
+
+
+@triton.jit
+def _mma_u(p, q, xr, acc0, acc1, acc2, acc3, e, NW: tl.constexpr, IS_BF16: tl.constexpr,
+           USE_ASM: tl.constexpr):
+    """One ``mma`` from the 64-bit value words p (row0) and q (row0 + 8) -- low word = logical group t, high
+    word = logical group 4 + t -- and x's registers ``xr``."""
+    b0, b1, b2, b3 = xr
+    a0 = p.to(tl.int32)
+    a2 = (p >> 32).to(tl.int32)
+    a1 = q.to(tl.int32)
+    a3 = (q >> 32).to(tl.int32)
+    if USE_ASM:
+        return _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, IS_BF16)
+    else:
+        return _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, NW, IS_BF16)
+
+
+@triton.jit
+def _mma_span(ld, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t,
+              NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr, MT: tl.constexpr):
+    """The 4 ``mma`` (8 when MT = 2) of a span loaded by :func:`_load_span`; x's registers (small, from L2)
+    are all loaded before the first one, for the same in-order-issue reason as the weights."""
+    p0, p1, p2, p3, q0, q1, q2, q3, a0, a1, a2, a3, b0, b1, b2, b3 = ld
+    ok = g < M
+    x0 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 0)
+    x1 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 1)
+    x2 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 2)
+    x3 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 3)
+    if MT == 2:
+        ok8 = g + 8 < M
+        y0 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 0)
+        y1 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 1)
+        y2 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 2)
+        y3 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 3)
+    e0 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 0)
+    e1 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 1)
+    e2 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 2)
+    e3 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 3)
+    acc0, acc1, acc2, acc3 = _mma_u(p0, q0, x0, acc0, acc1, acc2, acc3, e0, NW, IS_BF16, USE_ASM)
+    acc0, acc1, acc2, acc3 = _mma_u(p1, q1, x1, acc0, acc1, acc2, acc3, e1, NW, IS_BF16, USE_ASM)
+    acc0, acc1, acc2, acc3 = _mma_u(p2, q2, x2, acc0, acc1, acc2, acc3, e2, NW, IS_BF16, USE_ASM)
+    acc0, acc1, acc2, acc3 = _mma_u(p3, q3, x3, acc0, acc1, acc2, acc3, e3, NW, IS_BF16, USE_ASM)
+    if MT == 2:
+        acc4, acc5, acc6, acc7 = _mma_u(p0, q0, y0, acc4, acc5, acc6, acc7, e0, NW, IS_BF16, USE_ASM)
+        acc4, acc5, acc6, acc7 = _mma_u(p1, q1, y1, acc4, acc5, acc6, acc7, e1, NW, IS_BF16, USE_ASM)
+        acc4, acc5, acc6, acc7 = _mma_u(p2, q2, y2, acc4, acc5, acc6, acc7, e2, NW, IS_BF16, USE_ASM)
+        acc4, acc5, acc6, acc7 = _mma_u(p3, q3, y3, acc4, acc5, acc6, acc7, e3, NW, IS_BF16, USE_ASM)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit
+def _step_by_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, acc0, acc1, acc2, acc3, acc4,
+                   acc5, acc6, acc7, NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr,
+                   MT: tl.constexpr, CHUNKS: tl.constexpr):
+    """One step of SPAN 1: CHUNKS chunks from c, every load issued before the first mma."""
+    ld0 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, MT)
+    if CHUNKS >= 2:
+        ld1 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 1, c_hi, ok0, ok1, t, g, M, MT)
+    if CHUNKS >= 4:
+        ld2 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 2, c_hi, ok0, ok1, t, g, M, MT)
+        ld3 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 3, c_hi, ok0, ok1, t, g, M, MT)
+    if CHUNKS >= 8:
+        ld4 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 4, c_hi, ok0, ok1, t, g, M, MT)
+        ld5 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 5, c_hi, ok0, ok1, t, g, M, MT)
+        ld6 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 6, c_hi, ok0, ok1, t, g, M, MT)
+        ld7 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 7, c_hi, ok0, ok1, t, g, M, MT)
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+        ld0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+    if CHUNKS >= 2:
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+    if CHUNKS >= 4:
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+    if CHUNKS >= 8:
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld4, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld5, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld6, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
+            ld7, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
 @triton.jit(do_not_specialize=["M"])
 def _nm24_mma_kernel(
     x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, M_KEY, stride_xm, stride_vn, stride_mn, stride_om,
+    M, N, K, M_KEY, stride_xm, stride_v64, stride_mn, stride_om,
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    SPAN: tl.constexpr,        # 1: a lane loads 8 bytes per row and chunk; 4: a whole chunk of 4 (see _load_span)
+    META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
     WARPS_N: tl.constexpr, WARPS_K: tl.constexpr, CHUNKS: tl.constexpr, SPLIT_K: tl.constexpr,
     MT: tl.constexpr,          # 8-row tiles of x (1: M <= 8, 2: M <= 16)
 ):
@@ -225,7 +387,6 @@ def _nm24_mma_kernel(
 
     v64 = v_ptr.to(tl.pointer_type(tl.int64))
     x32 = x_ptr.to(tl.pointer_type(tl.int32))
-    stride_v64 = stride_vn // 4
     stride_xw = stride_xm // 2
     va0 = v64 + row0 * stride_v64 + t
     va1 = v64 + row1 * stride_v64 + t
@@ -241,38 +402,26 @@ def _nm24_mma_kernel(
     acc7 = tl.zeros((32 * NW,), tl.float32)
     # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
     # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp)
+    vr0 = v64 + row0 * stride_v64
+    vr1 = v64 + row1 * stride_v64
     for cb in range(c_lo, c_hi, STEP):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
-        ld0 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, MT)
-        if CHUNKS >= 2:
-            ld1 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 1, c_hi, ok0, ok1, t, g, M, MT)
-        if CHUNKS >= 4:
-            ld2 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 2, c_hi, ok0, ok1, t, g, M, MT)
-            ld3 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 3, c_hi, ok0, ok1, t, g, M, MT)
-        if CHUNKS >= 8:
-            ld4 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 4, c_hi, ok0, ok1, t, g, M, MT)
-            ld5 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 5, c_hi, ok0, ok1, t, g, M, MT)
-            ld6 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 6, c_hi, ok0, ok1, t, g, M, MT)
-            ld7 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 7, c_hi, ok0, ok1, t, g, M, MT)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        if CHUNKS >= 2:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        if CHUNKS >= 4:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        if CHUNKS >= 8:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld4, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld5, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld6, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-                ld7, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
+        if SPAN == 4:
+            tl.static_assert(CHUNKS % 4 == 0, "SPAN 4 takes CHUNKS 4 or 8")
+            sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+            if CHUNKS == 8:
+                sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
+                sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
+                USE_ASM, MT)
+            if CHUNKS == 8:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
+                    sp1, x32, stride_xw, c + 4, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW,
+                    IS_BF16, USE_ASM, MT)
+        else:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _step_by_chunk(
+                va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, acc0, acc1, acc2, acc3, acc4, acc5,
+                acc6, acc7, NW, IS_BF16, USE_ASM, MT, CHUNKS)
 
     # D register j of a lane: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in the second x tile). join
     # stacks on a new last axis, so the flat index is (j % 2) * 2 MT + (j // 2) * MT + tile
@@ -343,14 +492,15 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
     ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
     args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k, splitk.m_key(m),
-            x2.stride(0), values.stride(0), meta.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu}
+            x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0}
 
     def grid(meta_):
         return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        config = {"MT": mt, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, "SPAN": 4 if config["CHUNKS"] % 4 == 0 else 1,
+                  "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
