@@ -32,8 +32,8 @@ def check(log) -> float:
     """Max relative error of fixed configs (bf16 and fp16, odd M and N, bias-free) against the fp64 product."""
     errs = []
     for dtype in (torch.bfloat16, torch.float16):
-        for m, n, k, cfg in [(1, 64, 128, (4, 1, 1, 1)), (5, 96, 256, (2, 2, 2, 2)), (16, 128, 512, (4, 1, 2, 4)),
-                             (9, 40, 96, (1, 2, 1, 1)), (3, 4096, 4096, (2, 2, 4, 8)), (9, 96, 480, (1, 1, 4, 2)),
+        for m, n, k, cfg in [(1, 64, 128, (4, 1, 4, 1)), (5, 96, 256, (2, 2, 4, 2)), (16, 128, 512, (4, 1, 8, 4)),
+                             (9, 40, 96, (1, 2, 4, 1)), (3, 4096, 4096, (2, 2, 4, 8)), (9, 96, 480, (1, 1, 4, 2)),
                              (16, 4096, 4096, (4, 1, 8, 4)), (1, 4096, 11008, (4, 1, 4, 8))]:
             pw = pack(bench._hardened((n, k), "2:4", dtype, "cuda", seed=m), "2:4", -1)
             x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -45,7 +45,7 @@ def check(log) -> float:
     return max(errs)
 
 
-def sweep(shapes, ms, budget_s, log, args_spans=()) -> list[dict]:
+def sweep(shapes, ms, budget_s, log) -> list[dict]:
     rows = []
     t_end = time.time() + budget_s
     for name, n, k in shapes:
@@ -65,9 +65,7 @@ def sweep(shapes, ms, budget_s, log, args_spans=()) -> list[dict]:
                    "decode_ratio": d_us / dec_us, "mma": []}
             best = None
             for c in nm24_mma.nm24_mma_configs(splitk.m_key(m)):
-                if args_spans and c.kwargs["SPAN"] not in args_spans:
-                    continue
-                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "SPAN")}
+                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K")}
                 fns = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o, cfg)
                        for pw, o in zip(pws, outs)]
                 try:
@@ -86,8 +84,6 @@ def sweep(shapes, ms, budget_s, log, args_spans=()) -> list[dict]:
             auto = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o)
                     for pw, o in zip(pws, outs)]
             try:
-                if args_spans:   # (a partial sweep: the autotuner would still time every config)
-                    raise RuntimeError("skipped: --spans given")
                 row["mma_auto_us"] = bench._graph_time(auto)[0]
                 row["mma_auto_ratio"] = d_us / row["mma_auto_us"]
                 auto[0]()
@@ -111,7 +107,6 @@ def main():
     parser.add_argument("--shapes", default="all")
     parser.add_argument("--budget-s", type=float, default=400)
     parser.add_argument("--check-only", action="store_true")
-    parser.add_argument("--spans", default="", help="time only configs of these SPAN values (e.g. 4)")
     args = parser.parse_args()
     log = partial(print, flush=True)
     result = {"check_max_rel_err": check(log)}
@@ -121,8 +116,7 @@ def main():
         shapes = bench.LAYER_SHAPES if args.shapes == "all" else [
             (s, *map(int, s.split("x"))) for s in args.shapes.split(",")]
         ms = [int(v) for v in args.ms.split(",")]
-        spans = tuple(int(v) for v in args.spans.split(",")) if args.spans else ()
-        result["rows"] = sweep(shapes, ms, args.budget_s, log, spans)
+        result["rows"] = sweep(shapes, ms, args.budget_s, log)
         ratios = [r["best"]["ratio"] for r in result["rows"] if r.get("best")]
         if ratios:
             log(f"median best-config ratio over {len(ratios)} (shape, M): {statistics.median(ratios):.2f}x; "

@@ -37,8 +37,8 @@ Device dispatch: the CPU implementation is the reference math (unpack, then a de
 half dtypes: correct, not fast). The CUDA implementation dispatches on M = rows of ``x`` (numbers:
 ``benchmarks/README.md``):
 
-* 2:4, M <= 16: a Triton decode kernel, the sparse tensor cores' (`kernels/nm24_mma.py`, PTX ``mma.sp``) at
-  M = 2..8, the CUDA cores' (`kernels/nm24_decode.py`) at M = 1 and 9..16; M >= 17: cuSPARSELt (alg_id searched
+* 2:4, M <= 16: a Triton decode kernel, the sparse tensor cores' (`kernels/nm24_mma.py`, PTX ``mma.sp``;
+  bf16/fp16 with K % 32 == 0) or else the CUDA cores' (`kernels/nm24_decode.py`); M >= 17: cuSPARSELt (alg_id searched
   once per shape; 1.27-1.43x dense at M=2048), which keeps its own compressed copy of each weight it runs.
 * block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call (a Triton
   kernel, `kernels/block16_unpack.py`) + cuBLAS.

@@ -287,15 +287,13 @@ def test_nm24_decode_rejects_a_removed_variant(variant):
                     config=dict(VARIANT=variant, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1))
 
 
-MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K): M = 1, odd M, 8 and 16 rows (two x tiles);
-    (1, 16, 32, 1, 1, 1, 1),          # one chunk, one warp (SPAN 1: CHUNKS 1, 2)
-    (3, 40, 96, 2, 2, 1, 2),          # N past the last strip, 3 chunks over 2 splits x 2 warps (an empty one)
-    (8, 64, 256, 4, 1, 2, 1),         # whole steps of 2 chunks
-    (9, 48, 128, 1, 2, 2, 3),         # two x tiles, 9 rows; K split 3 ways with masked chunks
-    (16, 32, 320, 2, 1, 4, 2),        # SPAN 4 from here: 16 rows; 10 chunks, a partial span (no vector meta)
-    (5, 16, 512, 1, 1, 8, 1),         # 8 chunks (2 spans) per step, vector metadata loads
-    (3, 40, 384, 2, 2, 4, 2),         # N past the last strip, K split over programs and warps
-    (12, 48, 480, 1, 1, 4, 2),        # two x tiles; 15 chunks: the last span has 3
+MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K): M = 1, odd M, 8 and 16 rows (two x tiles)
+    (1, 16, 128, 1, 1, 4, 1),         # one span, one warp
+    (3, 40, 96, 2, 2, 4, 2),          # N past the last strip; 3 chunks: a partial span, empty splits and warps
+    (8, 64, 512, 4, 1, 8, 1),         # two spans per step, vector metadata loads
+    (9, 48, 384, 1, 2, 4, 3),         # two x tiles, 9 rows; K split over programs and warps
+    (16, 32, 320, 2, 1, 4, 2),        # 16 rows; 10 chunks: the last span has 2 (no vector metadata)
+    (12, 48, 480, 1, 1, 8, 2),        # 15 chunks: the last span has 3
 ]
 
 
@@ -319,7 +317,7 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
 
 
 @pytest.mark.parametrize("dtype,k,m,reason", [(torch.float32, 64, 1, "bf16/fp16"), (torch.bfloat16, 100, 1, "K=100"),
-                                              (torch.bfloat16, 64, 17, "17 rows")])
+                                              (torch.bfloat16, 64, 17, "17 rows"), (torch.bfloat16, 64, 1, "CHUNKS")])
 def test_nm24_mma_refuses_what_it_cannot_run(dtype, k, m, reason):
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
 
@@ -328,16 +326,16 @@ def test_nm24_mma_refuses_what_it_cannot_run(dtype, k, m, reason):
     x = torch.randn(m, k, generator=g).to(dtype)
     with pytest.raises(ValueError, match=reason):
         nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, 16, dtype=dtype),
-                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=1, SPLIT_K=1))
+                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=2 if reason == "CHUNKS" else 4, SPLIT_K=1))
 
 
 def test_decode_choice_follows_rows_dtype_and_k():
     from sfcompile.lowering.kernels.nm24 import decode_choice
 
     g = torch.Generator().manual_seed(0)
-    for dtype, k, m, want in ((torch.bfloat16, 64, 4, "mma"), (torch.float16, 64, 8, "mma"),
-                              (torch.bfloat16, 64, 1, "cuda-core"), (torch.bfloat16, 64, 9, "cuda-core"),
-                              (torch.float32, 64, 4, "cuda-core"), (torch.bfloat16, 100, 4, "cuda-core")):
+    for dtype, k, m, want in ((torch.bfloat16, 64, 4, "mma"), (torch.float16, 64, 1, "mma"),
+                              (torch.bfloat16, 64, 16, "mma"), (torch.float32, 64, 4, "cuda-core"),
+                              (torch.bfloat16, 100, 4, "cuda-core")):
         pw = pack(_w24(16, k, dtype, g), "2:4", -1)
         assert decode_choice(torch.randn(m, k, generator=g).to(dtype), pw.data["values"]) == want, (dtype, k, m)
 
@@ -357,7 +355,7 @@ def test_nm24_mma_cuda(m, dtype):
     b = torch.randn(n, generator=g).to(dtype).cuda()
     ref = x.double() @ w.double().T + b.double()
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
-                dict(WARPS_N=1, WARPS_K=1, CHUNKS=1, SPLIT_K=1)):
+                dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype]
     y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype, device="cuda"))

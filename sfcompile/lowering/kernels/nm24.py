@@ -1,8 +1,8 @@
 """2:4 sparse matmul ``y = x @ W.T (+ bias)`` with W packed as values (N, K/2) + 2-bit positions (N, K/32).
 
 :func:`nm24_matmul` is the entry point. Up to 16 rows of x (decode, not grouped) it runs one of the two decode
-kernels, which never rebuild W: the sparse-tensor-core one of :mod:`.nm24_mma` (bf16/fp16, K % 32 == 0) from
-2 to 8 rows, else the CUDA-core one of :mod:`.nm24_decode` (:func:`decode_choice`, from measurements).
+kernels, which never rebuild W: the sparse-tensor-core one of :mod:`.nm24_mma` where it can run (bf16/fp16,
+K % 32 == 0, sm_80+), else the CUDA-core one of :mod:`.nm24_decode` (:func:`decode_choice`).
 Otherwise it runs the tile kernel of this file: each program
 loads a (BLOCK_N, BLOCK_K/2) slab of values and the (BLOCK_N, BLOCK_K/32) int32 metadata words covering it,
 expands them into the dense (BLOCK_N, BLOCK_K) tile with selects and feeds it to ``tl.dot`` (``DECOMP`` picks
@@ -285,13 +285,13 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     return out.reshape(*x.shape[:-1], n)
 
 
-# Rows of x for which the sparse-tensor-core kernel runs: measured on the H200 (benchmarks/README.md, run 10:
-# every config of both kernels per LLaMA-2-7B / Qwen3-8B layer shape, CUDA graphs) it beat the CUDA-core kernel at
-# M = 2..8 on all six shapes (1.08-1.28x dense at M = 2 against 0.80-1.11x), lost at M = 1 on four of six (the
-# byte-permute variant 6 streams faster) and at M = 16 on five of six (two mma per chunk, twice the x loads).
-# A fixed rule, not a timing per shape at first call: timed outside CUDA graphs the two kernels differ by less
-# than the launch gaps, and such a choice picked the slower kernel on 6 of 30 (shape, M).
-MMA_ROWS = range(2, 9)
+# Rows of x for which the sparse-tensor-core kernel runs. Measured on the H200 (benchmarks/README.md, run 11:
+# every config of both kernels per LLaMA-2-7B / Qwen3-8B layer shape, CUDA graphs) it beat the CUDA-core kernel on
+# 4 of 6 shapes at M = 1 (1.27-1.42x dense; 1.13x against 1.34x on 4096 x 11008), on all six at M = 2..8 and on
+# 4 of 6 at M = 16 (0.66-0.92x, within 0.06x where it lost). A fixed rule, not a timing per shape at first call:
+# timed outside CUDA graphs the two kernels differ by less than the launch gaps (such a choice picked the slower
+# kernel on 6 of 30 (shape, M) in run 10).
+MMA_ROWS = range(1, 17)
 
 
 def decode_choice(x2: torch.Tensor, values: torch.Tensor) -> str:

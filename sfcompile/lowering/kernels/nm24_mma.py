@@ -45,23 +45,15 @@ _MASKED_META = tl.constexpr(0x44444444)
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K. A first guess:
-    enough 64-bit loads in flight per SM (CHUNKS chunks per warp per step) and programs to fill 132 SMs."""
-    # mma_decode sweep 2 (H200, 2026-11-30): CHUNKS 4 won every (shape, M) over 1 and 2, mostly at (4, 1, 4, 8);
-    # CHUNKS 8 (a warp's whole K share in one step at SPLIT_K 16) is untested there
-    space = [(4, 1, 4, 8), (2, 2, 4, 8), (4, 1, 4, 4), (2, 2, 4, 4), (8, 1, 4, 4), (4, 2, 4, 4), (2, 2, 4, 16),
-             (4, 1, 8, 16), (4, 1, 8, 8), (2, 2, 8, 8), (8, 1, 8, 4), (4, 1, 8, 4)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "SPAN": span,
-                           "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
-            for span in (4, 1) for wn, wk, ch, sk in space]
-
-
-@triton.jit
-def _even_nibbles(w):
-    """Nibbles 0, 2, 4, 6 of the int32 ``w`` packed into its low 16 bits (the odd ones: ``_even_nibbles(w >> 4)``)."""
-    a = w & 0x0F0F0F0F
-    a = (a | (a >> 4)) & 0x00FF00FF
-    return (a | (a >> 8)) & 0x0000FFFF
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8 (one
+    or two spans per warp and step, every load of the step issued before its first mma)."""
+    # mma_decode sweep 3 (H200, 2026-11-30; benchmarks/README.md run 11): the configs that were best for some
+    # (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus two neighbours
+    space = [(4, 1, 8, 8), (8, 1, 8, 4), (2, 2, 8, 8), (4, 1, 4, 8), (2, 2, 4, 8), (2, 2, 4, 4), (4, 1, 8, 4),
+             (8, 1, 4, 4)]
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
+                          num_warps=wn * wk, num_stages=1)
+            for wn, wk, ch, sk in space]
 
 
 @triton.jit
@@ -131,69 +123,6 @@ def _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e, NW: tl.c
 
 
 @triton.jit
-def _x_fragment(x32, stride_xw, tok, c, t, mask_x, i: tl.constexpr):
-    """B register i of each lane for chunk ``c``: x[tok, the two K columns of logical row 2t + 8i] as one
-    32-bit word. Logical group lg = 2i + t // 2 is packed group 2 lg (lg < 4) or 2 (lg - 4) + 1."""
-    if i < 2:
-        pg = 4 * i + 2 * (t // 2)
-    else:
-        pg = 4 * (i - 2) + 2 * (t // 2) + 1
-    return tl.load(x32 + tok * stride_xw + 16 * c + 2 * pg + (t % 2), mask=mask_x, other=0)
-
-
-@triton.jit
-def _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, MT: tl.constexpr):
-    """Everything one lane needs for chunk ``c``: its 64-bit value words of rows row0 and row0 + 8, their
-    metadata words, and its B registers of x rows g (and g + 8 when MT = 2; else copies, never used)."""
-    live = c < c_hi
-    w0 = tl.load(va0 + 4 * c, mask=live & ok0, other=0)          # row0: packed groups 2t, 2t + 1
-    w1 = tl.load(va1 + 4 * c, mask=live & ok1, other=0)
-    m0 = tl.load(ma0 + c, mask=live & ok0, other=_MASKED_META)
-    m1 = tl.load(ma1 + c, mask=live & ok1, other=_MASKED_META)
-    xm = live & (g < M)
-    b0 = _x_fragment(x32, stride_xw, g, c, t, xm, 0)
-    b1 = _x_fragment(x32, stride_xw, g, c, t, xm, 1)
-    b2 = _x_fragment(x32, stride_xw, g, c, t, xm, 2)
-    b3 = _x_fragment(x32, stride_xw, g, c, t, xm, 3)
-    if MT == 2:
-        xm1 = live & (g + 8 < M)
-        b4 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 0)
-        b5 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 1)
-        b6 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 2)
-        b7 = _x_fragment(x32, stride_xw, g + 8, c, t, xm1, 3)
-    else:
-        b4, b5, b6, b7 = b0, b1, b2, b3
-    return w0, w1, m0, m1, b0, b1, b2, b3, b4, b5, b6, b7
-
-
-@triton.jit
-def _mma_chunk(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW: tl.constexpr, IS_BF16: tl.constexpr,
-               USE_ASM: tl.constexpr, MT: tl.constexpr):
-    """The mma (two when MT = 2) of one chunk loaded by :func:`_load_chunk`."""
-    w0, w1, m0, m1, b0, b1, b2, b3, b4, b5, b6, b7 = ld
-    a0 = w0.to(tl.int32)              # logical group t of row0 (low word), 4 + t (high word)
-    a2 = (w0 >> 32).to(tl.int32)
-    a1 = w1.to(tl.int32)
-    a3 = (w1 >> 32).to(tl.int32)
-    # selector 0: lane t = 0 gives logical groups 0-3 (= packed 0, 2, 4, 6: the even nibbles), t = 1 groups
-    # 4-7 (the odd ones); row0 in the low half, row0 + 8 in the high half
-    sh = tl.where(t == 1, 4, 0)
-    e = _even_nibbles(m0 >> sh) | (_even_nibbles(m1 >> sh) << 16)
-    if USE_ASM:
-        acc0, acc1, acc2, acc3 = _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, IS_BF16)
-    else:
-        acc0, acc1, acc2, acc3 = _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, NW,
-                                                  IS_BF16)
-    if MT == 2:
-        if USE_ASM:
-            acc4, acc5, acc6, acc7 = _mma_sp(a0, a1, a2, a3, b4, b5, b6, b7, acc4, acc5, acc6, acc7, e, IS_BF16)
-        else:
-            acc4, acc5, acc6, acc7 = _mma_sp_emulated(a0, a1, a2, a3, b4, b5, b6, b7, acc4, acc5, acc6, acc7, e,
-                                                      NW, IS_BF16)
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
-
-
-@triton.jit
 def _columns4(v):
     """The 4 columns of a (T, 4) tensor as (T,) tensors."""
     a, b = tl.split(tl.reshape(v, (v.shape[0], 2, 2)))       # a: columns 0, 2; b: columns 1, 3
@@ -204,7 +133,7 @@ def _columns4(v):
 
 @triton.jit
 def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr):
-    """The weight operands of the 4 ``mma`` of span c .. c + 3 (SPAN 4): lane t loads all of chunk c + t of
+    """The weight operands of the 4 ``mma`` of span c .. c + 3: lane t loads all of chunk c + t of
     rows row0 and row0 + 8 (4 x 64 bits as two 16-byte loads per row: a warp's load covers 8 rows x 64
     contiguous bytes instead of 8 x 32), and the span's 4 metadata words per row (one 16-byte load when the
     row stride allows, ``META_VEC``; the same words in the 4 lanes of a quad). Loads wider than 16 bytes per
@@ -236,7 +165,7 @@ def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr)
 
 @triton.jit
 def _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u: tl.constexpr, i: tl.constexpr):
-    """B register i of ``mma`` u of span c (SPAN 4). That mma takes packed groups 2u, 2u + 1 of each of the 4
+    """B register i of ``mma`` u of span c. That mma takes packed groups 2u, 2u + 1 of each of the 4
     chunks: logical group lg is group 2u + lg // 4 of chunk c + lg % 4; register i of lane t holds logical
     group lg = 2i + t // 2, its K columns 2 (t % 2) and 2 (t % 2) + 1, as one 32-bit word of x."""
     lg = 2 * i + t // 2
@@ -315,52 +244,15 @@ def _mma_span(ld, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, a
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
-@triton.jit
-def _step_by_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, acc0, acc1, acc2, acc3, acc4,
-                   acc5, acc6, acc7, NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr,
-                   MT: tl.constexpr, CHUNKS: tl.constexpr):
-    """One step of SPAN 1: CHUNKS chunks from c, every load issued before the first mma."""
-    ld0 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, MT)
-    if CHUNKS >= 2:
-        ld1 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 1, c_hi, ok0, ok1, t, g, M, MT)
-    if CHUNKS >= 4:
-        ld2 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 2, c_hi, ok0, ok1, t, g, M, MT)
-        ld3 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 3, c_hi, ok0, ok1, t, g, M, MT)
-    if CHUNKS >= 8:
-        ld4 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 4, c_hi, ok0, ok1, t, g, M, MT)
-        ld5 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 5, c_hi, ok0, ok1, t, g, M, MT)
-        ld6 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 6, c_hi, ok0, ok1, t, g, M, MT)
-        ld7 = _load_chunk(va0, va1, ma0, ma1, x32, stride_xw, c + 7, c_hi, ok0, ok1, t, g, M, MT)
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-        ld0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-    if CHUNKS >= 2:
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-    if CHUNKS >= 4:
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-    if CHUNKS >= 8:
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld4, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld5, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld6, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_chunk(
-            ld7, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16, USE_ASM, MT)
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
-
-
 @triton.jit(do_not_specialize=["M"])
 def _nm24_mma_kernel(
     x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_v64, stride_mn, stride_om,
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
-    SPAN: tl.constexpr,        # 1: a lane loads 8 bytes per row and chunk; 4: a whole chunk of 4 (see _load_span)
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
-    WARPS_N: tl.constexpr, WARPS_K: tl.constexpr, CHUNKS: tl.constexpr, SPLIT_K: tl.constexpr,
+    WARPS_N: tl.constexpr, WARPS_K: tl.constexpr,
+    CHUNKS: tl.constexpr,      # chunks per warp and step: 4 or 8 (one or two spans of 4)
+    SPLIT_K: tl.constexpr,
     MT: tl.constexpr,          # 8-row tiles of x (1: M <= 8, 2: M <= 16)
 ):
     NW: tl.constexpr = WARPS_N * WARPS_K
@@ -388,8 +280,6 @@ def _nm24_mma_kernel(
     v64 = v_ptr.to(tl.pointer_type(tl.int64))
     x32 = x_ptr.to(tl.pointer_type(tl.int32))
     stride_xw = stride_xm // 2
-    va0 = v64 + row0 * stride_v64 + t
-    va1 = v64 + row1 * stride_v64 + t
     ma0 = meta_ptr + row0 * stride_mn
     ma1 = meta_ptr + row1 * stride_mn
     acc0 = tl.zeros((32 * NW,), tl.float32)
@@ -406,22 +296,16 @@ def _nm24_mma_kernel(
     vr1 = v64 + row1 * stride_v64
     for cb in range(c_lo, c_hi, STEP):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
-        if SPAN == 4:
-            tl.static_assert(CHUNKS % 4 == 0, "SPAN 4 takes CHUNKS 4 or 8")
-            sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
-            if CHUNKS == 8:
-                sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+        sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+        if CHUNKS == 8:
+            sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
+            sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
+            USE_ASM, MT)
+        if CHUNKS == 8:
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
-                sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
-                USE_ASM, MT)
-            if CHUNKS == 8:
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
-                    sp1, x32, stride_xw, c + 4, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW,
-                    IS_BF16, USE_ASM, MT)
-        else:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _step_by_chunk(
-                va0, va1, ma0, ma1, x32, stride_xw, c, c_hi, ok0, ok1, t, g, M, acc0, acc1, acc2, acc3, acc4, acc5,
-                acc6, acc7, NW, IS_BF16, USE_ASM, MT, CHUNKS)
+                sp1, x32, stride_xw, c + 4, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW,
+                IS_BF16, USE_ASM, MT)
 
     # D register j of a lane: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in the second x tile). join
     # stacks on a new last axis, so the flat index is (j % 2) * 2 MT + (j // 2) * MT + tile
@@ -499,8 +383,9 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        config = {"MT": mt, "SPAN": 4 if config["CHUNKS"] % 4 == 0 else 1,
-                  "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        if config["CHUNKS"] not in (4, 8):
+            raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
+        config = {"MT": mt, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
