@@ -1,4 +1,6 @@
-"""2:4 decode matmul ``y = x @ W.T (+ bias)`` for few rows of x (M <= 16), W packed as values + 2-bit positions.
+"""2:4 decode matmul ``y = x @ W.T (+ bias)`` for few rows of x (M <= 16), W packed as values + 2-bit positions,
+on CUDA cores (and variant 5 on dense tensor cores): since run 11 the fallback for what the sparse-tensor-core
+kernel :mod:`.nm24_mma` cannot run (fp32, K % 32 != 0, GPUs before sm_80), which is faster wherever it can.
 
 Decode is bound by the weight bytes, so what matters is how many instructions each stored value costs.
 The tile kernel (:mod:`.nm24`) rebuilds the dense (BLOCK_N, BLOCK_K) tile of W in registers and pushes it

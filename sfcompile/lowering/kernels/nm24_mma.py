@@ -7,14 +7,19 @@ instructions per stored value, so they stream packed bytes at 1.2-2.3 TB/s where
 kept values plus 4 bits of positions per group of 4, and x^T as the 32 x 8 dense operand (the rows of x are
 its 8 columns; 16 rows take two). What is left per weight element is the load of its bytes.
 
-Each warp owns 16 output columns (rows of W) and a share of K, one 32-wide chunk per ``mma``. The fragments
-are read straight from the packed layout of :mod:`sfcompile.lowering.pack`, with no second copy of W: the
-``mma`` may number the 8 groups of a chunk in any order as long as its x rows follow the same order, so the
-lane holding logical groups t and 4 + t (its two A registers of a row) is given the packed groups 2t and
-2t + 1, the 8 bytes at values[n, 16c + 4t .. 16c + 4t + 3]: one 64-bit load per row and lane. The
-positions of a chunk are one metadata word per row (32 K columns = 8 groups = 8 nibbles); the ``mma`` wants
-its logical groups 0-3 and 4-7 as 16-bit halves, so the even and the odd nibbles are pulled together
-(:func:`_even_nibbles`).
+Each warp owns 16 output columns (rows of W) and a share of K, walked in spans of 4 chunks of 32 (one ``mma``
+per chunk's worth of values). The fragments are read straight from the packed layout of
+:mod:`sfcompile.lowering.pack`, with no second copy of W: an ``mma`` may take any 8 groups of 4 as its K, in
+any order, as long as its x rows follow the same order. So lane t of a quad loads all of chunk c + t of its
+two rows (32 bytes per row, two 16-byte loads: a warp's load covers 8 rows x 64 contiguous bytes), and
+``mma`` u of the span takes packed groups 2u and 2u + 1 of every chunk -- from lane t, the 64-bit word u of
+its chunk: logical group t (low half) and 4 + t (high half). The span's 4 metadata words of a row (32 K
+columns = 8 nibbles each) come in one 16-byte load; ``mma`` u wants nibble 2u (lane t = 0) or 2u + 1 (t = 1)
+of each, packed as 16 bits per row (:func:`_span_meta`). Measured on the H200 (benchmarks/README.md, runs
+10-11): 1.13-1.43x dense cuBLAS at M = 1..4, 0.95-1.21x at M = 8, 0.66-0.92x at M = 16, where the x loads
+(four 32-bit words per lane and ``mma``, 8 rows of x each) and the second ``mma`` per x tile cost as much as
+the weights; loading a chunk per lane instead of 8 bytes per lane and chunk (run 10) cut the L1 wavefronts
+per chunk from 32 to 12 and gained 0.1-0.3x.
 
 Triton has no sparse dot, so the ``mma`` is inline PTX on 1-D tensors of exactly one element per thread
 (``tl.arange(0, 32 * num_warps)``: element i lives in thread i, so each element is one lane's fragment and
