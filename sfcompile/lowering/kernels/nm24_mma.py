@@ -343,9 +343,15 @@ def nm24_mma_unsupported(x2: torch.Tensor, values: torch.Tensor) -> str | None:
         return f"dtype {x2.dtype} (mma.sp takes bf16/fp16)"
     if k % 32:
         return f"K={k} is not a multiple of 32 (one mma.sp chunk)"
-    if x2.is_cuda and torch.cuda.get_device_capability(x2.device) < (8, 0):
+    if x2.is_cuda and _capability(x2.device.index if x2.device.index is not None else torch.cuda.current_device()) \
+            < (8, 0):
         return "mma.sp needs compute capability 8.0 or newer"
     return None
+
+
+@functools.cache   # asked on every decode call: once per device
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 _AUTOTUNED: dict = {}
