@@ -11,6 +11,7 @@ import torch
 from sfcompile.lowering.kernels.block16 import block16_matmul, block16_matmul_reference
 from sfcompile.lowering.kernels.nm24 import nm24_matmul, nm24_matmul_reference
 from sfcompile.lowering.kernels.nm24_decode import nm24_decode_reference
+from sfcompile.lowering.kernels.nm24_mma import nm24_mma_reference
 from sfcompile.lowering.pack import pack
 from sfcompile.patterns import NM, Block
 
@@ -311,7 +312,7 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     b = torch.randn(n, generator=g).to(dtype) if bias else None
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch,
                                                                           SPLIT_K=sk))
-    ref = nm24_decode_reference(x, pw.data["values"], pw.data["meta"], b)
+    ref = nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)
     assert _rel(y, ref) < TOL[dtype]
     assert y[:, 1].float().abs().max() == (0 if b is None else b[1].float().abs())
 

@@ -39,9 +39,9 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
-from sfcompile.lowering.kernels.nm24_decode import _widen
+from sfcompile.lowering.kernels.nm24_decode import _widen, nm24_decode_reference
 
-__all__ = ["nm24_mma", "nm24_mma_configs", "nm24_mma_unsupported", "MAX_M"]
+__all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsupported", "MAX_M"]
 
 MAX_M = 16
 # groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
@@ -401,3 +401,10 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
     return out
+
+
+def nm24_mma_reference(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch reference of what the kernel computes: the same contract as the CUDA-core decode kernel's
+    (:func:`.nm24_decode.nm24_decode_reference`: fp32 sums in the compressed domain, x2.dtype out)."""
+    return nm24_decode_reference(x2, values, meta, bias)
