@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import sfcompile
 from sfcompile.masking.forge import ForgeConfig, SparseForge
 from sfcompile.masking.schedule import TemperingSchedule
+from sfcompile.opcount import OpCount
 
 UPDATE_STEP = 29  # t = 30: an update step of TemperingSchedule(period_early=30, period_late=10)
 
@@ -69,16 +69,6 @@ def _update(forge) -> None:
     forge.after_step(UPDATE_STEP, measure=False)
 
 
-class _ComputeOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
 def _count_ops(forge, device) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
@@ -87,7 +77,7 @@ def _count_ops(forge, device) -> dict:
     events = list(prof.events())
     aten = [e for e in events if e.name.startswith("aten::") and e.device_type == torch.autograd.DeviceType.CPU]
     top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    with _ComputeOps() as ops:
+    with OpCount() as ops:
         _update(forge)
     out = {"aten_ops": len(aten), "top_level_ops": len(top), "compute_ops": ops.n}
     if device.type == "cuda":

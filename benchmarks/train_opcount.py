@@ -14,25 +14,15 @@ import copy
 import json
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import sfcompile
 from sfcompile.masking.forge import ForgeConfig, SparseForge
-
-
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
+from sfcompile.opcount import OpCount
 
 
 def count(model, ids) -> int:
-    with _Count() as c:
+    with OpCount(views=True) as c:
         model(ids, labels=ids).loss.backward()
     return c.n
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from sfcompile.masking import update
@@ -13,6 +12,7 @@ from sfcompile.masking.forge import ForgeConfig, SparseForge, kron_smooth
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.masking.scores import ScoreError
 from sfcompile.masking.state import dense_weight, sparsify
+from sfcompile.opcount import OpCount
 
 # every step updates the masks; hardening starts late, so the update steps below all go through tempering
 SCHED = TemperingSchedule(sparsity_warmup=0.2, temperature_floor_at=0.3, pull_warmup=0.2, period_early=1,
@@ -114,27 +114,15 @@ def test_batches_group_sites_by_shape_and_respect_the_size_cap(_dense):
     assert len(update.plan_batches(forge.entries, forge._groups, 1)) == len(forge.entries)
 
 
-class _CountOps(TorchDispatchMode):
-    """Ops that compute (views launch nothing and are not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
 def test_batched_update_dispatches_far_fewer_ops(_dense):
     cfg = copy.deepcopy(_dense.config)
     cfg.num_hidden_layers = 8  # 56 sites of 4 shapes: per site only the τ draw and 5 small reductions remain
     model, forge, opt = _build(AutoModelForCausalLM.from_config(cfg))
     _train_step(model, forge, opt, 0)
     values = SCHED.values(1, TOTAL, forge.final_sparsity)
-    with torch.no_grad(), _CountOps() as batched:
+    with torch.no_grad(), OpCount() as batched:
         forge._update_masks(0, values)
-    with torch.no_grad(), _CountOps() as reference:
+    with torch.no_grad(), OpCount() as reference:
         update.update_masks_reference(forge, 0, values)
     assert reference.n >= 8 * batched.n, (reference.n, batched.n)  # measured: 5,830 -> 591
 
