@@ -285,22 +285,17 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     return out.reshape(*x.shape[:-1], n)
 
 
-# Rows of x for which the sparse-tensor-core kernel runs. Measured on the H200 (benchmarks/README.md, run 11:
-# every config of both kernels per LLaMA-2-7B / Qwen3-8B layer shape, CUDA graphs) it beat the CUDA-core kernel on
-# 4 of 6 shapes at M = 1 (1.27-1.42x dense; 1.13x against 1.34x on 4096 x 11008), on all six at M = 2..8 and on
-# 4 of 6 at M = 16 (0.66-0.92x, within 0.06x where it lost). A fixed rule, not a timing per shape at first call:
-# timed outside CUDA graphs the two kernels differ by less than the launch gaps (such a choice picked the slower
-# kernel on 6 of 30 (shape, M) in run 10).
-MMA_ROWS = range(1, 17)
-
-
 def decode_choice(x2: torch.Tensor, values: torch.Tensor) -> str:
-    """Which decode kernel runs ``x2 @ W.T``: "mma" (:mod:`.nm24_mma`) for :data:`MMA_ROWS` rows of x where
-    the sparse tensor cores can run it (bf16/fp16, K % 32 == 0, sm_80 and newer), else "cuda-core"
-    (:mod:`.nm24_decode`)."""
-    if x2.shape[0] in MMA_ROWS and nm24_mma_unsupported(x2, values) is None:
-        return "mma"
-    return "cuda-core"
+    """Which decode kernel runs ``x2 @ W.T``: "mma" (:mod:`.nm24_mma`) wherever the sparse tensor cores can run
+    it (bf16/fp16, K % 32 == 0, sm_80 and newer, M <= 16), else "cuda-core" (:mod:`.nm24_decode`).
+
+    Measured on the H200 (benchmarks/README.md, run 11: every config of both kernels per LLaMA-2-7B / Qwen3-8B
+    layer shape, CUDA graphs), the mma kernel beat the CUDA-core one on 4 of 6 shapes at M = 1 (1.27-1.42x dense;
+    1.13x against 1.34x on 4096 x 11008), on all six at M = 2..8 and on 4 of 6 at M = 16 (0.66-0.92x, within
+    0.06x where it lost). A fixed rule, not a timing per shape at first call: timed outside CUDA graphs the two
+    kernels differ by less than the launch gaps (such a choice picked the slower kernel on 6 of 30 (shape, M)
+    in run 10)."""
+    return "mma" if nm24_mma_unsupported(x2, values) is None else "cuda-core"
 
 
 def nm24_matmul_reference(x, values, meta, bias=None, offs=None):

@@ -295,10 +295,10 @@ def _nm24_mma_kernel(
     acc5 = tl.zeros((32 * NW,), tl.float32)
     acc6 = tl.zeros((32 * NW,), tl.float32)
     acc7 = tl.zeros((32 * NW,), tl.float32)
-    # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
-    # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp)
     vr0 = v64 + row0 * stride_v64
     vr1 = v64 + row1 * stride_v64
+    # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
+    # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp)
     for cb in range(c_lo, c_hi, STEP):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
         sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
