@@ -50,15 +50,16 @@ _MASKED_META = tl.constexpr(0x44444444)
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8 (one
-    or two spans per warp and step, every load of the step issued before its first mma)."""
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PIPE); num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8
+    (one or two spans per warp and step, every load of the step issued before its first mma); PIPE 1 loads
+    the next step's weights before this step's mma."""
     # mma_decode sweep 3 (H200, 2026-11-30; benchmarks/README.md run 11): the configs that were best for some
-    # (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus two neighbours
+    # (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus two neighbours; each with and without prefetch
     space = [(4, 1, 8, 8), (8, 1, 8, 4), (2, 2, 8, 8), (4, 1, 4, 8), (2, 2, 4, 8), (2, 2, 4, 4), (4, 1, 8, 4),
              (8, 1, 4, 4)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
-                          num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk in space]
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PIPE": pipe,
+                           "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
+            for wn, wk, ch, sk in space for pipe in (0, 1)]
 
 
 @triton.jit
@@ -138,18 +139,22 @@ def _columns4(v):
 
 @triton.jit
 def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr):
-    """The weight operands of the 4 ``mma`` of span c .. c + 3: lane t loads all of chunk c + t of
-    rows row0 and row0 + 8 (4 x 64 bits as two 16-byte loads per row: a warp's load covers 8 rows x 64
-    contiguous bytes instead of 8 x 32), and the span's 4 metadata words per row (one 16-byte load when the
-    row stride allows, ``META_VEC``; the same words in the 4 lanes of a quad). Loads wider than 16 bytes per
-    thread would be spread over several threads by Triton's layouts, so none is."""
+    """The weight operands of the 4 ``mma`` of span c .. c + 3. A row's span is 128 bytes = eight 16-byte
+    pieces; lane t of a quad loads pieces t and 4 + t of rows row0 and row0 + 8, so a quad's load covers 64
+    contiguous bytes of each row and a warp's 8 rows x 2 whole sectors. Piece t is half t % 2 of chunk
+    c + t // 2 (its packed groups 4 (t % 2) .. 4 (t % 2) + 3), piece 4 + t the same half of chunk c + 2 + t // 2.
+    The span's 4 metadata words per row come in one 16-byte load when the row stride allows (``META_VEC``);
+    lane t keeps the two it gives the ``mma`` (chunks c, c + 1 for t = 0; c + 2, c + 3 for t = 1; lanes
+    t = 2, 3 give none). Loads wider than 16 bytes per thread would be spread over several threads by
+    Triton's layouts, so none is."""
     e2 = tl.arange(0, 2)[None, :]
-    live = ((c + t) < c_hi)[:, None]
-    vo = tl.multiple_of((4 * (c + t))[:, None] + e2, [1, 2])
-    p0, p1 = tl.split(tl.load(vr0[:, None] + vo, mask=live & ok0[:, None], other=0))         # (T, 2) int64
-    p2, p3 = tl.split(tl.load(vr0[:, None] + vo + 2, mask=live & ok0[:, None], other=0))
-    q0, q1 = tl.split(tl.load(vr1[:, None] + vo, mask=live & ok1[:, None], other=0))
-    q2, q3 = tl.split(tl.load(vr1[:, None] + vo + 2, mask=live & ok1[:, None], other=0))
+    live0 = ((c + t // 2) < c_hi)[:, None]
+    live1 = ((c + 2 + t // 2) < c_hi)[:, None]
+    vo = tl.multiple_of((4 * c + 2 * t)[:, None] + e2, [1, 2])
+    p0, p1 = tl.split(tl.load(vr0[:, None] + vo, mask=live0 & ok0[:, None], other=0))         # (T, 2) int64
+    p2, p3 = tl.split(tl.load(vr0[:, None] + vo + 8, mask=live1 & ok0[:, None], other=0))
+    q0, q1 = tl.split(tl.load(vr1[:, None] + vo, mask=live0 & ok1[:, None], other=0))
+    q2, q3 = tl.split(tl.load(vr1[:, None] + vo + 8, mask=live1 & ok1[:, None], other=0))
     if META_VEC:
         # (K % 128 == 0 then: spans are whole, so one mask per lane and the load stays one vector)
         mo = tl.multiple_of(c[:, None] + tl.arange(0, 4)[None, :], [1, 4])
@@ -165,87 +170,109 @@ def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr)
         b1 = tl.load(mr1 + c + 1, mask=(c + 1 < c_hi) & ok1, other=_MASKED_META)
         b2 = tl.load(mr1 + c + 2, mask=(c + 2 < c_hi) & ok1, other=_MASKED_META)
         b3 = tl.load(mr1 + c + 3, mask=(c + 3 < c_hi) & ok1, other=_MASKED_META)
-    return p0, p1, p2, p3, q0, q1, q2, q3, a0, a1, a2, a3, b0, b1, b2, b3
+    hi_pair = t == 1
+    return (p0, p1, p2, p3, q0, q1, q2, q3, tl.where(hi_pair, a2, a0), tl.where(hi_pair, a3, a1),
+            tl.where(hi_pair, b2, b0), tl.where(hi_pair, b3, b1))
 
 
 @triton.jit
-def _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u: tl.constexpr, i: tl.constexpr):
-    """B register i of ``mma`` u of span c. That mma takes packed groups 2u, 2u + 1 of each of the 4
-    chunks: logical group lg is group 2u + lg // 4 of chunk c + lg % 4; register i of lane t holds logical
-    group lg = 2i + t // 2, its K columns 2 (t % 2) and 2 (t % 2) + 1, as one 32-bit word of x."""
-    lg = 2 * i + t // 2
-    ch = c + lg % 4
-    return tl.load(x32 + tok * stride_xw + 16 * ch + 2 * (2 * u + lg // 4) + t % 2, mask=ok_tok & (ch < c_hi),
-                   other=0)
+def _word(w01, w23, u: tl.constexpr):
+    """32-bit word u (0..3) of a 16-byte piece held as two int64."""
+    if u == 0:
+        return w01.to(tl.int32)
+    elif u == 1:
+        return (w01 >> 32).to(tl.int32)
+    elif u == 2:
+        return w23.to(tl.int32)
+    else:
+        return (w23 >> 32).to(tl.int32)
 
 
 @triton.jit
-def _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, u: tl.constexpr):
-    """Metadata of ``mma`` u of a span from the 4 chunks' words of row0 (a) and row0 + 8 (b): lane t = 0 gives
-    logical groups 0-3 = nibble 2u of each word, t = 1 logical groups 4-7 = nibble 2u + 1; row0 in bits 0-15,
-    row0 + 8 in bits 16-31."""
-    sh = 8 * u + tl.where(t == 1, 4, 0)
-    lo = ((a0 >> sh) & 15) | (((a1 >> sh) & 15) << 4) | (((a2 >> sh) & 15) << 8) | (((a3 >> sh) & 15) << 12)
-    hi = ((b0 >> sh) & 15) | (((b1 >> sh) & 15) << 4) | (((b2 >> sh) & 15) << 8) | (((b3 >> sh) & 15) << 12)
+def _nibbles(w, u: tl.constexpr):
+    """Nibbles u and 4 + u of metadata word w (the positions of packed groups u and 4 + u of its chunk) as
+    bits 0-3 and 4-7."""
+    v = (w >> (4 * u)) & 0x000F000F
+    return (v | (v >> 12)) & 0xFF
+
+
+@triton.jit
+def _span_meta(wa0, wa1, wb0, wb1, u: tl.constexpr):
+    """Metadata of ``mma`` u from lane t's two metadata words of row0 (wa0, wa1) and of row0 + 8 (wb0, wb1):
+    its logical groups L = 4 (t % 2) .. + 3 are packed group 4 (L % 2) + u of chunk c + L // 2; row0 in bits
+    0-15, row0 + 8 in bits 16-31."""
+    lo = _nibbles(wa0, u) | (_nibbles(wa1, u) << 8)
+    hi = _nibbles(wb0, u) | (_nibbles(wb1, u) << 8)
     return lo | (hi << 16)
 
 
 @triton.jit
-def _x_regs(x32, stride_xw, tok, c, c_hi, t, ok_tok, u: tl.constexpr):
-    """The 4 B registers of ``mma`` u of span c for x rows ``tok``."""
-    b0 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 0)
-    b1 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 1)
-    b2 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 2)
-    b3 = _x_word(x32, stride_xw, tok, c, c_hi, t, ok_tok, u, 3)
-    return b0, b1, b2, b3
+def _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, i: tl.constexpr, X_VEC: tl.constexpr):
+    """B register i of the span's 4 ``mma`` for x rows ``tok``: register i of lane t holds logical group
+    2i + t // 2 = packed group 4 (t // 2) + u of chunk c + i, its K columns 2 (t % 2), 2 (t % 2) + 1 -- word
+    8 (t // 2) + 2u + t % 2 of the chunk's 16. The 8 words from 8 (t // 2) come in two 16-byte loads
+    (``X_VEC``: x's row stride allows it) and each ``mma`` takes the ones of lane t's parity."""
+    offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2))[:, None] + tl.arange(0, 4)[None, :]
+    if X_VEC:
+        offs = tl.multiple_of(offs, [1, 4])
+    live = (ok_tok & (c + i < c_hi))[:, None]
+    w0, w1, w2, w3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
+    w4, w5, w6, w7 = _columns4(tl.load(x32 + offs + 4, mask=live, other=0))
+    odd = (t % 2) == 1
+    return tl.where(odd, w1, w0), tl.where(odd, w3, w2), tl.where(odd, w5, w4), tl.where(odd, w7, w6)
 
 
 @triton.jit
-def _mma_u(p, q, xr, acc0, acc1, acc2, acc3, e, NW: tl.constexpr, IS_BF16: tl.constexpr,
-           USE_ASM: tl.constexpr):
-    """One ``mma`` from the 64-bit value words p (row0) and q (row0 + 8) -- low word = logical group t, high
-    word = logical group 4 + t -- and x's registers ``xr``."""
-    b0, b1, b2, b3 = xr
-    a0 = p.to(tl.int32)
-    a2 = (p >> 32).to(tl.int32)
-    a1 = q.to(tl.int32)
-    a3 = (q >> 32).to(tl.int32)
+def _mma_u(ld, xr0, xr1, xr2, xr3, acc0, acc1, acc2, acc3, NW: tl.constexpr, IS_BF16: tl.constexpr,
+           USE_ASM: tl.constexpr, u: tl.constexpr):
+    """``mma`` u of a span loaded by :func:`_load_span`, with x's registers from :func:`_x_chunk`."""
+    p0, p1, p2, p3, q0, q1, q2, q3, wa0, wa1, wb0, wb1 = ld
+    a0 = _word(p0, p1, u)       # row0, logical group t: piece t
+    a1 = _word(q0, q1, u)       # row0 + 8, logical group t
+    a2 = _word(p2, p3, u)       # row0, logical group 4 + t: piece 4 + t
+    a3 = _word(q2, q3, u)
+    e = _span_meta(wa0, wa1, wb0, wb1, u)
     if USE_ASM:
-        return _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, IS_BF16)
+        return _mma_sp(a0, a1, a2, a3, xr0, xr1, xr2, xr3, acc0, acc1, acc2, acc3, e, IS_BF16)
     else:
-        return _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, acc0, acc1, acc2, acc3, e, NW, IS_BF16)
+        return _mma_sp_emulated(a0, a1, a2, a3, xr0, xr1, xr2, xr3, acc0, acc1, acc2, acc3, e, NW, IS_BF16)
+
+
+@triton.jit
+def _x_span(x32, stride_xw, tok, c, c_hi, t, ok_tok, X_VEC: tl.constexpr):
+    """x's registers of the span's 4 ``mma`` for one 8-row tile of x, ordered (register 0 of mma 0..3,
+    register 1 of mma 0..3, ...)."""
+    x00, x01, x02, x03 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 0, X_VEC)
+    x10, x11, x12, x13 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 1, X_VEC)
+    x20, x21, x22, x23 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 2, X_VEC)
+    x30, x31, x32_, x33 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 3, X_VEC)
+    return x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32_, x33
+
+
+@triton.jit
+def _mma_tile(ld, xs, acc0, acc1, acc2, acc3, NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """The 4 ``mma`` of a span for one 8-row tile of x (registers ``xs`` from :func:`_x_span`)."""
+    x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xs
+    acc0, acc1, acc2, acc3 = _mma_u(ld, x00, x10, x20, x30, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM, 0)
+    acc0, acc1, acc2, acc3 = _mma_u(ld, x01, x11, x21, x31, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM, 1)
+    acc0, acc1, acc2, acc3 = _mma_u(ld, x02, x12, x22, x32, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM, 2)
+    acc0, acc1, acc2, acc3 = _mma_u(ld, x03, x13, x23, x33, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM, 3)
+    return acc0, acc1, acc2, acc3
 
 
 @triton.jit
 def _mma_span(ld, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t,
-              NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr, MT: tl.constexpr):
-    """The 4 ``mma`` (8 when MT = 2) of a span loaded by :func:`_load_span`; x's registers (small, from L2)
-    are all loaded before the first one, for the same in-order-issue reason as the weights."""
-    p0, p1, p2, p3, q0, q1, q2, q3, a0, a1, a2, a3, b0, b1, b2, b3 = ld
-    ok = g < M
-    x0 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 0)
-    x1 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 1)
-    x2 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 2)
-    x3 = _x_regs(x32, stride_xw, g, c, c_hi, t, ok, 3)
+              NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr, MT: tl.constexpr,
+              X_VEC: tl.constexpr):
+    """The 4 ``mma`` (8 when MT = 2: x rows g and g + 8) of a span loaded by :func:`_load_span`; x's
+    registers (small, from L1/L2) are all loaded before the first ``mma``, for the same in-order-issue
+    reason as the weights."""
+    xs0 = _x_span(x32, stride_xw, g, c, c_hi, t, g < M, X_VEC)
     if MT == 2:
-        ok8 = g + 8 < M
-        y0 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 0)
-        y1 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 1)
-        y2 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 2)
-        y3 = _x_regs(x32, stride_xw, g + 8, c, c_hi, t, ok8, 3)
-    e0 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 0)
-    e1 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 1)
-    e2 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 2)
-    e3 = _span_meta(a0, a1, a2, a3, b0, b1, b2, b3, t, 3)
-    acc0, acc1, acc2, acc3 = _mma_u(p0, q0, x0, acc0, acc1, acc2, acc3, e0, NW, IS_BF16, USE_ASM)
-    acc0, acc1, acc2, acc3 = _mma_u(p1, q1, x1, acc0, acc1, acc2, acc3, e1, NW, IS_BF16, USE_ASM)
-    acc0, acc1, acc2, acc3 = _mma_u(p2, q2, x2, acc0, acc1, acc2, acc3, e2, NW, IS_BF16, USE_ASM)
-    acc0, acc1, acc2, acc3 = _mma_u(p3, q3, x3, acc0, acc1, acc2, acc3, e3, NW, IS_BF16, USE_ASM)
+        xs1 = _x_span(x32, stride_xw, g + 8, c, c_hi, t, g + 8 < M, X_VEC)
+    acc0, acc1, acc2, acc3 = _mma_tile(ld, xs0, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM)
     if MT == 2:
-        acc4, acc5, acc6, acc7 = _mma_u(p0, q0, y0, acc4, acc5, acc6, acc7, e0, NW, IS_BF16, USE_ASM)
-        acc4, acc5, acc6, acc7 = _mma_u(p1, q1, y1, acc4, acc5, acc6, acc7, e1, NW, IS_BF16, USE_ASM)
-        acc4, acc5, acc6, acc7 = _mma_u(p2, q2, y2, acc4, acc5, acc6, acc7, e2, NW, IS_BF16, USE_ASM)
-        acc4, acc5, acc6, acc7 = _mma_u(p3, q3, y3, acc4, acc5, acc6, acc7, e3, NW, IS_BF16, USE_ASM)
+        acc4, acc5, acc6, acc7 = _mma_tile(ld, xs1, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM)
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
@@ -255,6 +282,8 @@ def _nm24_mma_kernel(
     M, N, K, M_KEY, stride_xm, stride_v64, stride_mn, stride_om,
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
+    X_VEC: tl.constexpr,       # x's row stride a multiple of 8 elements (or one row): 16-byte loads of x
+    PIPE: tl.constexpr,        # 1: the next step's weights are loaded before this step's mma (prefetch)
     WARPS_N: tl.constexpr, WARPS_K: tl.constexpr,
     CHUNKS: tl.constexpr,      # chunks per warp and step: 4 or 8 (one or two spans of 4)
     SPLIT_K: tl.constexpr,
@@ -298,19 +327,32 @@ def _nm24_mma_kernel(
     vr0 = v64 + row0 * stride_v64
     vr1 = v64 + row1 * stride_v64
     # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
-    # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp)
-    for cb in range(c_lo, c_hi, STEP):
-        c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
-        sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+    # operands would otherwise hold back the next chunk's loads. With PIPE the next step's weight loads are
+    # issued before this step's mma too (loads past c_hi are masked off)
+    c = c_lo + wk * CHUNKS                           # this warp's first chunk of the step (warps differ in wk)
+    if PIPE:
+        nx0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
         if CHUNKS == 8:
-            sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+            nx1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+    for cb in range(c_lo, c_hi, STEP):
+        c = cb + wk * CHUNKS
+        if PIPE:
+            sp0 = nx0
+            nx0 = _load_span(vr0, vr1, ma0, ma1, c + STEP, c_hi, ok0, ok1, t, META_VEC)
+            if CHUNKS == 8:
+                sp1 = nx1
+                nx1 = _load_span(vr0, vr1, ma0, ma1, c + STEP + 4, c_hi, ok0, ok1, t, META_VEC)
+        else:
+            sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+            if CHUNKS == 8:
+                sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
             sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
-            USE_ASM, MT)
+            USE_ASM, MT, X_VEC)
         if CHUNKS == 8:
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
                 sp1, x32, stride_xw, c + 4, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW,
-                IS_BF16, USE_ASM, MT)
+                IS_BF16, USE_ASM, MT, X_VEC)
 
     # D register j of a lane: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in the second x tile). join
     # stacks on a new last axis, so the flat index is (j % 2) * 2 MT + (j // 2) * MT + tile
@@ -388,7 +430,8 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
     args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k, splitk.m_key(m),
             x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0}
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0,
+             "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0}
 
     def grid(meta_):
         return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
@@ -396,7 +439,7 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     if config is not None:
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
-        config = {"MT": mt, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, "PIPE": 0, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
