@@ -288,22 +288,21 @@ def test_nm24_decode_rejects_a_removed_variant(variant):
                     config=dict(VARIANT=variant, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1))
 
 
-MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PIPE): M = 1, odd M, 8 and 16 rows (two x tiles)
-    (1, 16, 128, 1, 1, 4, 1, 0),      # one span, one warp
-    (3, 40, 96, 2, 2, 4, 2, 0),       # N past the last strip; 3 chunks: a partial span, empty splits and warps
-    (8, 64, 512, 4, 1, 8, 1, 0),      # two spans per step, vector metadata loads
-    (9, 48, 384, 1, 2, 4, 3, 0),      # two x tiles, 9 rows; K split over programs and warps
-    (16, 32, 320, 2, 1, 4, 2, 0),     # 16 rows; 10 chunks: the last span has 2 (no vector metadata)
-    (12, 48, 480, 1, 1, 8, 2, 0),     # 15 chunks: the last span has 3
-    (5, 32, 640, 2, 1, 4, 1, 1),      # prefetch: 5 steps, the last prefetch masked off
-    (16, 48, 480, 1, 2, 8, 2, 1),     # prefetch with two spans per step, partial span, two x tiles
+MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K): M = 1, odd M, 8 and 16 rows (two x tiles)
+    (1, 16, 128, 1, 1, 4, 1),         # one span, one warp
+    (3, 40, 96, 2, 2, 4, 2),          # N past the last strip; 3 chunks: a partial span, empty splits and warps
+    (8, 64, 512, 4, 1, 8, 1),         # two spans per step, vector metadata loads
+    (9, 48, 384, 1, 2, 4, 3),         # two x tiles, 9 rows; K split over programs and warps
+    (16, 32, 320, 2, 1, 4, 2),        # 16 rows; 10 chunks: the last span has 2 (no vector metadata)
+    (12, 48, 480, 1, 1, 8, 2),        # 15 chunks: the last span has 3
+    (5, 32, 640, 2, 1, 4, 1),         # 5 steps in one program
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk,pipe", MMA_CASES)
+@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk", MMA_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, pipe, bias):
+def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     # the interpreter has no PTX: the kernel's per-lane fragments go through _mma_sp_emulated, which computes
     # what the PTX ISA says mma.sp does with them (the GPU test below runs the real instruction)
     g = torch.Generator().manual_seed(m * 1000 + n + k)
@@ -313,14 +312,15 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, pipe, bias):
     x = torch.randn(m, k + 2 * bias, generator=g).to(dtype)[:, :k]     # with bias, a row stride x is not
     b = torch.randn(n, generator=g).to(dtype) if bias else None        # loaded 16 bytes at a time from
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch,
-                                                                          SPLIT_K=sk, PIPE=pipe))
+                                                                          SPLIT_K=sk))
     ref = nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)
     assert _rel(y, ref) < TOL[dtype]
     assert y[:, 1].float().abs().max() == (0 if b is None else b[1].float().abs())
 
 
 @pytest.mark.parametrize("dtype,k,m,reason", [(torch.float32, 64, 1, "bf16/fp16"), (torch.bfloat16, 100, 1, "K=100"),
-                                              (torch.bfloat16, 64, 17, "17 rows"), (torch.bfloat16, 64, 1, "CHUNKS")])
+                                              (torch.bfloat16, 64, 17, "17 rows"), (torch.bfloat16, 64, 1, "CHUNKS"),
+                                              (torch.bfloat16, 64, 1, "PIPE")])
 def test_nm24_mma_refuses_what_it_cannot_run(dtype, k, m, reason):
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
 
@@ -329,7 +329,8 @@ def test_nm24_mma_refuses_what_it_cannot_run(dtype, k, m, reason):
     x = torch.randn(m, k, generator=g).to(dtype)
     with pytest.raises(ValueError, match=reason):
         nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, 16, dtype=dtype),
-                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=2 if reason == "CHUNKS" else 4, SPLIT_K=1))
+                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=2 if reason == "CHUNKS" else 4, SPLIT_K=1,
+                      **({"PIPE": 1} if reason == "PIPE" else {})))
 
 
 def test_decode_choice_follows_rows_dtype_and_k():
@@ -358,14 +359,12 @@ def test_nm24_mma_cuda(m, dtype):
     b = torch.randn(n, generator=g).to(dtype).cuda()
     ref = x.double() @ w.double().T + b.double()
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
-                dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1),
-                dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=5, PIPE=1),
-                dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=2, PIPE=1)):
+                dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=5)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned
     assert _rel(nm24_matmul(xs, pw.data["values"], pw.data["meta"], b, config=dict(
-        WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, PIPE=1)), ref) < TOL[dtype]
+        WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4)), ref) < TOL[dtype]
     y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype, device="cuda"))
     assert _rel(y, ref) < TOL[dtype]
     y = nm24_matmul(x[:, :4000].contiguous(), pack(w[:, :4000].contiguous(), "2:4", -1).data["values"],

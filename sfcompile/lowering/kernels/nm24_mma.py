@@ -50,16 +50,15 @@ _MASKED_META = tl.constexpr(0x44444444)
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PIPE); num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8
-    (one or two spans per warp and step, every load of the step issued before its first mma); PIPE 1 loads
-    the next step's weights before this step's mma."""
-    # mma_decode sweep 3 (H200, 2026-11-30; benchmarks/README.md run 11): the configs that were best for some
-    # (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus two neighbours; each with and without prefetch
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8 (one
+    or two spans per warp and step, every load of the step issued before its first mma)."""
+    # mma_decode sweeps 3-4 (H200, 2026-11-30; benchmarks/README.md runs 11-12): the configs that were best for
+    # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours
     space = [(4, 1, 8, 8), (8, 1, 8, 4), (2, 2, 8, 8), (4, 1, 4, 8), (2, 2, 4, 8), (2, 2, 4, 4), (4, 1, 8, 4),
              (8, 1, 4, 4)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PIPE": pipe,
-                           "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk in space for pipe in (0, 1)]
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
+                          num_warps=wn * wk, num_stages=1)
+            for wn, wk, ch, sk in space]
 
 
 @triton.jit
@@ -283,7 +282,6 @@ def _nm24_mma_kernel(
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
     X_VEC: tl.constexpr,       # x's row stride a multiple of 8 elements (or one row): 16-byte loads of x
-    PIPE: tl.constexpr,        # 1: the next step's weights are loaded before this step's mma (prefetch)
     WARPS_N: tl.constexpr, WARPS_K: tl.constexpr,
     CHUNKS: tl.constexpr,      # chunks per warp and step: 4 or 8 (one or two spans of 4)
     SPLIT_K: tl.constexpr,
@@ -327,25 +325,14 @@ def _nm24_mma_kernel(
     vr0 = v64 + row0 * stride_v64
     vr1 = v64 + row1 * stride_v64
     # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
-    # operands would otherwise hold back the next chunk's loads. With PIPE the next step's weight loads are
-    # issued before this step's mma too (loads past c_hi are masked off)
-    c = c_lo + wk * CHUNKS                           # this warp's first chunk of the step (warps differ in wk)
-    if PIPE:
-        nx0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
-        if CHUNKS == 8:
-            nx1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+    # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp). Loading the
+    # next step's weights before this step's mma as well (a prefetch: more registers, fewer warps) was slower
+    # on every measured (shape, M), by 0.01-0.3x (benchmarks/README.md, run 12)
     for cb in range(c_lo, c_hi, STEP):
-        c = cb + wk * CHUNKS
-        if PIPE:
-            sp0 = nx0
-            nx0 = _load_span(vr0, vr1, ma0, ma1, c + STEP, c_hi, ok0, ok1, t, META_VEC)
-            if CHUNKS == 8:
-                sp1 = nx1
-                nx1 = _load_span(vr0, vr1, ma0, ma1, c + STEP + 4, c_hi, ok0, ok1, t, META_VEC)
-        else:
-            sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
-            if CHUNKS == 8:
-                sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+        c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
+        sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+        if CHUNKS == 8:
+            sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
             sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
             USE_ASM, MT, X_VEC)
@@ -437,9 +424,13 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
 
     if config is not None:
+        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "MT", "num_warps", "num_stages"}
+        if unknown:
+            raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes WARPS_N, WARPS_K, CHUNKS, "
+                             "SPLIT_K (and MT, num_warps, num_stages)")
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
-        config = {"MT": mt, "PIPE": 0, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
