@@ -65,7 +65,7 @@ def sweep(shapes, ms, budget_s, log) -> list[dict]:
                    "decode_ratio": d_us / dec_us, "mma": []}
             best = None
             for c in nm24_mma.nm24_mma_configs(splitk.m_key(m)):
-                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K")}
+                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH")}
                 fns = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o, cfg)
                        for pw, o in zip(pws, outs)]
                 try:

@@ -359,7 +359,8 @@ def test_nm24_mma_cuda(m, dtype):
     b = torch.randn(n, generator=g).to(dtype).cuda()
     ref = x.double() @ w.double().T + b.double()
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
-                dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=5)):
+                dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=5),
+                dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2, PREFETCH=2)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned

@@ -50,15 +50,16 @@ _MASKED_META = tl.constexpr(0x44444444)
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K); num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8 (one
-    or two spans per warp and step, every load of the step issued before its first mma)."""
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH); num_warps = WARPS_N * WARPS_K; CHUNKS 4
+    or 8 (one or two spans per warp and step, every load of the step issued before its first mma); PREFETCH
+    the steps ahead the weights are prefetched into L2 (0: none)."""
     # mma_decode sweeps 3-4 (H200, 2026-11-30; benchmarks/README.md runs 11-12): the configs that were best for
-    # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours
+    # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours; each without and with L2 prefetch
     space = [(4, 1, 8, 8), (8, 1, 8, 4), (2, 2, 8, 8), (4, 1, 4, 8), (2, 2, 4, 8), (2, 2, 4, 4), (4, 1, 8, 4),
              (8, 1, 4, 4)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1},
-                          num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk in space]
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PREFETCH": pf,
+                           "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
+            for wn, wk, ch, sk in space for pf in ((0, 1, 2) if ch == 4 else (0, 1))]
 
 
 @triton.jit
@@ -78,6 +79,28 @@ def _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e, IS_BF16: tl.const
             "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, 0x0;",
             "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f,r", [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e],
             dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _prefetch_l2(ptr):
+    """Ask L2 for the line holding each element's address (PTX ``prefetch.global.L2``: a hint, no register
+    waits for it); the returned zeros only give the asm a result."""
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_span(vr0, vr1, mr0, mr1, c, t, chunks):
+    """L2 prefetch of span c of rows row0, row0 + 8 (value pointers vr0, vr1, metadata pointers mr0, mr1): a
+    row's span is 128 bytes of values and 16 of metadata, so lanes t = 0, 1 ask for the line of its first
+    byte and t = 2, 3 for that of its last (two lines when the span straddles them). Offsets are clamped to
+    the row, so every address is inside the packed tensors when the rows are."""
+    tail = t // 2
+    vo = tl.minimum(4 * c + 15 * tail, 4 * chunks - 1)
+    mo = tl.minimum(c + 3 * tail, chunks - 1)
+    odd = (t % 2) == 1
+    _prefetch_l2(tl.where(odd, vr1, vr0) + vo)
+    _prefetch_l2(tl.where(odd, mr1, mr0) + mo)
 
 
 @triton.jit
@@ -282,6 +305,7 @@ def _nm24_mma_kernel(
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
     X_VEC: tl.constexpr,       # x's row stride a multiple of 8 elements (or one row): 16-byte loads of x
+    PREFETCH: tl.constexpr,    # > 0: L2 prefetch of the weights PREFETCH steps ahead (GPU only)
     WARPS_N: tl.constexpr, WARPS_K: tl.constexpr,
     CHUNKS: tl.constexpr,      # chunks per warp and step: 4 or 8 (one or two spans of 4)
     SPLIT_K: tl.constexpr,
@@ -312,8 +336,9 @@ def _nm24_mma_kernel(
     v64 = v_ptr.to(tl.pointer_type(tl.int64))
     x32 = x_ptr.to(tl.pointer_type(tl.int32))
     stride_xw = stride_xm // 2
-    ma0 = meta_ptr + row0 * stride_mn
-    ma1 = meta_ptr + row1 * stride_mn
+    # row pointers clamped into the tensor (the loads of rows past N are masked off; the L2 prefetches are not)
+    ma0 = meta_ptr + tl.minimum(row0, N - 1) * stride_mn
+    ma1 = meta_ptr + tl.minimum(row1, N - 1) * stride_mn
     acc0 = tl.zeros((32 * NW,), tl.float32)
     acc1 = tl.zeros((32 * NW,), tl.float32)
     acc2 = tl.zeros((32 * NW,), tl.float32)
@@ -322,17 +347,22 @@ def _nm24_mma_kernel(
     acc5 = tl.zeros((32 * NW,), tl.float32)
     acc6 = tl.zeros((32 * NW,), tl.float32)
     acc7 = tl.zeros((32 * NW,), tl.float32)
-    vr0 = v64 + row0 * stride_v64
-    vr1 = v64 + row1 * stride_v64
+    vr0 = v64 + tl.minimum(row0, N - 1) * stride_v64
+    vr1 = v64 + tl.minimum(row1, N - 1) * stride_v64
     # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
     # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp). Loading the
     # next step's weights before this step's mma as well (a prefetch: more registers, fewer warps) was slower
-    # on every measured (shape, M), by 0.01-0.3x (benchmarks/README.md, run 12)
+    # on every measured (shape, M), by 0.01-0.3x (benchmarks/README.md, run 12); an L2 prefetch costs no
+    # registers (PREFETCH)
     for cb in range(c_lo, c_hi, STEP):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
         sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
         if CHUNKS == 8:
             sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+        if PREFETCH > 0 and USE_ASM:        # (the interpreter has no PTX; a hint changes no result)
+            _prefetch_span(vr0, vr1, ma0, ma1, c + PREFETCH * STEP, t, chunks)
+            if CHUNKS == 8:
+                _prefetch_span(vr0, vr1, ma0, ma1, c + PREFETCH * STEP + 4, t, chunks)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
             sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
             USE_ASM, MT, X_VEC)
@@ -424,13 +454,14 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
 
     if config is not None:
-        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "MT", "num_warps", "num_stages"}
+        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "MT", "num_warps",
+                                 "num_stages"}
         if unknown:
             raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes WARPS_N, WARPS_K, CHUNKS, "
-                             "SPLIT_K (and MT, num_warps, num_stages)")
+                             "SPLIT_K, PREFETCH (and MT, num_warps, num_stages)")
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
-        config = {"MT": mt, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, "PREFETCH": 0, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
