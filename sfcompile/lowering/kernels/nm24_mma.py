@@ -10,16 +10,19 @@ its 8 columns; 16 rows take two). What is left per weight element is the load of
 Each warp owns 16 output columns (rows of W) and a share of K, walked in spans of 4 chunks of 32 (one ``mma``
 per chunk's worth of values). The fragments are read straight from the packed layout of
 :mod:`sfcompile.lowering.pack`, with no second copy of W: an ``mma`` may take any 8 groups of 4 as its K, in
-any order, as long as its x rows follow the same order. So lane t of a quad loads all of chunk c + t of its
-two rows (32 bytes per row, two 16-byte loads: a warp's load covers 8 rows x 64 contiguous bytes), and
-``mma`` u of the span takes packed groups 2u and 2u + 1 of every chunk -- from lane t, the 64-bit word u of
-its chunk: logical group t (low half) and 4 + t (high half). The span's 4 metadata words of a row (32 K
-columns = 8 nibbles each) come in one 16-byte load; ``mma`` u wants nibble 2u (lane t = 0) or 2u + 1 (t = 1)
-of each, packed as 16 bits per row (:func:`_span_meta`). Measured on the H200 (benchmarks/README.md, runs
-10-11): 1.13-1.43x dense cuBLAS at M = 1..4, 0.95-1.21x at M = 8, 0.66-0.92x at M = 16, where the x loads
-(four 32-bit words per lane and ``mma``, 8 rows of x each) and the second ``mma`` per x tile cost as much as
-the weights; loading a chunk per lane instead of 8 bytes per lane and chunk (run 10) cut the L1 wavefronts
-per chunk from 32 to 12 and gained 0.1-0.3x.
+any order, as long as its x rows follow the same order. A row's span is 128 bytes of values = eight 16-byte
+pieces; lane t of a quad loads pieces t and 4 + t of its two rows, so a quad reads 64 contiguous bytes of a
+row per load and no sector is fetched twice. ``mma`` u of the span takes 32-bit word u of each piece:
+logical group L (0..7) is packed group 4 (L % 2) + u of chunk c + L // 2, for the values, the metadata
+nibbles (:func:`_span_meta`) and x alike. x's registers of lane t are then the words of t's parity among 8
+contiguous ones of a chunk: two 16-byte loads per chunk and x tile (:func:`_x_chunk`).
+
+Measured on the H200 (benchmarks/README.md, run 12; Nsight Compute for the reasons), best config per layer
+shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16. The weights stream at ~2.8 TB/s where cuBLAS
+streams ~3.7 (least-squares over the six shapes; both pay ~5 us per call besides), bound by memory latency
+at 22 warps per SM (registers); at M = 8-16 the x loads keep L1 84-88% busy. The layout of pieces and the
+16-byte x loads (run 12) replaced one where lane t loaded all of chunk c + t (every sector read by two
+instructions; x as 16 scalar loads per span): +0.05-0.12x at M = 8, +0.1-0.2x at M = 16.
 
 Triton has no sparse dot, so the ``mma`` is inline PTX on 1-D tensors of exactly one element per thread
 (``tl.arange(0, 32 * num_warps)``: element i lives in thread i, so each element is one lane's fragment and
@@ -53,13 +56,15 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH); num_warps = WARPS_N * WARPS_K; CHUNKS 4
     or 8 (one or two spans per warp and step, every load of the step issued before its first mma); PREFETCH
     the steps ahead the weights are prefetched into L2 (0: none)."""
-    # mma_decode sweeps 3-4 (H200, 2026-11-30; benchmarks/README.md runs 11-12): the configs that were best for
-    # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours; each without and with L2 prefetch
-    space = [(4, 1, 8, 8), (8, 1, 8, 4), (2, 2, 8, 8), (4, 1, 4, 8), (2, 2, 4, 8), (2, 2, 4, 4), (4, 1, 8, 4),
-             (8, 1, 4, 4)]
+    # mma_decode sweeps 3-5 (H200, 2026-11-30; benchmarks/README.md runs 11-12): the configs that were best for
+    # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours. L2 prefetch one step ahead won only
+    # where K per program is long (LLaMA-2-7B down, 4096 x 11008: +0.05-0.09x) and on Qwen3-8B k,v (+0.02x);
+    # it lost up to 0.23x elsewhere, and two steps ahead never won: only those two configs prefetch
+    space = [(4, 1, 8, 8, 0), (8, 1, 8, 4, 0), (2, 2, 8, 8, 0), (4, 1, 4, 8, 0), (2, 2, 4, 8, 0), (2, 2, 4, 4, 0),
+             (4, 1, 8, 4, 0), (8, 1, 4, 4, 0), (4, 1, 4, 8, 1), (2, 2, 8, 8, 1)]
     return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PREFETCH": pf,
                            "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk in space for pf in ((0, 1, 2) if ch == 4 else (0, 1))]
+            for wn, wk, ch, sk, pf in space]
 
 
 @triton.jit
