@@ -18,11 +18,12 @@ nibbles (:func:`_span_meta`) and x alike. x's registers of lane t are then the w
 contiguous ones of a chunk: two 16-byte loads per chunk and x tile (:func:`_x_chunk`).
 
 Measured on the H200 (benchmarks/README.md, run 12; Nsight Compute for the reasons), best config per layer
-shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16. The weights stream at ~2.8 TB/s where cuBLAS
-streams ~3.7 (least-squares over the six shapes; both pay ~5 us per call besides), bound by memory latency
-at 22 warps per SM (registers); at M = 8-16 the x loads keep L1 84-88% busy. The layout of pieces and the
-16-byte x loads (run 12) replaced one where lane t loaded all of chunk c + t (every sector read by two
-instructions; x as 16 scalar loads per span): +0.05-0.12x at M = 8, +0.1-0.2x at M = 16.
+shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16. The weights
+stream at ~2.8 TB/s where cuBLAS streams ~3.7 (least-squares over the six shapes; both pay ~5 us per call
+besides), bound by memory latency at 22 warps per SM (registers); at M = 8-16 the x loads keep L1 84-88%
+busy. The layout of pieces and the 16-byte x loads (run 12) replaced one where lane t loaded all of chunk
+c + t (every sector read by two instructions; x as 16 scalar loads per span): +0.05-0.12x at M = 8,
++0.1-0.2x at M = 16.
 
 Triton has no sparse dot, so the ``mma`` is inline PTX on 1-D tensors of exactly one element per thread
 (``tl.arange(0, 32 * num_warps)``: element i lives in thread i, so each element is one lane's fragment and
