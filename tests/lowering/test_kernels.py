@@ -318,6 +318,31 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     assert y[:, 1].float().abs().max() == (0 if b is None else b[1].float().abs())
 
 
+def test_interpreted_launch_survives_triton_36_scalar_conversion(monkeypatch):
+    # Triton 3.6's interpreter converts scalars with int(array), which NumPy >= 2.4 refuses for the one-element
+    # arrays a program id gives: every range() over such a bound failed on the H200 image. Re-create that
+    # strict conversion here (whatever Triton and NumPy CI has); splitk's launch must still run the kernel
+    from triton.runtime import interpreter
+
+    real = interpreter._patch_lang_tensor
+
+    def strict_index(self):
+        if self.handle.data.ndim:
+            raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+        return int(self.handle.data)
+
+    def triton_36_patch(tensor, scope):
+        real(tensor, scope)
+        scope.set_attr(tensor, "__index__", strict_index)
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", triton_36_patch)
+    g = torch.Generator().manual_seed(0)
+    pw = pack(_w24(32, 256, torch.bfloat16, g), "2:4", -1)
+    x = torch.randn(3, 256, generator=g).to(torch.bfloat16)
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], config=dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2))
+    assert _rel(y, nm24_mma_reference(x, pw.data["values"], pw.data["meta"])) < TOL[torch.bfloat16]
+
+
 @pytest.mark.parametrize("dtype,k,m,reason", [(torch.float32, 64, 1, "bf16/fp16"), (torch.bfloat16, 100, 1, "K=100"),
                                               (torch.bfloat16, 64, 17, "17 rows"), (torch.bfloat16, 64, 1, "CHUNKS"),
                                               (torch.bfloat16, 64, 1, "PIPE")])

@@ -101,16 +101,29 @@ def tuning_bench(fn, quantiles=None):
 def _interpreter():
     """Run ``@triton.jit`` functions called from an interpreted kernel (``tl.sum``, :func:`store_tile`)
     through the interpreter too, as TRITON_INTERPRET=1 would; without it they refuse to run outside a
-    compiled kernel. Scoped to one launch, so nothing leaks into compiled kernels or other tests."""
-    from triton.runtime.interpreter import InterpretedFunction
+    compiled kernel. Scoped to one launch, so nothing leaks into compiled kernels or other tests.
+
+    Triton 3.6's interpreter turns a scalar into a Python int with ``int(array)``, which NumPy >= 2.4 refuses
+    for its one-element arrays ("only 0-dimensional arrays can be converted"): every ``range`` over a
+    program-id bound failed (237 of the lowering tests, on the H200 image: Triton 3.6, NumPy 2.5). Within
+    the launch its tensors convert through ``squeeze()``, as Triton 3.7's do."""
+    from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
     original = JITFunction.__call__
-    JITFunction.__call__ = lambda self, *args, **kwargs: InterpretedFunction(self.fn)(*args, **kwargs)
+    original_patch = interpreter._patch_lang_tensor
+
+    def patch_lang_tensor(tensor, scope):
+        original_patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    JITFunction.__call__ = lambda self, *args, **kwargs: interpreter.InterpretedFunction(self.fn)(*args, **kwargs)
+    interpreter._patch_lang_tensor = patch_lang_tensor
     try:
         yield
     finally:
         JITFunction.__call__ = original
+        interpreter._patch_lang_tensor = original_patch
 
 
 def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple], args: tuple, flags: dict,
