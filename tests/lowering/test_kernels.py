@@ -391,6 +391,8 @@ def test_nm24_mma_cuda(m, dtype):
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned
     assert _rel(nm24_matmul(xs, pw.data["values"], pw.data["meta"], b, config=dict(
         WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4)), ref) < TOL[dtype]
+    if m not in (1, 9):     # the autotuned launchers once per x tile count (autotuning is most of this test)
+        return
     y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype, device="cuda"))
     assert _rel(y, ref) < TOL[dtype]
     y = nm24_matmul(x[:, :4000].contiguous(), pack(w[:, :4000].contiguous(), "2:4", -1).data["values"],
