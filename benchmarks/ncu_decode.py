@@ -1,7 +1,7 @@
 """A fixed launch list for Nsight Compute: the sparse-tensor-core 2:4 decode kernel (``kernels/nm24_mma.py``)
 at fixed configs next to dense cuBLAS on the same shapes, each launched a few times (no autotuning, so ncu
-profiles exactly these). The weights are distinct copies per launch, larger than L2 together, so each
-profiled launch reads W from HBM as decode does.
+profiles exactly these). Each launch reads its own copy of W, and Nsight Compute flushes the caches before
+each of its replay passes (its default ``--cache-control all``), so W comes from HBM as in decode.
 
     ncu --clock-control none --set full -k regex:"nm24_mma|gemv|gemm|nvjet" -o prof \
         python benchmarks/ncu_decode.py [--cases 12288x4096:1:8,1,8,4,...]
