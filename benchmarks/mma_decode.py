@@ -4,6 +4,7 @@ every config of its autotune space timed against dense cuBLAS and the autotuned 
 (``sfcompile.lowering.bench``: R weight copies per graph, do_bench medians of replays).
 
     python benchmarks/mma_decode.py --out mma.json [--ms 1,2,4,8,16] [--shapes all|4096x4096,...] [--budget-s 400]
+        [--candidates 'WARPS_N=8,WARPS_K=1,CHUNKS=4,SPLIT_K=4,maxnreg=64;...']
 
 Every timed config's output is checked against the fp64 product on its first weight copy; a wrong one is
 reported and not timed.
@@ -28,6 +29,20 @@ def _rel_err(y, x, pw):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+def parse_candidates(text: str) -> list[dict]:
+    """``'A=1,B=2;A=3,B=4'`` -> ``[{'A': 1, 'B': 2}, {'A': 3, 'B': 4}]`` (PREFETCH defaults to 0)."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        cfg = {"PREFETCH": 0}
+        for pair in item.split(","):
+            key, _, value = pair.partition("=")
+            if not value.strip().lstrip("-").isdigit():
+                raise SystemExit(f"--candidates: {pair!r} in {item!r} is not KEY=INTEGER")
+            cfg[key.strip()] = int(value)
+        out.append(cfg)
+    return out
+
+
 def check(log) -> float:
     """Max relative error of fixed configs (bf16 and fp16, odd M and N, bias-free) against the fp64 product."""
     errs = []
@@ -45,7 +60,7 @@ def check(log) -> float:
     return max(errs)
 
 
-def sweep(shapes, ms, budget_s, log) -> list[dict]:
+def sweep(shapes, ms, budget_s, log, candidates=()) -> list[dict]:
     rows = []
     t_end = time.time() + budget_s
     for name, n, k in shapes:
@@ -64,8 +79,9 @@ def sweep(shapes, ms, budget_s, log) -> list[dict]:
             row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "decode_us": dec_us,
                    "decode_ratio": d_us / dec_us, "mma": []}
             best = None
-            for c in nm24_mma.nm24_mma_configs(splitk.m_key(m)):
-                cfg = {key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH")}
+            space = [{key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH")}
+                     for c in nm24_mma.nm24_mma_configs(splitk.m_key(m))]
+            for cfg in space + [c for c in candidates if c not in space]:
                 fns = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o, cfg)
                        for pw, o in zip(pws, outs)]
                 try:
@@ -107,6 +123,9 @@ def main():
     parser.add_argument("--shapes", default="all")
     parser.add_argument("--budget-s", type=float, default=400)
     parser.add_argument("--check-only", action="store_true")
+    parser.add_argument("--candidates", default="",
+                        help="configs to time besides the autotune space, ';'-separated KEY=VALUE lists, e.g. "
+                             "'WARPS_N=8,WARPS_K=1,CHUNKS=4,SPLIT_K=4,maxnreg=64'")
     args = parser.parse_args()
     log = partial(print, flush=True)
     result = {"check_max_rel_err": check(log)}
@@ -116,7 +135,7 @@ def main():
         shapes = bench.LAYER_SHAPES if args.shapes == "all" else [
             (s, *map(int, s.split("x"))) for s in args.shapes.split(",")]
         ms = [int(v) for v in args.ms.split(",")]
-        result["rows"] = sweep(shapes, ms, args.budget_s, log)
+        result["rows"] = sweep(shapes, ms, args.budget_s, log, parse_candidates(args.candidates))
         ratios = [r["best"]["ratio"] for r in result["rows"] if r.get("best")]
         if ratios:
             log(f"median best-config ratio over {len(ratios)} (shape, M): {statistics.median(ratios):.2f}x; "

@@ -318,6 +318,16 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     assert y[:, 1].float().abs().max() == (0 if b is None else b[1].float().abs())
 
 
+def test_nm24_mma_register_cap_is_a_launch_option():
+    # maxnreg caps registers per thread on the GPU (more warps per SM); the interpreter has none to cap
+    g = torch.Generator().manual_seed(1)
+    pw = pack(_w24(32, 128, torch.float16, g), "2:4", -1)
+    x = torch.randn(2, 128, generator=g).to(torch.float16)
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"],
+                    config=dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=1, maxnreg=64))
+    assert _rel(y, nm24_mma_reference(x, pw.data["values"], pw.data["meta"])) < TOL[torch.float16]
+
+
 def test_interpreted_launch_survives_triton_36_scalar_conversion(monkeypatch):
     # Triton 3.6's interpreter converts scalars with int(array), which NumPy >= 2.4 refuses for the one-element
     # arrays a program id gives: every range() over such a bound failed on the H200 image. Re-create that
@@ -385,7 +395,8 @@ def test_nm24_mma_cuda(m, dtype):
     ref = x.double() @ w.double().T + b.double()
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=5),
-                dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2, PREFETCH=2)):
+                dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2, PREFETCH=2),
+                dict(WARPS_N=8, WARPS_K=1, CHUNKS=4, SPLIT_K=4, maxnreg=64)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned

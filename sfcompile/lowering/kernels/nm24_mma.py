@@ -461,10 +461,10 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
 
     if config is not None:
         unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "MT", "num_warps",
-                                 "num_stages"}
+                                 "num_stages", "maxnreg"}
         if unknown:
             raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes WARPS_N, WARPS_K, CHUNKS, "
-                             "SPLIT_K, PREFETCH (and MT, num_warps, num_stages)")
+                             "SPLIT_K, PREFETCH (and MT, num_warps, num_stages, maxnreg)")
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
         config = {"MT": mt, "PREFETCH": 0, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}

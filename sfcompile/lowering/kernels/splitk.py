@@ -130,11 +130,14 @@ def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple
            config: dict | None, on_cpu: bool) -> None:
     """Launch ``kernel`` with a fixed ``config`` (interpreted for CPU tensors), or its autotuned launcher.
 
-    ``config`` holds the kernel's constexprs plus optional ``num_warps`` / ``num_stages``.
+    ``config`` holds the kernel's constexprs plus optional ``num_warps`` / ``num_stages`` / ``maxnreg`` (a
+    register cap per thread, GPU only).
     """
     if config is not None:
         cfg = dict(config)
-        opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
+        opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
+        if on_cpu:
+            opts.pop("maxnreg", None)       # the interpreter has no registers to cap
         if on_cpu:
             from triton.runtime.interpreter import InterpretedFunction
 
