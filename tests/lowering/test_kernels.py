@@ -318,6 +318,23 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     assert y[:, 1].float().abs().max() == (0 if b is None else b[1].float().abs())
 
 
+@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk", [
+    (1, 32, 128, 1, 1, 4, 1),         # one warp, two strips
+    (9, 72, 384, 2, 2, 8, 2),         # two x tiles; N ends inside a program's second strip's upper half
+    (4, 40, 480, 1, 1, 4, 3),         # N ends inside the second strip's lower half; partial spans
+])
+def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk):
+    # STRIPS = 2: a warp's x registers serve two 16-row strips of W (rows row0 + 16, row0 + 24 as well)
+    g = torch.Generator().manual_seed(m + n + k)
+    w = _w24(n, k, torch.bfloat16, g)
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    b = torch.randn(n, generator=g).to(torch.bfloat16)
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b,
+                    config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=2))
+    assert _rel(y, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) < TOL[torch.bfloat16]
+
+
 def test_nm24_mma_register_cap_is_a_launch_option():
     # maxnreg caps registers per thread on the GPU (more warps per SM); the interpreter has none to cap
     g = torch.Generator().manual_seed(1)
@@ -396,7 +413,8 @@ def test_nm24_mma_cuda(m, dtype):
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=5),
                 dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2, PREFETCH=2),
-                dict(WARPS_N=8, WARPS_K=1, CHUNKS=4, SPLIT_K=4, maxnreg=64)):
+                dict(WARPS_N=8, WARPS_K=1, CHUNKS=4, SPLIT_K=4, maxnreg=64),
+                dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=4, STRIPS=2, PREFETCH=1)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned

@@ -63,7 +63,7 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # it lost up to 0.23x elsewhere, and two steps ahead never won: only those two configs prefetch
     space = [(4, 1, 8, 8, 0), (8, 1, 8, 4, 0), (2, 2, 8, 8, 0), (4, 1, 4, 8, 0), (2, 2, 4, 8, 0), (2, 2, 4, 4, 0),
              (4, 1, 8, 4, 0), (8, 1, 4, 4, 0), (4, 1, 4, 8, 1), (2, 2, 8, 8, 1)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PREFETCH": pf,
+    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PREFETCH": pf, "STRIPS": 1,
                            "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
             for wn, wk, ch, sk, pf in space]
 
@@ -289,19 +289,36 @@ def _mma_tile(ld, xs, acc0, acc1, acc2, acc3, NW: tl.constexpr, IS_BF16: tl.cons
 
 
 @triton.jit
-def _mma_span(ld, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t,
-              NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr, MT: tl.constexpr,
-              X_VEC: tl.constexpr):
-    """The 4 ``mma`` (8 when MT = 2: x rows g and g + 8) of a span loaded by :func:`_load_span`; x's
-    registers (small, from L1/L2) are all loaded before the first ``mma``, for the same in-order-issue
-    reason as the weights."""
+def _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT: tl.constexpr, X_VEC: tl.constexpr):
+    """x's registers of span c for rows g (and g + 8 when MT = 2; otherwise the first tile twice, unused)."""
     xs0 = _x_span(x32, stride_xw, g, c, c_hi, t, g < M, X_VEC)
     if MT == 2:
         xs1 = _x_span(x32, stride_xw, g + 8, c, c_hi, t, g + 8 < M, X_VEC)
+    else:
+        xs1 = xs0
+    return xs0, xs1
+
+
+@triton.jit
+def _mma_tiles(ld, xs0, xs1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr,
+               IS_BF16: tl.constexpr, USE_ASM: tl.constexpr, MT: tl.constexpr):
+    """The 4 ``mma`` (8 when MT = 2) of a span loaded by :func:`_load_span` with x's registers from
+    :func:`_x_tiles`."""
     acc0, acc1, acc2, acc3 = _mma_tile(ld, xs0, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM)
     if MT == 2:
         acc4, acc5, acc6, acc7 = _mma_tile(ld, xs1, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM)
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit
+def _d_columns(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr, MT: tl.constexpr):
+    """A lane's D registers as (32 NW, 4 MT). D register j: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in
+    the second x tile); join stacks on a new last axis, so the column is (j % 2) * 2 MT + (j // 2) * MT + tile."""
+    if MT == 2:
+        return tl.reshape(tl.join(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)),
+                                  tl.join(tl.join(acc4, acc5), tl.join(acc6, acc7))), (32 * NW, 8))
+    else:
+        return tl.reshape(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)), (32 * NW, 4))
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -316,6 +333,7 @@ def _nm24_mma_kernel(
     CHUNKS: tl.constexpr,      # chunks per warp and step: 4 or 8 (one or two spans of 4)
     SPLIT_K: tl.constexpr,
     MT: tl.constexpr,          # 8-row tiles of x (1: M <= 8, 2: M <= 16)
+    STRIPS: tl.constexpr,      # 16-row strips of W per warp (2: x's registers serve two strips)
 ):
     NW: tl.constexpr = WARPS_N * WARPS_K
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
@@ -328,10 +346,12 @@ def _nm24_mma_kernel(
     t = lane % 4
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    row0 = (pid_n * WARPS_N + wn) * 16 + g         # this lane's A rows: row0 and row0 + 8
-    row1 = row0 + 8
+    row0 = (pid_n * WARPS_N + wn) * STRIPS * 16 + g     # this lane's A rows: row0 and row0 + 8 (strip 0),
+    row1 = row0 + 8                                     # row0 + 16 and row0 + 24 (strip 1)
     ok0 = row0 < N
     ok1 = row1 < N
+    ok2 = row0 + 16 < N
+    ok3 = row1 + 16 < N
 
     chunks = K // 32
     STEP: tl.constexpr = WARPS_K * CHUNKS
@@ -343,18 +363,30 @@ def _nm24_mma_kernel(
     x32 = x_ptr.to(tl.pointer_type(tl.int32))
     stride_xw = stride_xm // 2
     # row pointers clamped into the tensor (the loads of rows past N are masked off; the L2 prefetches are not)
+    vr0 = v64 + tl.minimum(row0, N - 1) * stride_v64
+    vr1 = v64 + tl.minimum(row1, N - 1) * stride_v64
     ma0 = meta_ptr + tl.minimum(row0, N - 1) * stride_mn
     ma1 = meta_ptr + tl.minimum(row1, N - 1) * stride_mn
-    acc0 = tl.zeros((32 * NW,), tl.float32)
+    vr2 = v64 + tl.minimum(row0 + 16, N - 1) * stride_v64
+    vr3 = v64 + tl.minimum(row1 + 16, N - 1) * stride_v64
+    ma2 = meta_ptr + tl.minimum(row0 + 16, N - 1) * stride_mn
+    ma3 = meta_ptr + tl.minimum(row1 + 16, N - 1) * stride_mn
+    acc0 = tl.zeros((32 * NW,), tl.float32)      # strip 0; acc4-7: second x tile (MT = 2; unused otherwise)
     acc1 = tl.zeros((32 * NW,), tl.float32)
     acc2 = tl.zeros((32 * NW,), tl.float32)
     acc3 = tl.zeros((32 * NW,), tl.float32)
-    acc4 = tl.zeros((32 * NW,), tl.float32)      # second x tile (MT = 2; unused otherwise)
+    acc4 = tl.zeros((32 * NW,), tl.float32)
     acc5 = tl.zeros((32 * NW,), tl.float32)
     acc6 = tl.zeros((32 * NW,), tl.float32)
     acc7 = tl.zeros((32 * NW,), tl.float32)
-    vr0 = v64 + tl.minimum(row0, N - 1) * stride_v64
-    vr1 = v64 + tl.minimum(row1, N - 1) * stride_v64
+    bcc0 = tl.zeros((32 * NW,), tl.float32)      # strip 1 (STRIPS = 2; unused otherwise)
+    bcc1 = tl.zeros((32 * NW,), tl.float32)
+    bcc2 = tl.zeros((32 * NW,), tl.float32)
+    bcc3 = tl.zeros((32 * NW,), tl.float32)
+    bcc4 = tl.zeros((32 * NW,), tl.float32)
+    bcc5 = tl.zeros((32 * NW,), tl.float32)
+    bcc6 = tl.zeros((32 * NW,), tl.float32)
+    bcc7 = tl.zeros((32 * NW,), tl.float32)
     # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
     # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp). Loading the
     # next step's weights before this step's mma as well (a prefetch: more registers, fewer warps) was slower
@@ -363,35 +395,48 @@ def _nm24_mma_kernel(
     for cb in range(c_lo, c_hi, STEP):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
         sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+        if STRIPS == 2:
+            sq0 = _load_span(vr2, vr3, ma2, ma3, c, c_hi, ok2, ok3, t, META_VEC)
         if CHUNKS == 8:
             sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+            if STRIPS == 2:
+                sq1 = _load_span(vr2, vr3, ma2, ma3, c + 4, c_hi, ok2, ok3, t, META_VEC)
         if PREFETCH > 0 and USE_ASM:        # (the interpreter has no PTX; a hint changes no result)
             _prefetch_span(vr0, vr1, ma0, ma1, c + PREFETCH * STEP, t, chunks)
+            if STRIPS == 2:
+                _prefetch_span(vr2, vr3, ma2, ma3, c + PREFETCH * STEP, t, chunks)
             if CHUNKS == 8:
                 _prefetch_span(vr0, vr1, ma0, ma1, c + PREFETCH * STEP + 4, t, chunks)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
-            sp0, x32, stride_xw, c, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW, IS_BF16,
-            USE_ASM, MT, X_VEC)
+                if STRIPS == 2:
+                    _prefetch_span(vr2, vr3, ma2, ma3, c + PREFETCH * STEP + 4, t, chunks)
+        # x's registers (small, from L1/L2) are loaded before the span's first mma, for the same reason
+        xa0, xa1 = _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT, X_VEC)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
+            sp0, xa0, xa1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
+        if STRIPS == 2:
+            bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
+                sq0, xa0, xa1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
         if CHUNKS == 8:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_span(
-                sp1, x32, stride_xw, c + 4, c_hi, g, M, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t, NW,
-                IS_BF16, USE_ASM, MT, X_VEC)
+            xb0, xb1 = _x_tiles(x32, stride_xw, c + 4, c_hi, g, M, t, MT, X_VEC)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
+                sp1, xb0, xb1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
+            if STRIPS == 2:
+                bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
+                    sq1, xb0, xb1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
 
-    # D register j of a lane: W row row0 + 8 (j // 2), x row 2t + (j % 2) (+ 8 in the second x tile). join
-    # stacks on a new last axis, so the flat index is (j % 2) * 2 MT + (j // 2) * MT + tile
-    if MT == 2:
-        acc = tl.reshape(tl.join(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)),
-                                 tl.join(tl.join(acc4, acc5), tl.join(acc6, acc7))), (32 * NW, 8))
-    else:
-        acc = tl.reshape(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)), (32 * NW, 4))
-    R: tl.constexpr = 4 * MT
+    acc = _d_columns(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, MT)
+    R: tl.constexpr = 4 * MT * STRIPS
+    if STRIPS == 2:   # column j * 2 + strip
+        acc = tl.reshape(tl.join(acc, _d_columns(bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, MT)),
+                         (32 * NW, R))
     if WARPS_K > 1:   # the warps of one column strip split K: sum them (element order: wk major)
         acc = tl.sum(tl.reshape(acc, (WARPS_K, 32 * WARPS_N, R)), axis=0)
     p = tl.arange(0, 32 * WARPS_N)[:, None]
     jj = tl.arange(0, R)[None, :]
+    j = jj // STRIPS
     pl = p % 32
-    idx_n = (pid_n * WARPS_N + p // 32) * 16 + pl // 4 + 8 * ((jj // MT) % 2)
-    idx_m = 2 * (pl % 4) + jj // (2 * MT) + 8 * (jj % MT)
+    idx_n = ((pid_n * WARPS_N + p // 32) * STRIPS + jj % STRIPS) * 16 + pl // 4 + 8 * ((j // MT) % 2)
+    idx_m = 2 * (pl % 4) + j // (2 * MT) + 8 * (j % MT)
     mask = (idx_n < N) & (idx_m < M)
     if HAS_BIAS:
         if pid_k == 0:
@@ -457,17 +502,19 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
              "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0}
 
     def grid(meta_):
-        return (triton.cdiv(n, 16 * meta_["WARPS_N"]), meta_["SPLIT_K"])
+        return (triton.cdiv(n, 16 * meta_["WARPS_N"] * meta_["STRIPS"]), meta_["SPLIT_K"])
 
     if config is not None:
-        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "MT", "num_warps",
-                                 "num_stages", "maxnreg"}
+        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "MT",
+                                 "num_warps", "num_stages", "maxnreg"}
         if unknown:
             raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes WARPS_N, WARPS_K, CHUNKS, "
-                             "SPLIT_K, PREFETCH (and MT, num_warps, num_stages, maxnreg)")
+                             "SPLIT_K, PREFETCH, STRIPS (and MT, num_warps, num_stages, maxnreg)")
+        if config.get("STRIPS", 1) not in (1, 2):
+            raise ValueError(f"STRIPS must be 1 or 2 (16-row strips of W per warp), got {config['STRIPS']}")
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
-        config = {"MT": mt, "PREFETCH": 0, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, "PREFETCH": 0, "STRIPS": 1, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
