@@ -414,7 +414,8 @@ def test_nm24_mma_cuda(m, dtype):
                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=5),
                 dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2, PREFETCH=2),
                 dict(WARPS_N=8, WARPS_K=1, CHUNKS=4, SPLIT_K=4, maxnreg=64),
-                dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=4, STRIPS=2, PREFETCH=1)):
+                dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=4, STRIPS=2, PREFETCH=1),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=3, STAGES=3)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned

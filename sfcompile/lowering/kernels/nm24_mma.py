@@ -64,7 +64,7 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     space = [(4, 1, 8, 8, 0), (8, 1, 8, 4, 0), (2, 2, 8, 8, 0), (4, 1, 4, 8, 0), (2, 2, 4, 8, 0), (2, 2, 4, 4, 0),
              (4, 1, 8, 4, 0), (8, 1, 4, 4, 0), (4, 1, 4, 8, 1), (2, 2, 8, 8, 1)]
     return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PREFETCH": pf, "STRIPS": 1,
-                           "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
+                           "STAGES": 1, "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
             for wn, wk, ch, sk, pf in space]
 
 
@@ -334,6 +334,7 @@ def _nm24_mma_kernel(
     SPLIT_K: tl.constexpr,
     MT: tl.constexpr,          # 8-row tiles of x (1: M <= 8, 2: M <= 16)
     STRIPS: tl.constexpr,      # 16-row strips of W per warp (2: x's registers serve two strips)
+    STAGES: tl.constexpr,      # > 1: Triton's pipeliner copies STAGES - 1 steps ahead into shared memory
 ):
     NW: tl.constexpr = WARPS_N * WARPS_K
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
@@ -391,8 +392,8 @@ def _nm24_mma_kernel(
     # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp). Loading the
     # next step's weights before this step's mma as well (a prefetch: more registers, fewer warps) was slower
     # on every measured (shape, M), by 0.01-0.3x (benchmarks/README.md, run 12); an L2 prefetch costs no
-    # registers (PREFETCH)
-    for cb in range(c_lo, c_hi, STEP):
+    # registers (PREFETCH), and neither do the asynchronous copies to shared memory of STAGES > 1
+    for cb in tl.range(c_lo, c_hi, STEP, num_stages=STAGES):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
         sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
         if STRIPS == 2:
@@ -505,16 +506,17 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         return (triton.cdiv(n, 16 * meta_["WARPS_N"] * meta_["STRIPS"]), meta_["SPLIT_K"])
 
     if config is not None:
-        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "MT",
+        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "MT",
                                  "num_warps", "num_stages", "maxnreg"}
         if unknown:
             raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes WARPS_N, WARPS_K, CHUNKS, "
-                             "SPLIT_K, PREFETCH, STRIPS (and MT, num_warps, num_stages, maxnreg)")
+                             "SPLIT_K, PREFETCH, STRIPS, STAGES (and MT, num_warps, num_stages, maxnreg)")
         if config.get("STRIPS", 1) not in (1, 2):
             raise ValueError(f"STRIPS must be 1 or 2 (16-row strips of W per warp), got {config['STRIPS']}")
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
-        config = {"MT": mt, "PREFETCH": 0, "STRIPS": 1, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, "PREFETCH": 0, "STRIPS": 1, "STAGES": 1,
+                  "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
