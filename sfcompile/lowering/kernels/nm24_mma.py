@@ -321,6 +321,13 @@ def _d_columns(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr,
         return tl.reshape(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)), (32 * NW, 4))
 
 
+@triton.jit
+def _zeros8(NW: tl.constexpr):
+    """Eight fp32 accumulators of one element per thread: a strip's D registers for two x tiles."""
+    z = tl.zeros((32 * NW,), tl.float32)
+    return z, z, z, z, z, z, z, z
+
+
 @triton.jit(do_not_specialize=["M"])
 def _nm24_mma_kernel(
     x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -372,22 +379,9 @@ def _nm24_mma_kernel(
     vr3 = v64 + tl.minimum(row1 + 16, N - 1) * stride_v64
     ma2 = meta_ptr + tl.minimum(row0 + 16, N - 1) * stride_mn
     ma3 = meta_ptr + tl.minimum(row1 + 16, N - 1) * stride_mn
-    acc0 = tl.zeros((32 * NW,), tl.float32)      # strip 0; acc4-7: second x tile (MT = 2; unused otherwise)
-    acc1 = tl.zeros((32 * NW,), tl.float32)
-    acc2 = tl.zeros((32 * NW,), tl.float32)
-    acc3 = tl.zeros((32 * NW,), tl.float32)
-    acc4 = tl.zeros((32 * NW,), tl.float32)
-    acc5 = tl.zeros((32 * NW,), tl.float32)
-    acc6 = tl.zeros((32 * NW,), tl.float32)
-    acc7 = tl.zeros((32 * NW,), tl.float32)
-    bcc0 = tl.zeros((32 * NW,), tl.float32)      # strip 1 (STRIPS = 2; unused otherwise)
-    bcc1 = tl.zeros((32 * NW,), tl.float32)
-    bcc2 = tl.zeros((32 * NW,), tl.float32)
-    bcc3 = tl.zeros((32 * NW,), tl.float32)
-    bcc4 = tl.zeros((32 * NW,), tl.float32)
-    bcc5 = tl.zeros((32 * NW,), tl.float32)
-    bcc6 = tl.zeros((32 * NW,), tl.float32)
-    bcc7 = tl.zeros((32 * NW,), tl.float32)
+    # strip 0 (acc4-7: the second x tile, MT = 2) and strip 1 (STRIPS = 2); unused ones are dropped
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(NW)
+    bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _zeros8(NW)
     # every load of a step is issued before its first mma: a warp issues in order, so an mma waiting for its
     # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp). Loading the
     # next step's weights before this step's mma as well (a prefetch: more registers, fewer warps) was slower
