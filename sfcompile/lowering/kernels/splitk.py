@@ -137,10 +137,9 @@ def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple
         cfg = dict(config)
         opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
         if on_cpu:
-            opts.pop("maxnreg", None)       # the interpreter has no registers to cap
-        if on_cpu:
             from triton.runtime.interpreter import InterpretedFunction
 
+            opts.pop("maxnreg", None)       # the interpreter has no registers to cap
             with _interpreter():
                 InterpretedFunction(kernel.fn)[grid(cfg)](*args, **flags, **cfg, **opts)
         else:
