@@ -30,11 +30,11 @@ def _rel_err(y, x, pw):
 
 
 def parse_candidates(text: str) -> list[dict]:
-    """``'A=1,B=2;A=3,B=4'`` -> ``[{'A': 1, 'B': 2}, {'A': 3, 'B': 4}]`` (PREFETCH 0, STRIPS 1 and STAGES 1
-    unless given)."""
+    """``'A=1,B=2;A=3,B=4'`` -> ``[{'A': 1, 'B': 2}, {'A': 3, 'B': 4}]``, with the kernel's
+    ``CONFIG_DEFAULTS`` for the keys not given."""
     out = []
     for item in filter(None, (part.strip() for part in text.split(";"))):
-        cfg = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1}
+        cfg = dict(nm24_mma.CONFIG_DEFAULTS)
         for pair in item.split(","):
             key, _, value = pair.partition("=")
             if not value.strip().lstrip("-").isdigit():
@@ -80,8 +80,7 @@ def sweep(shapes, ms, budget_s, log, candidates=()) -> list[dict]:
             row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "decode_us": dec_us,
                    "decode_ratio": d_us / dec_us, "mma": []}
             best = None
-            space = [{key: c.kwargs[key] for key in ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH",
-                                                     "STRIPS", "STAGES")}
+            space = [{key: c.kwargs[key] for key in nm24_mma.CONFIG_KEYS}
                      for c in nm24_mma.nm24_mma_configs(splitk.m_key(m))]
             for cfg in space + [c for c in candidates if c not in space]:
                 fns = [partial(nm24_mma.nm24_mma, x, pw.data["values"], pw.data["meta"], None, o, cfg)

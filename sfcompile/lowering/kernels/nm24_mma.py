@@ -45,9 +45,13 @@ import triton.language as tl
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import _widen, nm24_decode_reference
 
-__all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsupported", "MAX_M"]
+__all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsupported", "MAX_M", "CONFIG_KEYS",
+           "CONFIG_DEFAULTS"]
 
 MAX_M = 16
+# the launch choices a config names (MT follows from M); a fixed config may add num_warps, num_stages, maxnreg
+CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES")
+CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1}     # what a fixed config leaves out
 # groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
 _MASKED_META = tl.constexpr(0x44444444)
 
@@ -63,8 +67,8 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # it lost up to 0.23x elsewhere, and two steps ahead never won: only those two configs prefetch
     space = [(4, 1, 8, 8, 0), (8, 1, 8, 4, 0), (2, 2, 8, 8, 0), (4, 1, 4, 8, 0), (2, 2, 4, 8, 0), (2, 2, 4, 4, 0),
              (4, 1, 8, 4, 0), (8, 1, 4, 4, 0), (4, 1, 4, 8, 1), (2, 2, 8, 8, 1)]
-    return [triton.Config({"WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk, "PREFETCH": pf, "STRIPS": 1,
-                           "STAGES": 1, "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
+    return [triton.Config({**CONFIG_DEFAULTS, "WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk,
+                           "PREFETCH": pf, "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
             for wn, wk, ch, sk, pf in space]
 
 
@@ -500,17 +504,15 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         return (triton.cdiv(n, 16 * meta_["WARPS_N"] * meta_["STRIPS"]), meta_["SPLIT_K"])
 
     if config is not None:
-        unknown = set(config) - {"WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "MT",
-                                 "num_warps", "num_stages", "maxnreg"}
+        unknown = set(config) - {*CONFIG_KEYS, "MT", "num_warps", "num_stages", "maxnreg"}
         if unknown:
-            raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes WARPS_N, WARPS_K, CHUNKS, "
-                             "SPLIT_K, PREFETCH, STRIPS, STAGES (and MT, num_warps, num_stages, maxnreg)")
+            raise ValueError(f"unknown nm24_mma config keys {sorted(unknown)}: it takes {', '.join(CONFIG_KEYS)} "
+                             "(and MT, num_warps, num_stages, maxnreg)")
         if config.get("STRIPS", 1) not in (1, 2):
             raise ValueError(f"STRIPS must be 1 or 2 (16-row strips of W per warp), got {config['STRIPS']}")
         if config["CHUNKS"] not in (4, 8):
             raise ValueError(f"CHUNKS must be 4 or 8 (spans of 4 chunks), got {config['CHUNKS']}")
-        config = {"MT": mt, "PREFETCH": 0, "STRIPS": 1, "STAGES": 1,
-                  "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
+        config = {"MT": mt, **CONFIG_DEFAULTS, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
