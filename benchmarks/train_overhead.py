@@ -4,11 +4,14 @@ Measured, interleaved round by round (so a busy machine slows both sides alike):
     dense        plain model, AdamW, CE: forward + backward + clip + step
     masked       the sparsified model (soft masks, SLoRB), mask-aware AdamW, CE, forge.after_step
     probe        one Hutchinson probe (estimator "fd": two extra forward+backward passes)
+    probe_fd_forward  the same with estimator "fd_forward" (one extra pass: the step's gradient is g(W));
+                 timed after an untimed forward+backward that leaves that gradient, as the trainer's step does
     mask update  one scoring + tempering update of every mask (happens every K steps)
     teacher      one forward of the dense teacher (distillation; not part of the ratio)
 Reported: time per step of each, the overhead ratio (masked + probe/P + update/K) / dense for probe
 periods P and update periods K, and the ratio averaged over whole runs of the trainer's schedules (one
-probe per mask update: masked + (probe + update) · updates / steps); memory: bytes held by parameters +
+probe per mask update: masked + (probe + update) · updates / steps; ``..._fd_forward`` with that probe);
+memory: bytes held by parameters +
 gradients + optimizer state + mask state, and (CUDA) the peak allocated during the step above what is held.
 
     python benchmarks/train_overhead.py --model smollm2-135m --seqlen 512 --micro-batch 1 --rounds 3
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 
 import sfcompile
+from sfcompile.masking import hutchinson
 from sfcompile.masking.forge import ForgeConfig, SparseForge
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.train.config import FROM_PRUNED, TrainConfig
@@ -156,6 +160,21 @@ def main() -> None:
     def probe(step):
         forge.probe(step, loss_fn, compute_dtype=probe_dtype)
 
+    central, forward = forge.config, dataclasses.replace(forge.config, estimator="fd_forward")
+
+    def step_grads():  # what the trainer's step leaves for "fd_forward": g(W) in .grad, from this RNG state
+        rng = hutchinson.rng_state()
+        loss_fn().backward()
+        return rng
+
+    def probe_forward(step, rng):
+        forge.config = forward
+        try:
+            forge.probe(step, loss_fn, compute_dtype=probe_dtype, step_grads=True, rng_state=rng)
+        finally:
+            forge.config = central
+        opt_masked.zero_grad(set_to_none=True)
+
     def update():
         # after_step at a step where the schedule updates the masks (t = 30: step index 29)
         forge.after_step(29, measure=False)
@@ -176,7 +195,8 @@ def main() -> None:
         peak = (torch.cuda.max_memory_allocated() - before) if device.type == "cuda" else None
         return dt, peak
 
-    times = {k: [] for k in ("dense", "masked", "probe", "mask_update", "teacher")}
+    parts = ("dense", "masked", "probe", "mask_update", "teacher") + (() if args.probe_rows else ("probe_fd_forward",))
+    times = {k: [] for k in parts}
     peaks = {}
     for r in range(args.rounds + 1):
         print(f"round {r}/{args.rounds}", file=sys.stderr, flush=True)
@@ -187,6 +207,8 @@ def main() -> None:
             "mask_update": timed(update),
             "teacher": timed(teacher_fwd),
         }
+        if not args.probe_rows:  # "fd_forward" probes the whole micro-batch the step's gradient came from
+            res["probe_fd_forward"] = timed(probe_forward, 28, step_grads())
         if r == 0:
             continue  # warm-up round (allocator, lazy state)
         for k, (dt, peak) in res.items():
@@ -223,6 +245,9 @@ def main() -> None:
         updates = sum(run_sched.is_update(t, total_steps) for t in range(1, fin))
         per_step = med["masked"] + (med["probe"] + med["mask_update"]) * updates / total_steps
         ratios[f"run_average_{name}"] = per_step / med["dense"]
+        if "probe_fd_forward" in med:
+            per_step = med["masked"] + (med["probe_fd_forward"] + med["mask_update"]) * updates / total_steps
+            ratios[f"run_average_{name}_fd_forward"] = per_step / med["dense"]
         ratios[f"updates_per_1000_steps_{name}"] = updates
     held = {"dense": _held_bytes(dense, opt_dense), "masked": _held_bytes(masked, opt_masked)}
     row = {

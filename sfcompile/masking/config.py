@@ -9,7 +9,7 @@ from sfcompile.masking.schedule import TemperingSchedule
 __all__ = ["ForgeConfig", "ForgeConfigError", "SCORES", "ESTIMATORS", "HESSIAN_SMOOTHING", "RESUME_NEUTRAL"]
 
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
-ESTIMATORS = ("fd", "hvp")
+ESTIMATORS = ("fd", "fd_forward", "hvp")
 HESSIAN_SMOOTHING = ("kron", "none")
 RESUME_NEUTRAL = {"update_batch_numel"}  # config fields a resume may change (speed/memory only: results are the
 # same; checkpoints made before the field existed lack it)
@@ -28,7 +28,10 @@ class ForgeConfig:
             ((H+ε)·W², OBD saliency), "hessian_ratio" (|W|/√(H+ε)), "fisher" ((F+ε)·W², F = EMA of g²).
             Scores are z-normalised per site.
         estimator: Hutchinson Hessian-diagonal estimator, "fd" (central finite differences of gradients: works
-            under SDPA/flash, torch.compile and FSDP2) or "hvp" (exact double backward under math attention).
+            under SDPA/flash, torch.compile and FSDP2; two extra forward+backward passes per probe),
+            "fd_forward" (forward differences from the gradient the training step already computed: one extra
+            pass, needs one micro-batch per step probed whole, not DeepSpeed) or "hvp" (exact double backward
+            under math attention).
         hessian_ema: β of the EMA of the Hessian / Fisher diagonal (bias-corrected).
         hessian_eps: ε in the scores above.
         probes_per_update: Rademacher probes per probe call (each costs one estimator evaluation).
@@ -85,8 +88,8 @@ class ForgeConfig:
             raise ForgeConfigError(f"unknown score {self.score!r}; choose one of {SCORES}")
         if self.estimator not in ESTIMATORS:
             raise ForgeConfigError(f"unknown estimator {self.estimator!r}; choose 'fd' (finite differences: "
-                                   "works with flash/SDPA attention, torch.compile, FSDP2) or 'hvp' (exact, "
-                                   "eager only)")
+                                   "works with flash/SDPA attention, torch.compile, FSDP2), 'fd_forward' (the "
+                                   "same from the step's gradient, one pass fewer) or 'hvp' (exact, eager only)")
         if self.hessian_smoothing not in HESSIAN_SMOOTHING:
             raise ForgeConfigError(f"unknown hessian_smoothing {self.hessian_smoothing!r}; choose one of "
                                    f"{HESSIAN_SMOOTHING}")

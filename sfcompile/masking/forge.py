@@ -263,26 +263,39 @@ class SparseForge:
         return step % cfg.probe_every == 0
 
     def probe(self, step: int, loss_fn: Callable[[], torch.Tensor],
-              compute_dtype: torch.dtype | None = None) -> None:
+              compute_dtype: torch.dtype | None = None, *, step_grads: bool = False, rng_state=None) -> None:
         """One Hutchinson probe (``probes_per_update`` Rademacher vectors) into the Hessian EMA.
 
         ``compute_dtype``: the precision the sites' matmuls run in under ``loss_fn`` (bf16 under autocast),
         which sets the automatic finite-difference step; None finds it by one hooked evaluation of
-        ``loss_fn`` (a trainer whose ``loss_fn`` is compiled passes it: hooks and no-grad would recompile)."""
+        ``loss_fn`` (a trainer whose ``loss_fn`` is compiled passes it: hooks and no-grad would recompile).
+
+        ``step_grads=True`` says the sites' ``.grad`` hold exactly the gradient of ``loss_fn``'s loss at the
+        current weights (the training step's: one micro-batch, before clipping), computed from RNG state
+        ``rng_state`` (`hutchinson.rng_state()` taken before that forward); estimator "fd_forward" needs it
+        and takes g(W) from there instead of a second pass."""
         cfg = self.config
         if not cfg.uses_hessian:
             raise ForgeConfigError(f"probe() is only used by Hessian scores; score={cfg.score!r} needs none")
+        base = None
+        if cfg.estimator == "fd_forward":
+            if not step_grads:
+                raise ForgeConfigError("estimator='fd_forward' differences against the training step's gradient: "
+                                       "call probe(..., step_grads=True, rng_state=...) right after the backward "
+                                       "of loss_fn's loss on one micro-batch, or choose estimator='fd'")
+            base = [dense_weight(module, site.param).grad for site, module, _ in self.entries]
+            base = [None if g is None else local(g) for g in base]
         gens = [tempering.sample_generator(cfg.seed, step, 1_000 + i, self._device(i))
                 for i in range(len(self.entries))]
         self._collect_acts = False
         try:
-            if cfg.estimator == "fd" and self.fd_eps is None:
+            if cfg.estimator in ("fd", "fd_forward") and self.fd_eps is None:
                 self.fd_eps = cfg.fd_eps or hutchinson.auto_fd_eps(
                     compute_dtype or hutchinson.compute_dtype(self.model, self.entries, loss_fn))
                 log.info("finite-difference Hessian probes use fd_eps=%g", self.fd_eps)
             diag = hutchinson.estimate_diag(self.model, self.entries, loss_fn, estimator=cfg.estimator,
                                             generators=gens, fd_eps=self.fd_eps or 0.0,
-                                            probes=cfg.probes_per_update)
+                                            probes=cfg.probes_per_update, base_grads=base, rng=rng_state)
         finally:
             self._collect_acts = True
         # Under data parallelism the gradients are averaged across ranks before the probe reads them, so

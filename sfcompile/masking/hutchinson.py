@@ -40,7 +40,7 @@ from sfcompile.masking.zero3 import release as zero3_release
 from sfcompile.passes.site import Site
 
 __all__ = ["HutchinsonError", "rademacher", "estimate_diag", "fd_hessian_vector", "exact_hessian_vector",
-           "compare_estimators", "compute_dtype", "auto_fd_eps",
+           "compare_estimators", "compute_dtype", "auto_fd_eps", "rng_state",
            "math_attention", "spearman"]
 
 Entry = tuple[Site, nn.Module, SoftMask]
@@ -69,7 +69,8 @@ def _grads_set_aside(params: list[torch.Tensor]):
             p.grad = g
 
 
-def _rng_state():
+def rng_state():
+    """The CPU and (if initialised) CUDA RNG states: what a probe pass restores before it runs."""
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return torch.get_rng_state(), cuda
 
@@ -83,13 +84,19 @@ def _set_rng_state(state):
 
 @torch.no_grad()
 def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[[], torch.Tensor],
-                      vs: Sequence[torch.Tensor], fd_eps: float) -> list[torch.Tensor]:
-    """Hv for every site (w.r.t. the effective weight) by central differences of gradients.
+                      vs: Sequence[torch.Tensor], fd_eps: float, base_grads: Sequence[torch.Tensor] | None = None,
+                      rng=None) -> list[torch.Tensor]:
+    """Hv for every site (w.r.t. the effective weight) by differences of gradients: central,
+    (g(W + εv) − g(W − εv)) / 2ε, or with ``base_grads`` forward, (g(W + εv) − g(W)) / ε — one pass.
 
     Args:
         entries: ``(site, owning module, SoftMask)`` for the sites to probe (all perturbed together).
         vs: one probe per site, shaped like the site's local weight shard.
         fd_eps: step relative to the RMS of all sites' effective weights.
+        base_grads: g(W) per site (local shard): the gradient of ``loss_fn``'s loss at the current weights
+            w.r.t. the effective weights, e.g. the training step's (straight-through: ∂L/∂W = ∂L/∂(W ⊙ m_eff)).
+        rng: the RNG state ``loss_fn`` ran from when ``base_grads`` were computed (same dropout in the +
+            pass); None: the current state.
 
     Returns:
         Hv per site (fp32, local shard shape).
@@ -120,11 +127,18 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
     vs = [v.to(b.dtype) for v, b in zip(vs, base)]
     grads: dict[int, list[torch.Tensor]] = {}
     params = list(model.parameters())  # once for both passes: walking the module tree costs host time
-    rng = _rng_state()
+    current = rng_state()
+    rng = current if rng is None else rng
+    signs = (1, -1) if base_grads is None else (1,)
+    if base_grads is not None:
+        if zero3:
+            raise HutchinsonError("estimator='fd_forward' reads the step's gradients from .grad, which "
+                                  "DeepSpeed ZeRO-3 does not keep; use estimator='fd'")
+        grads[-1] = [torch.zeros_like(b) if g is None else g.detach() for g, b in zip(base_grads, base)]
     try:
         torch._foreach_zero_(effs)  # m_eff = 1 for the probe: W is the effective weight
         torch._foreach_add_(effs, 1.0)
-        for sign in (1, -1):
+        for sign in signs:
             torch._foreach_copy_(ws, torch._foreach_add(base, vs, alpha=sign * eps))  # W ⊙ m_eff ± εv
             _set_rng_state(rng)
             with _grads_set_aside(params), torch.enable_grad():
@@ -139,13 +153,13 @@ def fd_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Calla
                 # kept in the gradient's dtype: the difference g+ − g− cancels most digits
                 grads[sign] = _copies([torch.zeros_like(b) if g is None else g.detach() for g, b in zip(got, base)])
     finally:
-        _set_rng_state(rng)
+        _set_rng_state(current)
         torch._foreach_copy_(ws, saved_w)
         torch._foreach_copy_(effs, saved_eff)
         if zero3:
             zero3_release(model)
     hv = torch._foreach_sub(grads[1], grads[-1])
-    torch._foreach_div_(hv, 2 * eps)
+    torch._foreach_div_(hv, len(signs) * eps)
     return [h.float() for h in hv]
 
 
@@ -202,7 +216,7 @@ def exact_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Ca
     """Hv for every site by double backward under math attention (see the module docstring)."""
     weights = [dense_weight(module, site.param) for site, module, _ in entries]
     _check_hvp_possible(model, weights)
-    rng = _rng_state()
+    rng = rng_state()
     try:
         with math_attention(model), torch.enable_grad():
             loss = loss_fn()
@@ -224,14 +238,19 @@ def exact_hessian_vector(model: nn.Module, entries: Sequence[Entry], loss_fn: Ca
 
 def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[[], torch.Tensor], *,
                   estimator: str, generators: Sequence[torch.Generator], fd_eps: float = 1e-3,
-                  probes: int = 1) -> list[torch.Tensor]:
+                  probes: int = 1, base_grads: Sequence[torch.Tensor | None] | None = None,
+                  rng=None) -> list[torch.Tensor]:
     """Hutchinson diag(H) per site: mean over ``probes`` Rademacher probes of v ⊙ Hv (fp32, local shape).
 
     ``generators`` (one per site) make the probes deterministic. Raw estimates are returned (they can be
     negative where the Hessian is indefinite or noisy; scores clamp the averaged value, not each probe).
+    ``"fd_forward"`` needs ``base_grads`` (and ``rng``), see `fd_hessian_vector`.
     """
-    if estimator not in ("fd", "hvp"):
-        raise HutchinsonError(f"unknown estimator {estimator!r}; choose 'fd' or 'hvp'")
+    if estimator not in ("fd", "fd_forward", "hvp"):
+        raise HutchinsonError(f"unknown estimator {estimator!r}; choose 'fd', 'fd_forward' or 'hvp'")
+    if estimator == "fd_forward" and base_grads is None:
+        raise HutchinsonError("estimator='fd_forward' reuses the gradient of the probe's loss at the current "
+                              "weights (the training step's) and none was given; use estimator='fd'")
     totals = None
     for _ in range(probes):
         vs = []
@@ -241,10 +260,11 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
             v = rademacher(global_shape(w), gen, gen.device)
             rows = local_rows(v, w)
             vs.append((rows if rows.numel() == v.numel() else rows.clone()).to(local(w).device))
-        if estimator == "fd":
-            hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps)
-        else:
+        if estimator == "hvp":
             hvs = exact_hessian_vector(model, entries, loss_fn, vs)
+        else:
+            hvs = fd_hessian_vector(model, entries, loss_fn, vs, fd_eps,
+                                    base_grads=base_grads if estimator == "fd_forward" else None, rng=rng)
         est = torch._foreach_mul(vs, hvs)
         totals = est if totals is None else torch._foreach_add(totals, est)
     if probes > 1:
@@ -263,7 +283,7 @@ def compute_dtype(model: nn.Module, entries: Sequence[Entry],
             seen.append(output.dtype)
 
     handles = [module.register_forward_hook(hook) for _, module, _ in entries[:4]]
-    rng = _rng_state()
+    rng = rng_state()
     try:
         with torch.no_grad():
             loss_fn()

@@ -290,6 +290,13 @@ class TrainConfig:
             self.probe_rows is None or (isinstance(self.probe_rows, int) and self.probe_rows >= 1),
             f"probe_rows={self.probe_rows!r} must be an integer >= 1, or None (the whole micro-batch)",
         )
+        if getattr(self.forge, "estimator", None) == "fd_forward":  # it reuses the step's gradient as g(W)
+            need(self.grad_accum == 1, f"estimator='fd_forward' differences against the step's gradient, which "
+                 f"with grad_accum={self.grad_accum} is not that of the probed micro-batch: set grad_accum=1 "
+                 "or estimator='fd'")
+            need(self.probe_rows is None or self.probe_rows >= self.micro_batch,
+                 f"estimator='fd_forward' probes the whole micro-batch the step's gradient came from; "
+                 f"probe_rows={self.probe_rows} (< micro_batch={self.micro_batch}) needs estimator='fd'")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
         need(self.engine in ("fsdp2", "deepspeed"), f"engine={self.engine!r} is not 'fsdp2' or 'deepspeed'")
         need(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sfcompile.masking import hutchinson
 from sfcompile.masking.state import dense_weight
 from sfcompile.train import distributed as dist
 from sfcompile.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint, set_rng_state
@@ -287,9 +288,10 @@ def train(
     # student (same graph: only tensor values change). "hvp" needs a double backward, which compiled graphs
     # do not support, and a DeepSpeed engine probes through the bare model (masking/zero3.py): both eager.
     probe_fwd, probe_dtype = model, None
-    if config.compile and forge is not None and forge.config.estimator == "fd" and student is model:
+    estimator = forge.config.estimator if forge is not None else None
+    if config.compile and estimator in ("fd", "fd_forward") and student is model:
         probe_fwd = student_fwd
-        compiled.append("Hessian probe (fd)")
+        compiled.append(f"Hessian probe ({estimator})")
         # the matmul precision, told rather than found by a hooked no-grad pass (a second compile)
         site, module, _ = forge.entries[0]
         probe_dtype = torch.bfloat16 if config.bf16_autocast() else dense_weight(module, site.param).dtype
@@ -365,6 +367,9 @@ def train(
 
                 # forward/backward over the micro-batches, gradients accumulated
                 loss_sum, parts_sum = 0.0, {}
+                # "fd_forward" probes difference against this step's gradient, computed from this RNG state
+                probe_rng = None
+                reuse_grads = estimator == "fd_forward" and forge.wants_probe(step)
                 for i_micro, ids in enumerate(micro):
                     ids = ids.to(device, non_blocking=True)
                     with autocast():
@@ -374,6 +379,7 @@ def train(
                                 t_out = teacher_fwd(ids, output_hidden_states=weights.squarehead > 0,
                                                     use_cache=False)
                         # use_cache=False: a training forward has no use for the K/V cache HF builds by default
+                        probe_rng = hutchinson.rng_state() if reuse_grads else None
                         s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
                         loss, parts = distillation_loss(s_out, ids, weights, t_out)
                     stepper.backward(loss / len(micro), last=i_micro == len(micro) - 1)
@@ -400,7 +406,7 @@ def train(
                             p_ids, p_t = _first_rows(ids, t_out, config.probe_rows)
                             forge.probe(
                                 step, functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast),
-                                compute_dtype=probe_dtype,
+                                compute_dtype=probe_dtype, step_grads=reuse_grads, rng_state=probe_rng,
                             )
                     stepper.step(config.clip, grad_norm)
                 else:

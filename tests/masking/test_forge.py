@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from sfcompile.masking import hutchinson
 from sfcompile.masking.forge import ForgeConfig, ForgeConfigError, SparseForge, kron_smooth
 from sfcompile.masking.schedule import ScheduleError, TemperingSchedule
 from sfcompile.masking.state import dense_weight, harden, masked_sites, sparsify
@@ -251,6 +252,26 @@ def test_probe_leaves_grads_alone(dense):
     after = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
     assert forge.probe_count == 1
+
+
+def test_forward_differences_use_the_step_gradient(dense):
+    # "fd_forward" reads g(W) from the .grad the step left (and leaves it there); it refuses to run without
+    model, forge, _ = _build(dense, estimator="fd_forward")
+    x = _batch(0)
+    loss_fn = lambda: model(x, labels=x).loss  # noqa: E731
+    with pytest.raises(ForgeConfigError, match="step_grads=True.*estimator='fd'"):
+        forge.probe(0, loss_fn)
+    rng = hutchinson.rng_state()
+    loss_fn().backward()
+    before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    forge.probe(0, loss_fn, step_grads=True, rng_state=rng)
+    assert all(torch.equal(before[n], p.grad) for n, p in model.named_parameters() if p.grad is not None)
+    fwd = torch.cat([s.sf_hdiag.reshape(-1) for _, _, s in masked_sites(model)])
+    other, central, _ = _build(dense)  # the same probe vectors (seeded by step and site), central differences
+    central.probe(0, lambda: other(x, labels=x).loss)
+    ref = torch.cat([s.sf_hdiag.reshape(-1) for _, _, s in masked_sites(other)])
+    assert forge.probe_count == 1 and fwd.abs().sum() > 0
+    assert hutchinson.spearman(fwd, ref) > 0.9
 
 
 def test_fd_eps_from_the_command_line_and_auto(dense):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from sfcompile.masking.hutchinson import HutchinsonError, estimate_diag, spearman
+from sfcompile.masking.hutchinson import HutchinsonError, estimate_diag, rng_state, spearman
 from sfcompile.masking.state import dense_weight, masked_sites, sparsify
 from sfcompile.masking.tempering import sample_generator
 from sfcompile.passes.site import Site
@@ -40,15 +40,33 @@ def _quadratic(masked: bool):
     return model
 
 
-def _probe(model, estimator, step, loss_fn=None, fd_eps=1e-3):
+def _step_grads(model, loss_fn):
+    """What the training step leaves for "fd_forward": the sites' gradients at the current weights and the RNG
+    state the loss ran from; every .grad is cleared again."""
+    rng = rng_state()
+    for p in model.parameters():
+        p.grad = None
+    loss_fn().backward()
+    grads = [dense_weight(m, s.param).grad for s, m, _ in masked_sites(model)]
+    for p in model.parameters():
+        p.grad = None
+    return grads, rng
+
+
+def _probe(model, estimator, step, loss_fn=None, fd_eps=1e-3, rng=None):
     entries = masked_sites(model)
+    loss_fn = loss_fn or model.loss
     gens = [sample_generator(0, step, i) for i in range(len(entries))]
-    return estimate_diag(model, entries, loss_fn or model.loss, estimator=estimator, generators=gens,
-                         fd_eps=fd_eps)
+    base = None
+    if estimator == "fd_forward":
+        base, step_rng = _step_grads(model, loss_fn)
+        rng = step_rng if rng is None else rng
+    return estimate_diag(model, entries, loss_fn, estimator=estimator, generators=gens, fd_eps=fd_eps,
+                         base_grads=base, rng=rng)
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("estimator", ["fd", "hvp"])
+@pytest.mark.parametrize("estimator", ["fd", "fd_forward", "hvp"])
 def test_unbiased_on_a_quadratic(estimator, masked):
     model = _quadratic(masked)
     n = 300
@@ -62,12 +80,66 @@ def test_unbiased_on_a_quadratic(estimator, masked):
     assert (est.double() - true).abs().mean() < 0.5 * (true - true.mean()).abs().mean()
 
 
+@pytest.mark.parametrize("estimator", ["fd", "fd_forward"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_fd_equals_hvp_probe_by_probe_on_a_quadratic(masked):
+def test_fd_equals_hvp_probe_by_probe_on_a_quadratic(masked, estimator):
     model = _quadratic(masked)
     for step in range(3):
-        torch.testing.assert_close(_probe(model, "fd", step)[0], _probe(model, "hvp", step)[0],
+        torch.testing.assert_close(_probe(model, estimator, step)[0], _probe(model, "hvp", step)[0],
                                    rtol=1e-6, atol=1e-6)
+
+
+class Cubic(Quadratic):
+    """A quadratic plus cubic terms: the Hessian changes along every probe, so one forward difference is off
+    by (ε/2)·v ⊙ T[v, v] — a term whose mean over Rademacher probes is 0 (odd moments vanish)."""
+
+    def __init__(self):
+        super().__init__(seed=1)
+        g = torch.Generator().manual_seed(2)
+        self.register_buffer("c", torch.randn(32, generator=g, dtype=torch.float64) * 4)
+        self.register_buffer("u", torch.randn(32, generator=g, dtype=torch.float64))
+
+    def loss(self):
+        w = self.lin.weight.reshape(-1)
+        return super().loss() + (self.c * w**3).sum() / 6 + (w @ self.u) ** 3 / 6
+
+    def diag(self):
+        w = self.lin.weight.detach().reshape(-1)
+        return torch.diagonal(self.A) + self.c * w + (w @ self.u) * self.u**2
+
+
+def test_forward_differences_are_unbiased_though_each_probe_is_off():
+    model = Cubic()
+    site = Site("lin.weight", "lin", "weight", (4, 8), 1, "linear")
+    sparsify(model, "2:4", sites=[site])
+    n, eps = 400, 0.2  # a step large enough for the cubic terms to show in every single probe
+    fwd = torch.stack([_probe(model, "fd_forward", s, fd_eps=eps)[0].reshape(-1) for s in range(n)]).double()
+    exact = torch.stack([_probe(model, "hvp", s)[0].reshape(-1) for s in range(n)]).double()
+    assert (fwd - exact).abs().mean() > 0.05 * exact.abs().mean()  # per probe: off by the O(ε) term
+    true = model.diag()
+    se = (fwd.var(0) / n).sqrt()
+    assert ((fwd.mean(0) - true).abs() < 5 * se).all(), (fwd.mean(0), true)
+
+
+def test_forward_differences_need_the_step_gradient_and_its_rng_state():
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256, attention_dropout=0.3)
+    model = AutoModelForCausalLM.from_config(cfg).train()  # dropout on: the + pass must see the same masks
+    sparsify(model, "2:4")
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss_fn = lambda: model(x, labels=x).loss  # noqa: E731
+    with pytest.raises(HutchinsonError, match="use estimator='fd'"):
+        estimate_diag(model, masked_sites(model), loss_fn, estimator="fd_forward",
+                      generators=[sample_generator(0, 0, i) for i in range(7)])
+    ref = torch.cat([d.reshape(-1) for d in _probe(model, "fd", 0, loss_fn, fd_eps=1e-4)])
+    same = torch.cat([d.reshape(-1) for d in _probe(model, "fd_forward", 0, loss_fn, fd_eps=1e-4)])
+    assert spearman(same, ref) > 0.99
+    # the + pass from another RNG state than the step's: other dropout masks, a gradient difference of O(1)
+    other_state = (torch.Generator().manual_seed(7).get_state(), None)
+    other = torch.cat([d.reshape(-1) for d in _probe(model, "fd_forward", 0, loss_fn, fd_eps=1e-4,
+                                                     rng=other_state)])
+    assert spearman(other, ref) < 0.3
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +182,7 @@ def test_probe_restores_everything(tiny):
     values = [p.detach().clone() for p in params]
     hardness = [soft.hardness.clone() for _, _, soft in masked_sites(model)]
     rng = torch.get_rng_state()
-    for estimator in ("fd", "hvp"):
+    for estimator in ("fd", "hvp"):  # ("fd_forward" differs from "fd" in the passes it runs, not in this)
         _probe(model, estimator, 0, loss_fn)
         for p, (g, gv), v in zip(params, grads, values):
             assert p.grad is g
@@ -157,7 +229,7 @@ def test_spearman():
 
 def test_unknown_estimator():
     model = _quadratic(False)
-    with pytest.raises(HutchinsonError, match="'fd' or 'hvp'"):
+    with pytest.raises(HutchinsonError, match="'fd', 'fd_forward' or 'hvp'"):
         _probe(model, "exact", 0)
 
 

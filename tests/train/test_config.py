@@ -56,6 +56,8 @@ def test_unknown_score_rejected():
         (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
         (dict(teacher_data_batch=0), "teacher_data_batch=0"),
         (dict(probe_rows=0), "probe_rows=0"),
+        (dict(forge=ForgeConfig(estimator="fd_forward"), grad_accum=2), "grad_accum=2 .*estimator='fd'"),
+        (dict(forge=ForgeConfig(estimator="fd_forward"), micro_batch=8, probe_rows=4), "probe_rows=4"),
     ],
 )
 def test_bad_values_name_the_value(kwargs, match):

@@ -131,6 +131,7 @@ def test_missing_deepspeed_says_how_to_install(monkeypatch):
         (dict(srste_decay=1e-4), "srste_decay"),
         (dict(forge=ForgeConfig(score="wanda")), "wanda"),
         (dict(forge=ForgeConfig(estimator="hvp")), "hvp"),
+        (dict(forge=ForgeConfig(estimator="fd_forward")), "fd_forward"),
         (dict(compile=True), "compile"),
     ],
 )

@@ -8,6 +8,7 @@ import torch
 from _tiny import TEXT, byte_tokenizer, tiny_llama
 
 from sfcompile.masking.forge import ForgeConfig
+from sfcompile.masking.hutchinson import spearman
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.masking.state import dense_weight, masked_sites, sparsify
 from sfcompile.train import TrainConfig, train
@@ -284,3 +285,30 @@ def test_moe_experts_are_sparsified_and_trained_routers_stay_dense(tmp_path, tin
         assert ((groups != 0).sum(-1) <= 2).all(), site.name
     assert (model.model.layers[0].mlp.gate.weight != 0).float().mean() > 0.99   # dense
     assert not torch.equal(model.model.layers[0].mlp.gate.weight.detach(), router)  # ... and trained
+
+
+def test_fd_forward_probes_with_one_pass_from_the_step_gradient(tmp_path):
+    # estimator "fd_forward" differences against the gradient the step computed: one grad-enabled pass per
+    # probe where "fd" runs two, and the Hessian EMA it builds ranks like the central one's
+    passes, hdiag = {}, {}
+    for estimator in ("fd", "fd_forward"):
+        grad_calls = []
+
+        def record(module, args, kwargs, calls=grad_calls):
+            calls.append(torch.is_grad_enabled())
+
+        model = _model()
+        model.register_forward_pre_hook(record, with_kwargs=True)
+        forge = ForgeConfig(
+            estimator=estimator,
+            schedule=TemperingSchedule(period_early=2, period_late=2, harden_start=0.3, harden_end=0.6,
+                                       finalize_at=0.8),
+            tau_samples=512,
+        )
+        train(model, _config(tmp_path, estimator, 4, grad_accum=1, forge=forge), tokenizer=byte_tokenizer(),
+              stop_at=1)
+        passes[estimator] = sum(grad_calls) - 1  # less the one training forward
+        hdiag[estimator] = torch.cat([s.sf_hdiag.reshape(-1) for _, _, s in masked_sites(model)])
+    assert passes == {"fd": 2, "fd_forward": 1}
+    assert hdiag["fd_forward"].abs().sum() > 0
+    assert spearman(hdiag["fd_forward"], hdiag["fd"]) > 0.9

@@ -32,7 +32,8 @@ How the pieces map onto ZeRO-3:
 
 Not supported under ZeRO-3 (refused by `check_supported`, each with what to use): the mask-aware AdamW terms
 (SR-STE, CAST) — ZeRO hands the optimizer flat partitions, not per-site weights; score "wanda" (its input
-hook cannot see the partitioned statistic); estimator "hvp"; ``compile=True``.
+hook cannot see the partitioned statistic); estimator "hvp" (no double backward through
+re-partitioned parameters) and "fd_forward" (the step's gradients are not in ``.grad``); ``compile=True``.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def check_supported(config) -> None:
         problems.append("srste_decay/cast_l1 (ZeRO-3 gives the optimizer flat partitions, not per-site weights)")
     if forge is not None and forge.score == "wanda":
         problems.append("score='wanda' (use 'hessian_obd', 'hessian_ratio', 'fisher' or 'magnitude')")
-    if forge is not None and forge.uses_hessian and forge.estimator == "hvp":
-        problems.append("estimator='hvp' (use 'fd')")
+    if forge is not None and forge.uses_hessian and forge.estimator in ("hvp", "fd_forward"):
+        problems.append(f"estimator={forge.estimator!r} (use 'fd')")
     if getattr(config, "compile", False):
         problems.append("compile=True")
     if problems:
