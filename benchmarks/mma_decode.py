@@ -4,7 +4,7 @@ every config of its autotune space timed against dense cuBLAS and the autotuned 
 (``sfcompile.lowering.bench``: R weight copies per graph, do_bench medians of replays).
 
     python benchmarks/mma_decode.py --out mma.json [--ms 1,2,4,8,16] [--shapes all|4096x4096,...] [--budget-s 400]
-        [--candidates 'WARPS_N=8,WARPS_K=1,CHUNKS=4,SPLIT_K=4,maxnreg=64;...']
+        [--no-decode] [--candidates 'WARPS_N=8,WARPS_K=1,CHUNKS=4,SPLIT_K=4,maxnreg=64;...']
 
 Every timed config's output is checked against the fp64 product on its first weight copy; a wrong one is
 reported and not timed.
@@ -61,7 +61,9 @@ def check(log) -> float:
     return max(errs)
 
 
-def sweep(shapes, ms, budget_s, log, candidates=()) -> list[dict]:
+def sweep(shapes, ms, budget_s, log, candidates=(), with_decode=True, on_row=None) -> list[dict]:
+    """Time every (shape, M); ``on_row(rows)`` after each row (the caller saves them: a run stopped at its time
+    limit keeps what it measured)."""
     rows = []
     t_end = time.time() + budget_s
     for name, n, k in shapes:
@@ -75,10 +77,12 @@ def sweep(shapes, ms, budget_s, log, candidates=()) -> list[dict]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(r)]
             d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
-            dec = [partial(nm24_decode, x, pw.data["values"], pw.data["meta"], None, o) for pw, o in zip(pws, outs)]
-            dec_us = bench._graph_time(dec)[0]
-            row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "decode_us": dec_us,
-                   "decode_ratio": d_us / dec_us, "mma": []}
+            row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "mma": []}
+            if with_decode:
+                dec = [partial(nm24_decode, x, pw.data["values"], pw.data["meta"], None, o)
+                       for pw, o in zip(pws, outs)]
+                dec_us = bench._graph_time(dec)[0]
+                row.update(decode_us=dec_us, decode_ratio=d_us / dec_us)
             best = None
             space = [{key: c.kwargs[key] for key in nm24_mma.CONFIG_KEYS}
                      for c in nm24_mma.nm24_mma_configs(splitk.m_key(m))]
@@ -109,9 +113,11 @@ def sweep(shapes, ms, budget_s, log, candidates=()) -> list[dict]:
                 log(f"{name} M={m} autotuned: FAILED {type(e).__name__}: {str(e)[:200]}")
             row["best"] = best
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
             best_txt = "-" if best is None else f"x{best['ratio']:.2f} {best}"
-            log(f"{name} M={m}: dense {d_us:.1f}us | decode kernel x{d_us / dec_us:.2f} | mma best {best_txt}"
-                f" | mma autotuned x{row.get('mma_auto_ratio', float('nan')):.2f}")
+            log(f"{name} M={m}: dense {d_us:.1f}us | decode kernel x{row.get('decode_ratio', float('nan')):.2f}"
+                f" | mma best {best_txt} | mma autotuned x{row.get('mma_auto_ratio', float('nan')):.2f}")
         del dense, pws
         torch.cuda.empty_cache()
     return rows
@@ -127,8 +133,15 @@ def main():
     parser.add_argument("--candidates", default="",
                         help="configs to time besides the autotune space, ';'-separated KEY=VALUE lists, e.g. "
                              "'WARPS_N=8,WARPS_K=1,CHUNKS=4,SPLIT_K=4,maxnreg=64'")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="skip the CUDA-core decode kernel (its autotuning takes sweep time)")
     args = parser.parse_args()
     log = partial(print, flush=True)
+
+    def save():
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
     result = {"check_max_rel_err": check(log)}
     if not result["check_max_rel_err"] < 2e-2:
         log("wrong products: not timing")
@@ -136,13 +149,20 @@ def main():
         shapes = bench.LAYER_SHAPES if args.shapes == "all" else [
             (s, *map(int, s.split("x"))) for s in args.shapes.split(",")]
         ms = [int(v) for v in args.ms.split(",")]
-        result["rows"] = sweep(shapes, ms, args.budget_s, log, parse_candidates(args.candidates))
+        result["rows"] = []
+
+        def on_row(rows):
+            result["rows"] = rows
+            save()
+
+        result["rows"] = sweep(shapes, ms, args.budget_s, log, parse_candidates(args.candidates),
+                               with_decode=not args.no_decode, on_row=on_row)
         ratios = [r["best"]["ratio"] for r in result["rows"] if r.get("best")]
         if ratios:
-            log(f"median best-config ratio over {len(ratios)} (shape, M): {statistics.median(ratios):.2f}x; "
-                f"decode kernel: {statistics.median(r['decode_ratio'] for r in result['rows']):.2f}x")
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+            dec = [r["decode_ratio"] for r in result["rows"] if "decode_ratio" in r]
+            log(f"median best-config ratio over {len(ratios)} (shape, M): {statistics.median(ratios):.2f}x"
+                + (f"; decode kernel: {statistics.median(dec):.2f}x" if dec else ""))
+    save()
 
 
 if __name__ == "__main__":

@@ -322,6 +322,7 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     (1, 32, 128, 1, 1, 4, 1),         # one warp, two strips
     (9, 72, 384, 2, 2, 8, 2),         # two x tiles; N ends inside a program's second strip's upper half
     (4, 40, 480, 1, 1, 4, 3),         # N ends inside the second strip's lower half; partial spans
+    (16, 136, 256, 4, 1, 8, 4),       # the autotune space's two-strip config, 16 rows
 ])
 def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk):
     # STRIPS = 2: a warp's x registers serve two 16-row strips of W (rows row0 + 16, row0 + 24 as well)
@@ -333,6 +334,21 @@ def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk):
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b,
                     config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=2))
     assert _rel(y, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) < TOL[torch.bfloat16]
+
+
+def test_nm24_mma_autotune_space():
+    # every config names each launch choice; two strips per warp only where two x tiles are (sweep 6, run 13)
+    from sfcompile.lowering.kernels.nm24_mma import CONFIG_KEYS, nm24_mma_configs
+
+    for bucket in (1, 2, 4, 8, 16):
+        space = nm24_mma_configs(bucket)
+        assert len(space) <= 12
+        for c in space:
+            assert set(CONFIG_KEYS) <= set(c.kwargs)
+            assert c.num_warps == c.kwargs["WARPS_N"] * c.kwargs["WARPS_K"]
+            assert c.kwargs["MT"] == (2 if bucket > 8 else 1)
+            assert c.kwargs["STAGES"] == 1
+        assert any(c.kwargs["STRIPS"] == 2 for c in space) == (bucket > 8)
 
 
 def test_nm24_mma_register_cap_is_a_launch_option():
@@ -415,6 +431,7 @@ def test_nm24_mma_cuda(m, dtype):
                 dict(WARPS_N=2, WARPS_K=1, CHUNKS=4, SPLIT_K=2, PREFETCH=2),
                 dict(WARPS_N=8, WARPS_K=1, CHUNKS=4, SPLIT_K=4, maxnreg=64),
                 dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=4, STRIPS=2, PREFETCH=1),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2),      # the space's two-strip config
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=3, STAGES=3)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg

@@ -18,7 +18,8 @@ nibbles (:func:`_span_meta`) and x alike. x's registers of lane t are then the w
 contiguous ones of a chunk: two 16-byte loads per chunk and x tile (:func:`_x_chunk`).
 
 Measured on the H200 (benchmarks/README.md, run 12; Nsight Compute for the reasons), best config per layer
-shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16. The weights
+shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16 (0.82-0.98x
+with two strips per warp on the gate/up shapes, run 13); autotuned, 1.29x at the median (run 13). The weights
 stream at ~2.8 TB/s where cuBLAS streams ~3.7 (least-squares over the six shapes; both pay ~5 us per call
 besides), bound by memory latency at 22 warps per SM (registers); at M = 8-16 the x loads keep L1 84-88%
 busy. The layout of pieces and the 16-byte x loads (run 12) replaced one where lane t loaded all of chunk
@@ -58,18 +59,27 @@ _MASKED_META = tl.constexpr(0x44444444)
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH); num_warps = WARPS_N * WARPS_K; CHUNKS 4
-    or 8 (one or two spans per warp and step, every load of the step issued before its first mma); PREFETCH
-    the steps ahead the weights are prefetched into L2 (0: none)."""
-    # mma_decode sweeps 3-5 (H200, 2026-11-30; benchmarks/README.md runs 11-12): the configs that were best for
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH, STRIPS); num_warps = WARPS_N * WARPS_K; CHUNKS
+    4 or 8 (one or two spans per warp and step, every load of the step issued before its first mma); PREFETCH the
+    steps ahead the weights are prefetched into L2 (0: none); STRIPS the 16-row strips of W per warp."""
+    # mma_decode sweeps 3-6 (H200, 2026-11-30; benchmarks/README.md runs 11-13): the configs that were best for
     # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours. L2 prefetch one step ahead won only
     # where K per program is long (LLaMA-2-7B down, 4096 x 11008: +0.05-0.09x) and on Qwen3-8B k,v (+0.02x);
-    # it lost up to 0.23x elsewhere, and two steps ahead never won: only those two configs prefetch
-    space = [(4, 1, 8, 8, 0), (8, 1, 8, 4, 0), (2, 2, 8, 8, 0), (4, 1, 4, 8, 0), (2, 2, 4, 8, 0), (2, 2, 4, 4, 0),
-             (4, 1, 8, 4, 0), (8, 1, 4, 4, 0), (4, 1, 4, 8, 1), (2, 2, 8, 8, 1)]
+    # it lost up to 0.23x elsewhere, and two steps ahead never won: only those two configs prefetch. Sweep 6
+    # (run 13): two strips per warp (x's registers serve 32 rows of W) won only at M = 16 on the gate/up shapes
+    # (11008 / 12288 x 4096: +0.07x with (4, 1, 8, 4)) and lost 0.2-0.7x at M = 1 and 8: it joins the space
+    # of the two-x-tile bucket alone. Pipelined loops (STAGES = 2, 3: cp.async into shared memory) lost
+    # 0.2-0.9x everywhere and a 64-register cap (maxnreg) 0.03-0.6x: neither is in the space. (8, 1, 8, 4) and
+    # (2, 2, 4, 8) were never the best of sweeps 4-6 and left it. Known miss: the tuner (do_bench outside CUDA
+    # graphs) picks the prefetch config (4, 1, 4, 8, 1) on Qwen3-8B down at M <= 8, 0.03-0.07x slower there
+    space = [(4, 1, 8, 8, 0, 1), (2, 2, 8, 8, 0, 1), (4, 1, 4, 8, 0, 1), (2, 2, 4, 4, 0, 1), (4, 1, 8, 4, 0, 1),
+             (8, 1, 4, 4, 0, 1), (4, 1, 4, 8, 1, 1), (2, 2, 8, 8, 1, 1)]
+    if m_bucket > 8:
+        space.append((4, 1, 8, 4, 0, 2))
     return [triton.Config({**CONFIG_DEFAULTS, "WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk,
-                           "PREFETCH": pf, "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk, pf in space]
+                           "PREFETCH": pf, "STRIPS": st, "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk,
+                          num_stages=1)
+            for wn, wk, ch, sk, pf, st in space]
 
 
 @triton.jit
@@ -390,7 +400,8 @@ def _nm24_mma_kernel(
     # operands would otherwise hold back the next chunk's loads (one chunk in flight per warp). Loading the
     # next step's weights before this step's mma as well (a prefetch: more registers, fewer warps) was slower
     # on every measured (shape, M), by 0.01-0.3x (benchmarks/README.md, run 12); an L2 prefetch costs no
-    # registers (PREFETCH), and neither do the asynchronous copies to shared memory of STAGES > 1
+    # registers (PREFETCH), and neither do the asynchronous copies to shared memory of STAGES > 1 -- which were
+    # 0.2-0.9x slower than STAGES = 1 on every (shape, M) of sweep 6 (run 13)
     for cb in tl.range(c_lo, c_hi, STEP, num_stages=STAGES):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
         sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
