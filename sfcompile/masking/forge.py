@@ -23,7 +23,9 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
     # resume: forge.load_state_dict(ckpt["forge"]) AFTER model.load_state_dict(...)
 
 * ``loss_fn()`` recomputes the training loss (CE + KL + ...) on the last micro-batch and returns a
-  differentiable scalar; the probe calls it 2× (estimator "fd") or 1× with a double backward ("hvp").
+  differentiable scalar; the probe calls it 2× (estimator "fd"), 1× ("fd_forward", which takes g(W) from the
+  ``.grad`` the step's backward left: ``probe(step, loss_fn, step_grads=True, rng_state=...)``) or 1× with a
+  double backward ("hvp").
   The probe saves and restores the RNG state around each call (dropout sees the same masks; the training
   RNG stream is untouched) and restores the weights bit-exactly.
 * ``after_step(step)`` returns ``{"temperature", "target_sparsity", "sparsity", "hard_sparsity",
@@ -57,9 +59,13 @@ Estimator choice ("fd" by default): exact Hessian-vector products need a double 
 memory-efficient / cuDNN SDPA, ``torch.compile`` and FSDP2 do not support. Central finite differences of
 gradients, Hv ≈ (g(W + εv) − g(W − εv)) / 2ε, need only two ordinary forward+backward passes, so they run
 wherever training runs; the error is O(ε²) (zero on a quadratic) and the estimator is validated against the
-exact one (tests/masking/test_hutchinson.py). "hvp" runs the probe under the math SDPA backend (switching an
-eager-incompatible attention implementation to "eager" for the probe) and raises, naming "fd", where a double
-backward cannot run.
+exact one (tests/masking/test_hutchinson.py). "fd_forward" differences (g(W + εv) − g(W)) / ε with g(W) the
+training step's own gradient: one pass instead of two. Each probe is off by (ε/2)·v ⊙ T[v, v] (T the third
+derivative), whose mean over Rademacher probes is 0 (odd moments vanish), so the EMA'd diagonal is as
+unbiased as the central one's; it needs one micro-batch per step, probed whole (the trainer checks).
+`benchmarks/hessian_estimators.py` compares both with the exact HVP on SmolLM2-135M. "hvp" runs the probe
+under the math SDPA backend (switching an eager-incompatible attention implementation to "eager" for the
+probe) and raises, naming "fd", where a double backward cannot run.
 
 What is estimated: the diagonal of the Hessian of the loss with respect to the EFFECTIVE weight W ⊙ m_eff (the
 curvature at each weight position, also where the mask is currently 0, so pruned weights can score their way
