@@ -445,3 +445,17 @@ def test_nm24_mma_cuda(m, dtype):
     y = nm24_matmul(x[:, :4000].contiguous(), pack(w[:, :4000].contiguous(), "2:4", -1).data["values"],
                     pack(w[:, :4000].contiguous(), "2:4", -1).data["meta"])     # K % 32 != 0: the other kernel
     assert _rel(y, x[:, :4000].double() @ w[:, :4000].double().T) < TOL[dtype]
+
+
+@cuda
+def test_tuning_bench_times_the_kernel_after_a_clean_flush():
+    # the autotuners' timer: median or quantiles in ms like do_bench; a kernel twice as long times about twice
+    # as long (the launch path is hidden behind the GPU sleep), and the flush leaves the L2 clean (a read)
+    from sfcompile.lowering.kernels import splitk
+
+    x = torch.randn(8 * 2**20, device="cuda")
+    one = splitk.tuning_bench(lambda: x.mul(2.0))
+    two = splitk.tuning_bench(lambda: (x.mul(2.0), x.mul(2.0)))
+    q = splitk.tuning_bench(lambda: x.mul(2.0), quantiles=(0.5, 0.2, 0.8))
+    assert isinstance(one, float) and one > 0 and len(q) == 3 and q[1] <= q[0] <= q[2]
+    assert 1.5 < two / one < 2.5, (one, two)
