@@ -5,6 +5,8 @@ TRITON_INTERPRET variable is set and nothing leaks into other test modules); sha
 same checks run on the compiled, autotuned kernels at layer-like shapes.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -459,3 +461,24 @@ def test_tuning_bench_times_the_kernel_after_a_clean_flush():
     q = splitk.tuning_bench(lambda: x.mul(2.0), quantiles=(0.5, 0.2, 0.8))
     assert isinstance(one, float) and one > 0 and len(q) == 3 and q[1] <= q[0] <= q[2]
     assert 1.5 < two / one < 2.5, (one, two)
+
+
+@pytest.mark.parametrize("kernel,config", [
+    ("tile", dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, DECOMP=0, BLOCK_KK=64)),     # misspelt
+    ("tile", dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, DECOMP=0, HAS_BIAS=True)),  # set by the wrapper
+    ("decode", dict(VARIANT=6, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, PIPE=1)),
+    ("block16", dict(BLOCK_M=16, TILES=2, SPLIT_K=1, VARIANT=0, CHUNKS=4)),
+])
+def test_fixed_configs_with_keys_a_kernel_does_not_take_are_refused(kernel, config):
+    # Triton's launcher drops keywords a kernel does not take: a misspelt key would run without its choice
+    g = torch.Generator().manual_seed(0)
+    bad = sorted(set(config) & {"BLOCK_KK", "HAS_BIAS", "PIPE", "CHUNKS"})
+    m = 20 if kernel == "tile" else 3
+    x = torch.randn(m, 64, generator=g)
+    with pytest.raises(ValueError, match=re.escape(f"config keys {bad} are not launch choices")):
+        if kernel == "block16":
+            d = pack(_wblock(32, 64, torch.float32, g, 0.5), "block16:0.5", -1).data
+            block16_matmul(x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, config=config)
+        else:
+            pw = pack(_w24(32, 64, torch.float32, g), "2:4", -1)
+            nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config)

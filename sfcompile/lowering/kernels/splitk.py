@@ -156,6 +156,17 @@ def _interpreter():
         interpreter._patch_lang_tensor = original_patch
 
 
+def _check_config_keys(kernel, cfg: dict, flags: dict) -> None:
+    """A fixed config sets only the kernel's own compile-time choices: Triton's launcher drops keyword arguments
+    the kernel does not take, so a misspelt or stale key would launch without the choice it names (and a key the
+    wrapper sets itself, a flag, would be given twice)."""
+    choices = [p.name for p in kernel.params if p.is_constexpr and p.name not in flags]
+    unknown = sorted(set(cfg) - set(choices))
+    if unknown:
+        raise ValueError(f"config keys {unknown} are not launch choices of {kernel.__name__}: it takes "
+                         f"{', '.join(choices)} (plus num_warps, num_stages, maxnreg)")
+
+
 def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple], args: tuple, flags: dict,
            config: dict | None, on_cpu: bool) -> None:
     """Launch ``kernel`` with a fixed ``config`` (interpreted for CPU tensors), or its autotuned launcher.
@@ -166,6 +177,7 @@ def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple
     if config is not None:
         cfg = dict(config)
         opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
+        _check_config_keys(kernel, cfg, flags)
         if on_cpu:
             from triton.runtime.interpreter import InterpretedFunction
 
