@@ -98,6 +98,8 @@ class Cubic(Quadratic):
         g = torch.Generator().manual_seed(2)
         self.register_buffer("c", torch.randn(32, generator=g, dtype=torch.float64) * 4)
         self.register_buffer("u", torch.randn(32, generator=g, dtype=torch.float64))
+        with torch.no_grad():  # weights of RMS 1, whatever the global RNG: the step ε is relative to it
+            self.lin.weight.copy_(torch.randn(4, 8, generator=g, dtype=torch.float64))
 
     def loss(self):
         w = self.lin.weight.reshape(-1)
@@ -112,10 +114,10 @@ def test_forward_differences_are_unbiased_though_each_probe_is_off():
     model = Cubic()
     site = Site("lin.weight", "lin", "weight", (4, 8), 1, "linear")
     sparsify(model, "2:4", sites=[site])
-    n, eps = 400, 0.2  # a step large enough for the cubic terms to show in every single probe
+    n, eps = 400, 0.5  # a step large enough for the cubic terms to show in every single probe
     fwd = torch.stack([_probe(model, "fd_forward", s, fd_eps=eps)[0].reshape(-1) for s in range(n)]).double()
     exact = torch.stack([_probe(model, "hvp", s)[0].reshape(-1) for s in range(n)]).double()
-    assert (fwd - exact).abs().mean() > 0.05 * exact.abs().mean()  # per probe: off by the O(ε) term
+    assert (fwd - exact).abs().mean() > 0.1 * exact.abs().mean()  # per probe: off by the O(ε) term
     true = model.diag()
     se = (fwd.var(0) / n).sqrt()
     assert ((fwd.mean(0) - true).abs() < 5 * se).all(), (fwd.mean(0), true)
