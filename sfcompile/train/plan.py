@@ -13,7 +13,8 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
     masks        3·mb·Ps/W          soft mask, hard mask, stored m_eff (mb = mask bytes: fp32 by default)
     scores       4·Ps/W             Hessian-diagonal (or Fisher) EMA, row-sharded with its weight
     estimator    24·Ps/W + 4·P/W    the finite-difference probe: saved W and m_eff, W⊙m_eff, the probe vector,
-                                    g+ and g− of the sites, plus the probe's gradients of every parameter
+                                    g+ and g− of the sites, plus the probe's gradients of every parameter;
+                                    20·Ps/W + 4·P/W for "fd_forward" (g− is the step's own gradient)
     slorb        16·Ps/(k·W)        SLoRB S (out × in/k per site) with its gradient and Adam state
     teacher      2·P/W              bf16 dense teacher, sharded the same way ("none": 0)
     gather       2·Pb·(2 + t)·2 + 2·Pr  two unsharded bf16 blocks in flight (W and m_eff of the student — mask
@@ -74,12 +75,15 @@ class PlanInput:
     reshard_after_forward: bool = True
     slorb_group: int = 16
     score_stats: int = 1  # Hessian EMA (1), + Fisher (2)
+    estimator: str = "fd"  # the Hessian probe: "fd" (central differences), "fd_forward", "hvp" (planned as "fd")
 
     def __post_init__(self):
         if self.gpus < 1:
             raise ValueError(f"--gpus {self.gpus}: need at least 1 GPU")
         if self.engine not in ("fsdp2", "deepspeed", "single"):
             raise ValueError(f"engine {self.engine!r} is not known: use fsdp2, deepspeed or single")
+        if self.estimator not in ("fd", "fd_forward", "hvp"):
+            raise ValueError(f"estimator {self.estimator!r} is not known: use fd, fd_forward or hvp")
         if self.engine == "single" and self.gpus != 1:
             raise ValueError("engine 'single' runs on one GPU; use fsdp2 or deepspeed for --gpus > 1")
 
@@ -152,7 +156,7 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
         "optimizer": 8 * trainable / w,
         "masks": 3 * p.mask_bytes * m.site_params / w,
         "scores": 4 * p.score_stats * m.site_params / w,
-        "estimator": (24 * m.site_params + 4 * m.params) / w,
+        "estimator": ((20 if p.estimator == "fd_forward" else 24) * m.site_params + 4 * m.params) / w,
         "slorb": 16 * m.site_params / p.slorb_group / w,
         "teacher": 2 * m.params * t / w,
         "gather": _gather(m, p, t) if w > 1 else 0.0,
@@ -207,6 +211,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--no-teacher", action="store_true")
+    parser.add_argument("--estimator", default="fd", choices=["fd", "fd_forward", "hvp"],
+                        help="the Hessian probe's estimator (the trainer's --forge estimator=...)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="plan with activation checkpointing (the trainer's --activation-checkpointing)")
     parser.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false",
@@ -229,7 +235,7 @@ def run(args) -> int:
     inp = PlanInput(gpus=args.gpus, gpu_mem=_parse_mem(args.gpu_mem), engine=args.engine,
                     micro_batch=args.micro_batch, seqlen=args.seqlen, teacher=not args.no_teacher,
                     checkpointing=args.activation_checkpointing,
-                    reshard_after_forward=args.reshard_after_forward)
+                    reshard_after_forward=args.reshard_after_forward, estimator=args.estimator)
     counts = count_model(_config(args.model))
     parts = plan(counts, inp)
     print(f"{args.model}: {counts.params / 1e9:.2f}B params ({counts.site_params / 1e9:.2f}B in sparse sites), "

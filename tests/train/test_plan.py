@@ -43,6 +43,12 @@ def test_sharded_terms_scale_with_ranks_and_formulas_hold():
     assert keep["gather"] == 2 * m.block_params * 2 * m.layers + 2 * m.block_params * 2 + 2 * m.root_params
     assert keep["gather"] > eight["gather"] and plan(m, PlanInput(reshard_after_forward=False))["gather"] == 0
     assert _args("--model", "x", "--no-reshard-after-forward").reshard_after_forward is False
+    # the forward-difference probe keeps no g− of its own: the step's gradient is already counted
+    fwd = plan(m, PlanInput(gpus=8, estimator="fd_forward"))
+    assert fwd["estimator"] == pytest.approx(eight["estimator"] - 4 * m.site_params / 8)
+    assert _args("--model", "x", "--estimator", "fd_forward").estimator == "fd_forward"
+    with pytest.raises(ValueError, match="estimator 'fdx'"):
+        PlanInput(estimator="fdx")
 
 
 def test_fsdp2_parts_are_the_documented_formulas():
