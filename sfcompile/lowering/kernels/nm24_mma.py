@@ -19,7 +19,7 @@ contiguous ones of a chunk: two 16-byte loads per chunk and x tile (:func:`_x_ch
 
 Measured on the H200 (benchmarks/README.md, run 12; Nsight Compute for the reasons), best config per layer
 shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16 (0.82-0.98x
-with two strips per warp on the gate/up shapes, run 13); autotuned, 1.29x at the median (run 13). The weights
+with two strips per warp on the gate/up shapes, run 13); autotuned, 1.27x at the median (run 14). The weights
 stream at ~2.8 TB/s where cuBLAS streams ~3.7 (least-squares over the six shapes; both pay ~5 us per call
 besides), bound by memory latency at 22 warps per SM (registers); at M = 8-16 the x loads keep L1 84-88%
 busy. The layout of pieces and the 16-byte x loads (run 12) replaced one where lane t loaded all of chunk
@@ -70,8 +70,9 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # (11008 / 12288 x 4096: +0.07x with (4, 1, 8, 4)) and lost 0.2-0.7x at M = 1 and 8: it joins the space
     # of the two-x-tile bucket alone. Pipelined loops (STAGES = 2, 3: cp.async into shared memory) lost
     # 0.2-0.9x everywhere and a 64-register cap (maxnreg) 0.03-0.6x: neither is in the space. (8, 1, 8, 4) and
-    # (2, 2, 4, 8) were never the best of sweeps 4-6 and left it. Known miss: the tuner (do_bench outside CUDA
-    # graphs) picks the prefetch config (4, 1, 4, 8, 1) on Qwen3-8B down at M <= 8, 0.03-0.07x slower there
+    # (2, 2, 4, 8) were never the best of sweeps 4-6 and left it. Tuned by splitk.tuning_bench (run 14), the
+    # autotuner no longer picks a prefetch config anywhere: right on Qwen3-8B down (where do_bench's timing
+    # picked one, 0.03-0.07x slower), a miss on LLaMA-2-7B down (-0.04-0.07x at M <= 8)
     space = [(4, 1, 8, 8, 0, 1), (2, 2, 8, 8, 0, 1), (4, 1, 4, 8, 0, 1), (2, 2, 4, 4, 0, 1), (4, 1, 8, 4, 0, 1),
              (8, 1, 4, 4, 0, 1), (4, 1, 4, 8, 1, 1), (2, 2, 8, 8, 1, 1)]
     if m_bucket > 8:
