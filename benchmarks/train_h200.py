@@ -19,7 +19,8 @@ on that held-out text, never on ``wiki``, which stays the evaluation text of eve
    sparsegpt and the main run's model;
 5. ablations at ``--abl-tokens`` each (``--ablations``), all from the same SparseGPT masks: the full recipe, fixed
    masks (no forge), magnitude instead of Hessian scores, raw per-entry Hessian (no smoothing), no SLoRB,
-   + SquareHead, training on teacher-generated text instead of the training text, and the pruned weights
+   + SquareHead, the one-pass Hessian probe ("fd_forward") instead of central differences, training on
+   teacher-generated text instead of the training text, and the pruned weights
    restored to their dense values before training (SparseGPT leaves them at 0, where an OBD score is 0), and
    distillation alone (no cross-entropy on the training text).
 
@@ -253,6 +254,7 @@ def main() -> None:
             ("fixed_masks", {"forge": None}),
             ("magnitude_scores", {"forge": forge_config(score="magnitude")}),
             ("hessian_unsmoothed", {"forge": forge_config(hessian_smoothing="none")}),
+            ("fd_forward", {"forge": forge_config(estimator="fd_forward")}),  # the one-pass Hessian probe
             ("no_slorb", {"forge": forge_config(slorb=False)}),
             ("squarehead", {"squarehead_weight": 1.0}),
             ("teacher_data", {"data": "teacher"}),
