@@ -306,8 +306,7 @@ class SparseForge:
             self._collect_acts = True
         # Under data parallelism the gradients are averaged across ranks before the probe reads them, so
         # Hv (fd) is already the global one; no extra all-reduce.
-        for (_, _, soft), d in zip(self.entries, diag):
-            ema_(getattr(soft, STAT_NAMES["hessian"]), d, cfg.hessian_ema)
+        ema_([getattr(soft, STAT_NAMES["hessian"]) for _, _, soft in self.entries], diag, cfg.hessian_ema)
         self.probe_count += 1
 
     @torch.no_grad()
@@ -330,14 +329,15 @@ class SparseForge:
         """Fisher EMA from the dense weights' ``.grad`` (call before clipping); a no-op for other scores."""
         if self.config.score != "fisher" or self.finalized:
             return
-        seen = False
+        stats, grads = [], []
         for site, module, soft in self.entries:
             w = dense_weight(module, site.param)
             g = zero3.local_grad(w) if zero3.is_partitioned(w) else w.grad
             if g is not None:
-                ema_(getattr(soft, STAT_NAMES["fisher"]), local(g).float().square(), self.config.hessian_ema)
-                seen = True
-        if seen:
+                stats.append(local(getattr(soft, STAT_NAMES["fisher"])))
+                grads.append(local(g).float())
+        if stats:  # every step: multi-tensor kernels for all sites
+            ema_(stats, torch._foreach_mul(grads, grads), self.config.hessian_ema)
             self.fisher_count += 1
 
     @torch.no_grad()

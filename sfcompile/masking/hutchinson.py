@@ -252,14 +252,17 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
         raise HutchinsonError("estimator='fd_forward' reuses the gradient of the probe's loss at the current "
                               "weights (the training step's) and none was given; use estimator='fd'")
     totals = None
+    weights = [dense_weight(module, site.param) for site, module, _ in entries]
     for _ in range(probes):
         vs = []
-        for (site, module, _), gen in zip(entries, generators):
-            w = dense_weight(module, site.param)  # probe drawn at the global shape: equal to 1 process
-            # drawn where the generator lives (the weight's device); a sharded rank keeps a copy of its rows
-            v = rademacher(global_shape(w), gen, gen.device)
+        for w, gen in zip(weights, generators):
+            # drawn at the global shape (equal to 1 process) where the generator lives (the weight's device):
+            # 0/1 in fp32, the same stream as `rademacher`'s int8 draw; a sharded rank keeps a copy of its rows
+            v = torch.randint(0, 2, tuple(global_shape(w)), generator=gen, dtype=torch.float32, device=gen.device)
             rows = local_rows(v, w)
             vs.append((rows if rows.numel() == v.numel() else rows.clone()).to(local(w).device))
+        torch._foreach_mul_(vs, 2.0)  # → ±1 for all sites in two multi-tensor kernels (~200 sites: launches)
+        torch._foreach_sub_(vs, 1.0)
         if estimator == "hvp":
             hvs = exact_hessian_vector(model, entries, loss_fn, vs)
         else:

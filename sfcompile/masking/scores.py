@@ -54,9 +54,13 @@ def ensure_stat(soft: nn.Module, name: str, shape: tuple[int, ...], device=None)
 
 
 @torch.no_grad()
-def ema_(stat: torch.Tensor, value: torch.Tensor, beta: float) -> None:
-    """stat ← β·stat + (1 − β)·value, in place (on local shards)."""
-    local(stat).mul_(beta).add_(local(value).float(), alpha=1.0 - beta)
+def ema_(stats: list[torch.Tensor], values: list[torch.Tensor], beta: float) -> None:
+    """stat ← β·stat + (1 − β)·value for every pair, in place on the local shards: two multi-tensor kernels for
+    all of them (a model has hundreds of sites, and per-site kernels made the probe launch-bound)."""
+    if stats:
+        stats = [local(s) for s in stats]
+        torch._foreach_mul_(stats, beta)
+        torch._foreach_add_(stats, [local(v).float() for v in values], alpha=1.0 - beta)
 
 
 def bias_corrected(stat: torch.Tensor, beta: float, count: int) -> torch.Tensor:

@@ -66,10 +66,12 @@ def test_znorm_constant_is_finite():
 
 
 def test_ema_and_bias_correction():
-    stat = torch.zeros(3)
+    stat, other = torch.zeros(3), torch.zeros(2)
     for _ in range(5):
-        ema_(stat, torch.tensor([2.0, 4.0, -1.0]), 0.9)
+        ema_([stat, other], [torch.tensor([2.0, 4.0, -1.0]), torch.tensor([1.0, 0.5], dtype=torch.bfloat16)], 0.9)
     torch.testing.assert_close(bias_corrected(stat, 0.9, 5), torch.tensor([2.0, 4.0, -1.0]))
+    torch.testing.assert_close(bias_corrected(other, 0.9, 5), torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(stat, 0.1 * sum(0.9**i for i in range(5)) * torch.tensor([2.0, 4.0, -1.0]))
     with pytest.raises(ScoreError):
         bias_corrected(stat, 0.9, 0)
 
