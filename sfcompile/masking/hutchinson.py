@@ -39,7 +39,7 @@ from sfcompile.masking.zero3 import full_grads as zero3_grads
 from sfcompile.masking.zero3 import release as zero3_release
 from sfcompile.passes.site import Site
 
-__all__ = ["HutchinsonError", "rademacher", "estimate_diag", "fd_hessian_vector", "exact_hessian_vector",
+__all__ = ["HutchinsonError", "estimate_diag", "fd_hessian_vector", "exact_hessian_vector",
            "compare_estimators", "compute_dtype", "auto_fd_eps", "rng_state",
            "math_attention", "spearman"]
 
@@ -48,12 +48,6 @@ Entry = tuple[Site, nn.Module, SoftMask]
 
 class HutchinsonError(RuntimeError):
     """The chosen Hessian estimator cannot run on this model / setup."""
-
-
-def rademacher(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
-    """±1 entries drawn from ``generator`` on its device (deterministic per device kind), moved to ``device``."""
-    v = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8, device=generator.device)
-    return (v.to(dtype) * 2 - 1).to(device)
 
 
 @contextlib.contextmanager
@@ -257,7 +251,7 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
         vs = []
         for w, gen in zip(weights, generators):
             # drawn at the global shape (equal to 1 process) where the generator lives (the weight's device):
-            # 0/1 in fp32, the same stream as `rademacher`'s int8 draw; a sharded rank keeps a copy of its rows
+            # 0/1 in fp32 (on the CPU the same values as an int8 draw); a sharded rank keeps a copy of its rows
             v = torch.randint(0, 2, tuple(global_shape(w)), generator=gen, dtype=torch.float32, device=gen.device)
             rows = local_rows(v, w)
             vs.append((rows if rows.numel() == v.numel() else rows.clone()).to(local(w).device))
