@@ -171,13 +171,22 @@ def _step_fn(model):
     return step
 
 
-def compile_step(model, backend: str | None, cudagraphs: bool, hook=None):
-    """One greedy decode step, compiled whole: dense Inductor or sparseforge, with CUDA graphs or not."""
+def compile_step(model, backend: str | None, cudagraphs: bool, hook=None, fuse: bool = False):
+    """One greedy decode step, compiled whole: dense Inductor or sparseforge (``fuse``: its option that runs
+    the linears on one input as one packed op), with CUDA graphs or not."""
     if backend is None:
         return torch.compile(_step_fn(model), fullgraph=True, dynamic=False,
                              mode="reduce-overhead" if cudagraphs else None)
     return torch.compile(_step_fn(model), backend=backend, fullgraph=True, dynamic=False,
-                         options={"cudagraphs": cudagraphs, "on_lower": hook})
+                         options={"cudagraphs": cudagraphs, "on_lower": hook, "fuse": fuse})
+
+
+def pattern_variant(label: str) -> tuple[str, bool]:
+    """``"2:4"`` -> ("2:4", False); ``"2:4+fuse"`` -> ("2:4", True): the backend's ``fuse`` option."""
+    base, plus, flag = label.partition("+")
+    if plus and flag != "fuse":
+        raise SystemExit(f"--e2e-patterns: {label!r}: the only variant is '+fuse' (e.g. 2:4+fuse)")
+    return base, bool(plus)
 
 
 def _static_cache(model, max_len: int):
@@ -230,7 +239,7 @@ def time_decode(model, step, batch: int, new_tokens: int, device: str,
 
 @torch.no_grad()
 def time_prefill(model, backend: str | None, mode: str | None, tokens: int, device: str,
-                 reps: int = 5) -> float:
+                 reps: int = 5, fuse: bool = False) -> float:
     """Median ms of a compiled forward over ``tokens`` tokens (batch 1) into a static cache."""
     cache = _static_cache(model, tokens)
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
@@ -241,6 +250,8 @@ def time_prefill(model, backend: str | None, mode: str | None, tokens: int, devi
     kwargs = {"fullgraph": True, "dynamic": False, "mode": mode}
     if backend:
         kwargs["backend"] = backend
+    if backend and fuse:  # torch.compile takes a mode or options, not both
+        kwargs.update(mode=None, options={"cudagraphs": mode == "reduce-overhead", "fuse": True})
     fn = torch.compile(fwd, **kwargs)
     times = []
     for i in range(reps + 2):
@@ -280,13 +291,14 @@ def bench_model(args: E2EConfig, alias: str, emit) -> list[Row]:
         site_bytes = packed_bytes = None
         lowered: list = []
         sites = []
+        base, fuse = pattern_variant(pattern)
         if backend:
-            sites = harden_random(model, pattern)
+            sites = harden_random(model, base)
 
         def hook(gm, report, lowered=lowered):
             lowered.append((gm, report))
 
-        step = compile_step(model, backend, device == "cuda", hook)
+        step = compile_step(model, backend, device == "cuda", hook, fuse=fuse)
         for batch in args.batches:
             if over_budget():
                 rows.append(Row(alias, n_layers, pattern, batch, notes=["skipped: time budget spent"]))
@@ -324,7 +336,7 @@ def bench_model(args: E2EConfig, alias: str, emit) -> list[Row]:
             if batch == 1 and args.prefill and (backend is None or pattern in args.prefill_patterns):
                 t0 = time.perf_counter()
                 try:
-                    row.prefill_ms = time_prefill(model, backend, mode, args.prefill, device)
+                    row.prefill_ms = time_prefill(model, backend, mode, args.prefill, device, fuse=fuse)
                 except Exception as e:  # noqa: BLE001
                     row.notes.append(f"prefill failed: {type(e).__name__}: {str(e)[:300]}")
                 row.notes.append(f"prefill compile+run {time.perf_counter() - t0:.0f}s")
@@ -368,7 +380,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated model aliases (default %(default)s)")
     g.add_argument("--layers", type=int, default=None, help="decoder layers to build (default: all)")
     g.add_argument("--e2e-patterns", default="2:4,block16",
-                   help="comma-separated hardened patterns (default %(default)s)")
+                   help="comma-separated hardened patterns; PATTERN+fuse decodes with the backend's fuse option "
+                        "(q/k/v and gate/up as one packed op each) (default %(default)s)")
     g.add_argument("--batches", default="1,8",
                    help="comma-separated decode batch sizes (default %(default)s)")
     g.add_argument("--new-tokens", type=int, default=256,

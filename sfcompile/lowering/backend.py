@@ -24,6 +24,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
     cudagraphs (bool): run the compiled graph under CUDA graphs (what ``mode="reduce-overhead"`` sets).
     on_lower (callable): ``on_lower(gm, report)`` after the rewrite, before Inductor (debugging/tests:
         ``sfcompile.passes.lower.count_packed_ops(gm)`` counts the packed ops).
+    fuse (bool, default False): linears on hardened weights that read the same input (a layer's q/k/v, its
+        gate/up) run as one packed op on their weights concatenated along N (packed once, from the
+        concatenated dense weights; the sites' own packed forms are then not built), the output split back.
+        Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200 (benchmarks/README.md, run
+        12). Off until measured end to end (``benchmarks/e2e.py --fuse``).
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -50,6 +55,7 @@ class BackendOptions:
 
     cudagraphs: bool = False
     on_lower: Callable | None = None
+    fuse: bool = False
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,8 +70,11 @@ class BackendOptions:
         on_lower = opts.pop("on_lower", None)
         if on_lower is not None and not callable(on_lower):
             raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
+        fuse = opts.pop("fuse", False)
+        if not isinstance(fuse, bool):
+            raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
         inductor.update(opts)
-        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor)
+        return cls(cudagraphs=cudagraphs, on_lower=on_lower, fuse=fuse, inductor=inductor)
 
     def config_patches(self) -> dict:
         return {**self.inductor, "triton.cudagraphs": self.cudagraphs}
@@ -128,13 +137,52 @@ def _pack(weight: torch.Tensor, info: dict):
     return result
 
 
+# Packed forms of concatenated weights (``fuse``), by the first weight's identity: (key, weak references to
+# all the weights, PackedMatmul); reused while every weight is the same tensor at the same version.
+_FUSED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _pack_group(weights: list[torch.Tensor], infos: list[dict]):
+    """`PackedMatmul` of the (N_i, K) hardened weights concatenated along N (the backend's fuser), or the
+    reason they run separately."""
+    import weakref
+
+    from sfcompile.lowering.pack import PackError, can_pack, pack
+    from sfcompile.passes.lower import PackedMatmul
+    from sfcompile.patterns import PatternError, parse_pattern
+
+    try:
+        pattern = parse_pattern(str(infos[0]["pattern"]))
+    except PatternError as err:
+        return f"unreadable pattern {infos[0]['pattern']!r}: {err}"
+    reason = can_pack(pattern)
+    if reason:
+        return reason
+    key = (tuple(w._version for w in weights), str(pattern))
+    cached = _FUSED.get(weights[0])
+    if cached is not None and cached[0] == key and all(r() is w for r, w in zip(cached[1], weights)) \
+            and len(cached[1]) == len(weights):
+        return cached[2]
+    sites = "+".join(str(info.get("site", "weight")) for info in infos)
+    try:
+        packed_weight = pack(torch.cat([w.detach() for w in weights]), pattern, 1, name=sites)
+    except PackError as err:
+        return f"refused to pack: {err}"
+    linear_op, _, names, takes_nk = _ops_for(pattern)
+    operands = packed_weight.tensors()
+    result = PackedMatmul(linear=linear_op, grouped=None, tensors=tuple((name, operands[name]) for name in names),
+                          consts=(packed_weight.n, packed_weight.k) if takes_nk else ())
+    _FUSED[weights[0]] = (key, tuple(weakref.ref(w) for w in weights), result)
+    return result
+
+
 def _log_report(report) -> None:
     for site, reason in sorted(report.dense.items()):
         if (site, reason) not in _LOGGED:
             _LOGGED.add((site, reason))
             log.warning("sparseforge: hardened weight %s stays dense: %s", site, reason)
-    log.info("sparseforge: %d matmuls on %d hardened weights lowered to packed ops",
-             report.packed_ops, len(report.lowered))
+    log.info("sparseforge: %d packed ops for %d hardened weights (%d groups fused)",
+             report.packed_ops, len(report.lowered), len(report.fused))
 
 
 # ---- the backend ---------------------------------------------------------------------------------------
@@ -147,7 +195,7 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         gm: the graph Dynamo captured.
         example_inputs: its example inputs (the real parameters, for weights Dynamo lifted to inputs).
         mode: a ``torch.compile`` mode; ``"reduce-overhead"`` turns CUDA graphs on.
-        options: ``{"cudagraphs": bool, "on_lower": callable, <Inductor config>: value}``.
+        options: ``{"cudagraphs": bool, "on_lower": callable, "fuse": bool, <Inductor config>: value}``.
         **kwargs: the same options as keywords (when the backend is called directly).
 
     Returns:
@@ -158,7 +206,7 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
     from sfcompile.passes.lower import lower_hardened_matmuls
 
     opts = BackendOptions.parse(mode, {**(options or {}), **kwargs})
-    report = lower_hardened_matmuls(gm, example_inputs, _pack)
+    report = lower_hardened_matmuls(gm, example_inputs, _pack, fuser=_pack_group if opts.fuse else None)
     _log_report(report)
     if not _guard_identity(report.baked_inputs):
         raise RuntimeError(

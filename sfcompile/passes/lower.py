@@ -44,7 +44,7 @@ from torch import fx
 
 from sfcompile.passes.site import hardened_info
 
-__all__ = ["PackedMatmul", "LowerReport", "lower_hardened_matmuls", "count_packed_ops", "is_packed_op"]
+__all__ = ["PackedMatmul", "LowerReport", "lower_hardened_matmuls", "count_packed_ops", "is_packed_op", "Fuser"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class PackedMatmul:
 
 # A lowerer maps (weight, hardened info) to its packed form, or to the reason the weight stays dense.
 Lowerer = Callable[[torch.Tensor, dict], "PackedMatmul | str"]
+# A fuser maps the (N_i, K) weights of linears that read one input (q/k/v, gate/up), with their hardened infos,
+# to one packed form of their concatenation along N, or to the reason they run separately.
+Fuser = Callable[[list, list], "PackedMatmul | str"]
 
 
 @dataclass
@@ -76,11 +79,13 @@ class LowerReport:
         baked_inputs: the placeholders (lifted weights) whose packed form is now baked into the graph: the
             compiled graph is valid only for these very tensors, so the caller must guard on their identity
             (Dynamo reuses a graph for another module of the same structure otherwise).
+        fused: the sites whose linears run as one packed op (with a ``fuser``), one tuple per op.
     """
 
     lowered: dict[str, int] = field(default_factory=dict)
     dense: dict[str, str] = field(default_factory=dict)
     baked_inputs: list[fx.Node] = field(default_factory=list)
+    fused: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def packed_ops(self) -> int:
@@ -244,7 +249,7 @@ def _hardened_weight_nodes(
 
 # ---- the rewrite -----------------------------------------------------------------------------------------
 
-def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int) -> list[fx.Node]:
+def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int | str) -> list[fx.Node]:
     nodes = []
     for name, tensor in packed.tensors:
         attr = f"_sf_packed_{index}_{name}"
@@ -266,24 +271,109 @@ def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int) -> list[f
     return nodes
 
 
-def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer: Lowerer) -> LowerReport:
+def _shared_input_groups(found: list[tuple[fx.Node, torch.Tensor]]) -> list[list[tuple[int, _Use, list]]]:
+    """Hardened (N, K) weights whose one use is a linear reading the same input node, with the same pattern,
+    K, dtype and device and all with or all without a bias: ``[(index in found, use, views), ...]`` per group
+    of two or more, in graph order."""
+    groups: dict[tuple, list] = {}
+    for index, (node, weight) in enumerate(found):
+        info = hardened_info(weight)
+        if weight.dim() != 2 or int(info["k_dim"]) % 2 != 1:
+            continue
+        uses, problems, views = _collect_uses(node, 2, 1)
+        if len(uses) != 1 or problems or uses[0].grouped or not isinstance(uses[0].x, fx.Node):
+            continue
+        use = uses[0]
+        if use.bias is not None and not (isinstance(use.bias, fx.Node) and use.bias.op in ("placeholder", "get_attr")):
+            continue  # a bias computed in the graph may come after the first linear of the group
+        key = (use.x, str(info["pattern"]), weight.dtype, weight.device, weight.shape[1], use.bias is None)
+        groups.setdefault(key, []).append((index, use, views))
+    order = {n: i for i, n in enumerate(found[0][0].graph.nodes)} if found else {}
+    return [sorted(g, key=lambda m: order[m[1].node]) for g in groups.values() if len(g) > 1]
+
+
+def _fake_value(node: fx.Node):
+    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else None
+
+
+def _fuse_group(gm: fx.GraphModule, group, weights: list[torch.Tensor], packed: PackedMatmul, name: str,
+                replaced: dict) -> None:
+    """One packed op over the concatenated weights of ``group``, its output split back into the linears' own
+    (views along the last dim), placed before the first of the linears it replaces (recorded in ``replaced``:
+    another group may read one of them)."""
+    uses = [use for _, use, _ in group]
+    x = replaced.get(uses[0].x, uses[0].x)
+    sizes = [int(w.shape[0]) for w in weights]
+    operands = _add_buffers(gm, packed, name)
+    graph = gm.graph
+    with graph.inserting_before(uses[0].node):
+        bias = None
+        if uses[0].bias is not None:
+            bias = graph.call_function(torch.cat, ([replaced.get(use.bias, use.bias) for use in uses],))
+            values = [_fake_value(use.bias) for use in uses]
+            if all(isinstance(v, torch.Tensor) for v in values):
+                bias.meta["example_value"] = torch.cat(values)
+        fused = graph.call_function(packed.linear, (x, *operands, *packed.consts, bias))
+        split = graph.call_function(torch.split, (fused, sizes, -1))
+        parts = [graph.call_function(operator.getitem, (split, i)) for i in range(len(uses))]
+    values = [_fake_value(use.node) for use in uses]
+    if all(isinstance(v, torch.Tensor) for v in values):  # shapes for passes that read the Dynamo graph's meta
+        fused.meta["example_value"] = torch.cat(values, dim=-1)
+        split.meta["example_value"] = torch.split(fused.meta["example_value"], sizes, -1)
+        for part, value in zip(parts, split.meta["example_value"]):
+            part.meta["example_value"] = value
+    for use, part in zip(uses, parts):
+        use.node.replace_all_uses_with(part)
+        graph.erase_node(use.node)
+        replaced[use.node] = part
+
+
+def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer: Lowerer,
+                           fuser: Fuser | None = None) -> LowerReport:
     """Rewrite every matmul on a hardened weight of ``gm`` into its packed op, in place.
 
     Args:
         gm: the graph Dynamo passed to the backend.
         example_inputs: the backend's example inputs (the real parameters for lifted weights).
         lowerer: ``(weight, info) -> PackedMatmul | reason``; called once per hardened weight in this graph.
+        fuser: if given, ``(weights, infos) -> PackedMatmul | reason`` for each group of hardened (N, K)
+            weights whose only use is a linear on one shared input (a layer's q/k/v, gate/up): the group
+            runs as one packed op on the concatenated weight, its output split back; a refused group is
+            lowered weight by weight.
 
     Returns:
         A `LowerReport`: rewritten nodes per site, and the sites (or uses) that stay dense with the reason.
     """
     report = LowerReport()
     replaced: dict[fx.Node, fx.Node] = {}  # a use may read the output of another rewritten use of its weight
+    found = _hardened_weight_nodes(gm, example_inputs)
+    done: set[int] = set()
+    for number, group in enumerate(_shared_input_groups(found) if fuser is not None else ()):
+        weights = [found[index][1] for index, _, _ in group]
+        infos = [hardened_info(w) for w in weights]
+        packed = fuser(weights, infos)
+        if isinstance(packed, str) or packed.linear is None:
+            continue
+        _fuse_group(gm, group, weights, packed, f"fused{number}", replaced)
+        sites = tuple(str(info.get("site", found[index][0].name)) for info, (index, _, _) in zip(infos, group))
+        report.fused.append(sites)
+        report.lowered[sites[0]] = report.lowered.get(sites[0], 0) + 1  # one packed op for the group
+        for site in sites[1:]:
+            report.lowered.setdefault(site, 0)
+        for index, _, views in group:
+            done.add(index)
+            if found[index][0].op == "placeholder":
+                report.baked_inputs.append(found[index][0])
+            for view in reversed(views):
+                if not view.users:
+                    gm.graph.erase_node(view)
 
     def current(value):
         return replaced.get(value, value) if isinstance(value, fx.Node) else value
 
-    for index, (node, weight) in enumerate(_hardened_weight_nodes(gm, example_inputs)):
+    for index, (node, weight) in enumerate(found):
+        if index in done:
+            continue
         info = hardened_info(weight)
         site = info.get("site", node.name)
         k_dim = int(info["k_dim"]) % weight.dim()

@@ -242,3 +242,45 @@ def test_direct_call_without_dynamo_refuses():
     gm, ex = captured[0]
     with pytest.raises(RuntimeError, match="guard on their identity"):
         sparseforge(gm, ex)
+
+
+def _harden_all(model, pattern: str) -> None:
+    params = dict(model.named_parameters())
+    for site in discover(model).sites:
+        param = params[site.name]
+        with torch.no_grad():
+            param.mul_(parse_pattern(pattern).project(param.abs(), site.k_dim))
+        mark_hardened(param, {"pattern": pattern, "k_dim": site.k_dim, "kind": site.kind, "site": site.name})
+
+
+@pytest.mark.parametrize("family,pattern", [("llama", "2:4"), ("llama", "block16"), ("qwen2", "2:4")])
+def test_fuse_runs_linears_on_one_input_as_one_packed_op(family, pattern):
+    # option fuse: q/k/v and gate/up of each layer read one input: one packed op each (Qwen2's q/k/v biases
+    # concatenated too), the output split back; logits as eager
+    torch._dynamo.reset()
+    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **cfg)).eval()
+    _harden_all(model, pattern)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(ids).logits
+    seen = []
+    fast = torch.compile(model, backend="sparseforge", fullgraph=True,
+                         options={"fuse": True, "on_lower": lambda gm, report: seen.append((count_packed_ops(gm),
+                                                                                            report))})
+    with torch.no_grad():
+        got = fast(ids).logits
+    torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-4)
+    (count, report), = seen
+    assert count == 2 * 4  # per layer: q/k/v, o, gate/up, down
+    short = {tuple(s.split(".")[-2] for s in group) for group in report.fused}
+    assert short == {("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")} and len(report.fused) == 4
+    assert not report.dense and len(report.lowered) == 2 * 7
+
+
+def test_fuse_option_is_a_bool():
+    assert BackendOptions.parse(None, {"fuse": True}).fuse is True and BackendOptions.parse(None, None).fuse is False
+    with pytest.raises(TypeError, match="fuse"):
+        BackendOptions.parse(None, {"fuse": "yes"})
