@@ -28,7 +28,7 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         gate/up) run as one packed op on their weights concatenated along N (packed once, from the
         concatenated dense weights; the sites' own packed forms are then not built), the output split back.
         Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200 (benchmarks/README.md, run
-        12). Off until measured end to end (``benchmarks/e2e.py --fuse``).
+        12). Off until measured end to end (``benchmarks/e2e.py --e2e-patterns 2:4,2:4+fuse``).
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -102,38 +102,51 @@ def _ops_for(pattern) -> tuple[Callable, Callable, tuple[str, ...], bool]:
             True)
 
 
-def _pack(weight: torch.Tensor, info: dict):
-    """`PackedMatmul` for a hardened weight, or the reason it stays dense (the backend's lowerer)."""
-    from sfcompile.lowering.pack import PackError, can_pack, pack
-    from sfcompile.passes.lower import PackedMatmul
+def _pattern(text):
+    """The parsed pattern of a hardened weight's info, or the reason no packed op runs it."""
+    from sfcompile.lowering.pack import can_pack
     from sfcompile.patterns import PatternError, parse_pattern
 
-    site = str(info.get("site", "weight"))
     try:
-        pattern = parse_pattern(str(info["pattern"]))
+        pattern = parse_pattern(str(text))
     except PatternError as err:
-        return f"unreadable pattern {info['pattern']!r}: {err}"
-    reason = can_pack(pattern)
-    if reason:
-        return reason
-    k_dim = int(info["k_dim"]) % weight.dim()
-    key = (weight._version, str(pattern), k_dim)
-    cached = _PACKED.get(weight)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+        return f"unreadable pattern {text!r}: {err}"
+    return can_pack(pattern) or pattern
+
+
+def _packed_matmul(weight: torch.Tensor, pattern, k_dim: int, name: str):
+    """`PackedMatmul` of ``weight`` packed to ``pattern`` (the linear op for 2-D, the grouped op for 3-D
+    experts), or the reason `pack` refused it."""
+    from sfcompile.lowering.pack import PackError, pack
+    from sfcompile.passes.lower import PackedMatmul
+
     try:
-        packed_weight = pack(weight, pattern, k_dim, name=site)
+        packed_weight = pack(weight, pattern, k_dim, name=name)
     except PackError as err:
         return f"refused to pack: {err}"
     linear_op, grouped_op, names, takes_nk = _ops_for(pattern)
     operands = packed_weight.tensors()
-    result = PackedMatmul(
+    return PackedMatmul(
         linear=linear_op if weight.dim() == 2 else None,
         grouped=grouped_op if weight.dim() == 3 else None,
         tensors=tuple((name, operands[name]) for name in names),
         consts=(packed_weight.n, packed_weight.k) if takes_nk else (),
     )
-    _PACKED[weight] = (key, result)
+
+
+def _pack(weight: torch.Tensor, info: dict):
+    """`PackedMatmul` for a hardened weight, or the reason it stays dense (the backend's lowerer)."""
+    pattern = _pattern(info["pattern"])
+    if isinstance(pattern, str):
+        return pattern
+    k_dim = int(info["k_dim"]) % weight.dim()
+    key = (weight._version, str(pattern), k_dim)
+    cached = _PACKED.get(weight)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    result = _packed_matmul(weight, pattern, k_dim, str(info.get("site", "weight")))
+    if not isinstance(result, str):
+        _PACKED[weight] = (key, result)
     return result
 
 
@@ -147,32 +160,17 @@ def _pack_group(weights: list[torch.Tensor], infos: list[dict]):
     reason they run separately."""
     import weakref
 
-    from sfcompile.lowering.pack import PackError, can_pack, pack
-    from sfcompile.passes.lower import PackedMatmul
-    from sfcompile.patterns import PatternError, parse_pattern
-
-    try:
-        pattern = parse_pattern(str(infos[0]["pattern"]))
-    except PatternError as err:
-        return f"unreadable pattern {infos[0]['pattern']!r}: {err}"
-    reason = can_pack(pattern)
-    if reason:
-        return reason
-    key = (tuple(w._version for w in weights), str(pattern))
+    pattern = _pattern(infos[0]["pattern"])
+    if isinstance(pattern, str):
+        return pattern
+    key = (tuple(w._version for w in weights), str(pattern))  # (one version per weight: the group's size too)
     cached = _FUSED.get(weights[0])
-    if cached is not None and cached[0] == key and all(r() is w for r, w in zip(cached[1], weights)) \
-            and len(cached[1]) == len(weights):
+    if cached is not None and cached[0] == key and all(r() is w for r, w in zip(cached[1], weights)):
         return cached[2]
     sites = "+".join(str(info.get("site", "weight")) for info in infos)
-    try:
-        packed_weight = pack(torch.cat([w.detach() for w in weights]), pattern, 1, name=sites)
-    except PackError as err:
-        return f"refused to pack: {err}"
-    linear_op, _, names, takes_nk = _ops_for(pattern)
-    operands = packed_weight.tensors()
-    result = PackedMatmul(linear=linear_op, grouped=None, tensors=tuple((name, operands[name]) for name in names),
-                          consts=(packed_weight.n, packed_weight.k) if takes_nk else ())
-    _FUSED[weights[0]] = (key, tuple(weakref.ref(w) for w in weights), result)
+    result = _packed_matmul(torch.cat([w.detach() for w in weights]), pattern, 1, sites)
+    if not isinstance(result, str):
+        _FUSED[weights[0]] = (key, tuple(weakref.ref(w) for w in weights), result)
     return result
 
 
