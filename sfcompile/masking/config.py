@@ -6,10 +6,12 @@ from dataclasses import asdict, dataclass, field
 
 from sfcompile.masking.schedule import TemperingSchedule
 
-__all__ = ["ForgeConfig", "ForgeConfigError", "SCORES", "ESTIMATORS", "HESSIAN_SMOOTHING", "RESUME_NEUTRAL"]
+__all__ = ["ForgeConfig", "ForgeConfigError", "SCORES", "ESTIMATORS", "FD_ESTIMATORS", "HESSIAN_SMOOTHING",
+           "RESUME_NEUTRAL"]
 
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
 ESTIMATORS = ("fd", "fd_forward", "hvp")
+FD_ESTIMATORS = ("fd", "fd_forward")  # the finite-difference ones: ordinary backward passes, a step fd_eps
 HESSIAN_SMOOTHING = ("kron", "none")
 RESUME_NEUTRAL = {"update_batch_numel"}  # config fields a resume may change (speed/memory only: results are the
 # same; checkpoints made before the field existed lack it)

@@ -83,7 +83,7 @@ import torch
 from torch import nn
 
 from sfcompile.masking import hutchinson, shards, slorb, tempering, update, zero3
-from sfcompile.masking.config import RESUME_NEUTRAL, ForgeConfig, ForgeConfigError
+from sfcompile.masking.config import FD_ESTIMATORS, RESUME_NEUTRAL, ForgeConfig, ForgeConfigError
 from sfcompile.masking.scores import (
     STAT_NAMES,
     ScoreError,
@@ -295,7 +295,7 @@ class SparseForge:
                 for i in range(len(self.entries))]
         self._collect_acts = False
         try:
-            if cfg.estimator in ("fd", "fd_forward") and self.fd_eps is None:
+            if cfg.estimator in FD_ESTIMATORS and self.fd_eps is None:
                 self.fd_eps = cfg.fd_eps or hutchinson.auto_fd_eps(
                     compute_dtype or hutchinson.compute_dtype(self.model, self.entries, loss_fn))
                 log.info("finite-difference Hessian probes use fd_eps=%g", self.fd_eps)

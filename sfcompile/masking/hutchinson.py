@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from sfcompile.masking.config import ESTIMATORS
 from sfcompile.masking.scores import local
 from sfcompile.masking.shards import global_shape, local_rows
 from sfcompile.masking.state import SoftMask, dense_weight
@@ -240,7 +241,7 @@ def estimate_diag(model: nn.Module, entries: Sequence[Entry], loss_fn: Callable[
     negative where the Hessian is indefinite or noisy; scores clamp the averaged value, not each probe).
     ``"fd_forward"`` needs ``base_grads`` (and ``rng``), see `fd_hessian_vector`.
     """
-    if estimator not in ("fd", "fd_forward", "hvp"):
+    if estimator not in ESTIMATORS:
         raise HutchinsonError(f"unknown estimator {estimator!r}; choose 'fd', 'fd_forward' or 'hvp'")
     if estimator == "fd_forward" and base_grads is None:
         raise HutchinsonError("estimator='fd_forward' reuses the gradient of the probe's loss at the current "

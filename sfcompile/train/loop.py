@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sfcompile.masking import hutchinson
+from sfcompile.masking.config import FD_ESTIMATORS
 from sfcompile.masking.state import dense_weight
 from sfcompile.train import distributed as dist
 from sfcompile.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint, set_rng_state
@@ -289,7 +290,7 @@ def train(
     # do not support, and a DeepSpeed engine probes through the bare model (masking/zero3.py): both eager.
     probe_fwd, probe_dtype = model, None
     estimator = forge.config.estimator if forge is not None else None
-    if config.compile and estimator in ("fd", "fd_forward") and student is model:
+    if config.compile and estimator in FD_ESTIMATORS and student is model:
         probe_fwd = student_fwd
         compiled.append(f"Hessian probe ({estimator})")
         # the matmul precision, told rather than found by a hooked no-grad pass (a second compile)

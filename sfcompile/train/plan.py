@@ -55,6 +55,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sfcompile.masking.config import ESTIMATORS
+
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
 # DeepSpeed 0.19 defaults that engines/deepspeed.py's ds_config leaves unset (elements, not bytes)
@@ -82,8 +84,8 @@ class PlanInput:
             raise ValueError(f"--gpus {self.gpus}: need at least 1 GPU")
         if self.engine not in ("fsdp2", "deepspeed", "single"):
             raise ValueError(f"engine {self.engine!r} is not known: use fsdp2, deepspeed or single")
-        if self.estimator not in ("fd", "fd_forward", "hvp"):
-            raise ValueError(f"estimator {self.estimator!r} is not known: use fd, fd_forward or hvp")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {self.estimator!r} is not known: use one of {', '.join(ESTIMATORS)}")
         if self.engine == "single" and self.gpus != 1:
             raise ValueError("engine 'single' runs on one GPU; use fsdp2 or deepspeed for --gpus > 1")
 
@@ -211,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--no-teacher", action="store_true")
-    parser.add_argument("--estimator", default="fd", choices=["fd", "fd_forward", "hvp"],
+    parser.add_argument("--estimator", default="fd", choices=ESTIMATORS,
                         help="the Hessian probe's estimator (the trainer's --forge estimator=...)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="plan with activation checkpointing (the trainer's --activation-checkpointing)")
