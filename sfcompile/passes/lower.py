@@ -79,7 +79,8 @@ class LowerReport:
         baked_inputs: the placeholders (lifted weights) whose packed form is now baked into the graph: the
             compiled graph is valid only for these very tensors, so the caller must guard on their identity
             (Dynamo reuses a graph for another module of the same structure otherwise).
-        fused: the sites whose linears run as one packed op (with a ``fuser``), one tuple per op.
+        fused: the sites whose linears run as one packed op (with a ``fuser``), one tuple per op; ``lowered``
+            counts that op on the group's first site and 0 on the others (lowered, but no op of their own).
     """
 
     lowered: dict[str, int] = field(default_factory=dict)
