@@ -171,9 +171,9 @@ def _step_fn(model):
     return step
 
 
-def compile_step(model, backend: str | None, cudagraphs: bool, hook=None, fuse: bool = False):
+def compile_step(model, backend: str | None, cudagraphs: bool, hook=None, fuse: bool = True):
     """One greedy decode step, compiled whole: dense Inductor or sparseforge (``fuse``: its option that runs
-    the linears on one input as one packed op), with CUDA graphs or not."""
+    the linears on one input as one packed op, on by default), with CUDA graphs or not."""
     if backend is None:
         return torch.compile(_step_fn(model), fullgraph=True, dynamic=False,
                              mode="reduce-overhead" if cudagraphs else None)
@@ -182,11 +182,13 @@ def compile_step(model, backend: str | None, cudagraphs: bool, hook=None, fuse: 
 
 
 def pattern_variant(label: str) -> tuple[str, bool]:
-    """``"2:4"`` -> ("2:4", False); ``"2:4+fuse"`` -> ("2:4", True): the backend's ``fuse`` option."""
+    """``"2:4"`` -> ("2:4", True); ``"2:4+nofuse"`` -> ("2:4", False): the backend's ``fuse`` option (on by
+    default; ``+fuse`` is accepted and means the default)."""
     base, plus, flag = label.partition("+")
-    if plus and flag != "fuse":
-        raise SystemExit(f"--e2e-patterns: {label!r}: the only variant is '+fuse' (e.g. 2:4+fuse)")
-    return base, bool(plus)
+    if plus and flag not in ("fuse", "nofuse"):
+        raise SystemExit(f"--e2e-patterns: {label!r}: the only variants are '+nofuse' (one packed op per "
+                         f"site, e.g. 2:4+nofuse) and '+fuse' (the default)")
+    return base, flag != "nofuse"
 
 
 def _static_cache(model, max_len: int):
@@ -239,7 +241,7 @@ def time_decode(model, step, batch: int, new_tokens: int, device: str,
 
 @torch.no_grad()
 def time_prefill(model, backend: str | None, mode: str | None, tokens: int, device: str,
-                 reps: int = 5, fuse: bool = False) -> float:
+                 reps: int = 5, fuse: bool = True) -> float:
     """Median ms of a compiled forward over ``tokens`` tokens (batch 1) into a static cache."""
     cache = _static_cache(model, tokens)
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
@@ -250,8 +252,8 @@ def time_prefill(model, backend: str | None, mode: str | None, tokens: int, devi
     kwargs = {"fullgraph": True, "dynamic": False, "mode": mode}
     if backend:
         kwargs["backend"] = backend
-    if backend and fuse:  # torch.compile takes a mode or options, not both
-        kwargs.update(mode=None, options={"cudagraphs": mode == "reduce-overhead", "fuse": True})
+    if backend and not fuse:  # torch.compile takes a mode or options, not both
+        kwargs.update(mode=None, options={"cudagraphs": mode == "reduce-overhead", "fuse": False})
     fn = torch.compile(fwd, **kwargs)
     times = []
     for i in range(reps + 2):
@@ -380,8 +382,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated model aliases (default %(default)s)")
     g.add_argument("--layers", type=int, default=None, help="decoder layers to build (default: all)")
     g.add_argument("--e2e-patterns", default="2:4,block16",
-                   help="comma-separated hardened patterns; PATTERN+fuse decodes with the backend's fuse option "
-                        "(q/k/v and gate/up as one packed op each) (default %(default)s)")
+                   help="comma-separated hardened patterns; each runs with the backend's default fuse option "
+                        "(q/k/v and gate/up as one packed op each); PATTERN+nofuse runs one packed op per "
+                        "site (default %(default)s)")
     g.add_argument("--batches", default="1,8",
                    help="comma-separated decode batch sizes (default %(default)s)")
     g.add_argument("--new-tokens", type=int, default=256,

@@ -24,11 +24,12 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
     cudagraphs (bool): run the compiled graph under CUDA graphs (what ``mode="reduce-overhead"`` sets).
     on_lower (callable): ``on_lower(gm, report)`` after the rewrite, before Inductor (debugging/tests:
         ``sfcompile.passes.lower.count_packed_ops(gm)`` counts the packed ops).
-    fuse (bool, default False): linears on hardened weights that read the same input (a layer's q/k/v, its
+    fuse (bool, default True): linears on hardened weights that read the same input (a layer's q/k/v, its
         gate/up) run as one packed op on their weights concatenated along N (packed once, from the
         concatenated dense weights; the sites' own packed forms are then not built), the output split back.
-        Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200 (benchmarks/README.md, run
-        12). Off until measured end to end (``benchmarks/e2e.py --e2e-patterns 2:4,2:4+fuse``).
+        Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200, so 4 calls per layer
+        instead of 7 took full-depth batch-1 decode from 1.32x to 1.47x dense (LLaMA-2-7B) and from 1.33x to
+        1.49x (Qwen3-8B) (benchmarks/README.md, run 15). ``False`` gives one packed op per hardened site.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -55,7 +56,7 @@ class BackendOptions:
 
     cudagraphs: bool = False
     on_lower: Callable | None = None
-    fuse: bool = False
+    fuse: bool = True
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -70,7 +71,7 @@ class BackendOptions:
         on_lower = opts.pop("on_lower", None)
         if on_lower is not None and not callable(on_lower):
             raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
-        fuse = opts.pop("fuse", False)
+        fuse = opts.pop("fuse", True)
         if not isinstance(fuse, bool):
             raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
         inductor.update(opts)

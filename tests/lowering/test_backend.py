@@ -109,11 +109,15 @@ def test_generate_matches_eager(compiled):
 
 
 def test_one_packed_op_per_hardened_site(compiled):
+    # one per site, less one per extra member of a fused group (the default fuse option: linears with the same
+    # input and pattern; the mixed plan gives such groups only where neighbours drew the same pattern)
     lowerable = {s for s, p in compiled.plan.items() if p in ("2:4", "block16")}
     assert lowerable, "the plan must harden some sites"
     for count, report in compiled.graphs:  # one decode graph per compile
-        assert report.lowered == {s: 1 for s in lowerable}
-        assert count == len(lowerable)
+        assert set(report.lowered) == lowerable
+        merged = sum(len(group) - 1 for group in report.fused)
+        assert count == report.packed_ops == len(lowerable) - merged
+        assert sum(report.lowered.values()) == count
 
 
 def test_unsupported_and_plain_sites_stay_dense(compiled):
@@ -255,8 +259,8 @@ def _harden_all(model, pattern: str) -> None:
 
 @pytest.mark.parametrize("family,pattern", [("llama", "2:4"), ("llama", "block16"), ("qwen2", "2:4")])
 def test_fuse_runs_linears_on_one_input_as_one_packed_op(family, pattern):
-    # option fuse: q/k/v and gate/up of each layer read one input: one packed op each (Qwen2's q/k/v biases
-    # concatenated too), the output split back; logits as eager
+    # the fuse option (default on): q/k/v and gate/up of each layer read one input: one packed op each (Qwen2's
+    # q/k/v biases concatenated too), the output split back; logits as eager. fuse=False: one op per site.
     torch._dynamo.reset()
     cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=128)
@@ -279,8 +283,18 @@ def test_fuse_runs_linears_on_one_input_as_one_packed_op(family, pattern):
     assert short == {("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")} and len(report.fused) == 4
     assert not report.dense and len(report.lowered) == 2 * 7
 
+    torch._dynamo.reset()
+    seen.clear()
+    separate = torch.compile(model, backend="sparseforge", fullgraph=True,
+                             options={"fuse": False, "on_lower": lambda gm, report: seen.append(
+                                 (count_packed_ops(gm), report))})
+    with torch.no_grad():
+        torch.testing.assert_close(separate(ids).logits, eager, rtol=1e-4, atol=1e-4)
+    (count, report), = seen
+    assert count == 2 * 7 and not report.fused and report.lowered == {s: 1 for s in report.lowered}
+
 
 def test_fuse_option_is_a_bool():
-    assert BackendOptions.parse(None, {"fuse": True}).fuse is True and BackendOptions.parse(None, None).fuse is False
+    assert BackendOptions.parse(None, {"fuse": False}).fuse is False and BackendOptions.parse(None, None).fuse is True
     with pytest.raises(TypeError, match="fuse"):
         BackendOptions.parse(None, {"fuse": "yes"})
