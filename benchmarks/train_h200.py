@@ -19,7 +19,8 @@ on that held-out text, never on ``wiki``, which stays the evaluation text of eve
    sparsegpt and the main run's model;
 5. ablations at ``--abl-tokens`` each (``--ablations``), all from the same SparseGPT masks: the full recipe, fixed
    masks (no forge), magnitude instead of Hessian scores, raw per-entry Hessian (no smoothing), no SLoRB,
-   + SquareHead, the one-pass Hessian probe ("fd_forward") instead of central differences, training on
+   + SquareHead, the Hessian probe by forward differences ("fd_forward", which the default estimator "auto"
+   runs at grad_accum 1) and by central differences ("fd_central": estimator "fd"), training on
    teacher-generated text instead of the training text, and the pruned weights
    restored to their dense values before training (SparseGPT leaves them at 0, where an OBD score is 0), and
    distillation alone (no cross-entropy on the training text).
@@ -255,6 +256,7 @@ def main() -> None:
             ("magnitude_scores", {"forge": forge_config(score="magnitude")}),
             ("hessian_unsmoothed", {"forge": forge_config(hessian_smoothing="none")}),
             ("fd_forward", {"forge": forge_config(estimator="fd_forward")}),  # the one-pass Hessian probe
+            ("fd_central", {"forge": forge_config(estimator="fd")}),  # central differences: two passes
             ("no_slorb", {"forge": forge_config(slorb=False)}),
             ("squarehead", {"squarehead_weight": 1.0}),
             ("teacher_data", {"data": "teacher"}),

@@ -160,7 +160,10 @@ def main() -> None:
     def probe(step):
         forge.probe(step, loss_fn, compute_dtype=probe_dtype)
 
-    central, forward = forge.config, dataclasses.replace(forge.config, estimator="fd_forward")
+    # "probe" times "fd" whatever the config's estimator ("auto", the default, would pick "fd" here anyway: the
+    # probe gets no step gradients); "probe_fd_forward" swaps in the one-pass estimator
+    central, forward = (dataclasses.replace(forge.config, estimator=e) for e in ("fd", "fd_forward"))
+    forge.config = central
 
     def step_grads():  # what the trainer's step leaves for "fd_forward": g(W) in .grad, from this RNG state
         rng = hutchinson.rng_state()

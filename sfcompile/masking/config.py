@@ -6,12 +6,13 @@ from dataclasses import asdict, dataclass, field
 
 from sfcompile.masking.schedule import TemperingSchedule
 
-__all__ = ["ForgeConfig", "ForgeConfigError", "SCORES", "ESTIMATORS", "FD_ESTIMATORS", "HESSIAN_SMOOTHING",
-           "RESUME_NEUTRAL"]
+__all__ = ["ForgeConfig", "ForgeConfigError", "SCORES", "ESTIMATORS", "FD_ESTIMATORS", "AUTO_ESTIMATOR",
+           "HESSIAN_SMOOTHING", "RESUME_NEUTRAL", "resolve_estimator"]
 
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
-ESTIMATORS = ("fd", "fd_forward", "hvp")
+ESTIMATORS = ("fd", "fd_forward", "hvp")  # what a probe runs; a config may also say AUTO_ESTIMATOR
 FD_ESTIMATORS = ("fd", "fd_forward")  # the finite-difference ones: ordinary backward passes, a step fd_eps
+AUTO_ESTIMATOR = "auto"  # "fd_forward" where the step's gradient is the probed batch's, else "fd" (`resolve_estimator`)
 HESSIAN_SMOOTHING = ("kron", "none")
 RESUME_NEUTRAL = {"update_batch_numel"}  # config fields a resume may change (speed/memory only: results are the
 # same; checkpoints made before the field existed lack it)
@@ -32,8 +33,11 @@ class ForgeConfig:
         estimator: Hutchinson Hessian-diagonal estimator, "fd" (central finite differences of gradients: works
             under SDPA/flash, torch.compile and FSDP2; two extra forward+backward passes per probe),
             "fd_forward" (forward differences from the gradient the training step already computed: one extra
-            pass, needs one micro-batch per step probed whole, not DeepSpeed) or "hvp" (exact double backward
-            under math attention).
+            pass, needs one micro-batch per step probed whole, not DeepSpeed), "hvp" (exact double backward
+            under math attention) or "auto" (default): "fd_forward" wherever it can run, else "fd"
+            (`resolve_estimator`; the trainer resolves it in `TrainConfig` and logs the choice). The two rank
+            alike against the exact HVP (Spearman 0.99) and trained to the same perplexity in an A/B
+            (benchmarks/README.md, "Training overhead"); "fd_forward" costs one pass fewer.
         hessian_ema: β of the EMA of the Hessian / Fisher diagonal (bias-corrected).
         hessian_eps: ε in the scores above.
         probes_per_update: Rademacher probes per probe call (each costs one estimator evaluation).
@@ -69,7 +73,7 @@ class ForgeConfig:
     """
 
     score: str = "hessian_obd"
-    estimator: str = "fd"
+    estimator: str = AUTO_ESTIMATOR
     hessian_ema: float = 0.98
     hessian_eps: float = 1e-8
     probes_per_update: int = 1
@@ -88,10 +92,11 @@ class ForgeConfig:
     def __post_init__(self):
         if self.score not in SCORES:
             raise ForgeConfigError(f"unknown score {self.score!r}; choose one of {SCORES}")
-        if self.estimator not in ESTIMATORS:
+        if self.estimator not in (*ESTIMATORS, AUTO_ESTIMATOR):
             raise ForgeConfigError(f"unknown estimator {self.estimator!r}; choose 'fd' (finite differences: "
                                    "works with flash/SDPA attention, torch.compile, FSDP2), 'fd_forward' (the "
-                                   "same from the step's gradient, one pass fewer) or 'hvp' (exact, eager only)")
+                                   "same from the step's gradient, one pass fewer), 'hvp' (exact, eager only) "
+                                   "or 'auto' (fd_forward where it can run, else fd)")
         if self.hessian_smoothing not in HESSIAN_SMOOTHING:
             raise ForgeConfigError(f"unknown hessian_smoothing {self.hessian_smoothing!r}; choose one of "
                                    f"{HESSIAN_SMOOTHING}")
@@ -129,3 +134,12 @@ class ForgeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_estimator(estimator: str, *, step_grads: bool) -> str:
+    """The estimator a probe runs: ``estimator`` itself, or for ``"auto"`` the one-pass ``"fd_forward"`` when
+    the caller's ``.grad`` is the gradient of the probed loss (``step_grads``: one micro-batch per step, probed
+    whole, gradients kept by the engine), else ``"fd"``."""
+    if estimator != AUTO_ESTIMATOR:
+        return estimator
+    return "fd_forward" if step_grads else "fd"

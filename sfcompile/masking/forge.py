@@ -83,7 +83,13 @@ import torch
 from torch import nn
 
 from sfcompile.masking import hutchinson, shards, slorb, tempering, update, zero3
-from sfcompile.masking.config import FD_ESTIMATORS, RESUME_NEUTRAL, ForgeConfig, ForgeConfigError
+from sfcompile.masking.config import (
+    FD_ESTIMATORS,
+    RESUME_NEUTRAL,
+    ForgeConfig,
+    ForgeConfigError,
+    resolve_estimator,
+)
 from sfcompile.masking.scores import (
     STAT_NAMES,
     ScoreError,
@@ -279,12 +285,13 @@ class SparseForge:
         ``step_grads=True`` says the sites' ``.grad`` hold exactly the gradient of ``loss_fn``'s loss at the
         current weights (the training step's: one micro-batch, before clipping), computed from RNG state
         ``rng_state`` (`hutchinson.rng_state()` taken before that forward); estimator "fd_forward" needs it
-        and takes g(W) from there instead of a second pass."""
+        and takes g(W) from there instead of a second pass ("auto" runs "fd_forward" with it, "fd" without)."""
         cfg = self.config
         if not cfg.uses_hessian:
             raise ForgeConfigError(f"probe() is only used by Hessian scores; score={cfg.score!r} needs none")
+        estimator = resolve_estimator(cfg.estimator, step_grads=step_grads)
         base = None
-        if cfg.estimator == "fd_forward":
+        if estimator == "fd_forward":
             if not step_grads:
                 raise ForgeConfigError("estimator='fd_forward' differences against the training step's gradient: "
                                        "call probe(..., step_grads=True, rng_state=...) right after the backward "
@@ -295,11 +302,11 @@ class SparseForge:
                 for i in range(len(self.entries))]
         self._collect_acts = False
         try:
-            if cfg.estimator in FD_ESTIMATORS and self.fd_eps is None:
+            if estimator in FD_ESTIMATORS and self.fd_eps is None:
                 self.fd_eps = cfg.fd_eps or hutchinson.auto_fd_eps(
                     compute_dtype or hutchinson.compute_dtype(self.model, self.entries, loss_fn))
                 log.info("finite-difference Hessian probes use fd_eps=%g", self.fd_eps)
-            diag = hutchinson.estimate_diag(self.model, self.entries, loss_fn, estimator=cfg.estimator,
+            diag = hutchinson.estimate_diag(self.model, self.entries, loss_fn, estimator=estimator,
                                             generators=gens, fd_eps=self.fd_eps or 0.0,
                                             probes=cfg.probes_per_update, base_grads=base, rng=rng_state)
         finally:

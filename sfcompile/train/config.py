@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfcompile.masking.config import AUTO_ESTIMATOR, resolve_estimator
+
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
 DTYPES = ("auto", "bf16", "fp32")
@@ -233,6 +235,13 @@ class TrainConfig:
                 changes.update({k: FROM_PRUNED[k] for k in window})
             if changes:
                 set_(self, "forge", dataclasses.replace(self.forge, schedule=dataclasses.replace(sched, **changes)))
+        if getattr(self.forge, "estimator", None) == AUTO_ESTIMATOR:
+            # the one-pass probe where the step's gradient is the probed batch's: one micro-batch per step,
+            # probed whole, gradients kept (not ZeRO-3); recorded in train_config.json, logged by the trainer
+            one_pass = (self.grad_accum == 1 and (self.probe_rows is None or self.probe_rows >= self.micro_batch)
+                        and self.engine != "deepspeed")
+            set_(self, "forge", dataclasses.replace(
+                self.forge, estimator=resolve_estimator(AUTO_ESTIMATOR, step_grads=one_pass)))
         self._validate()
 
     # ------------------------------------------------------------------ validation

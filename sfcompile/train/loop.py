@@ -273,6 +273,8 @@ def train(
         from sfcompile.masking.forge import SparseForge
 
         forge = SparseForge(model, config.forge, total_steps=total)
+        if forge.config.uses_hessian:
+            log.message(f"Hessian probe: estimator {forge.config.estimator!r}")
     student = dist.wrap_model(model, config)  # FSDP2 shards in place, after the forge (its state too)
     teacher = dist.wrap_teacher(teacher, config)
     extra = forge.trainable_extra_parameters() if forge else []  # after wrapping: the sharded parameters

@@ -14,7 +14,8 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
     scores       4·Ps/W             Hessian-diagonal (or Fisher) EMA, row-sharded with its weight
     estimator    24·Ps/W + 4·P/W    the finite-difference probe: saved W and m_eff, W⊙m_eff, the probe vector,
                                     g+ and g− of the sites, plus the probe's gradients of every parameter;
-                                    20·Ps/W + 4·P/W for "fd_forward" (g− is the step's own gradient)
+                                    20·Ps/W + 4·P/W for "fd_forward", which the default "auto" plans outside
+                                    DeepSpeed (g− is the step's own gradient)
     slorb        16·Ps/(k·W)        SLoRB S (out × in/k per site) with its gradient and Adam state
     teacher      2·P/W              bf16 dense teacher, sharded the same way ("none": 0)
     gather       2·Pb·(2 + t)·2 + 2·Pr  two unsharded bf16 blocks in flight (W and m_eff of the student — mask
@@ -55,7 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sfcompile.masking.config import ESTIMATORS
+from sfcompile.masking.config import AUTO_ESTIMATOR, ESTIMATORS, resolve_estimator
 
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
@@ -77,17 +78,25 @@ class PlanInput:
     reshard_after_forward: bool = True
     slorb_group: int = 16
     score_stats: int = 1  # Hessian EMA (1), + Fisher (2)
-    estimator: str = "fd"  # the Hessian probe: "fd" (central differences), "fd_forward", "hvp" (planned as "fd")
+    # the Hessian probe: "fd" (central differences), "fd_forward", "hvp" (planned as "fd"), "auto" (the trainer's
+    # default: "fd_forward", or "fd" under DeepSpeed or with grad_accum > 1, which the plan does not model)
+    estimator: str = AUTO_ESTIMATOR
 
     def __post_init__(self):
         if self.gpus < 1:
             raise ValueError(f"--gpus {self.gpus}: need at least 1 GPU")
         if self.engine not in ("fsdp2", "deepspeed", "single"):
             raise ValueError(f"engine {self.engine!r} is not known: use fsdp2, deepspeed or single")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator {self.estimator!r} is not known: use one of {', '.join(ESTIMATORS)}")
+        if self.estimator not in (*ESTIMATORS, AUTO_ESTIMATOR):
+            raise ValueError(f"estimator {self.estimator!r} is not known: use one of "
+                             f"{', '.join((*ESTIMATORS, AUTO_ESTIMATOR))}")
         if self.engine == "single" and self.gpus != 1:
             raise ValueError("engine 'single' runs on one GPU; use fsdp2 or deepspeed for --gpus > 1")
+
+
+def _estimator(p: PlanInput) -> str:
+    """The estimator the trainer would run: "auto" resolved as with grad_accum = 1."""
+    return resolve_estimator(p.estimator, step_grads=p.engine != "deepspeed")
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,7 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
         "optimizer": 8 * trainable / w,
         "masks": 3 * p.mask_bytes * m.site_params / w,
         "scores": 4 * p.score_stats * m.site_params / w,
-        "estimator": ((20 if p.estimator == "fd_forward" else 24) * m.site_params + 4 * m.params) / w,
+        "estimator": ((20 if _estimator(p) == "fd_forward" else 24) * m.site_params + 4 * m.params) / w,
         "slorb": 16 * m.site_params / p.slorb_group / w,
         "teacher": 2 * m.params * t / w,
         "gather": _gather(m, p, t) if w > 1 else 0.0,
@@ -213,8 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--no-teacher", action="store_true")
-    parser.add_argument("--estimator", default="fd", choices=ESTIMATORS,
-                        help="the Hessian probe's estimator (the trainer's --forge estimator=...)")
+    parser.add_argument("--estimator", default=AUTO_ESTIMATOR, choices=(*ESTIMATORS, AUTO_ESTIMATOR),
+                        help="the Hessian probe's estimator (the trainer's --forge estimator=...; default auto: "
+                             "fd_forward, or fd under DeepSpeed)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="plan with activation checkpointing (the trainer's --activation-checkpointing)")
     parser.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false",

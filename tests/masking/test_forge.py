@@ -274,11 +274,13 @@ def test_forward_differences_use_the_step_gradient(dense):
     assert hutchinson.spearman(fwd, ref) > 0.9
 
 
-@pytest.mark.parametrize("estimator", ["fd", "fd_forward"])
-def test_the_probes_bookkeeping_is_multi_tensor(estimator, dense):
+@pytest.mark.parametrize("estimator,step_grads,passes",
+                         [("fd", False, 2), ("fd_forward", True, 1), ("auto", False, 2), ("auto", True, 1)])
+def test_the_probes_bookkeeping_is_multi_tensor(estimator, step_grads, passes, dense):
     # beyond its forward+backward passes a probe dispatches a few ops per site (its per-site Rademacher draw and
     # the buffers it saves): the ±1 conversion, the perturbation, the differences and the Hessian EMA are
-    # multi-tensor kernels (it was 9 ops per site: one kernel launch each on a GPU, where the probe is host-bound)
+    # multi-tensor kernels (it was 9 ops per site: one kernel launch each on a GPU, where the probe is host-bound).
+    # "auto" (the default) runs "fd_forward" when given the step's gradients, "fd" (two passes) otherwise.
     from sfcompile.opcount import OpCount
 
     model, forge, _ = _build(dense, estimator=estimator)
@@ -290,8 +292,7 @@ def test_the_probes_bookkeeping_is_multi_tensor(estimator, dense):
     rng = hutchinson.rng_state()
     loss_fn().backward()
     with OpCount() as probe:
-        forge.probe(0, loss_fn, compute_dtype=torch.float32, step_grads=estimator == "fd_forward", rng_state=rng)
-    passes = 2 if estimator == "fd" else 1
+        forge.probe(0, loss_fn, compute_dtype=torch.float32, step_grads=step_grads, rng_state=rng)
     sites = len(forge.entries)
     # measured 63 ("fd") / 53 ("fd_forward") for this model's 7 sites; 94 / 84 with per-site kernels
     assert 0 < probe.n - passes * one_pass.n <= 5 * sites + 40, (probe.n, one_pass.n, sites)

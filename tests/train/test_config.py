@@ -91,3 +91,22 @@ def test_pruning_init_gets_the_from_pruned_window_unless_one_was_chosen():
     mine = ForgeConfig(schedule=TemperingSchedule(harden_start=0.2, harden_end=0.5, finalize_at=0.7))
     kept = TrainConfig(tokens="10M", init="wanda", forge=mine).forge.schedule
     assert (kept.harden_start, kept.harden_end, kept.finalize_at, kept.sparsity_warmup) == (0.2, 0.5, 0.7, 0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        (dict(), "fd_forward"),  # one micro-batch per step, probed whole: the one-pass probe
+        (dict(grad_accum=2), "fd"),  # the step's gradient spans two micro-batches
+        (dict(micro_batch=8, probe_rows=4), "fd"),  # the probe sees part of the step's batch
+        (dict(micro_batch=8, probe_rows=8), "fd_forward"),
+        (dict(engine="deepspeed"), "fd"),  # ZeRO-3 keeps no .grad
+        (dict(forge=ForgeConfig(estimator="fd")), "fd"),  # a chosen estimator is kept
+        (dict(forge=ForgeConfig(estimator="hvp"), grad_accum=2), "hvp"),
+    ],
+)
+def test_auto_estimator_resolves_to_what_can_run(kwargs, expected):
+    assert ForgeConfig().estimator == "auto"
+    cfg = TrainConfig(tokens="1M", **kwargs)
+    assert cfg.forge.estimator == expected
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the resolved name is what train_config.json records

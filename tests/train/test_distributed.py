@@ -66,16 +66,25 @@ def _model():
 PROBE_IDS = torch.randint(0, 257, (2, SEQ), generator=torch.Generator().manual_seed(1))
 
 
-def _probe(model, ids):
-    """One Hutchinson finite-difference probe of every site (the forge's generators), on ``ids``."""
+def _probe(model, ids, estimator="fd"):
+    """One Hutchinson finite-difference probe of every site (the forge's generators), on ``ids``; for
+    "fd_forward" after a training step's backward on ``ids`` (its gradient is g(W))."""
     from sfcompile.masking import hutchinson
+    from sfcompile.masking.scores import local
+    from sfcompile.masking.state import dense_weight
 
     entries = masked_sites(model)
     gens = [sample_generator(0, 0, 1_000 + i) for i in range(len(entries))]
     loss = lambda: model(ids, labels=ids).loss  # noqa: E731
-    return [
-        d.clone() for d in hutchinson.estimate_diag(model, entries, loss, estimator="fd", generators=gens)
-    ]
+    base = rng = None
+    if estimator == "fd_forward":
+        rng = hutchinson.rng_state()
+        loss().backward()
+        base = [local(dense_weight(m, s.param).grad) for s, m, _ in entries]
+    diag = hutchinson.estimate_diag(model, entries, loss, estimator=estimator, generators=gens,
+                                    base_grads=base, rng=rng)
+    model.zero_grad(set_to_none=True)
+    return [d.clone() for d in diag]
 
 
 def _two_rank_runs(rank, root):
@@ -84,6 +93,7 @@ def _two_rank_runs(rank, root):
     dist.wrap_model(model, _config(root, "probe", 2))
     rows = [shards.row_range(soft.mask) for _, _, soft in masked_sites(model)]
     torch.save({"diag": _probe(model, PROBE_IDS[rank : rank + 1]), "rows": rows}, root / f"probe{rank}.pt")
+    torch.save(_probe(model, PROBE_IDS[rank : rank + 1], "fd_forward"), root / f"probe_fwd{rank}.pt")
     # a no-grad forward between backward and the update (evaluation, the probe's precision check) must not
     # leave the root's parameters gathered: the next forward has to see the updated shards
     model(PROBE_IDS[rank : rank + 1], labels=PROBE_IDS[rank : rank + 1]).loss.backward()
@@ -170,15 +180,18 @@ def test_two_ranks_equal_one_rank_and_resume_on_one(two_ranks):
 
 
 def test_hessian_probe_on_two_ranks_equals_one_process(two_ranks):
+    # "fd" and "fd_forward" (which reads the step's reduce-scattered gradient as g(W)) on FSDP2 shards
     root = two_ranks
-    full = _probe(_model(), PROBE_IDS)
+    full, full_fwd = _probe(_model(), PROBE_IDS), _probe(_model(), PROBE_IDS, "fd_forward")
     for rank in (0, 1):
         got = torch.load(root / f"probe{rank}.pt")
         assert len(got["diag"]) == len(full)
         kept = torch.load(root / f"probe_keep{rank}.pt")
-        for d, k, (start, stop), ref in zip(got["diag"], kept, got["rows"], full):
+        fwd = torch.load(root / f"probe_fwd{rank}.pt")
+        for d, k, f, (start, stop), ref, ref_f in zip(got["diag"], kept, fwd, got["rows"], full, full_fwd):
             torch.testing.assert_close(d, ref[start:stop], rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
             torch.testing.assert_close(k, ref[start:stop], rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+            torch.testing.assert_close(f, ref_f[start:stop], rtol=1e-3, atol=1e-3 * float(ref_f.abs().max()))
 
 
 def test_updates_after_a_no_grad_forward_are_seen(two_ranks):
