@@ -4,6 +4,7 @@ import json
 import os
 import signal
 
+import pytest
 import torch
 from _tiny import TEXT, byte_tokenizer, tiny_llama
 
@@ -159,10 +160,12 @@ def test_end_of_run_outputs_and_hardened_model(tmp_path):
     assert ((q.reshape(-1, 4) != 0).sum(-1) <= 2).all()
 
 
-def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
+@pytest.mark.parametrize("grad_accum,estimator", [(2, "fd"), (1, "fd_forward")])
+def test_compiled_student_trains_like_eager(tmp_path, monkeypatch, grad_accum, estimator):
     # The student (and teacher) forwards and the finite-difference probe's passes go through torch.compile;
     # masks, weights and Hessian statistics end as in eager. aot_eager keeps the test fast on CPU while still
-    # running Dynamo + AOTAutograd over the soft-masked weights.
+    # running Dynamo + AOTAutograd over the soft-masked weights. The default estimator ("auto") runs central
+    # differences with grad_accum=2 and the one-pass "fd_forward" with grad_accum=1.
     import functools
 
     from torch._dynamo.backends.debugging import aot_eager
@@ -184,10 +187,11 @@ def test_compiled_student_trains_like_eager(tmp_path, monkeypatch):
     hdiag = {}
     for compiled in (False, True):
         model = _model()
-        r = train(model, _config(tmp_path, f"c{compiled}", 6, compile=compiled), tokenizer=tok)
+        r = train(model, _config(tmp_path, f"c{compiled}", 6, compile=compiled, grad_accum=grad_accum,
+                                 tokens=SEQ * MB * grad_accum * 6), tokenizer=tok)
         results[compiled] = (r, _state(model))
         hdiag[compiled] = [soft.sf_hdiag.detach().clone() for _, _, soft in masked_sites(model)]
-    assert results[True][0].compiled == ["student forward", "teacher forward", "Hessian probe (fd)"]
+    assert results[True][0].compiled == ["student forward", "teacher forward", f"Hessian probe ({estimator})"]
     # one graph for the student (training steps, probes, finalisation) and one for the no-grad teacher:
     # the probe's m_eff writes change values, not guards, finalisation masks gradients outside the graph (no
     # ste switch), and the probe's
