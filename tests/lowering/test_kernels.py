@@ -215,6 +215,28 @@ def test_wrappers_reject_mismatched_shapes():
                        torch.zeros(0, dtype=torch.int32), 16, 40)
 
 
+def test_interpreted_launch_leaves_triton_language_as_it_was():
+    # The interpreter patches triton.language for the jit functions an interpreted kernel calls and does not undo
+    # it (Triton 3.7.1: 61 builtins of triton.language.core); a GPU kernel compiled later in the process then
+    # failed ("'block_argument' object has no attribute 'dtype'"). splitk's launch restores them.
+    import triton.language as tl
+
+    objs = [tl, tl.core, tl.math, tl.core.tensor, tl.core.dtype]
+    before = [dict(vars(obj)) for obj in objs]
+    g = torch.Generator().manual_seed(0)
+    w = _w24(64, 64, torch.float32, g)
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(3, 64, generator=g)
+    torch.testing.assert_close(nm24_matmul(x, pw.data["values"], pw.data["meta"]), x @ w.T, rtol=1e-4, atol=1e-4)
+    wb = _wblock(64, 64, torch.float32, g)
+    pb = pack(wb, "block16", -1)
+    block16_matmul(x, pb.data["tile_values"], pb.data["row_ptr"], pb.data["col_idx"], 64, 64)
+    for obj, was in zip(objs, before):
+        now = vars(obj)
+        changed = {k for k in was if now.get(k) is not was[k]}
+        assert not changed, (obj, sorted(changed)[:8])
+
+
 # ---- CUDA: compiled + autotuned kernels at layer-like shapes ----------------------------------------------
 
 @cuda

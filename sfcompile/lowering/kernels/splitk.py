@@ -9,6 +9,7 @@ counters are allocated once per device, so CUDA-graph capture never allocates th
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -136,7 +137,12 @@ def _interpreter():
     Triton 3.6's interpreter turns a scalar into a Python int with ``int(array)``, which NumPy >= 2.4 refuses
     for its one-element arrays ("only 0-dimensional arrays can be converted"): every ``range`` over a
     program-id bound failed (237 of the lowering tests, on the H200 image: Triton 3.6, NumPy 2.5). Within
-    the launch its tensors convert through ``squeeze()``, as Triton 3.7's do."""
+    the launch its tensors convert through ``squeeze()``, as Triton 3.7's do.
+
+    The interpreter patches ``triton.language`` for every jit function an interpreted kernel calls and never
+    unpatches those (3.7.1: 61 builtins of ``triton.language.core``, e.g. the ``add`` behind ``tensor.__add__``),
+    so a GPU kernel compiled later in the same process failed ("'block_argument' object has no attribute
+    'dtype'", seen in the GPU tests after the CPU ones). Everything it may patch is restored on exit."""
     from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
@@ -147,6 +153,7 @@ def _interpreter():
         original_patch(tensor, scope)
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
 
+    saved = [(obj, dict(vars(obj))) for obj in _patched_by_interpreter()]
     JITFunction.__call__ = lambda self, *args, **kwargs: interpreter.InterpretedFunction(self.fn)(*args, **kwargs)
     interpreter._patch_lang_tensor = patch_lang_tensor
     try:
@@ -154,6 +161,31 @@ def _interpreter():
     finally:
         JITFunction.__call__ = original
         interpreter._patch_lang_tensor = original_patch
+        for obj, before in saved:
+            _restore_vars(obj, before)
+
+
+def _patched_by_interpreter() -> list:
+    """The modules and classes the Triton interpreter patches (`triton.runtime.interpreter._patch_lang`)."""
+    import triton.language as tl
+
+    objs = [tl, tl.core, getattr(tl, "math", None), tl.core.tensor, tl.core.dtype,
+            getattr(tl.core, "tensor_descriptor_base", None)]
+    return [obj for obj in objs if obj is not None]
+
+
+def _restore_vars(obj, before: dict) -> None:
+    """Put back every attribute of ``obj`` that differs from ``before`` (a copy of its ``vars``); a new one is
+    deleted unless it is a submodule imported meanwhile or the class's lazily created ``__annotations__``."""
+    now = dict(vars(obj))
+    for name, value in now.items():
+        if name in before:
+            if value is not before[name]:
+                setattr(obj, name, before[name])
+        elif not (inspect.ismodule(value) or name == "__annotations__"):
+            delattr(obj, name)
+    for name in before.keys() - now.keys():
+        setattr(obj, name, before[name])
 
 
 def _check_config_keys(kernel, cfg: dict, flags: dict) -> None:
