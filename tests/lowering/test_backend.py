@@ -1,8 +1,9 @@
 """The `sparseforge` backend end to end on CPU: tiny random decoders of several families, hardened with a mix
 of 2:4, block16, an unsupported pattern (4:8) and dense sites, compiled through Inductor.
 
-Checked: logits match eager; the compiled graphs hold exactly one packed op per lowerable hardened site
-(counted in the graph the hook sees); unsupported and non-hardened sites stay dense; greedy ``generate()``
+Checked: logits match eager; the compiled graphs hold exactly one packed op per lowerable hardened site, or
+per group of them the default ``fuse`` option runs as one (q/k/v, gate/up with one pattern; counted in the
+graph the hook sees; ``fuse=False``: one per site); unsupported and non-hardened sites stay dense; greedy ``generate()``
 with a static cache matches eager; registration through import and through the entry point.
 
 Inductor's CPU compile dominates the run time: each family is compiled once (module-scoped fixture).
