@@ -1,9 +1,11 @@
 """`save`: a hardened (or dense) model to a folder, atomically, with its sparsity manifest.
 
-The folder is a normal Hugging Face folder (``save_pretrained`` + tokenizer) plus ``sparsity.json``; with
-``packed=True`` the sparse weights are also written compressed (``sparse_weights.safetensors``, the lowering's
-packed formats). The folder appears complete or not at all: everything is written to a temporary sibling and
-renamed into place.
+The folder is a normal Hugging Face folder (``save_pretrained`` + tokenizer) plus ``sparsity.json``. With
+``packed=True`` the weights are written compressed instead: one ``sparse_weights.safetensors`` holding every
+2:4 / block-16 site in the lowering's packed format (2:4 bf16: 0.5625x its dense bytes) and every other tensor
+as it is (tied tensors once), beside ``config.json``; `sfcompile.load` unpacks it to the dense hardened model
+(exact), and ``lowering.pack.load_packed(file, dense=False)`` gives the packed operands. The folder appears
+complete or not at all: everything is written to a temporary sibling and renamed into place.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def save(model: nn.Module, tokenizer, path: str | os.PathLike, *, packed: bool =
             masks is refused: harden it first.
         tokenizer: saved beside the model (may be None).
         path: the output folder; replaced atomically if it exists.
-        packed: also write the sparse weights in the packed format (2:4 values + metadata, block-16 tiles).
+        packed: write the weights compressed (module docstring): 2:4 and block-16 sites packed, other
+            sites and tensors dense; no ``model.safetensors``.
 
     Returns:
         The folder written.
@@ -74,13 +77,36 @@ def save(model: nn.Module, tokenizer, path: str | os.PathLike, *, packed: bool =
         config = getattr(model, "config", None)
         if config is not None and getattr(config, "quantization_config", None) is not None:
             del config.quantization_config  # a dequantized GGUF model is plain float weights now
-        model.save_pretrained(tmp)
+        if packed:
+            from sfcompile.lowering.pack import save_packed
+
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+            save_packed(packed_state(model, manifest), tmp / PACKED_FILE)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if manifest:
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        if packed:
-            from sfcompile.lowering.pack import save_packed
-
-            save_packed(model, manifest, tmp / PACKED_FILE)
     return path
+
+
+def packed_state(model: nn.Module, manifest: dict) -> dict:
+    """``model``'s state dict with each 2:4 / block-16 site of ``manifest`` as its `PackedWeight`, other
+    tensors as they are; a tensor tied to an earlier one (``lm_head`` and the embeddings) appears once, under
+    its first name, as ``from_pretrained`` ties it back."""
+    from sfcompile.lowering.pack import can_pack, pack
+
+    state, seen = {}, set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        entry = manifest["sites"].get(name)
+        if entry is not None and can_pack(entry["pattern"]) is None:
+            state[name] = pack(tensor.detach(), entry["pattern"], entry["k_dim"], name=name)
+        else:
+            state[name] = tensor.detach()
+    return state

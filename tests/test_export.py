@@ -75,3 +75,91 @@ def test_failed_save_keeps_the_previous_folder(tmp_path, monkeypatch):
         sfcompile.save(model, None, out)
     assert sorted(p.name for p in out.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _hardened(pattern, tie=False):
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1, vocab_size=256,
+                               tie_word_embeddings=tie)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    sfcompile.sparsify(model, pattern)
+    sfcompile.prune(model, method="magnitude")
+    return sfcompile.harden(model)
+
+
+def _bytes(folder):
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
+
+
+@pytest.mark.parametrize("pattern,tie", [("2:4", False), ("block16", True), ("4:8", False)])
+def test_packed_save_is_compressed_and_loads_exactly(tmp_path, byte_tokenizer, pattern, tie):
+    # packed=True: 2:4 / block-16 sites packed, everything else (4:8 sites, embeddings, norms) as is, tied
+    # tensors once, no model.safetensors; load unpacks to the same weights, hardened, same logits
+    from sfcompile.export import PACKED_FILE
+    from sfcompile.lowering.pack import PackedWeight, load_packed
+
+    model = _hardened(pattern, tie)
+    x = torch.randint(0, 256, (1, 8))
+    with torch.no_grad():
+        ref = model(x).logits
+    dense = sfcompile.save(model, byte_tokenizer, tmp_path / "dense")
+    packed = sfcompile.save(model, byte_tokenizer, tmp_path / "packed", packed=True)
+    assert not (packed / "model.safetensors").exists() and (packed / PACKED_FILE).exists()
+    raw = load_packed(packed / PACKED_FILE, dense=False)
+    sites = set(model.sfcompile_manifest["sites"])
+    as_packed = {n for n, v in raw.items() if isinstance(v, PackedWeight)}
+    assert as_packed == (set() if pattern == "4:8" else sites)
+    assert ("lm_head.weight" in raw) is not tie  # tied to the embeddings: stored once
+    ratio = _bytes(packed) / _bytes(dense)
+    if pattern == "4:8":
+        assert ratio == pytest.approx(1.0, abs=0.01)
+    else:  # the sites (most bytes here) at 0.5-0.56x, the embeddings and norms dense
+        assert ratio < 0.8, ratio
+    loaded, _ = sfcompile.load(str(packed))
+    want = dict(model.named_parameters(remove_duplicate=False))
+    got = dict(loaded.named_parameters(remove_duplicate=False))
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) is tie
+    manifest = model.sfcompile_manifest["sites"]
+    assert all(hardened_info(got[s])["pattern"] == manifest[s]["pattern"] for s in sites)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, ref)
+
+
+def test_packed_save_keeps_slorb(tmp_path, byte_tokenizer):
+    model = _hardened_with_slorb()
+    x = torch.randint(0, 256, (1, 8))
+    with torch.no_grad():
+        ref = model(x).logits
+    out = sfcompile.save(model, byte_tokenizer, tmp_path / "out", packed=True)
+    loaded, _ = sfcompile.load(str(out))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, ref)
+
+
+def test_packed_checkpoint_with_a_missing_tensor_is_refused_by_name(tmp_path, byte_tokenizer):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sfcompile.export import PACKED_FILE
+    from sfcompile.lowering.pack import PackError
+
+    out = sfcompile.save(_hardened("2:4"), byte_tokenizer, tmp_path / "out", packed=True)
+    path = out / PACKED_FILE
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    norm = tensors.pop("model.norm.weight")
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(PackError, match=r"missing tensor\(s\) \['model.norm.weight'\]"):
+        sfcompile.load(str(out))
+    values = tensors.pop("model.layers.0.mlp.down_proj.weight::values")
+    save_file({**tensors, "model.norm.weight": norm}, str(path), metadata=meta)
+    with pytest.raises(PackError, match="missing tensor 'model.layers.0.mlp.down_proj.weight::values'"):
+        sfcompile.load(str(out))
+    tensors["model.layers.0.mlp.down_proj.weight::values"] = values[:, :-1].contiguous()
+    save_file({**tensors, "model.norm.weight": norm}, str(path), metadata=meta)
+    with pytest.raises(PackError, match="'model.layers.0.mlp.down_proj.weight::values' is corrupt"):
+        sfcompile.load(str(out))

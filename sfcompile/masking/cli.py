@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to prune and evaluate: cpu, cuda, cuda:N or auto (cuda when available); "
                              "default cpu")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--packed", action="store_true",
+                        help="write the weights compressed: 2:4 / block-16 sites packed, no model.safetensors "
+                             "(sfcompile.load unpacks them)")
 
 
 def _bad(msg: str) -> int:
@@ -132,7 +135,7 @@ def run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     sfcompile.harden(model)
     start = time.perf_counter()
-    folder = sfcompile.save(model, tok, args.out)
+    folder = sfcompile.save(model, tok, args.out, packed=args.packed)
     save_s = time.perf_counter() - start
     pruned_ppl = _ppl(model, tok, args.eval_ppl, args) if args.eval_ppl else None
 

@@ -33,6 +33,7 @@ from sfcompile.models.aliases import (
 from sfcompile.models.gguf import gguf_to_folder
 
 MANIFEST_NAME = "sparsity.json"
+PACKED_NAME = "sparse_weights.safetensors"  # sfcompile.save(..., packed=True) (export.PACKED_FILE)
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -90,21 +91,47 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
             ) from e
         raise ValueError(f"cannot read the config of {str(folder)!r} (model_type {model_type!r}): {e}") from e
     check_causal(config, repr(str(folder)))
-    # On an accelerator, load the weights straight onto it (an 8B bf16 checkpoint never sits in host memory).
-    placement = {"device_map": str(device)} if device.type not in ("cpu", "meta") else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        local_files_only=True,
-        dtype=dtype if dtype is not None else "auto",
-        trust_remote_code=trust_remote_code,
-        **placement,
-    )
+    if (folder / PACKED_NAME).is_file():
+        model = _load_packed_folder(folder, config, dtype, trust_remote_code)
+    else:
+        # On an accelerator, load the weights straight onto it (an 8B bf16 checkpoint never sits in host memory).
+        placement = {"device_map": str(device)} if device.type not in ("cpu", "meta") else {}
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            local_files_only=True,
+            dtype=dtype if dtype is not None else "auto",
+            trust_remote_code=trust_remote_code,
+            **placement,
+        )
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     if (folder / MANIFEST_NAME).is_file():
         _apply_manifest(model, folder)  # before .to(): it may install SLoRB modules, which then move too
     model.to(device)
     model.eval()
     return model, tok
+
+
+def _load_packed_folder(folder: Path, config, dtype, trust_remote_code: bool):
+    """The model of a folder written by ``sfcompile.save(..., packed=True)``: its packed sites unpacked (exact),
+    on the CPU (the caller moves it). Every tensor the architecture holds must be in the file (tied ones
+    once); a missing one is named, never initialised at random."""
+    from sfcompile.lowering.pack import PackError, load_packed
+
+    state = load_packed(folder / PACKED_NAME, dense=True)
+    with torch.device("meta"):  # the class, and the tensors it needs, without allocating weights
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    needed, seen = [], set()
+    for name, tensor in skeleton.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            needed.append(name)
+    missing = [name for name in needed if name not in state]
+    if missing:
+        raise PackError(f"packed checkpoint {folder / PACKED_NAME} is missing tensor(s) {missing[:5]} "
+                        f"({len(missing)} in all) that {type(skeleton).__name__} needs; re-save the model with "
+                        "sfcompile.save(..., packed=True)")
+    return type(skeleton).from_pretrained(None, config=config, state_dict=state,
+                                          dtype=dtype if dtype is not None else "auto")
 
 
 def _apply_manifest(model, folder: Path) -> None:

@@ -336,3 +336,21 @@ def test_cli_magnitude_on_smollm2_saves_a_hardened_model(tmp_path, capsys):
     assert "magnitude" in printed and "50.00%" in printed
     model, _ = sfcompile.load(str(out))  # the manifest is checked against the weights on load
     assert model.sfcompile_manifest["pattern"] == "2:4"
+
+
+def test_cli_packed_writes_the_compressed_folder(tmp_path, capsys, byte_tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sfcompile.export import PACKED_FILE
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1, vocab_size=256)
+    src = tmp_path / "tiny"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(src)
+    byte_tokenizer.save_pretrained(src)
+    out = tmp_path / "out"
+    assert _cli("--model", str(src), "--method", "magnitude", "--packed", "--out", str(out)) == 0
+    assert (out / PACKED_FILE).exists() and not (out / "model.safetensors").exists()
+    model, _ = sfcompile.load(str(out))
+    assert model.sfcompile_manifest["pattern"] == "2:4" and "50.00%" in capsys.readouterr().out
