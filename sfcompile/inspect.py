@@ -1,7 +1,8 @@
 """`sfcompile inspect FOLDER`: check every site of a saved model against its manifest, without building it.
 
-Reads ``sparsity.json`` and the safetensors shards directly, verifies each listed weight's pattern, and prints
-per-site sparsity and sizes (dense bytes against the bytes of the packed form).
+Reads ``sparsity.json`` and the safetensors shards directly (or the compressed file of a folder saved with
+``packed=True``, unpacking one site at a time), verifies each listed weight's pattern, and prints per-site
+sparsity and sizes (dense bytes against the bytes of the packed form).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from sfcompile.export import MANIFEST_FILE
+from sfcompile.export import MANIFEST_FILE, PACKED_FILE
 from sfcompile.patterns import NM, Block, Pattern, parse_pattern
 
 
@@ -33,9 +34,15 @@ def packed_bytes(pattern: Pattern, shape: tuple[int, ...], itemsize: int) -> int
     return numel * itemsize  # unstructured: no packed kernel format, stays dense
 
 
-def _open_tensors(folder: Path):
+def _tensor_reader(folder: Path):
+    """``name -> dense tensor or None`` over a saved folder's weights: its safetensors shards, or for a folder
+    saved with ``packed=True`` its packed file (sites unpacked when asked for)."""
+    if (folder / PACKED_FILE).is_file():
+        from sfcompile.lowering.pack import PackedWeight, load_packed
+
+        stored = load_packed(folder / PACKED_FILE, dense=False)
+        return lambda name: (lambda v: v.unpack() if isinstance(v, PackedWeight) else v)(stored.get(name))
     files = sorted(folder.glob("*.safetensors"))
-    files = [f for f in files if f.name != "sparse_weights.safetensors"]
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
     where = {}
@@ -43,7 +50,14 @@ def _open_tensors(folder: Path):
         with safe_open(str(f), framework="pt") as h:
             for key in h.keys():
                 where[key] = f
-    return where
+
+    def read(name: str):
+        if name not in where:
+            return None
+        with safe_open(str(where[name]), framework="pt") as h:
+            return h.get_tensor(name)
+
+    return read
 
 
 def inspect_folder(folder: str | Path) -> tuple[list[dict], dict]:
@@ -55,16 +69,15 @@ def inspect_folder(folder: str | Path) -> tuple[list[dict], dict]:
     if not manifest_path.exists():
         raise FileNotFoundError(f"{folder} has no {MANIFEST_FILE}: it is not a model hardened by sfcompile")
     manifest = json.loads(manifest_path.read_text())
-    where = _open_tensors(folder)
+    read = _tensor_reader(folder)
     rows = []
     for name, entry in manifest["sites"].items():
-        if name not in where:
+        weight = read(name)
+        if weight is None:
             rows.append({"site": name, "pattern": entry["pattern"], "ok": False, "violations": -1,
                          "sparsity": float("nan"), "shape": tuple(entry["shape"]), "dense_bytes": 0,
                          "packed_bytes": 0, "error": "missing from the weights"})
             continue
-        with safe_open(str(where[name]), framework="pt") as h:
-            weight = h.get_tensor(name)
         pattern = parse_pattern(entry["pattern"])
         ok, violations = pattern.verify(weight, entry["k_dim"])
         rows.append({"site": name, "pattern": str(pattern), "ok": ok, "violations": violations,

@@ -163,3 +163,26 @@ def test_packed_checkpoint_with_a_missing_tensor_is_refused_by_name(tmp_path, by
     save_file({**tensors, "model.norm.weight": norm}, str(path), metadata=meta)
     with pytest.raises(PackError, match="'model.layers.0.mlp.down_proj.weight::values' is corrupt"):
         sfcompile.load(str(out))
+
+
+def test_inspect_reads_dense_and_packed_folders_alike(tmp_path, byte_tokenizer, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from sfcompile.cli import main
+    from sfcompile.inspect import inspect_folder
+
+    model = _hardened("2:4")
+    dense = sfcompile.save(model, byte_tokenizer, tmp_path / "dense")
+    packed = sfcompile.save(model, byte_tokenizer, tmp_path / "packed", packed=True)
+    (rows_d, tot_d), (rows_p, tot_p) = inspect_folder(dense), inspect_folder(packed)
+    assert rows_d == rows_p and tot_d == tot_p
+    assert tot_d["ok"] == tot_d["sites"] == 7 and all(r["sparsity"] == pytest.approx(0.5) for r in rows_d)
+    assert tot_d["packed_ratio"] == pytest.approx(0.53125)  # fp32 2:4: half the values + 2 bits per kept one
+    assert main(["inspect", str(packed)]) == 0 and "7/7 sites hold pattern 2:4" in capsys.readouterr().out
+    weights = load_file(str(dense / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    weights[name] = torch.ones_like(weights[name])  # no longer 2:4
+    save_file(weights, str(dense / "model.safetensors"), metadata={"format": "pt"})
+    rows, totals = inspect_folder(dense)
+    assert totals["ok"] == 6 and [r["site"] for r in rows if not r["ok"]] == [name]
+    assert main(["inspect", str(dense)]) == 1
