@@ -316,3 +316,17 @@ def test_fd_forward_probes_with_one_pass_from_the_step_gradient(tmp_path):
     assert passes == {"fd": 2, "fd_forward": 1}
     assert hdiag["fd_forward"].abs().sum() > 0
     assert spearman(hdiag["fd_forward"], hdiag["fd"]) > 0.9
+
+
+def test_sfcompile_train_is_callable_however_it_was_imported(tmp_path):
+    # the documented call sfcompile.train(model, config): Python binds the imported subpackage sfcompile.train
+    # as the package's attribute (this file imported it), so the subpackage itself must call train
+    import types
+
+    import sfcompile
+    import sfcompile.train
+
+    assert isinstance(sfcompile.train, types.ModuleType) and callable(sfcompile.train)
+    r = sfcompile.train(_model(), _config(tmp_path, "api", 4), tokenizer=byte_tokenizer())
+    assert isinstance(r, sfcompile.train.TrainResult) and r.steps == 4
+    assert sfcompile.TrainConfig is sfcompile.train.TrainConfig
