@@ -280,6 +280,9 @@ class TrainConfig:
             isinstance(self.teacher_data_batch, int) and self.teacher_data_batch >= 1,
             f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1",
         )
+        need(isinstance(self.teacher, str),
+             f"teacher= takes where the dense teacher lives, one of {TEACHER_MODES}, not a "
+             f"{type(self.teacher).__name__}; pass a teacher model to train(model, config, teacher=model)")
         need(self.teacher in TEACHER_MODES, f"teacher={self.teacher!r} is not one of {TEACHER_MODES}")
         if self.teacher == "none":
             need(

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from sfcompile.masking.forge import ForgeConfig
 from sfcompile.masking.schedule import ScheduleError, TemperingSchedule
@@ -49,6 +50,7 @@ def test_unknown_score_rejected():
         (dict(teacher="gpu"), "teacher='gpu'"),
         (dict(init="obs"), "init='obs'"),
         (dict(teacher="none"), "distillation needs a teacher"),
+        (dict(teacher=torch.nn.Linear(2, 2)), r"not a Linear; pass a teacher model to train\(model, config, teacher"),
         (dict(min_lr=1.0, lr=1e-4), "min_lr"),
         (dict(betas="0.9"), "betas"),
         (dict(forge=None), "forge=None"),
