@@ -41,7 +41,12 @@ def _tensor_reader(folder: Path):
         from sfcompile.lowering.pack import PackedWeight, load_packed
 
         stored = load_packed(folder / PACKED_FILE, dense=False)
-        return lambda name: (lambda v: v.unpack() if isinstance(v, PackedWeight) else v)(stored.get(name))
+
+        def unpacked(name: str):
+            value = stored.get(name)
+            return value.unpack() if isinstance(value, PackedWeight) else value
+
+        return unpacked
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
