@@ -99,14 +99,22 @@ def packed_state(model: nn.Module, manifest: dict) -> dict:
     its first name, as ``from_pretrained`` ties it back."""
     from sfcompile.lowering.pack import can_pack, pack
 
-    state, seen = {}, set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
+    state = {}
+    for name, tensor in untied_state(model).items():
         entry = manifest["sites"].get(name)
         if entry is not None and can_pack(entry["pattern"]) is None:
             state[name] = pack(tensor.detach(), entry["pattern"], entry["k_dim"], name=name)
         else:
             state[name] = tensor.detach()
+    return state
+
+
+def untied_state(model: nn.Module) -> dict:
+    """``model.state_dict(keep_vars=True)`` with each tensor once, under its first name (a tied ``lm_head``
+    drops out behind the embeddings): what a packed checkpoint stores, and what its load must find."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            state[name] = tensor
     return state

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from sfcompile.export import MANIFEST_FILE, PACKED_FILE, untied_state
 from sfcompile.models.aliases import (
     Alias,
     alias_config,
@@ -32,8 +33,6 @@ from sfcompile.models.aliases import (
 )
 from sfcompile.models.gguf import gguf_to_folder
 
-MANIFEST_NAME = "sparsity.json"
-PACKED_NAME = "sparse_weights.safetensors"  # sfcompile.save(..., packed=True) (export.PACKED_FILE)
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -91,7 +90,7 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
             ) from e
         raise ValueError(f"cannot read the config of {str(folder)!r} (model_type {model_type!r}): {e}") from e
     check_causal(config, repr(str(folder)))
-    if (folder / PACKED_NAME).is_file():
+    if (folder / PACKED_FILE).is_file():
         model = _load_packed_folder(folder, config, dtype, trust_remote_code)
     else:
         # On an accelerator, load the weights straight onto it (an 8B bf16 checkpoint never sits in host memory).
@@ -104,7 +103,7 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
             **placement,
         )
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    if (folder / MANIFEST_NAME).is_file():
+    if (folder / MANIFEST_FILE).is_file():
         _apply_manifest(model, folder)  # before .to(): it may install SLoRB modules, which then move too
     model.to(device)
     model.eval()
@@ -117,17 +116,12 @@ def _load_packed_folder(folder: Path, config, dtype, trust_remote_code: bool):
     once); a missing one is named, never initialised at random."""
     from sfcompile.lowering.pack import PackError, load_packed
 
-    state = load_packed(folder / PACKED_NAME, dense=True)
+    state = load_packed(folder / PACKED_FILE, dense=True)
     with torch.device("meta"):  # the class, and the tensors it needs, without allocating weights
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    needed, seen = [], set()
-    for name, tensor in skeleton.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            needed.append(name)
-    missing = [name for name in needed if name not in state]
+    missing = [name for name in untied_state(skeleton) if name not in state]
     if missing:
-        raise PackError(f"packed checkpoint {folder / PACKED_NAME} is missing tensor(s) {missing[:5]} "
+        raise PackError(f"packed checkpoint {folder / PACKED_FILE} is missing tensor(s) {missing[:5]} "
                         f"({len(missing)} in all) that {type(skeleton).__name__} needs; re-save the model with "
                         "sfcompile.save(..., packed=True)")
     return type(skeleton).from_pretrained(None, config=config, state_dict=state,
@@ -138,7 +132,7 @@ def _apply_manifest(model, folder: Path) -> None:
     """Verify a saved hardened model against its ``sparsity.json`` (pattern holds in every listed weight)."""
     from sfcompile.masking.state import ManifestError, apply_manifest
 
-    path = folder / MANIFEST_NAME
+    path = folder / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
