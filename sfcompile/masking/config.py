@@ -7,12 +7,13 @@ from dataclasses import asdict, dataclass, field
 from sfcompile.masking.schedule import TemperingSchedule
 
 __all__ = ["ForgeConfig", "ForgeConfigError", "SCORES", "ESTIMATORS", "FD_ESTIMATORS", "AUTO_ESTIMATOR",
-           "HESSIAN_SMOOTHING", "RESUME_NEUTRAL", "resolve_estimator"]
+           "CONFIG_ESTIMATORS", "HESSIAN_SMOOTHING", "RESUME_NEUTRAL", "resolve_estimator"]
 
 SCORES = ("magnitude", "wanda", "hessian_obd", "hessian_ratio", "fisher")
-ESTIMATORS = ("fd", "fd_forward", "hvp")  # what a probe runs; a config may also say AUTO_ESTIMATOR
+ESTIMATORS = ("fd", "fd_forward", "hvp")  # what a probe runs
 FD_ESTIMATORS = ("fd", "fd_forward")  # the finite-difference ones: ordinary backward passes, a step fd_eps
 AUTO_ESTIMATOR = "auto"  # "fd_forward" where the step's gradient is the probed batch's, else "fd" (`resolve_estimator`)
+CONFIG_ESTIMATORS = (*ESTIMATORS, AUTO_ESTIMATOR)  # what a config may name
 HESSIAN_SMOOTHING = ("kron", "none")
 RESUME_NEUTRAL = {"update_batch_numel"}  # config fields a resume may change (speed/memory only: results are the
 # same; checkpoints made before the field existed lack it)
@@ -92,7 +93,7 @@ class ForgeConfig:
     def __post_init__(self):
         if self.score not in SCORES:
             raise ForgeConfigError(f"unknown score {self.score!r}; choose one of {SCORES}")
-        if self.estimator not in (*ESTIMATORS, AUTO_ESTIMATOR):
+        if self.estimator not in CONFIG_ESTIMATORS:
             raise ForgeConfigError(f"unknown estimator {self.estimator!r}; choose 'fd' (finite differences: "
                                    "works with flash/SDPA attention, torch.compile, FSDP2), 'fd_forward' (the "
                                    "same from the step's gradient, one pass fewer), 'hvp' (exact, eager only) "

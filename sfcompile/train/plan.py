@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sfcompile.masking.config import AUTO_ESTIMATOR, ESTIMATORS, resolve_estimator
+from sfcompile.masking.config import AUTO_ESTIMATOR, CONFIG_ESTIMATORS, resolve_estimator
 
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
@@ -87,9 +87,9 @@ class PlanInput:
             raise ValueError(f"--gpus {self.gpus}: need at least 1 GPU")
         if self.engine not in ("fsdp2", "deepspeed", "single"):
             raise ValueError(f"engine {self.engine!r} is not known: use fsdp2, deepspeed or single")
-        if self.estimator not in (*ESTIMATORS, AUTO_ESTIMATOR):
+        if self.estimator not in CONFIG_ESTIMATORS:
             raise ValueError(f"estimator {self.estimator!r} is not known: use one of "
-                             f"{', '.join((*ESTIMATORS, AUTO_ESTIMATOR))}")
+                             f"{', '.join(CONFIG_ESTIMATORS)}")
         if self.engine == "single" and self.gpus != 1:
             raise ValueError("engine 'single' runs on one GPU; use fsdp2 or deepspeed for --gpus > 1")
 
@@ -222,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--no-teacher", action="store_true")
-    parser.add_argument("--estimator", default=AUTO_ESTIMATOR, choices=(*ESTIMATORS, AUTO_ESTIMATOR),
+    parser.add_argument("--estimator", default=AUTO_ESTIMATOR, choices=CONFIG_ESTIMATORS,
                         help="the Hessian probe's estimator (the trainer's --forge estimator=...; default auto: "
                              "fd_forward, or fd under DeepSpeed)")
     parser.add_argument("--activation-checkpointing", action="store_true",
