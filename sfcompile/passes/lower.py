@@ -200,8 +200,12 @@ def _match_use(node: fx.Node, operand: fx.Node, dims: tuple[int, ...], k_dim: in
 
 
 def _ndim(node: fx.Node) -> int | None:
-    val = node.meta.get("example_value", node.meta.get("val"))
+    val = _fake_value(node)
     return val.dim() if isinstance(val, torch.Tensor) else None
+
+
+def _fake_value(node: fx.Node):
+    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else None
 
 
 def _collect_uses(
@@ -293,8 +297,12 @@ def _shared_input_groups(found: list[tuple[fx.Node, torch.Tensor]]) -> list[list
     return [sorted(g, key=lambda m: order[m[1].node]) for g in groups.values() if len(g) > 1]
 
 
-def _fake_value(node: fx.Node):
-    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else None
+def _erase_dead_views(graph: fx.Graph, views: list[fx.Node]) -> None:
+    """Erase the transposes of a lowered weight that nothing reads any more (only these: a global dead-code pass
+    would also drop the in-place KV-cache writes of a Dynamo graph, whose results are unused)."""
+    for view in reversed(views):
+        if not view.users:
+            graph.erase_node(view)
 
 
 def _fuse_group(gm: fx.GraphModule, group, weights: list[torch.Tensor], packed: PackedMatmul, name: str,
@@ -365,9 +373,7 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
             done.add(index)
             if found[index][0].op == "placeholder":
                 report.baked_inputs.append(found[index][0])
-            for view in reversed(views):
-                if not view.users:
-                    gm.graph.erase_node(view)
+            _erase_dead_views(gm.graph, views)
 
     def current(value):
         return replaced.get(value, value) if isinstance(value, fx.Node) else value
@@ -410,11 +416,7 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
             report.baked_inputs.append(node)
         if problems:
             report.dense[site] = "; ".join(dict.fromkeys(problems))
-        # Transposes of the weight that nothing reads any more (only these: a global dead-code pass would
-        # also drop the in-place KV-cache writes of a Dynamo graph, whose results are unused).
-        for view in reversed(views):
-            if not view.users:
-                gm.graph.erase_node(view)
+        _erase_dead_views(gm.graph, views)
     gm.graph.lint()
     gm.recompile()
     return report
