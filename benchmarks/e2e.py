@@ -171,24 +171,50 @@ def _step_fn(model):
     return step
 
 
-def compile_step(model, backend: str | None, cudagraphs: bool, hook=None, fuse: bool = True):
-    """One greedy decode step, compiled whole: dense Inductor or sparseforge (``fuse``: its option that runs
-    the linears on one input as one packed op, on by default), with CUDA graphs or not."""
-    if backend is None:
-        return torch.compile(_step_fn(model), fullgraph=True, dynamic=False,
-                             mode="reduce-overhead" if cudagraphs else None)
-    return torch.compile(_step_fn(model), backend=backend, fullgraph=True, dynamic=False,
-                         options={"cudagraphs": cudagraphs, "on_lower": hook, "fuse": fuse})
+@dataclass(frozen=True)
+class Variant:
+    """One column of the table, parsed from ``--e2e-patterns``: ``BASE[+FLAG...]``, BASE ``dense`` or a pattern.
+
+    A pattern runs the backend with its defaults; ``+nofuse`` turns its ``fuse`` option off (one packed op per
+    site), ``+nopdl`` its ``pdl`` option (plain launches for every kernel). ``dense+pdl`` is dense Inductor
+    with its kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
+
+    base: str
+    fuse: bool = True
+    pdl: bool = True
+
+    @classmethod
+    def parse(cls, label: str) -> Variant:
+        base, *flags = label.split("+")
+        allowed = ("pdl",) if base == "dense" else ("fuse", "nofuse", "pdl", "nopdl")
+        for flag in flags:
+            if flag not in allowed:
+                raise SystemExit(f"--e2e-patterns: {label!r}: unknown variant {flag!r}; a pattern takes +nofuse "
+                                 f"and +nopdl (e.g. 2:4+nofuse+nopdl), dense only +pdl")
+        if base == "dense":
+            return cls(base, pdl="pdl" in flags)
+        return cls(base, fuse="nofuse" not in flags, pdl="nopdl" not in flags)
+
+    @property
+    def backend(self) -> str | None:
+        return None if self.base == "dense" else "sparseforge"
+
+    def compile_kwargs(self, cudagraphs: bool, hook=None) -> dict:
+        """``torch.compile`` arguments of this column (it takes a mode or options, not both)."""
+        if self.backend is None:
+            if not self.pdl:
+                return {"mode": "reduce-overhead" if cudagraphs else None}
+            return {"options": {"triton.cudagraphs": cudagraphs, "triton.enable_pdl": True}}
+        options = {"cudagraphs": cudagraphs, "fuse": self.fuse, "pdl": self.pdl}
+        if hook is not None:
+            options["on_lower"] = hook
+        return {"backend": self.backend, "options": options}
 
 
-def pattern_variant(label: str) -> tuple[str, bool]:
-    """``"2:4"`` -> ("2:4", True); ``"2:4+nofuse"`` -> ("2:4", False): the backend's ``fuse`` option (on by
-    default; ``+fuse`` is accepted and means the default)."""
-    base, plus, flag = label.partition("+")
-    if plus and flag not in ("fuse", "nofuse"):
-        raise SystemExit(f"--e2e-patterns: {label!r}: the only variants are '+nofuse' (one packed op per "
-                         f"site, e.g. 2:4+nofuse) and '+fuse' (the default)")
-    return base, flag != "nofuse"
+def compile_step(model, variant: Variant, cudagraphs: bool, hook=None):
+    """One greedy decode step, compiled whole as ``variant`` says: dense Inductor or sparseforge, with CUDA
+    graphs or not."""
+    return torch.compile(_step_fn(model), fullgraph=True, dynamic=False, **variant.compile_kwargs(cudagraphs, hook))
 
 
 def _static_cache(model, max_len: int):
@@ -240,8 +266,7 @@ def time_decode(model, step, batch: int, new_tokens: int, device: str,
 
 
 @torch.no_grad()
-def time_prefill(model, backend: str | None, mode: str | None, tokens: int, device: str,
-                 reps: int = 5, fuse: bool = True) -> float:
+def time_prefill(model, variant: Variant, tokens: int, device: str, reps: int = 5) -> float:
     """Median ms of a compiled forward over ``tokens`` tokens (batch 1) into a static cache."""
     cache = _static_cache(model, tokens)
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
@@ -249,12 +274,7 @@ def time_prefill(model, backend: str | None, mode: str | None, tokens: int, devi
     fwd = _forward(model)
     fwd(ids[:, :1], cache, positions[:1])  # eager: allocates the cache
 
-    kwargs = {"fullgraph": True, "dynamic": False, "mode": mode}
-    if backend:
-        kwargs["backend"] = backend
-    if backend and not fuse:  # torch.compile takes a mode or options, not both
-        kwargs.update(mode=None, options={"cudagraphs": mode == "reduce-overhead", "fuse": False})
-    fn = torch.compile(fwd, **kwargs)
+    fn = torch.compile(fwd, fullgraph=True, dynamic=False, **variant.compile_kwargs(device == "cuda"))
     times = []
     for i in range(reps + 2):
         cache.reset()  # in place (static addresses kept): every rep writes positions 0..tokens-1
@@ -271,82 +291,90 @@ def time_prefill(model, backend: str | None, mode: str | None, tokens: int, devi
 # ---- one model -------------------------------------------------------------------------------------------
 
 def bench_model(args: E2EConfig, alias: str, emit) -> list[Row]:
-    device, dtype = args.device, getattr(torch, args.dtype)
-    mode = "reduce-overhead" if device == "cuda" else None
-    layers = args.layers
+    """Dense first, then every ``--e2e-patterns`` column (:class:`Variant`), one model built per column."""
     rows: list[Row] = []
     started = time.perf_counter()
+    labels = ["dense"] + [p for p in args.patterns if p != "dense"]
+    for pattern in labels:
+        rows += _bench_variant(args, alias, pattern, Variant.parse(pattern), started, emit)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _bench_variant(args: E2EConfig, alias: str, pattern: str, variant: Variant, started: float, emit) -> list[Row]:
+    device, dtype = args.device, getattr(torch, args.dtype)
+    layers = args.layers
+    backend = variant.backend
+    rows: list[Row] = []
 
     def over_budget() -> bool:
         return args.budget_s and time.perf_counter() - started > args.budget_s
 
-    configs = [("dense", None)] + [(p, "sparseforge") for p in args.patterns]
-    for pattern, backend in configs:
+    if over_budget():
+        rows.append(Row(alias, layers, pattern, 0, notes=["skipped: time budget spent"]))
+        emit(rows[-1])
+        return rows
+    torch._dynamo.reset()
+    model = build(alias, layers, dtype, device, seed=0)
+    n_layers = model.config.num_hidden_layers
+    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    site_bytes = packed_bytes = None
+    lowered: list = []
+    sites = []
+    if backend:
+        sites = harden_random(model, variant.base)
+
+    def hook(gm, report, lowered=lowered):
+        lowered.append((gm, report))
+
+    step = compile_step(model, variant, device == "cuda", hook)
+    for batch in args.batches:
         if over_budget():
-            rows.append(Row(alias, layers, pattern, 0, notes=["skipped: time budget spent"]))
+            rows.append(Row(alias, n_layers, pattern, batch, notes=["skipped: time budget spent"]))
             emit(rows[-1])
             continue
-        torch._dynamo.reset()
-        model = build(alias, layers, dtype, device, seed=0)
-        n_layers = model.config.num_hidden_layers
-        all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        site_bytes = packed_bytes = None
-        lowered: list = []
-        sites = []
-        base, fuse = pattern_variant(pattern)
+        t0 = time.perf_counter()
+        row = Row(alias, n_layers, pattern, batch)
+        try:
+            ms, err = time_decode(model, step, batch, args.new_tokens, device)
+            row.decode_ms_per_step, row.decode_tok_s = ms, batch * 1e3 / ms
+            row.logit_err = err
+        except Exception as e:  # noqa: BLE001 - a benchmark row records the failure and goes on
+            row.notes.append(f"decode failed: {type(e).__name__}: {str(e)[:300]}")
+        row.notes.append(f"decode compile+run {time.perf_counter() - t0:.0f}s")
         if backend:
-            sites = harden_random(model, base)
-
-        def hook(gm, report, lowered=lowered):
-            lowered.append((gm, report))
-
-        step = compile_step(model, backend, device == "cuda", hook, fuse=fuse)
-        for batch in args.batches:
-            if over_budget():
-                rows.append(Row(alias, n_layers, pattern, batch, notes=["skipped: time budget spent"]))
-                emit(rows[-1])
-                continue
+            params = dict(model.named_parameters())
+            done = {s for _, rep in lowered for s in rep.lowered}
+            row.packed_ops = sum(rep.packed_ops for _, rep in lowered[-1:])
+            packed = {}
+            for gm, _ in lowered:
+                for name, buf in gm.named_buffers():
+                    if name.startswith("_sf_packed_"):
+                        packed[buf.data_ptr()] = buf.numel() * buf.element_size()
+            site_bytes = sum(params[s].numel() * params[s].element_size() for s in done)
+            packed_bytes = sum(packed.values())
+            row.site_bytes, row.packed_bytes = site_bytes, packed_bytes
+            row.weight_bytes = all_bytes - site_bytes + packed_bytes
+            if len(done) != len(sites):
+                row.notes.append(f"only {len(done)} of {len(sites)} hardened sites lowered")
+            dense = {s: r for _, rep in lowered for s, r in rep.dense.items()}
+            if dense:
+                row.notes.append(f"dense: {dense}")
+        else:
+            row.weight_bytes = all_bytes
+        if batch == 1 and args.prefill and (backend is None or pattern in args.prefill_patterns):
             t0 = time.perf_counter()
-            row = Row(alias, n_layers, pattern, batch)
             try:
-                ms, err = time_decode(model, step, batch, args.new_tokens, device)
-                row.decode_ms_per_step, row.decode_tok_s = ms, batch * 1e3 / ms
-                row.logit_err = err
-            except Exception as e:  # noqa: BLE001 - a benchmark row records the failure and goes on
-                row.notes.append(f"decode failed: {type(e).__name__}: {str(e)[:300]}")
-            row.notes.append(f"decode compile+run {time.perf_counter() - t0:.0f}s")
-            if backend:
-                params = dict(model.named_parameters())
-                done = {s for _, rep in lowered for s in rep.lowered}
-                row.packed_ops = sum(rep.packed_ops for _, rep in lowered[-1:])
-                packed = {}
-                for gm, _ in lowered:
-                    for name, buf in gm.named_buffers():
-                        if name.startswith("_sf_packed_"):
-                            packed[buf.data_ptr()] = buf.numel() * buf.element_size()
-                site_bytes = sum(params[s].numel() * params[s].element_size() for s in done)
-                packed_bytes = sum(packed.values())
-                row.site_bytes, row.packed_bytes = site_bytes, packed_bytes
-                row.weight_bytes = all_bytes - site_bytes + packed_bytes
-                if len(done) != len(sites):
-                    row.notes.append(f"only {len(done)} of {len(sites)} hardened sites lowered")
-                dense = {s: r for _, rep in lowered for s, r in rep.dense.items()}
-                if dense:
-                    row.notes.append(f"dense: {dense}")
-            else:
-                row.weight_bytes = all_bytes
-            if batch == 1 and args.prefill and (backend is None or pattern in args.prefill_patterns):
-                t0 = time.perf_counter()
-                try:
-                    row.prefill_ms = time_prefill(model, backend, mode, args.prefill, device, fuse=fuse)
-                except Exception as e:  # noqa: BLE001
-                    row.notes.append(f"prefill failed: {type(e).__name__}: {str(e)[:300]}")
-                row.notes.append(f"prefill compile+run {time.perf_counter() - t0:.0f}s")
-            rows.append(row)
-            emit(row)
-        del model, step
-        if device == "cuda":
-            torch.cuda.empty_cache()
+                row.prefill_ms = time_prefill(model, variant, args.prefill, device)
+            except Exception as e:  # noqa: BLE001
+                row.notes.append(f"prefill failed: {type(e).__name__}: {str(e)[:300]}")
+            row.notes.append(f"prefill compile+run {time.perf_counter() - t0:.0f}s")
+        rows.append(row)
+        emit(row)
+    del model, step
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -382,9 +410,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated model aliases (default %(default)s)")
     g.add_argument("--layers", type=int, default=None, help="decoder layers to build (default: all)")
     g.add_argument("--e2e-patterns", default="2:4,block16",
-                   help="comma-separated hardened patterns; each runs with the backend's default fuse option "
-                        "(q/k/v and gate/up as one packed op each); PATTERN+nofuse runs one packed op per "
-                        "site (default %(default)s)")
+                   help="comma-separated columns after dense: hardened patterns, run with the backend's defaults, "
+                        "and variants: PATTERN+nofuse (one packed op per site), PATTERN+nopdl (plain launches), "
+                        "dense+pdl (Inductor's kernels with programmatic dependent launch) (default %(default)s)")
     g.add_argument("--batches", default="1,8",
                    help="comma-separated decode batch sizes (default %(default)s)")
     g.add_argument("--new-tokens", type=int, default=256,

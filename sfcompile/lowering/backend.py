@@ -30,6 +30,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200, so 4 calls per layer
         instead of 7 took full-depth batch-1 decode from 1.32x to 1.47x dense (LLaMA-2-7B) and from 1.33x to
         1.49x (Qwen3-8B) (benchmarks/README.md, run 15). ``False`` gives one packed op per hardened site.
+    pdl (bool, default True): programmatic dependent launch (Hopper and newer; ignored elsewhere): every
+        kernel of the graph, Inductor's (``triton.enable_pdl``) and the packed ops' decode kernels
+        (`kernels.splitk.launch_mode`), may launch while the kernel before it finishes and waits for it only
+        where it reads that kernel's results. Full-depth LLaMA-2-7B decode at batch 1: 1.48x -> 1.54x dense
+        (benchmarks/README.md, run 16). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -57,6 +62,7 @@ class BackendOptions:
     cudagraphs: bool = False
     on_lower: Callable | None = None
     fuse: bool = True
+    pdl: bool = True
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -71,14 +77,15 @@ class BackendOptions:
         on_lower = opts.pop("on_lower", None)
         if on_lower is not None and not callable(on_lower):
             raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
-        fuse = opts.pop("fuse", True)
-        if not isinstance(fuse, bool):
-            raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
+        flags = {name: opts.pop(name, True) for name in ("fuse", "pdl")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"sparseforge option {name} must be True or False, got {value!r}")
         inductor.update(opts)
-        return cls(cudagraphs=cudagraphs, on_lower=on_lower, fuse=fuse, inductor=inductor)
+        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, **flags)
 
     def config_patches(self) -> dict:
-        return {**self.inductor, "triton.cudagraphs": self.cudagraphs}
+        return {"triton.enable_pdl": self.pdl, **self.inductor, "triton.cudagraphs": self.cudagraphs}
 
 
 # ---- the kernel table: hardened weight -> packed operands and ops ----------------------------------------
@@ -216,7 +223,26 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         opts.on_lower(gm, report)
     if report.packed_ops:
         _warm_packed_ops(gm, example_inputs)
-    return compile_fx(gm, example_inputs, config_patches=opts.config_patches())
+    compiled = compile_fx(gm, example_inputs, config_patches=opts.config_patches())
+    return _in_launch_mode(compiled, 1) if opts.pdl and report.packed_ops else compiled
+
+
+def _in_launch_mode(compiled: Callable, pdl_mode: int) -> Callable:
+    """``compiled`` run with the packed ops in programmatic dependent launch mode ``pdl_mode`` (CUDA-graph
+    capture happens inside the call, so the captured launches have it too). What Inductor hangs on its
+    compiled function (the boxed calling convention, ``named_buffers``, ``zero_grad``, ...) is kept, and, like
+    it, the wrapper is never traced by Dynamo."""
+    from sfcompile.lowering.kernels.splitk import launch_mode
+
+    def run(*args):
+        with launch_mode(pdl_mode):
+            return compiled(*args)
+
+    wrapped = torch._dynamo.disable(run)
+    for name, value in vars(compiled).items():
+        if not name.startswith("_torchdynamo") and name != "__wrapped__":
+            setattr(wrapped, name, value)
+    return wrapped
 
 
 @torch.no_grad()

@@ -134,9 +134,14 @@ def test_options():
     assert BackendOptions.parse(None, None).cudagraphs is False
     assert BackendOptions.parse("reduce-overhead", None).cudagraphs is True
     opts = BackendOptions.parse(None, {"cudagraphs": True, "max_autotune": True})
-    assert opts.config_patches() == {"max_autotune": True, "triton.cudagraphs": True}
+    assert opts.config_patches() == {"max_autotune": True, "triton.cudagraphs": True, "triton.enable_pdl": True}
+    assert BackendOptions.parse(None, {"pdl": False}).config_patches()["triton.enable_pdl"] is False
+    # an explicit Inductor key wins over the backend's pdl option
+    assert BackendOptions.parse(None, {"triton.enable_pdl": False}).config_patches()["triton.enable_pdl"] is False
     with pytest.raises(TypeError, match="on_lower"):
         BackendOptions.parse(None, {"on_lower": 3})
+    with pytest.raises(TypeError, match="pdl must be True or False"):
+        BackendOptions.parse(None, {"pdl": "yes"})
 
 
 def test_entry_point_registration(tmp_path):

@@ -504,3 +504,86 @@ def test_fixed_configs_with_keys_a_kernel_does_not_take_are_refused(kernel, conf
         else:
             pw = pack(_w24(32, 64, torch.float32, g), "2:4", -1)
             nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config)
+
+
+# ---- programmatic dependent launch (splitk.pdl, the backend's pdl option) --------------------------------
+
+def test_launch_mode_is_scoped_and_checked(monkeypatch):
+    from sfcompile.lowering.kernels import splitk
+
+    monkeypatch.delenv(splitk.PDL_ENV, raising=False)
+    monkeypatch.setattr(splitk, "_capability", lambda index: (9, 0))
+    hopper, ampere = torch.device("cuda", 0), torch.device("cuda", 1)
+    assert splitk.pdl(hopper) == 0                          # plain launches outside a launch_mode block
+    with splitk.launch_mode(1):
+        assert splitk.pdl(hopper) == 1
+        assert splitk.pdl(torch.device("cpu")) == 0          # the interpreter never
+        with splitk.launch_mode(2):
+            assert splitk.pdl(hopper) == 2
+        assert splitk.pdl(hopper) == 1
+        monkeypatch.setattr(splitk, "_capability", lambda index: (8, 0) if index == 1 else (9, 0))
+        assert splitk.pdl(ampere) == 0                       # no griddepcontrol before sm_90
+        monkeypatch.setenv(splitk.PDL_ENV, "0")              # the environment overrides
+        assert splitk.pdl(hopper) == 0
+        monkeypatch.setenv(splitk.PDL_ENV, "on")
+        with pytest.raises(ValueError, match="SFCOMPILE_PDL='on' is not a launch mode"):
+            splitk.pdl(hopper)
+    monkeypatch.delenv(splitk.PDL_ENV)
+    assert splitk.pdl(hopper) == 0
+    with pytest.raises(ValueError, match="launch mode 3"):
+        with splitk.launch_mode(3):
+            pass
+
+
+def test_backend_runs_its_graph_in_launch_mode_one():
+    # the wrapper the backend puts around Inductor's compiled function: mode 1 inside the call only, and
+    # Inductor's attributes (its boxed calling convention) kept
+    from sfcompile.lowering.backend import _in_launch_mode
+    from sfcompile.lowering.kernels import splitk
+
+    def compiled(args):
+        return splitk._LAUNCH_MODE.get(), list(args)
+
+    compiled._boxed_call = True
+    compiled.zero_grad = "kept"
+    run = _in_launch_mode(compiled, 1)
+    assert run([3]) == (1, [3]) and splitk._LAUNCH_MODE.get() == 0
+    assert run._boxed_call is True and run.zero_grad == "kept"
+
+
+@cuda
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_decode_kernels_with_programmatic_dependent_launch_cuda(mode):
+    # chains where each kernel reads what the one before wrote (x of the next layer = y of this one), eagerly
+    # and captured in a CUDA graph: the wait in pdl_begin must order them
+    from sfcompile.lowering.kernels import splitk
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(mode)
+    n = k = 1024
+    w24 = _w24(n, k, torch.bfloat16, g).cuda() * 0.03
+    wb = _wblock(n, k, torch.bfloat16, g).cuda() * 0.04
+    p24, pb = pack(w24, "2:4", -1).data, pack(wb, "block16", -1).data
+    x0 = torch.randn(4, k, generator=g).bfloat16().cuda()
+
+    def chain(x):
+        for _ in range(6):
+            x = nm24_mma(x, p24["values"], p24["meta"], None, torch.empty_like(x),
+                         config=dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=4))
+            x = block16_matmul(x, pb["tile_values"], pb["row_ptr"], pb["col_idx"], n, k,
+                               config=dict(BLOCK_M=16, TILES=4, SPLIT_K=4, VARIANT=1))
+        return x
+
+    ref = x0.double()
+    for _ in range(6):
+        ref = (ref.bfloat16().double() @ w24.double().T).bfloat16().double() @ wb.double().T
+    with splitk.launch_mode(mode):
+        eager = chain(x0)
+        static_x = x0.clone()
+        chain(static_x)                                  # compiled and warm before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain(static_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert _rel(eager, ref) < 2e-2 and _rel(out, ref) < 2e-2

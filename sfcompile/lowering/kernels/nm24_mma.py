@@ -357,6 +357,7 @@ def _nm24_mma_kernel(
     MT: tl.constexpr,          # 8-row tiles of x (1: M <= 8, 2: M <= 16)
     STRIPS: tl.constexpr,      # 16-row strips of W per warp (2: x's registers serve two strips)
     STAGES: tl.constexpr,      # > 1: Triton's pipeliner copies STAGES - 1 steps ahead into shared memory
+    PDL: tl.constexpr,         # > 0: launched with programmatic dependent launch (splitk.pdl)
 ):
     NW: tl.constexpr = WARPS_N * WARPS_K
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
@@ -403,6 +404,9 @@ def _nm24_mma_kernel(
     # on every measured (shape, M), by 0.01-0.3x (benchmarks/README.md, run 12); an L2 prefetch costs no
     # registers (PREFETCH), and neither do the asynchronous copies to shared memory of STAGES > 1 -- which were
     # 0.2-0.9x slower than STAGES = 1 on every (shape, M) of sweep 6 (run 13)
+    # (an L2 prefetch of the first steps' weights here, before the wait, made full-depth decode 0.06x slower:
+    # benchmarks/README.md, run 16)
+    splitk.pdl_begin(PDL)
     for cb in tl.range(c_lo, c_hi, STEP, num_stages=STAGES):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
         sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
@@ -435,6 +439,7 @@ def _nm24_mma_kernel(
                 bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
                     sq1, xb0, xb1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
 
+    splitk.pdl_end(PDL)
     acc = _d_columns(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, MT)
     R: tl.constexpr = 4 * MT * STRIPS
     if STRIPS == 2:   # column j * 2 + strip
@@ -464,15 +469,9 @@ def nm24_mma_unsupported(x2: torch.Tensor, values: torch.Tensor) -> str | None:
         return f"dtype {x2.dtype} (mma.sp takes bf16/fp16)"
     if k % 32:
         return f"K={k} is not a multiple of 32 (one mma.sp chunk)"
-    if x2.is_cuda and _capability(x2.device.index if x2.device.index is not None else torch.cuda.current_device()) \
-            < (8, 0):
+    if x2.is_cuda and splitk.capability(x2.device) < (8, 0):
         return "mma.sp needs compute capability 8.0 or newer"
     return None
-
-
-@functools.cache   # asked on every decode call: once per device
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
 
 
 _AUTOTUNED: dict = {}
@@ -510,7 +509,7 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k, splitk.m_key(m),
             x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0,
-             "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0}
+             "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0, "PDL": splitk.pdl(x2.device)}
 
     def grid(meta_):
         return (triton.cdiv(n, 16 * meta_["WARPS_N"] * meta_["STRIPS"]), meta_["SPLIT_K"])

@@ -9,7 +9,10 @@ counters are allocated once per device, so CUDA-graph capture never allocates th
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import inspect
+import os
 from collections.abc import Callable
 
 import torch
@@ -17,7 +20,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["store_tile", "store_points", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench",
-           "launch"]
+           "launch", "capability", "launch_mode", "pdl", "pdl_begin", "pdl_end", "PDL_ENV"]
 
 MAX_SPLIT_K = 64
 
@@ -52,6 +55,75 @@ def store_points(acc, out_ptr, ws_ptr, cnt_ptr, idx_m, idx_n, mask, M, N, stride
                 total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
             tl.store(o_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
             tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+@triton.jit
+def pdl_begin(PDL: tl.constexpr):
+    """Where a kernel launched with programmatic dependent launch (:func:`pdl`) starts to read what the kernel
+    before it wrote (x) or to write what that kernel may still read (y, the split-K workspace and counters):
+    it waits here until that kernel has finished and its writes are visible. Only the packed weights, which no
+    kernel writes, may be read before this point. ``PDL`` 2 also lets the next kernel launch now."""
+    if PDL > 0:
+        tl.extra.cuda.gdc_wait()
+        if PDL == 2:
+            tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_end(PDL: tl.constexpr):
+    """After a kernel's loop over its weights (``PDL`` 1): the next kernel may launch, its programs taking the
+    SMs' free slots while this one sums and stores its results."""
+    if PDL == 1:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+PDL_ENV = "SFCOMPILE_PDL"
+_LAUNCH_MODE: contextvars.ContextVar[int] = contextvars.ContextVar("sfcompile_launch_mode", default=0)
+
+
+@contextlib.contextmanager
+def launch_mode(pdl_mode: int):
+    """Within this block the packed ops launch their kernels with programmatic dependent launch mode
+    ``pdl_mode`` (0: plain launches; 1, 2: :func:`pdl_begin` / :func:`pdl_end`). The ``sparseforge`` backend
+    runs its compiled graphs in mode 1 (its ``pdl`` option), where Inductor's kernels launch the same way."""
+    if pdl_mode not in (0, 1, 2):
+        raise ValueError(f"launch mode {pdl_mode!r} is not one of 0 (plain), 1, 2 (programmatic dependent launch)")
+    token = _LAUNCH_MODE.set(pdl_mode)
+    try:
+        yield
+    finally:
+        _LAUNCH_MODE.reset(token)
+
+
+def pdl(device: torch.device) -> int:
+    """The programmatic dependent launch mode of a kernel launched now on ``device``: the environment
+    variable ``SFCOMPILE_PDL`` (0, 1, 2) when set, else :func:`launch_mode`'s (0 outside one). CPU tensors
+    (the interpreter) and GPUs before sm_90 always get 0.
+
+    Why not always on: a kernel launched this way waits for the kernel before it at a ``griddepcontrol.wait``,
+    which costs more than it saves when that kernel is a plain launch (Inductor's, by default): full-depth
+    LLaMA-2-7B decode went from 1.48x to 1.45x dense. With Inductor's kernels launched the same way
+    (``triton.enable_pdl``), each launch overlaps the previous kernel's tail: 1.54x (benchmarks/README.md,
+    run 16)."""
+    if device.type != "cuda" or capability(device) < (9, 0):
+        return 0
+    value = os.environ.get(PDL_ENV)
+    if value is None:
+        return _LAUNCH_MODE.get()
+    if value not in ("0", "1", "2"):
+        raise ValueError(f"{PDL_ENV}={value!r} is not a launch mode: use 0 (plain launches), 1 (programmatic "
+                         f"dependent launch) or 2 (the same, the next kernel let in at the start)")
+    return int(value)
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of a CUDA device (asked on every launch: looked up once per device)."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 _COUNTERS: dict = {}
@@ -204,8 +276,10 @@ def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple
     """Launch ``kernel`` with a fixed ``config`` (interpreted for CPU tensors), or its autotuned launcher.
 
     ``config`` holds the kernel's constexprs plus optional ``num_warps`` / ``num_stages`` / ``maxnreg`` (a
-    register cap per thread, GPU only).
+    register cap per thread, GPU only). A kernel given ``flags["PDL"] > 0`` is launched with programmatic
+    dependent launch (:func:`pdl`).
     """
+    launch_opts = {"launch_pdl": True} if flags.get("PDL", 0) > 0 else {}
     if config is not None:
         cfg = dict(config)
         opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
@@ -217,6 +291,6 @@ def launch(kernel, autotuned: Callable[[], object], grid: Callable[[dict], tuple
             with _interpreter():
                 InterpretedFunction(kernel.fn)[grid(cfg)](*args, **flags, **cfg, **opts)
         else:
-            kernel[grid(cfg)](*args, **flags, **cfg, **opts)
+            kernel[grid(cfg)](*args, **flags, **cfg, **opts, **launch_opts)
     else:
-        autotuned()[grid](*args, **flags)
+        autotuned()[grid](*args, **flags, **launch_opts)
