@@ -7,8 +7,8 @@ Usage::
     fast = torch.compile(model, backend="sparseforge", mode="reduce-overhead")  # CUDA graphs
     fast = torch.compile(model, backend="sparseforge", options={"cudagraphs": True})
     model.compile(backend="sparseforge", mode="reduce-overhead")  # in place: model.generate() uses it
-    model.generate(ids, cache_implementation="static",
-                   compile_config=CompileConfig(backend="sparseforge"))    # HF auto-compile on CUDA
+    model.generate(ids, cache_implementation="static")   # HF auto-compile on CUDA: hardened models carry
+                                                          # compile_config=CompileConfig(backend="sparseforge")
 
 What it does to each graph Dynamo captures (`sfcompile.passes.lower`): every matmul on a hardened weight
 (``F.linear``, GPT-2 ``Conv1D``'s ``addmm``, MoE experts' grouped matmul) becomes the packed op of its pattern
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 BACKEND_NAME = "sparseforge"
 ENTRY_POINT = "sparseforge = sfcompile.lowering.backend:sparseforge"
 
-__all__ = ["sparseforge", "register", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT"]
+__all__ = ["sparseforge", "register", "use_for_generate", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,22 @@ class BackendOptions:
 
     def config_patches(self) -> dict:
         return {"triton.enable_pdl": self.pdl, **self.inductor, "triton.cudagraphs": self.cudagraphs}
+
+
+def use_for_generate(model) -> None:
+    """Make HF ``generate()`` compile ``model``'s decode step with this backend: its generation config's
+    ``compile_config`` becomes ``CompileConfig(backend="sparseforge", mode="reduce-overhead")`` (HF's own
+    default but the backend), unless one is set already. ``generate(..., cache_implementation="static")`` on
+    CUDA then runs the packed kernels under CUDA graphs, and so does ``torch.compile(model, ...).generate``,
+    which reaches the same ``generate``. Called by `sfcompile.harden` and by `sfcompile.load` of a hardened
+    folder; HF does not save ``compile_config``, so a saved model gets it again when loaded. A model without a
+    generation config is left alone."""
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is None or getattr(generation_config, "compile_config", None) is not None:
+        return
+    from transformers import CompileConfig
+
+    generation_config.compile_config = CompileConfig(backend=BACKEND_NAME, mode="reduce-overhead")
 
 
 # ---- the kernel table: hardened weight -> packed operands and ops ----------------------------------------

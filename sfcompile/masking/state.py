@@ -392,7 +392,16 @@ def harden(model: nn.Module) -> nn.Module:
     if slorb:
         manifest["slorb"] = slorb
     model.sfcompile_manifest = manifest
+    _use_backend_for_generate(model)
     return model
+
+
+def _use_backend_for_generate(model: nn.Module) -> None:
+    """HF ``generate()`` of a hardened model compiles with the ``sparseforge`` backend
+    (`sfcompile.lowering.backend.use_for_generate`)."""
+    from sfcompile.lowering.backend import use_for_generate
+
+    use_for_generate(model)
 
 
 def _slorb_manifest(model: nn.Module) -> dict | None:
@@ -444,6 +453,7 @@ def apply_manifest(model: nn.Module, manifest: dict, folder=None) -> nn.Module:
                                 "slorb_* tensors are loaded (sfcompile.load does this)")
         install_slorb(model, manifest["slorb"], tensors=read_slorb_tensors(folder))
     model.sfcompile_manifest = manifest
+    _use_backend_for_generate(model)
     return model
 
 

@@ -304,3 +304,68 @@ def test_fuse_option_is_a_bool():
     assert BackendOptions.parse(None, {"fuse": False}).fuse is False and BackendOptions.parse(None, None).fuse is True
     with pytest.raises(TypeError, match="fuse"):
         BackendOptions.parse(None, {"fuse": "yes"})
+
+
+def test_hardened_models_generate_through_the_backend(monkeypatch, tmp_path, byte_tokenizer):
+    # harden (and load of a hardened folder) set generation_config.compile_config to the backend, so HF's
+    # auto-compile of generate(cache_implementation="static") runs the packed ops; a config the user set stays
+    from transformers import CompileConfig
+
+    import sfcompile
+    import sfcompile.passes.lower as lower
+
+    model = tiny_model("llama")
+    sfcompile.sparsify(model, pattern="2:4")
+    sfcompile.prune(model, method="magnitude")
+    sfcompile.harden(model)
+    config = model.generation_config.compile_config
+    assert (config.backend, config.mode) == ("sparseforge", "reduce-overhead")
+
+    lowered = []
+    real = lower.lower_hardened_matmuls
+    monkeypatch.setattr(lower, "lower_hardened_matmuls", lambda *a, **k: lowered.append(real(*a, **k)) or lowered[-1])
+    config._compile_all_devices = True     # HF auto-compiles only on accelerators unless told (testing hook)
+    torch._dynamo.reset()
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, cache_implementation="static")
+    eager = model.generate(ids, disable_compile=True, **kwargs)
+    fast = model.generate(ids, **kwargs)
+    assert lowered and lowered[-1].packed_ops > 0, "generate() did not compile through the backend"
+    assert torch.equal(fast, eager)
+
+    sfcompile.save(model, byte_tokenizer, tmp_path / "m")
+    loaded, _ = sfcompile.load(tmp_path / "m")
+    assert loaded.generation_config.compile_config.backend == "sparseforge"
+
+    other = tiny_model("llama")
+    other.generation_config.compile_config = CompileConfig(backend="eager")
+    sfcompile.sparsify(other, pattern="2:4")
+    sfcompile.prune(other, method="magnitude")
+    sfcompile.harden(other)
+    assert other.generation_config.compile_config.backend == "eager"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (HF auto-compiles generate() on accelerators)")
+def test_compiled_hardened_model_generates_through_the_backend_cuda(monkeypatch):
+    # the lowering issue's spelling: torch.compile(model, backend=...).generate(..., static cache) reaches
+    # HF's auto-compile, which uses the compile_config harden set: packed ops under CUDA graphs, same tokens
+    import sfcompile
+    import sfcompile.passes.lower as lower
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+    model = AutoModelForCausalLM.from_config(cfg).to("cuda", torch.bfloat16).eval()
+    sfcompile.sparsify(model, pattern="2:4")
+    sfcompile.prune(model, method="magnitude")
+    sfcompile.harden(model)
+    lowered = []
+    real = lower.lower_hardened_matmuls
+    monkeypatch.setattr(lower, "lower_hardened_matmuls", lambda *a, **k: lowered.append(real(*a, **k)) or lowered[-1])
+    torch._dynamo.reset()
+    ids = torch.randint(0, 256, (1, 8), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=0, cache_implementation="static")
+    eager = model.generate(ids, disable_compile=True, **kwargs)
+    fast = torch.compile(model, backend="sparseforge").generate(ids, **kwargs)
+    assert lowered and lowered[-1].packed_ops > 0, "generate() did not compile through the backend"
+    assert (fast == eager).float().mean() > 0.9       # bf16: packed and dense kernels may round a tie apart
