@@ -17,6 +17,10 @@ M = 1: 1.03-1.37x, the CUDA-core variant with 2 tiles, one warp and SPLIT_K 32; 
 one). At prefill every program re-reads its x strips for 16 output columns only (16 FLOP per byte of x at
 most), so this kernel is L2-bound at 0.2x dense;
 ``sfcompile.lowering.ops`` sends large M to :mod:`.block16_unpack` + cuBLAS instead.
+
+It always launches plainly: launched with programmatic dependent launch (as the 2:4 decode kernel is, see
+:func:`.splitk.pdl`) it was slower, 1.16x -> 1.06x dense end to end (8 LLaMA-2-7B layers, batch 1) and
+1.04x -> 0.98x per layer after a plain kernel (benchmarks/README.md, run 16).
 """
 
 from __future__ import annotations
@@ -60,7 +64,6 @@ def _block16_kernel(
     M, N, K, M_KEY, stride_xm, stride_om,
     HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, TILES: tl.constexpr, SPLIT_K: tl.constexpr, VARIANT: tl.constexpr,
-    PDL: tl.constexpr,      # > 0: launched with programmatic dependent launch (splitk.pdl)
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -97,7 +100,6 @@ def _block16_kernel(
     if VARIANT == 2:
         acc4 = tl.full((BLOCK_M, TILES, 16, 16), 0.0, tl.float32)   # (row, tile, i, j) products, summed at the end
     offs_kk = tl.arange(0, TILES * 16)   # (tile, column) flattened: tile kk // 16, column kk % 16
-    splitk.pdl_begin(PDL)                # (the tile list above is weights: read before the kernel before ends)
     for t0 in range(t_lo, t_hi, TILES):
         if VARIANT == 2:
             # CUDA cores: tiles (TILES, 16 i, 16 j) contiguous along j, x strips (BM, TILES, 16 j)
@@ -137,7 +139,6 @@ def _block16_kernel(
             else:
                 acc = tl.dot(x2, b2, acc)
 
-    splitk.pdl_end(PDL)
     if VARIANT == 2:
         acc = tl.sum(tl.sum(acc4, axis=3), axis=1)
     if HAS_BIAS:
@@ -222,8 +223,7 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
           if may_split else out)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
             offs if grouped else row_ptr, out, ws, cnt, m, n, k, splitk.m_key(m), x2.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu),
-             "PDL": 0 if grouped else splitk.pdl(x.device)}   # (grouped: offs, written by the router, is read first)
+    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu)}
 
     def grid(meta_):
         return (triton.cdiv(m, meta_["BLOCK_M"]) * (n // 16), meta_["SPLIT_K"], experts)
