@@ -30,11 +30,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200, so 4 calls per layer
         instead of 7 took full-depth batch-1 decode from 1.32x to 1.47x dense (LLaMA-2-7B) and from 1.33x to
         1.49x (Qwen3-8B) (benchmarks/README.md, run 15). ``False`` gives one packed op per hardened site.
-    pdl (bool, default True): programmatic dependent launch (Hopper and newer; ignored elsewhere): every
-        kernel of the graph, Inductor's (``triton.enable_pdl``) and the packed ops' decode kernels
-        (`kernels.splitk.launch_mode`), may launch while the kernel before it finishes and waits for it only
-        where it reads that kernel's results. Full-depth LLaMA-2-7B decode at batch 1: 1.48x -> 1.54x dense
-        (benchmarks/README.md, run 16). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
+    pdl (bool, default True): programmatic dependent launch (Hopper and newer; ignored elsewhere): Inductor's
+        kernels (``triton.enable_pdl``) and the 2:4 decode kernel (`kernels.splitk.launch_mode`) may launch
+        while the kernel before them finishes, and wait for it only where they read its results. Full-depth
+        decode at batch 1: 1.48x -> 1.55x dense (LLaMA-2-7B), 1.49x -> 1.57x (Qwen3-8B) (benchmarks/README.md,
+        run 16). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -221,7 +221,7 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         **kwargs: the same options as keywords (when the backend is called directly).
 
     Returns:
-        The compiled callable from Inductor.
+        The compiled callable from Inductor (run in launch mode 1 when the ``pdl`` option is on).
     """
     from torch._inductor.compile_fx import compile_fx
 

@@ -357,7 +357,8 @@ def harden(model: nn.Module) -> nn.Module:
     """Fold every soft mask into its weight as exact pattern zeros and remove the mask machinery.
 
     The model becomes a plain HF model again (``save_pretrained`` works); each hardened weight is verified
-    against its pattern and recorded in ``model.sfcompile_manifest``.
+    against its pattern and recorded in ``model.sfcompile_manifest``. Its ``generate()`` compiles with the
+    ``sparseforge`` backend (HF's ``compile_config``, unless one was set: `lowering.backend.use_for_generate`).
 
     Raises:
         MaskStateError: the model was never sparsified, or its masks were never set (all ones: nothing chose
