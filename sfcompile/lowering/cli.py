@@ -2,6 +2,7 @@
 
     sfcompile bench --kernels                                  # the full kernel table (LLaMA-2-7B, Qwen3-8B)
     sfcompile bench --kernels --ms 1,16,2048 --patterns 2:4 --out table.md
+    sfcompile bench --kernels --ms 1,8 --pdl 1                # sfcompile's kernels launched as the backend does
 
 Each benchmark is one flag plus its own options; ``run`` runs every selected one in order (add a new one as a
 ``_BENCHES`` entry: flag name -> function(args) -> int).
@@ -25,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shapes", default="all", help="'all' or comma-separated N x K like 4096x4096,1024x4096")
     g.add_argument("--no-cslt", action="store_true", help="skip cuSPARSELt")
     g.add_argument("--moe", action="store_true", help="also time the grouped expert matmul")
+    g.add_argument("--pdl", type=int, choices=(0, 1, 2), default=0,
+                   help="launch mode of sfcompile's kernels: 0 plain (default), 1 programmatic dependent launch as "
+                        "the sparseforge backend launches them, 2 the same with the next kernel let in at the "
+                        "start; cuBLAS and cuSPARSELt launch plainly")
     g.add_argument("--out", type=Path, help="write the table here (.md) and its rows beside it (.json)")
     e2e = _e2e_module()
     if e2e is not None:  # a source checkout: benchmarks/e2e.py brings its own options (no name clashes)
@@ -52,15 +57,17 @@ def _run_kernels(args) -> int:
     import torch
 
     from sfcompile.lowering import bench
+    from sfcompile.lowering.kernels import splitk
 
     if not torch.cuda.is_available():
         print("sfcompile bench --kernels needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
     ms = [int(v) for v in args.ms.split(",")]
     patterns = [p.strip() for p in args.patterns.split(",")]
-    rows = bench.kernel_table(_shapes(args.shapes), ms, patterns, with_cslt=not args.no_cslt)
-    if args.moe:
-        rows += bench.moe_table()
+    with splitk.launch_mode(args.pdl):
+        rows = bench.kernel_table(_shapes(args.shapes), ms, patterns, with_cslt=not args.no_cslt)
+        if args.moe:
+            rows += bench.moe_table()
     table = bench.markdown(rows)
     summary = bench.summary(rows)
     print(table)
@@ -73,7 +80,7 @@ def _run_kernels(args) -> int:
         args.out.with_suffix(".md").write_text(table + "\n\n" + "\n".join(f"- {k}: {v:.2f}x" for k, v in
                                                                           summary.items()) + "\n")
         record = {"rows": bench.to_dicts(rows), "summary": summary, "device": torch.cuda.get_device_name(),
-                  "tuned": bench.tuned_configs()}
+                  "tuned": bench.tuned_configs(), "pdl": args.pdl}
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return 0
 

@@ -1,0 +1,34 @@
+"""``sfcompile bench``: refusals on a machine without a GPU, and the kernel table's launch mode (--pdl)."""
+
+import pytest
+import torch
+
+from sfcompile.cli import main
+
+
+def test_bench_needs_a_choice_and_a_gpu(capsys, monkeypatch):
+    assert main(["bench"]) == 2
+    assert "choose at least one of --kernels" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--kernels"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--kernels", "--pdl", "3"])
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_kernel_table_runs_in_the_asked_launch_mode(mode, monkeypatch, tmp_path, capsys):
+    import json
+
+    from sfcompile.lowering import bench
+    from sfcompile.lowering.kernels import splitk
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "test")
+    monkeypatch.setattr(bench, "kernel_table", lambda *a, **k: seen.append(splitk._LAUNCH_MODE.get()) or [])
+    monkeypatch.setattr(bench, "summary", lambda rows: {})
+    out = tmp_path / "t.md"
+    assert main(["bench", "--kernels", "--pdl", str(mode), "--out", str(out)]) == 0
+    assert seen == [mode] and splitk._LAUNCH_MODE.get() == 0
+    assert json.loads(out.with_suffix(".json").read_text())["pdl"] == mode
