@@ -237,10 +237,14 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
             "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
+    pdl_mode = 1 if opts.pdl else 0
     if report.packed_ops:
-        _warm_packed_ops(gm, example_inputs)
+        from sfcompile.lowering.kernels.splitk import launch_mode
+
+        with launch_mode(pdl_mode):   # the kernels the graph will launch are the ones compiled and tuned here
+            _warm_packed_ops(gm, example_inputs)
     compiled = compile_fx(gm, example_inputs, config_patches=opts.config_patches())
-    return _in_launch_mode(compiled, 1) if opts.pdl and report.packed_ops else compiled
+    return _in_launch_mode(compiled, pdl_mode) if pdl_mode and report.packed_ops else compiled
 
 
 def _in_launch_mode(compiled: Callable, pdl_mode: int) -> Callable:
