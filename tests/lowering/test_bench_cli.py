@@ -32,3 +32,20 @@ def test_kernel_table_runs_in_the_asked_launch_mode(mode, monkeypatch, tmp_path,
     assert main(["bench", "--kernels", "--pdl", str(mode), "--out", str(out)]) == 0
     assert seen == [mode] and splitk._LAUNCH_MODE.get() == 0
     assert json.loads(out.with_suffix(".json").read_text())["pdl"] == mode
+
+
+def test_e2e_columns_parse_into_compile_arguments():
+    # benchmarks/e2e.py (reached through `sfcompile bench --e2e` in a source checkout): each column's flags
+    from sfcompile.lowering.cli import _e2e_module
+
+    Variant = _e2e_module().Variant
+    assert Variant.parse("dense").compile_kwargs(True) == {"mode": "reduce-overhead"}
+    assert Variant.parse("dense+pdl").compile_kwargs(True) == {
+        "options": {"triton.cudagraphs": True, "triton.enable_pdl": True}}
+    assert Variant.parse("2:4").compile_kwargs(True) == {
+        "backend": "sparseforge", "options": {"cudagraphs": True, "fuse": True, "pdl": True}}
+    v = Variant.parse("block16+nofuse+nopdl")
+    assert (v.base, v.fuse, v.pdl, v.backend) == ("block16", False, False, "sparseforge")
+    for bad in ("2:4+fast", "dense+nofuse"):
+        with pytest.raises(SystemExit, match="unknown variant"):
+            Variant.parse(bad)
