@@ -20,8 +20,9 @@ compiled step's logits are from eager on the same cache state, and the weight by
 
 Usage::
 
-    python benchmarks/e2e.py --model llama-2-7b --layers 8 --patterns 2:4,block16 --batches 1,8 \
-        --new-tokens 256 --prefill 2048 --out results/e2e-llama.json
+    python benchmarks/e2e.py --model llama-2-7b --layers 8 --e2e-patterns 2:4,block16 --batches 1,8 \
+        --new-tokens 256 --prefill 2048 --e2e-out results/e2e-llama
+    python benchmarks/e2e.py --model qwen3-8b --e2e-patterns 2:4+nopdl,2:4,dense+pdl --batches 1 --prefill 0
     sfcompile bench --e2e --model llama-2-7b ...            # the same, through the CLI
 
 Needs CUDA for meaningful numbers; ``--device cpu`` runs the same code on a tiny config (a smoke test).
