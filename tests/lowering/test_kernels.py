@@ -587,3 +587,75 @@ def test_decode_kernels_with_programmatic_dependent_launch_cuda(mode):
     graph.replay()
     torch.cuda.synchronize()
     assert _rel(eager, ref) < 2e-2 and _rel(out, ref) < 2e-2
+
+
+# ---- block16_mma: the block-16 decode kernel on the tensor cores (prepared, not dispatched) --------------
+
+def _wblock_rows(n, k, dtype, g, density=0.5):
+    """A block-16 W with an empty block row (1) and a full one (2), the rest random, ``density`` of the tiles
+    kept in all (what `pack` verifies)."""
+    rows, cols = n // 16, k // 16
+    keep = torch.zeros(rows, cols, dtype=torch.bool)
+    keep[2] = True
+    rest = [(i, j) for i in range(rows) if i not in (1, 2) for j in range(cols)]
+    for idx in torch.randperm(len(rest), generator=g)[:round(density * rows * cols) - cols].tolist():
+        keep[rest[idx]] = True
+    mask = keep.repeat_interleave(16, 0).repeat_interleave(16, 1)
+    return (torch.randn(n, k, generator=g) * mask).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,n,k,config,bias", [
+    (1, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=3), True),      # splits past a row's tiles: empty programs
+    (3, 80, 96, dict(WARPS=4, TILES=4, SPLIT_K=1), False),     # N / 16 not a multiple of WARPS
+    (8, 64, 64, dict(WARPS=1, TILES=1, SPLIT_K=2), True),
+    (9, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=2), False),     # two x tiles (MT = 2)
+    (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4), True),
+])
+def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
+    from sfcompile.lowering.kernels.block16_mma import block16_mma
+
+    g = torch.Generator().manual_seed(m * 7 + n)
+    w = _wblock_rows(n, k, dtype, g)
+    d = pack(w, "block16", -1).data
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    y = block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config)
+    ref = x.double() @ w.double().T + (b.double() if bias else 0)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert _rel(y, ref) < TOL[dtype]
+    xs = torch.zeros(m, k + 2, dtype=dtype)[:, :k].copy_(x)      # row stride not a multiple of 4: copied first
+    assert _rel(block16_mma(xs, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("what,x,config,match", [
+    ("rows", torch.zeros(17, 32, dtype=torch.bfloat16), None, "17 rows of x"),
+    ("dtype", torch.zeros(2, 32), None, "mma.m16n8k16 takes bf16/fp16"),
+    ("tiles", torch.zeros(2, 32, dtype=torch.bfloat16), dict(WARPS=1, TILES=3, SPLIT_K=1), "TILES must be 1, 2 or 4"),
+])
+def test_block16_mma_refuses_what_it_cannot_run(what, x, config, match):
+    from sfcompile.lowering.kernels.block16_mma import block16_mma
+
+    d = pack(_wblock(32, 32, x.dtype, torch.Generator().manual_seed(0)), "block16", -1).data
+    with pytest.raises(ValueError, match=match):
+        block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 32, config=config)
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_block16_mma_cuda(m, dtype):
+    # the PTX mma path: fixed configs and the autotuned launcher against the dense product
+    from sfcompile.lowering.kernels.block16_mma import block16_mma
+
+    g = torch.Generator().manual_seed(m)
+    n, k = 1024, 2048
+    w = _wblock(n, k, dtype, g).cuda()
+    d = pack(w, "block16", -1).data
+    x = torch.randn(m, k, generator=g).to(dtype).cuda()
+    b = torch.randn(n, generator=g).to(dtype).cuda()
+    ref = x.double() @ w.double().T + b.double()
+    for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=1, TILES=1, SPLIT_K=1),
+                dict(WARPS=8, TILES=4, SPLIT_K=3)):
+        assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=cfg), ref) < TOL[dtype]
+    assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]

@@ -1,0 +1,260 @@
+"""Block-16 decode matmul ``y = x @ W.T (+ bias)`` on the tensor cores (PTX ``mma.m16n8k16``), W as non-empty
+16x16 tiles in CSR over block rows (:mod:`sfcompile.lowering.pack`), for few rows of x (M <= 16, bf16/fp16).
+
+Prepared in the tenth session and **not yet measured on a GPU** (no device time was left): it is not in the
+dispatch of :mod:`sfcompile.lowering.ops`, which runs :mod:`.block16` (0.73-1.37x dense at decode, run 7). What
+it is for: the 2:4 decode kernel went from 0.79x to 1.27x dense when Triton's ``tl.dot`` (operands through
+shared memory and layout conversions) gave way to one ``mma`` per lane-held fragment read straight from the
+packed bytes (:mod:`.nm24_mma`); a 16x16 tile is exactly the A operand of a dense ``mma.m16n8k16``, so the same
+shape of kernel applies here with no decompression at all.
+
+Each warp owns one block row (16 output columns of y = rows of W) and walks its tiles, ``TILES`` per step with
+every load of the step issued before its first ``mma``; ``SPLIT_K`` programs split a block row's tile list
+(:func:`.splitk.store_points` sums them). Per tile, lane (g, t) = (lane // 4, lane % 4) loads 8 bytes of tile
+rows g and g + 8 (columns 4t .. 4t + 3) and 8 bytes of x row g at the same columns of the tile's 16-wide strip.
+The ``mma`` takes its K in any order as long as A and x agree: physical columns 4t .. 4t + 3 serve as logical
+columns 2t, 2t + 1 (A register 0 / 1, B register 0) and 2t + 8, 2t + 9 (A register 2 / 3, B register 1), so
+each lane's loads are whole 8-byte words and a warp reads each tile row's 32 bytes in one sector. x's 8 rows
+are the ``mma``'s N; 9-16 rows take a second ``mma`` on the same A registers (``MT`` = 2).
+
+As in :mod:`.nm24_mma`, the ``mma`` is inline PTX on 1-D tensors of one element per thread, and the Triton
+interpreter (CPU tests) runs :func:`_mma_emulated`, the same warp-wide product from the same registers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from sfcompile.lowering.kernels import splitk
+from sfcompile.lowering.kernels.nm24_decode import _widen
+from sfcompile.lowering.kernels.nm24_mma import _lanes, _word
+
+__all__ = ["block16_mma", "block16_mma_configs", "block16_mma_unsupported", "MAX_M"]
+
+MAX_M = 16
+
+
+@functools.cache
+def block16_mma_configs(m_bucket: int) -> list[triton.Config]:
+    """Autotune space (WARPS, TILES, SPLIT_K): block rows per program, tiles per warp and step, programs per block
+    row. A guess from the 2:4 kernel's sweeps (2-8 warps, 8-32 KB of loads in flight per program, splits that
+    leave ~16 tiles per warp at K = 4096); to be swept on a GPU before it is dispatched."""
+    space = [(4, 2, 8), (4, 4, 4), (8, 2, 4), (2, 4, 8), (4, 2, 16), (8, 4, 2), (4, 1, 8)]
+    return [triton.Config({"WARPS": w, "TILES": t, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1}, num_warps=w,
+                          num_stages=1) for w, t, sk in space]
+
+
+@triton.jit
+def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, IS_BF16: tl.constexpr):
+    """One warp-wide ``mma.sync.m16n8k16`` (fp32 accumulate) on per-lane registers (element i of each (T,)
+    tensor is lane i % 32 of warp i // 32)."""
+    if IS_BF16:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_BF16: tl.constexpr):
+    """What :func:`_mma` computes, for the interpreter (PTX ISA, ``mma.m16n8k16`` with .f16/.bf16): A row r,
+    column k in lane (r % 8) * 4 + (k % 8) // 2, register (r // 8) + 2 (k // 8), half k % 2; B row k, column n in
+    lane 4n + (k % 8) // 2, register k // 8, half k % 2; D row g / g + 8, columns 2t, 2t + 1 in registers 0-3."""
+    s = tl.arange(0, 256)[None, :] + tl.zeros((NW, 256), tl.int32)      # r * 16 + k
+    r = s // 16
+    k = s % 16
+    lane_a = (r % 8) * 4 + (k % 8) // 2
+    reg = (r // 8) + 2 * (k // 8)
+    word = tl.where(reg == 0, _lanes(a0, lane_a, NW), tl.where(reg == 1, _lanes(a1, lane_a, NW),
+                    tl.where(reg == 2, _lanes(a2, lane_a, NW), _lanes(a3, lane_a, NW))))
+    lo, hi = _widen(word, IS_BF16)
+    a = tl.reshape(tl.where(k % 2 == 0, lo, hi), (NW, 16, 16, 1))       # A[r, k]
+    s2 = tl.arange(0, 128)[None, :] + tl.zeros((NW, 128), tl.int32)     # k * 8 + n
+    kb = s2 // 8
+    lane_b = (s2 % 8) * 4 + (kb % 8) // 2
+    bword = tl.where(kb // 8 == 0, _lanes(b0, lane_b, NW), _lanes(b1, lane_b, NW))
+    blo, bhi = _widen(bword, IS_BF16)
+    b = tl.reshape(tl.where(kb % 2 == 0, blo, bhi), (NW, 1, 16, 8))     # B[k, n]
+    d = tl.reshape(tl.sum(a * b, axis=2), (NW, 128))                   # D[r, n] at r * 8 + n
+    lane = tl.arange(0, 32)[None, :] + tl.zeros((NW, 32), tl.int32)
+    g = lane // 4
+    t = lane % 4
+    d0 = tl.gather(d, g * 8 + 2 * t, axis=1)
+    d1 = tl.gather(d, g * 8 + 2 * t + 1, axis=1)
+    d2 = tl.gather(d, (g + 8) * 8 + 2 * t, axis=1)
+    d3 = tl.gather(d, (g + 8) * 8 + 2 * t + 1, axis=1)
+    return (c0 + tl.reshape(d0, (NW * 32,)), c1 + tl.reshape(d1, (NW * 32,)), c2 + tl.reshape(d2, (NW * 32,)),
+            c3 + tl.reshape(d3, (NW * 32,)))
+
+
+@triton.jit
+def _load_tile(tv64, x64, col_ptr, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
+    """A's four registers and x's B registers (two per 8-row tile of x) of tile ``ti`` for each lane; dead lanes
+    (``live`` false) get zeros, so their ``mma`` adds nothing."""
+    col = tl.load(col_ptr + ti, mask=live, other=0)
+    rows = ti.to(tl.int64) * 64 + g * 4 + t                  # tile row g, columns 4t .. 4t + 3, as one int64
+    wa = tl.load(tv64 + rows, mask=live, other=0)
+    wb = tl.load(tv64 + rows + 32, mask=live, other=0)      # row g + 8
+    xo = g * stride_x64 + col * 4 + t                        # x row g, the same columns of the tile's strip
+    wx = tl.load(x64 + xo, mask=live & (g < M), other=0)
+    if MT == 2:
+        wy = tl.load(x64 + xo + 8 * stride_x64, mask=live & (g + 8 < M), other=0)
+    else:
+        wy = wx
+    # (logical column pairs 2t and 2t + 8 are physical 4t and 4t + 2: the low and high words)
+    return _word(wa, wa, 0), _word(wb, wb, 0), _word(wa, wa, 1), _word(wb, wb, 1), _word(wx, wx, 0), \
+        _word(wx, wx, 1), _word(wy, wy, 0), _word(wy, wy, 1)
+
+
+@triton.jit
+def _mma_tile(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr, IS_BF16: tl.constexpr,
+              USE_ASM: tl.constexpr, MT: tl.constexpr):
+    a0, a1, a2, a3, b0, b1, b2, b3 = ld
+    if USE_ASM:
+        acc0, acc1, acc2, acc3 = _mma(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, IS_BF16)
+        if MT == 2:
+            acc4, acc5, acc6, acc7 = _mma(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, IS_BF16)
+    else:
+        acc0, acc1, acc2, acc3 = _mma_emulated(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, NW, IS_BF16)
+        if MT == 2:
+            acc4, acc5, acc6, acc7 = _mma_emulated(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, NW, IS_BF16)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit(do_not_specialize=["M"])
+def _block16_mma_kernel(
+    x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, M_KEY, stride_xm, stride_om,
+    HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    WARPS: tl.constexpr,     # block rows per program, one per warp
+    TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4
+    SPLIT_K: tl.constexpr,
+    MT: tl.constexpr,        # 8-row tiles of x (1: M <= 8, 2: M <= 16)
+):
+    IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+    tid = tl.arange(0, 32 * WARPS)
+    lane = tid % 32
+    g = lane // 4
+    t = lane % 4
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    block_rows = N // 16
+    r = pid_n * WARPS + tid // 32                       # this warp's block row
+    ok_r = r < block_rows
+    rr = tl.minimum(r, block_rows - 1)
+    t_begin = tl.load(row_ptr_ptr + rr)
+    t_end = tl.where(ok_r, tl.load(row_ptr_ptr + rr + 1), t_begin)
+    per = (t_end - t_begin + SPLIT_K - 1) // SPLIT_K
+    lo = t_begin + pid_k * per
+    hi = tl.minimum(lo + per, t_end)
+    steps = tl.max(tl.maximum(hi - lo, 0), axis=0)     # the longest tile list among the program's warps
+
+    tv64 = tv_ptr.to(tl.pointer_type(tl.int64))
+    x64 = x_ptr.to(tl.pointer_type(tl.int64))
+    stride_x64 = stride_xm // 4
+    z = tl.zeros((32 * WARPS,), tl.float32)
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = z, z, z, z, z, z, z, z
+    for s in range(0, steps, TILES):
+        ti = lo + s
+        l0 = _load_tile(tv64, x64, col_ptr, ti, ti < hi, g, t, M, stride_x64, MT)
+        if TILES >= 2:
+            l1 = _load_tile(tv64, x64, col_ptr, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
+        if TILES == 4:
+            l2 = _load_tile(tv64, x64, col_ptr, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
+            l3 = _load_tile(tv64, x64, col_ptr, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+            l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+        if TILES >= 2:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                l1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+        if TILES == 4:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                l2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                l3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+
+    # D registers as columns c of (32 WARPS, 4 MT): tl.join stacks on a new last axis, so c = parity * 2 MT +
+    # half * MT + tile (parity: x row 2t or 2t + 1; half: W row g or g + 8; tile: x rows 0-7 or 8-15)
+    acc = tl.reshape(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)), (32 * WARPS, 4))
+    if MT == 2:
+        acc = tl.reshape(tl.join(tl.join(tl.join(acc0, acc1), tl.join(acc2, acc3)),
+                                 tl.join(tl.join(acc4, acc5), tl.join(acc6, acc7))), (32 * WARPS, 8))
+    c = tl.arange(0, 4 * MT)[None, :]
+    rows2 = r[:, None]
+    idx_n = rows2 * 16 + g[:, None] + 8 * ((c // MT) % 2)
+    idx_m = 2 * t[:, None] + c // (2 * MT) + 8 * (c % MT)
+    mask = (rows2 < block_rows) & (idx_m < M)
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + idx_n, mask=mask, other=0.0).to(tl.float32)
+    splitk.store_points(acc, out_ptr, ws_ptr, cnt_ptr, idx_m, idx_n, mask, M, N, stride_om, pid_k, pid_n, SPLIT_K)
+
+
+def block16_mma_unsupported(x2: torch.Tensor) -> str | None:
+    """Why this kernel cannot run ``x2 @ W.T``, or None."""
+    if x2.shape[0] > MAX_M:
+        return f"{x2.shape[0]} rows of x (at most {MAX_M})"
+    if x2.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtype {x2.dtype} (mma.m16n8k16 takes bf16/fp16 here)"
+    if x2.is_cuda and splitk.capability(x2.device) < (8, 0):
+        return "mma.m16n8k16 with bf16 needs compute capability 8.0 or newer"
+    return None
+
+
+_AUTOTUNED: dict = {}
+
+
+def _autotuned(m_bucket: int):
+    if m_bucket not in _AUTOTUNED:
+        _AUTOTUNED[m_bucket] = triton.autotune(configs=block16_mma_configs(m_bucket), key=["M_KEY", "N", "K"],
+                                               do_bench=splitk.tuning_bench)(_block16_mma_kernel)
+    return _AUTOTUNED[m_bucket]
+
+
+def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                n: int, k: int, bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """``x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, W (N, K) as block-16 tiles (:mod:`.block16`'s
+    operands). ``config``: fixed ``WARPS``, ``TILES``, ``SPLIT_K`` instead of autotuning (tests, the interpreter
+    on CPU). Returns (M, N) in x2.dtype."""
+    from sfcompile.lowering.kernels.block16 import _check
+
+    reason = block16_mma_unsupported(x2)
+    if reason:
+        raise ValueError(f"block16_mma cannot run this matmul: {reason}")
+    _check(x2, tile_values, row_ptr, col_idx, n, k, bias, 1)
+    m = x2.shape[0]
+    on_cpu = x2.device.type == "cpu"
+    if x2.stride(1) != 1 or (m > 1 and x2.stride(0) % 4) or x2.data_ptr() % 8:   # x as 8-byte words
+        x2 = x2.contiguous().clone()
+    tile_values = tile_values.contiguous()
+    mt = 2 if m > 8 else 1
+    if config is not None:
+        if config["TILES"] not in (1, 2, 4):
+            raise ValueError(f"TILES must be 1, 2 or 4 (tiles per warp and step), got {config['TILES']}")
+        config = {"MT": mt, "num_warps": config["WARPS"], **config}
+        if config["MT"] != mt:
+            raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
+    out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
+    split = splitk.split_depth(config, lambda: block16_mma_configs(splitk.m_key(m)))
+    cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else row_ptr
+    ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
+    args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
+            splitk.m_key(m), x2.stride(0), out.stride(0))
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu}
+
+    def grid(meta_):
+        return (triton.cdiv(n // 16, meta_["WARPS"]), meta_["SPLIT_K"])
+
+    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    return out
