@@ -613,7 +613,7 @@ def _wblock_rows(n, k, dtype, g, density=0.5):
     (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4), True),
 ])
 def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
-    from sfcompile.lowering.kernels.block16_mma import block16_mma
+    from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_reference
 
     g = torch.Generator().manual_seed(m * 7 + n)
     w = _wblock_rows(n, k, dtype, g)
@@ -624,6 +624,7 @@ def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
     ref = x.double() @ w.double().T + (b.double() if bias else 0)
     assert y.shape == (m, n) and y.dtype == dtype
     assert _rel(y, ref) < TOL[dtype]
+    assert _rel(block16_mma_reference(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
     xs = torch.zeros(m, k + 2, dtype=dtype)[:, :k].copy_(x)      # row stride not a multiple of 4: copied first
     assert _rel(block16_mma(xs, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config), ref) < TOL[dtype]
 

@@ -33,7 +33,7 @@ from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import _widen
 from sfcompile.lowering.kernels.nm24_mma import _lanes, _word
 
-__all__ = ["block16_mma", "block16_mma_configs", "block16_mma_unsupported", "MAX_M"]
+__all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported", "MAX_M"]
 
 MAX_M = 16
 
@@ -258,3 +258,12 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
 
     splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
     return out
+
+
+def block16_mma_reference(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                          n: int, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch reference of what the kernel computes: W unpacked from its tiles, an fp32 matmul, x2.dtype
+    out (:func:`.block16.block16_matmul_reference`)."""
+    from sfcompile.lowering.kernels.block16 import block16_matmul_reference
+
+    return block16_matmul_reference(x2, tile_values, row_ptr, col_idx, n, k, bias)

@@ -1,4 +1,5 @@
-"""``sfcompile bench``: refusals on a machine without a GPU, and the kernel table's launch mode (--pdl)."""
+"""`sfcompile bench` (sfcompile/lowering/cli.py): refusals on a machine without a GPU, the kernel table's launch mode
+(--pdl), and the end-to-end benchmark's columns."""
 
 import pytest
 import torch
