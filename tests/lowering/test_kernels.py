@@ -523,6 +523,9 @@ def test_launch_mode_is_scoped_and_checked(monkeypatch):
         assert splitk.pdl(hopper) == 1
         monkeypatch.setattr(splitk, "_capability", lambda index: (8, 0) if index == 1 else (9, 0))
         assert splitk.pdl(ampere) == 0                       # no griddepcontrol before sm_90
+        monkeypatch.setattr(torch.version, "hip", "6.0")
+        assert splitk.pdl(hopper) == 0                       # ROCm: no griddepcontrol
+        monkeypatch.setattr(torch.version, "hip", None)
         monkeypatch.setenv(splitk.PDL_ENV, "0")              # the environment overrides
         assert splitk.pdl(hopper) == 0
         monkeypatch.setenv(splitk.PDL_ENV, "on")

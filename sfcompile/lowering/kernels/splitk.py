@@ -98,14 +98,14 @@ def launch_mode(pdl_mode: int):
 def pdl(device: torch.device) -> int:
     """The programmatic dependent launch mode of a kernel launched now on ``device``: the environment
     variable ``SFCOMPILE_PDL`` (0, 1, 2) when set, else :func:`launch_mode`'s (0 outside one). CPU tensors
-    (the interpreter) and GPUs before sm_90 always get 0.
+    (the interpreter), NVIDIA GPUs before sm_90 and ROCm always get 0.
 
     Why not always on: a kernel launched this way waits for the kernel before it at a ``griddepcontrol.wait``,
     which costs more than it saves when that kernel is a plain launch (Inductor's, by default): full-depth
     LLaMA-2-7B decode went from 1.48x to 1.45x dense. With Inductor's kernels launched the same way
     (``triton.enable_pdl``), each launch overlaps the previous kernel's tail: 1.54x (benchmarks/README.md,
     run 16)."""
-    if device.type != "cuda" or capability(device) < (9, 0):
+    if device.type != "cuda" or torch.version.hip or capability(device) < (9, 0):   # (ROCm: no griddepcontrol)
         return 0
     value = os.environ.get(PDL_ENV)
     if value is None:
