@@ -99,10 +99,9 @@ def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_B
 
 
 @triton.jit
-def _load_tile(tv64, x64, col_ptr, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
-    """A's four registers and x's B registers (two per 8-row tile of x) of tile ``ti`` for each lane; dead lanes
-    (``live`` false) get zeros, so their ``mma`` adds nothing."""
-    col = tl.load(col_ptr + ti, mask=live, other=0)
+def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
+    """A's four registers and x's B registers (two per 8-row tile of x) of tile ``ti`` (x's 16-wide strip
+    ``col``) for each lane; dead lanes (``live`` false) get zeros, so their ``mma`` adds nothing."""
     rows = ti.to(tl.int64) * 64 + g * 4 + t                  # tile row g, columns 4t .. 4t + 3, as one int64
     wa = tl.load(tv64 + rows, mask=live, other=0)
     wb = tl.load(tv64 + rows + 32, mask=live, other=0)      # row g + 8
@@ -115,6 +114,21 @@ def _load_tile(tv64, x64, col_ptr, ti, live, g, t, M, stride_x64, MT: tl.constex
     # (logical column pairs 2t and 2t + 8 are physical 4t and 4t + 2: the low and high words)
     return _word(wa, wa, 0), _word(wb, wb, 0), _word(wa, wa, 1), _word(wb, wb, 1), _word(wx, wx, 0), \
         _word(wx, wx, 1), _word(wy, wy, 0), _word(wy, wy, 1)
+
+
+@triton.jit
+def _cols(col_ptr, ti, hi, TILES: tl.constexpr):
+    """The x strips (col_idx) of tiles ti .. ti + TILES - 1 (0 past ``hi``; unused entries repeat the first)."""
+    c0 = tl.load(col_ptr + ti, mask=ti < hi, other=0)
+    c1 = c0
+    c2 = c0
+    c3 = c0
+    if TILES >= 2:
+        c1 = tl.load(col_ptr + ti + 1, mask=ti + 1 < hi, other=0)
+    if TILES == 4:
+        c2 = tl.load(col_ptr + ti + 2, mask=ti + 2 < hi, other=0)
+        c3 = tl.load(col_ptr + ti + 3, mask=ti + 3 < hi, other=0)
+    return c0, c1, c2, c3
 
 
 @triton.jit
@@ -165,14 +179,18 @@ def _block16_mma_kernel(
     stride_x64 = stride_xm // 4
     z = tl.zeros((32 * WARPS,), tl.float32)
     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = z, z, z, z, z, z, z, z
+    # a step's x loads need its tiles' strips: those are loaded one step ahead, so the x loads never wait for
+    # an index load (the SASS of the first form issued col_idx -> x as a dependent chain every step)
+    c0, c1, c2, c3 = _cols(col_ptr, lo, hi, TILES)
     for s in range(0, steps, TILES):
         ti = lo + s
-        l0 = _load_tile(tv64, x64, col_ptr, ti, ti < hi, g, t, M, stride_x64, MT)
+        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT)
         if TILES >= 2:
-            l1 = _load_tile(tv64, x64, col_ptr, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
+            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
         if TILES == 4:
-            l2 = _load_tile(tv64, x64, col_ptr, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
-            l3 = _load_tile(tv64, x64, col_ptr, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
+            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
+            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
+        c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
             l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
         if TILES >= 2:
