@@ -188,10 +188,10 @@ def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
 
 def tuned_configs() -> dict[str, str]:
     """The autotuner's choice per (kernel, tuner, N, K, M bucket) so far in this process."""
-    from sfcompile.lowering.kernels import block16, nm24, nm24_decode, nm24_mma
+    from sfcompile.lowering.kernels import block16, block16_mma, nm24, nm24_decode, nm24_mma
 
     out = {}
-    for mod in (nm24, nm24_decode, nm24_mma, block16):
+    for mod in (nm24, nm24_decode, nm24_mma, block16, block16_mma):
         for tuner_key, tuner in mod._AUTOTUNED.items():
             for key, cfg in getattr(tuner, "cache", {}).items():
                 name = mod.__name__.rsplit(".", 1)[-1]

@@ -159,8 +159,7 @@ def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
         configs = [c for c in block16_configs(key[0]) if variants is None or c.kwargs["VARIANT"] in variants]
         if not configs:
             raise ValueError(f"no block16 config of variants {variants} for {m_bucket} rows")
-        _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
-                                          do_bench=splitk.tuning_bench)(_block16_kernel)
+        _AUTOTUNED[key] = splitk.autotuner(_block16_kernel, configs)
     return _AUTOTUNED[key]
 
 

@@ -221,13 +221,7 @@ def _block16_mma_kernel(
 
 def block16_mma_unsupported(x2: torch.Tensor) -> str | None:
     """Why this kernel cannot run ``x2 @ W.T``, or None."""
-    if x2.shape[0] > MAX_M:
-        return f"{x2.shape[0]} rows of x (at most {MAX_M})"
-    if x2.dtype not in (torch.bfloat16, torch.float16):
-        return f"dtype {x2.dtype} (mma.m16n8k16 takes bf16/fp16 here)"
-    if x2.is_cuda and splitk.capability(x2.device) < (8, 0):
-        return "mma.m16n8k16 with bf16 needs compute capability 8.0 or newer"
-    return None
+    return splitk.mma_unsupported(x2, MAX_M, "mma.m16n8k16")
 
 
 _AUTOTUNED: dict = {}
@@ -235,8 +229,7 @@ _AUTOTUNED: dict = {}
 
 def _autotuned(m_bucket: int):
     if m_bucket not in _AUTOTUNED:
-        _AUTOTUNED[m_bucket] = triton.autotune(configs=block16_mma_configs(m_bucket), key=["M_KEY", "N", "K"],
-                                               do_bench=splitk.tuning_bench)(_block16_mma_kernel)
+        _AUTOTUNED[m_bucket] = splitk.autotuner(_block16_mma_kernel, block16_mma_configs(m_bucket))
     return _AUTOTUNED[m_bucket]
 
 

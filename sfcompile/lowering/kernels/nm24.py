@@ -183,9 +183,8 @@ _AUTOTUNED: dict[bool, object] = {}   # small M (grouped experts) or large M
 def _autotuned(small_m: bool):
     """The autotuned launcher, built on first use (nothing compiles or benchmarks at import)."""
     if small_m not in _AUTOTUNED:
-        _AUTOTUNED[small_m] = triton.autotune(configs=nm24_configs(small_m), key=["M_KEY", "N", "K"],
-                                              prune_configs_by={"early_config_prune": _prune},
-                                              do_bench=splitk.tuning_bench)(_nm24_kernel)
+        _AUTOTUNED[small_m] = splitk.autotuner(_nm24_kernel, nm24_configs(small_m),
+                                               prune_configs_by={"early_config_prune": _prune})
     return _AUTOTUNED[small_m]
 
 

@@ -311,8 +311,7 @@ def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
         even = triton.heuristics({"EVEN": lambda a: _even(a["N"], a["K"], a),
                                   "PREFETCH": lambda a: _even(a["N"], a["K"], a),
                                   })(_nm24_decode_kernel)
-        _AUTOTUNED[key] = triton.autotune(configs=configs, key=["M_KEY", "N", "K"],
-                                          do_bench=splitk.tuning_bench)(even)
+        _AUTOTUNED[key] = splitk.autotuner(even, configs)
     return _AUTOTUNED[key]
 
 

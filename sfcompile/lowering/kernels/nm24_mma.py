@@ -462,16 +462,10 @@ def _nm24_mma_kernel(
 
 def nm24_mma_unsupported(x2: torch.Tensor, values: torch.Tensor) -> str | None:
     """Why this kernel cannot run ``x2 @ W.T`` (then the CUDA-core decode kernel does), or None."""
-    m, k = x2.shape
-    if m > MAX_M:
-        return f"{m} rows of x (at most {MAX_M})"
-    if x2.dtype not in (torch.bfloat16, torch.float16):
-        return f"dtype {x2.dtype} (mma.sp takes bf16/fp16)"
+    k = x2.shape[1]
     if k % 32:
         return f"K={k} is not a multiple of 32 (one mma.sp chunk)"
-    if x2.is_cuda and splitk.capability(x2.device) < (8, 0):
-        return "mma.sp needs compute capability 8.0 or newer"
-    return None
+    return splitk.mma_unsupported(x2, MAX_M, "mma.sp")
 
 
 _AUTOTUNED: dict = {}
@@ -479,8 +473,7 @@ _AUTOTUNED: dict = {}
 
 def _autotuned(m_bucket: int):
     if m_bucket not in _AUTOTUNED:
-        _AUTOTUNED[m_bucket] = triton.autotune(configs=nm24_mma_configs(m_bucket), key=["M_KEY", "N", "K"],
-                                               do_bench=splitk.tuning_bench)(_nm24_mma_kernel)
+        _AUTOTUNED[m_bucket] = splitk.autotuner(_nm24_mma_kernel, nm24_mma_configs(m_bucket))
     return _AUTOTUNED[m_bucket]
 
 

@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 __all__ = ["store_tile", "store_points", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench",
-           "launch", "capability", "launch_mode", "pdl", "pdl_begin", "pdl_end", "PDL_ENV"]
+           "launch", "autotuner", "mma_unsupported", "capability", "launch_mode", "pdl", "pdl_begin", "pdl_end",
+           "PDL_ENV"]
 
 MAX_SPLIT_K = 64
 
@@ -114,6 +115,24 @@ def pdl(device: torch.device) -> int:
         raise ValueError(f"{PDL_ENV}={value!r} is not a launch mode: use 0 (plain launches), 1 (programmatic "
                          f"dependent launch) or 2 (the same, the next kernel let in at the start)")
     return int(value)
+
+
+def mma_unsupported(x2: torch.Tensor, max_m: int, instruction: str) -> str | None:
+    """Why a decode kernel built on the tensor-core ``instruction`` (PTX ``mma.sp``, ``mma.m16n8k16``) cannot
+    take x2 (M, K): too many rows, a dtype other than bf16/fp16, a GPU before sm_80; None when it can."""
+    if x2.shape[0] > max_m:
+        return f"{x2.shape[0]} rows of x (at most {max_m})"
+    if x2.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtype {x2.dtype} ({instruction} takes bf16/fp16)"
+    if x2.is_cuda and capability(x2.device) < (8, 0):
+        return f"{instruction} needs compute capability 8.0 or newer"
+    return None
+
+
+def autotuner(kernel, configs: list, **kwargs):
+    """``kernel``'s autotuned launcher over ``configs``: tuned once per (M bucket, N, K) by :func:`tuning_bench`
+    (``kwargs``: more of ``triton.autotune``'s, e.g. ``prune_configs_by``)."""
+    return triton.autotune(configs=configs, key=["M_KEY", "N", "K"], do_bench=tuning_bench, **kwargs)(kernel)
 
 
 def capability(device: torch.device) -> tuple[int, int]:
