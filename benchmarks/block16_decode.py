@@ -44,17 +44,10 @@ def run(shapes, ms, log=print) -> list[dict]:
             for impl, fn in IMPLS.items():
                 calls = [partial(fn, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k)
                          for p in packed]
-                try:
-                    err = bench._rel_error(calls[0](), x, packed[0])
-                    if not err < 2e-2:
-                        log(f"{name} M={m} {impl}: WRONG RESULT, relative error {err:.3g}; not timed")
-                        continue
-                    us = bench._graph_time(calls)[0]
-                except Exception as e:  # noqa: BLE001 - a failing kernel is reported, the table goes on
-                    log(f"{name} M={m} {impl}: FAILED {type(e).__name__}: {str(e)[:300]}")
-                    continue
-                row[f"{impl}_us"] = us
-                row[f"{impl} vs dense"] = d_us / us
+                us = bench.checked_us(f"{name} M={m} {impl}", calls, calls[0], x, packed[0], log)
+                if us is not None:
+                    row[f"{impl}_us"] = us
+                    row[f"{impl} vs dense"] = d_us / us
             rows.append(row)
             log(json.dumps({key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}))
         del dense, packed

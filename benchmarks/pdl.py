@@ -4,8 +4,8 @@ layer shape and M, with dense cuBLAS in the same process.
     python benchmarks/pdl.py --ms 1,8,16 --patterns 2:4,block16 --out pdl.json
 
 Each row times one implementation the way benchmarks/kernels.py does (one CUDA graph calling it on R weight
-copies back to back, median per call), for dense cuBLAS and for sfcompile's op with ``SFCOMPILE_PDL`` = 0,
-1 and 2 (`sfcompile.lowering.kernels.splitk.pdl`). In that graph every kernel follows one of its own kind,
+copies back to back, median per call), for dense cuBLAS and for sfcompile's op in launch modes 0, 1 and 2
+(`sfcompile.lowering.kernels.splitk.launch_mode`). In that graph every kernel follows one of its own kind,
 so PDL overlaps a kernel's start (launch, L2 prefetch of its first weights) with the previous one's end: the
 best case. In a model the kernel before a packed op is Inductor's (norms, rotary, activations); that case is
 ``--between``: one elementwise kernel writing x between every two calls, in all columns.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sfcompile.lowering import bench  # noqa: E402
-from sfcompile.lowering.kernels.splitk import PDL_ENV  # noqa: E402
+from sfcompile.lowering.kernels.splitk import launch_mode  # noqa: E402
 from sfcompile.lowering.pack import pack  # noqa: E402
 
 MODES = ("0", "1", "2")
@@ -62,20 +61,13 @@ def run(shapes, ms, patterns, between: bool, log=print) -> list[dict]:
             row = {"shape": name, "n": n, "k": k, "m": m, "between": between, "dense_us": d_us}
             for p, pws in packed.items():
                 for mode in MODES:
-                    os.environ[PDL_ENV] = mode
-                    try:
-                        us = bench._graph_time(_calls([partial(pw.linear, x) for pw in pws], x, between))[0]
-                        err = bench._rel_error(pws[0].linear(x), x, pws[0])
-                    except Exception as e:  # noqa: BLE001 - a failing mode is reported, the table goes on
-                        log(f"{name} M={m} {p} pdl={mode}: FAILED {type(e).__name__}: {str(e)[:300]}")
-                        continue
-                    finally:
-                        os.environ.pop(PDL_ENV, None)
-                    if not err < 2e-2:
-                        log(f"{name} M={m} {p} pdl={mode}: WRONG RESULT, relative error {err:.3g}")
-                        continue
-                    row[f"{p} pdl{mode}"] = us
-                    row[f"{p} pdl{mode} vs dense"] = d_us / us
+                    with launch_mode(int(mode)):
+                        us = bench.checked_us(f"{name} M={m} {p} pdl={mode}",
+                                              _calls([partial(pw.linear, x) for pw in pws], x, between),
+                                              partial(pws[0].linear, x), x, pws[0], log)
+                    if us is not None:
+                        row[f"{p} pdl{mode}"] = us
+                        row[f"{p} pdl{mode} vs dense"] = d_us / us
             rows.append(row)
             log(json.dumps({k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in row.items()}))
         del dense, packed

@@ -181,6 +181,21 @@ def _shape_rows(name, n, k, m, dense, packed, ceil, dtype, with_cslt, log) -> li
     return rows
 
 
+def checked_us(label: str, calls, check, x: torch.Tensor, packed, log=print) -> float | None:
+    """Median microseconds per call of ``calls`` (one CUDA graph calling each once), or None -- logged under
+    ``label`` -- when ``check()`` (x times the ``packed`` weight) is more than 2e-2 off the dense product or
+    anything raises: a benchmark table reports the failure and goes on."""
+    try:
+        err = _rel_error(check(), x, packed)
+        if not err < 2e-2:
+            log(f"{label}: WRONG RESULT, relative error {err:.3g}; not timed")
+            return None
+        return _graph_time(calls)[0]
+    except Exception as e:  # noqa: BLE001
+        log(f"{label}: FAILED {type(e).__name__}: {str(e)[:300]}")
+        return None
+
+
 def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
     ref = x.double() @ pw.unpack_nk().double().T
     return ((y.double() - ref).norm() / ref.norm()).item()

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import _widen
-from sfcompile.lowering.kernels.nm24_mma import _lanes, _word
+from sfcompile.lowering.kernels.nm24_mma import _add_d, _lanes, _word
 
 __all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported", "MAX_M"]
 
@@ -87,15 +87,7 @@ def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_B
     blo, bhi = _widen(bword, IS_BF16)
     b = tl.reshape(tl.where(kb % 2 == 0, blo, bhi), (NW, 1, 16, 8))     # B[k, n]
     d = tl.reshape(tl.sum(a * b, axis=2), (NW, 128))                   # D[r, n] at r * 8 + n
-    lane = tl.arange(0, 32)[None, :] + tl.zeros((NW, 32), tl.int32)
-    g = lane // 4
-    t = lane % 4
-    d0 = tl.gather(d, g * 8 + 2 * t, axis=1)
-    d1 = tl.gather(d, g * 8 + 2 * t + 1, axis=1)
-    d2 = tl.gather(d, (g + 8) * 8 + 2 * t, axis=1)
-    d3 = tl.gather(d, (g + 8) * 8 + 2 * t + 1, axis=1)
-    return (c0 + tl.reshape(d0, (NW * 32,)), c1 + tl.reshape(d1, (NW * 32,)), c2 + tl.reshape(d2, (NW * 32,)),
-            c3 + tl.reshape(d3, (NW * 32,)))
+    return _add_d(d, c0, c1, c2, c3, NW)
 
 
 @triton.jit

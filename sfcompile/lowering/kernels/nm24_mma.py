@@ -160,6 +160,13 @@ def _mma_sp_emulated(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e, NW: tl.c
     blo, bhi = _widen(bword, IS_BF16)
     bval = tl.reshape(tl.where(kb % 2 == 0, blo, bhi), (NW, 256, 8))
     d = tl.reshape(tl.sum(tl.reshape(val[:, :, None] * bval, (NW, 16, 16, 8)), axis=2), (NW, 128))  # [r * 8 + col]
+    return _add_d(d, c0, c1, c2, c3, NW)
+
+
+@triton.jit
+def _add_d(d, c0, c1, c2, c3, NW: tl.constexpr):
+    """The lanes' D registers of an ``mma`` m16n8 product ``d`` (NW, 128) held at r * 8 + n, added to c0-c3:
+    lane (g, t) holds D rows g, g + 8 at columns 2t, 2t + 1 (PTX ISA, the m16n8 f32 accumulator fragment)."""
     lane = tl.arange(0, 32)[None, :] + tl.zeros((NW, 32), tl.int32)
     g = lane // 4
     t = lane % 4
