@@ -298,8 +298,6 @@ def bench_model(args: E2EConfig, alias: str, emit) -> list[Row]:
     labels = ["dense"] + [p for p in args.patterns if p != "dense"]
     for pattern in labels:
         rows += _bench_variant(args, alias, pattern, Variant.parse(pattern), started, emit)
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
     return rows
 
 
@@ -320,7 +318,6 @@ def _bench_variant(args: E2EConfig, alias: str, pattern: str, variant: Variant, 
     model = build(alias, layers, dtype, device, seed=0)
     n_layers = model.config.num_hidden_layers
     all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    site_bytes = packed_bytes = None
     lowered: list = []
     sites = []
     if backend:

@@ -31,7 +31,7 @@ from sfcompile.lowering import bench  # noqa: E402
 from sfcompile.lowering.kernels.splitk import launch_mode  # noqa: E402
 from sfcompile.lowering.pack import pack  # noqa: E402
 
-MODES = ("0", "1", "2")
+MODES = (0, 1, 2)
 
 
 def _calls(fns, x, between: bool):
@@ -61,7 +61,7 @@ def run(shapes, ms, patterns, between: bool, log=print) -> list[dict]:
             row = {"shape": name, "n": n, "k": k, "m": m, "between": between, "dense_us": d_us}
             for p, pws in packed.items():
                 for mode in MODES:
-                    with launch_mode(int(mode)):
+                    with launch_mode(mode):
                         us = bench.checked_us(f"{name} M={m} {p} pdl={mode}",
                                               _calls([partial(pw.linear, x) for pw in pws], x, between),
                                               partial(pws[0].linear, x), x, pws[0], log)
