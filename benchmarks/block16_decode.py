@@ -2,6 +2,10 @@
 tensor-core `kernels/block16_mma.py` (prepared, not yet dispatched), per layer shape and M, same process.
 
     python benchmarks/block16_decode.py --ms 1,2,4,8,16 --out block16_decode.json
+    python benchmarks/block16_decode.py --sweep --ms 1,8,16 --out block16_sweep.json   # every launch config
+
+``--sweep`` times `block16_mma` with each (WARPS, TILES, SPLIT_K) of a grid wider than its autotune space, per
+shape and M, and prints per config the median ratio to the best config of each row (what to keep in the space).
 
 Method as benchmarks/kernels.py (`sfcompile.lowering.bench`): one CUDA graph per implementation calling it on R
 weight copies (R x dense bytes >= 4x the L2), median per call; every output checked against the dense product
@@ -55,17 +59,72 @@ def run(shapes, ms, log=print) -> list[dict]:
     return rows
 
 
+SWEEP_GRID = [{"WARPS": w, "TILES": t, "SPLIT_K": sk, "WIDE": wide} for w in (1, 2, 4)
+              for wide, t in ((0, 4), (1, 4), (1, 8)) for sk in (4, 8, 16)]
+
+
+def sweep(shapes, ms, log=print) -> list[dict]:
+    """Each config of SWEEP_GRID on each (shape, M): microseconds per call (None where the output is wrong)."""
+    rows = []
+    for name, n, k in shapes:
+        r = bench._copies(n * k * 2)
+        dense = [bench._hardened((n, k), "block16", torch.bfloat16, "cuda", seed=i) for i in range(r)]
+        packed = [pack(w, "block16", -1) for w in dense]
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
+            row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "configs": {}}
+            for cfg in SWEEP_GRID:
+                calls = [partial(block16_mma, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k,
+                                 None, cfg) for p in packed]
+                key = "w{WARPS}t{TILES}s{SPLIT_K}{wide}".format(**cfg, wide="W" if cfg["WIDE"] else "")
+                row["configs"][key] = bench.checked_us(f"{name} M={m} {key}", calls, calls[0], x, packed[0], log)
+            best = min((v, c) for c, v in row["configs"].items() if v is not None)
+            log(f"{name} M={m}: dense {d_us:.2f} us, best {best[1]} {best[0]:.2f} us ({d_us / best[0]:.3f}x)")
+            rows.append(row)
+        del dense, packed
+        torch.cuda.empty_cache()
+    return rows
+
+
+def sweep_summary(rows) -> list[tuple[str, float, float]]:
+    """(config, median of best_us / config_us over rows, worst of it), best first."""
+    out = []
+    for key in rows[0]["configs"]:
+        rel = []
+        for row in rows:
+            valid = [v for v in row["configs"].values() if v is not None]
+            us = row["configs"][key]
+            rel.append(min(valid) / us if us else 0.0)
+        out.append((key, statistics.median(rel), min(rel)))
+    return sorted(out, key=lambda t: -t[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ms", default="1,2,4,8,16")
     parser.add_argument("--shapes", default="all", help="'all' (the six layer shapes) or NxK,NxK,...")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--sweep", action="store_true", help="time block16_mma's launch configs instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/block16_decode.py needs a CUDA GPU")
     shapes = bench.LAYER_SHAPES if args.shapes == "all" else [
         (s, int(s.split("x")[0]), int(s.split("x")[1])) for s in args.shapes.split(",")]
-    rows = run(shapes, [int(m) for m in args.ms.split(",")])
+    ms = [int(m) for m in args.ms.split(",")]
+    if args.sweep:
+        rows = sweep(shapes, ms)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
+        for mt, sel in (("M<=8", [r for r in rows if r["m"] <= 8]), ("M>8", [r for r in rows if r["m"] > 8])):
+            if sel:
+                print(f"{mt}: config, median and worst of (best config's time / this config's time) over rows")
+                for key, med, worst in sweep_summary(sel)[:15]:
+                    print(f"  {key}: {med:.3f} (worst {worst:.3f})")
+        best = [r["dense_us"] / min(v for v in r["configs"].values() if v) for r in rows]
+        print(f"best config per row: median {statistics.median(best):.3f}x dense")
+        return 0
+    rows = run(shapes, ms)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     for impl in IMPLS:

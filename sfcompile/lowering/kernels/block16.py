@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
+from sfcompile.lowering.kernels.block16_mma import MAX_M as MMA_MAX_M
+from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_unsupported
 
 __all__ = ["block16_matmul", "block16_matmul_reference", "block16_configs"]
 
@@ -216,6 +218,8 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
     out = (torch.zeros if grouped else torch.empty)((m, n), device=x.device, dtype=x.dtype)
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
+    if not grouped and config is None and not on_cpu and m <= MMA_MAX_M and block16_mma_unsupported(x2) is None:
+        return block16_mma(x2, tile_values, row_ptr, col_idx, n, k, bias).reshape(*x.shape[:-1], n)
     may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
     cnt = splitk.counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
     ws = (splitk.workspace(m, n, x.device, splitk.split_depth(config, lambda: block16_configs(splitk.m_key(m))))

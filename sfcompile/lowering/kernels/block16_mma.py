@@ -109,6 +109,59 @@ def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
 
 
 @triton.jit
+def _load_pair(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
+    """The operands of two ``mma`` covering two tiles with 16-byte loads (``WIDE``): lanes t = 0, 1 hold tile
+    ``ti`` (per lane: the pair's first tile for t < 2, its second for t >= 2) and load 16 bytes of its rows g and
+    g + 8 at columns 8 (t % 2) .. + 7, and the same 16 bytes of x row g in the tile's strip ``col``. The first
+    ``mma`` takes words 0, 1 of each piece, the second words 2, 3: every K slot of an ``mma`` is one (tile,
+    column) for all rows of A and x alike, which is all the product needs. A warp's load covers rows 0-7 (and
+    8-15) of both tiles: 2 x 256 contiguous bytes."""
+    h = t % 2
+    e2 = tl.arange(0, 2)[None, :]
+    live2 = live[:, None]
+    ro = tl.multiple_of((ti.to(tl.int64) * 64 + g * 4 + 2 * h)[:, None] + e2, [1, 2])
+    wa0, wa1 = tl.split(tl.load(tv64 + ro, mask=live2, other=0))         # row g: words 0-1, 2-3
+    wb0, wb1 = tl.split(tl.load(tv64 + ro + 32, mask=live2, other=0))    # row g + 8
+    xo = tl.multiple_of((g * stride_x64 + col * 4 + 2 * h)[:, None] + e2, [1, 2])
+    wx0, wx1 = tl.split(tl.load(x64 + xo, mask=live2 & (g < M)[:, None], other=0))
+    if MT == 2:
+        wy0, wy1 = tl.split(tl.load(x64 + xo + 8 * stride_x64, mask=live2 & (g + 8 < M)[:, None], other=0))
+    else:
+        wy0 = wx0
+        wy1 = wx1
+    first = (_word(wa0, wa0, 0), _word(wb0, wb0, 0), _word(wa0, wa0, 1), _word(wb0, wb0, 1), _word(wx0, wx0, 0),
+             _word(wx0, wx0, 1), _word(wy0, wy0, 0), _word(wy0, wy0, 1))
+    second = (_word(wa1, wa1, 0), _word(wb1, wb1, 0), _word(wa1, wa1, 1), _word(wb1, wb1, 1), _word(wx1, wx1, 0),
+              _word(wx1, wx1, 1), _word(wy1, wy1, 0), _word(wy1, wy1, 1))
+    return first, second
+
+
+@triton.jit
+def _pair_cols(col_ptr, ti, hi, PAIRS: tl.constexpr):
+    """Per lane, the x strips of its tile in pairs 0 .. PAIRS - 1 of a step (``ti``: the lane's tile of pair 0;
+    0 past ``hi``; unused entries repeat the first)."""
+    d0 = tl.load(col_ptr + ti, mask=ti < hi, other=0)
+    d1 = d0
+    d2 = d0
+    d3 = d0
+    if PAIRS >= 2:
+        d1 = tl.load(col_ptr + ti + 2, mask=ti + 2 < hi, other=0)
+    if PAIRS == 4:
+        d2 = tl.load(col_ptr + ti + 4, mask=ti + 4 < hi, other=0)
+        d3 = tl.load(col_ptr + ti + 6, mask=ti + 6 < hi, other=0)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _mma_pair(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr, IS_BF16: tl.constexpr,
+              USE_ASM: tl.constexpr, MT: tl.constexpr):
+    first, second = ld
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+        first, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
+    return _mma_tile(second, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
+
+
+@triton.jit
 def _cols(col_ptr, ti, hi, TILES: tl.constexpr):
     """The x strips (col_idx) of tiles ti .. ti + TILES - 1 (0 past ``hi``; unused entries repeat the first)."""
     c0 = tl.load(col_ptr + ti, mask=ti < hi, other=0)
@@ -143,8 +196,10 @@ def _block16_mma_kernel(
     x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_om,
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    PDL: tl.constexpr,       # > 0: launched with programmatic dependent launch (splitk.pdl)
     WARPS: tl.constexpr,     # block rows per program, one per warp
-    TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4
+    TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4 (WIDE: 2, 4 or 8)
+    WIDE: tl.constexpr,      # 16-byte loads, tiles in pairs (_load_pair); else 8-byte loads, a tile per mma
     SPLIT_K: tl.constexpr,
     MT: tl.constexpr,        # 8-row tiles of x (1: M <= 8, 2: M <= 16)
 ):
@@ -173,26 +228,53 @@ def _block16_mma_kernel(
     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = z, z, z, z, z, z, z, z
     # a step's x loads need its tiles' strips: those are loaded one step ahead, so the x loads never wait for
     # an index load (the SASS of the first form issued col_idx -> x as a dependent chain every step)
-    c0, c1, c2, c3 = _cols(col_ptr, lo, hi, TILES)
-    for s in range(0, steps, TILES):
-        ti = lo + s
-        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT)
-        if TILES >= 2:
-            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
-        if TILES == 4:
-            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
-            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
-        c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-            l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-        if TILES >= 2:
+    if WIDE:
+        PAIRS: tl.constexpr = TILES // 2
+        q = t // 2                                      # a lane's tile within each pair
+        d0, d1, d2, d3 = _pair_cols(col_ptr, lo + q, hi, PAIRS)
+        splitk.pdl_begin(PDL)                           # (x is read from here on; the indices above are weights)
+        for s in range(0, steps, TILES):
+            ti = lo + s + q
+            p0 = _load_pair(tv64, x64, d0, ti, ti < hi, g, t, M, stride_x64, MT)
+            if PAIRS >= 2:
+                p1 = _load_pair(tv64, x64, d1, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
+            if PAIRS == 4:
+                p2 = _load_pair(tv64, x64, d2, ti + 4, ti + 4 < hi, g, t, M, stride_x64, MT)
+                p3 = _load_pair(tv64, x64, d3, ti + 6, ti + 6 < hi, g, t, M, stride_x64, MT)
+            d0, d1, d2, d3 = _pair_cols(col_ptr, ti + TILES, hi, PAIRS)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
+                p0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+            if PAIRS >= 2:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
+                    p1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+            if PAIRS == 4:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
+                    p2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
+                    p3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+    else:
+        c0, c1, c2, c3 = _cols(col_ptr, lo, hi, TILES)
+        splitk.pdl_begin(PDL)                               # (x is read from here on; the indices above are weights)
+        for s in range(0, steps, TILES):
+            ti = lo + s
+            l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT)
+            if TILES >= 2:
+                l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
+            if TILES == 4:
+                l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
+                l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
+            c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                l1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-        if TILES == 4:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                l2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                l3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+                l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+            if TILES >= 2:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                    l1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+            if TILES == 4:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                    l2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                    l3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+    splitk.pdl_end(PDL)
 
     # D registers as columns c of (32 WARPS, 4 MT): tl.join stacks on a new last axis, so c = parity * 2 MT +
     # half * MT + tile (parity: x row 2t or 2t + 1; half: W row g or g + 8; tile: x rows 0-7 or 8-15)
@@ -238,14 +320,17 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     _check(x2, tile_values, row_ptr, col_idx, n, k, bias, 1)
     m = x2.shape[0]
     on_cpu = x2.device.type == "cpu"
-    if x2.stride(1) != 1 or (m > 1 and x2.stride(0) % 4) or x2.data_ptr() % 8:   # x as 8-byte words
+    if x2.stride(1) != 1 or (m > 1 and x2.stride(0) % 8) or x2.data_ptr() % 16:   # x as 16-byte pieces
         x2 = x2.contiguous().clone()
     tile_values = tile_values.contiguous()
     mt = 2 if m > 8 else 1
     if config is not None:
-        if config["TILES"] not in (1, 2, 4):
-            raise ValueError(f"TILES must be 1, 2 or 4 (tiles per warp and step), got {config['TILES']}")
-        config = {"MT": mt, "num_warps": config["WARPS"], **config}
+        wide = config.get("WIDE", 0)
+        allowed = (2, 4, 8) if wide else (1, 2, 4)
+        if config["TILES"] not in allowed:
+            raise ValueError(f"TILES must be one of {allowed} (tiles per warp and step, WIDE={wide}), got "
+                             f"{config['TILES']}")
+        config = {"MT": mt, "num_warps": config["WARPS"], "WIDE": 0, **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
@@ -254,7 +339,7 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu}
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device)}
 
     def grid(meta_):
         return (triton.cdiv(n // 16, meta_["WARPS"]), meta_["SPLIT_K"])
