@@ -1,5 +1,5 @@
-"""Block-16 decode kernels against dense cuBLAS: the shipped `kernels/block16.py` (what `ops` dispatches) and the
-tensor-core `kernels/block16_mma.py` (prepared, not yet dispatched), per layer shape and M, same process.
+"""Block-16 decode kernels against dense cuBLAS: the tensor-core `kernels/block16_mma.py` (what `ops` dispatches
+for M <= 16 on sm_80+, bf16/fp16) and the tl.dot kernel of `kernels/block16.py`, per layer shape and M, same process.
 
     python benchmarks/block16_decode.py --ms 1,2,4,8,16 --out block16_decode.json
     python benchmarks/block16_decode.py --sweep --ms 1,8,16 --out block16_sweep.json   # every launch config
@@ -59,8 +59,8 @@ def run(shapes, ms, log=print) -> list[dict]:
     return rows
 
 
-SWEEP_GRID = [{"WARPS": w, "TILES": t, "SPLIT_K": sk, "WIDE": wide} for w in (1, 2, 4)
-              for wide, t in ((0, 4), (1, 4), (1, 8)) for sk in (4, 8, 16)]
+SWEEP_GRID = [{"WARPS": w, "TILES": t, "SPLIT_K": sk} for w in (1, 2, 4, 8) for t in (1, 2, 4)
+              for sk in (1, 2, 4, 8, 16, 32)]
 
 
 def sweep(shapes, ms, log=print) -> list[dict]:
@@ -77,7 +77,7 @@ def sweep(shapes, ms, log=print) -> list[dict]:
             for cfg in SWEEP_GRID:
                 calls = [partial(block16_mma, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k,
                                  None, cfg) for p in packed]
-                key = "w{WARPS}t{TILES}s{SPLIT_K}{wide}".format(**cfg, wide="W" if cfg["WIDE"] else "")
+                key = "w{WARPS}t{TILES}s{SPLIT_K}".format(**cfg)
                 row["configs"][key] = bench.checked_us(f"{name} M={m} {key}", calls, calls[0], x, packed[0], log)
             best = min((v, c) for c, v in row["configs"].items() if v is not None)
             log(f"{name} M={m}: dense {d_us:.2f} us, best {best[1]} {best[0]:.2f} us ({d_us / best[0]:.3f}x)")

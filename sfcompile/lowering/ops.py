@@ -40,8 +40,9 @@ half dtypes: correct, not fast). The CUDA implementation dispatches on M = rows 
 * 2:4, M <= 16: a Triton decode kernel, the sparse tensor cores' (`kernels/nm24_mma.py`, PTX ``mma.sp``;
   bf16/fp16 with K % 32 == 0) or else the CUDA cores' (`kernels/nm24_decode.py`); M >= 17: cuSPARSELt (alg_id searched
   once per shape; 1.27-1.43x dense at M=2048), which keeps its own compressed copy of each weight it runs.
-* block-16, M < 256: the Triton tile kernel; M >= 256: the weight unpacked for the call (a Triton
-  kernel, `kernels/block16_unpack.py`) + cuBLAS.
+* block-16, M <= 16: the tensor cores' decode kernel (`kernels/block16_mma.py`, PTX ``mma.m16n8k16``;
+  bf16/fp16, sm_80+), else the Triton tile kernel (`kernels/block16.py`), which also runs M < 256;
+  M >= 256: the weight unpacked for the call (a Triton kernel, `kernels/block16_unpack.py`) + cuBLAS.
 * experts: the Triton kernels (grouped by expert).
 
 Shapes or dtypes a kernel does not support run the reference math on the device instead (one logged line

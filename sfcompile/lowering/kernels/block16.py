@@ -12,6 +12,10 @@ and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
 ``VARIANT`` 2 skips tl.dot for few rows: products of tiles and x strips are summed on CUDA cores in registers
 and reduced once at the end.
 
+For M <= 16 in bf16/fp16 on sm_80+ (not grouped, no fixed config) :func:`block16_matmul` hands the call to the
+tensor-core kernel of :mod:`.block16_mma` (1.46x dense median at decode against this kernel's 1.01x,
+benchmarks/README.md, run 17); this kernel runs everything else: fp32, older GPUs, 17-255 rows, MoE experts.
+
 Measured on the H200 (benchmarks/README.md, run 7), 50% density: 0.73-1.37x dense cuBLAS at decode (median 1.02;
 M = 1: 1.03-1.37x, the CUDA-core variant with 2 tiles, one warp and SPLIT_K 32; from 4 rows up the tl.dot
 one). At prefill every program re-reads its x strips for 16 output columns only (16 FLOP per byte of x at

@@ -1,12 +1,13 @@
 """Block-16 decode matmul ``y = x @ W.T (+ bias)`` on the tensor cores (PTX ``mma.m16n8k16``), W as non-empty
 16x16 tiles in CSR over block rows (:mod:`sfcompile.lowering.pack`), for few rows of x (M <= 16, bf16/fp16).
 
-Prepared in the tenth session and **not yet measured on a GPU** (no device time was left): it is not in the
-dispatch of :mod:`sfcompile.lowering.ops`, which runs :mod:`.block16` (0.73-1.37x dense at decode, run 7). What
-it is for: the 2:4 decode kernel went from 0.79x to 1.27x dense when Triton's ``tl.dot`` (operands through
-shared memory and layout conversions) gave way to one ``mma`` per lane-held fragment read straight from the
-packed bytes (:mod:`.nm24_mma`); a 16x16 tile is exactly the A operand of a dense ``mma.m16n8k16``, so the same
-shape of kernel applies here with no decompression at all.
+What :mod:`sfcompile.lowering.ops` runs for block-16 at M <= 16 (bf16/fp16, sm_80+; elsewhere :mod:`.block16`).
+On the H200 it is 1.46x dense cuBLAS per layer at decode (median over the six LLaMA-2-7B / Qwen3-8B layer shapes
+and M = 1..16; 0.99-1.60x, the small Qwen3 k,v projection lowest), where :mod:`.block16`'s ``tl.dot`` kernel was
+1.01x (benchmarks/README.md, run 17). Why it is faster: the 2:4 decode kernel went from 0.79x to 1.27x dense when
+Triton's ``tl.dot`` (operands through shared memory and layout conversions) gave way to one ``mma`` per
+lane-held fragment read straight from the packed bytes (:mod:`.nm24_mma`); a 16x16 tile is exactly the A operand
+of a dense ``mma.m16n8k16``, so the same shape of kernel applies here with no decompression at all.
 
 Each warp owns one block row (16 output columns of y = rows of W) and walks its tiles, ``TILES`` per step with
 every load of the step issued before its first ``mma``; ``SPLIT_K`` programs split a block row's tile list
@@ -41,9 +42,13 @@ MAX_M = 16
 @functools.cache
 def block16_mma_configs(m_bucket: int) -> list[triton.Config]:
     """Autotune space (WARPS, TILES, SPLIT_K): block rows per program, tiles per warp and step, programs per block
-    row. A guess from the 2:4 kernel's sweeps (2-8 warps, 8-32 KB of loads in flight per program, splits that
-    leave ~16 tiles per warp at K = 4096); to be swept on a GPU before it is dispatched."""
-    space = [(4, 2, 8), (4, 4, 4), (8, 2, 4), (2, 4, 8), (4, 2, 16), (8, 4, 2), (4, 1, 8)]
+    row. From a sweep of 4 x 3 x 6 configs over the six layer shapes at M = 1, 8, 16 on the H200 (run 17): four
+    tiles per step won every row; one or two warps and splits of 4-16 at up to 8 rows, two to eight warps and
+    splits of 4-8 at 16 rows. Each kept config is within 5% of the best on at least one row."""
+    if m_bucket <= 8:
+        space = [(1, 4, 4), (1, 4, 8), (1, 4, 16), (2, 4, 8), (2, 4, 16), (4, 4, 16)]
+    else:
+        space = [(2, 4, 4), (2, 4, 8), (4, 4, 4), (4, 4, 8), (8, 4, 8), (1, 4, 8)]
     return [triton.Config({"WARPS": w, "TILES": t, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1}, num_warps=w,
                           num_stages=1) for w, t, sk in space]
 
@@ -109,59 +114,6 @@ def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
 
 
 @triton.jit
-def _load_pair(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
-    """The operands of two ``mma`` covering two tiles with 16-byte loads (``WIDE``): lanes t = 0, 1 hold tile
-    ``ti`` (per lane: the pair's first tile for t < 2, its second for t >= 2) and load 16 bytes of its rows g and
-    g + 8 at columns 8 (t % 2) .. + 7, and the same 16 bytes of x row g in the tile's strip ``col``. The first
-    ``mma`` takes words 0, 1 of each piece, the second words 2, 3: every K slot of an ``mma`` is one (tile,
-    column) for all rows of A and x alike, which is all the product needs. A warp's load covers rows 0-7 (and
-    8-15) of both tiles: 2 x 256 contiguous bytes."""
-    h = t % 2
-    e2 = tl.arange(0, 2)[None, :]
-    live2 = live[:, None]
-    ro = tl.multiple_of((ti.to(tl.int64) * 64 + g * 4 + 2 * h)[:, None] + e2, [1, 2])
-    wa0, wa1 = tl.split(tl.load(tv64 + ro, mask=live2, other=0))         # row g: words 0-1, 2-3
-    wb0, wb1 = tl.split(tl.load(tv64 + ro + 32, mask=live2, other=0))    # row g + 8
-    xo = tl.multiple_of((g * stride_x64 + col * 4 + 2 * h)[:, None] + e2, [1, 2])
-    wx0, wx1 = tl.split(tl.load(x64 + xo, mask=live2 & (g < M)[:, None], other=0))
-    if MT == 2:
-        wy0, wy1 = tl.split(tl.load(x64 + xo + 8 * stride_x64, mask=live2 & (g + 8 < M)[:, None], other=0))
-    else:
-        wy0 = wx0
-        wy1 = wx1
-    first = (_word(wa0, wa0, 0), _word(wb0, wb0, 0), _word(wa0, wa0, 1), _word(wb0, wb0, 1), _word(wx0, wx0, 0),
-             _word(wx0, wx0, 1), _word(wy0, wy0, 0), _word(wy0, wy0, 1))
-    second = (_word(wa1, wa1, 0), _word(wb1, wb1, 0), _word(wa1, wa1, 1), _word(wb1, wb1, 1), _word(wx1, wx1, 0),
-              _word(wx1, wx1, 1), _word(wy1, wy1, 0), _word(wy1, wy1, 1))
-    return first, second
-
-
-@triton.jit
-def _pair_cols(col_ptr, ti, hi, PAIRS: tl.constexpr):
-    """Per lane, the x strips of its tile in pairs 0 .. PAIRS - 1 of a step (``ti``: the lane's tile of pair 0;
-    0 past ``hi``; unused entries repeat the first)."""
-    d0 = tl.load(col_ptr + ti, mask=ti < hi, other=0)
-    d1 = d0
-    d2 = d0
-    d3 = d0
-    if PAIRS >= 2:
-        d1 = tl.load(col_ptr + ti + 2, mask=ti + 2 < hi, other=0)
-    if PAIRS == 4:
-        d2 = tl.load(col_ptr + ti + 4, mask=ti + 4 < hi, other=0)
-        d3 = tl.load(col_ptr + ti + 6, mask=ti + 6 < hi, other=0)
-    return d0, d1, d2, d3
-
-
-@triton.jit
-def _mma_pair(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr, IS_BF16: tl.constexpr,
-              USE_ASM: tl.constexpr, MT: tl.constexpr):
-    first, second = ld
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-        first, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
-    return _mma_tile(second, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
-
-
-@triton.jit
 def _cols(col_ptr, ti, hi, TILES: tl.constexpr):
     """The x strips (col_idx) of tiles ti .. ti + TILES - 1 (0 past ``hi``; unused entries repeat the first)."""
     c0 = tl.load(col_ptr + ti, mask=ti < hi, other=0)
@@ -198,8 +150,7 @@ def _block16_mma_kernel(
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     PDL: tl.constexpr,       # > 0: launched with programmatic dependent launch (splitk.pdl)
     WARPS: tl.constexpr,     # block rows per program, one per warp
-    TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4 (WIDE: 2, 4 or 8)
-    WIDE: tl.constexpr,      # 16-byte loads, tiles in pairs (_load_pair); else 8-byte loads, a tile per mma
+    TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4
     SPLIT_K: tl.constexpr,
     MT: tl.constexpr,        # 8-row tiles of x (1: M <= 8, 2: M <= 16)
 ):
@@ -228,52 +179,27 @@ def _block16_mma_kernel(
     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = z, z, z, z, z, z, z, z
     # a step's x loads need its tiles' strips: those are loaded one step ahead, so the x loads never wait for
     # an index load (the SASS of the first form issued col_idx -> x as a dependent chain every step)
-    if WIDE:
-        PAIRS: tl.constexpr = TILES // 2
-        q = t // 2                                      # a lane's tile within each pair
-        d0, d1, d2, d3 = _pair_cols(col_ptr, lo + q, hi, PAIRS)
-        splitk.pdl_begin(PDL)                           # (x is read from here on; the indices above are weights)
-        for s in range(0, steps, TILES):
-            ti = lo + s + q
-            p0 = _load_pair(tv64, x64, d0, ti, ti < hi, g, t, M, stride_x64, MT)
-            if PAIRS >= 2:
-                p1 = _load_pair(tv64, x64, d1, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
-            if PAIRS == 4:
-                p2 = _load_pair(tv64, x64, d2, ti + 4, ti + 4 < hi, g, t, M, stride_x64, MT)
-                p3 = _load_pair(tv64, x64, d3, ti + 6, ti + 6 < hi, g, t, M, stride_x64, MT)
-            d0, d1, d2, d3 = _pair_cols(col_ptr, ti + TILES, hi, PAIRS)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
-                p0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-            if PAIRS >= 2:
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
-                    p1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-            if PAIRS == 4:
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
-                    p2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_pair(
-                    p3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-    else:
-        c0, c1, c2, c3 = _cols(col_ptr, lo, hi, TILES)
-        splitk.pdl_begin(PDL)                               # (x is read from here on; the indices above are weights)
-        for s in range(0, steps, TILES):
-            ti = lo + s
-            l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT)
-            if TILES >= 2:
-                l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
-            if TILES == 4:
-                l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
-                l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
-            c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
+    c0, c1, c2, c3 = _cols(col_ptr, lo, hi, TILES)
+    splitk.pdl_begin(PDL)                               # (x is read from here on; the indices above are weights)
+    for s in range(0, steps, TILES):
+        ti = lo + s
+        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT)
+        if TILES >= 2:
+            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
+        if TILES == 4:
+            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
+            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
+        c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+            l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+        if TILES >= 2:
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-            if TILES >= 2:
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                    l1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-            if TILES == 4:
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                    l2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
-                    l3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+                l1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+        if TILES == 4:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                l2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                l3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
     splitk.pdl_end(PDL)
 
     # D registers as columns c of (32 WARPS, 4 MT): tl.join stacks on a new last axis, so c = parity * 2 MT +
@@ -320,17 +246,14 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     _check(x2, tile_values, row_ptr, col_idx, n, k, bias, 1)
     m = x2.shape[0]
     on_cpu = x2.device.type == "cpu"
-    if x2.stride(1) != 1 or (m > 1 and x2.stride(0) % 8) or x2.data_ptr() % 16:   # x as 16-byte pieces
+    if x2.stride(1) != 1 or (m > 1 and x2.stride(0) % 4) or x2.data_ptr() % 8:   # x as 8-byte words
         x2 = x2.contiguous().clone()
     tile_values = tile_values.contiguous()
     mt = 2 if m > 8 else 1
     if config is not None:
-        wide = config.get("WIDE", 0)
-        allowed = (2, 4, 8) if wide else (1, 2, 4)
-        if config["TILES"] not in allowed:
-            raise ValueError(f"TILES must be one of {allowed} (tiles per warp and step, WIDE={wide}), got "
-                             f"{config['TILES']}")
-        config = {"MT": mt, "num_warps": config["WARPS"], "WIDE": 0, **config}
+        if config["TILES"] not in (1, 2, 4):
+            raise ValueError(f"TILES must be 1, 2 or 4 (tiles per warp and step), got {config['TILES']}")
+        config = {"MT": mt, "num_warps": config["WARPS"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
