@@ -31,10 +31,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         instead of 7 took full-depth batch-1 decode from 1.32x to 1.47x dense (LLaMA-2-7B) and from 1.33x to
         1.49x (Qwen3-8B) (benchmarks/README.md, run 15). ``False`` gives one packed op per hardened site.
     pdl (bool, default True): programmatic dependent launch (Hopper and newer; ignored elsewhere): Inductor's
-        kernels (``triton.enable_pdl``) and the 2:4 decode kernel (`kernels.splitk.launch_mode`) may launch
-        while the kernel before them finishes, and wait for it only where they read its results. Full-depth
-        decode at batch 1: 1.48x -> 1.55x dense (LLaMA-2-7B), 1.49x -> 1.57x (Qwen3-8B) (benchmarks/README.md,
-        run 16). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
+        kernels (``triton.enable_pdl``) and the tensor-core decode kernels of 2:4 and block-16
+        (`kernels.splitk.launch_mode`) may launch while the kernel before them finishes, and wait for it only
+        where they read its results. Full-depth decode at batch 1, 2:4: 1.48x -> 1.55x dense (LLaMA-2-7B),
+        1.49x -> 1.57x (Qwen3-8B) (benchmarks/README.md, run 16); block-16: 1.67x -> 1.73x, 1.57x -> 1.63x
+        (run 17). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
