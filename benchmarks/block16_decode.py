@@ -63,8 +63,8 @@ SWEEP_GRID = [{"WARPS": w, "TILES": t, "SPLIT_K": sk} for w in (1, 2, 4, 8) for 
               for sk in (1, 2, 4, 8, 16, 32)]
 
 
-def sweep(shapes, ms, log=print) -> list[dict]:
-    """Each config of SWEEP_GRID on each (shape, M): microseconds per call (None where the output is wrong)."""
+def sweep(shapes, ms, grid=SWEEP_GRID, log=print) -> list[dict]:
+    """Each config of ``grid`` on each (shape, M): microseconds per call (None where the output is wrong)."""
     rows = []
     for name, n, k in shapes:
         r = bench._copies(n * k * 2)
@@ -74,10 +74,10 @@ def sweep(shapes, ms, log=print) -> list[dict]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
             row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "configs": {}}
-            for cfg in SWEEP_GRID:
+            for cfg in grid:
                 calls = [partial(block16_mma, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k,
                                  None, cfg) for p in packed]
-                key = "w{WARPS}t{TILES}s{SPLIT_K}".format(**cfg)
+                key = ",".join(f"{k}={v}" for k, v in cfg.items())
                 row["configs"][key] = bench.checked_us(f"{name} M={m} {key}", calls, calls[0], x, packed[0], log)
             best = min((v, c) for c, v in row["configs"].items() if v is not None)
             log(f"{name} M={m}: dense {d_us:.2f} us, best {best[1]} {best[0]:.2f} us ({d_us / best[0]:.3f}x)")
@@ -106,6 +106,8 @@ def main() -> int:
     parser.add_argument("--shapes", default="all", help="'all' (the six layer shapes) or NxK,NxK,...")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--sweep", action="store_true", help="time block16_mma's launch configs instead")
+    parser.add_argument("--grid", default="", help="with --sweep: these configs instead of SWEEP_GRID, "
+                        "'WARPS=1,TILES=4,SPLIT_K=8,STREAM=1;...'")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/block16_decode.py needs a CUDA GPU")
@@ -113,7 +115,9 @@ def main() -> int:
         (s, int(s.split("x")[0]), int(s.split("x")[1])) for s in args.shapes.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     if args.sweep:
-        rows = sweep(shapes, ms)
+        grid = [{k: int(v) for k, v in (kv.split("=") for kv in item.split(","))}
+                for item in filter(None, args.grid.split(";"))] or SWEEP_GRID
+        rows = sweep(shapes, ms, grid)
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1))
         for mt, sel in (("M<=8", [r for r in rows if r["m"] <= 8]), ("M>8", [r for r in rows if r["m"] > 8])):

@@ -26,7 +26,7 @@ from sfcompile.eval.perplexity import perplexity
 from sfcompile.eval.texts import calibration_windows
 from sfcompile.masking.oneshot import prune
 
-PATTERNS = ("2:4", "4:8", "unstructured:0.5")
+PATTERNS = ("2:4", "4:8", "unstructured:0.5", "block16")
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 

@@ -348,7 +348,8 @@ def test_nm24_mma_interpreter(dtype, m, n, k, wn, wk, ch, sk, bias):
     (4, 40, 480, 1, 1, 4, 3),         # N ends inside the second strip's lower half; partial spans
     (16, 136, 256, 4, 1, 8, 4),       # the autotune space's two-strip config, 16 rows
 ])
-def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk):
+@pytest.mark.parametrize("stream", [0, 1, 2])   # the weight loads' cache hint changes no result
+def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk, stream):
     # STRIPS = 2: a warp's x registers serve two 16-row strips of W (rows row0 + 16, row0 + 24 as well)
     g = torch.Generator().manual_seed(m + n + k)
     w = _w24(n, k, torch.bfloat16, g)
@@ -356,7 +357,7 @@ def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk):
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     b = torch.randn(n, generator=g).to(torch.bfloat16)
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b,
-                    config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=2))
+                    config=dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=2, STREAM=stream))
     assert _rel(y, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) < TOL[torch.bfloat16]
 
 
@@ -456,7 +457,9 @@ def test_nm24_mma_cuda(m, dtype):
                 dict(WARPS_N=8, WARPS_K=1, CHUNKS=4, SPLIT_K=4, maxnreg=64),
                 dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=4, STRIPS=2, PREFETCH=1),
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2),      # the space's two-strip config
-                dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=3, STAGES=3)):
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=3, STAGES=3),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=8, STREAM=1), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8,
+                                                                                 SPLIT_K=8, STREAM=2)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg
     xs = torch.zeros(m, k + 2, dtype=dtype, device="cuda")[:, :k].copy_(x)     # x's row stride not 16-byte aligned
@@ -613,7 +616,8 @@ def _wblock_rows(n, k, dtype, g, density=0.5):
     (3, 80, 96, dict(WARPS=4, TILES=4, SPLIT_K=1), False),     # N / 16 not a multiple of WARPS
     (8, 64, 64, dict(WARPS=1, TILES=1, SPLIT_K=2), True),
     (9, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=2), False),     # two x tiles (MT = 2)
-    (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4), True),
+    (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4, STREAM=2), True),    # (cache hints: the same result)
+    (2, 64, 64, dict(WARPS=1, TILES=2, SPLIT_K=1, STREAM=1), False),
 ])
 def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
     from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_reference
@@ -660,7 +664,8 @@ def test_block16_mma_cuda(m, dtype):
     b = torch.randn(n, generator=g).to(dtype).cuda()
     ref = x.double() @ w.double().T + b.double()
     for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=1, TILES=1, SPLIT_K=1),
-                dict(WARPS=8, TILES=4, SPLIT_K=3), dict(WARPS=1, TILES=4, SPLIT_K=16)):
+                dict(WARPS=8, TILES=4, SPLIT_K=3), dict(WARPS=1, TILES=4, SPLIT_K=16, STREAM=1),
+                dict(WARPS=2, TILES=4, SPLIT_K=8, STREAM=2)):
         assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=cfg), ref) < TOL[dtype]
     assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
     # block16_matmul (what ops calls) hands decode to this kernel: its tuner runs for the call

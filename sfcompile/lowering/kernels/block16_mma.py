@@ -49,7 +49,8 @@ def block16_mma_configs(m_bucket: int) -> list[triton.Config]:
         space = [(1, 4, 4), (1, 4, 8), (1, 4, 16), (2, 4, 8), (2, 4, 16), (4, 4, 16)]
     else:
         space = [(2, 4, 4), (2, 4, 8), (4, 4, 4), (4, 4, 8), (8, 4, 8), (1, 4, 8)]
-    return [triton.Config({"WARPS": w, "TILES": t, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1}, num_warps=w,
+    return [triton.Config({"WARPS": w, "TILES": t, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1, "STREAM": 0},
+                          num_warps=w,
                           num_stages=1) for w, t, sk in space]
 
 
@@ -96,12 +97,12 @@ def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_B
 
 
 @triton.jit
-def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr):
+def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr, STREAM: tl.constexpr):
     """A's four registers and x's B registers (two per 8-row tile of x) of tile ``ti`` (x's 16-wide strip
     ``col``) for each lane; dead lanes (``live`` false) get zeros, so their ``mma`` adds nothing."""
     rows = ti.to(tl.int64) * 64 + g * 4 + t                  # tile row g, columns 4t .. 4t + 3, as one int64
-    wa = tl.load(tv64 + rows, mask=live, other=0)
-    wb = tl.load(tv64 + rows + 32, mask=live, other=0)      # row g + 8
+    wa = splitk.load_weight(tv64 + rows, live, 0, STREAM)
+    wb = splitk.load_weight(tv64 + rows + 32, live, 0, STREAM)      # row g + 8
     xo = g * stride_x64 + col * 4 + t                        # x row g, the same columns of the tile's strip
     wx = tl.load(x64 + xo, mask=live & (g < M), other=0)
     if MT == 2:
@@ -153,6 +154,7 @@ def _block16_mma_kernel(
     TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4
     SPLIT_K: tl.constexpr,
     MT: tl.constexpr,        # 8-row tiles of x (1: M <= 8, 2: M <= 16)
+    STREAM: tl.constexpr,    # cache hint of the tile loads (splitk.load_weight)
 ):
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
     tid = tl.arange(0, 32 * WARPS)
@@ -183,12 +185,12 @@ def _block16_mma_kernel(
     splitk.pdl_begin(PDL)                               # (x is read from here on; the indices above are weights)
     for s in range(0, steps, TILES):
         ti = lo + s
-        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT)
+        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT, STREAM)
         if TILES >= 2:
-            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT)
+            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT, STREAM)
         if TILES == 4:
-            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT)
-            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT)
+            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT, STREAM)
+            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT, STREAM)
         c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
             l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
@@ -253,7 +255,7 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     if config is not None:
         if config["TILES"] not in (1, 2, 4):
             raise ValueError(f"TILES must be 1, 2 or 4 (tiles per warp and step), got {config['TILES']}")
-        config = {"MT": mt, "num_warps": config["WARPS"], **config}
+        config = {"MT": mt, "num_warps": config["WARPS"], "STREAM": 0, **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)

@@ -51,8 +51,8 @@ __all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsup
 
 MAX_M = 16
 # the launch choices a config names (MT follows from M); a fixed config may add num_warps, num_stages, maxnreg
-CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES")
-CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1}     # what a fixed config leaves out
+CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "STREAM")
+CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0}     # what a fixed config leaves out
 # groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
 _MASKED_META = tl.constexpr(0x44444444)
 
@@ -188,7 +188,7 @@ def _columns4(v):
 
 
 @triton.jit
-def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr):
+def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr, STREAM: tl.constexpr):
     """The weight operands of the 4 ``mma`` of span c .. c + 3. A row's span is 128 bytes = eight 16-byte
     pieces; lane t of a quad loads pieces t and 4 + t of rows row0 and row0 + 8, so a quad's load covers 64
     contiguous bytes of each row and a warp's 8 rows x 2 whole sectors. Piece t is half t % 2 of chunk
@@ -201,16 +201,18 @@ def _load_span(vr0, vr1, mr0, mr1, c, c_hi, ok0, ok1, t, META_VEC: tl.constexpr)
     live0 = ((c + t // 2) < c_hi)[:, None]
     live1 = ((c + 2 + t // 2) < c_hi)[:, None]
     vo = tl.multiple_of((4 * c + 2 * t)[:, None] + e2, [1, 2])
-    p0, p1 = tl.split(tl.load(vr0[:, None] + vo, mask=live0 & ok0[:, None], other=0))         # (T, 2) int64
-    p2, p3 = tl.split(tl.load(vr0[:, None] + vo + 8, mask=live1 & ok0[:, None], other=0))
-    q0, q1 = tl.split(tl.load(vr1[:, None] + vo, mask=live0 & ok1[:, None], other=0))
-    q2, q3 = tl.split(tl.load(vr1[:, None] + vo + 8, mask=live1 & ok1[:, None], other=0))
+    p0, p1 = tl.split(splitk.load_weight(vr0[:, None] + vo, live0 & ok0[:, None], 0, STREAM))  # (T, 2) int64
+    p2, p3 = tl.split(splitk.load_weight(vr0[:, None] + vo + 8, live1 & ok0[:, None], 0, STREAM))
+    q0, q1 = tl.split(splitk.load_weight(vr1[:, None] + vo, live0 & ok1[:, None], 0, STREAM))
+    q2, q3 = tl.split(splitk.load_weight(vr1[:, None] + vo + 8, live1 & ok1[:, None], 0, STREAM))
     if META_VEC:
         # (K % 128 == 0 then: spans are whole, so one mask per lane and the load stays one vector)
         mo = tl.multiple_of(c[:, None] + tl.arange(0, 4)[None, :], [1, 4])
         span_live = (c < c_hi)[:, None]
-        a0, a1, a2, a3 = _columns4(tl.load(mr0[:, None] + mo, mask=span_live & ok0[:, None], other=_MASKED_META))
-        b0, b1, b2, b3 = _columns4(tl.load(mr1[:, None] + mo, mask=span_live & ok1[:, None], other=_MASKED_META))
+        a0, a1, a2, a3 = _columns4(splitk.load_weight(mr0[:, None] + mo, span_live & ok0[:, None], _MASKED_META,
+                                                      STREAM))
+        b0, b1, b2, b3 = _columns4(splitk.load_weight(mr1[:, None] + mo, span_live & ok1[:, None], _MASKED_META,
+                                                      STREAM))
     else:
         a0 = tl.load(mr0 + c, mask=(c < c_hi) & ok0, other=_MASKED_META)
         a1 = tl.load(mr0 + c + 1, mask=(c + 1 < c_hi) & ok0, other=_MASKED_META)
@@ -365,6 +367,7 @@ def _nm24_mma_kernel(
     STRIPS: tl.constexpr,      # 16-row strips of W per warp (2: x's registers serve two strips)
     STAGES: tl.constexpr,      # > 1: Triton's pipeliner copies STAGES - 1 steps ahead into shared memory
     PDL: tl.constexpr,         # > 0: launched with programmatic dependent launch (splitk.pdl)
+    STREAM: tl.constexpr,      # cache hint of the weight loads (splitk.load_weight)
 ):
     NW: tl.constexpr = WARPS_N * WARPS_K
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
@@ -416,13 +419,13 @@ def _nm24_mma_kernel(
     splitk.pdl_begin(PDL)
     for cb in tl.range(c_lo, c_hi, STEP, num_stages=STAGES):
         c = cb + wk * CHUNKS                         # this warp's first chunk of the step (warps differ in wk)
-        sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC)
+        sp0 = _load_span(vr0, vr1, ma0, ma1, c, c_hi, ok0, ok1, t, META_VEC, STREAM)
         if STRIPS == 2:
-            sq0 = _load_span(vr2, vr3, ma2, ma3, c, c_hi, ok2, ok3, t, META_VEC)
+            sq0 = _load_span(vr2, vr3, ma2, ma3, c, c_hi, ok2, ok3, t, META_VEC, STREAM)
         if CHUNKS == 8:
-            sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC)
+            sp1 = _load_span(vr0, vr1, ma0, ma1, c + 4, c_hi, ok0, ok1, t, META_VEC, STREAM)
             if STRIPS == 2:
-                sq1 = _load_span(vr2, vr3, ma2, ma3, c + 4, c_hi, ok2, ok3, t, META_VEC)
+                sq1 = _load_span(vr2, vr3, ma2, ma3, c + 4, c_hi, ok2, ok3, t, META_VEC, STREAM)
         if PREFETCH > 0 and USE_ASM:        # (the interpreter has no PTX; a hint changes no result)
             _prefetch_span(vr0, vr1, ma0, ma1, c + PREFETCH * STEP, t, chunks)
             if STRIPS == 2:

@@ -21,7 +21,7 @@ import triton.language as tl
 
 __all__ = ["store_tile", "store_points", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench",
            "launch", "autotuner", "mma_unsupported", "capability", "launch_mode", "pdl", "pdl_begin", "pdl_end",
-           "PDL_ENV"]
+           "load_weight", "PDL_ENV"]
 
 MAX_SPLIT_K = 64
 
@@ -56,6 +56,19 @@ def store_points(acc, out_ptr, ws_ptr, cnt_ptr, idx_m, idx_n, mask, M, N, stride
                 total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
             tl.store(o_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
             tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+@triton.jit
+def load_weight(ptrs, mask, other, STREAM: tl.constexpr):
+    """A load of packed weights, which a decode kernel reads exactly once: ``STREAM`` 0 plain, 1 with the L1
+    evict-first hint, 2 cached in L2 only (``ld.global.cg``), so they do not push x (read by every warp) out
+    of L1."""
+    if STREAM == 1:
+        return tl.load(ptrs, mask=mask, other=other, eviction_policy="evict_first")
+    elif STREAM == 2:
+        return tl.load(ptrs, mask=mask, other=other, cache_modifier=".cg")
+    else:
+        return tl.load(ptrs, mask=mask, other=other)
 
 
 @triton.jit
