@@ -636,6 +636,17 @@ def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
     assert _rel(block16_mma(xs, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config), ref) < TOL[dtype]
 
 
+def test_block16_mma_autotune_space():
+    # every (WARPS, TILES, SPLIT_K) with and without the evict-first hint (run 17); x tiles follow the bucket
+    from sfcompile.lowering.kernels.block16_mma import block16_mma_configs
+
+    for bucket in (1, 2, 4, 8, 16):
+        space = [c.kwargs for c in block16_mma_configs(bucket)]
+        shapes = {(c["WARPS"], c["TILES"], c["SPLIT_K"]) for c in space}
+        assert len(space) == 2 * len(shapes) and {c["STREAM"] for c in space} == {0, 1}
+        assert all(c["MT"] == (2 if bucket > 8 else 1) and c["SPLIT_K"] <= 64 for c in space)
+
+
 @pytest.mark.parametrize("what,x,config,match", [
     ("rows", torch.zeros(17, 32, dtype=torch.bfloat16), None, "17 rows of x"),
     ("dtype", torch.zeros(2, 32), None, "mma.m16n8k16 takes bf16/fp16"),

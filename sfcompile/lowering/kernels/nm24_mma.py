@@ -59,9 +59,10 @@ _MASKED_META = tl.constexpr(0x44444444)
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH, STRIPS); num_warps = WARPS_N * WARPS_K; CHUNKS
-    4 or 8 (one or two spans per warp and step, every load of the step issued before its first mma); PREFETCH the
-    steps ahead the weights are prefetched into L2 (0: none); STRIPS the 16-row strips of W per warp."""
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH, STRIPS, STREAM); num_warps = WARPS_N *
+    WARPS_K; CHUNKS 4 or 8 (one or two spans per warp and step, every load of the step issued before its first
+    mma); PREFETCH the steps ahead the weights are prefetched into L2 (0: none); STRIPS the 16-row strips of W
+    per warp; STREAM the weight loads' cache hint (:func:`.splitk.load_weight`)."""
     # mma_decode sweeps 3-6 (H200, 2026-11-30; benchmarks/README.md runs 11-13): the configs that were best for
     # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours. L2 prefetch one step ahead won only
     # where K per program is long (LLaMA-2-7B down, 4096 x 11008: +0.05-0.09x) and on Qwen3-8B k,v (+0.02x);
@@ -75,12 +76,15 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # picked one, 0.03-0.07x slower), a miss on LLaMA-2-7B down (-0.04-0.07x at M <= 8)
     space = [(4, 1, 8, 8, 0, 1), (2, 2, 8, 8, 0, 1), (4, 1, 4, 8, 0, 1), (2, 2, 4, 4, 0, 1), (4, 1, 8, 4, 0, 1),
              (8, 1, 4, 4, 0, 1), (4, 1, 4, 8, 1, 1), (2, 2, 8, 8, 1, 1)]
+    # The L1 evict-first hint on the weight loads (STREAM 1; run 17) was 0.01-0.02x slower at M = 1 and helped
+    # only the two-strip config at M = 16 on 11008 x 4096 (0.80x -> 0.88x): that config joins with it.
+    space = [(*c, 0) for c in space]
     if m_bucket > 8:
-        space.append((4, 1, 8, 4, 0, 2))
+        space += [(4, 1, 8, 4, 0, 2, 0), (4, 1, 8, 4, 0, 2, 1)]
     return [triton.Config({**CONFIG_DEFAULTS, "WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk,
-                           "PREFETCH": pf, "STRIPS": st, "MT": 2 if m_bucket > 8 else 1}, num_warps=wn * wk,
-                          num_stages=1)
-            for wn, wk, ch, sk, pf, st in space]
+                           "PREFETCH": pf, "STRIPS": st, "STREAM": hint, "MT": 2 if m_bucket > 8 else 1},
+                          num_warps=wn * wk, num_stages=1)
+            for wn, wk, ch, sk, pf, st, hint in space]
 
 
 @triton.jit
