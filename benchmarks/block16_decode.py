@@ -35,8 +35,9 @@ from sfcompile.lowering.pack import pack  # noqa: E402
 IMPLS = {"block16": block16_matmul, "block16_mma": block16_mma}
 
 
-def run(shapes, ms, log=print) -> list[dict]:
-    rows = []
+def _cases(shapes, ms):
+    """Per (shape, M): (name, n, k, m, x, packed weight copies, dense cuBLAS microseconds), R copies of a random
+    block-16 weight per shape (R x dense bytes >= 4x the L2; the dense copies are freed before the next shape)."""
     for name, n, k in shapes:
         r = bench._copies(n * k * 2)
         dense = [bench._hardened((n, k), "block16", torch.bfloat16, "cuda", seed=i) for i in range(r)]
@@ -44,18 +45,27 @@ def run(shapes, ms, log=print) -> list[dict]:
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
-            row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us}
-            for impl, fn in IMPLS.items():
-                calls = [partial(fn, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k)
-                         for p in packed]
-                us = bench.checked_us(f"{name} M={m} {impl}", calls, calls[0], x, packed[0], log)
-                if us is not None:
-                    row[f"{impl}_us"] = us
-                    row[f"{impl} vs dense"] = d_us / us
-            rows.append(row)
-            log(json.dumps({key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}))
+            yield name, n, k, m, x, packed, d_us
         del dense, packed
         torch.cuda.empty_cache()
+
+
+def _calls(fn, x, packed, n, k, *extra):
+    return [partial(fn, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k, *extra) for p in packed]
+
+
+def run(shapes, ms, log=print) -> list[dict]:
+    rows = []
+    for name, n, k, m, x, packed, d_us in _cases(shapes, ms):
+        row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us}
+        for impl, fn in IMPLS.items():
+            calls = _calls(fn, x, packed, n, k)
+            us = bench.checked_us(f"{name} M={m} {impl}", calls, calls[0], x, packed[0], log)
+            if us is not None:
+                row[f"{impl}_us"] = us
+                row[f"{impl} vs dense"] = d_us / us
+        rows.append(row)
+        log(json.dumps({key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}))
     return rows
 
 
@@ -66,24 +76,15 @@ SWEEP_GRID = [{"WARPS": w, "TILES": t, "SPLIT_K": sk} for w in (1, 2, 4, 8) for 
 def sweep(shapes, ms, grid=SWEEP_GRID, log=print) -> list[dict]:
     """Each config of ``grid`` on each (shape, M): microseconds per call (None where the output is wrong)."""
     rows = []
-    for name, n, k in shapes:
-        r = bench._copies(n * k * 2)
-        dense = [bench._hardened((n, k), "block16", torch.bfloat16, "cuda", seed=i) for i in range(r)]
-        packed = [pack(w, "block16", -1) for w in dense]
-        for m in ms:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            d_us = bench._graph_time([partial(torch.nn.functional.linear, x, w) for w in dense])[0]
-            row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "configs": {}}
-            for cfg in grid:
-                calls = [partial(block16_mma, x, p.data["tile_values"], p.data["row_ptr"], p.data["col_idx"], n, k,
-                                 None, cfg) for p in packed]
-                key = ",".join(f"{k}={v}" for k, v in cfg.items())
-                row["configs"][key] = bench.checked_us(f"{name} M={m} {key}", calls, calls[0], x, packed[0], log)
-            best = min((v, c) for c, v in row["configs"].items() if v is not None)
-            log(f"{name} M={m}: dense {d_us:.2f} us, best {best[1]} {best[0]:.2f} us ({d_us / best[0]:.3f}x)")
-            rows.append(row)
-        del dense, packed
-        torch.cuda.empty_cache()
+    for name, n, k, m, x, packed, d_us in _cases(shapes, ms):
+        row = {"shape": name, "n": n, "k": k, "m": m, "dense_us": d_us, "configs": {}}
+        for cfg in grid:
+            calls = _calls(block16_mma, x, packed, n, k, None, cfg)
+            label = ",".join(f"{key}={value}" for key, value in cfg.items())
+            row["configs"][label] = bench.checked_us(f"{name} M={m} {label}", calls, calls[0], x, packed[0], log)
+        best = min((v, c) for c, v in row["configs"].items() if v is not None)
+        log(f"{name} M={m}: dense {d_us:.2f} us, best {best[1]} {best[0]:.2f} us ({d_us / best[0]:.3f}x)")
+        rows.append(row)
     return rows
 
 
