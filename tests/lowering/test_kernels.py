@@ -563,6 +563,7 @@ def test_decode_kernels_with_programmatic_dependent_launch_cuda(mode):
     # chains where each kernel reads what the one before wrote (x of the next layer = y of this one), eagerly
     # and captured in a CUDA graph: the wait in pdl_begin must order them
     from sfcompile.lowering.kernels import splitk
+    from sfcompile.lowering.kernels.block16_mma import block16_mma
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
 
     g = torch.Generator().manual_seed(mode)
@@ -576,6 +577,8 @@ def test_decode_kernels_with_programmatic_dependent_launch_cuda(mode):
         for _ in range(6):
             x = nm24_mma(x, p24["values"], p24["meta"], None, torch.empty_like(x),
                          config=dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=4))
+            x = block16_mma(x, pb["tile_values"], pb["row_ptr"], pb["col_idx"], n, k,
+                            config=dict(WARPS=1, TILES=4, SPLIT_K=4, STREAM=1))
             x = block16_matmul(x, pb["tile_values"], pb["row_ptr"], pb["col_idx"], n, k,
                                config=dict(BLOCK_M=16, TILES=4, SPLIT_K=4, VARIANT=1))
         return x
@@ -583,6 +586,7 @@ def test_decode_kernels_with_programmatic_dependent_launch_cuda(mode):
     ref = x0.double()
     for _ in range(6):
         ref = (ref.bfloat16().double() @ w24.double().T).bfloat16().double() @ wb.double().T
+        ref = ref.bfloat16().double() @ wb.double().T
     with splitk.launch_mode(mode):
         eager = chain(x0)
         static_x = x0.clone()
