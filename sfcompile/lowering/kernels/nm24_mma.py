@@ -51,8 +51,8 @@ __all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsup
 
 MAX_M = 16
 # the launch choices a config names (MT follows from M); a fixed config may add num_warps, num_stages, maxnreg
-CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "STREAM")
-CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0}     # what a fixed config leaves out
+CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "STREAM", "XSHFL")
+CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0, "XSHFL": 0}   # what a fixed config omits
 # groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
 _MASKED_META = tl.constexpr(0x44444444)
 
@@ -263,19 +263,44 @@ def _span_meta(wa0, wa1, wb0, wb1, u: tl.constexpr):
 
 
 @triton.jit
-def _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, i: tl.constexpr, X_VEC: tl.constexpr):
+def _swap_pairs(v, NW: tl.constexpr, USE_ASM: tl.constexpr):
+    """Each lane's ``v`` (32-bit, one element per thread) from lane ``lane ^ 1`` of its warp (``shfl.sync.bfly``;
+    a gather in the interpreter)."""
+    if USE_ASM:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, 0xffffffff;", "=r,r", [v],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        idx = (tl.arange(0, 32) ^ 1)[None, :] + tl.zeros((NW, 32), tl.int32)
+        return tl.reshape(tl.gather(tl.reshape(v, (NW, 32)), idx, axis=1), (NW * 32,))
+
+
+@triton.jit
+def _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, i: tl.constexpr, X_VEC: tl.constexpr, XSHFL: tl.constexpr,
+             NW: tl.constexpr, USE_ASM: tl.constexpr):
     """B register i of the span's 4 ``mma`` for x rows ``tok``: register i of lane t holds logical group
     2i + t // 2 = packed group 4 (t // 2) + u of chunk c + i, its K columns 2 (t % 2), 2 (t % 2) + 1 -- word
-    8 (t // 2) + 2u + t % 2 of the chunk's 16. The 8 words from 8 (t // 2) come in two 16-byte loads
-    (``X_VEC``: x's row stride allows it) and each ``mma`` takes the ones of lane t's parity."""
-    offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2))[:, None] + tl.arange(0, 4)[None, :]
-    if X_VEC:
-        offs = tl.multiple_of(offs, [1, 4])
-    live = (ok_tok & (c + i < c_hi))[:, None]
-    w0, w1, w2, w3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
-    w4, w5, w6, w7 = _columns4(tl.load(x32 + offs + 4, mask=live, other=0))
+    8 (t // 2) + 2u + t % 2 of the chunk's 16: the words of lane t's parity among the 8 from 8 (t // 2).
+    ``XSHFL`` 0: lane t loads all 8 (two 16-byte loads, ``X_VEC``: x's row stride allows it) and keeps its
+    half. ``XSHFL`` 1: lanes t and t ^ 1 load 4 each (one 16-byte load: the even lane the first 4, the odd one
+    the last 4) and swap the two words the other needs (two shuffles): half the bytes through L1."""
     odd = (t % 2) == 1
-    return tl.where(odd, w1, w0), tl.where(odd, w3, w2), tl.where(odd, w5, w4), tl.where(odd, w7, w6)
+    live = (ok_tok & (c + i < c_hi))[:, None]
+    if XSHFL:
+        offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2) + 4 * (t % 2))[:, None] + tl.arange(0, 4)[None, :]
+        if X_VEC:
+            offs = tl.multiple_of(offs, [1, 4])
+        l0, l1, l2, l3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
+        # even lane holds words 0-3 and needs 0, 2, 4, 6; odd lane holds 4-7 and needs 1, 3, 5, 7
+        r0 = _swap_pairs(tl.where(odd, l0, l1), NW, USE_ASM)
+        r1 = _swap_pairs(tl.where(odd, l2, l3), NW, USE_ASM)
+        return tl.where(odd, r0, l0), tl.where(odd, r1, l2), tl.where(odd, l1, r0), tl.where(odd, l3, r1)
+    else:
+        offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2))[:, None] + tl.arange(0, 4)[None, :]
+        if X_VEC:
+            offs = tl.multiple_of(offs, [1, 4])
+        w0, w1, w2, w3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
+        w4, w5, w6, w7 = _columns4(tl.load(x32 + offs + 4, mask=live, other=0))
+        return tl.where(odd, w1, w0), tl.where(odd, w3, w2), tl.where(odd, w5, w4), tl.where(odd, w7, w6)
 
 
 @triton.jit
@@ -295,13 +320,14 @@ def _mma_u(ld, xr0, xr1, xr2, xr3, acc0, acc1, acc2, acc3, NW: tl.constexpr, IS_
 
 
 @triton.jit
-def _x_span(x32, stride_xw, tok, c, c_hi, t, ok_tok, X_VEC: tl.constexpr):
+def _x_span(x32, stride_xw, tok, c, c_hi, t, ok_tok, X_VEC: tl.constexpr, XSHFL: tl.constexpr, NW: tl.constexpr,
+            USE_ASM: tl.constexpr):
     """x's registers of the span's 4 ``mma`` for one 8-row tile of x, ordered (register 0 of mma 0..3,
     register 1 of mma 0..3, ...)."""
-    x00, x01, x02, x03 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 0, X_VEC)
-    x10, x11, x12, x13 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 1, X_VEC)
-    x20, x21, x22, x23 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 2, X_VEC)
-    x30, x31, x32_, x33 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 3, X_VEC)
+    x00, x01, x02, x03 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 0, X_VEC, XSHFL, NW, USE_ASM)
+    x10, x11, x12, x13 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 1, X_VEC, XSHFL, NW, USE_ASM)
+    x20, x21, x22, x23 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 2, X_VEC, XSHFL, NW, USE_ASM)
+    x30, x31, x32_, x33 = _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, 3, X_VEC, XSHFL, NW, USE_ASM)
     return x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32_, x33
 
 
@@ -317,11 +343,12 @@ def _mma_tile(ld, xs, acc0, acc1, acc2, acc3, NW: tl.constexpr, IS_BF16: tl.cons
 
 
 @triton.jit
-def _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT: tl.constexpr, X_VEC: tl.constexpr):
+def _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT: tl.constexpr, X_VEC: tl.constexpr, XSHFL: tl.constexpr,
+             NW: tl.constexpr, USE_ASM: tl.constexpr):
     """x's registers of span c for rows g (and g + 8 when MT = 2; otherwise the first tile twice, unused)."""
-    xs0 = _x_span(x32, stride_xw, g, c, c_hi, t, g < M, X_VEC)
+    xs0 = _x_span(x32, stride_xw, g, c, c_hi, t, g < M, X_VEC, XSHFL, NW, USE_ASM)
     if MT == 2:
-        xs1 = _x_span(x32, stride_xw, g + 8, c, c_hi, t, g + 8 < M, X_VEC)
+        xs1 = _x_span(x32, stride_xw, g + 8, c, c_hi, t, g + 8 < M, X_VEC, XSHFL, NW, USE_ASM)
     else:
         xs1 = xs0
     return xs0, xs1
@@ -372,6 +399,7 @@ def _nm24_mma_kernel(
     STAGES: tl.constexpr,      # > 1: Triton's pipeliner copies STAGES - 1 steps ahead into shared memory
     PDL: tl.constexpr,         # > 0: launched with programmatic dependent launch (splitk.pdl)
     STREAM: tl.constexpr,      # cache hint of the weight loads (splitk.load_weight)
+    XSHFL: tl.constexpr,       # 1: x's words half loaded, half shuffled from the neighbour lane (_x_chunk)
 ):
     NW: tl.constexpr = WARPS_N * WARPS_K
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
@@ -439,14 +467,15 @@ def _nm24_mma_kernel(
                 if STRIPS == 2:
                     _prefetch_span(vr2, vr3, ma2, ma3, c + PREFETCH * STEP + 4, t, chunks)
         # x's registers (small, from L1/L2) are loaded before the span's first mma, for the same reason
-        xa0, xa1 = _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT, X_VEC)
+        xa0, xa1 = _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT, X_VEC, XSHFL, NW, USE_ASM)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
             sp0, xa0, xa1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
         if STRIPS == 2:
             bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
                 sq0, xa0, xa1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
         if CHUNKS == 8:
-            xb0, xb1 = _x_tiles(x32, stride_xw, c + 4, c_hi, g, M, t, MT, X_VEC)
+            xb0, xb1 = _x_tiles(x32, stride_xw, c + 4, c_hi, g, M, t, MT, X_VEC, XSHFL, NW,
+                                USE_ASM)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
                 sp1, xb0, xb1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
             if STRIPS == 2:
