@@ -367,8 +367,8 @@ def test_nm24_mma_two_strips_per_warp(m, n, k, wn, wk, ch, sk, stream):
     (16, 32, 320, 2, 1, 8, 2, False), # two x tiles, two spans per step, last span partial
 ])
 def test_nm24_mma_x_shuffle(m, n, k, wn, wk, ch, sk, bias):
-    # XSHFL = 1: lanes t and t ^ 1 each load half of x's 8 words and swap what the other needs; the same
-    # product as the default two loads per lane
+    # XSHFL = 1 (the default): lanes t and t ^ 1 each load half of x's 8 words and swap what the other needs;
+    # the same product as XSHFL = 0, two loads per lane
     g = torch.Generator().manual_seed(7 * m + n + k)
     w = _w24(n, k, torch.bfloat16, g)
     pw = pack(w, "2:4", -1)
@@ -377,7 +377,7 @@ def test_nm24_mma_x_shuffle(m, n, k, wn, wk, ch, sk, bias):
     cfg = dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk)
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config={**cfg, "XSHFL": 1})
     assert _rel(y, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) < TOL[torch.bfloat16]
-    assert torch.equal(y, nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg))
+    assert torch.equal(y, nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config={**cfg, "XSHFL": 0}))
 
 
 def test_nm24_mma_autotune_space():
@@ -479,7 +479,7 @@ def test_nm24_mma_cuda(m, dtype):
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=3, STAGES=3),
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=8, STREAM=1), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8,
                                                                                  SPLIT_K=8, STREAM=2),
-                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=8, XSHFL=1),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=8, XSHFL=0),
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2, XSHFL=1, STREAM=1)):
         y = nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config=cfg)
         assert _rel(y, ref) < TOL[dtype], cfg

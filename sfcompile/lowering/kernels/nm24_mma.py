@@ -52,17 +52,17 @@ __all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsup
 MAX_M = 16
 # the launch choices a config names (MT follows from M); a fixed config may add num_warps, num_stages, maxnreg
 CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "STREAM", "XSHFL")
-CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0, "XSHFL": 0}   # what a fixed config omits
+CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0, "XSHFL": 1}   # what a fixed config omits
 # groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
 _MASKED_META = tl.constexpr(0x44444444)
 
 
 @functools.cache
 def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
-    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, PREFETCH, STRIPS, STREAM); num_warps = WARPS_N *
-    WARPS_K; CHUNKS 4 or 8 (one or two spans per warp and step, every load of the step issued before its first
-    mma); PREFETCH the steps ahead the weights are prefetched into L2 (0: none); STRIPS the 16-row strips of W
-    per warp; STREAM the weight loads' cache hint (:func:`.splitk.load_weight`)."""
+    """Autotune space: (WARPS_N, WARPS_K, CHUNKS, SPLIT_K, STRIPS, STREAM), all with the x shuffle (XSHFL 1)
+    and no L2 prefetch; num_warps = WARPS_N * WARPS_K; CHUNKS 4 or 8 (one or two spans per warp and step, every
+    load of the step issued before its first mma); STRIPS the 16-row strips of W per warp; STREAM the weight
+    loads' cache hint (:func:`.splitk.load_weight`)."""
     # mma_decode sweeps 3-6 (H200, 2026-11-30; benchmarks/README.md runs 11-13): the configs that were best for
     # some (LLaMA-2-7B / Qwen3-8B layer shape, M <= 16), plus neighbours. L2 prefetch one step ahead won only
     # where K per program is long (LLaMA-2-7B down, 4096 x 11008: +0.05-0.09x) and on Qwen3-8B k,v (+0.02x);
@@ -74,17 +74,20 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # (2, 2, 4, 8) were never the best of sweeps 4-6 and left it. Tuned by splitk.tuning_bench (run 14), the
     # autotuner no longer picks a prefetch config anywhere: right on Qwen3-8B down (where do_bench's timing
     # picked one, 0.03-0.07x slower), a miss on LLaMA-2-7B down (-0.04-0.07x at M <= 8)
-    space = [(4, 1, 8, 8, 0, 1), (2, 2, 8, 8, 0, 1), (4, 1, 4, 8, 0, 1), (2, 2, 4, 4, 0, 1), (4, 1, 8, 4, 0, 1),
-             (8, 1, 4, 4, 0, 1), (4, 1, 4, 8, 1, 1), (2, 2, 8, 8, 1, 1)]
-    # The L1 evict-first hint on the weight loads (STREAM 1; run 17) was 0.01-0.02x slower at M = 1 and helped
-    # only the two-strip config at M = 16 on 11008 x 4096 (0.80x -> 0.88x): that config joins with it.
-    space = [(*c, 0) for c in space]
+    # Sweep 7 (run 18): the x shuffle (XSHFL 1) was as fast or faster than two x loads per lane for every
+    # config and row tried (M = 1: +0.00-0.06x, M = 8: +0.03-0.10x, M = 16: +0.05-0.15x over the best without
+    # it), so every config of the space uses it; with it the prefetch configs won no row (they left), nor did
+    # (4, 1, 8, 4) with one strip. (8, 1, 4, 4) stays for the gate/up shapes at M <= 8, (2, 2, 8, 8) for Qwen3-8B
+    # k,v; the two-strip config with the evict-first hint for gate/up at M = 16.
+    space = [(2, 2, 4, 4, 1, 0), (4, 1, 4, 8, 1, 0), (4, 1, 8, 8, 1, 0), (2, 2, 8, 8, 1, 0)]
     if m_bucket > 8:
-        space += [(4, 1, 8, 4, 0, 2, 0), (4, 1, 8, 4, 0, 2, 1)]
+        space += [(4, 1, 8, 4, 2, 1)]
+    else:
+        space += [(8, 1, 4, 4, 1, 0)]
     return [triton.Config({**CONFIG_DEFAULTS, "WARPS_N": wn, "WARPS_K": wk, "CHUNKS": ch, "SPLIT_K": sk,
-                           "PREFETCH": pf, "STRIPS": st, "STREAM": hint, "MT": 2 if m_bucket > 8 else 1},
+                           "STRIPS": st, "STREAM": hint, "XSHFL": 1, "MT": 2 if m_bucket > 8 else 1},
                           num_warps=wn * wk, num_stages=1)
-            for wn, wk, ch, sk, pf, st, hint in space]
+            for wn, wk, ch, sk, st, hint in space]
 
 
 @triton.jit
