@@ -13,7 +13,7 @@ and block rows ``e*N/16 .. (e+1)*N/16-1`` of the CSR.
 and reduced once at the end.
 
 For M <= 16 in bf16/fp16 on sm_80+ (not grouped, no fixed config) :func:`block16_matmul` hands the call to the
-tensor-core kernel of :mod:`.block16_mma` (1.43x dense median at decode against this kernel's 1.01x,
+tensor-core kernel of :mod:`.block16_mma` (1.48x dense median at decode, run 18, against this kernel's 1.01x,
 benchmarks/README.md, run 17); this kernel runs everything else: fp32, older GPUs, 17-255 rows, MoE experts.
 
 Measured on the H200 (benchmarks/README.md, run 7), 50% density: 0.73-1.37x dense cuBLAS at decode (median 1.02;

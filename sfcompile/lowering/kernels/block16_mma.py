@@ -2,9 +2,10 @@
 16x16 tiles in CSR over block rows (:mod:`sfcompile.lowering.pack`), for few rows of x (M <= 16, bf16/fp16).
 
 What :mod:`sfcompile.lowering.ops` runs for block-16 at M <= 16 (bf16/fp16, sm_80+; elsewhere :mod:`.block16`).
-On the H200 it is 1.43x dense cuBLAS per layer at decode (median over the six LLaMA-2-7B / Qwen3-8B layer shapes
-and M = 1..16, 0.99-1.55x, the small Qwen3 k,v projection lowest; 1.46x in another run), where :mod:`.block16`'s
-``tl.dot`` kernel was 1.01x, and 1.73x / 1.63x end to end at batch 1 (benchmarks/README.md, run 17). Why it is
+On the H200 it is 1.48x dense cuBLAS per layer at decode (median over the six LLaMA-2-7B / Qwen3-8B layer shapes
+and M = 1..16, 0.99-1.75x, the small Qwen3 k,v projection lowest; run 18, with the evict-first configs in the
+space; 1.43x without them, run 17), where :mod:`.block16`'s ``tl.dot`` kernel was 1.01x, and 1.75x / 1.74x end
+to end at batch 1 (benchmarks/README.md, run 18; run 17: 1.73x / 1.63x). Why it is
 faster: the 2:4 decode kernel went from 0.79x to 1.27x dense when Triton's ``tl.dot`` (operands through shared
 memory and layout conversions) gave way to one ``mma`` per lane-held fragment read straight from the packed
 bytes (:mod:`.nm24_mma`); a 16x16 tile is exactly the A operand of a dense ``mma.m16n8k16``, so the same shape

@@ -15,16 +15,19 @@ pieces; lane t of a quad loads pieces t and 4 + t of its two rows, so a quad rea
 row per load and no sector is fetched twice. ``mma`` u of the span takes 32-bit word u of each piece:
 logical group L (0..7) is packed group 4 (L % 2) + u of chunk c + L // 2, for the values, the metadata
 nibbles (:func:`_span_meta`) and x alike. x's registers of lane t are then the words of t's parity among 8
-contiguous ones of a chunk: two 16-byte loads per chunk and x tile (:func:`_x_chunk`).
+contiguous ones of a chunk, so lanes t and t ^ 1 load 4 of them each (one 16-byte load per chunk and x tile)
+and swap the two the other needs with ``shfl`` (:func:`_x_chunk`, ``XSHFL``).
 
-Measured on the H200 (benchmarks/README.md, run 12; Nsight Compute for the reasons), best config per layer
-shape against dense cuBLAS: 1.23-1.44x at M = 1..4, 1.17-1.28x at M = 8, 0.77-0.98x at M = 16 (0.82-0.98x
-with two strips per warp on the gate/up shapes, run 13); autotuned, 1.27x at the median (run 14). The weights
-stream at ~2.8 TB/s where cuBLAS streams ~3.7 (least-squares over the six shapes; both pay ~5 us per call
-besides), bound by memory latency at 22 warps per SM (registers); at M = 8-16 the x loads keep L1 84-88%
-busy. The layout of pieces and the 16-byte x loads (run 12) replaced one where lane t loaded all of chunk
-c + t (every sector read by two instructions; x as 16 scalar loads per span): +0.05-0.12x at M = 8,
-+0.1-0.2x at M = 16.
+Measured on the H200 against dense cuBLAS, autotuned (benchmarks/README.md, run 18): **1.34x at the median** over
+the six LLaMA-2-7B / Qwen3-8B layer shapes and M = 1..16 (0.98-1.41x); per M 1.35x / 1.36x / 1.35x / 1.31x /
+1.02x. Against two x loads per lane, the best config per row with the shuffle gained -0.05 to +0.09x at M = 1,
++0.02 to +0.12x at M = 8 and -0.01 to +0.13x at M = 16 (run 14: 1.27x, 0.84-0.98x at M = 16). The weights stream
+at ~2.8 TB/s where cuBLAS streams ~3.7 (least-squares over the six shapes, run 12; both pay ~5 us per call
+besides), bound by memory latency at 22 warps per SM (registers); at M = 8-16 the x loads kept L1 84-88% busy
+before the shuffle. For scale: a Triton kernel that only streams the same packed bytes, no math, reaches
+1.62-1.73x of dense cuBLAS in the same harness (``benchmarks/stream_probe.py``, run 18). The layout of pieces and
+the 16-byte x loads (run 12) replaced one where lane t loaded all of chunk c + t (every sector read by two
+instructions; x as 16 scalar loads per span): +0.05-0.12x at M = 8, +0.1-0.2x at M = 16.
 
 Triton has no sparse dot, so the ``mma`` is inline PTX on 1-D tensors of exactly one element per thread
 (``tl.arange(0, 32 * num_warps)``: element i lives in thread i, so each element is one lane's fragment and
@@ -74,9 +77,10 @@ def nm24_mma_configs(m_bucket: int) -> list[triton.Config]:
     # (2, 2, 4, 8) were never the best of sweeps 4-6 and left it. Tuned by splitk.tuning_bench (run 14), the
     # autotuner no longer picks a prefetch config anywhere: right on Qwen3-8B down (where do_bench's timing
     # picked one, 0.03-0.07x slower), a miss on LLaMA-2-7B down (-0.04-0.07x at M <= 8)
-    # Sweep 7 (run 18): the x shuffle (XSHFL 1) was as fast or faster than two x loads per lane for every
-    # config and row tried (M = 1: +0.00-0.06x, M = 8: +0.03-0.10x, M = 16: +0.05-0.15x over the best without
-    # it), so every config of the space uses it; with it the prefetch configs won no row (they left), nor did
+    # Sweep 7 (run 18): with the x shuffle (XSHFL 1) the best config per row gained -0.05 to +0.09x at M = 1,
+    # +0.02 to +0.12x at M = 8 and -0.01 to +0.13x at M = 16 over the best with two x loads per lane; config by
+    # config it was as fast or faster nearly everywhere, so every config of the space uses it (one space for
+    # both would double the autotuning); with it the prefetch configs won no row (they left), nor did
     # (4, 1, 8, 4) with one strip. (8, 1, 4, 4) stays for the gate/up shapes at M <= 8, (2, 2, 8, 8) for Qwen3-8B
     # k,v; the two-strip config with the evict-first hint for gate/up at M = 16. Of 18 more two-strip configs at
     # M = 16 (sweep 8), only (2, 1, 8, 8) with the hint won a row (LLaMA-2-7B down, +0.05x); left out, so that
