@@ -18,7 +18,7 @@ nibbles (:func:`_span_meta`) and x alike. x's registers of lane t are then the w
 contiguous ones of a chunk, so lanes t and t ^ 1 load 4 of them each (one 16-byte load per chunk and x tile)
 and swap the two the other needs with ``shfl`` (:func:`_x_chunk`, ``XSHFL``).
 
-Measured on the H200 against dense cuBLAS, autotuned (benchmarks/README.md, run 18): **1.34x at the median** over
+Measured on the H200 against dense cuBLAS, autotuned (benchmarks/README.md, run 18): 1.34x at the median over
 the six LLaMA-2-7B / Qwen3-8B layer shapes and M = 1..16 (0.98-1.41x); per M 1.35x / 1.36x / 1.35x / 1.31x /
 1.02x. Against two x loads per lane, the best config per row with the shuffle gained -0.05 to +0.09x at M = 1,
 +0.02 to +0.12x at M = 8 and -0.01 to +0.13x at M = 16 (run 14: 1.27x, 0.84-0.98x at M = 16). The weights stream
