@@ -264,8 +264,7 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
     split = splitk.split_depth(config, lambda: block16_mma_configs(splitk.m_key(m)))
-    cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else row_ptr
-    ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
+    ws, cnt = splitk.decode_buffers(m, n, out, split, row_ptr)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device)}

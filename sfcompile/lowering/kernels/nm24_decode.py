@@ -333,8 +333,7 @@ def nm24_decode(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias
     if values.stride(0) % 2 or values.data_ptr() % 4:
         values = values.clone()
     split = splitk.split_depth(config, lambda: nm24_decode_configs(splitk.m_key(m)))
-    cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
-    ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
+    ws, cnt = splitk.decode_buffers(m, n, out, split, meta)
     args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), values.stride(0), meta.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "FP32_IEEE": splitk.ieee_dot(x2.dtype, on_cpu), "USE_ASM": not on_cpu}

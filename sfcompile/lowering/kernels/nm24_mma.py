@@ -549,8 +549,7 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         meta = meta.contiguous()
     mt = 2 if m > 8 else 1
     split = splitk.split_depth(config, lambda: nm24_mma_configs(splitk.m_key(m)))
-    cnt = splitk.counters(x2.device, -(-n // 16)) if split > 1 else meta
-    ws = splitk.workspace(m, n, x2.device, split) if split > 1 else out
+    ws, cnt = splitk.decode_buffers(m, n, out, split, meta)
     args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k, splitk.m_key(m),
             x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0))
     flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0,

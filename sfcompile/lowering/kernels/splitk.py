@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["store_tile", "store_points", "counters", "workspace", "split_depth", "m_key", "ieee_dot", "tuning_bench",
-           "launch", "autotuner", "mma_unsupported", "capability", "launch_mode", "pdl", "pdl_begin", "pdl_end",
-           "load_weight", "PDL_ENV"]
+__all__ = ["store_tile", "store_points", "counters", "workspace", "decode_buffers", "split_depth", "m_key", "ieee_dot",
+           "tuning_bench", "launch", "autotuner", "mma_unsupported", "capability", "launch_mode", "pdl", "pdl_begin",
+           "pdl_end", "load_weight", "PDL_ENV"]
 
 MAX_SPLIT_K = 64
 
@@ -176,6 +176,14 @@ def workspace(m: int, n: int, device, split_k: int = 16) -> torch.Tensor:
     if split_k > MAX_SPLIT_K:
         raise ValueError(f"SPLIT_K {split_k} is over the workspace's {MAX_SPLIT_K}")
     return torch.empty((split_k, m, n), device=device, dtype=torch.float32)
+
+
+def decode_buffers(m: int, n: int, out: torch.Tensor, split_k: int, unused: torch.Tensor):
+    """(workspace, counters) of a decode launch over M x N with up to ``split_k`` splits and one counter per 16
+    output columns; without a split neither is read, so ``out`` and ``unused`` (any tensor) stand in for them."""
+    if split_k == 1:
+        return out, unused
+    return workspace(m, n, out.device, split_k), counters(out.device, -(-n // 16))
 
 
 def split_depth(config: dict | None, space: Callable[[], list]) -> int:
