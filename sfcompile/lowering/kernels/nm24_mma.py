@@ -483,8 +483,7 @@ def _nm24_mma_kernel(
             bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
                 sq0, xa0, xa1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
         if CHUNKS == 8:
-            xb0, xb1 = _x_tiles(x32, stride_xw, c + 4, c_hi, g, M, t, MT, X_VEC, XSHFL, NW,
-                                USE_ASM)
+            xb0, xb1 = _x_tiles(x32, stride_xw, c + 4, c_hi, g, M, t, MT, X_VEC, XSHFL, NW, USE_ASM)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
                 sp1, xb0, xb1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
             if STRIPS == 2:
