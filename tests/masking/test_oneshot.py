@@ -13,7 +13,7 @@ from sfcompile.masking.oneshot.sparsegpt import sparsegpt_prune
 from sfcompile.masking.oneshot.wanda import wanda_mask
 from sfcompile.masking.state import MaskStateError, dense_weight, masked_sites
 from sfcompile.passes.site import Site
-from sfcompile.patterns import parse_pattern
+from sfcompile.patterns import Block, parse_pattern
 
 PATTERNS = ["2:4", "4:8", "unstructured:0.5", "block16"]
 
@@ -166,8 +166,30 @@ def test_sparsegpt_sweep_with_lazy_blocks_equals_the_naive_obs_sweep(pattern):
     x = _correlated_inputs(n=512, k=32)
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     h = x.T.double() @ x.double()
-    new_w, mask = sparsegpt_prune(w, h, parse_pattern(pattern), blocksize=8, percdamp=0.01)
+    p = parse_pattern(pattern)
+    blocksize = 16 if isinstance(p, Block) else 8      # (block patterns choose tiles per lazy block)
+    new_w, mask = sparsegpt_prune(w, h, p, blocksize=blocksize, percdamp=0.01)
     torch.testing.assert_close(new_w, _naive_obs_sweep(w, h, mask, 0.01), rtol=1e-9, atol=1e-9)
+
+
+def test_sparsegpt_tile_cost_is_the_obs_error_of_zeroing_the_whole_tile():
+    # the least (w - w')ᵀ H (w - w') over w' with w'_C = 0 is w_Cᵀ (H_CC - H_CF H_FF⁻¹ H_FC) w_C: the Schur
+    # complement, computed directly here, against _tile_costs from the diagonal blocks of H⁻¹
+    from sfcompile.masking.oneshot.sparsegpt import _hinv_blocks, _tile_costs
+
+    x = _correlated_inputs(n=512, k=32).double()
+    h = x.T @ x
+    w = torch.randn(32, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)       # H⁻¹ = UᵀU
+    costs = _tile_costs(w, _hinv_blocks(u, 16), 16)                   # (2 row tiles, 2 column tiles)
+    for c in range(2):
+        cols = torch.arange(16 * c, 16 * c + 16)
+        free = torch.tensor([j for j in range(32) if j not in cols.tolist()])
+        schur = h[cols][:, cols] - h[cols][:, free] @ torch.linalg.solve(h[free][:, free], h[free][:, cols])
+        for r in range(2):
+            wc = w[16 * r: 16 * r + 16][:, cols]
+            want = torch.einsum("ri,ij,rj->", wc, schur, wc)
+            torch.testing.assert_close(costs[r, c], want, rtol=1e-6, atol=1e-8)
 
 
 def test_sparsegpt_dead_inputs_are_zeroed_and_pruned_first():
@@ -297,6 +319,9 @@ def test_bad_calibration_and_method():
     with pytest.raises(ValueError, match="multiple of M=4"):
         prune(model, "sparsegpt", _windows(), nsamples=6, seqlen=16, blocksize=6)
     assert all(bool((soft.mask == 1).all()) for _, _, soft in masked_sites(model))  # nothing half-pruned
+    tiles = _toy("block16")
+    with pytest.raises(ValueError, match="multiple of the tile size=16"):    # refused before calibrating
+        prune(tiles, "sparsegpt", _windows(), nsamples=6, seqlen=16, blocksize=24)
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...patterns import Block
 from ..state import MaskStateError, dense_weight, masked_sites
 from .calibrate import SiteStats, calibrate_sequentially
 from .magnitude import magnitude_mask
@@ -250,9 +251,10 @@ def prune(
                              "sfcompile.sparsify(model, pattern=...) first, then prune")
     pattern = entries[0][2].pattern
     for site, _, soft in entries:
-        m = getattr(soft.pattern, "m", None)
+        m = getattr(soft.pattern, "m", None) or (soft.pattern.size if isinstance(soft.pattern, Block) else None)
         if method == "sparsegpt" and m and cfg.blocksize % m:
-            raise ValueError(f"blocksize={cfg.blocksize} must be a multiple of M={m} for pattern "
+            what = "the tile size" if isinstance(soft.pattern, Block) else "M"
+            raise ValueError(f"blocksize={cfg.blocksize} must be a multiple of {what}={m} for pattern "
                              f"{soft.pattern} (site {site.name}); use e.g. blocksize=128")
 
     windows = _windows(calib, tok, cfg, method) if pruner.calibrated else None
