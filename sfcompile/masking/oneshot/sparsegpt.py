@@ -66,9 +66,9 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
 
 
 def _hinv_blocks(u: torch.Tensor, b: int) -> torch.Tensor:
-    """(K/b, b, b): the diagonal b x b blocks of H⁻¹ = UᵀU."""
-    k = u.shape[0]
-    ub = u.reshape(k, k // b, b)
+    """(C/b, b, b): the diagonal b x b blocks of UᵀU for rows of U (any number, C columns); with all of U's
+    rows, those of H⁻¹ = UᵀU."""
+    ub = u.reshape(u.shape[0], -1, b)
     return torch.einsum("kci,kcj->cij", ub, ub)
 
 
@@ -150,16 +150,13 @@ def sparsegpt_prune(
             # Rank every remaining tile by its joint OBS cost on the current (updated) weights and the inverse
             # Hessian of the remaining columns (rows i1: of U), keep the best up to the matrix's remaining
             # budget, and fix the part that falls in this block (as for unstructured, tile by tile).
-            c1 = i1 // tb
-            cost = _tile_costs(w[:, i1:], hinv_rest[c1:], tb)       # (rows/tb, remaining tile columns)
-            keep = torch.zeros(cost.numel(), dtype=torch.bool, device=w.device)
-            keep[torch.topk(cost.flatten(), min(tiles_left, cost.numel()), sorted=False).indices] = True
-            keep = keep.reshape(cost.shape)[:, : count // tb]
+            cost = _tile_costs(w[:, i1:], hinv_rest[i1 // tb:], tb)      # (rows/tb, remaining tile columns)
+            budget_left = torch.tensor([tiles_left], device=w.device)
+            keep = _keep_per_row(cost.reshape(1, -1), budget_left).reshape(cost.shape)[:, : count // tb]
             tiles_left -= int(keep.sum())
             mask1 = keep.repeat_interleave(tb, 0).repeat_interleave(tb, 1)
-            # the next block's remaining problem no longer has rows i1..i2 of U
-            ub = u[i1:i2].reshape(count, k // tb, tb)
-            hinv_rest = hinv_rest - torch.einsum("kci,kcj->cij", ub, ub)
+            # the columns after this block no longer have rows i1..i2 of U in their remaining problem
+            hinv_rest[i2 // tb:] -= _hinv_blocks(u[i1:i2, i2:], tb)
         elif isinstance(pattern, Unstructured):
             # Rank every remaining column of each row by w²/Uⱼⱼ² on the current (updated) weights, spend the
             # row's remaining budget on the best of them, and fix the part that falls in this block.
