@@ -294,20 +294,17 @@ def _x_chunk(x32, stride_xw, tok, c, c_hi, t, ok_tok, i: tl.constexpr, X_VEC: tl
     the last 4) and swap the two words the other needs (two shuffles): half the bytes through L1."""
     odd = (t % 2) == 1
     live = (ok_tok & (c + i < c_hi))[:, None]
+    # the first 16-byte load: words 0-3 of the 8 (XSHFL: the odd lane's are 4-7)
+    offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2) + XSHFL * 4 * (t % 2))[:, None] + tl.arange(0, 4)[None, :]
+    if X_VEC:
+        offs = tl.multiple_of(offs, [1, 4])
+    w0, w1, w2, w3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
     if XSHFL:
-        offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2) + 4 * (t % 2))[:, None] + tl.arange(0, 4)[None, :]
-        if X_VEC:
-            offs = tl.multiple_of(offs, [1, 4])
-        l0, l1, l2, l3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
         # even lane holds words 0-3 and needs 0, 2, 4, 6; odd lane holds 4-7 and needs 1, 3, 5, 7
-        r0 = _swap_pairs(tl.where(odd, l0, l1), NW, USE_ASM)
-        r1 = _swap_pairs(tl.where(odd, l2, l3), NW, USE_ASM)
-        return tl.where(odd, r0, l0), tl.where(odd, r1, l2), tl.where(odd, l1, r0), tl.where(odd, l3, r1)
+        r0 = _swap_pairs(tl.where(odd, w0, w1), NW, USE_ASM)
+        r1 = _swap_pairs(tl.where(odd, w2, w3), NW, USE_ASM)
+        return tl.where(odd, r0, w0), tl.where(odd, r1, w2), tl.where(odd, w1, r0), tl.where(odd, w3, r1)
     else:
-        offs = (tok * stride_xw + 16 * (c + i) + 8 * (t // 2))[:, None] + tl.arange(0, 4)[None, :]
-        if X_VEC:
-            offs = tl.multiple_of(offs, [1, 4])
-        w0, w1, w2, w3 = _columns4(tl.load(x32 + offs, mask=live, other=0))
         w4, w5, w6, w7 = _columns4(tl.load(x32 + offs + 4, mask=live, other=0))
         return tl.where(odd, w1, w0), tl.where(odd, w3, w2), tl.where(odd, w5, w4), tl.where(odd, w7, w6)
 
