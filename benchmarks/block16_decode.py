@@ -116,8 +116,7 @@ def main() -> int:
         (s, int(s.split("x")[0]), int(s.split("x")[1])) for s in args.shapes.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     if args.sweep:
-        grid = [{k: int(v) for k, v in (kv.split("=") for kv in item.split(","))}
-                for item in filter(None, args.grid.split(";"))] or SWEEP_GRID
+        grid = bench.parse_configs(args.grid, flag="--grid") or SWEEP_GRID
         rows = sweep(shapes, ms, grid)
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1))

@@ -29,21 +29,6 @@ def _rel_err(y, x, pw):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
-def parse_candidates(text: str) -> list[dict]:
-    """``'A=1,B=2;A=3,B=4'`` -> ``[{'A': 1, 'B': 2}, {'A': 3, 'B': 4}]``, with the kernel's
-    ``CONFIG_DEFAULTS`` for the keys not given."""
-    out = []
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        cfg = dict(nm24_mma.CONFIG_DEFAULTS)
-        for pair in item.split(","):
-            key, _, value = pair.partition("=")
-            if not value.strip().lstrip("-").isdigit():
-                raise SystemExit(f"--candidates: {pair!r} in {item!r} is not KEY=INTEGER")
-            cfg[key.strip()] = int(value)
-        out.append(cfg)
-    return out
-
-
 def check(log) -> float:
     """Max relative error of fixed configs (bf16 and fp16, odd M and N, bias-free) against the fp64 product."""
     errs = []
@@ -155,8 +140,9 @@ def main():
             result["rows"] = rows
             save()
 
-        result["rows"] = sweep(shapes, ms, args.budget_s, log, parse_candidates(args.candidates),
-                               with_decode=not args.no_decode, on_row=on_row)
+        candidates = bench.parse_configs(args.candidates, nm24_mma.CONFIG_DEFAULTS)
+        result["rows"] = sweep(shapes, ms, args.budget_s, log, candidates, with_decode=not args.no_decode,
+                               on_row=on_row)
         ratios = [r["best"]["ratio"] for r in result["rows"] if r.get("best")]
         if ratios:
             dec = [r["decode_ratio"] for r in result["rows"] if "decode_ratio" in r]

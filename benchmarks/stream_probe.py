@@ -75,10 +75,6 @@ def _stream_tma(desc, out, KW, ROWS: tl.constexpr, BK: tl.constexpr, SPLIT: tl.c
     tl.store(out + pid_n * SPLIT + pid_k, tl.xor_sum(tl.xor_sum(acc, 1), 0))
 
 
-SHAPES = [("4096x4096", 4096, 4096), ("11008x4096", 11008, 4096), ("4096x11008", 4096, 11008),
-          ("1024x4096", 1024, 4096), ("12288x4096", 12288, 4096), ("4096x12288", 4096, 12288)]
-
-
 def _words(pattern: str, k: int) -> int:
     """32-bit words per row of the packed weight."""
     return (k * 9 // 8) // 4 if pattern == "2:4" else k // 4
@@ -156,12 +152,14 @@ def run(shapes, pattern, quick, log=print) -> list[dict]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
+    p.add_argument("--shapes", default="all", help="'all' (the six layer shapes of the kernel table) or NxK,NxK,...")
     p.add_argument("--pattern", choices=("2:4", "block16"), default="2:4")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out")
     a = p.parse_args(argv)
-    shapes = [s for s in SHAPES if s[0] in a.shapes.split(",")]
+    dims = [(n, k) for _, n, k in bench.LAYER_SHAPES] if a.shapes == "all" else [
+        tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    shapes = [(f"{n}x{k}", n, k) for n, k in dims]
     rows = run(shapes, a.pattern, a.quick)
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))

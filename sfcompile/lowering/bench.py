@@ -196,6 +196,21 @@ def checked_us(label: str, calls, check, x: torch.Tensor, packed, log=print) -> 
         return None
 
 
+def parse_configs(text: str, defaults: dict | None = None, flag: str = "--candidates") -> list[dict]:
+    """Launch configs from a command line: ``'A=1,B=2;A=3,B=4'`` -> ``[{'A': 1, 'B': 2}, {'A': 3, 'B': 4}]``,
+    each on top of ``defaults`` (the keys not given); a pair that is not KEY=INTEGER stops with ``flag`` named."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        cfg = dict(defaults or {})
+        for pair in item.split(","):
+            key, _, value = pair.partition("=")
+            if not value.strip().lstrip("-").isdigit():
+                raise SystemExit(f"{flag}: {pair!r} in {item!r} is not KEY=INTEGER")
+            cfg[key.strip()] = int(value)
+        out.append(cfg)
+    return out
+
+
 def _rel_error(y: torch.Tensor, x: torch.Tensor, pw) -> float:
     ref = x.double() @ pw.unpack_nk().double().T
     return ((y.double() - ref).norm() / ref.norm()).item()

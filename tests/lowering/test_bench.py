@@ -20,3 +20,13 @@ def test_checked_us_reports_wrong_and_failing_implementations_without_timing_the
     assert timed == [["call"]]
     assert logged[0].startswith("wrong: WRONG RESULT, relative error 1")
     assert logged[1] == "broken: FAILED ZeroDivisionError: division by zero"
+
+
+def test_parse_configs_fills_defaults_and_names_the_flag_on_bad_pairs():
+    import pytest
+
+    assert bench.parse_configs("A=1,B=-2; A=3;", {"B": 0, "C": 5}) == [{"A": 1, "B": -2, "C": 5},
+                                                                        {"A": 3, "B": 0, "C": 5}]
+    assert bench.parse_configs("") == []
+    with pytest.raises(SystemExit, match=r"--grid: 'B=x' in 'A=1,B=x' is not KEY=INTEGER"):
+        bench.parse_configs("A=1,B=x", flag="--grid")
