@@ -131,6 +131,10 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of phases to skip: main,zeroshot,ablations (e.g. two "
                     "processes on two GPUs: one runs main+zeroshot, the other the ablations)")
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of this script
+    ap.add_argument("--teacher-mix", type=float, default=0,
+                    help="main run: add this many tokens sampled from the dense teacher to the training text "
+                         '(data="<text>+teacher", drawn in proportion to their sizes)')
+    ap.add_argument("--teacher-batch", type=int, default=256, help="sequences the teacher samples at once")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
@@ -187,7 +191,7 @@ def main() -> None:
             min_lr=lr / 10, warmup=0.05, ce_weight=1.0, kl_weight=1.0, init="keep",
             forge=forge_config() if forge == "default" else forge, eval_text=args.wiki,
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
-            teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=256,
+            teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=args.teacher_batch,
             compile=args.compile,
         )
         cfg_kw.update(over)
@@ -223,7 +227,10 @@ def main() -> None:
     # 3. the main run ----------------------------------------------------------------------------------------
     main_model, tok_s = None, 40_000.0  # tok/s guess for the ablations' time checks when main is skipped
     if "main" not in skip:
-        row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr)
+        mix = {}
+        if args.teacher_mix:
+            mix = {"data": f"{train_text}+teacher", "teacher_data_tokens": int(args.teacher_mix)}
+        row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr, **mix)
         emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], "sparsegpt": base_ppl["sparsegpt"],
                    "holdout_ppl": ppl(main_model, holdout_text)})
         tok_s = row["tok_s"]

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("budget and data")
     g.add_argument("--tokens", default="20M", help='training tokens, e.g. "20M", "1.5B" (default 20M)')
     g.add_argument("--data", default="corpus",
-                   help='registry text (default corpus: calib + qasper + sciriff), .txt/.jsonl file, or "teacher"')
+                   help='registry text (default corpus: calib + qasper + sciriff), .txt/.jsonl file, "teacher", '
+                        'or several joined by + (corpus+teacher: mixed in proportion to their tokens)')
     g.add_argument("--teacher-data-tokens", default="2M", help="tokens generated for --data teacher")
     g.add_argument("--teacher-data-prompts", default="calib",
                    help="text whose 4-token snippets start the sequences of --data teacher (name or path)")

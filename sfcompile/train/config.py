@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfcompile.masking.config import AUTO_ESTIMATOR, resolve_estimator
+from sfcompile.train.data import data_parts
 
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
@@ -82,12 +83,13 @@ class TrainConfig:
         seqlen, micro_batch, grad_accum: sequence length, sequences per forward, forwards per optimizer step.
 
     Data (see `sfcompile.train.data`)
-        data: a registry text name, a local ``.txt``/``.jsonl`` path, or ``"teacher"`` (sequences sampled from
-            the dense teacher, cached). Default ``"corpus"`` (3.0M tokens, disjoint from the ``"wiki"``
-            evaluation text): on the H200, SmolLM2 overfit ``"calib"`` (0.8M tokens) after ~2.5 passes while
+        data: a registry text name, a local ``.txt``/``.jsonl`` path, ``"teacher"`` (sequences sampled from
+            the dense teacher, cached), or several joined by ``+`` (``"corpus+teacher"``: shards concatenated,
+            each part drawn in proportion to its tokens). Default ``"corpus"`` (3.0M tokens, disjoint from the
+            ``"wiki"`` evaluation text): on the H200, SmolLM2 overfit ``"calib"`` (0.8M tokens) after ~2.5 passes while
             ``"corpus"`` kept improving to 8M tokens (benchmarks/README.md). A real run should bring its own
             pretraining-like text.
-        teacher_data_tokens: how many tokens ``data="teacher"`` generates (once; the order then cycles).
+        teacher_data_tokens: how many tokens the ``"teacher"`` part of ``data`` generates (once; the order then cycles).
         teacher_data_temperature: sampling temperature of the generated sequences.
         teacher_data_prompts: the text whose random 4-token snippets start the generated sequences (a name
             or a path, as ``data``).
@@ -252,6 +254,10 @@ class TrainConfig:
 
         need(self.tokens > 0, f'tokens={self.tokens} must be positive (e.g. "20M")')
         need(self.teacher_data_tokens > 0, f"teacher_data_tokens={self.teacher_data_tokens} must be positive")
+        try:
+            parts = data_parts(self.data)
+        except ValueError as err:
+            raise TrainConfigError(str(err)) from None
         for name in ("seqlen", "micro_batch", "grad_accum"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"{name}={value!r} must be an integer >= 1")
@@ -286,7 +292,7 @@ class TrainConfig:
         need(self.teacher in TEACHER_MODES, f"teacher={self.teacher!r} is not one of {TEACHER_MODES}")
         if self.teacher == "none":
             need(
-                self.kl_weight == 0 and self.squarehead_weight == 0 and self.data != "teacher",
+                self.kl_weight == 0 and self.squarehead_weight == 0 and "teacher" not in parts,
                 'teacher="none" but kl_weight/squarehead_weight > 0 or data="teacher": distillation '
                 'needs a teacher; use teacher="copy" or set kl_weight=0, squarehead_weight=0',
             )

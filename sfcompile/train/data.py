@@ -7,6 +7,9 @@ Sources (``TrainConfig.data``):
     * ``"teacher"``: sequences sampled from the dense teacher (temperature sampling from short prompts drawn
       from the calibration text), generated once and cached as a shard — for users without the pretraining
       corpus.
+    * several of the above joined by ``+`` (``"corpus+teacher"``): their shards concatenated, so each part is
+      drawn in proportion to its size (``teacher_data_tokens`` sets the teacher's). A path that exists is
+      always one part, even if its name holds a ``+``.
 
 Shards live under ``<cache>/shards/<source>-<tokenizer hash>.{bin,json}`` (uint16 when the vocabulary fits,
 else uint32), written to a temporary name and renamed, so a crash never leaves a half shard that looks valid.
@@ -97,6 +100,25 @@ def _source_key(source: str) -> str:
     st = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
     return f"{path.stem}-{digest}"
+
+
+def data_parts(data: str) -> list[str]:
+    """The sources of ``data``: itself if it is an existing file, else its ``+``-separated parts."""
+    if Path(data).expanduser().is_file():
+        return [data]
+    parts = data.split("+")
+    if any(not p.strip() for p in parts):
+        raise DataError(
+            f'data={data!r} has an empty part; join sources with single "+" signs, e.g. "corpus+teacher"'
+        )
+    return [p.strip() for p in parts]
+
+
+def mixture(shards: list[np.ndarray]) -> np.ndarray:
+    """The shards as one token array in the given order (one shard is returned as is, still a memmap)."""
+    if len(shards) == 1:
+        return shards[0]
+    return np.concatenate([np.asarray(s) for s in shards])
 
 
 def _tokenize_documents(tok, docs: list[str]) -> list[int]:

@@ -27,7 +27,15 @@ from sfcompile.masking.state import dense_weight
 from sfcompile.train import distributed as dist
 from sfcompile.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint, set_rng_state
 from sfcompile.train.config import TrainConfig
-from sfcompile.train.data import Batches, Prefetcher, cache_root, teacher_shard, text_shard
+from sfcompile.train.data import (
+    Batches,
+    Prefetcher,
+    cache_root,
+    data_parts,
+    mixture,
+    teacher_shard,
+    text_shard,
+)
 from sfcompile.train.losses import LossWeights, distillation_loss
 from sfcompile.train.optim import build_optimizer, lr_at, ramp
 from sfcompile.train.runlog import RunLogger, summary_table
@@ -117,22 +125,28 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
     if tokenizer is None:
         raise ValueError("train() needs tokenizer= to build its data (or pass data as a token shard path)")
     cache = cache_root(config)
-    if config.data == "teacher":
+    shards = []
+    for part in data_parts(config.data):
+        if part != "teacher":
+            shards.append(text_shard(part, tokenizer, cache))
+            continue
         if teacher is None:
             raise ValueError('data="teacher" samples from the teacher, but there is none (teacher="none")')
-        return teacher_shard(
-            teacher,
-            tokenizer,
-            cache,
-            n_tokens=config.teacher_data_tokens,
-            seqlen=config.seqlen,
-            temperature=config.teacher_data_temperature,
-            seed=config.seed,
-            prompt_source=config.teacher_data_prompts,
-            batch=config.teacher_data_batch,
-            device=device,
+        shards.append(
+            teacher_shard(
+                teacher,
+                tokenizer,
+                cache,
+                n_tokens=config.teacher_data_tokens,
+                seqlen=config.seqlen,
+                temperature=config.teacher_data_temperature,
+                seed=config.seed,
+                prompt_source=config.teacher_data_prompts,
+                batch=config.teacher_data_batch,
+                device=device,
+            )
         )
-    return text_shard(config.data, tokenizer, cache)
+    return mixture(shards)
 
 
 def _masked_sparsity(model) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -258,6 +259,7 @@ def test_smollm2_from_gguf(tmp_path, monkeypatch):
     model2, _ = load("smollm2-135m")  # served from the cache, not converted again
     assert (entry / "model.safetensors").stat().st_mtime_ns == mtime
     torch.testing.assert_close(model2.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    shutil.rmtree(entry)  # 0.5 GB of fp32 weights: pytest keeps tmp_path, and CI machines have had full disks
 
 
 def test_remote_code_folder_needs_explicit_trust(tmp_path):

@@ -57,6 +57,8 @@ def test_unknown_score_rejected():
         (dict(seqlen=1), "seqlen"),
         (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
         (dict(teacher_data_batch=0), "teacher_data_batch=0"),
+        (dict(data="corpus+"), r"data='corpus\+' has an empty part"),
+        (dict(teacher="none", kl_weight=0, data="corpus+teacher"), "distillation needs a teacher"),
         (dict(probe_rows=0), "probe_rows=0"),
         (dict(forge=ForgeConfig(estimator="fd_forward"), grad_accum=2), "grad_accum=2 .*estimator='fd'"),
         (dict(forge=ForgeConfig(estimator="fd_forward"), micro_batch=8, probe_rows=4), "probe_rows=4"),

@@ -9,6 +9,7 @@ from sfcompile.train.data import (
     Batches,
     DataError,
     Prefetcher,
+    data_parts,
     read_shard,
     teacher_shard,
     text_shard,
@@ -111,3 +112,34 @@ def _write(tmp_path, tok):
     from sfcompile.train.data import write_shard
 
     return write_shard(tmp_path / "prompts", tok(TEXT)["input_ids"], len(tok), {"source": "test"})
+
+
+def test_data_parts_split_on_plus_but_keep_an_existing_path_whole(tmp_path):
+    plus = tmp_path / "a+b.txt"
+    plus.write_text(TEXT)
+    assert data_parts(str(plus)) == [str(plus)]
+    assert data_parts("corpus + teacher") == ["corpus", "teacher"]
+    with pytest.raises(DataError, match=r"data='corpus\+\+teacher' has an empty part"):
+        data_parts("corpus++teacher")
+
+
+def test_mixed_data_concatenates_the_text_and_the_teacher_shards(tmp_path, text_file):
+    from sfcompile.train.config import TrainConfig
+    from sfcompile.train.loop import _data
+
+    tok = byte_tokenizer()
+    teacher = tiny_llama(vocab=257).eval()
+    cfg = TrainConfig(
+        data=f"{text_file}+teacher", seqlen=16, teacher_data_tokens=32, teacher_data_prompts=str(text_file),
+        teacher_data_batch=2, cache_dir=str(tmp_path / "c"), init="keep", forge=None,
+    )
+    mixed = _data(cfg, tok, teacher, torch.device("cpu"))
+    text = np.asarray(text_shard(str(text_file), tok, tmp_path / "c"))
+    sampled = np.asarray(
+        teacher_shard(teacher, tok, tmp_path / "c", n_tokens=32, seqlen=16, temperature=1.0, seed=cfg.seed,
+                      prompt_source=str(text_file), batch=2)
+    )
+    assert len(sampled) == 32
+    assert np.array_equal(mixed, np.concatenate([text, sampled]))
+    only_text = _data(cfg.replace(data=str(text_file)), tok, teacher, torch.device("cpu"))
+    assert isinstance(only_text, np.memmap)
