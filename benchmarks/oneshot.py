@@ -27,7 +27,7 @@ from sfcompile.eval.texts import calibration_windows
 from sfcompile.masking.oneshot import prune
 
 PATTERNS = ("2:4", "4:8", "unstructured:0.5", "block16")
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "admm")
 
 
 def _load_rows(path: Path) -> dict[tuple[str, str], dict]:

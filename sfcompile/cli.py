@@ -11,7 +11,7 @@ import sys
 from importlib import import_module
 
 COMMANDS = {
-    "prune": ("sfcompile.masking.cli", "one-shot pruning (magnitude | wanda | sparsegpt) to a pattern"),
+    "prune": ("sfcompile.masking.cli", "one-shot pruning (magnitude | wanda | sparsegpt | admm) to a pattern"),
     "train": ("sfcompile.train.cli", "SparseForge training: soft masks, Hessian scores, SLoRB, distillation"),
     "eval": ("sfcompile.eval.cli", "perplexity and zero-shot accuracy of a model"),
     "inspect": ("sfcompile.inspect", "per-site pattern check, sparsity and sizes of a saved model"),

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--init",
         default="sparsegpt",
-        choices=("dense", "magnitude", "wanda", "sparsegpt"),
+        choices=("dense", "magnitude", "wanda", "sparsegpt", "admm"),
         help="one-shot masks to start from (default sparsegpt). From a pruning init the forge keeps the hard "
         "pattern in the forward from the first step and explores mask flips until 60%% of the run, then trains "
         "on frozen masks (the recipe measured in benchmarks/README.md); from dense it follows the reference's "
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-calib-windows",
         type=int,
         default=128,
-        help="calibration windows (of --seqlen tokens) for a wanda/sparsegpt --init (default 128)",
+        help="calibration windows (of --seqlen tokens) for a wanda/sparsegpt/admm --init (default 128)",
     )
     g.add_argument(
         "--no-forge",

@@ -15,7 +15,7 @@ from typing import Any
 from sfcompile.masking.config import AUTO_ESTIMATOR, resolve_estimator
 from sfcompile.train.data import data_parts
 
-INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "keep")
+INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
 DTYPES = ("auto", "bf16", "fp32")
 
@@ -125,7 +125,7 @@ class TrainConfig:
 
     Masks
         init: one-shot mask before training: ``"dense"`` (all ones; the forge tempers from dense),
-            ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (`sfcompile.prune` on ``init_calib_windows``
+            ``"magnitude"``, ``"wanda"``, ``"sparsegpt"`` or ``"admm"`` (`sfcompile.prune` on ``init_calib_windows``
             of the calibration text), or ``"keep"``: the masks the model already carries (the caller pruned
             it, e.g. once for several runs; pass the dense ``teacher=`` to `train`). Not re-applied on resume.
             With a pruning init the forge starts at the pattern's sparsity (``sparsity_warmup`` set to 0 here)

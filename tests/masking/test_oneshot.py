@@ -217,7 +217,7 @@ def test_prune_sparsegpt_updates_weights_exactly_on_the_mask():
 
 # ----------------------------------------------------------------------------- patterns, families, MoE
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "admm"])
 def test_final_masks_verify_after_harden(tiny_model, method, pattern):
     model = sfcompile.sparsify(tiny_model("llama"), pattern)
     ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -238,7 +238,7 @@ def test_final_masks_verify_after_harden(tiny_model, method, pattern):
 @pytest.mark.parametrize("family", ["gpt2", "opt", "qwen3_moe", "mixtral"])
 def test_calibrated_pruners_on_families(tiny_model, family):
     ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
-    for method in ("wanda", "sparsegpt"):
+    for method in ("wanda", "sparsegpt", "admm"):
         model = sfcompile.sparsify(tiny_model(family), "2:4")
         kinds = {site.kind for site, _, _ in masked_sites(model)}
         report = prune(model, method, ids, nsamples=4, seqlen=16, progress=False)
