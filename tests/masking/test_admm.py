@@ -68,6 +68,7 @@ def test_admm_dead_inputs_are_zeroed():
     (dict(refine_iters=1.5), "refine_iters=1.5"),
     (dict(rho=0.0), "rho=0.0"),
     (dict(growth=0.5), "growth=0.5"),
+    (dict(patience=0), "patience=0"),
 ])
 def test_admm_bad_numbers_are_named(kwargs, match):
     w, h = _problem(rows=8, k=16)
