@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--lrs", default="", help="comma list of LRs to choose the main run's from (held-out calib)")
     ap.add_argument("--sweep-tokens", type=float, default=1e6)
     ap.add_argument("--holdout-docs", type=int, default=300, help="documents of --calib held out (every n-th)")
-    ap.add_argument("--zs-models", default="dense,sparsegpt,sfcompile")
+    ap.add_argument("--zs-models", default="dense,sparsegpt,admm,sfcompile")
     ap.add_argument("--ablations", default="full,fixed_masks,magnitude_scores,hessian_unsmoothed,no_slorb,"
                     "squarehead,teacher_data,restore_dense,kl_only")
     ap.add_argument("--abl-tokens", type=float, default=1e6)
@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of phases to skip: main,zeroshot,ablations (e.g. two "
                     "processes on two GPUs: one runs main+zeroshot, the other the ablations)")
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of this script
+    ap.add_argument("--init", default="sparsegpt", choices=("sparsegpt", "admm"),
+                    help="the one-shot pruner whose masks every run starts from (reported under its name)")
     ap.add_argument("--teacher-mix", type=float, default=0,
                     help="main run: add this many tokens sampled from the dense teacher to the training text "
                          '(data="<text>+teacher", drawn in proportion to their sizes)')
@@ -172,10 +174,10 @@ def main() -> None:
     sfcompile.sparsify(pruned, pattern="2:4", mask_dtype=torch.float32)
     n = args.calib_windows
     calib = calibration_windows(tok, train_text, n=n, seqlen=args.seqlen, seed=0)
-    report = prune(pruned, "sparsegpt", calib, nsamples=n, seqlen=args.seqlen, progress=False)
-    base_ppl["sparsegpt"] = ppl(pruned)
+    report = prune(pruned, args.init, calib, nsamples=n, seqlen=args.seqlen, progress=False)
+    base_ppl[args.init] = ppl(pruned)
     emit(out, {"phase": "baselines", "text": f"wiki ({args.wiki_windows or 'all'} windows)", "seqlen": args.seqlen,
-               **base_ppl, "calib_windows": n, "sparsegpt_seconds": report.seconds,
+               **base_ppl, "calib_windows": n, f"{args.init}_seconds": report.seconds,
                "seconds": time.perf_counter() - t, "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if dev == "cuda" else None})
 
@@ -231,7 +233,7 @@ def main() -> None:
         if args.teacher_mix:
             mix = {"data": f"{train_text}+teacher", "teacher_data_tokens": int(args.teacher_mix)}
         row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr, **mix)
-        emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], "sparsegpt": base_ppl["sparsegpt"],
+        emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], args.init: base_ppl[args.init],
                    "holdout_ppl": ppl(main_model, holdout_text)})
         tok_s = row["tok_s"]
         for src, dst in (("log.jsonl", "main_log.jsonl"), ("curves.png", "main_curves.png")):
@@ -242,7 +244,7 @@ def main() -> None:
     if "zeroshot" not in skip:
         from sfcompile.eval.zeroshot import zeroshot
 
-        models = [("dense", dense), ("sparsegpt", pruned)] + ([("sfcompile", main_model)] if main_model else [])
+        models = [("dense", dense), (args.init, pruned)] + ([("sfcompile", main_model)] if main_model else [])
         wanted = set(args.zs_models.split(","))
         for name, model in [(n, m) for n, m in models if n in wanted]:
             if budget.left() < 45:
