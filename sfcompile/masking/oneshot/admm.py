@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from ...patterns import Pattern
+from .sparsegpt import check_layer_problem
 
 __all__ = ["admm_prune", "reconstruction_error"]
 
@@ -109,11 +110,7 @@ def admm_prune(
         ``(new_weight, mask)``: the refit weight (in ``weight``'s dtype) with exact zeros where ``mask`` is
         False, and the bool mask, which satisfies ``pattern`` exactly.
     """
-    if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
-        raise ValueError(
-            f"admm_prune needs a (rows, K) weight and a (K, K) Hessian, got {tuple(weight.shape)} "
-            f"and {tuple(hessian.shape)}"
-        )
+    check_layer_problem("admm_prune", weight, hessian)
     for name, value in (("iters", iters), ("refine_iters", refine_iters)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an integer >= 0")

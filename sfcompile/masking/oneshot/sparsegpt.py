@@ -50,6 +50,15 @@ def _keep_per_row(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def check_layer_problem(who: str, weight: torch.Tensor, hessian: torch.Tensor) -> None:
+    """Refuse anything but a (rows, K) weight with its (K, K) Hessian, naming the caller and both shapes."""
+    if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(
+            f"{who} needs a (rows, K) weight and a (K, K) Hessian, got {tuple(weight.shape)} "
+            f"and {tuple(hessian.shape)}"
+        )
+
+
 def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor U of (H + λI)⁻¹ with λ = percdamp·mean(diag H), in float64."""
     k = hessian.shape[0]
@@ -105,11 +114,7 @@ def sparsegpt_prune(
         ``(new_weight, mask)``: the updated weight (in ``weight``'s dtype) with exact zeros where ``mask`` is
         False, and the bool mask, which satisfies ``pattern`` exactly.
     """
-    if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
-        raise ValueError(
-            f"sparsegpt_prune needs a (rows, K) weight and a (K, K) Hessian, got {tuple(weight.shape)} "
-            f"and {tuple(hessian.shape)}"
-        )
+    check_layer_problem("sparsegpt_prune", weight, hessian)
     if isinstance(pattern, NM) and blocksize % pattern.m:
         raise ValueError(f"blocksize {blocksize} must be a multiple of M={pattern.m} for pattern {pattern}")
     rows, k = weight.shape
