@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _layer_inputs import correlated_inputs
 
 from sfcompile.masking.oneshot import prune
 from sfcompile.masking.oneshot.admm import _refit, admm_prune, reconstruction_error
@@ -12,16 +13,8 @@ from sfcompile.patterns import parse_pattern
 PATTERNS = ["2:4", "4:8", "unstructured:0.5", "block16"]
 
 
-def _inputs(n=2048, k=64, rank=8, seed=0):
-    """Activations with low effective rank plus noise and uneven feature scales, as in LLMs."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, rank, generator=g) @ torch.randn(rank, k, generator=g)
-    z = z + 0.3 * torch.randn(n, k, generator=g)
-    return z * torch.exp(torch.randn(k, generator=g))
-
-
 def _problem(rows=48, k=64, seed=1):
-    x = _inputs(k=k)
+    x = correlated_inputs(n=2048, k=k)
     w = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
     return w, x.T.double() @ x.double()
 
@@ -55,7 +48,7 @@ def test_refit_is_the_least_squares_solution_on_the_mask():
 
 
 def test_admm_dead_inputs_are_zeroed():
-    x = _inputs(k=32)
+    x = correlated_inputs(n=2048, k=32)
     x[:, [3, 17]] = 0  # two features never fire
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
     new_w, mask = admm_prune(w, x.T @ x, parse_pattern("2:4"))

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from _layer_inputs import correlated_inputs
 from torch import nn
 
 import sfcompile
@@ -117,17 +118,9 @@ def test_wanda_scores_for_conv1d_and_expert_layouts():
 
 
 # ------------------------------------------------------------------------------------------ sparsegpt
-def _correlated_inputs(n=4096, k=64, rank=8, seed=0):
-    """Activations with low effective rank plus noise and uneven feature scales, as in LLMs."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, rank, generator=g) @ torch.randn(rank, k, generator=g)
-    z = z + 0.3 * torch.randn(n, k, generator=g)
-    return z * torch.exp(torch.randn(k, generator=g))
-
-
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_sparsegpt_reconstructs_a_layer_far_better_than_wanda_and_magnitude(pattern):
-    x = _correlated_inputs()
+    x = correlated_inputs()
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
     p = parse_pattern(pattern)
     h = x.T.double() @ x.double()
@@ -164,7 +157,7 @@ def _naive_obs_sweep(w, h, mask, percdamp):
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_sparsegpt_sweep_with_lazy_blocks_equals_the_naive_obs_sweep(pattern):
-    x = _correlated_inputs(n=512, k=32)
+    x = correlated_inputs(n=512, k=32)
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     h = x.T.double() @ x.double()
     p = parse_pattern(pattern)
@@ -178,7 +171,7 @@ def test_sparsegpt_tile_cost_is_the_obs_error_of_zeroing_the_whole_tile():
     # complement, computed directly here, against _tile_costs from the diagonal blocks of H⁻¹
     from sfcompile.masking.oneshot.sparsegpt import _hinv_blocks, _tile_costs
 
-    x = _correlated_inputs(n=512, k=32).double()
+    x = correlated_inputs(n=512, k=32).double()
     h = x.T @ x
     w = torch.randn(32, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)       # H⁻¹ = UᵀU
@@ -194,7 +187,7 @@ def test_sparsegpt_tile_cost_is_the_obs_error_of_zeroing_the_whole_tile():
 
 
 def test_sparsegpt_dead_inputs_are_zeroed_and_pruned_first():
-    x = _correlated_inputs(k=32)
+    x = correlated_inputs(k=32)
     x[:, [3, 17]] = 0  # two features never fire
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
     new_w, mask = sparsegpt_prune(w, x.T @ x, parse_pattern("2:4"), blocksize=16)

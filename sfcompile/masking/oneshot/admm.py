@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from ...patterns import Pattern
-from .sparsegpt import check_layer_problem
+from .sparsegpt import layer_problem
 
 __all__ = ["admm_prune", "reconstruction_error"]
 
@@ -110,7 +110,7 @@ def admm_prune(
         ``(new_weight, mask)``: the refit weight (in ``weight``'s dtype) with exact zeros where ``mask`` is
         False, and the bool mask, which satisfies ``pattern`` exactly.
     """
-    check_layer_problem("admm_prune", weight, hessian)
+    w0, h = layer_problem("admm_prune", weight, hessian)
     for name, value in (("iters", iters), ("refine_iters", refine_iters)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an integer >= 0")
@@ -118,12 +118,7 @@ def admm_prune(
         raise ValueError(f"patience={patience!r} must be None or an integer >= 1")
     if not (rho > 0 and growth >= 1 and settled_growth >= 1):
         raise ValueError(f"rho={rho} must be > 0 and growth={growth}, settled_growth={settled_growth} >= 1")
-    rows, k = weight.shape
-    h = hessian.detach().to(torch.float64).clone()
-    w0 = weight.detach().to(torch.float64).clone()
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
-    w0[:, dead] = 0.0
+    k = h.shape[0]
     # Scale H to mean diagonal 1 (E only changes by a constant factor), so rho and percdamp are unitless.
     h /= torch.diagonal(h).mean()
     h += percdamp * torch.eye(k, dtype=h.dtype, device=h.device)
@@ -139,10 +134,11 @@ def admm_prune(
     still = 0
     for _ in range(iters):
         w = ((w0h_eig + rho * ((d - v) @ qw)) / (lam + rho)) @ qw.T
-        new_mask = pattern.project((w + v).square(), -1)
+        wv = w + v
+        new_mask = pattern.project(wv.square(), -1)
         moved = int((new_mask != mask).sum())
         mask = new_mask
-        d = (w + v) * mask
+        d = wv * mask
         v = v + w - d
         factor = growth if moved > 1e-3 * mask.numel() else settled_growth
         rho *= factor

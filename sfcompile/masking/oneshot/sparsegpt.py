@@ -50,13 +50,21 @@ def _keep_per_row(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def check_layer_problem(who: str, weight: torch.Tensor, hessian: torch.Tensor) -> None:
-    """Refuse anything but a (rows, K) weight with its (K, K) Hessian, naming the caller and both shapes."""
+def layer_problem(who: str, weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 copies of a (rows, K) weight and its (K, K) Hessian, dead inputs handled (Hⱼⱼ = 0: Hⱼⱼ ← 1 and
+    Wᵢⱼ ← 0, so they cost nothing to prune and never pull updates); anything else is refused, naming the caller
+    and both shapes."""
     if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(
             f"{who} needs a (rows, K) weight and a (K, K) Hessian, got {tuple(weight.shape)} "
             f"and {tuple(hessian.shape)}"
         )
+    w = weight.detach().to(torch.float64).clone()
+    h = hessian.detach().to(torch.float64).clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    return w, h
 
 
 def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -114,16 +122,10 @@ def sparsegpt_prune(
         ``(new_weight, mask)``: the updated weight (in ``weight``'s dtype) with exact zeros where ``mask`` is
         False, and the bool mask, which satisfies ``pattern`` exactly.
     """
-    check_layer_problem("sparsegpt_prune", weight, hessian)
+    w, h = layer_problem("sparsegpt_prune", weight, hessian)
     if isinstance(pattern, NM) and blocksize % pattern.m:
         raise ValueError(f"blocksize {blocksize} must be a multiple of M={pattern.m} for pattern {pattern}")
-    rows, k = weight.shape
-    w = weight.detach().to(torch.float64).clone()
-    h = hessian.detach().to(torch.float64).clone()
-
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    rows, k = w.shape
 
     u = _inverse_cholesky(h, percdamp)  # (K, K) upper
     u_diag = torch.diagonal(u)
