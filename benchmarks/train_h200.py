@@ -210,6 +210,9 @@ def main() -> None:
             "skipped_steps": result.skipped_steps, "compiled": result.compiled}
         row["config"] = {k: v for k, v in cfg.to_dict().items() if k in over or k in ("forge", "lr")}
         row["restore_dense"] = restore
+        if result.stopped:  # a signal paused the run (checkpoint written): record that, never a finished row
+            emit(out, {"phase": "stopped", **row, "stopped": result.stopped, "total_steps": result.total_steps})
+            raise SystemExit(result.exit_code)
         return row, model
 
     # 2. LR choice on held-out calib ------------------------------------------------------------------------

@@ -157,6 +157,31 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
 
 
 @torch.no_grad()
+def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, pad_id, *, kv_cache: str = "dynamic"):
+    """``ids`` (B x P prompt tokens) continued by exactly ``new`` tokens sampled from ``teacher`` at
+    ``temperature`` (no top-k/top-p; EOS is not allowed to end a sequence early).
+
+    ``kv_cache``: ``"dynamic"`` (transformers' default KV cache, grown every step) or ``"static"`` (allocated once
+    for the whole length; on CUDA transformers then compiles the decoding step, which pays a compile on the first
+    batch of each shape)."""
+    if kv_cache not in ("dynamic", "static"):
+        raise DataError(f"kv_cache={kv_cache!r}: choose 'dynamic' or 'static'")
+    extra = {"cache_implementation": "static"} if kv_cache == "static" else {}
+    return teacher.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        pad_token_id=pad_id,
+        **extra,
+    )
+
+
+@torch.no_grad()
 def teacher_shard(
     teacher,
     tok,
@@ -201,18 +226,7 @@ def teacher_shard(
             rows.append(bos + [int(t) for t in prompts_pool[p : p + prompt_len]])
         ids = torch.tensor(rows, device=device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        new = seqlen - ids.shape[1]
-        seqs = teacher.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=new,
-            min_new_tokens=new,
-            pad_token_id=tok.eos_token_id,
-        )
+        seqs = sample_sequences(teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id)
         out.extend(seqs[:, :seqlen].reshape(-1).tolist())
     write_shard(
         shard,

@@ -11,6 +11,7 @@ from sfcompile.train.data import (
     Prefetcher,
     data_parts,
     read_shard,
+    sample_sequences,
     teacher_shard,
     text_shard,
     tokenizer_hash,
@@ -106,6 +107,20 @@ def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, mo
                   prompt_source="my.jsonl")
     assert sources == ["my.jsonl"]
     assert len(list((tmp_path / "c" / "shards").glob("teacher-*.json"))) == 2
+
+
+def test_sample_sequences_static_cache_matches_dynamic_and_checks_its_argument():
+    teacher = tiny_llama(vocab=257).eval()
+    ids = torch.randint(3, 257, (3, 4), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for kv in ("dynamic", "static"):
+        torch.manual_seed(1)
+        # a temperature this low makes sampling greedy, so both caches must give the same continuation
+        out[kv] = sample_sequences(teacher, ids, 9, 1e-4, 0, kv_cache=kv)
+        assert out[kv].shape == (3, 13) and torch.equal(out[kv][:, :4], ids)
+    assert torch.equal(out["dynamic"], out["static"])
+    with pytest.raises(DataError, match="kv_cache='paged'"):
+        sample_sequences(teacher, ids, 2, 1.0, 0, kv_cache="paged")
 
 
 def _write(tmp_path, tok):
