@@ -76,9 +76,9 @@ def test_cli_sigterm_then_resume(tmp_path, monkeypatch):
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 9))
 
 
-def test_default_recipe_starts_from_sparsegpt_with_a_hard_forward():
+def test_default_recipe_starts_from_admm_with_a_hard_forward():
     args = _args(["--model", "m", "--out", "o", "--tokens", "10M"])
-    assert args.init == "sparsegpt"
+    assert args.init == "admm"
     sched = cli.forge_from_overrides([], args.init).schedule
     assert (sched.harden_start, sched.harden_end, sched.finalize_at, sched.sparsity_warmup) == (0, 0, 0.6, 0)
     assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt").schedule.finalize_at == 0.8  # user wins
