@@ -81,6 +81,8 @@ class E2EConfig:
     device: str = "cuda"
     budget_s: float = 0.0
     out: Path | None = None
+    profile: Path | None = None        # per (model, column, batch): a kernel table of profiled decode steps
+    profile_steps: int = 8
 
     @classmethod
     def from_args(cls, args) -> E2EConfig:
@@ -90,7 +92,8 @@ class E2EConfig:
         return cls(models=items(args.model), layers=args.layers, patterns=items(args.e2e_patterns),
                    batches=tuple(int(b) for b in items(args.batches)), new_tokens=args.new_tokens,
                    prefill=args.prefill, prefill_patterns=items(args.prefill_patterns), dtype=args.dtype,
-                   device=args.device, budget_s=args.budget_s, out=args.e2e_out)
+                   device=args.device, budget_s=args.budget_s, out=args.e2e_out, profile=args.e2e_profile,
+                   profile_steps=args.e2e_profile_steps)
 
 
 # ---- model -----------------------------------------------------------------------------------------------
@@ -226,14 +229,17 @@ def _static_cache(model, max_len: int):
 
 @torch.no_grad()
 def time_decode(model, step, batch: int, new_tokens: int, device: str,
-                prompt: int = 16) -> tuple[float, float]:
-    """(ms per decode step, max relative logit error of the first compiled step vs eager)."""
+                prompt: int = 16, profile_to: Path | None = None, profile_steps: int = 8) -> tuple[float, float]:
+    """(ms per decode step, max relative logit error of the first compiled step vs eager). With
+    ``profile_to``, ``profile_steps`` more steps run under the profiler after the timed ones (which it does
+    not touch) and their table is written there (:func:`write_profile`)."""
     # Positions advance in lockstep with the cache's own counter (5.24+): check step, 3 warm-up, timed steps.
-    cache = _static_cache(model, prompt + new_tokens + 8)
+    extra = profile_steps if profile_to is not None else 0  # the profiled steps go after the timed ones
+    cache = _static_cache(model, prompt + new_tokens + 8 + extra)
     fwd = _forward(model)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=device)
     tok = fwd(ids, cache, torch.arange(prompt, device=device))[:, -1:].argmax(-1)  # eager: fills the cache
-    positions = torch.arange(prompt, prompt + new_tokens + 8, device=device)
+    positions = torch.arange(prompt, prompt + new_tokens + 8 + extra, device=device)
 
     reference = copy.deepcopy(cache)
     _mark_step()
@@ -263,7 +269,32 @@ def time_decode(model, step, batch: int, new_tokens: int, device: str,
         t0 = time.perf_counter()
         run(new_tokens, 4)
         ms = (time.perf_counter() - t0) * 1e3
+    if profile_to is not None:
+        write_profile(profile_to, lambda: run(profile_steps, 4 + new_tokens), profile_steps, device)
     return ms / new_tokens, err
+
+
+def write_profile(path: Path, fn, steps: int, device: str) -> None:
+    """Run ``fn`` (``steps`` decode steps) under torch.profiler; write the ops and kernels by self time on the
+    device (CPU when there is none), per step, to ``path``. Under CUDA graphs the kernels are those of the
+    graph replays, if CUPTI reports them; the file says when it saw none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        _sync(device)
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    lines = [f"# {steps} decode steps; {key} per step (us); total {total / steps:.1f} us per step",
+             "us/step\tcalls/step\tname"]
+    lines += [f"{getattr(e, key) / steps:.2f}\t{e.count / steps:.1f}\t{e.key}" for e in events[:40]
+              if getattr(e, key) > 0]
+    if total == 0:
+        lines.append("no events with device time (CUDA graph replays hidden from the profiler?)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
 
 
 @torch.no_grad()
@@ -335,7 +366,9 @@ def _bench_variant(args: E2EConfig, alias: str, pattern: str, variant: Variant, 
         t0 = time.perf_counter()
         row = Row(alias, n_layers, pattern, batch)
         try:
-            ms, err = time_decode(model, step, batch, args.new_tokens, device)
+            prof = args.profile / f"{alias}_{pattern.replace(':', 'of')}_b{batch}.txt" if args.profile else None
+            ms, err = time_decode(model, step, batch, args.new_tokens, device, profile_to=prof,
+                                  profile_steps=args.profile_steps)
             row.decode_ms_per_step, row.decode_tok_s = ms, batch * 1e3 / ms
             row.logit_err = err
         except Exception as e:  # noqa: BLE001 - a benchmark row records the failure and goes on
@@ -424,6 +457,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--budget-s", type=float, default=0, help="per-model time budget; later configs are "
                                                              "skipped, not cut (0 = none)")
     g.add_argument("--e2e-out", dest="e2e_out", type=Path, help="write rows (.json) and table (.md) here")
+    g.add_argument("--e2e-profile", dest="e2e_profile", type=Path, metavar="DIR",
+                   help="after each decode timing, profile more steps and write their op/kernel table to DIR")
+    g.add_argument("--e2e-profile-steps", dest="e2e_profile_steps", type=int, default=8)
 
 
 def run(args) -> int:

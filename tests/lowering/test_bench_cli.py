@@ -50,3 +50,19 @@ def test_e2e_columns_parse_into_compile_arguments():
     for bad in ("2:4+fast", "dense+nofuse"):
         with pytest.raises(SystemExit, match="unknown variant"):
             Variant.parse(bad)
+
+
+def test_e2e_profile_writes_a_per_step_table(tmp_path):
+    # benchmarks/e2e.py --e2e-profile: the ops of N profiled steps, by self time per step, largest first
+    from sfcompile.lowering.cli import _e2e_module
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    out = tmp_path / "p" / "m_2of4_b1.txt"
+    _e2e_module().write_profile(out, lambda: [torch.mm(a, b) for _ in range(6)], 3, "cpu")
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# 3 decode steps; self_cpu_time_total per step")
+    rows = [line.split("\t") for line in lines[2:]]
+    mm = next(r for r in rows if r[2] == "aten::mm")
+    assert float(mm[1]) == 2.0  # 6 calls over 3 steps
+    times = [float(r[0]) for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
