@@ -49,11 +49,11 @@ def main() -> None:
         cache, _, amp = variant.partition("+")
         if amp not in ("", "bf16", "half"):
             raise SystemExit(f"variant {variant!r}: the suffix must be +bf16 or +half")
-        teacher = copy.deepcopy(model).to(torch.bfloat16) if amp == "half" else model
         left = args.budget_s - (time.perf_counter() - t_start)
         if per_batch_guess is not None and left < per_batch_guess * (args.reps + 1):
             _emit(args.out, {"variant": variant, "skipped": f"out of time ({left:.0f} s left)"})
             continue
+        teacher = copy.deepcopy(model).to(torch.bfloat16) if amp == "half" else model
         times, failed = [], False
         for rep in range(args.reps):
             g = torch.Generator(device="cpu").manual_seed(rep)
