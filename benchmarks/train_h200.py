@@ -137,6 +137,9 @@ def main() -> None:
                     help="main run: add this many tokens sampled from the dense teacher to the training text "
                          '(data="<text>+teacher", drawn in proportion to their sizes)')
     ap.add_argument("--teacher-batch", type=int, default=256, help="sequences the teacher samples at once")
+    ap.add_argument("--teacher-kv-cache", default="dynamic", choices=("dynamic", "static"))
+    ap.add_argument("--teacher-precision", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="TrainConfig.teacher_data_precision (auto: bf16 autocast on CUDA)")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
@@ -194,6 +197,7 @@ def main() -> None:
             forge=forge_config() if forge == "default" else forge, eval_text=args.wiki,
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
             teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=args.teacher_batch,
+            teacher_data_kv_cache=args.teacher_kv_cache, teacher_data_precision=args.teacher_precision,
             compile=args.compile,
         )
         cfg_kw.update(over)

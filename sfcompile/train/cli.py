@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="text whose 4-token snippets start the sequences of --data teacher (name or path)")
     g.add_argument("--teacher-data-batch", type=int, default=32,
                    help="sequences --data teacher generates at once (256 on an H200)")
+    g.add_argument("--teacher-data-kv-cache", default="dynamic", choices=("dynamic", "static"),
+                   help="KV cache of --data teacher's sampling (benchmarks/teacher_sampling.py)")
+    g.add_argument("--teacher-data-precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="--data teacher samples under bf16 autocast (auto: on CUDA) or in fp32")
     g.add_argument("--seqlen", type=int, default=512)
     g.add_argument("--micro-batch", type=int, default=8)
     g.add_argument("--grad-accum", type=int, default=1)
@@ -162,6 +166,8 @@ def config_from_args(args):
         teacher_data_tokens=args.teacher_data_tokens,
         teacher_data_prompts=args.teacher_data_prompts,
         teacher_data_batch=args.teacher_data_batch,
+        teacher_data_kv_cache=args.teacher_data_kv_cache,
+        teacher_data_precision=args.teacher_data_precision,
         lr=args.lr,
         min_lr=args.min_lr,
         warmup=args.warmup,

@@ -95,6 +95,10 @@ class TrainConfig:
             or a path, as ``data``).
         teacher_data_batch: sequences generated at once (GPU: 256 keeps one H200 busy; each batch costs
             ``seqlen`` decode steps, so a small batch makes generation take minutes per million tokens).
+        teacher_data_kv_cache: ``"dynamic"`` (transformers' default cache, grown every step) or ``"static"``
+            (allocated once; on CUDA transformers compiles the decoding step). See benchmarks/teacher_sampling.py.
+        teacher_data_precision: ``"fp32"``, ``"bf16"`` (sampling under bf16 autocast: bf16 matmuls and KV
+            cache; the weights stay as they are), or ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.
 
     Optimizer (mask-aware AdamW, `sfcompile.train.optim`)
@@ -175,6 +179,8 @@ class TrainConfig:
     teacher_data_temperature: float = 1.0
     teacher_data_prompts: str = "calib"
     teacher_data_batch: int = 32
+    teacher_data_kv_cache: str = "dynamic"
+    teacher_data_precision: str = "auto"
     cache_dir: str | None = None
 
     lr: float = 1e-4
@@ -286,6 +292,10 @@ class TrainConfig:
             isinstance(self.teacher_data_batch, int) and self.teacher_data_batch >= 1,
             f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1",
         )
+        need(self.teacher_data_kv_cache in ("dynamic", "static"),
+             f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose 'dynamic' or 'static'")
+        need(self.teacher_data_precision in DTYPES,
+             f"teacher_data_precision={self.teacher_data_precision!r} is not one of {DTYPES}")
         need(isinstance(self.teacher, str),
              f"teacher= takes where the dense teacher lives, one of {TEACHER_MODES}, not a "
              f"{type(self.teacher).__name__}; pass a teacher model to train(model, config, teacher=model)")
@@ -343,6 +353,11 @@ class TrainConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def teacher_data_bf16(self) -> bool:
+        """Whether ``data="teacher"`` samples under bf16 autocast (``"bf16"``, or ``"auto"`` on CUDA)."""
+        p = self.teacher_data_precision
+        return p == "bf16" or (p == "auto" and self.resolved_device().type == "cuda")
 
     def bf16_autocast(self) -> bool:
         """Whether the steps compute under bf16 autocast (``dtype="bf16"``, or ``"auto"`` on CUDA)."""

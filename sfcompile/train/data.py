@@ -195,18 +195,21 @@ def teacher_shard(
     prompt_len: int = 4,
     batch: int = 16,
     device=None,
+    kv_cache: str = "dynamic",
+    bf16: bool = False,
 ) -> np.memmap:
     """Sequences of ``seqlen`` tokens sampled from ``teacher``, cached as a shard.
 
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
-    every sequence has the full length. The cache key includes the teacher's name, n_tokens, seqlen,
-    temperature and seed.
+    every sequence has the full length. ``kv_cache``: as `sample_sequences`; ``bf16``: sample under bf16
+    autocast (bf16 matmuls and KV cache). The cache key includes the teacher's name, n_tokens, seqlen,
+    temperature, seed, prompt text, batch and both sampling options (they change the samples).
     """
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
     key = hashlib.sha256(
-        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}:{batch}".encode()
+        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}:{batch}:{kv_cache}:{bf16}".encode()
     ).hexdigest()[:12]
     shard = cache / "shards" / f"teacher-{key}-{th}"
     if shard.with_suffix(".json").exists():
@@ -226,7 +229,10 @@ def teacher_shard(
             rows.append(bos + [int(t) for t in prompts_pool[p : p + prompt_len]])
         ids = torch.tensor(rows, device=device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        seqs = sample_sequences(teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            seqs = sample_sequences(
+                teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id, kv_cache=kv_cache
+            )
         out.extend(seqs[:, :seqlen].reshape(-1).tolist())
     write_shard(
         shard,
@@ -239,6 +245,8 @@ def teacher_shard(
             "temperature": temperature,
             "seqlen": seqlen,
             "seed": seed,
+            "kv_cache": kv_cache,
+            "bf16": bf16,
         },
     )
     return read_shard(shard)

@@ -144,6 +144,8 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
                 prompt_source=config.teacher_data_prompts,
                 batch=config.teacher_data_batch,
                 device=device,
+                kv_cache=config.teacher_data_kv_cache,
+                bf16=config.teacher_data_bf16(),
             )
         )
     return mixture(shards)

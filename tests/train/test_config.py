@@ -57,6 +57,8 @@ def test_unknown_score_rejected():
         (dict(seqlen=1), "seqlen"),
         (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
         (dict(teacher_data_batch=0), "teacher_data_batch=0"),
+        (dict(teacher_data_kv_cache="paged"), "teacher_data_kv_cache='paged'"),
+        (dict(teacher_data_precision="fp16"), "teacher_data_precision='fp16'"),
         (dict(data="corpus+"), r"data='corpus\+' has an empty part"),
         (dict(teacher="none", kl_weight=0, data="corpus+teacher"), "distillation needs a teacher"),
         (dict(probe_rows=0), "probe_rows=0"),

@@ -107,6 +107,12 @@ def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, mo
                   prompt_source="my.jsonl")
     assert sources == ["my.jsonl"]
     assert len(list((tmp_path / "c" / "shards").glob("teacher-*.json"))) == 2
+    # so are the sampling options: bf16 autocast (here on the CPU) samples its own full-length sequences
+    bf16 = teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0, batch=2,
+                         bf16=True)
+    assert len(bf16) == 48 and (np.asarray(bf16).reshape(3, 16)[:, 0] == tok.bos_token_id).all()
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "c" / "shards").glob("teacher-*.json")]
+    assert sorted(str(m.get("bf16")) for m in metas) == ["False", "False", "True"]
 
 
 def test_sample_sequences_static_cache_matches_dynamic_and_checks_its_argument():
