@@ -180,12 +180,13 @@ class Variant:
     """One column of the table, parsed from ``--e2e-patterns``: ``BASE[+FLAG...]``, BASE ``dense`` or a pattern.
 
     A pattern runs the backend with its defaults; ``+nofuse`` turns its ``fuse`` option off (one packed op per
-    site), ``+nopdl`` its ``pdl`` option (plain launches for every kernel). ``dense+pdl`` is dense Inductor
-    with its kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
+    site), ``+nopdl`` / ``+pdl`` set its ``pdl`` option off / on (default ``"auto"``: on for a graph at one row,
+    i.e. decode at batch 1). ``dense+pdl`` is dense Inductor with its kernels launched with programmatic
+    dependent launch (``triton.enable_pdl``)."""
 
     base: str
     fuse: bool = True
-    pdl: bool = True
+    pdl: bool | str = "auto"
 
     @classmethod
     def parse(cls, label: str) -> Variant:
@@ -194,10 +195,11 @@ class Variant:
         for flag in flags:
             if flag not in allowed:
                 raise SystemExit(f"--e2e-patterns: {label!r}: unknown variant {flag!r}; a pattern takes +nofuse "
-                                 f"and +nopdl (e.g. 2:4+nofuse+nopdl), dense only +pdl")
+                                 f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl), dense only +pdl")
         if base == "dense":
             return cls(base, pdl="pdl" in flags)
-        return cls(base, fuse="nofuse" not in flags, pdl="nopdl" not in flags)
+        pdl = False if "nopdl" in flags else True if "pdl" in flags else "auto"
+        return cls(base, fuse="nofuse" not in flags, pdl=pdl)
 
     @property
     def backend(self) -> str | None:
@@ -442,7 +444,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--layers", type=int, default=None, help="decoder layers to build (default: all)")
     g.add_argument("--e2e-patterns", default="2:4,block16",
                    help="comma-separated columns after dense: hardened patterns, run with the backend's defaults, "
-                        "and variants: PATTERN+nofuse (one packed op per site), PATTERN+nopdl (plain launches), "
+                        "and variants: PATTERN+nofuse (one packed op per site), PATTERN+nopdl / +pdl (plain "
+                        "launches / programmatic dependent launch at every batch; default: at batch 1 only), "
                         "dense+pdl (Inductor's kernels with programmatic dependent launch) (default %(default)s)")
     g.add_argument("--batches", default="1,8",
                    help="comma-separated decode batch sizes (default %(default)s)")

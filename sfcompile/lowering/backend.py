@@ -30,12 +30,15 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         Fewer, larger kernels: at decode every call pays a fixed ~5 us on an H200, so 4 calls per layer
         instead of 7 took full-depth batch-1 decode from 1.32x to 1.47x dense (LLaMA-2-7B) and from 1.33x to
         1.49x (Qwen3-8B) (benchmarks/README.md, run 15). ``False`` gives one packed op per hardened site.
-    pdl (bool, default True): programmatic dependent launch (Hopper and newer; ignored elsewhere): Inductor's
-        kernels (``triton.enable_pdl``) and the tensor-core decode kernels of 2:4 and block-16
-        (`kernels.splitk.launch_mode`) may launch while the kernel before them finishes, and wait for it only
-        where they read its results. Full-depth decode at batch 1, 2:4: 1.48x -> 1.55x dense (LLaMA-2-7B),
-        1.49x -> 1.57x (Qwen3-8B) (benchmarks/README.md, run 16); block-16: 1.67x -> 1.73x, 1.57x -> 1.63x
-        (run 17). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
+    pdl (True, False or "auto"; default "auto"): programmatic dependent launch (Hopper and newer; ignored
+        elsewhere): Inductor's kernels (``triton.enable_pdl``) and the tensor-core decode kernels of 2:4 and
+        block-16 (`kernels.splitk.launch_mode`) may launch while the kernel before them finishes, and wait for
+        it only where they read its results. At batch 1 it helps: full-depth 2:4 decode 1.48x -> 1.55x dense
+        (LLaMA-2-7B), 1.49x -> 1.57x (Qwen3-8B) (benchmarks/README.md, run 16); block-16 1.67x -> 1.73x,
+        1.57x -> 1.63x (run 17). At batch 8 it hurts: Qwen3-8B 2:4 5.92 ms per step with it, 5.04 ms without
+        (1.16x against 1.38x dense, run 20). ``"auto"`` turns it on for a graph whose packed ops all multiply
+        at most ``PDL_AUTO_MAX_ROWS`` rows (decode at batch 1) and off otherwise (more rows, a symbolic
+        shape, no packed op). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -53,7 +56,12 @@ log = logging.getLogger(__name__)
 BACKEND_NAME = "sparseforge"
 ENTRY_POINT = "sparseforge = sfcompile.lowering.backend:sparseforge"
 
-__all__ = ["sparseforge", "register", "use_for_generate", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT"]
+__all__ = ["sparseforge", "register", "use_for_generate", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT",
+           "PDL_AUTO_MAX_ROWS"]
+
+# pdl="auto" launches with programmatic dependent launch only graphs whose packed ops multiply at most this
+# many rows: measured to help at 1 row and to hurt at 8 (the module docstring); 2-7 are not measured.
+PDL_AUTO_MAX_ROWS = 1
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class BackendOptions:
     cudagraphs: bool = False
     on_lower: Callable | None = None
     fuse: bool = True
-    pdl: bool = True
+    pdl: bool | str = "auto"
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -78,15 +86,23 @@ class BackendOptions:
         on_lower = opts.pop("on_lower", None)
         if on_lower is not None and not callable(on_lower):
             raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
-        flags = {name: opts.pop(name, True) for name in ("fuse", "pdl")}
-        for name, value in flags.items():
-            if not isinstance(value, bool):
-                raise TypeError(f"sparseforge option {name} must be True or False, got {value!r}")
+        fuse, pdl = opts.pop("fuse", True), opts.pop("pdl", "auto")
+        if not isinstance(fuse, bool):
+            raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
+        if not isinstance(pdl, bool) and pdl != "auto":
+            raise TypeError(f"sparseforge option pdl must be True, False or 'auto', got {pdl!r}")
         inductor.update(opts)
-        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, **flags)
+        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl)
 
-    def config_patches(self) -> dict:
-        return {"triton.enable_pdl": self.pdl, **self.inductor, "triton.cudagraphs": self.cudagraphs}
+    def resolve_pdl(self, rows: int | None) -> bool:
+        """Whether a graph whose packed ops multiply at most ``rows`` rows (None: unknown or no packed op)
+        launches with programmatic dependent launch."""
+        if self.pdl != "auto":
+            return self.pdl
+        return rows is not None and rows <= PDL_AUTO_MAX_ROWS
+
+    def config_patches(self, pdl: bool) -> dict:
+        return {"triton.enable_pdl": pdl, **self.inductor, "triton.cudagraphs": self.cudagraphs}
 
 
 def use_for_generate(model) -> None:
@@ -222,7 +238,7 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         **kwargs: the same options as keywords (when the backend is called directly).
 
     Returns:
-        The compiled callable from Inductor (run in launch mode 1 when the ``pdl`` option is on).
+        The compiled callable from Inductor (run in launch mode 1 when the ``pdl`` option resolves to on).
     """
     from torch._inductor.compile_fx import compile_fx
 
@@ -238,14 +254,33 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
             "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
-    pdl_mode = 1 if opts.pdl else 0
+    pdl = opts.resolve_pdl(_packed_rows(gm, example_inputs) if report.packed_ops else None)
+    pdl_mode = 1 if pdl else 0
     if report.packed_ops:
         from sfcompile.lowering.kernels.splitk import launch_mode
 
         with launch_mode(pdl_mode):   # the kernels the graph will launch are the ones compiled and tuned here
             _warm_packed_ops(gm, example_inputs)
-    compiled = compile_fx(gm, example_inputs, config_patches=opts.config_patches())
+    compiled = compile_fx(gm, example_inputs, config_patches=opts.config_patches(pdl))
     return _in_launch_mode(compiled, pdl_mode) if pdl_mode and report.packed_ops else compiled
+
+
+def _packed_rows(gm: torch.fx.GraphModule, example_inputs: Sequence) -> int | None:
+    """The most rows (the input's elements over its last dimension) any packed op of ``gm`` multiplies, or
+    None if some input's shape is symbolic or unknown."""
+    from sfcompile.passes.lower import is_packed_op
+
+    placeholders = dict(zip(gm.graph.find_nodes(op="placeholder"), example_inputs))
+    rows = None
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not is_packed_op(node.target):
+            continue
+        x = node.args[0]
+        value = placeholders.get(x) if x in placeholders else x.meta.get("example_value", x.meta.get("val"))
+        if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
+            return None
+        rows = max(rows or 0, value.numel() // max(1, value.shape[-1]))
+    return rows
 
 
 def _in_launch_mode(compiled: Callable, pdl_mode: int) -> Callable:

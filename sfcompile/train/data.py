@@ -206,6 +206,14 @@ def teacher_shard(
     autocast (bf16 matmuls and KV cache). The cache key includes the teacher's name, n_tokens, seqlen,
     temperature, seed, prompt text, batch and both sampling options (they change the samples).
     """
+    teacher_dtype = next(teacher.parameters()).dtype
+    if kv_cache == "static" and bf16 and teacher_dtype != torch.bfloat16:
+        # measured on the H200 (benchmarks/teacher_sampling.py): the static cache is allocated in the weights'
+        # dtype, and the first bf16 key written into it fails in index_copy_
+        raise DataError(
+            f"teacher data: kv_cache='static' under bf16 autocast needs bf16 teacher weights, not {teacher_dtype}; "
+            "use teacher_data_kv_cache='dynamic' (the fastest measured) or teacher_data_precision='fp32'"
+        )
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
     key = hashlib.sha256(

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import sfcompile.lowering  # noqa: F401  (registers the backend)
-from sfcompile.lowering.backend import ENTRY_POINT, BackendOptions
+from sfcompile.lowering.backend import ENTRY_POINT, PDL_AUTO_MAX_ROWS, BackendOptions
 from sfcompile.passes.discover import discover
 from sfcompile.passes.lower import count_packed_ops
 from sfcompile.passes.site import hardened_info, mark_hardened
@@ -134,14 +134,52 @@ def test_options():
     assert BackendOptions.parse(None, None).cudagraphs is False
     assert BackendOptions.parse("reduce-overhead", None).cudagraphs is True
     opts = BackendOptions.parse(None, {"cudagraphs": True, "max_autotune": True})
-    assert opts.config_patches() == {"max_autotune": True, "triton.cudagraphs": True, "triton.enable_pdl": True}
-    assert BackendOptions.parse(None, {"pdl": False}).config_patches()["triton.enable_pdl"] is False
+    assert opts.config_patches(True) == {"max_autotune": True, "triton.cudagraphs": True, "triton.enable_pdl": True}
+    assert opts.config_patches(False)["triton.enable_pdl"] is False
     # an explicit Inductor key wins over the backend's pdl option
-    assert BackendOptions.parse(None, {"triton.enable_pdl": False}).config_patches()["triton.enable_pdl"] is False
+    assert BackendOptions.parse(None, {"triton.enable_pdl": False}).config_patches(True)["triton.enable_pdl"] is False
+    # pdl: "auto" (default) by the rows the packed ops multiply; True/False as given
+    auto = BackendOptions.parse(None, None)
+    assert auto.pdl == "auto"
+    assert [auto.resolve_pdl(r) for r in (1, PDL_AUTO_MAX_ROWS, PDL_AUTO_MAX_ROWS + 1, 8, None)] == [
+        True, True, False, False, False]
+    assert BackendOptions.parse(None, {"pdl": True}).resolve_pdl(8) is True
+    assert BackendOptions.parse(None, {"pdl": False}).resolve_pdl(1) is False
     with pytest.raises(TypeError, match="on_lower"):
         BackendOptions.parse(None, {"on_lower": 3})
-    with pytest.raises(TypeError, match="pdl must be True or False"):
+    with pytest.raises(TypeError, match="pdl must be True, False or 'auto', got 'yes'"):
         BackendOptions.parse(None, {"pdl": "yes"})
+
+
+def test_pdl_auto_follows_the_rows_of_the_packed_ops(monkeypatch):
+    """Each compiled graph decides by the rows its packed ops multiply: one row (decode at batch 1) launches
+    with programmatic dependent launch, more rows do not (measured slower at batch 8)."""
+    from sfcompile.lowering import backend
+
+    torch._dynamo.reset()
+    seen = []
+    real = backend.BackendOptions.resolve_pdl
+    monkeypatch.setattr(backend.BackendOptions, "resolve_pdl",
+                        lambda self, rows: seen.append(rows) or real(self, rows))
+    import torch._inductor.compile_fx as inductor
+
+    patches = []
+    real_fx = inductor.compile_fx
+
+    def compile_fx(gm, inputs, config_patches=None, **kw):
+        if config_patches:  # the backend's call (Inductor calls itself again without patches)
+            patches.append(config_patches)
+        return real_fx(gm, inputs, config_patches=config_patches, **kw)
+
+    monkeypatch.setattr(inductor, "compile_fx", compile_fx)
+    m = _hardened_two_linears(0)
+    fast = torch.compile(m, backend="sparseforge", dynamic=False)
+    with torch.no_grad():
+        for shape in ((1, 32), (8, 32), (2, 3, 32)):
+            x = torch.randn(shape)
+            torch.testing.assert_close(fast(x), m(x))
+    assert seen == [1, 8, 6]
+    assert [p["triton.enable_pdl"] for p in patches] == [True, False, False]
 
 
 def test_entry_point_registration(tmp_path):
