@@ -92,3 +92,13 @@ def test_sharding_flags_reach_the_config():
     assert cfg.reshard_after_forward and not cfg.activation_checkpointing
     cfg = cli.config_from_args(_args([*base, "--no-reshard-after-forward", "--activation-checkpointing"]))
     assert not cfg.reshard_after_forward and cfg.activation_checkpointing
+
+
+def test_teacher_sampling_flags_reach_the_config():
+    base = ["--model", "m", "--out", "o", "--tokens", "10M", "--data", "corpus+teacher"]
+    cfg = cli.config_from_args(_args(base))
+    assert (cfg.teacher_data_kv_cache, cfg.teacher_data_precision) == ("dynamic", "auto")
+    cfg = cli.config_from_args(_args([*base, "--teacher-data-kv-cache", "static", "--teacher-data-precision", "fp32"]))
+    assert (cfg.teacher_data_kv_cache, cfg.teacher_data_precision) == ("static", "fp32")
+    assert not cfg.teacher_data_bf16()
+    assert cfg.replace(teacher_data_precision="bf16").teacher_data_bf16()
