@@ -140,6 +140,10 @@ def main() -> None:
     ap.add_argument("--teacher-kv-cache", default="dynamic", choices=("dynamic", "static"))
     ap.add_argument("--teacher-precision", default="auto", choices=("auto", "bf16", "fp32"),
                     help="TrainConfig.teacher_data_precision (auto: bf16 autocast on CUDA)")
+    ap.add_argument("--main-forge", action="append", default=[], metavar="KEY=VALUE",
+                    help="main run: a ForgeConfig / TemperingSchedule override, as `sfcompile train --forge` "
+                         "(e.g. finalize_at=0.25: stop exploring masks after a quarter of the run); repeatable")
+    ap.add_argument("--srste-decay", type=float, default=0.0, help="main run: TrainConfig.srste_decay")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
@@ -239,6 +243,12 @@ def main() -> None:
         mix = {}
         if args.teacher_mix:
             mix = {"data": f"{train_text}+teacher", "teacher_data_tokens": int(args.teacher_mix)}
+        if args.main_forge:
+            from sfcompile.train.cli import forge_from_overrides
+
+            mix["forge"] = forge_from_overrides(args.main_forge, args.init)
+        if args.srste_decay:
+            mix["srste_decay"] = args.srste_decay
         row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr, **mix)
         emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], args.init: base_ppl[args.init],
                    "holdout_ppl": ppl(main_model, holdout_text)})
