@@ -31,7 +31,10 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
 * ``after_step(step)`` returns ``{"temperature", "target_sparsity", "sparsity", "hard_sparsity",
   "hardness", "mask_flips", "pull", "mask_update", "finalized"}`` (floats; ``sparsity`` = fraction of zeros
   in m_eff over all sites, ``hard_sparsity`` = that of hard(m), ``mask_flips`` = fraction of hard-mask
-  entries that changed at this step, ``mask_update`` = 1.0 if masks were updated). When ``"finalized"`` is
+  entries that changed at this step, ``pruned_weight_ratio`` = mean |W| of the entries the new hard masks
+  prune over that of the entries they keep (on update steps; the straight-through gradient keeps training
+  the pruned entries, and this says how far they drift: a pruned entry that grows past the kept ones will
+  flip back in), ``mask_update`` = 1.0 if masks were updated). When ``"finalized"`` is
   1.0 the masks have just become exact and frozen: W ← W ⊙ m, and ``mask_grads()`` masks the gradients of W
   to the pattern (what ``ste=False`` does in the graph, done as multi-tensor multiplies so that a compiled
   model is not recompiled for the flag; under ZeRO-3, whose gradient partitions are DeepSpeed's, the forge
@@ -183,7 +186,7 @@ class SparseForge:
     """
 
     metrics_names = ("temperature", "target_sparsity", "sparsity", "hard_sparsity", "hardness", "mask_flips",
-                     "pull", "mask_update", "finalized")
+                     "pruned_weight_ratio", "pull", "mask_update", "finalized")
 
     def __init__(self, model: nn.Module, config: ForgeConfig, total_steps: int):
         if not isinstance(config, ForgeConfig):
@@ -360,7 +363,7 @@ class SparseForge:
         metrics = {"mask_update": 0.0, "mask_flips": 0.0, "finalized": 0.0}
         if not self.finalized:
             if sched.is_update(t, total):
-                metrics["mask_flips"] = self._update_masks(step, values)
+                metrics["mask_flips"], metrics["pruned_weight_ratio"] = self._update_masks(step, values)
                 metrics["mask_update"] = 1.0
             if (cfg.slorb and self.slorb_initialised_at is None
                     and t >= min(sched.harden_start_step(total), sched.finalize_step(total))):
@@ -492,25 +495,29 @@ class SparseForge:
         # weight-sized copy of every site would not fit next to a sharded 8B model). ZeRO-3: a batch's whole
         # tensors are gathered (a flat partition may cut an N:M group). One host sync in all: flips and the
         # NaN check together. `update.update_masks_reference` is the per-site specification.
-        flips, bad, count = [], [], 0
+        flips, bad, sums, count = [], [], [], 0
         for batch in update.plan_batches(self.entries, self._groups, self._batch_numel()):
             sites = [i for group in batch for i in group]
             with zero3.gathered(self._site_tensors(sites), modify=True):
-                changed, nan = self._update_batch(step, values, batch)
+                changed, nan, abs_sums = self._update_batch(step, values, batch)
                 count += sum(local(self.entries[i][2].hard).numel() for i in sites)
             flips.append(changed)
             bad.append(nan)
+            sums.append(abs_sums)
         dev = flips[0].device
-        totals = torch.stack([torch.stack([f.to(dev) for f in flips]).sum().double(),
-                              torch.tensor(float(count), dtype=torch.float64, device=dev),
-                              torch.stack([b.to(dev) for b in bad]).sum().double()])
+        totals = torch.cat([torch.stack([torch.stack([f.to(dev) for f in flips]).sum().double(),
+                                         torch.tensor(float(count), dtype=torch.float64, device=dev),
+                                         torch.stack([b.to(dev) for b in bad]).sum().double()]),
+                            torch.stack([a.to(dev) for a in sums]).sum(0)])
         if shards.is_sharded(self.entries[0][2].mask):  # counts over all ranks' rows; every rank sees a NaN
             shards.all_reduce_sum(totals)
-        n_flips, n, n_bad = totals.tolist()
+        n_flips, n, n_bad, pruned_abs, n_pruned, kept_abs, n_kept = totals.tolist()
         if n_bad:
             self._raise_nan(step)
         refresh_effective([soft for _, _, soft in self.entries], views=self._local_views())  # no gathering
-        return n_flips / max(n, 1.0)
+        kept_mean = kept_abs / max(n_kept, 1.0)
+        ratio = (pruned_abs / max(n_pruned, 1.0)) / kept_mean if kept_mean > 0 else float("nan")
+        return n_flips / max(n, 1.0), ratio
 
     def _batch_numel(self) -> int:
         """``ForgeConfig.update_batch_numel``, or its default for the device the masks are on."""
@@ -518,9 +525,11 @@ class SparseForge:
             return self.config.update_batch_numel
         return 2**22 if self._device(0).type == "cpu" else 2**26
 
-    def _update_batch(self, step: int, values: dict, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _update_batch(self, step: int, values: dict,
+                      batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Update the G site groups of ``batch`` together; returns (hard-mask entries that flipped, whether a
-        new mask holds NaN), device scalars."""
+        new mask holds NaN, float64 (4,): sum of |W| and count over pruned entries, the same over kept ones),
+        on the device."""
         cfg, sched = self.config, self.config.schedule
         site, _, lead = self.entries[batch[0][0]]
         z = self._batch_scores(batch)  # (G, *local shape)
@@ -535,15 +544,16 @@ class SparseForge:
             momentum=sched.mask_momentum, n_samples=cfg.tau_samples, tau=tau.view(-1, *[1] * (z.dim() - 1)),
             check_nan=False)  # (G, *local shape) fp32
         del z, m
-        flips = sum(self._write_masks([self.entries[group[pos]] for group in batch], new)
-                    for pos in range(len(batch[0])))
-        return flips, torch.isnan(new).any()
+        written = [self._write_masks([self.entries[group[pos]] for group in batch], new)
+                   for pos in range(len(batch[0]))]
+        return sum(f for f, _ in written), torch.isnan(new).any(), sum(a for _, a in written)
 
     @staticmethod
     def _write_masks(entries, new: torch.Tensor) -> torch.Tensor:
         """Write ``new`` (B, *local shape) fp32 into the soft masks of the B same-shape sites ``entries`` and
         its projection into their hard masks (projected from the mask as stored, in its dtype, as
-        `SoftMask.set_mask` does); returns how many hard-mask entries changed."""
+        `SoftMask.set_mask` does); returns (how many hard-mask entries changed, float64 (4,): sum of |W| and
+        count over the entries the new hard masks prune, the same over those they keep)."""
         site, _, soft = entries[0]
         ndim = len(site.shape)
         stored = new.to(soft.mask.dtype)
@@ -552,7 +562,11 @@ class SparseForge:
         changed = (hard != torch.stack(hards)).sum()
         torch._foreach_copy_(masks, list(stored.unbind(0)))
         torch._foreach_copy_(hards, list(hard.unbind(0)))
-        return changed
+        w = torch.stack([local(dense_weight(module, s.param)).detach() for s, module, _ in entries]).abs()
+        kept = hard.to(w.device) != 0
+        pruned_abs, all_abs = torch.where(kept, 0, w).sum(dtype=torch.float64), w.sum(dtype=torch.float64)
+        n_kept = kept.sum(dtype=torch.float64)
+        return changed, torch.stack([pruned_abs, w.numel() - n_kept, all_abs - pruned_abs, n_kept])
 
     def _raise_nan(self, step: int) -> None:
         names = [site.name for site, _, soft in self.entries if bool(torch.isnan(local(soft.mask)).any())]

@@ -331,3 +331,21 @@ def test_kron_smoothing_is_exact_on_a_separable_diagonal_and_denoises(k_dim):
     assert err(kron_smooth(noisy, k_dim, noisy)) < 0.3 * err(noisy.clamp(min=0))  # measured: 0.24
     experts = torch.stack([true, 2 * true])  # 3-D experts: one fit per expert
     assert torch.allclose(kron_smooth(experts, 2, experts), experts, rtol=1e-5)
+
+
+def test_pruned_weight_ratio_is_mean_pruned_over_mean_kept(dense):
+    """On update steps the forge reports how large the pruned entries are against the kept ones (the
+    straight-through gradient keeps training them): recomputed here from the weights and hard masks."""
+    model, forge, opt = _build(dense, score="magnitude")
+    metrics = _train(model, forge, opt, range(3))
+    updates = [m for m in metrics if m["mask_update"]]
+    assert updates and all("pruned_weight_ratio" in m for m in updates)
+    pruned = kept = n_pruned = n_kept = 0.0
+    for site, module, soft in masked_sites(model):
+        w, h = dense_weight(module, site.param).detach().abs().double(), soft.hard != 0
+        pruned, n_pruned = pruned + w[~h].sum().item(), n_pruned + (~h).sum().item()
+        kept, n_kept = kept + w[h].sum().item(), n_kept + h.sum().item()
+    # the last update ran after the last optimizer step, so the weights are the ones it measured
+    assert metrics[-1]["mask_update"] == 1.0
+    assert metrics[-1]["pruned_weight_ratio"] == pytest.approx((pruned / n_pruned) / (kept / n_kept), rel=1e-6)
+    assert 0 < metrics[-1]["pruned_weight_ratio"] < 1  # magnitude scores prune the small entries

@@ -67,7 +67,7 @@ def _both_updates(forge, step):
     state; leaves the forge in the reference's state."""
     values = forge.config.schedule.values(step + 1, forge.total_steps, forge.final_sparsity)
     start = _snapshot(forge)
-    flips = forge._update_masks(step, values)
+    flips, _ = forge._update_masks(step, values)
     got = _snapshot(forge)
     _restore(forge, start)
     ref_flips = update.update_masks_reference(forge, step, values)
