@@ -549,7 +549,7 @@ class SparseForge:
         return sum(f for f, _ in written), torch.isnan(new).any(), sum(a for _, a in written)
 
     @staticmethod
-    def _write_masks(entries, new: torch.Tensor) -> torch.Tensor:
+    def _write_masks(entries, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``new`` (B, *local shape) fp32 into the soft masks of the B same-shape sites ``entries`` and
         its projection into their hard masks (projected from the mask as stored, in its dtype, as
         `SoftMask.set_mask` does); returns (how many hard-mask entries changed, float64 (4,): sum of |W| and
