@@ -57,7 +57,10 @@ def _parse_betas(value) -> tuple[float, float]:
 
 
 # The schedule a pruning init gets (measured: benchmarks/README.md, "Training (H200)"): the hard pattern in the
-# forward from the first step, mask exploration until 60% of the run, then recovery on frozen masks.
+# forward from the first step, mask exploration until 60% of the run, then recovery on frozen masks. Chosen on
+# 8M-token runs; at 20M tokens exploring until 12M ended worse (35.65 against 33.76 for 8M: the share of flipping
+# mask entries grows the longer it explores), so a longer run should finalise earlier (finalize_at) or damp the
+# pruned entries (srste_decay); neither is measured at that length yet.
 FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
 
 
@@ -134,7 +137,8 @@ class TrainConfig:
             it, e.g. once for several runs; pass the dense ``teacher=`` to `train`). Not re-applied on resume.
             With a pruning init the forge starts at the pattern's sparsity (``sparsity_warmup`` set to 0 here)
             and, unless the hardening window was changed from its default, uses `FROM_PRUNED`'s window: the
-            hard pattern in the forward from the first step, exploration until 60% of the run.
+            hard pattern in the forward from the first step, exploration until 60% of the run (measured on
+            8M-token runs; a 20M-token run explored too long, see `FROM_PRUNED`).
         forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
             fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
 
