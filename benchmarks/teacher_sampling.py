@@ -65,8 +65,7 @@ def main() -> None:
             sync()
             t = time.perf_counter()
             try:
-                with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=amp == "bf16"):
-                    seqs = sample_sequences(teacher, ids, new, 1.0, 0, kv_cache=cache)
+                seqs = sample_sequences(teacher, ids, new, 1.0, 0, kv_cache=cache, bf16=amp == "bf16")
             except Exception as e:  # recorded, and the next variant still runs
                 _emit(args.out, {"variant": variant, "error": f"{type(e).__name__}: {e}"[:2000]})
                 failed = True

@@ -157,28 +157,38 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
 
 
 @torch.no_grad()
-def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, pad_id, *, kv_cache: str = "dynamic"):
+def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, pad_id, *, kv_cache: str = "dynamic",
+                     bf16: bool = False):
     """``ids`` (B x P prompt tokens) continued by exactly ``new`` tokens sampled from ``teacher`` at
     ``temperature`` (no top-k/top-p; EOS is not allowed to end a sequence early).
 
     ``kv_cache``: ``"dynamic"`` (transformers' default KV cache, grown every step) or ``"static"`` (allocated once
     for the whole length; on CUDA transformers then compiles the decoding step, which pays a compile on the first
-    batch of each shape)."""
+    batch of each shape). ``bf16``: sample under bf16 autocast (bf16 matmuls and KV cache)."""
     if kv_cache not in ("dynamic", "static"):
         raise DataError(f"kv_cache={kv_cache!r}: choose 'dynamic' or 'static'")
+    teacher_dtype = next(teacher.parameters()).dtype
+    if kv_cache == "static" and bf16 and teacher_dtype != torch.bfloat16:
+        # measured on the H200 (benchmarks/teacher_sampling.py): the static cache is allocated in the weights'
+        # dtype, and the first bf16 key written into it fails in index_copy_
+        raise DataError(
+            f"teacher data: kv_cache='static' under bf16 autocast needs bf16 teacher weights, not {teacher_dtype}; "
+            "use teacher_data_kv_cache='dynamic' (the fastest measured) or teacher_data_precision='fp32'"
+        )
     extra = {"cache_implementation": "static"} if kv_cache == "static" else {}
-    return teacher.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=new,
-        min_new_tokens=new,
-        pad_token_id=pad_id,
-        **extra,
-    )
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return teacher.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            pad_token_id=pad_id,
+            **extra,
+        )
 
 
 @torch.no_grad()
@@ -202,18 +212,10 @@ def teacher_shard(
 
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
-    every sequence has the full length. ``kv_cache``: as `sample_sequences`; ``bf16``: sample under bf16
-    autocast (bf16 matmuls and KV cache). The cache key includes the teacher's name, n_tokens, seqlen,
-    temperature, seed, prompt text, batch and both sampling options (they change the samples).
+    every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`. The cache key includes
+    the teacher's name, n_tokens, seqlen, temperature, seed, prompt text, batch and both sampling options (they
+    change the samples).
     """
-    teacher_dtype = next(teacher.parameters()).dtype
-    if kv_cache == "static" and bf16 and teacher_dtype != torch.bfloat16:
-        # measured on the H200 (benchmarks/teacher_sampling.py): the static cache is allocated in the weights'
-        # dtype, and the first bf16 key written into it fails in index_copy_
-        raise DataError(
-            f"teacher data: kv_cache='static' under bf16 autocast needs bf16 teacher weights, not {teacher_dtype}; "
-            "use teacher_data_kv_cache='dynamic' (the fastest measured) or teacher_data_precision='fp32'"
-        )
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
     key = hashlib.sha256(
@@ -237,10 +239,9 @@ def teacher_shard(
             rows.append(bos + [int(t) for t in prompts_pool[p : p + prompt_len]])
         ids = torch.tensor(rows, device=device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            seqs = sample_sequences(
-                teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id, kv_cache=kv_cache
-            )
+        seqs = sample_sequences(
+            teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id, kv_cache=kv_cache, bf16=bf16
+        )
         out.extend(seqs[:, :seqlen].reshape(-1).tolist())
     write_shard(
         shard,
