@@ -358,14 +358,17 @@ class TrainConfig:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
+    def _is_bf16(self, setting: str) -> bool:
+        """A `DTYPES` setting resolved: ``"bf16"``, or ``"auto"`` on CUDA."""
+        return setting == "bf16" or (setting == "auto" and self.resolved_device().type == "cuda")
+
     def teacher_data_bf16(self) -> bool:
-        """Whether ``data="teacher"`` samples under bf16 autocast (``"bf16"``, or ``"auto"`` on CUDA)."""
-        p = self.teacher_data_precision
-        return p == "bf16" or (p == "auto" and self.resolved_device().type == "cuda")
+        """Whether ``data="teacher"`` samples under bf16 autocast (``teacher_data_precision``)."""
+        return self._is_bf16(self.teacher_data_precision)
 
     def bf16_autocast(self) -> bool:
         """Whether the steps compute under bf16 autocast (``dtype="bf16"``, or ``"auto"`` on CUDA)."""
-        return self.dtype == "bf16" or (self.dtype == "auto" and self.resolved_device().type == "cuda")
+        return self._is_bf16(self.dtype)
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seqlen * self.micro_batch * self.grad_accum * world_size
