@@ -254,7 +254,7 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
             "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
-    pdl = opts.resolve_pdl(_packed_rows(gm, example_inputs) if report.packed_ops else None)
+    pdl = opts.resolve_pdl(_packed_rows(gm, example_inputs))
     pdl_mode = 1 if pdl else 0
     if report.packed_ops:
         from sfcompile.lowering.kernels.splitk import launch_mode
@@ -265,9 +265,23 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
     return _in_launch_mode(compiled, pdl_mode) if pdl_mode and report.packed_ops else compiled
 
 
+def _static_value(gm: torch.fx.GraphModule, node: torch.fx.Node, placeholders: dict):
+    """The tensor ``node`` stands for while compiling: a ``get_attr``'s tensor, a placeholder's example input,
+    or the node's fake value; None when it is no tensor or its shape is symbolic."""
+    if node.op == "get_attr":
+        value = getattr(gm, node.target)
+    elif node in placeholders:
+        value = placeholders[node]
+    else:
+        value = node.meta.get("example_value", node.meta.get("val"))
+    if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return value
+
+
 def _packed_rows(gm: torch.fx.GraphModule, example_inputs: Sequence) -> int | None:
     """The most rows (the input's elements over its last dimension) any packed op of ``gm`` multiplies, or
-    None if some input's shape is symbolic or unknown."""
+    None if there is no packed op or some input's shape is symbolic or unknown."""
     from sfcompile.passes.lower import is_packed_op
 
     placeholders = dict(zip(gm.graph.find_nodes(op="placeholder"), example_inputs))
@@ -275,11 +289,10 @@ def _packed_rows(gm: torch.fx.GraphModule, example_inputs: Sequence) -> int | No
     for node in gm.graph.nodes:
         if node.op != "call_function" or not is_packed_op(node.target):
             continue
-        x = node.args[0]
-        value = placeholders.get(x) if x in placeholders else x.meta.get("example_value", x.meta.get("val"))
-        if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
+        x = _static_value(gm, node.args[0], placeholders)
+        if x is None:
             return None
-        rows = max(rows or 0, value.numel() // max(1, value.shape[-1]))
+        rows = max(rows or 0, x.numel() // max(1, x.shape[-1]))
     return rows
 
 
@@ -314,19 +327,17 @@ def _warm_packed_ops(gm: torch.fx.GraphModule, example_inputs: Sequence) -> None
     """
     from sfcompile.passes.lower import is_packed_op
 
-    placeholders = {n: v for n, v in zip(gm.graph.find_nodes(op="placeholder"), example_inputs)}
+    placeholders = dict(zip(gm.graph.find_nodes(op="placeholder"), example_inputs))
 
     def concrete(value):
-        if isinstance(value, torch.fx.Node):
-            if value.op == "get_attr":
-                return getattr(gm, value.target)
-            if value in placeholders and isinstance(placeholders[value], torch.Tensor):
-                return placeholders[value]
-            fake = value.meta.get("example_value", value.meta.get("val"))
-            if not isinstance(fake, torch.Tensor) or not all(isinstance(d, int) for d in fake.shape):
-                raise LookupError(value.name)
-            return torch.zeros(fake.shape, dtype=fake.dtype, device=fake.device)
-        return value
+        if not isinstance(value, torch.fx.Node):
+            return value
+        tensor = _static_value(gm, value, placeholders)
+        if tensor is None:
+            raise LookupError(value.name)
+        if value.op == "get_attr" or value in placeholders:  # real tensors
+            return tensor
+        return torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)  # for a fake value
 
     for node in gm.graph.nodes:
         if node.op != "call_function" or not is_packed_op(node.target):
