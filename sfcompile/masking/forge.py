@@ -29,12 +29,13 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
   The probe saves and restores the RNG state around each call (dropout sees the same masks; the training
   RNG stream is untouched) and restores the weights bit-exactly.
 * ``after_step(step)`` returns ``{"temperature", "target_sparsity", "sparsity", "hard_sparsity",
-  "hardness", "mask_flips", "pull", "mask_update", "finalized"}`` (floats; ``sparsity`` = fraction of zeros
-  in m_eff over all sites, ``hard_sparsity`` = that of hard(m), ``mask_flips`` = fraction of hard-mask
-  entries that changed at this step, ``pruned_weight_ratio`` = mean |W| of the entries the new hard masks
-  prune over that of the entries they keep (on update steps; the straight-through gradient keeps training
-  the pruned entries, and this says how far they drift: a pruned entry that grows past the kept ones will
-  flip back in), ``mask_update`` = 1.0 if masks were updated). When ``"finalized"`` is
+  "hardness", "mask_flips", "pruned_weight_ratio", "pull", "mask_update", "finalized"}`` (floats;
+  ``sparsity`` = fraction of zeros in m_eff over all sites, ``hard_sparsity`` = that of hard(m),
+  ``mask_flips`` = fraction of hard-mask entries that changed at this step, ``pruned_weight_ratio`` = mean
+  |W| of the entries the new hard masks prune over that of the entries they keep (on update steps; the
+  straight-through gradient keeps training the pruned entries, and this says how far they drift: a pruned
+  entry that grows past the kept ones will flip back in), ``mask_update`` = 1.0 if masks were updated).
+  When ``"finalized"`` is
   1.0 the masks have just become exact and frozen: W ← W ⊙ m, and ``mask_grads()`` masks the gradients of W
   to the pattern (what ``ste=False`` does in the graph, done as multi-tensor multiplies so that a compiled
   model is not recompiled for the flag; under ZeRO-3, whose gradient partitions are DeepSpeed's, the forge
