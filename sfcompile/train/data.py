@@ -213,18 +213,20 @@ def teacher_shard(
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
     every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`. The cache key includes
-    the teacher's name, n_tokens, seqlen, temperature, seed, prompt text, batch and both sampling options (they
-    change the samples).
+    the teacher's name, n_tokens, seqlen, temperature, seed, batch, both sampling options (they change the
+    samples) and the prompt text's tokens, not its path: runs that share a cache and hold the same text under
+    different paths share the samples.
     """
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
+    prompts_pool = text_shard(prompt_source, tok, cache)
+    prompts_digest = hashlib.sha256(np.ascontiguousarray(prompts_pool).tobytes()).hexdigest()
     key = hashlib.sha256(
-        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompt_source}:{batch}:{kv_cache}:{bf16}".encode()
+        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch}:{kv_cache}:{bf16}".encode()
     ).hexdigest()[:12]
     shard = cache / "shards" / f"teacher-{key}-{th}"
     if shard.with_suffix(".json").exists():
         return read_shard(shard)
-    prompts_pool = text_shard(prompt_source, tok, cache)
     rng = np.random.default_rng([seed, 7])
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     n_seq = max(1, -(-n_tokens // seqlen))

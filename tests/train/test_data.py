@@ -5,6 +5,7 @@ import pytest
 import torch
 from _tiny import TEXT, byte_tokenizer, tiny_llama
 
+import sfcompile.train.data
 from sfcompile.train.data import (
     Batches,
     DataError,
@@ -116,6 +117,26 @@ def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, mo
     with pytest.raises(DataError, match="kv_cache='static' under bf16 autocast needs bf16 teacher weights"):
         teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=1, batch=2,
                       bf16=True, kv_cache="static")
+
+
+def test_teacher_shard_is_keyed_by_the_prompt_text_not_its_path(tmp_path, monkeypatch):
+    tok = byte_tokenizer()
+    teacher = tiny_llama(vocab=257).eval()
+    a, b, c = (tmp_path / d / "prompts.txt" for d in ("a", "b", "c"))
+    for f, text in ((a, TEXT), (b, TEXT), (c, TEXT + " and one more sentence.")):
+        f.parent.mkdir()
+        f.write_text(text)
+    kw = dict(n_tokens=32, seqlen=16, temperature=1.0, seed=0, batch=2)
+    first = np.asarray(teacher_shard(teacher, tok, tmp_path / "cache", prompt_source=str(a), **kw))
+    calls = []
+    real = sfcompile.train.data.sample_sequences
+    monkeypatch.setattr("sfcompile.train.data.sample_sequences", lambda *a_, **k: calls.append(1) or real(*a_, **k))
+    # the same text under another path: the cached samples, nothing sampled
+    same = np.asarray(teacher_shard(teacher, tok, tmp_path / "cache", prompt_source=str(b), **kw))
+    assert calls == [] and np.array_equal(same, first)
+    # other text: its own samples
+    teacher_shard(teacher, tok, tmp_path / "cache", prompt_source=str(c), **kw)
+    assert calls and len(list((tmp_path / "cache" / "shards").glob("teacher-*.json"))) == 2
 
 
 def test_sample_sequences_static_cache_matches_dynamic_and_checks_its_argument():
