@@ -35,10 +35,13 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         block-16 (`kernels.splitk.launch_mode`) may launch while the kernel before them finishes, and wait for
         it only where they read its results. At batch 1 it helps: full-depth 2:4 decode 1.48x -> 1.55x dense
         (LLaMA-2-7B), 1.49x -> 1.57x (Qwen3-8B) (benchmarks/README.md, run 16); block-16 1.67x -> 1.73x,
-        1.57x -> 1.63x (run 17). At batch 8 it hurts: Qwen3-8B 2:4 5.92 ms per step with it, 5.04 ms without
-        (1.16x against 1.38x dense, run 20). ``"auto"`` turns it on for a graph whose packed ops all multiply
-        at most ``PDL_AUTO_MAX_ROWS`` rows (decode at batch 1) and off otherwise (more rows, a symbolic
-        shape, no packed op). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
+        1.57x -> 1.63x (run 17). At batch 8 it helps LLaMA-2-7B (2:4 1.41x -> 1.47x, block-16 1.53x ->
+        1.58x, run 21) and hurts Qwen3-8B (2:4 1.38x -> 1.16x, run 20), where the time goes to the copy of
+        K and V to every query head that grouped-query attention with a mask makes (``repeat_kv``: an expand
+        materialised by a reshape), which under these launches waits much longer. ``"auto"`` turns it on for
+        a graph whose packed ops all multiply at most ``PDL_AUTO_MAX_ROWS`` rows (decode at batch 1), or more
+        rows when the graph makes no such copy (`_broadcast_copies`), and off otherwise (copies at more rows,
+        a symbolic shape, no packed op). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -59,8 +62,9 @@ ENTRY_POINT = "sparseforge = sfcompile.lowering.backend:sparseforge"
 __all__ = ["sparseforge", "register", "use_for_generate", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT",
            "PDL_AUTO_MAX_ROWS"]
 
-# pdl="auto" launches with programmatic dependent launch only graphs whose packed ops multiply at most this
-# many rows: measured to help at 1 row and to hurt at 8 (the module docstring); 2-7 are not measured.
+# pdl="auto" launches with programmatic dependent launch graphs whose packed ops multiply at most this many
+# rows, and graphs of more rows that copy no tensor out by broadcasting: measured to help at 1 row, and at 8
+# without the copies, and to hurt at 8 with them (the module docstring); 2-7 rows are not measured.
 PDL_AUTO_MAX_ROWS = 1
 
 
@@ -94,12 +98,13 @@ class BackendOptions:
         inductor.update(opts)
         return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl)
 
-    def resolve_pdl(self, rows: int | None) -> bool:
+    def resolve_pdl(self, rows: int | None, copies: int = 0) -> bool:
         """Whether a graph whose packed ops multiply at most ``rows`` rows (None: unknown or no packed op)
-        launches with programmatic dependent launch."""
+        and that makes ``copies`` broadcast copies (`_broadcast_copies`) launches with programmatic dependent
+        launch."""
         if self.pdl != "auto":
             return self.pdl
-        return rows is not None and rows <= PDL_AUTO_MAX_ROWS
+        return rows is not None and (rows <= PDL_AUTO_MAX_ROWS or not copies)
 
     def config_patches(self, pdl: bool) -> dict:
         return {"triton.enable_pdl": pdl, **self.inductor, "triton.cudagraphs": self.cudagraphs}
@@ -254,7 +259,7 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
             "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
-    pdl = opts.resolve_pdl(_packed_rows(gm, example_inputs))
+    pdl = opts.resolve_pdl(_packed_rows(gm, example_inputs), _broadcast_copies(gm))
     pdl_mode = 1 if pdl else 0
     if report.packed_ops:
         from sfcompile.lowering.kernels.splitk import launch_mode
@@ -294,6 +299,36 @@ def _packed_rows(gm: torch.fx.GraphModule, example_inputs: Sequence) -> int | No
             return None
         rows = max(rows or 0, x.numel() // max(1, x.shape[-1]))
     return rows
+
+
+_RESHAPES = frozenset({"reshape", "view", "flatten", torch.reshape, torch.flatten})
+_REPEATS = frozenset({"repeat", "repeat_interleave", torch.repeat_interleave})
+
+
+def _broadcast_copies(gm: torch.fx.GraphModule) -> int:
+    """How many tensors ``gm`` copies out by broadcasting: an ``expand`` that grows a size-1 dimension
+    read by a reshape (which must then materialise it: transformers' ``repeat_kv``, the K/V copy to every
+    query head of grouped-query attention), or a ``repeat``/``repeat_interleave``."""
+    def target(node):
+        return node.target if node.op in ("call_method", "call_function") else None
+
+    def grows(node) -> bool:
+        src, out = node.args[0], node.meta.get("example_value", node.meta.get("val"))
+        src = src.meta.get("example_value", src.meta.get("val")) if isinstance(src, torch.fx.Node) else None
+        if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor) or not all(
+                isinstance(d, int) for d in (*src.shape, *out.shape)):
+            return True   # unknown or symbolic shapes: count it (the cautious answer: no launches)
+        lead = out.dim() - src.dim()
+        return lead > 0 or any(a == 1 and b != 1 for a, b in zip(src.shape, out.shape[lead:]))
+
+    copies = 0
+    for node in gm.graph.nodes:
+        t = target(node)
+        if t in _REPEATS:
+            copies += 1
+        elif t in ("expand", torch.Tensor.expand) and grows(node):
+            copies += any(target(user) in _RESHAPES for user in node.users)
+    return copies
 
 
 def _in_launch_mode(compiled: Callable, pdl_mode: int) -> Callable:

@@ -142,6 +142,9 @@ def test_options():
     auto = BackendOptions.parse(None, None)
     assert auto.pdl == "auto"
     assert [auto.resolve_pdl(r) for r in (1, PDL_AUTO_MAX_ROWS, PDL_AUTO_MAX_ROWS + 1, 8, None)] == [
+        True, True, True, True, False]
+    # with broadcast copies (grouped-query attention's K/V copy) only up to PDL_AUTO_MAX_ROWS rows
+    assert [auto.resolve_pdl(r, copies=2) for r in (1, PDL_AUTO_MAX_ROWS, PDL_AUTO_MAX_ROWS + 1, 8, None)] == [
         True, True, False, False, False]
     assert BackendOptions.parse(None, {"pdl": True}).resolve_pdl(8) is True
     assert BackendOptions.parse(None, {"pdl": False}).resolve_pdl(1) is False
@@ -151,16 +154,18 @@ def test_options():
         BackendOptions.parse(None, {"pdl": "yes"})
 
 
-def test_pdl_auto_follows_the_rows_of_the_packed_ops(monkeypatch):
-    """Each compiled graph decides by the rows its packed ops multiply: one row (decode at batch 1) launches
-    with programmatic dependent launch, more rows do not (measured slower at batch 8)."""
+@pytest.mark.parametrize("copies", [False, True])
+def test_pdl_auto_follows_the_rows_of_the_packed_ops_and_the_broadcast_copies(monkeypatch, copies):
+    """Each compiled graph decides by the rows its packed ops multiply and the broadcast copies it makes: one
+    row (decode at batch 1) launches with programmatic dependent launch; more rows only without copies
+    (measured slower at batch 8 with grouped-query attention's K/V copies, faster without)."""
     from sfcompile.lowering import backend
 
     torch._dynamo.reset()
     seen = []
     real = backend.BackendOptions.resolve_pdl
     monkeypatch.setattr(backend.BackendOptions, "resolve_pdl",
-                        lambda self, rows: seen.append(rows) or real(self, rows))
+                        lambda self, rows, n=0: seen.append((rows, n)) or real(self, rows, n))
     import torch._inductor.compile_fx as inductor
 
     patches = []
@@ -173,13 +178,40 @@ def test_pdl_auto_follows_the_rows_of_the_packed_ops(monkeypatch):
 
     monkeypatch.setattr(inductor, "compile_fx", compile_fx)
     m = _hardened_two_linears(0)
+    if copies:
+        m.__class__ = CopiesHeads
     fast = torch.compile(m, backend="sparseforge", dynamic=False)
     with torch.no_grad():
         for shape in ((1, 32), (8, 32), (2, 3, 32)):
             x = torch.randn(shape)
             torch.testing.assert_close(fast(x), m(x))
-    assert seen == [1, 8, 6]
-    assert [p["triton.enable_pdl"] for p in patches] == [True, False, False]
+    assert seen == [(1, int(copies)), (8, int(copies)), (6, int(copies))]
+    assert [p["triton.enable_pdl"] for p in patches] == ([True, False, False] if copies else [True, True, True])
+
+
+def test_broadcast_copies_counts_grouped_query_attentions_kv_copies():
+    """A tiny LLaMA's decode graph with a static cache: grouped-query attention copies K and V to every query
+    head (two copies per layer); with as many K/V heads as query heads there is no copy."""
+    from transformers import AutoConfig, AutoModelForCausalLM, StaticCache
+
+    from sfcompile.lowering.backend import _broadcast_copies
+
+    counts = {}
+    for kv_heads in (2, 4):
+        cfg = AutoConfig.for_model("llama", vocab_size=64, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv_heads,
+                                   attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+        graphs = []
+        torch._dynamo.reset()
+        ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
+        cache = StaticCache(config=cfg, max_cache_len=16)
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True)
+            step = torch.compile(model, backend=lambda gm, ex, seen=graphs: seen.append(gm) or gm.forward)
+            step(ids[:, :1], past_key_values=cache, use_cache=True, cache_position=torch.tensor([5]))
+        counts[kv_heads] = sum(_broadcast_copies(g) for g in graphs)
+    assert counts == {2: 4, 4: 0}
 
 
 def test_entry_point_registration(tmp_path):
@@ -224,6 +256,14 @@ def _hardened_two_linears(seed: int) -> TwoLinears:
             param.mul_(parse_pattern(pattern).project(param.abs(), 1))
         mark_hardened(param, {"pattern": pattern, "k_dim": 1, "kind": "linear", "site": name})
     return m
+
+
+class CopiesHeads(TwoLinears):
+    """TwoLinears whose output is copied to two "heads" by expand + reshape, as ``repeat_kv`` does."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y[..., None, :].expand(*y.shape[:-1], 2, y.shape[-1]).reshape(*y.shape[:-1], 2 * y.shape[-1])
 
 
 def test_same_structure_other_weights_not_reused():
