@@ -124,19 +124,20 @@ def _convert(text: str, current):
     return text
 
 
-def forge_from_overrides(items: list[str], init: str = "dense"):
+def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | str = 0, tokens_per_step: int = 0):
     """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields).
 
-    With a pruning ``init`` the schedule starts from `FROM_PRUNED` (hard forward from the first step, exploration
-    until 60% of the run); the strings override it."""
+    With a pruning ``init`` the schedule starts from `from_pruned_window` of the run's ``tokens`` and
+    ``tokens_per_step`` (hard forward from the first step, exploration until 60% of the run or 5M tokens,
+    whichever comes first; ``tokens`` 0: 60%); the strings override it."""
     from sfcompile.masking.forge import ForgeConfig
     from sfcompile.masking.schedule import TemperingSchedule
-    from sfcompile.train.config import FROM_PRUNED
+    from sfcompile.train.config import from_pruned_window, parse_tokens
 
     base, sched = ForgeConfig(), TemperingSchedule()
     f_fields = {f.name for f in dataclasses.fields(ForgeConfig)} - {"schedule"}
     s_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
-    f_kw, s_kw = {}, dict(FROM_PRUNED) if init != "dense" else {}
+    f_kw, s_kw = {}, from_pruned_window(parse_tokens(tokens), tokens_per_step) if init != "dense" else {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -184,7 +185,8 @@ def config_from_args(args):
         teacher=args.teacher,
         init=args.init,
         init_calib_windows=args.init_calib_windows,
-        forge=None if args.no_forge else forge_from_overrides(args.forge, args.init),
+        forge=None if args.no_forge else forge_from_overrides(
+            args.forge, args.init, args.tokens, args.seqlen * args.micro_batch * args.grad_accum),
         out=args.out,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

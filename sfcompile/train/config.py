@@ -58,10 +58,27 @@ def _parse_betas(value) -> tuple[float, float]:
 
 # The schedule a pruning init gets (measured: benchmarks/README.md, "Training (H200)"): the hard pattern in the
 # forward from the first step, mask exploration until 60% of the run, then recovery on frozen masks. Chosen on
-# 8M-token runs; at 20M tokens exploring until 12M ended worse (35.65 against 33.76 for 8M: the share of flipping
-# mask entries grows the longer it explores), so a longer run should finalise earlier (finalize_at) or damp the
-# pruned entries (srste_decay); neither is measured at that length yet.
+# 8M-token runs. At 20M tokens exploring until 12M ended worse (35.65 against 33.76 for 8M: the share of flipping
+# mask entries grows the longer it explores, at a high LR), and exploring until 5M ended best (31.60; with SR-STE
+# decay damping the pruned entries instead: the same 31.63). So exploration stops after at most
+# FROM_PRUNED_EXPLORE_TOKENS tokens (`from_pruned_window`): runs longer than ~8.3M tokens finalise earlier than
+# 60%. Beyond 20M tokens that cap is an extrapolation, not a measurement.
 FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
+FROM_PRUNED_EXPLORE_TOKENS = 5_000_000
+FROM_PRUNED_MIN_UPDATES = 4  # the cap never leaves fewer than this many early-period mask updates
+
+
+def from_pruned_window(tokens: int, tokens_per_step: int = 0) -> dict:
+    """`FROM_PRUNED` for a run of ``tokens`` tokens of ``tokens_per_step`` each (one process): ``finalize_at``
+    capped so that mask exploration ends after at most `FROM_PRUNED_EXPLORE_TOKENS` tokens (20M tokens: 0.25;
+    8M tokens and fewer: 0.6), but not before `FROM_PRUNED_MIN_UPDATES` updates of the early period."""
+    window = dict(FROM_PRUNED)
+    if tokens > 0:
+        from sfcompile.masking.schedule import TemperingSchedule
+
+        floor = FROM_PRUNED_MIN_UPDATES * TemperingSchedule().period_early * max(tokens_per_step, 0) / tokens
+        window["finalize_at"] = min(window["finalize_at"], max(FROM_PRUNED_EXPLORE_TOKENS / tokens, floor))
+    return window
 
 
 def _default_schedule():
@@ -137,8 +154,8 @@ class TrainConfig:
             it, e.g. once for several runs; pass the dense ``teacher=`` to `train`). Not re-applied on resume.
             With a pruning init the forge starts at the pattern's sparsity (``sparsity_warmup`` set to 0 here)
             and, unless the hardening window was changed from its default, uses `FROM_PRUNED`'s window: the
-            hard pattern in the forward from the first step, exploration until 60% of the run (measured on
-            8M-token runs; a 20M-token run explored too long, see `FROM_PRUNED`).
+            hard pattern in the forward from the first step, exploration until 60% of the run or 5M tokens,
+            whichever comes first (`from_pruned_window`; measured on 8M- and 20M-token runs, see `FROM_PRUNED`).
         forge: the SparseForge schedule (`sfcompile.masking.forge.ForgeConfig`), or None to keep the masks
             fixed and only train the weights (sparse fine-tuning with distillation; needs a pruning init).
 
@@ -237,14 +254,14 @@ class TrainConfig:
             # A pruning init starts at the pattern's sparsity: ramping the target up from 0 would first pull
             # the pruned weights' masks back toward 1. With the default hardening window, the masks start exact,
             # so the forward keeps the hard pattern from the first step (a soft forward would scale the kept
-            # weights by their mask values) and exploration runs until FROM_PRUNED["finalize_at"]. A window the
+            # weights by their mask values) and exploration runs until from_pruned_window's finalize_at. A window the
             # caller set is kept. The change is visible in train_config.json.
             sched = self.forge.schedule
             changes = {"sparsity_warmup": 0.0} if sched.sparsity_warmup > 0 else {}
             window = ("harden_start", "harden_end", "finalize_at")
             default = _default_schedule()
             if all(getattr(sched, k) == getattr(default, k) for k in window):
-                changes.update({k: FROM_PRUNED[k] for k in window})
+                changes.update({k: from_pruned_window(self.tokens, self.tokens_per_step())[k] for k in window})
             if changes:
                 set_(self, "forge", dataclasses.replace(self.forge, schedule=dataclasses.replace(sched, **changes)))
         if getattr(self.forge, "estimator", None) == AUTO_ESTIMATOR:

@@ -89,10 +89,17 @@ def test_frozen():
 
 
 def test_pruning_init_gets_the_from_pruned_window_unless_one_was_chosen():
-    from sfcompile.train.config import FROM_PRUNED
+    from sfcompile.train.config import FROM_PRUNED, FROM_PRUNED_EXPLORE_TOKENS
 
-    sched = TrainConfig(tokens="10M", init="sparsegpt").forge.schedule
+    sched = TrainConfig(tokens="8M", init="sparsegpt").forge.schedule
     assert {k: getattr(sched, k) for k in FROM_PRUNED} == FROM_PRUNED
+    # exploration ends after FROM_PRUNED_EXPLORE_TOKENS tokens at most: longer runs finalise earlier than 60%
+    for tokens, at in (("1M", 0.6), ("8M", 0.6), ("10M", 0.5), ("20M", 0.25), ("100M", 0.05)):
+        assert TrainConfig(tokens=tokens, init="admm").forge.schedule.finalize_at == pytest.approx(at), tokens
+    assert FROM_PRUNED_EXPLORE_TOKENS == 5_000_000
+    # but never fewer than FROM_PRUNED_MIN_UPDATES early-period updates: 1B tokens of 2048 x 256 per step
+    big = TrainConfig(tokens="1B", init="admm", seqlen=2048, micro_batch=256).forge.schedule.finalize_at
+    assert big * 1e9 / (2048 * 256) == pytest.approx(4 * TemperingSchedule().period_early)
     assert TrainConfig(tokens="10M").forge.schedule == TemperingSchedule()  # from dense: the reference's
     mine = ForgeConfig(schedule=TemperingSchedule(harden_start=0.2, harden_end=0.5, finalize_at=0.7))
     kept = TrainConfig(tokens="10M", init="wanda", forge=mine).forge.schedule

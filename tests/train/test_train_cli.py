@@ -81,7 +81,12 @@ def test_default_recipe_starts_from_admm_with_a_hard_forward():
     assert args.init == "admm"
     sched = cli.forge_from_overrides([], args.init).schedule
     assert (sched.harden_start, sched.harden_end, sched.finalize_at, sched.sparsity_warmup) == (0, 0, 0.6, 0)
-    assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt").schedule.finalize_at == 0.8  # user wins
+    # exploration stops after 5M tokens: the run's length decides (10M: half the run; 20M, the default: 0.25)
+    assert cli.forge_from_overrides([], args.init, args.tokens).schedule.finalize_at == 0.5
+    assert cli.config_from_args(_args(["--model", "m", "--out", "o"])).forge.schedule.finalize_at == 0.25
+    assert cli.config_from_args(_args(["--model", "m", "--out", "o", "--tokens", "4M"])).forge.schedule.finalize_at \
+        == 0.6
+    assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt", "20M").schedule.finalize_at == 0.8  # user wins
     dense = cli.forge_from_overrides([], "dense").schedule
     assert dense.harden_start > 0 and dense.sparsity_warmup > 0  # the reference schedule from dense
 
