@@ -70,9 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one-shot masks to start from (default admm: on the H200 it prunes SmolLM2-135M in less time than "
         "sparsegpt, 83.5 against 105.9 wiki perplexity, and stays ahead after 8M tokens of training, 35.25 against "
         "35.70; on a CPU it costs several times sparsegpt's minutes). From a pruning init the forge keeps the hard "
-        "pattern in the forward from the first step and explores mask flips until 60%% of the run or 5M tokens, whichever "
-        "comes first, then trains on frozen masks (the recipe measured in benchmarks/README.md); from dense it follows the reference's "
-        "soft-to-hard tempering schedule. --forge KEY=VALUE overrides either",
+        "pattern in the forward from the first step and explores mask flips until 60%% of the run or 5M "
+        "tokens, whichever comes first, then trains on frozen masks (the recipe measured in "
+        "benchmarks/README.md); from dense it follows the reference's soft-to-hard tempering schedule. "
+        "--forge KEY=VALUE overrides either",
     )
     g.add_argument(
         "--init-calib-windows",
