@@ -31,8 +31,10 @@ Needs CUDA for meaningful numbers; ``--device cpu`` runs the same code on a tiny
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import logging
 import statistics
 import sys
 import time
@@ -230,6 +232,29 @@ def _static_cache(model, max_len: int):
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def launch_decisions():
+    """Collect the backend's per-graph launch decisions (its ``pdl`` option resolved: which launches, for how
+    many rows, how many broadcast copies) logged while the block runs; yields the list of distinct messages."""
+    found: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage().removeprefix("sparseforge: ")
+            if "launches for a graph" in msg and msg not in found:
+                found.append(msg)
+
+    logger, handler = logging.getLogger("sfcompile.lowering.backend"), Collect(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def time_decode(model, step, batch: int, new_tokens: int, device: str,
                 prompt: int = 16, profile_to: Path | None = None, profile_steps: int = 8) -> tuple[float, float]:
     """(ms per decode step, max relative logit error of the first compiled step vs eager). With
@@ -369,10 +394,12 @@ def _bench_variant(args: E2EConfig, alias: str, pattern: str, variant: Variant, 
         row = Row(alias, n_layers, pattern, batch)
         try:
             prof = args.profile / f"{alias}_{pattern.replace(':', 'of')}_b{batch}.txt" if args.profile else None
-            ms, err = time_decode(model, step, batch, args.new_tokens, device, profile_to=prof,
-                                  profile_steps=args.profile_steps)
+            with launch_decisions() as decisions:
+                ms, err = time_decode(model, step, batch, args.new_tokens, device, profile_to=prof,
+                                      profile_steps=args.profile_steps)
             row.decode_ms_per_step, row.decode_tok_s = ms, batch * 1e3 / ms
             row.logit_err = err
+            row.notes.extend(decisions)
         except Exception as e:  # noqa: BLE001 - a benchmark row records the failure and goes on
             row.notes.append(f"decode failed: {type(e).__name__}: {str(e)[:300]}")
         row.notes.append(f"decode compile+run {time.perf_counter() - t0:.0f}s")

@@ -259,7 +259,10 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
             "use the backend through torch.compile(..., backend='sparseforge')")
     if opts.on_lower is not None:
         opts.on_lower(gm, report)
-    pdl = opts.resolve_pdl(_packed_rows(gm, example_inputs), _broadcast_copies(gm))
+    rows, copies = _packed_rows(gm, example_inputs), _broadcast_copies(gm)
+    pdl = opts.resolve_pdl(rows, copies)
+    log.info("sparseforge: %s launches for a graph whose packed ops multiply %s rows and that makes %d broadcast "
+             "copies (pdl=%r)", "programmatic dependent" if pdl else "plain", rows, copies, opts.pdl)
     pdl_mode = 1 if pdl else 0
     if report.packed_ops:
         from sfcompile.lowering.kernels.splitk import launch_mode

@@ -1,6 +1,8 @@
 """`sfcompile bench` (sfcompile/lowering/cli.py): refusals on a machine without a GPU, the kernel table's launch mode
 (--pdl), and the end-to-end benchmark's columns."""
 
+import logging
+
 import pytest
 import torch
 
@@ -67,3 +69,27 @@ def test_e2e_profile_writes_a_per_step_table(tmp_path):
     assert float(mm[1]) == 2.0  # 6 calls over 3 steps
     times = [float(r[0]) for r in rows]
     assert times == sorted(times, reverse=True) and times[0] > 0
+
+
+def test_e2e_rows_record_the_backends_launch_decisions():
+    # benchmarks/e2e.py notes, per row, how the backend's pdl option resolved for each graph it compiled
+    from test_backend import _hardened_two_linears
+
+    from sfcompile.lowering.cli import _e2e_module
+
+    torch._dynamo.reset()
+    logger = logging.getLogger("sfcompile.lowering.backend")
+    level = logger.level
+    m = _hardened_two_linears(0)
+    fast = torch.compile(m, backend="sparseforge", dynamic=False)
+    with _e2e_module().launch_decisions() as found, torch.no_grad():
+        fast(torch.randn(1, 32))
+        fast(torch.randn(8, 32))
+        fast(torch.randn(8, 32))
+    assert found == [
+        "programmatic dependent launches for a graph whose packed ops multiply 1 rows and that makes 0 broadcast "
+        "copies (pdl='auto')",
+        "programmatic dependent launches for a graph whose packed ops multiply 8 rows and that makes 0 broadcast "
+        "copies (pdl='auto')",
+    ]
+    assert logger.level == level  # restored
