@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-data-tokens", default="2M", help="tokens generated for --data teacher")
     g.add_argument("--teacher-data-prompts", default="calib",
                    help="text whose 4-token snippets start the sequences of --data teacher (name or path)")
-    g.add_argument("--teacher-data-batch", type=int, default=32,
-                   help="sequences --data teacher generates at once (256 on an H200)")
+    g.add_argument("--teacher-data-batch", type=_int_or_auto, default="auto",
+                   help="sequences --data teacher generates at once (default auto: 32 on a CPU; on a GPU as "
+                   "many as keep the teacher's KV cache within 16 GiB, at most 1024)")
     g.add_argument("--teacher-data-kv-cache", default="dynamic", choices=("dynamic", "static"),
                    help="KV cache of --data teacher's sampling (benchmarks/teacher_sampling.py)")
     g.add_argument("--teacher-data-precision", default="auto", choices=("auto", "bf16", "fp32"),
@@ -123,6 +124,15 @@ def _convert(text: str, current):
     if isinstance(current, float):
         return float(text)
     return text
+
+
+def _int_or_auto(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither an integer nor 'auto'") from None
 
 
 def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | str = 0, tokens_per_step: int = 0):

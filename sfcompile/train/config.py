@@ -64,6 +64,13 @@ def _parse_betas(value) -> tuple[float, float]:
 # FROM_PRUNED_EXPLORE_TOKENS tokens (`from_pruned_window`): runs longer than ~8.3M tokens finalise earlier than
 # 60%. Beyond 20M tokens that cap is an extrapolation, not a measurement.
 FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
+# teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's KV cache
+# within the budget (the dynamic cache grows by concatenation, so its peak is about twice that), at most the
+# cap. SmolLM2-135M at 512 tokens: 1024 sequences (12 GiB of bf16 K/V at 2048).
+TEACHER_BATCH_CPU = 32
+TEACHER_BATCH_MAX = 1024
+TEACHER_KV_BUDGET = 16 * 2**30
+
 FROM_PRUNED_EXPLORE_TOKENS = 5_000_000
 FROM_PRUNED_MIN_UPDATES = 4  # the cap never leaves fewer than this many early-period mask updates
 
@@ -113,8 +120,11 @@ class TrainConfig:
         teacher_data_temperature: sampling temperature of the generated sequences.
         teacher_data_prompts: the text whose random 4-token snippets start the generated sequences (a name
             or a path, as ``data``).
-        teacher_data_batch: sequences generated at once (GPU: 256 keeps one H200 busy; each batch costs
-            ``seqlen`` decode steps, so a small batch makes generation take minutes per million tokens).
+        teacher_data_batch: sequences generated at once, or ``"auto"`` (default): 32 off CUDA; on CUDA as
+            many as keep the teacher's KV cache of ``seqlen`` tokens within `TEACHER_KV_BUDGET`, at most
+            `TEACHER_BATCH_MAX` (`teacher_batch_for`). Each batch costs ``seqlen`` decode steps whatever its
+            size, so a small batch makes generation slow: SmolLM2-135M on an H200 sampled 31.5k tokens/s at
+            1024 sequences and ~37k at 2048 (benchmarks/README.md).
         teacher_data_kv_cache: ``"dynamic"`` (transformers' default cache, grown every step) or ``"static"``
             (allocated once; on CUDA transformers compiles the decoding step). See benchmarks/teacher_sampling.py.
         teacher_data_precision: ``"fp32"``, ``"bf16"`` (sampling under bf16 autocast: bf16 matmuls and KV
@@ -199,7 +209,7 @@ class TrainConfig:
     teacher_data_tokens: int | str = "2M"
     teacher_data_temperature: float = 1.0
     teacher_data_prompts: str = "calib"
-    teacher_data_batch: int = 32
+    teacher_data_batch: int | str = "auto"
     teacher_data_kv_cache: str = "dynamic"
     teacher_data_precision: str = "auto"
     cache_dir: str | None = None
@@ -310,8 +320,10 @@ class TrainConfig:
             f"teacher_data_temperature={self.teacher_data_temperature} must be > 0",
         )
         need(
-            isinstance(self.teacher_data_batch, int) and self.teacher_data_batch >= 1,
-            f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1",
+            self.teacher_data_batch == "auto" or (
+                isinstance(self.teacher_data_batch, int) and not isinstance(self.teacher_data_batch, bool)
+                and self.teacher_data_batch >= 1),
+            f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1 or 'auto'",
         )
         need(self.teacher_data_kv_cache in ("dynamic", "static"),
              f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose 'dynamic' or 'static'")
@@ -382,6 +394,29 @@ class TrainConfig:
     def teacher_data_bf16(self) -> bool:
         """Whether ``data="teacher"`` samples under bf16 autocast (``teacher_data_precision``)."""
         return self._is_bf16(self.teacher_data_precision)
+
+    def teacher_batch_for(self, teacher) -> int:
+        """``teacher_data_batch`` resolved for ``teacher`` (see the field): ``"auto"`` from the teacher's
+        config (layers, K/V heads, head size) and the sampling precision, so a resumed run resolves it the
+        same way (the batch is part of the teacher shard's cache key)."""
+        if self.teacher_data_batch != "auto":
+            return self.teacher_data_batch
+        if self.resolved_device().type != "cuda":
+            return TEACHER_BATCH_CPU
+        cfg = getattr(teacher, "config", None)
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        try:
+            heads = cfg.num_attention_heads
+            kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+            layers = cfg.num_hidden_layers
+        except AttributeError as err:
+            raise TrainConfigError(
+                f"teacher_data_batch='auto' reads the teacher's layers and attention heads from its config, "
+                f"which lacks them ({err}); set teacher_data_batch to a number of sequences") from err
+        width = 2 if self.teacher_data_bf16() else next(teacher.parameters()).element_size()
+        per_sequence = 2 * layers * kv_heads * head_dim * width * self.seqlen   # K and V of every layer
+        return max(1, min(TEACHER_BATCH_MAX, TEACHER_KV_BUDGET // per_sequence))
 
     def bf16_autocast(self) -> bool:
         """Whether the steps compute under bf16 autocast (``dtype="bf16"``, or ``"auto"`` on CUDA)."""

@@ -258,6 +258,7 @@ def teacher_shard(
             "seed": seed,
             "kv_cache": kv_cache,
             "bf16": bf16,
+            "batch": batch,
         },
     )
     return read_shard(shard)

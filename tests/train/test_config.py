@@ -57,6 +57,8 @@ def test_unknown_score_rejected():
         (dict(seqlen=1), "seqlen"),
         (dict(ce_weight=0, kl_weight=0), "all loss weights are 0"),
         (dict(teacher_data_batch=0), "teacher_data_batch=0"),
+        (dict(teacher_data_batch="big"), "teacher_data_batch='big' must be an integer >= 1 or 'auto'"),
+        (dict(teacher_data_batch=True), "teacher_data_batch=True"),
         (dict(teacher_data_kv_cache="paged"), "teacher_data_kv_cache='paged'"),
         (dict(teacher_data_precision="fp16"), "teacher_data_precision='fp16'"),
         (dict(data="corpus+"), r"data='corpus\+' has an empty part"),
@@ -123,3 +125,25 @@ def test_auto_estimator_resolves_to_what_can_run(kwargs, expected):
     cfg = TrainConfig(tokens="1M", **kwargs)
     assert cfg.forge.estimator == expected
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the resolved name is what train_config.json records
+
+
+def test_teacher_batch_auto_fits_the_teachers_kv_cache_in_the_budget():
+    from _tiny import tiny_llama
+
+    from sfcompile.train.config import TEACHER_BATCH_CPU, TEACHER_BATCH_MAX, TEACHER_KV_BUDGET
+
+    teacher = tiny_llama(vocab=257)  # 2 layers, 4 heads, 2 K/V heads, hidden 64 (head size 16)
+    c = teacher.config
+    assert TrainConfig().teacher_data_batch == "auto"
+    assert TrainConfig(device="cpu").teacher_batch_for(teacher) == TEACHER_BATCH_CPU
+    assert TrainConfig(device="cpu", teacher_data_batch=7).teacher_batch_for(teacher) == 7
+    # on CUDA: K and V of every layer for seqlen tokens, in bf16 (autocast, the CUDA default) or the weights' dtype
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    for seqlen, precision, width in ((2**20, "auto", 2), (2**20, "fp32", 4), (512, "auto", 2)):
+        cfg = TrainConfig(device="cuda", seqlen=seqlen, teacher_data_precision=precision, tokens=10**12)
+        want = min(TEACHER_BATCH_MAX, TEACHER_KV_BUDGET // (per_token * width * seqlen))
+        assert cfg.teacher_batch_for(teacher) == want, (seqlen, precision)
+    assert TrainConfig(device="cuda", seqlen=512).teacher_batch_for(teacher) == TEACHER_BATCH_MAX
+    assert TrainConfig(device="cuda", seqlen=2**20, tokens=10**12).teacher_batch_for(teacher) < TEACHER_BATCH_MAX
+    with pytest.raises(TrainConfigError, match="set teacher_data_batch to a number of sequences"):
+        TrainConfig(device="cuda").teacher_batch_for(torch.nn.Linear(2, 2))

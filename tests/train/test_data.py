@@ -114,6 +114,7 @@ def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, mo
     assert len(bf16) == 48 and (np.asarray(bf16).reshape(3, 16)[:, 0] == tok.bos_token_id).all()
     metas = [json.loads(p.read_text()) for p in (tmp_path / "c" / "shards").glob("teacher-*.json")]
     assert sorted(str(m.get("bf16")) for m in metas) == ["False", "False", "True"]
+    assert sorted(m["batch"] for m in metas) == [2, 2, 3]
     with pytest.raises(DataError, match="kv_cache='static' under bf16 autocast needs bf16 teacher weights"):
         teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=1, batch=2,
                       bf16=True, kv_cache="static")

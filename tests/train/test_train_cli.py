@@ -5,6 +5,7 @@ import json
 import os
 import signal
 
+import pytest
 from _tiny import TEXT, byte_tokenizer, tiny_llama
 
 from sfcompile.train import cli
@@ -107,3 +108,7 @@ def test_teacher_sampling_flags_reach_the_config():
     assert (cfg.teacher_data_kv_cache, cfg.teacher_data_precision) == ("static", "fp32")
     assert not cfg.teacher_data_bf16()
     assert cfg.replace(teacher_data_precision="bf16").teacher_data_bf16()
+    assert cli.config_from_args(_args(base)).teacher_data_batch == "auto"
+    assert cli.config_from_args(_args([*base, "--teacher-data-batch", "64"])).teacher_data_batch == 64
+    with pytest.raises(SystemExit):
+        _args([*base, "--teacher-data-batch", "many"])
