@@ -64,13 +64,6 @@ def _parse_betas(value) -> tuple[float, float]:
 # FROM_PRUNED_EXPLORE_TOKENS tokens (`from_pruned_window`): runs longer than ~8.3M tokens finalise earlier than
 # 60%. Beyond 20M tokens that cap is an extrapolation, not a measurement.
 FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
-# teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's KV cache
-# within the budget (the dynamic cache grows by concatenation, so its peak is about twice that), at most the
-# cap. SmolLM2-135M at 512 tokens: 1024 sequences (12 GiB of bf16 K/V at 2048).
-TEACHER_BATCH_CPU = 32
-TEACHER_BATCH_MAX = 1024
-TEACHER_KV_BUDGET = 16 * 2**30
-
 FROM_PRUNED_EXPLORE_TOKENS = 5_000_000
 FROM_PRUNED_MIN_UPDATES = 4  # the cap never leaves fewer than this many early-period mask updates
 
@@ -81,11 +74,17 @@ def from_pruned_window(tokens: int, tokens_per_step: int = 0) -> dict:
     8M tokens and fewer: 0.6), but not before `FROM_PRUNED_MIN_UPDATES` updates of the early period."""
     window = dict(FROM_PRUNED)
     if tokens > 0:
-        from sfcompile.masking.schedule import TemperingSchedule
-
-        floor = FROM_PRUNED_MIN_UPDATES * TemperingSchedule().period_early * max(tokens_per_step, 0) / tokens
+        floor = FROM_PRUNED_MIN_UPDATES * _default_schedule().period_early * max(tokens_per_step, 0) / tokens
         window["finalize_at"] = min(window["finalize_at"], max(FROM_PRUNED_EXPLORE_TOKENS / tokens, floor))
     return window
+
+
+# teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's KV cache
+# within the budget (the dynamic cache grows by concatenation, so its peak is about twice that), at most the
+# cap. SmolLM2-135M at 512 tokens: the cap, 1024 sequences, whose bf16 K/V take ~11 GiB.
+TEACHER_BATCH_CPU = 32
+TEACHER_BATCH_MAX = 1024
+TEACHER_KV_BUDGET = 16 * 2**30
 
 
 def _default_schedule():
