@@ -39,9 +39,10 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         1.58x, run 21) and hurts Qwen3-8B (2:4 1.38x -> 1.16x, run 20), where the time goes to the copy of
         K and V to every query head that grouped-query attention with a mask makes (``repeat_kv``: an expand
         materialised by a reshape), which under these launches waits much longer. ``"auto"`` turns it on for
-        a graph whose packed ops all multiply at most ``PDL_AUTO_MAX_ROWS`` rows (decode at batch 1), or more
-        rows when the graph makes no such copy (`_broadcast_copies`), and off otherwise (copies at more rows,
-        a symbolic shape, no packed op). An explicit ``triton.enable_pdl`` option overrides Inductor's half.
+        a graph whose packed ops all multiply at most ``PDL_AUTO_MAX_ROWS`` rows (decode at batch 1), or at
+        most ``PDL_AUTO_MAX_ROWS_NO_COPIES`` rows when the graph makes no such copy (`_broadcast_copies`), and
+        off otherwise (copies at more rows, prefill-sized graphs, a symbolic shape, no packed op). An explicit
+        ``triton.enable_pdl`` option overrides Inductor's half.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -60,12 +61,15 @@ BACKEND_NAME = "sparseforge"
 ENTRY_POINT = "sparseforge = sfcompile.lowering.backend:sparseforge"
 
 __all__ = ["sparseforge", "register", "use_for_generate", "BackendOptions", "BACKEND_NAME", "ENTRY_POINT",
-           "PDL_AUTO_MAX_ROWS"]
+           "PDL_AUTO_MAX_ROWS", "PDL_AUTO_MAX_ROWS_NO_COPIES"]
 
-# pdl="auto" launches with programmatic dependent launch graphs whose packed ops multiply at most this many
-# rows, and graphs of more rows that copy no tensor out by broadcasting: measured to help at 1 row, and at 8
-# without the copies, and to hurt at 8 with them (the module docstring); 2-7 rows are not measured.
+# pdl="auto" launches with programmatic dependent launch graphs whose packed ops multiply at most
+# PDL_AUTO_MAX_ROWS rows, and graphs of at most PDL_AUTO_MAX_ROWS_NO_COPIES rows (the decode kernels' range)
+# that copy no tensor out by broadcasting: measured to help at 1 row, and at 8 without the copies, and to hurt
+# at 8 with them (the module docstring). Other decode batches are not measured; prefill under these launches
+# is not measured at all, so prefill-sized graphs keep plain launches.
 PDL_AUTO_MAX_ROWS = 1
+PDL_AUTO_MAX_ROWS_NO_COPIES = 16
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ class BackendOptions:
         launch."""
         if self.pdl != "auto":
             return self.pdl
-        return rows is not None and (rows <= PDL_AUTO_MAX_ROWS or not copies)
+        return rows is not None and (rows <= PDL_AUTO_MAX_ROWS or (rows <= PDL_AUTO_MAX_ROWS_NO_COPIES
+                                                                    and not copies))
 
     def config_patches(self, pdl: bool) -> dict:
         return {"triton.enable_pdl": pdl, **self.inductor, "triton.cudagraphs": self.cudagraphs}

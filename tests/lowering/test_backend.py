@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import sfcompile.lowering  # noqa: F401  (registers the backend)
-from sfcompile.lowering.backend import ENTRY_POINT, PDL_AUTO_MAX_ROWS, BackendOptions
+from sfcompile.lowering.backend import ENTRY_POINT, PDL_AUTO_MAX_ROWS, PDL_AUTO_MAX_ROWS_NO_COPIES, BackendOptions
 from sfcompile.passes.discover import discover
 from sfcompile.passes.lower import count_packed_ops
 from sfcompile.passes.site import hardened_info, mark_hardened
@@ -143,6 +143,9 @@ def test_options():
     assert auto.pdl == "auto"
     assert [auto.resolve_pdl(r) for r in (1, PDL_AUTO_MAX_ROWS, PDL_AUTO_MAX_ROWS + 1, 8, None)] == [
         True, True, True, True, False]
+    # prefill-sized graphs keep plain launches, copies or not
+    assert [auto.resolve_pdl(r) for r in (PDL_AUTO_MAX_ROWS_NO_COPIES, PDL_AUTO_MAX_ROWS_NO_COPIES + 1, 2048)] == [
+        True, False, False]
     # with broadcast copies (grouped-query attention's K/V copy) only up to PDL_AUTO_MAX_ROWS rows
     assert [auto.resolve_pdl(r, copies=2) for r in (1, PDL_AUTO_MAX_ROWS, PDL_AUTO_MAX_ROWS + 1, 8, None)] == [
         True, True, False, False, False]
