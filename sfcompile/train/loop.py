@@ -289,6 +289,9 @@ def train(
         from sfcompile.masking.forge import SparseForge
 
         forge = SparseForge(model, config.forge, total_steps=total)
+        final = config.forge.schedule.finalize_step(total)
+        log.message(f"masks: explored until step {final} of {total} ({final * tokens_per_step:,} tokens, "
+                    f"finalize_at={config.forge.schedule.finalize_at:g}), then frozen")
         if forge.config.uses_hessian:
             log.message(f"Hessian probe: estimator {forge.config.estimator!r}")
     student = dist.wrap_model(model, config)  # FSDP2 shards in place, after the forge (its state too)

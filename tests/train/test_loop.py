@@ -145,11 +145,14 @@ def test_sigterm_checkpoints_and_returns_143(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is not None  # handler restored (not ours)
 
 
-def test_end_of_run_outputs_and_hardened_model(tmp_path):
+def test_end_of_run_outputs_and_hardened_model(tmp_path, capsys):
     tok = byte_tokenizer()
     model = _model()
     cfg = _config(tmp_path, "end", 6, harden=True)
     r = train(model, cfg, tokenizer=tok)
+    # the run says when its masks freeze: finalize_at 0.8 of 6 steps (step 5) of 2 x MB x SEQ tokens
+    err = capsys.readouterr().err
+    assert f"masks: explored until step 5 of 6 ({5 * 2 * MB * SEQ:,} tokens, finalize_at=0.8), then frozen" in err
     out = tmp_path / "end"
     assert r.final_path == out / "final" and (out / "final" / "sparsity.json").exists()
     assert not masked_sites(model) and model.sfcompile_manifest["pattern"] == "2:4"
