@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -60,18 +59,13 @@ def emit(out: Path, row: dict) -> None:
 
 
 def forge_config(**over):
-    from sfcompile.masking.forge import ForgeConfig
-    from sfcompile.masking.schedule import TemperingSchedule
+    """The trainer's schedule for a pruning init with ``over`` (ForgeConfig / TemperingSchedule fields) set:
+    hard forward from the first step (the one-shot masks are already exact), exploration until finalize_at,
+    then recovery on frozen masks. finalize_at stays FROM_PRUNED's 0.6 whatever the run's length (the
+    recorded runs used it; `sfcompile train` caps it at 5M tokens), unless ``over`` sets it."""
+    from sfcompile.train.config import forge_for
 
-    sched_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
-    s_kw = {k: v for k, v in over.items() if k in sched_fields}
-    f_kw = {k: v for k, v in over.items() if k not in sched_fields}
-    from sfcompile.train.config import FROM_PRUNED
-
-    # the trainer's schedule for a pruning init: hard forward from the first step (the SparseGPT masks are
-    # already exact), exploration until finalize_at, then recovery on frozen masks
-    base = {**FROM_PRUNED, **s_kw}
-    return ForgeConfig(schedule=TemperingSchedule(**base), **f_kw)
+    return forge_for("pruned", **over)
 
 
 def split_documents(path: Path, holdout: int, work: Path) -> tuple[str, str]:

@@ -136,34 +136,25 @@ def _int_or_auto(value: str) -> int | str:
 
 
 def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | str = 0, tokens_per_step: int = 0):
-    """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields).
-
-    With a pruning ``init`` the schedule starts from `from_pruned_window` of the run's ``tokens`` and
-    ``tokens_per_step`` (hard forward from the first step, exploration until 60% of the run or 5M tokens,
-    whichever comes first; ``tokens`` 0: 60%); the strings override it."""
+    """A ForgeConfig from ``KEY=VALUE`` strings (ForgeConfig fields, or TemperingSchedule fields), on the
+    schedule `sfcompile.train.config.forge_for` gives ``init``, ``tokens`` and ``tokens_per_step``."""
     from sfcompile.masking.forge import ForgeConfig
     from sfcompile.masking.schedule import TemperingSchedule
-    from sfcompile.train.config import from_pruned_window, parse_tokens
+    from sfcompile.train.config import TrainConfigError, forge_for, parse_tokens
 
-    base, sched = ForgeConfig(), TemperingSchedule()
-    f_fields = {f.name for f in dataclasses.fields(ForgeConfig)} - {"schedule"}
-    s_fields = {f.name for f in dataclasses.fields(TemperingSchedule)}
-    f_kw, s_kw = {}, from_pruned_window(parse_tokens(tokens), tokens_per_step) if init != "dense" else {}
+    defaults = {f.name: f.default for cls in (TemperingSchedule, ForgeConfig) for f in dataclasses.fields(cls)}
+    fields = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"--forge {item!r}: expected KEY=VALUE, e.g. --forge score=hessian_ratio")
-        if key in f_fields:
-            f_kw[key] = _convert(value, getattr(base, key))
-        elif key in s_fields:
-            s_kw[key] = _convert(value, getattr(sched, key))
-        else:
-            raise ValueError(
-                f"--forge {key}: unknown field; ForgeConfig has {sorted(f_fields)}, "
-                f"TemperingSchedule has {sorted(s_fields)}"
-            )
-    return ForgeConfig(schedule=TemperingSchedule(**s_kw), **f_kw)
+        fields[key] = _convert(value, defaults[key]) if key in defaults and key != "schedule" else value
+    tokens = parse_tokens(tokens)
+    try:
+        return forge_for(init, tokens, tokens_per_step, **fields)
+    except TrainConfigError as err:  # an unknown field (the values are checked by the configs themselves)
+        raise ValueError(f"--forge: {err}") from None
 
 
 def config_from_args(args):

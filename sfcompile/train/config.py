@@ -79,6 +79,24 @@ def from_pruned_window(tokens: int, tokens_per_step: int = 0) -> dict:
     return window
 
 
+def forge_for(init: str, tokens: int = 0, tokens_per_step: int = 0, **fields):
+    """A ForgeConfig for a run from ``init`` masks: ``fields`` are ForgeConfig or TemperingSchedule fields,
+    set on the default schedule, which for a pruning init (not ``"dense"``) is `from_pruned_window` of
+    ``tokens`` and ``tokens_per_step`` (``tokens`` 0: `FROM_PRUNED` as it is)."""
+    from sfcompile.masking.forge import ForgeConfig
+    from sfcompile.masking.schedule import TemperingSchedule
+
+    s_names = {f.name for f in dataclasses.fields(TemperingSchedule)}
+    f_names = {f.name for f in dataclasses.fields(ForgeConfig)} - {"schedule"}
+    unknown = sorted(set(fields) - s_names - f_names)
+    if unknown:
+        raise TrainConfigError(f"unknown field(s) {unknown}: ForgeConfig has {sorted(f_names)}, "
+                               f"TemperingSchedule has {sorted(s_names)}")
+    s_kw = from_pruned_window(tokens, tokens_per_step) if init != "dense" else {}
+    s_kw.update({k: v for k, v in fields.items() if k in s_names})
+    return ForgeConfig(schedule=TemperingSchedule(**s_kw), **{k: v for k, v in fields.items() if k in f_names})
+
+
 # teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's KV cache
 # within the budget (the dynamic cache grows by concatenation, so its peak is about twice that), at most the
 # cap. SmolLM2-135M at 512 tokens: the cap, 1024 sequences, whose bf16 K/V take ~11 GiB.

@@ -88,6 +88,14 @@ def test_default_recipe_starts_from_admm_with_a_hard_forward():
     assert cli.config_from_args(_args(["--model", "m", "--out", "o", "--tokens", "4M"])).forge.schedule.finalize_at \
         == 0.6
     assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt", "20M").schedule.finalize_at == 0.8  # user wins
+    # fields of either config, typed like their defaults; unknown keys and missing values named
+    mixed = cli.forge_from_overrides(["score=magnitude", "period-early=7", "slorb=false"], "admm")
+    assert (mixed.score, mixed.schedule.period_early, mixed.slorb, mixed.schedule.finalize_at) == (
+        "magnitude", 7, False, 0.6)
+    with pytest.raises(ValueError, match=r"--forge: unknown field\(s\) \['periodd'\]: ForgeConfig has .*score"):
+        cli.forge_from_overrides(["periodd=3"], "admm")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        cli.forge_from_overrides(["score"], "admm")
     dense = cli.forge_from_overrides([], "dense").schedule
     assert dense.harden_start > 0 and dense.sparsity_warmup > 0  # the reference schedule from dense
 
