@@ -159,6 +159,7 @@ def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | st
 
 def config_from_args(args):
     from sfcompile.train.config import TrainConfig
+    from sfcompile.train.distributed import expected_world_size
 
     return TrainConfig(
         tokens=args.tokens,
@@ -188,7 +189,8 @@ def config_from_args(args):
         init=args.init,
         init_calib_windows=args.init_calib_windows,
         forge=None if args.no_forge else forge_from_overrides(
-            args.forge, args.init, args.tokens, args.seqlen * args.micro_batch * args.grad_accum),
+            args.forge, args.init, args.tokens,
+            args.seqlen * args.micro_batch * args.grad_accum * expected_world_size()),
         out=args.out,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

@@ -69,7 +69,7 @@ FROM_PRUNED_MIN_UPDATES = 4  # the cap never leaves fewer than this many early-p
 
 
 def from_pruned_window(tokens: int, tokens_per_step: int = 0) -> dict:
-    """`FROM_PRUNED` for a run of ``tokens`` tokens of ``tokens_per_step`` each (one process): ``finalize_at``
+    """`FROM_PRUNED` for a run of ``tokens`` tokens of ``tokens_per_step`` each (all processes): ``finalize_at``
     capped so that mask exploration ends after at most `FROM_PRUNED_EXPLORE_TOKENS` tokens (20M tokens: 0.25;
     8M tokens and fewer: 0.6), but not before `FROM_PRUNED_MIN_UPDATES` updates of the early period."""
     window = dict(FROM_PRUNED)
@@ -273,7 +273,10 @@ class TrainConfig:
     eval_seqlen: int | None = None
 
     def __post_init__(self):
+        from sfcompile.train.distributed import expected_world_size
+
         set_ = object.__setattr__  # frozen: parse once here, at the boundary
+        world = expected_world_size()  # step counts are per optimizer step of all processes together
         set_(self, "tokens", parse_tokens(self.tokens))
         set_(self, "teacher_data_tokens", parse_tokens(self.teacher_data_tokens))
         set_(self, "betas", _parse_betas(self.betas))
@@ -288,7 +291,8 @@ class TrainConfig:
             window = ("harden_start", "harden_end", "finalize_at")
             default = _default_schedule()
             if all(getattr(sched, k) == getattr(default, k) for k in window):
-                changes.update({k: from_pruned_window(self.tokens, self.tokens_per_step())[k] for k in window})
+                per_step = self.tokens_per_step(world)
+                changes.update({k: from_pruned_window(self.tokens, per_step)[k] for k in window})
             if changes:
                 set_(self, "forge", dataclasses.replace(self.forge, schedule=dataclasses.replace(sched, **changes)))
         if getattr(self.forge, "estimator", None) == AUTO_ESTIMATOR:
@@ -298,10 +302,10 @@ class TrainConfig:
                         and self.engine != "deepspeed")
             set_(self, "forge", dataclasses.replace(
                 self.forge, estimator=resolve_estimator(AUTO_ESTIMATOR, step_grads=one_pass)))
-        self._validate()
+        self._validate(world)
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
+    def _validate(self, world: int) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise TrainConfigError(msg)
@@ -388,11 +392,12 @@ class TrainConfig:
         # The forge's own schedule must fit inside this run (e.g. a hardening window past the end).
         if self.forge is not None and hasattr(self.forge, "validate"):
             try:
-                self.forge.validate(self.total_steps())
+                self.forge.validate(self.total_steps(world))
             except ValueError as err:
                 raise TrainConfigError(
-                    f"{err} (this run has {self.total_steps()} optimizer steps: "
-                    f"tokens={self.tokens} / {self.tokens_per_step()} tokens per step)"
+                    f"{err} (this run has {self.total_steps(world)} optimizer steps: "
+                    f"tokens={self.tokens} / {self.tokens_per_step(world)} tokens per step"
+                    + (f" of {world} processes" if world > 1 else "") + ")"
                 ) from err
 
     # ------------------------------------------------------------------ derived values

@@ -51,6 +51,19 @@ def world_size() -> int:
     return torch.distributed.get_world_size() if _initialized() else 1
 
 
+def expected_world_size() -> int:
+    """The world this process trains in, before the group exists: `world_size` once initialised, else the
+    ``WORLD_SIZE`` torchrun (and the launcher) put in the environment, else 1. A config built in a worker
+    sizes its step-based schedule with it."""
+    if _initialized():
+        return world_size()
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise DistributedError(f"WORLD_SIZE={value!r} in the environment is not a process count") from None
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 

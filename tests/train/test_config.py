@@ -108,6 +108,20 @@ def test_pruning_init_gets_the_from_pruned_window_unless_one_was_chosen():
     assert (kept.harden_start, kept.harden_end, kept.finalize_at, kept.sparsity_warmup) == (0.2, 0.5, 0.7, 0.0)
 
 
+def test_the_update_floor_counts_the_steps_of_all_processes(monkeypatch):
+    # under torchrun (WORLD_SIZE=4) a step consumes 4x the tokens, so 4 early-period updates take 4x the share
+    kw = dict(tokens="1B", init="admm", seqlen=2048, micro_batch=64)
+    one = TrainConfig(**kw).forge.schedule.finalize_at
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    four = TrainConfig(**kw)
+    assert four.forge.schedule.finalize_at == pytest.approx(4 * one)
+    total = four.total_steps(4)
+    assert four.forge.schedule.finalize_at * total == pytest.approx(4 * TemperingSchedule().period_early, rel=1e-3)
+    monkeypatch.setenv("WORLD_SIZE", "four")
+    with pytest.raises(Exception, match="WORLD_SIZE='four'"):
+        TrainConfig(**kw)
+
+
 @pytest.mark.parametrize(
     "kwargs,expected",
     [

@@ -8,7 +8,9 @@ import signal
 import pytest
 from _tiny import TEXT, byte_tokenizer, tiny_llama
 
+from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.train import cli
+from sfcompile.train.config import TrainConfig
 
 
 def _args(argv):
@@ -77,7 +79,7 @@ def test_cli_sigterm_then_resume(tmp_path, monkeypatch):
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 9))
 
 
-def test_default_recipe_starts_from_admm_with_a_hard_forward():
+def test_default_recipe_starts_from_admm_with_a_hard_forward(monkeypatch):
     args = _args(["--model", "m", "--out", "o", "--tokens", "10M"])
     assert args.init == "admm"
     sched = cli.forge_from_overrides([], args.init).schedule
@@ -88,6 +90,14 @@ def test_default_recipe_starts_from_admm_with_a_hard_forward():
     assert cli.config_from_args(_args(["--model", "m", "--out", "o", "--tokens", "4M"])).forge.schedule.finalize_at \
         == 0.6
     assert cli.forge_from_overrides(["finalize_at=0.8"], "sparsegpt", "20M").schedule.finalize_at == 0.8  # user wins
+    # the CLI's window is the config's, in one process and in each of a launch's workers
+    for world in ("1", "8"):
+        monkeypatch.setenv("WORLD_SIZE", world)
+        big = _args(["--model", "m", "--out", "o", "--tokens", "1B", "--seqlen", "2048", "--micro-batch", "64"])
+        kw = dict(tokens="1B", init="admm", seqlen=2048, micro_batch=64)
+        assert cli.config_from_args(big).forge.schedule == TrainConfig(**kw).forge.schedule, world
+    floor_8 = 4 * TemperingSchedule().period_early * 2048 * 64 * 8 / 1e9  # 4 updates of 8-process steps
+    assert cli.config_from_args(big).forge.schedule.finalize_at == pytest.approx(floor_8)
     # fields of either config, typed like their defaults; unknown keys and missing values named
     mixed = cli.forge_from_overrides(["score=magnitude", "period-early=7", "slorb=false"], "admm")
     assert (mixed.score, mixed.schedule.period_early, mixed.slorb, mixed.schedule.finalize_at) == (
