@@ -198,10 +198,11 @@ def _first_rows(ids: torch.Tensor, teacher_out, rows: int | None):
     return ids[:rows], type(teacher_out)(**cut)
 
 
-def _probe_loss(model, ids, teacher_out, weights, autocast):
+def _probe_loss(model, ids, teacher_out, weights, autocast, estimator):
+    # the exact probe differentiates the loss twice; the finite differences take the step's own loss
     with autocast():
         out = model(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
-        return distillation_loss(out, ids, weights, teacher_out)[0]
+        return distillation_loss(out, ids, weights, teacher_out, twice_differentiable=estimator == "hvp")[0]
 
 
 def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger):
@@ -426,8 +427,10 @@ def train(
                             # the probe recomputes the loss on (the first probe_rows sequences of) the last
                             # micro-batch
                             p_ids, p_t = _first_rows(ids, t_out, config.probe_rows)
+                            loss_fn = functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast,
+                                                        estimator)
                             forge.probe(
-                                step, functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast),
+                                step, loss_fn,
                                 compute_dtype=probe_dtype, step_grads=reuse_grads, rng_state=probe_rng,
                             )
                     stepper.step(config.clip, grad_norm)

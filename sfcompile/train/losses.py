@@ -18,47 +18,170 @@ from torch.utils.checkpoint import checkpoint
 # the whole batch's gradient instead of showing up as a large-but-finite loss the NaN guard and clip can handle.
 LOGIT_CLAMP = 100.0
 
-# Tokens per KL chunk: the (chunk, V) fp32 softmax intermediates are recomputed in backward (checkpoint), so
-# peak memory is one chunk of them, not B·T·V·4 bytes × 3 (for V = 49152, 8×512 tokens: 800 MB → 100 MB).
-KL_CHUNK = 2048
+# Tokens per loss chunk: CE and KL are computed a chunk of tokens at a time, so their fp32 intermediates (the
+# fp32 logits, both log-softmaxes, the teacher's probabilities) exist for one chunk only: for the whole batch
+# only the logits themselves (the model's dtype) and their gradient remain. A chunk holds about
+# LOSS_CHUNK_BYTES per (chunk, V) fp32 tensor (V = 49,152: 1,365 tokens; V = 151,936: 441 tokens).
+LOSS_CHUNK_BYTES = 256 * 2**20
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token CE. logits (N, V), targets (N,) (−100 = ignore)."""
-    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+def loss_chunk(vocab: int) -> int:
+    """Tokens per chunk for a vocabulary of ``vocab`` logits (`LOSS_CHUNK_BYTES` of fp32 per chunk)."""
+    return max(1, LOSS_CHUNK_BYTES // (4 * max(vocab, 1)))
 
 
-def _kl_chunk(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
-    # s, t: (n, V) -> sum over rows of KL(softmax(t/T) ‖ softmax(s/T))
+class _FusedLogitLoss(torch.autograd.Function):
+    """w_ce·CE + w_kl·KL·T² and its gradient, computed together chunk by chunk in the forward.
+
+    The gradient with respect to the logits is known in closed form, so the forward writes it into one buffer
+    of the logits' shape and dtype (the dtype the gradient reaching the logits has anyway) and the backward
+    only scales it: nothing is recomputed and no fp32 tensor larger than a chunk is ever kept. Per counted row
+    (softmax σ, clamp C = LOGIT_CLAMP, n_ce / n_kl the counted rows):
+
+        ∂(w_ce·CE)/∂s    = w_ce/n_ce · (σ(s) − onehot(y))
+        ∂(w_kl·KL·T²)/∂s = w_kl·T/n_kl · (σ(s_C/T) − σ(t_C/T)) · [|s| ≤ C]     (s_C: s clamped to ±C)
+
+    It has no second derivative: the exact Hessian probe uses `_checkpointed_losses` (``twice_differentiable``).
+    """
+
+    @staticmethod
+    def forward(ctx, student, targets, teacher, temperature, w_ce, w_kl, chunk):
+        n = student.shape[0]
+        grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        counted = torch.ones(n, dtype=torch.bool, device=student.device) if targets is None else targets != -100
+        n_rows = counted.sum().clamp_min(1).float()
+        ce_sum = student.new_zeros((), dtype=torch.float32)
+        kl_sum = student.new_zeros((), dtype=torch.float32)
+        for i in range(0, n, chunk):
+            s = student[i : i + chunk].float()
+            keep = counted[i : i + chunk, None].float()
+            g = None  # this chunk's gradient, once a term has one
+            if targets is not None:
+                lse = torch.logsumexp(s, dim=-1, keepdim=True)
+                y0 = targets[i : i + chunk].clamp_min(0)[:, None]
+                ce_sum += ((lse - s.gather(1, y0)) * keep).sum()
+                if grad is not None and w_ce:
+                    g = torch.exp(s - lse).scatter_add_(1, y0, -keep).mul_(keep * (w_ce / n_rows))
+            if teacher is not None:  # in place where it can: a chunk's fp32 temporaries are the peak here
+                log_ps = F.log_softmax(s.clamp(-LOGIT_CLAMP, LOGIT_CLAMP).div_(temperature), dim=-1)
+                t = teacher[i : i + chunk].float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP).div_(temperature)  # not the input
+                log_pt = F.log_softmax(t, dim=-1)
+                del t
+                p_t = log_pt.exp()
+                kl_sum += (log_pt.sub_(log_ps).mul_(p_t).sum(-1, keepdim=True) * keep).sum()
+                del log_pt
+                if grad is not None and w_kl:
+                    in_range = (s >= -LOGIT_CLAMP) & (s <= LOGIT_CLAMP)
+                    g_kl = log_ps.exp_().sub_(p_t).mul_(in_range).mul_(keep * (w_kl * temperature / n_rows))
+                    g = g_kl if g is None else g.add_(g_kl)
+            if grad is not None:
+                grad[i : i + chunk] = 0 if g is None else g
+        ctx.grad = grad
+        ce = ce_sum / n_rows
+        kl = kl_sum / n_rows * temperature**2
+        ctx.mark_non_differentiable(ce, kl)
+        total = (w_ce * ce if w_ce else 0.0) + (w_kl * kl if w_kl else 0.0)  # 0 · inf would be NaN
+        return student.new_zeros((), dtype=torch.float32) + total, ce, kl
+
+    @staticmethod
+    def backward(ctx, g_total, _g_ce, _g_kl):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the fused CE/KL loss has no second derivative; build the loss with "
+                               "twice_differentiable=True (as the exact Hessian probe does)")
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError("backward ran twice through the fused CE/KL loss (retain_graph); its gradient "
+                               "buffer is used up by the first")
+        return grad.mul_(g_total.to(grad.dtype)), None, None, None, None, None, None
+
+
+def _kl_rows(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    # s, t: (n, V) -> (n,) KL(softmax(t/T) ‖ softmax(s/T)) per row
     s = s.float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP) / temperature
     t = t.float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP) / temperature
     log_ps = F.log_softmax(s, dim=-1)
     log_pt = F.log_softmax(t, dim=-1)
-    return (log_pt.exp() * (log_pt - log_ps)).sum()
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+
+
+def _chunk_sums(s: torch.Tensor, targets: torch.Tensor | None, t: torch.Tensor | None, temperature: float):
+    # one chunk: (CE summed over its counted rows or 0, KL summed over them or 0)
+    zero = s.new_zeros((), dtype=torch.float32)
+    if targets is None:
+        return zero, (zero if t is None else _kl_rows(s, t, temperature).sum())
+    ce = F.cross_entropy(s.float(), targets, ignore_index=-100, reduction="sum")
+    return ce, (zero if t is None else (_kl_rows(s, t, temperature) * (targets != -100)).sum())
+
+
+def _checkpointed_losses(student, targets, teacher, temperature, chunk):
+    # the same sums through autograd, each chunk recomputed in backward: twice differentiable
+    recompute = torch.is_grad_enabled() and student.requires_grad
+    ce = kl = student.new_zeros((), dtype=torch.float32)
+    for i in range(0, student.shape[0], chunk):
+        part = slice(i, i + chunk)
+        args = (student[part], None if targets is None else targets[part],
+                None if teacher is None else teacher[part], temperature)
+        c, k = checkpoint(_chunk_sums, *args, use_reentrant=False) if recompute else _chunk_sums(*args)
+        ce, kl = ce + c, kl + k
+    n_rows = student.shape[0] if targets is None else (targets != -100).sum().clamp_min(1)
+    return ce / n_rows, kl / n_rows * temperature**2
+
+
+def token_losses(
+    student: torch.Tensor,
+    targets: torch.Tensor | None,
+    teacher: torch.Tensor | None = None,
+    temperature: float = 2.0,
+    *,
+    weights: tuple[float, float] = (1.0, 1.0),
+    chunk: int | None = None,
+    twice_differentiable: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(w_ce·CE + w_kl·KL, CE, KL)`` over the rows of ``student``, a chunk of ``chunk`` tokens at a time
+    (default `loss_chunk` of V): CE the mean next-token cross-entropy, KL = KL(teacher ‖ student, T)·T² (Hinton's
+    gradient-scale fix; None without ``teacher``), both means over the counted rows. Only the first output
+    carries a gradient; CE and KL are for logging.
+
+    student, teacher: (N, V) logits (teacher detached); targets: (N,), −100 = a row counted by neither loss
+    (None: every row counted, CE not wanted: its weight must be 0). By default the gradient is formed in the
+    forward (`_FusedLogitLoss`: no recomputation, one logits-sized buffer); ``twice_differentiable`` builds the
+    same sums through autograd with each chunk recomputed in backward, for a double backward.
+    """
+    n, vocab = student.shape
+    w_ce, w_kl = weights
+    if targets is None and w_ce:
+        raise ValueError(f"targets=None computes no CE, so its weight must be 0, not {w_ce}")
+    if teacher is not None:
+        if teacher.shape != student.shape:
+            raise ValueError(
+                f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ: "
+                "the teacher must share the student's tokenizer/vocabulary"
+            )
+        teacher = teacher.detach()
+    chunk = chunk or loss_chunk(vocab)
+    if twice_differentiable:
+        ce, kl = _checkpointed_losses(student, targets, teacher, temperature, chunk)
+        total = (w_ce * ce if w_ce else 0.0) + (w_kl * kl if w_kl and teacher is not None else 0.0)
+        total = student.new_zeros((), dtype=torch.float32) + total
+    else:
+        total, ce, kl = _FusedLogitLoss.apply(student, targets, teacher, float(temperature), float(w_ce),
+                                              float(w_kl if teacher is not None else 0.0), int(chunk))
+    return total, (None if targets is None else ce.detach()), (None if teacher is None else kl.detach())
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE. logits (N, V), targets (N,) (−100 = ignore); chunked as `token_losses`."""
+    return token_losses(logits, targets, weights=(1.0, 0.0))[0]
 
 
 def kl_divergence(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, chunk: int = KL_CHUNK
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, chunk: int | None = None
 ) -> torch.Tensor:
     """KL(teacher ‖ student) at temperature T, mean over tokens, times T² (Hinton's gradient-scale fix).
 
-    student, teacher: (N, V) logits (teacher detached). Computed ``chunk`` tokens at a time.
+    student, teacher: (N, V) logits (teacher detached). Computed ``chunk`` tokens at a time (`token_losses`).
     """
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ: "
-            "the teacher must share the student's tokenizer/vocabulary"
-        )
-    teacher = teacher.detach()
-    n = student.shape[0]
-    total = student.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, chunk):
-        s, t = student[i : i + chunk], teacher[i : i + chunk]
-        if torch.is_grad_enabled() and s.requires_grad:
-            total = total + checkpoint(_kl_chunk, s, t, temperature, use_reentrant=False)
-        else:
-            total = total + _kl_chunk(s, t, temperature)
-    return total / max(n, 1) * temperature**2
+    return token_losses(student, None, teacher, temperature, weights=(0.0, 1.0), chunk=chunk)[0]
 
 
 def squarehead(student_hidden, teacher_hidden) -> torch.Tensor:
@@ -87,35 +210,31 @@ class LossWeights:
         return self.kl > 0 or self.squarehead > 0
 
 
-def distillation_loss(student_out, input_ids: torch.Tensor, weights: LossWeights, teacher_out=None):
+def distillation_loss(student_out, input_ids: torch.Tensor, weights: LossWeights, teacher_out=None, *,
+                      twice_differentiable: bool = False):
     """Weighted CE + KL + SquareHead for one micro-batch.
 
     Args:
         student_out, teacher_out: model outputs with ``.logits`` (B, T, V) and, for SquareHead,
             ``.hidden_states`` (embeddings first, then one per layer; the embedding output is skipped).
         input_ids: (B, T) tokens; position t predicts token t+1.
+        twice_differentiable: build CE and KL so that a double backward works (`token_losses`).
 
     Returns:
         (loss, parts): the scalar loss and a dict of detached floats ``{"ce", "kl", "sq"}`` for logging.
     """
-    logits = student_out.logits[:, :-1]  # (B, T-1, V)
-    V = logits.shape[-1]
-    flat = logits.reshape(-1, V)
-    targets = input_ids[:, 1:].reshape(-1)
-    loss = flat.new_zeros((), dtype=torch.float32)
-    parts = {}
-    ce = cross_entropy(flat, targets)
-    parts["ce"] = ce.detach()
-    if weights.ce > 0:
-        loss = loss + weights.ce * ce
-    if weights.needs_teacher:
-        if teacher_out is None:
-            raise ValueError("kl/squarehead weight > 0 but no teacher output was given")
-    if weights.kl > 0:
-        t_logits = teacher_out.logits[:, :-1].reshape(-1, V)
-        kl = kl_divergence(flat, t_logits, weights.kl_temperature)
-        parts["kl"] = kl.detach()
-        loss = loss + weights.kl * kl
+    logits = student_out.logits
+    B, T, V = logits.shape
+    # Every position is a row (a view, no copy of the logits); the last of each sequence predicts nothing.
+    targets = torch.cat([input_ids[:, 1:], input_ids.new_full((B, 1), -100)], dim=1).reshape(-1)
+    if weights.needs_teacher and teacher_out is None:
+        raise ValueError("kl/squarehead weight > 0 but no teacher output was given")
+    t_logits = teacher_out.logits.reshape(-1, V) if weights.kl > 0 else None
+    loss, ce, kl = token_losses(logits.reshape(-1, V), targets, t_logits, weights.kl_temperature,
+                                weights=(weights.ce, weights.kl), twice_differentiable=twice_differentiable)
+    parts = {"ce": ce}
+    if kl is not None:
+        parts["kl"] = kl
     if weights.squarehead > 0:
         sq = squarehead(student_out.hidden_states[1:], teacher_out.hidden_states[1:])
         parts["sq"] = sq.detach()

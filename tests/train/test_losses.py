@@ -79,3 +79,88 @@ def test_distillation_needs_teacher_output():
     out = SimpleNamespace(logits=torch.randn(1, 3, 4))
     with pytest.raises(ValueError, match="teacher"):
         distillation_loss(out, torch.zeros(1, 3, dtype=torch.long), LossWeights(kl=1.0))
+
+
+@pytest.mark.parametrize("twice", [False, True])
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_ce_and_kl_match_whole_batch_values_and_gradients(chunk, twice):
+    from sfcompile.train.losses import token_losses
+
+    g = torch.Generator().manual_seed(3)
+    s = (torch.randn(11, 7, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    t = torch.randn(11, 7, generator=g, dtype=torch.float64) * 2
+    t[0, 0] = 150.0  # beyond the clamp: the teacher's logit counts as 100
+    s.data[1, 3] = -120.0  # beyond the clamp: no KL gradient reaches it
+    targets = torch.randint(0, 7, (11,), generator=g)
+    targets[[2, 5]] = -100  # rows counted by neither loss: both are means over the other 9
+    s_before, t_before = s.detach().clone(), t.clone()
+    total, ce, kl = token_losses(s, targets, t, 2.0, weights=(0.7, 0.5), chunk=chunk, twice_differentiable=twice)
+    total.backward()
+    assert torch.equal(s.detach(), s_before) and torch.equal(t, t_before)  # the inputs are not touched
+    ref = s.detach().clone().requires_grad_(True)
+    rows = targets != -100
+    ref_ce = torch.nn.functional.cross_entropy(ref, targets, ignore_index=-100)
+    log_ps = torch.log_softmax(ref.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)[rows] / 2, -1)
+    log_pt = torch.log_softmax(t.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)[rows] / 2, -1)
+    ref_kl = torch.nn.functional.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True) * 4
+    (0.7 * ref_ce + 0.5 * ref_kl).backward()
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-6)
+    assert kl.item() == pytest.approx(ref_kl.item(), rel=1e-6)
+    assert total.item() == pytest.approx(0.7 * ref_ce.item() + 0.5 * ref_kl.item(), rel=1e-6)
+    torch.testing.assert_close(s.grad, ref.grad, rtol=1e-5, atol=1e-7)  # computed in fp32 whatever the dtype
+    assert ref.grad[2].abs().max() == 0 and s.grad[2].abs().max() == 0
+    nothing = token_losses(s, torch.full((11,), -100), None, twice_differentiable=twice)
+    assert nothing[1].item() == 0.0  # nothing counted: 0, not NaN
+    assert token_losses(s, None, t, 2.0, weights=(0.0, 1.0))[1] is None
+    assert token_losses(s, targets, None)[2] is None
+    with pytest.raises(ValueError, match="weight must be 0, not 1.0"):
+        token_losses(s, None, t)
+
+
+def test_fused_loss_refuses_a_double_backward_and_a_second_backward():
+    from sfcompile.train.losses import token_losses
+
+    s = torch.randn(6, 5, requires_grad=True)
+    targets = torch.randint(0, 5, (6,))
+    total, _, _ = token_losses(s, targets)
+    (g,) = torch.autograd.grad(total, s, retain_graph=True)  # the first backward is fine
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        torch.autograd.grad(total, s)
+    total, _, _ = token_losses(s, targets)
+    with pytest.raises(RuntimeError, match="twice_differentiable=True"):
+        torch.autograd.grad(total, s, create_graph=True)
+    total, _, _ = token_losses(s, targets, twice_differentiable=True)
+    (g2,) = torch.autograd.grad(total, s, create_graph=True)
+    torch.testing.assert_close(g, g2)
+    (hv,) = torch.autograd.grad((g2 * torch.ones_like(g2)).sum(), s)  # a double backward works there
+    assert torch.isfinite(hv).all()
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_no_whole_batch_fp32_tensor_is_kept_for_backward(twice):
+    # Only one chunk's fp32 intermediates may exist at a time: autograd must not save a (N, V) fp32 tensor
+    # (a whole-batch log-softmax) outside the chunks. The logits themselves are the model's output.
+    from sfcompile.train import losses
+
+    n, v = 64, 50
+    s = torch.randn(2, n // 2 + 1, v, dtype=torch.bfloat16, requires_grad=True)
+    ids = torch.randint(0, v, (2, n // 2 + 1))
+    t_out = SimpleNamespace(logits=torch.randn(2, n // 2 + 1, v, dtype=torch.bfloat16))
+    saved = []
+
+    def pack(x):
+        saved.append((x.dtype, x.numel()))
+        return x
+
+    original = losses.LOSS_CHUNK_BYTES
+    losses.LOSS_CHUNK_BYTES = 16 * v * 4  # 16-token chunks
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            loss, _ = distillation_loss(SimpleNamespace(logits=s), ids, LossWeights(kl=1.0), t_out,
+                                        twice_differentiable=twice)
+    finally:
+        losses.LOSS_CHUNK_BYTES = original
+    loss.backward()
+    assert s.grad is not None and s.grad.dtype == torch.bfloat16 and torch.isfinite(s.grad.float()).all()
+    biggest_fp32 = max((numel for dtype, numel in saved if dtype == torch.float32), default=0)
+    assert biggest_fp32 <= 16 * v, saved
