@@ -24,7 +24,9 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
                                     forward, every student block stays gathered from forward to backward:
                                     2·Pb·2·L + 2·Pb·t·2 + 2·Pr
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
-    logits       tokens·V·4·(2 + teacher)   fp32 student logits + their grad (+ teacher logits)
+    logits       tokens·V·2·(2 + teacher) + 6·c·V·4   bf16 student logits + the gradient buffer the fused loss
+                                    fills in its forward (+ the teacher's bf16 logits), plus one chunk's fp32
+                                    temporaries (c = min(tokens, train.losses.loss_chunk(V)) tokens)
 
 Under DeepSpeed ZeRO-3 (``--engine deepspeed``, W > 1) the parameters stay fp32 (bf16 comes from autocast) and
 sfcompile's ``ds_config`` leaves DeepSpeed's bucket defaults (0.19: reduce_bucket_size Rb = 5e8 elements,
@@ -57,9 +59,13 @@ from dataclasses import dataclass
 import torch
 
 from sfcompile.masking.config import AUTO_ESTIMATOR, CONFIG_ESTIMATORS, resolve_estimator
+from sfcompile.train.losses import loss_chunk
 
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
+# fp32 (chunk, V) tensors alive at once inside the fused loss's forward (benchmarks/loss_memory.py on the CPU:
+# 1,352 MiB above the gradient buffer at 1,365-token chunks of 49,152 logits, i.e. 5.3 of them)
+LOSS_TEMPORARIES = 6
 # DeepSpeed 0.19 defaults that engines/deepspeed.py's ds_config leaves unset (elements, not bytes)
 DS_REDUCE_BUCKET = 500_000_000  # zero_optimization.reduce_bucket_size: the IPG gradient bucket
 DS_MAX_LIVE = 1_000_000_000  # zero_optimization.stage3_max_live_parameters: gathered + prefetched parameters
@@ -173,7 +179,7 @@ def plan(m: ModelCounts, p: PlanInput) -> dict[str, float]:
         "gather": _gather(m, p, t) if w > 1 else 0.0,
         "activations": tokens * m.layers * _bytes_per_token_layer(m, p.checkpointing)
         + (tokens * _bytes_per_token_layer(m, False) if p.checkpointing else 0.0),
-        "logits": tokens * m.vocab * 4 * (2 + t),
+        "logits": tokens * m.vocab * 2 * (2 + t) + LOSS_TEMPORARIES * min(tokens, loss_chunk(m.vocab)) * m.vocab * 4,
         "overhead": float(OVERHEAD),
     }
     if p.engine == "deepspeed" and w > 1:  # one process trains without the engine (distributed.wrap_model)
