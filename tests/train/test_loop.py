@@ -296,9 +296,9 @@ def test_moe_experts_are_sparsified_and_trained_routers_stay_dense(tmp_path, tin
 
 def test_fd_forward_probes_with_one_pass_from_the_step_gradient(tmp_path):
     # estimator "fd_forward" differences against the gradient the step computed: one grad-enabled pass per
-    # probe where "fd" runs two, and the Hessian EMA it builds ranks like the central one's
+    # probe where "fd" runs two, and the Hessian EMA it builds ranks like the central one's (and the exact one's)
     passes, hdiag = {}, {}
-    for estimator in ("fd", "fd_forward"):
+    for estimator in ("fd", "fd_forward", "hvp"):
         grad_calls = []
 
         def record(module, args, kwargs, calls=grad_calls):
@@ -316,9 +316,11 @@ def test_fd_forward_probes_with_one_pass_from_the_step_gradient(tmp_path):
               stop_at=1)
         passes[estimator] = sum(grad_calls) - 1  # less the one training forward
         hdiag[estimator] = torch.cat([s.sf_hdiag.reshape(-1) for _, _, s in masked_sites(model)])
-    assert passes == {"fd": 2, "fd_forward": 1}
+    assert passes == {"fd": 2, "fd_forward": 1, "hvp": 1}
     assert hdiag["fd_forward"].abs().sum() > 0
     assert spearman(hdiag["fd_forward"], hdiag["fd"]) > 0.9
+    # the exact probe differentiates the trainer's loss twice (its twice-differentiable form) and agrees
+    assert spearman(hdiag["hvp"], hdiag["fd"]) > 0.9
 
 
 def test_sfcompile_train_is_callable_however_it_was_imported(tmp_path):
