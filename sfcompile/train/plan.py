@@ -24,7 +24,7 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
                                     forward, every student block stays gathered from forward to backward:
                                     2·Pb·2·L + 2·Pb·t·2 + 2·Pr
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
-    logits       tokens·V·2·(2 + teacher) + 6·c·V·4   bf16 student logits + the gradient buffer the fused loss
+    logits       tokens·V·2·(2 + teacher) + 7·c·V·4   bf16 student logits + the gradient buffer the fused loss
                                     fills in its forward (+ the teacher's bf16 logits), plus one chunk's fp32
                                     temporaries (c = min(tokens, train.losses.loss_chunk(V)) tokens)
 
@@ -64,8 +64,8 @@ from sfcompile.train.losses import loss_chunk
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
 # fp32 (chunk, V) tensors alive at once inside the fused loss's forward (benchmarks/loss_memory.py on the CPU:
-# 1,352 MiB above the gradient buffer at 1,365-token chunks of 49,152 logits, i.e. 5.3 of them)
-LOSS_TEMPORARIES = 6
+# bf16 logits: 1,736 MiB above the gradient buffer at 1,365-token chunks of 49,152 logits, 6.8 of them)
+LOSS_TEMPORARIES = 7
 # DeepSpeed 0.19 defaults that engines/deepspeed.py's ds_config leaves unset (elements, not bytes)
 DS_REDUCE_BUCKET = 500_000_000  # zero_optimization.reduce_bucket_size: the IPG gradient bucket
 DS_MAX_LIVE = 1_000_000_000  # zero_optimization.stage3_max_live_parameters: gathered + prefetched parameters
