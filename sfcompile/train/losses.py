@@ -40,10 +40,10 @@ class _FusedLogitLoss(torch.autograd.Function):
     The gradient with respect to the logits is known in closed form, so the forward writes it into one buffer
     of the logits' shape and dtype (the dtype the gradient reaching the logits has anyway) and the backward
     only scales it: nothing is recomputed and no fp32 tensor larger than a chunk is ever kept. Per counted row
-    (softmax σ, clamp C = LOGIT_CLAMP, n_ce / n_kl the counted rows):
+    (softmax σ, clamp C = LOGIT_CLAMP, n the number of counted rows):
 
-        ∂(w_ce·CE)/∂s    = w_ce/n_ce · (σ(s) − onehot(y))
-        ∂(w_kl·KL·T²)/∂s = w_kl·T/n_kl · (σ(s_C/T) − σ(t_C/T)) · [|s| ≤ C]     (s_C: s clamped to ±C)
+        ∂(w_ce·CE)/∂s    = w_ce/n · (σ(s) − onehot(y))
+        ∂(w_kl·KL·T²)/∂s = w_kl·T/n · (σ(s_C/T) − σ(t_C/T)) · [|s| ≤ C]     (s_C: s clamped to ±C)
 
     It has no second derivative: the exact Hessian probe uses `_checkpointed_losses` (``twice_differentiable``).
     """
@@ -140,7 +140,7 @@ def token_losses(
     weights: tuple[float, float] = (1.0, 1.0),
     chunk: int | None = None,
     twice_differentiable: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(w_ce·CE + w_kl·KL, CE, KL)`` over the rows of ``student``, a chunk of ``chunk`` tokens at a time
     (default `loss_chunk` of V): CE the mean next-token cross-entropy, KL = KL(teacher ‖ student, T)·T² (Hinton's
     gradient-scale fix; None without ``teacher``), both means over the counted rows. Only the first output
