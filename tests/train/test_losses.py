@@ -164,3 +164,23 @@ def test_no_whole_batch_fp32_tensor_is_kept_for_backward(twice):
     assert s.grad is not None and s.grad.dtype == torch.bfloat16 and torch.isfinite(s.grad.float()).all()
     biggest_fp32 = max((numel for dtype, numel in saved if dtype == torch.float32), default=0)
     assert biggest_fp32 <= 16 * v, saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_loss_memory_on_cuda():
+    # what `sfcompile plan` counts for the loss: the gradient buffer (1x the bf16 logits) plus at most
+    # LOSS_TEMPORARIES chunk-sized fp32 tensors above the inputs
+    from sfcompile.train.losses import LOSS_CHUNK_BYTES, token_losses
+    from sfcompile.train.plan import LOSS_TEMPORARIES
+
+    n, v = 8 * 512, 49152
+    s = torch.randn(n, v, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randn(n, v, device="cuda", dtype=torch.bfloat16)
+    y = torch.randint(0, v, (n,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    held = torch.cuda.memory_allocated()
+    token_losses(s, y, t, 2.0)[0].backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - held
+    assert extra <= s.numel() * 2 + LOSS_TEMPORARIES * LOSS_CHUNK_BYTES + 2**24, extra / 2**20
