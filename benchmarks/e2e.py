@@ -231,7 +231,6 @@ def _static_cache(model, max_len: int):
     return StaticCache(config=model.config, max_cache_len=max_len)
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def launch_decisions():
     """Collect the backend's per-graph launch decisions (its ``pdl`` option resolved: which launches, for how
@@ -255,6 +254,7 @@ def launch_decisions():
         logger.setLevel(level)
 
 
+@torch.no_grad()
 def time_decode(model, step, batch: int, new_tokens: int, device: str,
                 prompt: int = 16, profile_to: Path | None = None, profile_steps: int = 8) -> tuple[float, float]:
     """(ms per decode step, max relative logit error of the first compiled step vs eager). With
