@@ -84,8 +84,7 @@ class _FusedLogitLoss(torch.autograd.Function):
         ce = ce_sum / n_rows
         kl = kl_sum / n_rows * temperature**2
         ctx.mark_non_differentiable(ce, kl)
-        total = (w_ce * ce if w_ce else 0.0) + (w_kl * kl if w_kl else 0.0)  # 0 · inf would be NaN
-        return student.new_zeros((), dtype=torch.float32) + total, ce, kl
+        return _weighted(ce, kl, w_ce, w_kl), ce, kl
 
     @staticmethod
     def backward(ctx, g_total, _g_ce, _g_kl):
@@ -97,6 +96,16 @@ class _FusedLogitLoss(torch.autograd.Function):
             raise RuntimeError("backward ran twice through the fused CE/KL loss (retain_graph); its gradient "
                                "buffer is used up by the first")
         return grad.mul_(g_total.to(grad.dtype)), None, None, None, None, None, None
+
+
+def _weighted(ce: torch.Tensor, kl: torch.Tensor, w_ce: float, w_kl: float) -> torch.Tensor:
+    # w_ce·CE + w_kl·KL as an fp32 scalar, a term of weight 0 left out (0 · inf would be NaN)
+    total = ce.new_zeros((), dtype=torch.float32)
+    if w_ce:
+        total = total + w_ce * ce
+    if w_kl:
+        total = total + w_kl * kl
+    return total
 
 
 def _kl_rows(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -165,17 +174,11 @@ def token_losses(
     chunk = chunk or loss_chunk(vocab)
     if twice_differentiable:
         ce, kl = _checkpointed_losses(student, targets, teacher, temperature, chunk)
-        total = (w_ce * ce if w_ce else 0.0) + (w_kl * kl if w_kl and teacher is not None else 0.0)
-        total = student.new_zeros((), dtype=torch.float32) + total
+        total = _weighted(ce, kl, w_ce, w_kl if teacher is not None else 0.0)
     else:
         total, ce, kl = _FusedLogitLoss.apply(student, targets, teacher, float(temperature), float(w_ce),
                                               float(w_kl if teacher is not None else 0.0), int(chunk))
     return total, (None if targets is None else ce.detach()), (None if teacher is None else kl.detach())
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token CE. logits (N, V), targets (N,) (−100 = ignore); chunked as `token_losses`."""
-    return token_losses(logits, targets, weights=(1.0, 0.0))[0]
 
 
 def kl_divergence(
