@@ -425,19 +425,18 @@ class TrainConfig:
             return self.teacher_data_batch
         if self.resolved_device().type != "cuda":
             return TEACHER_BATCH_CPU
+        from sfcompile.train.plan import kv_width
+
         cfg = getattr(teacher, "config", None)
         cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         try:
-            heads = cfg.num_attention_heads
-            kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-            layers = cfg.num_hidden_layers
+            width_kv, layers = kv_width(cfg), cfg.num_hidden_layers
         except AttributeError as err:
             raise TrainConfigError(
                 f"teacher_data_batch='auto' reads the teacher's layers and attention heads from its config, "
                 f"which lacks them ({err}); set teacher_data_batch to a number of sequences") from err
-        width = 2 if self.teacher_data_bf16() else next(teacher.parameters()).element_size()
-        per_sequence = 2 * layers * kv_heads * head_dim * width * self.seqlen   # K and V of every layer
+        nbytes = 2 if self.teacher_data_bf16() else next(teacher.parameters()).element_size()
+        per_sequence = 2 * layers * width_kv * nbytes * self.seqlen   # K and V of every layer
         return max(1, min(TEACHER_BATCH_MAX, TEACHER_KV_BUDGET // per_sequence))
 
     def bf16_autocast(self) -> bool:

@@ -136,15 +136,20 @@ def count_model(config) -> ModelCounts:
         site_params += sum(p.numel() for p in block.parameters() if p.dim() >= 2)
     text = getattr(config, "text_config", None) or config
     hidden = text.hidden_size
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
-    kv = getattr(text, "num_key_value_heads", None) or heads
     inter = getattr(text, "intermediate_size", None) or getattr(text, "moe_intermediate_size", None) or 4 * hidden
     params = sum(p.numel() for p in model.parameters())
     in_blocks = sum(p.numel() for _, b in blocks for p in b.parameters())
     embedding = model.get_input_embeddings().weight.numel()
     return ModelCounts(params, site_params, block_params, params - in_blocks, embedding, len(blocks),
-                       hidden, inter, kv * head_dim, text.vocab_size)
+                       hidden, inter, kv_width(text), text.vocab_size)
+
+
+def kv_width(text_config) -> int:
+    """Channels of K (or V) per layer of a causal LM's text config: K/V heads × head size (K/V heads default to
+    the attention heads, head size to hidden / heads). AttributeError when the config has no attention heads."""
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return (getattr(text_config, "num_key_value_heads", None) or heads) * head_dim
 
 
 def _bytes_per_token_layer(m: ModelCounts, checkpointing: bool) -> float:
