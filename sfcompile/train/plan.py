@@ -63,9 +63,10 @@ from sfcompile.train.losses import loss_chunk
 
 GIB = 1 << 30
 OVERHEAD = 2 * GIB
-# fp32 (chunk, V) tensors alive at once inside the fused loss's forward (benchmarks/loss_memory.py on the CPU:
-# bf16 logits: 1,736 MiB above the gradient buffer at 1,365-token chunks of 49,152 logits, 6.8 of them)
-LOSS_TEMPORARIES = 7
+# fp32 (chunk, V) tensors alive at once inside the fused loss's forward, measured on the H200
+# (benchmarks/loss_memory.py --device cuda, bf16 logits 32 x 512 x 49,152: 4,608 MiB above the inputs = the
+# 1,536 MiB gradient buffer + 3,072 MiB, 12.0 chunks of 256 MiB; on the CPU's resident set 6.8)
+LOSS_TEMPORARIES = 12
 # DeepSpeed 0.19 defaults that engines/deepspeed.py's ds_config leaves unset (elements, not bytes)
 DS_REDUCE_BUCKET = 500_000_000  # zero_optimization.reduce_bucket_size: the IPG gradient bucket
 DS_MAX_LIVE = 1_000_000_000  # zero_optimization.stage3_max_live_parameters: gathered + prefetched parameters
