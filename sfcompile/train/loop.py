@@ -151,6 +151,27 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
     return mixture(shards)
 
 
+# Passes over the training text past which `train` warns: on SmolLM2-135M (H200, 50M tokens over ~11M unique
+# tokens) wiki perplexity was lowest after 2.7 passes and rose by 3% over the next two while the held-out part of
+# the training text kept improving (benchmarks/README.md, "Training (H200), eighteenth session").
+DATA_PASSES_WARN = 3.0
+
+
+def _report_passes(batches: Batches, total: int, tokens_per_step: int, step: int, log: RunLogger) -> float:
+    """Log how many unique tokens the data holds and how many times the run reads them; warn past
+    `DATA_PASSES_WARN`. Returns the passes."""
+    unique = batches.n_windows * batches.seqlen
+    passes = total * tokens_per_step / unique
+    log.log(step, "info", data_tokens=unique, data_passes=passes)
+    text = f"data: {unique:,} tokens in {batches.n_windows:,} windows; the run reads them {passes:.2f} times"
+    if passes > DATA_PASSES_WARN:
+        text += (f" -- more than {DATA_PASSES_WARN:g} passes: past ~3 the evaluation perplexity rose in a measured run "
+                 "while the training text's kept falling; add unique text (another source, or teacher samples: "
+                 "data=\"...+teacher\" with a larger teacher_data_tokens) or train fewer tokens")
+    log.message(text)
+    return passes
+
+
 def _masked_sparsity(model) -> float | None:
     """Fraction of masked-site entries whose effective mask is 0 (runs without a forge: fixed masks)."""
     from sfcompile.masking.forge import mask_sparsity
@@ -354,6 +375,7 @@ def train(
         rank=dist.rank(),
         world_size=world,
     )
+    _report_passes(batches, total, tokens_per_step, start, log)
     end = total if stop_at is None else min(total, stop_at)
     if start == 0 and tokenizer is not None and (dist.is_main_process() or dist.is_sharded(model)):
         ppl[0] = _evaluate(model, tokenizer, config, autocast)

@@ -335,3 +335,22 @@ def test_sfcompile_train_is_callable_however_it_was_imported(tmp_path):
     r = sfcompile.train(_model(), _config(tmp_path, "api", 4), tokenizer=byte_tokenizer())
     assert isinstance(r, sfcompile.train.TrainResult) and r.steps == 4
     assert sfcompile.TrainConfig is sfcompile.train.TrainConfig
+
+
+def test_run_reports_its_passes_over_the_data_and_warns_past_three(tmp_path, capsys):
+    from sfcompile.train.data import text_shard
+    from sfcompile.train.loop import DATA_PASSES_WARN
+
+    tok = byte_tokenizer()
+    cfg = _config(tmp_path, "short", 6)
+    unique = len(text_shard(cfg.data, tok, tmp_path / "short" / "cache")) // SEQ * SEQ
+    for name, steps in (("short", 6), ("long", -(-int(DATA_PASSES_WARN * unique) // (2 * MB * SEQ)) + 1)):
+        cfg = _config(tmp_path, name, steps)
+        train(_model(), cfg, tokenizer=tok, stop_at=1)
+        info = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        row = next(r for r in info if "data_passes" in r)
+        assert row["data_tokens"] == unique
+        assert row["data_passes"] == pytest.approx(steps * 2 * MB * SEQ / unique)
+        err = capsys.readouterr().err
+        assert f"the run reads them {row['data_passes']:.2f} times" in err
+        assert ("more than 3 passes" in err) == (name == "long"), err
