@@ -24,6 +24,8 @@ RUN_FILE = "run.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sfcompile.train.data import KV_CACHES
+
     g = parser.add_argument_group("model and run")
     g.add_argument("--model", help="alias (smollm2-135m, ...), HF folder or .gguf file")
     g.add_argument("--pattern", default="2:4", help='"2:4", "4:8", "block16", ... (default 2:4)')
@@ -41,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-data-batch", type=_int_or_auto, default="auto",
                    help="sequences --data teacher generates at once (default auto: 32 on a CPU; on a GPU as "
                    "many as keep the teacher's KV cache within 16 GiB, at most 1024)")
-    g.add_argument("--teacher-data-kv-cache", default="dynamic", choices=("dynamic", "static"),
-                   help="KV cache of --data teacher's sampling (benchmarks/teacher_sampling.py)")
+    g.add_argument("--teacher-data-kv-cache", default="dynamic", choices=KV_CACHES,
+                   help="sampler of --data teacher: generate with a dynamic / static KV cache, or sfcompile's "
+                        "packed decode loop (benchmarks/teacher_sampling.py)")
     g.add_argument("--teacher-data-precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="--data teacher samples under bf16 autocast (auto: on CUDA) or in fp32")
     g.add_argument("--seqlen", type=int, default=512)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfcompile.masking.config import AUTO_ESTIMATOR, resolve_estimator
-from sfcompile.train.data import data_parts
+from sfcompile.train.data import KV_CACHES, data_parts
 
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
@@ -142,8 +142,13 @@ class TrainConfig:
             `TEACHER_BATCH_MAX` (`teacher_batch_for`). Each batch costs ``seqlen`` decode steps whatever its
             size, so a small batch makes generation slow: SmolLM2-135M on an H200 sampled 31.5k tokens/s at
             1024 sequences and ~37k at 2048 (benchmarks/README.md).
-        teacher_data_kv_cache: ``"dynamic"`` (transformers' default cache, grown every step) or ``"static"``
-            (allocated once; on CUDA transformers compiles the decoding step). See benchmarks/teacher_sampling.py.
+        teacher_data_kv_cache: the sampler. ``"dynamic"`` (`generate` with transformers' default cache, grown
+            every step), ``"static"`` (`generate`, cache allocated once; on CUDA transformers compiles the decoding
+            step) or ``"packed"`` (`sfcompile.train.sampler`: no `generate`, one K/V buffer per layer filled in
+            place, grouped query heads packed onto their K/V head, no per-token host sync; same distribution,
+            other draws; for models whose attention runs through transformers' AttentionInterface -- others are
+            refused by name). ``"packed"`` is not yet timed on a GPU, so ``"dynamic"`` stays the default. See
+            benchmarks/teacher_sampling.py.
         teacher_data_precision: ``"fp32"``, ``"bf16"`` (sampling under bf16 autocast: bf16 matmuls and KV
             cache; the weights stay as they are), or ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.
@@ -346,8 +351,8 @@ class TrainConfig:
                 and self.teacher_data_batch >= 1),
             f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1 or 'auto'",
         )
-        need(self.teacher_data_kv_cache in ("dynamic", "static"),
-             f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose 'dynamic' or 'static'")
+        need(self.teacher_data_kv_cache in KV_CACHES,
+             f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose one of {', '.join(map(repr, KV_CACHES))}")
         need(self.teacher_data_precision in DTYPES,
              f"teacher_data_precision={self.teacher_data_precision!r} is not one of {DTYPES}")
         need(isinstance(self.teacher, str),

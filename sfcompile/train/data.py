@@ -156,17 +156,24 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
     return read_shard(shard)
 
 
+KV_CACHES = ("dynamic", "static", "packed")  # sample_sequences' samplers (TrainConfig.teacher_data_kv_cache)
+
+
 @torch.no_grad()
 def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, pad_id, *, kv_cache: str = "dynamic",
                      bf16: bool = False):
     """``ids`` (B x P prompt tokens) continued by exactly ``new`` tokens sampled from ``teacher`` at
     ``temperature`` (no top-k/top-p; EOS is not allowed to end a sequence early).
 
-    ``kv_cache``: ``"dynamic"`` (transformers' default KV cache, grown every step) or ``"static"`` (allocated once
-    for the whole length; on CUDA transformers then compiles the decoding step, which pays a compile on the first
-    batch of each shape). ``bf16``: sample under bf16 autocast (bf16 matmuls and KV cache)."""
-    if kv_cache not in ("dynamic", "static"):
-        raise DataError(f"kv_cache={kv_cache!r}: choose 'dynamic' or 'static'")
+    ``kv_cache``: ``"dynamic"`` (`generate` with transformers' default KV cache, grown every step),
+    ``"static"`` (`generate` with a cache allocated once for the whole length; on CUDA transformers then compiles
+    the decoding step, which pays a compile on the first batch of each shape) or ``"packed"``
+    (`sfcompile.train.sampler.decode`: no `generate`, one K/V buffer per layer filled in place, grouped query
+    heads packed onto their K/V head, the next token drawn on the device; models whose attention does not run
+    through transformers' AttentionInterface are refused). ``bf16``: sample under bf16 autocast (bf16 matmuls and
+    KV cache)."""
+    if kv_cache not in KV_CACHES:
+        raise DataError(f"kv_cache={kv_cache!r}: choose one of {', '.join(map(repr, KV_CACHES))}")
     teacher_dtype = next(teacher.parameters()).dtype
     if kv_cache == "static" and bf16 and teacher_dtype != torch.bfloat16:
         # measured on the H200 (benchmarks/teacher_sampling.py): the static cache is allocated in the weights'
@@ -175,6 +182,13 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
             f"teacher data: kv_cache='static' under bf16 autocast needs bf16 teacher weights, not {teacher_dtype}; "
             "use teacher_data_kv_cache='dynamic' (the fastest measured) or teacher_data_precision='fp32'"
         )
+    if kv_cache == "packed":
+        from sfcompile.train.sampler import decode, multinomial
+
+        eos = getattr(getattr(teacher, "generation_config", None), "eos_token_id", None)
+        suppress = [i for i in ([pad_id] + (eos if isinstance(eos, list) else [eos])) if i is not None]
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return decode(teacher, ids, new, multinomial(temperature, suppress))
     extra = {"cache_implementation": "static"} if kv_cache == "static" else {}
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         return teacher.generate(

@@ -140,16 +140,16 @@ def test_teacher_shard_is_keyed_by_the_prompt_text_not_its_path(tmp_path, monkey
     assert calls and len(list((tmp_path / "cache" / "shards").glob("teacher-*.json"))) == 2
 
 
-def test_sample_sequences_static_cache_matches_dynamic_and_checks_its_argument():
+def test_sample_sequences_static_cache_and_packed_sampler_match_dynamic_and_check_the_argument():
     teacher = tiny_llama(vocab=257).eval()
     ids = torch.randint(3, 257, (3, 4), generator=torch.Generator().manual_seed(0))
     out = {}
-    for kv in ("dynamic", "static"):
+    for kv in ("dynamic", "static", "packed"):
         torch.manual_seed(1)
         # a temperature this low makes sampling greedy, so both caches must give the same continuation
         out[kv] = sample_sequences(teacher, ids, 9, 1e-4, 0, kv_cache=kv)
         assert out[kv].shape == (3, 13) and torch.equal(out[kv][:, :4], ids)
-    assert torch.equal(out["dynamic"], out["static"])
+    assert torch.equal(out["dynamic"], out["static"]) and torch.equal(out["dynamic"], out["packed"])
     with pytest.raises(DataError, match="kv_cache='paged'"):
         sample_sequences(teacher, ids, 2, 1.0, 0, kv_cache="paged")
 

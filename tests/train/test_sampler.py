@@ -1,0 +1,99 @@
+"""The packed teacher sampler (`sfcompile.train.sampler`) against a full forward and `generate`."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from sfcompile.train.data import sample_sequences
+from sfcompile.train.sampler import SamplerError, _attention, decode, multinomial
+
+V = 97
+
+
+def _model(kind: str, **kw):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = AutoConfig.for_model("gpt2", n_embd=64, n_layer=3, n_head=4, vocab_size=V, bos_token_id=0,
+                                   eos_token_id=0)
+    else:
+        cfg = AutoConfig.for_model(kind, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, vocab_size=V, **kw)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+MODELS = {
+    "llama, grouped K/V": ("llama", dict(num_key_value_heads=2)),
+    "qwen3, one K/V head": ("qwen3", dict(num_key_value_heads=1, head_dim=16)),
+    "gpt2, no grouping": ("gpt2", {}),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name):
+    kind, kw = MODELS[name]
+    model = _model(kind, **kw)
+    ids = torch.randint(1, V, (3, 5), generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def greedy(logits):
+        seen.append(logits.clone())
+        return logits.argmax(-1)
+
+    out = decode(model, ids, 8, greedy)
+    assert out.shape == (3, 13) and torch.equal(out[:, :5], ids)
+    with torch.no_grad():
+        full = model(out).logits  # no cache at all: every position from scratch
+    for i, logits in enumerate(seen):  # step i's logits predict position 5 + i
+        torch.testing.assert_close(logits, full[:, 4 + i], atol=1e-5, rtol=1e-5)
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                         min_new_tokens=8, pad_token_id=0)
+    assert torch.equal(ref, out)
+    assert model.config._attn_implementation == "sdpa"  # switched back
+
+
+def test_sampled_tokens_skip_suppressed_ids_and_follow_the_seed():
+    model = _model("llama", num_key_value_heads=2)
+    with torch.no_grad():  # make id 7 the model's favourite by far: suppressed, it must still never appear
+        model.lm_head.weight[7] = model.lm_head.weight.abs().max() * 50 * model.model.norm.weight.sign()
+    ids = torch.randint(8, V, (4, 3), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(decode(model, ids, 20, multinomial(1.0, suppress=[7, 7])))
+    assert torch.equal(runs[0], runs[1])
+    assert not (runs[0][:, 3:] == 7).any()
+    torch.manual_seed(3)
+    free = decode(model, ids, 20, multinomial(1.0))
+    assert (free[:, 3:] == 7).float().mean() > 0.5  # unsuppressed, the favourite dominates
+    # through sample_sequences: the tokenizer's EOS (pad_id) and the model's generation EOS are suppressed
+    model.generation_config.eos_token_id = [7]
+    torch.manual_seed(3)
+    seqs = sample_sequences(model, ids, 20, 1.0, 9, kv_cache="packed")
+    assert not torch.isin(seqs[:, 3:], torch.tensor([7, 9])).any()
+
+
+def test_models_the_sampler_cannot_serve_are_refused_by_name():
+    mistral = _model("mistral", num_key_value_heads=2, sliding_window=6)
+    ids = torch.randint(1, V, (2, 4))
+    with pytest.raises(SamplerError, match="sliding window of 6 tokens.*teacher_data_kv_cache='dynamic'"):
+        decode(mistral, ids, 8, lambda z: z.argmax(-1))
+    assert mistral.config._attn_implementation == "sdpa"
+    assert decode(mistral, ids, 2, lambda z: z.argmax(-1)).shape == (2, 6)  # within the window it runs
+
+    class NoInterface(torch.nn.Module):  # a causal LM whose attention never calls AttentionInterface
+        def __init__(self):
+            super().__init__()
+            self.inner = _model("llama", num_key_value_heads=2)
+            self.config = self.inner.config
+
+        def set_attn_implementation(self, name):
+            pass
+
+        def forward(self, input_ids, position_ids=None, use_cache=False):
+            self.inner.set_attn_implementation("sdpa")
+            return self.inner(input_ids=input_ids, use_cache=False)
+
+    with pytest.raises(SamplerError, match="0 of its 3 layers ran sfcompile's attention"):
+        decode(NoInterface(), ids, 2, lambda z: z.argmax(-1))
+    with pytest.raises(RuntimeError, match="runs only inside"):
+        _attention(None, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
