@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default="corpus",
                    help='registry text (default corpus: calib + qasper + sciriff), .txt/.jsonl file, "teacher", '
                         'or several joined by + (corpus+teacher: mixed in proportion to their tokens)')
-    g.add_argument("--teacher-data-tokens", default="2M", help="tokens generated for --data teacher")
+    g.add_argument("--teacher-data-tokens", default="auto",
+                   help="tokens generated for --data ...+teacher (auto: 0.4 x --tokens)")
     g.add_argument("--teacher-data-prompts", default="calib",
                    help="text whose 4-token snippets start the sequences of --data teacher (name or path)")
     g.add_argument("--teacher-data-batch", type=_int_or_auto, default="auto",

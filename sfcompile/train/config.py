@@ -26,22 +26,23 @@ class TrainConfigError(ValueError):
     """A TrainConfig value that cannot work; the message names the value and what to do."""
 
 
-def parse_tokens(value: int | float | str) -> int:
-    """``"20M"`` → 20_000_000, ``"1.5B"`` → 1_500_000_000, ``"500k"``, ``"1e6"`` or an int."""
+def parse_tokens(value: int | float | str, name: str = "tokens", also: str = "") -> int:
+    """``"20M"`` → 20_000_000, ``"1.5B"`` → 1_500_000_000, ``"500k"``, ``"1e6"`` or an int. ``name``: the field
+    the errors name; ``also``: what else the field accepts, for the message."""
     if isinstance(value, bool):
-        raise TrainConfigError(f'tokens={value!r} is not a token count; pass e.g. 20_000_000 or "20M"')
+        raise TrainConfigError(f'{name}={value!r} is not a token count; pass e.g. 20_000_000 or "20M"{also}')
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         if not value.is_integer():
-            raise TrainConfigError(f"tokens={value!r} is not a whole number of tokens")
+            raise TrainConfigError(f"{name}={value!r} is not a whole number of tokens")
         return int(value)
     text = str(value).strip().replace("_", "").replace(",", "")
     m = re.fullmatch(r"(-?[0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)", text, flags=re.IGNORECASE)
     if not m:
         raise TrainConfigError(
-            f"tokens={value!r} is not a token count; use an integer or a number with a "
-            'suffix k/M/B (e.g. "20M", "1.5B")'
+            f"{name}={value!r} is not a token count; use an integer or a number with a "
+            f'suffix k/M/B (e.g. "20M", "1.5B"){also}'
         )
     number = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
     return int(round(number))
@@ -97,6 +98,10 @@ def forge_for(init: str, tokens: int = 0, tokens_per_step: int = 0, **fields):
     return ForgeConfig(schedule=TemperingSchedule(**s_kw), **{k: v for k, v in fields.items() if k in f_names})
 
 
+# teacher_data_tokens="auto": this share of the run's tokens. The H200 runs' best recipes mixed 3M teacher tokens
+# into an 8M-token run (33.76 against 35.25 without) and 8M into a 20M-token run (31.60, the best): 0.375 and 0.4.
+TEACHER_DATA_SHARE = 0.4
+
 # teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's KV cache
 # within the budget (the dynamic cache grows by concatenation, so its peak is about twice that), at most the
 # cap. SmolLM2-135M at 512 tokens: the cap, 1024 sequences, whose bf16 K/V take ~11 GiB.
@@ -133,7 +138,11 @@ class TrainConfig:
             ``"wiki"`` evaluation text): on the H200, SmolLM2 overfit ``"calib"`` (0.8M tokens) after ~2.5 passes while
             ``"corpus"`` kept improving to 8M tokens (benchmarks/README.md). A real run should bring its own
             pretraining-like text.
-        teacher_data_tokens: how many tokens the ``"teacher"`` part of ``data`` generates (once; the order then cycles).
+        teacher_data_tokens: how many tokens the ``"teacher"`` part of ``data`` generates (once; the order then
+            cycles), or ``"auto"`` (default): `TEACHER_DATA_SHARE` (0.4) of ``tokens``, the share of the two best
+            measured recipes (3M teacher tokens in an 8M-token run, 8M in 20M), so a longer run samples more unique
+            text instead of reading the same more often (past ~3 passes a 50M-token run got worse; the trainer
+            logs its passes and warns).
         teacher_data_temperature: sampling temperature of the generated sequences.
         teacher_data_prompts: the text whose random 4-token snippets start the generated sequences (a name
             or a path, as ``data``).
@@ -228,7 +237,7 @@ class TrainConfig:
     seqlen: int = 512
     micro_batch: int = 8
     grad_accum: int = 1
-    teacher_data_tokens: int | str = "2M"
+    teacher_data_tokens: int | str = "auto"
     teacher_data_temperature: float = 1.0
     teacher_data_prompts: str = "calib"
     teacher_data_batch: int | str = "auto"
@@ -283,7 +292,9 @@ class TrainConfig:
         set_ = object.__setattr__  # frozen: parse once here, at the boundary
         world = expected_world_size()  # step counts are per optimizer step of all processes together
         set_(self, "tokens", parse_tokens(self.tokens))
-        set_(self, "teacher_data_tokens", parse_tokens(self.teacher_data_tokens))
+        if self.teacher_data_tokens == "auto":
+            set_(self, "teacher_data_tokens", max(1, round(TEACHER_DATA_SHARE * self.tokens)))
+        set_(self, "teacher_data_tokens", parse_tokens(self.teacher_data_tokens, "teacher_data_tokens", ', or "auto"'))
         set_(self, "betas", _parse_betas(self.betas))
         if self.init != "dense" and self.forge is not None and hasattr(self.forge, "schedule"):
             # A pruning init starts at the pattern's sparsity: ramping the target up from 0 would first pull

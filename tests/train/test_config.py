@@ -161,3 +161,15 @@ def test_teacher_batch_auto_fits_the_teachers_kv_cache_in_the_budget():
     assert TrainConfig(device="cuda", seqlen=2**20, tokens=10**12).teacher_batch_for(teacher) < TEACHER_BATCH_MAX
     with pytest.raises(TrainConfigError, match="set teacher_data_batch to a number of sequences"):
         TrainConfig(device="cuda").teacher_batch_for(torch.nn.Linear(2, 2))
+
+
+def test_teacher_data_tokens_auto_scales_with_the_run():
+    from sfcompile.train.config import TEACHER_DATA_SHARE
+
+    assert TrainConfig(tokens="20M").teacher_data_tokens == 8_000_000  # the 20M-token recipe's 8M
+    assert TrainConfig(tokens="8M").teacher_data_tokens == round(TEACHER_DATA_SHARE * 8_000_000)
+    assert TrainConfig(tokens="20M", teacher_data_tokens="3M").teacher_data_tokens == 3_000_000
+    cfg = TrainConfig(tokens="50M")
+    assert TrainConfig(**cfg.to_dict()).teacher_data_tokens == 20_000_000  # resolved once, saved as a number
+    with pytest.raises(TrainConfigError, match="teacher_data_tokens='lots'"):
+        TrainConfig(teacher_data_tokens="lots")
