@@ -2,7 +2,8 @@
 
 `decode` continues every row of a batch of equal-length prompts by exactly ``new`` tokens. The model runs with
 its own cache off (``use_cache=False``) and the positions given; the attention is sfcompile's (registered with
-transformers' ``AttentionInterface`` as ``"sfcompile_decode"`` and switched on for the call only): it writes
+transformers' ``AttentionInterface`` as ``"sfcompile_decode"`` and switched on for the call only; the buffers
+reach it as a keyword of the model call, which transformers passes down to the attention): it writes
 each layer's new keys and values into a buffer allocated once for the whole length and attends over the filled
 part. Against `generate` with transformers' dynamic cache this changes three things:
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION = "sfcompile_decode"
-_ACTIVE: list[_Buffers] = []  # the buffers of the decode running now (the attention function reads the last)
+BUFFERS_KWARG = "sfcompile_kv"  # the model call's keyword that carries the buffers down to the attention
 
 
 class SamplerError(ValueError):
@@ -57,9 +58,10 @@ class _Buffers:
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' attention-function signature; (B, H, T, D) in, ((B, T, H, D), None) out."""
-    if not _ACTIVE:
-        raise RuntimeError(f'attention "{ATTENTION}" runs only inside sfcompile.train.sampler.decode')
-    buffers = _ACTIVE[-1]
+    buffers = kwargs.get(BUFFERS_KWARG)
+    if buffers is None:
+        raise RuntimeError(f'attention "{ATTENTION}" runs only inside sfcompile.train.sampler.decode, which passes '
+                           f"its K/V buffers down as the {BUFFERS_KWARG}= keyword")
     buffers.calls += 1
     for name in ("softcap", "s_aux", "sinks"):
         if kwargs.get(name) is not None:
@@ -144,22 +146,19 @@ def decode(model, ids: torch.Tensor, new: int, pick) -> torch.Tensor:
     layers = _layers(model)
     tokens = ids
     with _switched(model):
-        _ACTIVE.append(buffers)
-        try:
-            for i in range(new):
-                q = tokens.shape[1]
-                buffers.calls = 0
-                where = positions[buffers.length : buffers.length + q].expand(b, q)
-                logits = model(input_ids=tokens, position_ids=where, use_cache=False, **keep_last).logits[:, -1]
-                if buffers.calls != layers:
-                    raise SamplerError(
-                        f"{type(model).__name__}: {buffers.calls} of its {layers} layers ran sfcompile's attention "
-                        "(the others do not use transformers' AttentionInterface); sample with "
-                        "teacher_data_kv_cache='dynamic'"
-                    )
-                buffers.length += q
-                tokens = pick(logits)[:, None]
-                out[:, p + i] = tokens[:, 0]
-        finally:
-            _ACTIVE.pop()
+        for i in range(new):
+            q = tokens.shape[1]
+            buffers.calls = 0
+            where = positions[buffers.length : buffers.length + q].expand(b, q)
+            logits = model(input_ids=tokens, position_ids=where, use_cache=False, **{BUFFERS_KWARG: buffers},
+                           **keep_last).logits[:, -1]
+            if buffers.calls != layers:
+                raise SamplerError(
+                    f"{type(model).__name__}: {buffers.calls} of its {layers} layers ran sfcompile's attention "
+                    "with its buffers (the others do not use transformers' AttentionInterface or do not pass the "
+                    "call's keywords down); sample with teacher_data_kv_cache='dynamic'"
+                )
+            buffers.length += q
+            tokens = pick(logits)[:, None]
+            out[:, p + i] = tokens[:, 0]
     return out

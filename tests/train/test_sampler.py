@@ -89,11 +89,11 @@ def test_models_the_sampler_cannot_serve_are_refused_by_name():
         def set_attn_implementation(self, name):
             pass
 
-        def forward(self, input_ids, position_ids=None, use_cache=False):
+        def forward(self, input_ids, position_ids=None, use_cache=False, **kwargs):
             self.inner.set_attn_implementation("sdpa")
             return self.inner(input_ids=input_ids, use_cache=False)
 
-    with pytest.raises(SamplerError, match="0 of its 3 layers ran sfcompile's attention"):
+    with pytest.raises(SamplerError, match="0 of its 3 layers ran sfcompile.s attention with its buffers"):
         decode(NoInterface(), ids, 2, lambda z: z.argmax(-1))
     with pytest.raises(RuntimeError, match="runs only inside"):
         _attention(None, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
