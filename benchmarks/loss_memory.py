@@ -6,7 +6,10 @@
 ``twice``  ``distillation_loss(..., twice_differentiable=True)``: CE and KL chunked, each chunk recomputed in
            backward (what the exact Hessian probe uses);
 ``fused``  ``distillation_loss(...)``, the trainer's default: the gradient formed in the forward, chunk by chunk,
-           into one logits-sized buffer (`sfcompile.train.losses._FusedLogitLoss`).
+           into one logits-sized buffer (`sfcompile.train.losses._FusedLogitLoss`);
+``kernel`` ``distillation_loss(..., kernel=True)`` (``TrainConfig.loss_kernel="triton"``): the same sums and
+           gradient from one Triton kernel, two reads of each row (`sfcompile.train.logit_loss_kernel`; on the
+           CPU it runs in Triton's interpreter, so time it on a GPU only).
 
 Each variant runs forward + backward on the same random logits (B x T x V in ``--dtype``, a teacher's of the same
 shape) in a fresh process, so one variant's peak cannot hide another's: on CUDA the peak is
@@ -36,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sfcompile.train.losses import LOGIT_CLAMP, LossWeights, distillation_loss
 
-VARIANTS = ("whole", "twice", "fused")
+VARIANTS = ("whole", "twice", "fused", "kernel")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -83,7 +86,8 @@ def run_variant(args) -> dict:
         else:
             out = SimpleNamespace(logits=logits)
             loss, _ = distillation_loss(out, ids, weights, SimpleNamespace(logits=teacher),
-                                        twice_differentiable=args.variant == "twice")
+                                        twice_differentiable=args.variant == "twice",
+                                        kernel=args.variant == "kernel")
         loss.backward()
         value, grad_norm = float(loss), float(logits.grad.float().norm())
         del logits
@@ -119,7 +123,8 @@ def main() -> None:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "kernel"),
+                    help=f"some of {','.join(VARIANTS)} (kernel: on a GPU; on the CPU it is interpreted)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
     ap.add_argument("--out", help="append the rows (JSON lines) to this file")
     args = ap.parse_args()

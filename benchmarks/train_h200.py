@@ -138,6 +138,7 @@ def main() -> None:
                     help="main run: a ForgeConfig / TemperingSchedule override, as `sfcompile train --forge` "
                          "(e.g. finalize_at=0.25: stop exploring masks after a quarter of the run); repeatable")
     ap.add_argument("--srste-decay", type=float, default=0.0, help="main run: TrainConfig.srste_decay")
+    ap.add_argument("--loss-kernel", default="torch", choices=("torch", "triton"), help="TrainConfig.loss_kernel")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
@@ -196,7 +197,7 @@ def main() -> None:
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
             teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=args.teacher_batch,
             teacher_data_kv_cache=args.teacher_kv_cache, teacher_data_precision=args.teacher_precision,
-            compile=args.compile,
+            compile=args.compile, loss_kernel=args.loss_kernel,
         )
         cfg_kw.update(over)
         steps = int(tokens) // (micro_batch * args.seqlen)

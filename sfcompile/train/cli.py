@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kl-weight", type=float, default=1.0)
     g.add_argument("--kl-temperature", type=float, default=2.0)
     g.add_argument("--squarehead", type=float, default=0.0, help="SquareHead weight (default 0)")
+    g.add_argument("--loss-kernel", default="torch", choices=("torch", "triton"),
+                   help="CE + KL and their gradient: chunked PyTorch or one Triton kernel (not yet timed on a GPU)")
     g.add_argument(
         "--init",
         default="admm",
@@ -189,6 +191,7 @@ def config_from_args(args):
         kl_weight=args.kl_weight,
         kl_temperature=args.kl_temperature,
         squarehead_weight=args.squarehead,
+        loss_kernel=args.loss_kernel,
         teacher=args.teacher,
         init=args.init,
         init_calib_windows=args.init_calib_windows,

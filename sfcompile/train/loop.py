@@ -219,11 +219,13 @@ def _first_rows(ids: torch.Tensor, teacher_out, rows: int | None):
     return ids[:rows], type(teacher_out)(**cut)
 
 
-def _probe_loss(model, ids, teacher_out, weights, autocast, estimator):
+def _probe_loss(model, ids, teacher_out, weights, autocast, estimator, kernel):
     # the exact probe differentiates the loss twice; the finite differences take the step's own loss
+    exact = estimator == "hvp"
     with autocast():
         out = model(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
-        return distillation_loss(out, ids, weights, teacher_out, twice_differentiable=estimator == "hvp")[0]
+        return distillation_loss(out, ids, weights, teacher_out, twice_differentiable=exact,
+                                 kernel=kernel and not exact)[0]
 
 
 def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger):
@@ -294,6 +296,7 @@ def train(
 
     # ---- teacher (from the dense W, before any pruning), student placement, one-shot init ----------------
     weights = LossWeights(config.ce_weight, config.kl_weight, config.kl_temperature, config.squarehead_weight)
+    loss_kernel = config.loss_kernel == "triton"
     if config.init == "keep" and teacher is None and config.teacher == "copy" and ckpt_path is None:
         raise ValueError('init="keep": the model is already pruned, so a copy of it is no teacher; pass the '
                          'dense model as train(..., teacher=dense) or set teacher="none" and kl_weight=0')
@@ -426,7 +429,7 @@ def train(
                         # use_cache=False: a training forward has no use for the K/V cache HF builds by default
                         probe_rng = hutchinson.rng_state() if reuse_grads else None
                         s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)
-                        loss, parts = distillation_loss(s_out, ids, weights, t_out)
+                        loss, parts = distillation_loss(s_out, ids, weights, t_out, kernel=loss_kernel)
                     stepper.backward(loss / len(micro), last=i_micro == len(micro) - 1)
                     loss_sum = loss_sum + loss.detach() / len(micro)  # on the device: one host sync per step
                     for k, v in parts.items():
@@ -450,7 +453,7 @@ def train(
                             # micro-batch
                             p_ids, p_t = _first_rows(ids, t_out, config.probe_rows)
                             loss_fn = functools.partial(_probe_loss, probe_fwd, p_ids, p_t, weights, autocast,
-                                                        estimator)
+                                                        estimator, loss_kernel)
                             forge.probe(
                                 step, loss_fn,
                                 compute_dtype=probe_dtype, step_grads=reuse_grads, rng_state=probe_rng,

@@ -49,7 +49,18 @@ class _FusedLogitLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, targets, teacher, temperature, w_ce, w_kl, chunk):
+    def forward(ctx, student, targets, teacher, temperature, w_ce, w_kl, chunk, kernel=False):
+        if kernel:  # the same sums and gradient from one Triton kernel (two passes over each row)
+            from sfcompile.train.logit_loss_kernel import logit_loss_rows
+
+            ce_rows, kl_rows, ctx.grad = logit_loss_rows(student, targets, teacher, temperature, LOGIT_CLAMP, w_ce,
+                                                         w_kl, write_grad=ctx.needs_input_grad[0])
+            n_rows = (student.shape[0] if targets is None else (targets != -100).sum().clamp_min(1)) * 1.0
+            zero = student.new_zeros((), dtype=torch.float32)
+            ce = zero if ce_rows is None else ce_rows.sum() / n_rows
+            kl = zero if kl_rows is None else kl_rows.sum() / n_rows * temperature**2
+            ctx.mark_non_differentiable(ce, kl)
+            return _weighted(ce, kl, w_ce, w_kl), ce, kl
         n = student.shape[0]
         grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
         counted = torch.ones(n, dtype=torch.bool, device=student.device) if targets is None else targets != -100
@@ -95,7 +106,7 @@ class _FusedLogitLoss(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("backward ran twice through the fused CE/KL loss (retain_graph); its gradient "
                                "buffer is used up by the first")
-        return grad.mul_(g_total.to(grad.dtype)), None, None, None, None, None, None
+        return grad.mul_(g_total.to(grad.dtype)), None, None, None, None, None, None, None
 
 
 def _weighted(ce: torch.Tensor, kl: torch.Tensor, w_ce: float, w_kl: float) -> torch.Tensor:
@@ -149,6 +160,7 @@ def token_losses(
     weights: tuple[float, float] = (1.0, 1.0),
     chunk: int | None = None,
     twice_differentiable: bool = False,
+    kernel: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(w_ce·CE + w_kl·KL, CE, KL)`` over the rows of ``student``, a chunk of ``chunk`` tokens at a time
     (default `loss_chunk` of V): CE the mean next-token cross-entropy, KL = KL(teacher ‖ student, T)·T² (Hinton's
@@ -158,9 +170,13 @@ def token_losses(
     student, teacher: (N, V) logits (teacher detached); targets: (N,), −100 = a row counted by neither loss
     (None: every row counted, CE not wanted: its weight must be 0). By default the gradient is formed in the
     forward (`_FusedLogitLoss`: no recomputation, one logits-sized buffer); ``twice_differentiable`` builds the
-    same sums through autograd with each chunk recomputed in backward, for a double backward.
+    same sums through autograd with each chunk recomputed in backward, for a double backward. ``kernel``: the
+    fused form from one Triton kernel instead of chunked PyTorch (`sfcompile.train.logit_loss_kernel`; CPU
+    tensors run it through Triton's interpreter).
     """
     n, vocab = student.shape
+    if kernel and twice_differentiable:
+        raise ValueError("the Triton loss kernel has no second derivative: twice_differentiable needs kernel=False")
     w_ce, w_kl = weights
     if targets is None and w_ce:
         raise ValueError(f"targets=None computes no CE, so its weight must be 0, not {w_ce}")
@@ -177,7 +193,7 @@ def token_losses(
         total = _weighted(ce, kl, w_ce, w_kl if teacher is not None else 0.0)
     else:
         total, ce, kl = _FusedLogitLoss.apply(student, targets, teacher, float(temperature), float(w_ce),
-                                              float(w_kl if teacher is not None else 0.0), int(chunk))
+                                              float(w_kl if teacher is not None else 0.0), int(chunk), kernel)
     return total, (None if targets is None else ce.detach()), (None if teacher is None else kl.detach())
 
 
@@ -218,7 +234,7 @@ class LossWeights:
 
 
 def distillation_loss(student_out, input_ids: torch.Tensor, weights: LossWeights, teacher_out=None, *,
-                      twice_differentiable: bool = False):
+                      twice_differentiable: bool = False, kernel: bool = False):
     """Weighted CE + KL + SquareHead for one micro-batch.
 
     Args:
@@ -226,6 +242,7 @@ def distillation_loss(student_out, input_ids: torch.Tensor, weights: LossWeights
             ``.hidden_states`` (embeddings first, then one per layer; the embedding output is skipped).
         input_ids: (B, T) tokens; position t predicts token t+1.
         twice_differentiable: build CE and KL so that a double backward works (`token_losses`).
+        kernel: CE and KL (and their gradient) from the Triton kernel (`token_losses`).
 
     Returns:
         (loss, parts): the scalar loss and a dict of detached floats ``{"ce", "kl", "sq"}`` for logging.
@@ -238,7 +255,8 @@ def distillation_loss(student_out, input_ids: torch.Tensor, weights: LossWeights
         raise ValueError("kl/squarehead weight > 0 but no teacher output was given")
     t_logits = teacher_out.logits.reshape(-1, V) if weights.kl > 0 else None
     loss, ce, kl = token_losses(logits.reshape(-1, V), targets, t_logits, weights.kl_temperature,
-                                weights=(weights.ce, weights.kl), twice_differentiable=twice_differentiable)
+                                weights=(weights.ce, weights.kl), twice_differentiable=twice_differentiable,
+                                kernel=kernel)
     parts = {"ce": ce}
     if kl is not None:
         parts["kl"] = kl

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sfcompile.train.losses import LOGIT_CLAMP, LossWeights, distillation_loss, kl_divergence, squarehead
+from sfcompile.train.losses import LOGIT_CLAMP, LossWeights, distillation_loss, kl_divergence, squarehead, token_losses
 
 
 def _kl_by_hand(s, t, T):
@@ -184,3 +184,81 @@ def test_fused_loss_memory_on_cuda():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - held
     assert extra <= s.numel() * 2 + LOSS_TEMPORARIES * LOSS_CHUNK_BYTES + 2**24, extra / 2**20
+
+
+# --- the Triton kernel (interpreted on CPU) ----------------------------------------------------------------
+KERNEL_CASES = [  # (rows, V, BLOCK_V, dtype): V below, at and across blocks; a tail block
+    (5, 50, 16, torch.float32),
+    (4, 64, 64, torch.float32),
+    (3, 70, 32, torch.bfloat16),
+    (2, 33, 128, torch.float16),
+]
+
+
+@pytest.mark.parametrize("n,v,block,dtype", KERNEL_CASES)
+@pytest.mark.parametrize("terms", ["ce+kl", "ce", "kl"])
+def test_kernel_rows_and_gradient_match_float64(n, v, block, dtype, terms):
+    from sfcompile.train.logit_loss_kernel import logit_loss_reference, logit_loss_rows
+
+    g = torch.Generator().manual_seed(n * 100 + v)
+    s = (torch.randn(n, v, generator=g) * 4).to(dtype)
+    t = (torch.randn(n, v, generator=g) * 4).to(dtype)
+    s[0, 1], s[-1, -1] = 150.0, -130.0  # beyond the clamp: no KL gradient there
+    y = torch.randint(0, v, (n,), generator=g)
+    y[1 % n] = -100  # counted by neither loss
+    y[0] = v - 1     # a target in the tail
+    targets = y if "ce" in terms else None
+    teacher = t if "kl" in terms else None
+    ce, kl, grad = logit_loss_rows(s, targets, teacher, 2.0, LOGIT_CLAMP, 1.0, 0.7, True, block_v=block)
+    r_ce, r_kl, _, r_grad = logit_loss_reference(s, targets, teacher, 2.0, LOGIT_CLAMP, 1.0, 0.7)
+    for got, ref in ((ce, r_ce), (kl, r_kl)):
+        assert (got is None) == (ref is None)
+        if got is not None:
+            assert got.dtype == torch.float32
+            if targets is not None:
+                assert got[1 % n] == 0
+            torch.testing.assert_close(got.double(), ref, atol=5e-5, rtol=1e-5)
+    assert grad.dtype == dtype and grad.shape == s.shape
+    tol = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    assert ((grad.double() - r_grad).abs().max() / r_grad.abs().max()).item() < tol
+    if targets is not None:
+        assert (grad[1 % n] == 0).all()
+    if teacher is not None and targets is None:
+        assert grad[0, 1] == 0  # clamped entry: the KL's gradient is cut there
+
+
+def test_token_losses_kernel_equals_the_chunked_form():
+    g = torch.Generator().manual_seed(3)
+    n, v = 12, 96
+    base = torch.randn(n, v, generator=g) * 3
+    t = torch.randn(n, v, generator=g) * 3
+    y = torch.randint(0, v, (n,), generator=g)
+    y[5] = -100
+    out = {}
+    for kernel in (False, True):
+        s = base.clone().requires_grad_(True)
+        total, ce, kl = token_losses(s, y, t, 2.0, weights=(1.0, 0.5), chunk=5, kernel=kernel)
+        total.backward()
+        out[kernel] = (total.detach(), ce, kl, s.grad)
+    for a, b in zip(out[False], out[True]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no second derivative"):
+        token_losses(base.clone().requires_grad_(True), y, t, kernel=True, twice_differentiable=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernel_on_cuda_matches_the_chunked_form_at_training_size():
+    n, v = 4 * 512, 49152
+    g = torch.Generator(device="cuda").manual_seed(0)
+    base = (torch.randn(n, v, device="cuda", generator=g) * 3).bfloat16()
+    t = (torch.randn(n, v, device="cuda", generator=g) * 3).bfloat16()
+    y = torch.randint(0, v, (n,), device="cuda", generator=g)
+    out = {}
+    for kernel in (False, True):
+        s = base.clone().requires_grad_(True)
+        total, ce, kl = token_losses(s, y, t, 2.0, kernel=kernel)
+        total.backward()
+        out[kernel] = (total.detach(), ce, kl, s.grad.float())
+    for a, b in zip(out[False][:3], out[True][:3]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert ((out[False][3] - out[True][3]).norm() / out[False][3].norm()).item() < 1e-2
