@@ -262,3 +262,38 @@ def test_kernel_on_cuda_matches_the_chunked_form_at_training_size():
     for a, b in zip(out[False][:3], out[True][:3]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert ((out[False][3] - out[True][3]).norm() / out[False][3].norm()).item() < 1e-2
+
+
+def test_kernel_compiles_for_hopper_without_spills():
+    # the GPU path cannot run here, but it can be compiled: Triton -> PTX -> ptxas for sm_90, each variant
+    import os
+    import subprocess
+    import tempfile
+
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sfcompile.train import logit_loss_kernel as lk
+
+    try:
+        from triton.backends.nvidia import compiler as nvc
+    except ImportError:
+        pytest.skip("Triton has no NVIDIA backend here")
+    ptxas = os.path.join(os.path.dirname(nvc.__file__), "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("Triton's bundled ptxas is missing")
+    sig = {"s_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*i64", "g_ptr": "*bf16", "ce_ptr": "*fp32", "kl_ptr": "*fp32",
+           "scale_ptr": "*fp32", "V": "i32", "stride_s": "i64", "stride_t": "i64", "stride_g": "i64",
+           "inv_temp": "fp32", "clamp": "fp32", "w_ce": "fp32", "w_kl_t": "fp32",
+           "HAS_TARGETS": "constexpr", "HAS_TEACHER": "constexpr", "WRITE_GRAD": "constexpr", "BLOCK_V": "constexpr"}
+    for targets, teacher in ((True, True), (True, False), (False, True)):
+        src = ASTSource(fn=lk._logit_loss_kernel, signature=sig, constexprs={
+            "HAS_TARGETS": targets, "HAS_TEACHER": teacher, "WRITE_GRAD": True, "BLOCK_V": lk.BLOCK_V})
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": lk.NUM_WARPS})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(kernel.asm["ptx"])
+        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True,
+                                text=True, check=True).stderr
+        os.unlink(f.name)
+        assert "0 bytes spill stores" in report, report
