@@ -97,3 +97,22 @@ def test_models_the_sampler_cannot_serve_are_refused_by_name():
         decode(NoInterface(), ids, 2, lambda z: z.argmax(-1))
     with pytest.raises(RuntimeError, match="runs only inside"):
         _attention(None, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_on_cuda_in_bf16_follows_the_full_forward():
+    # the trainer's setting: a bf16 teacher sampled under bf16 autocast (flash / efficient SDPA kernels)
+    model = _model("llama", num_key_value_heads=2).cuda().bfloat16()
+    ids = torch.randint(1, V, (64, 5), device="cuda")
+    seen = []
+
+    def greedy(logits):
+        seen.append(logits.float())
+        return logits.argmax(-1)
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = decode(model, ids, 16, greedy)
+        with torch.no_grad():
+            full = model(out).logits.float()
+    for i, logits in enumerate(seen):
+        assert ((logits - full[:, 4 + i]).norm() / full[:, 4 + i].norm()).item() < 2e-2
