@@ -3,7 +3,8 @@
 Times ``sample_sequences`` on a SmolLM2-135M-shaped model (random weights: the speed of sampling does not
 depend on the values) for each sampler (``dynamic``: `generate` with transformers' default cache, grown every
 step; ``static``: `generate` with a cache allocated once, and on CUDA transformers compiles the decoding step;
-``packed``: sfcompile's own decode loop, `sfcompile.train.sampler`) with the teacher in fp32,
+``packed``: sfcompile's own decode loop, `sfcompile.train.sampler`; ``packed-graph``: the same, its decoding
+step captured in a CUDA graph) with the teacher in fp32,
 under bf16 autocast (``+bf16``: the trainer's default on CUDA, ``TrainConfig.teacher_data_precision="auto"``)
 and as a bf16 copy of the weights (``+half``: the KV cache in bf16 too). Each variant runs ``--reps`` batches
 of ``--batch`` sequences of ``--seqlen`` tokens; the first batch of a variant (compiles included) is reported
@@ -36,8 +37,8 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--prompt", type=int, default=5, help="prompt tokens per sequence (BOS + 4, as the trainer)")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--variants", default="dynamic+half,packed+half,dynamic+bf16,packed+bf16,static+half",
-                    help="sampler (dynamic, static, packed) [+bf16 autocast | +half: bf16 weights]")
+    ap.add_argument("--variants", default="dynamic+half,packed+half,packed-graph+half,dynamic+bf16,packed+bf16",
+                    help="sampler (dynamic, static, packed, packed-graph) [+bf16 autocast | +half: bf16 weights]")
     ap.add_argument("--budget-s", type=float, default=280)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, required=True)

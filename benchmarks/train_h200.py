@@ -131,7 +131,7 @@ def main() -> None:
                     help="main run: add this many tokens sampled from the dense teacher to the training text "
                          '(data="<text>+teacher", drawn in proportion to their sizes)')
     ap.add_argument("--teacher-batch", type=int, default=256, help="sequences the teacher samples at once")
-    ap.add_argument("--teacher-kv-cache", default="dynamic", choices=("dynamic", "static", "packed"))
+    ap.add_argument("--teacher-kv-cache", default="dynamic", choices=("dynamic", "static", "packed", "packed-graph"))
     ap.add_argument("--teacher-precision", default="auto", choices=("auto", "bf16", "fp32"),
                     help="TrainConfig.teacher_data_precision (auto: bf16 autocast on CUDA)")
     ap.add_argument("--main-forge", action="append", default=[], metavar="KEY=VALUE",

@@ -156,8 +156,9 @@ class TrainConfig:
             step) or ``"packed"`` (`sfcompile.train.sampler`: no `generate`, one K/V buffer per layer filled in
             place, grouped query heads packed onto their K/V head, no per-token host sync; same distribution,
             other draws; for models whose attention runs through transformers' AttentionInterface -- others are
-            refused by name). ``"packed"`` is not yet timed on a GPU, so ``"dynamic"`` stays the default. See
-            benchmarks/teacher_sampling.py.
+            refused by name), or ``"packed-graph"`` (the same with every decoding step captured once in a CUDA
+            graph and replayed; CUDA only). Neither is timed on a GPU yet, so ``"dynamic"`` stays the default.
+            See benchmarks/teacher_sampling.py.
         teacher_data_precision: ``"fp32"``, ``"bf16"`` (sampling under bf16 autocast: bf16 matmuls and KV
             cache; the weights stay as they are), or ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.

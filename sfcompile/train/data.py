@@ -156,7 +156,8 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
     return read_shard(shard)
 
 
-KV_CACHES = ("dynamic", "static", "packed")  # sample_sequences' samplers (TrainConfig.teacher_data_kv_cache)
+# sample_sequences' samplers (TrainConfig.teacher_data_kv_cache)
+KV_CACHES = ("dynamic", "static", "packed", "packed-graph")
 
 
 @torch.no_grad()
@@ -170,8 +171,9 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
     the decoding step, which pays a compile on the first batch of each shape) or ``"packed"``
     (`sfcompile.train.sampler.decode`: no `generate`, one K/V buffer per layer filled in place, grouped query
     heads packed onto their K/V head, the next token drawn on the device; models whose attention does not run
-    through transformers' AttentionInterface are refused). ``bf16``: sample under bf16 autocast (bf16 matmuls and
-    KV cache)."""
+    through transformers' AttentionInterface are refused) or ``"packed-graph"`` (the same, each decoding step
+    reading the whole buffer under a mask so that it is captured once in a CUDA graph and replayed; CUDA only).
+    ``bf16``: sample under bf16 autocast (bf16 matmuls and KV cache)."""
     if kv_cache not in KV_CACHES:
         raise DataError(f"kv_cache={kv_cache!r}: choose one of {', '.join(map(repr, KV_CACHES))}")
     teacher_dtype = next(teacher.parameters()).dtype
@@ -182,13 +184,17 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
             f"teacher data: kv_cache='static' under bf16 autocast needs bf16 teacher weights, not {teacher_dtype}; "
             "use teacher_data_kv_cache='dynamic' (the fastest measured) or teacher_data_precision='fp32'"
         )
-    if kv_cache == "packed":
+    if kv_cache.startswith("packed"):
         from sfcompile.train.sampler import decode, multinomial
 
+        if kv_cache == "packed-graph" and ids.device.type != "cuda":
+            raise DataError(f"teacher data: kv_cache='packed-graph' replays a CUDA graph, but the teacher is on "
+                            f"{ids.device}; use teacher_data_kv_cache='packed'")
         eos = getattr(getattr(teacher, "generation_config", None), "eos_token_id", None)
         suppress = [i for i in ([pad_id] + (eos if isinstance(eos, list) else [eos])) if i is not None]
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return decode(teacher, ids, new, multinomial(temperature, suppress))
+            return decode(teacher, ids, new, multinomial(temperature, suppress),
+                          mode="graph" if kv_cache == "packed-graph" else "sliced")
     extra = {"cache_implementation": "static"} if kv_cache == "static" else {}
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         return teacher.generate(

@@ -37,23 +37,39 @@ class SamplerError(ValueError):
 
 
 class _Buffers:
-    """Per-layer K/V buffers of ``capacity`` positions; ``length`` positions are filled (all rows alike)."""
+    """Per-layer K/V buffers of ``capacity`` positions; ``length`` positions are filled (all rows alike).
+
+    Two ways to address them: by the Python int ``length`` (the attention reads the filled slice), or, once
+    ``position`` is set (a (1,) device tensor: the position of the token being fed), by that tensor: the write
+    goes to ``position`` and the attention reads the whole buffer under a mask up to it. The second has the same
+    shapes at every step, which a CUDA graph needs; its values live on the device, which a replay updates."""
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.calls = 0  # attention calls since the last forward began (one per layer)
+        self.position: torch.Tensor | None = None
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.keys:
             b, h, _, d = key.shape
-            self.keys[layer] = key.new_empty(b, h, self.capacity, d)
-            self.values[layer] = value.new_empty(b, value.shape[1], self.capacity, value.shape[-1])
+            # zeros, not empty: the masked read multiplies unfilled values by weight 0, and 0 * NaN is NaN
+            self.keys[layer] = key.new_zeros(b, h, self.capacity, d)
+            self.values[layer] = value.new_zeros(b, value.shape[1], self.capacity, value.shape[-1])
+        if self.position is not None:  # (B, H, 1, D) into column `position`; the whole buffer back
+            self.keys[layer].index_copy_(2, self.position, key.to(self.keys[layer].dtype))
+            self.values[layer].index_copy_(2, self.position, value.to(self.values[layer].dtype))
+            return self.keys[layer], self.values[layer]
         end = self.length + key.shape[2]
         self.keys[layer][:, :, self.length : end] = key
         self.values[layer][:, :, self.length : end] = value
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def seen(self) -> torch.Tensor:
+        """(1, 1, 1, capacity) bool: the positions up to ``position`` (the masked read)."""
+        cols = torch.arange(self.capacity, device=self.position.device)
+        return (cols <= self.position).view(1, 1, 1, -1)
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -74,13 +90,15 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     b, h_q, q, d = query.shape
     start = buffers.length
     window = kwargs.get("sliding_window")
-    if window is not None and start + q > window:
+    if window is not None and (buffers.capacity if buffers.position is not None else start + q) > window:
         raise SamplerError(f"{type(module).__name__} attends within a sliding window of {window} tokens, shorter "
                            f"than the {buffers.capacity} sampled; sample with teacher_data_kv_cache='dynamic'")
     keys, values = buffers.write(layer, key, value)
     h_kv = keys.shape[1]
-    if q == 1:  # decoding: the query heads of one K/V head as the rows of one query; nothing to mask
-        out = F.scaled_dot_product_attention(query.reshape(b, h_kv, h_q // h_kv, d), keys, values, scale=scaling)
+    if q == 1:  # decoding: the query heads of one K/V head as the rows of one query
+        mask = buffers.seen() if buffers.position is not None else None  # the sliced read needs none
+        out = F.scaled_dot_product_attention(query.reshape(b, h_kv, h_q // h_kv, d), keys, values, attn_mask=mask,
+                                             scale=scaling)
         out = out.reshape(b, h_q, 1, d)
     elif start == 0:  # the prompt: causal over itself
         out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=scaling,
@@ -130,35 +148,92 @@ def multinomial(temperature: float, suppress=()):
     return pick
 
 
+MODES = ("sliced", "masked", "graph")
+
+
 @torch.no_grad()
-def decode(model, ids: torch.Tensor, new: int, pick) -> torch.Tensor:
+def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced") -> torch.Tensor:
     """``ids`` (B x P prompt tokens, one length for all rows) continued by ``new`` tokens, each chosen by
     ``pick`` (last-position logits (B, V) -> token ids (B,)); returns (B, P + new).
 
+    ``mode``: after the prompt, each step attends over the filled part of the buffers (``"sliced"``), or over
+    the whole buffer under a mask (``"masked"``: every step the same shapes, the position a device tensor), or
+    ``"graph"``: the masked step captured once in a CUDA graph and replayed (no Python or launches per token;
+    CUDA only; the first step runs eagerly as the capture's warm-up).
+
     Raises `SamplerError` when the model's attention does not run through transformers' AttentionInterface
-    (checked on the prompt: one call per layer) or needs what `_attention` does not do."""
+    (checked on every eager forward: one call per layer) or needs what `_attention` does not do."""
+    if mode not in MODES:
+        raise SamplerError(f"mode={mode!r}: choose one of {', '.join(map(repr, MODES))}")
+    if mode == "graph" and ids.device.type != "cuda":
+        raise SamplerError(f"mode='graph' captures a CUDA graph; these tokens are on {ids.device} (use 'sliced')")
     b, p = ids.shape
     out = torch.empty(b, p + new, dtype=ids.dtype, device=ids.device)
     out[:, :p] = ids
-    positions = torch.arange(p + new, device=ids.device)
+    if new == 0:
+        return out
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     buffers = _Buffers(p + new)
     layers = _layers(model)
-    tokens = ids
+
+    def forward(tokens, where):
+        buffers.calls = 0
+        logits = model(input_ids=tokens, position_ids=where, use_cache=False, **{BUFFERS_KWARG: buffers},
+                       **keep_last).logits[:, -1]
+        if buffers.calls != layers:
+            raise SamplerError(
+                f"{type(model).__name__}: {buffers.calls} of its {layers} layers ran sfcompile's attention "
+                "with its buffers (the others do not use transformers' AttentionInterface or do not pass the "
+                "call's keywords down); sample with teacher_data_kv_cache='dynamic'"
+            )
+        return logits
+
+    positions = torch.arange(p + new, device=ids.device)
     with _switched(model):
-        for i in range(new):
-            q = tokens.shape[1]
-            buffers.calls = 0
-            where = positions[buffers.length : buffers.length + q].expand(b, q)
-            logits = model(input_ids=tokens, position_ids=where, use_cache=False, **{BUFFERS_KWARG: buffers},
-                           **keep_last).logits[:, -1]
-            if buffers.calls != layers:
-                raise SamplerError(
-                    f"{type(model).__name__}: {buffers.calls} of its {layers} layers ran sfcompile's attention "
-                    "with its buffers (the others do not use transformers' AttentionInterface or do not pass the "
-                    "call's keywords down); sample with teacher_data_kv_cache='dynamic'"
-                )
-            buffers.length += q
-            tokens = pick(logits)[:, None]
-            out[:, p + i] = tokens[:, 0]
-    return out
+        tokens = pick(forward(ids, positions[:p].expand(b, p)))[:, None]  # the prompt, causal
+        buffers.length = p
+        out[:, p] = tokens[:, 0]
+        if mode == "sliced":
+            for i in range(1, new):
+                logits = forward(tokens, positions[buffers.length : buffers.length + 1].expand(b, 1))
+                buffers.length += 1
+                tokens = pick(logits)[:, None]
+                out[:, p + i] = tokens[:, 0]
+            return out
+        # masked / graph: the fed token's position on the device, advanced by the step itself
+        buffers.position = torch.full((1,), p, dtype=torch.long, device=ids.device)
+        fed = tokens.clone()
+
+        def step():
+            nxt = pick(forward(fed, buffers.position.view(1, 1).expand(b, 1)))[:, None]
+            out.index_copy_(1, buffers.position + 1, nxt)
+            fed.copy_(nxt)
+            buffers.position.add_(1)
+
+        if mode == "masked":
+            for _ in range(new - 1):
+                step()
+        else:
+            _replay(step, new - 1)
+        return out
+
+
+def _replay(step, steps: int):
+    """Run ``step`` ``steps`` times: once eagerly on a side stream (warm-up: lazy initialisations, allocator),
+    then captured in a CUDA graph and replayed. Returns nothing; ``step`` writes its results in place."""
+    if steps <= 0:
+        return
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    if steps == 1:
+        return
+    graph = torch.cuda.CUDAGraph()
+    # autocast's weight-cast cache must not hold tensors made during capture
+    with torch.cuda.graph(graph), torch.autocast("cuda", enabled=torch.is_autocast_enabled("cuda"),
+                                                dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False):
+        step()
+    for _ in range(steps - 1):
+        graph.replay()

@@ -28,8 +28,10 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("mode", ["sliced", "masked"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name):
+def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, mode):
+    # "masked" is the graph mode's step run eagerly: the whole buffer read under a mask, the position on the device
     kind, kw = MODELS[name]
     model = _model(kind, **kw)
     ids = torch.randint(1, V, (3, 5), generator=torch.Generator().manual_seed(1))
@@ -39,7 +41,7 @@ def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name):
         seen.append(logits.clone())
         return logits.argmax(-1)
 
-    out = decode(model, ids, 8, greedy)
+    out = decode(model, ids, 8, greedy, mode=mode)
     assert out.shape == (3, 13) and torch.equal(out[:, :5], ids)
     with torch.no_grad():
         full = model(out).logits  # no cache at all: every position from scratch
@@ -70,6 +72,10 @@ def test_sampled_tokens_skip_suppressed_ids_and_follow_the_seed():
     torch.manual_seed(3)
     seqs = sample_sequences(model, ids, 20, 1.0, 9, kv_cache="packed")
     assert not torch.isin(seqs[:, 3:], torch.tensor([7, 9])).any()
+    from sfcompile.train.data import DataError
+
+    with pytest.raises(DataError, match="kv_cache='packed-graph' replays a CUDA graph.*'packed'"):
+        sample_sequences(model, ids, 4, 1.0, 9, kv_cache="packed-graph")
 
 
 def test_models_the_sampler_cannot_serve_are_refused_by_name():
@@ -95,6 +101,12 @@ def test_models_the_sampler_cannot_serve_are_refused_by_name():
 
     with pytest.raises(SamplerError, match="0 of its 3 layers ran sfcompile.s attention with its buffers"):
         decode(NoInterface(), ids, 2, lambda z: z.argmax(-1))
+    with pytest.raises(SamplerError, match="sliding window of 6 tokens"):
+        decode(mistral, ids, 8, lambda z: z.argmax(-1), mode="masked")  # reads the whole buffer: capacity counts
+    with pytest.raises(SamplerError, match="mode='graph' captures a CUDA graph"):
+        decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), mode="graph")
+    with pytest.raises(SamplerError, match="mode='paged'"):
+        decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), mode="paged")
     with pytest.raises(RuntimeError, match="runs only inside"):
         _attention(None, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
 
@@ -116,3 +128,17 @@ def test_decode_on_cuda_in_bf16_follows_the_full_forward():
             full = model(out).logits.float()
     for i, logits in enumerate(seen):
         assert ((logits - full[:, 4 + i]).norm() / full[:, 4 + i].norm()).item() < 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_mode_replays_the_masked_step():
+    # fp32 on the GPU, greedy: the captured and replayed steps give the eager sliced decode's tokens
+    model = _model("llama", num_key_value_heads=2).cuda()
+    ids = torch.randint(1, V, (8, 5), device="cuda")
+    argmax = lambda z: z.argmax(-1)  # noqa: E731
+    assert torch.equal(decode(model, ids, 20, argmax, mode="graph"), decode(model, ids, 20, argmax))
+    torch.manual_seed(0)
+    a = decode(model, ids, 20, multinomial(1.0), mode="graph")
+    torch.manual_seed(0)
+    b = decode(model, ids, 20, multinomial(1.0), mode="graph")
+    assert torch.equal(a, b)  # the graph's draws follow the seed too

@@ -10,7 +10,7 @@ export PYTHONPATH=$PWD:$C/site
 python -m pytest -q tests/train/test_losses.py tests/train/test_sampler.py -k "cuda or hopper" 2>&1 | tail -3
 python benchmarks/loss_memory.py --batch 32 --seqlen 512 --vocab 49152 --dtype bf16 --device cuda \
   --variants whole,fused,kernel --out $OUT/loss_kernel_cuda.jsonl 2>&1 | grep -v Warning | tail -4
-python benchmarks/teacher_sampling.py --batch 2048 --seqlen 512 --reps 2 --variants dynamic+half,packed+half \
+python benchmarks/teacher_sampling.py --batch 2048 --seqlen 512 --reps 2 --variants dynamic+half,packed+half,packed-graph+half \
   --budget-s 200 --out $OUT/sampling.jsonl 2>&1 | grep -v Warning | tail -3
 for k in torch triton; do
   python benchmarks/train_profile.py --what train --compile --loss-kernel $k --out $OUT/profile.jsonl \
