@@ -136,14 +136,22 @@ def _layers(model) -> int:
 
 
 def multinomial(temperature: float, suppress=()):
-    """The default pick: a token from softmax(logits / temperature), the ``suppress``-ed ids excluded."""
+    """The default pick: a token drawn from softmax(logits / temperature), the ``suppress``-ed ids excluded.
+
+    Drawn as argmax(p / E), E ~ Exp(1) per entry (the exponential race: the same distribution as
+    ``torch.multinomial``, which on CUDA synchronises with the host), so a step never waits for the host and a
+    CUDA graph can hold it. The suppressed ids become a device tensor on the first call (an eager one)."""
     suppress = sorted(set(int(i) for i in suppress))
+    index: dict[torch.device, torch.Tensor] = {}
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
         z = logits.float() / temperature
         if suppress:
-            z[:, suppress] = float("-inf")
-        return torch.multinomial(torch.softmax(z, dim=-1), 1)[:, 0]
+            if logits.device not in index:
+                index[logits.device] = torch.tensor(suppress, device=logits.device)
+            z.index_fill_(1, index[logits.device], float("-inf"))
+        p = torch.softmax(z, dim=-1)
+        return (p / torch.empty_like(p).exponential_()).argmax(-1)
 
     return pick
 

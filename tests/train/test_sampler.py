@@ -142,3 +142,14 @@ def test_graph_mode_replays_the_masked_step():
     torch.manual_seed(0)
     b = decode(model, ids, 20, multinomial(1.0), mode="graph")
     assert torch.equal(a, b)  # the graph's draws follow the seed too
+
+
+def test_the_exponential_race_draws_from_the_tempered_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 3.0]]).expand(40_000, 5)
+    torch.manual_seed(0)
+    for temperature in (1.0, 2.0):
+        draws = multinomial(temperature, suppress=[4])(logits)
+        freq = torch.bincount(draws, minlength=5).double() / len(draws)
+        want = torch.softmax(logits[0, :4].double() / temperature, -1)
+        assert freq[4] == 0
+        assert (freq[:4] - want).abs().max() < 0.01, (freq, want)
