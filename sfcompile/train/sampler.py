@@ -12,7 +12,9 @@ part. Against `generate` with transformers' dynamic cache this changes three thi
   packed as the rows of one query (``(B, H_q, 1, D)`` -> ``(B, H_kv, H_q / H_kv, D)``), so no K/V copy per
   query head is made and no mask is needed (every row has the same length);
 * the next token is drawn on the device, with no per-token host synchronisation (`generate` checks after
-  every token whether all rows have finished).
+  every token whether all rows have finished);
+* optionally (``mode="graph"``) each decoding step reads the whole buffer under a mask, so that every step has
+  the same shapes, and is captured once in a CUDA graph and replayed: no Python and no launches per token.
 
 The samples follow the same distribution as `generate`'s (softmax at ``temperature``, no top-k / top-p, the
 ``suppress``-ed ids never drawn) but not the same random draws. Models whose attention does not go through
