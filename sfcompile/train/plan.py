@@ -24,9 +24,9 @@ Per rank (bytes), with AdamW and bf16 compute over fp32 master weights, FSDP2 as
                                     forward, every student block stays gathered from forward to backward:
                                     2·Pb·2·L + 2·Pb·t·2 + 2·Pr
     activations  tokens·layers·bytes_per_token_layer (checkpointed: only block inputs + one block)
-    logits       tokens·V·2·(2 + teacher) + 7·c·V·4   bf16 student logits + the gradient buffer the fused loss
-                                    fills in its forward (+ the teacher's bf16 logits), plus one chunk's fp32
-                                    temporaries (c = min(tokens, train.losses.loss_chunk(V)) tokens)
+    logits       tokens·V·2·(2 + teacher) + 12·c·V·4   bf16 student logits + the gradient buffer the fused loss
+                                    fills in its forward (+ the teacher's bf16 logits), plus LOSS_TEMPORARIES (12)
+                                    chunk-sized fp32 temporaries (c = min(tokens, train.losses.loss_chunk(V)))
 
 Under DeepSpeed ZeRO-3 (``--engine deepspeed``, W > 1) the parameters stay fp32 (bf16 comes from autocast) and
 sfcompile's ``ds_config`` leaves DeepSpeed's bucket defaults (0.19: reduce_bucket_size Rb = 5e8 elements,
