@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sfcompile.lowering.kernels.splitk import launch
+
 
 @triton.jit
 def _online(m, l, x):
@@ -142,17 +144,9 @@ def logit_loss_rows(student: torch.Tensor, targets: torch.Tensor | None, teacher
             v, student.stride(0), 0 if teacher is None else teacher.stride(0), 0 if grad is None else grad.stride(0),
             1.0 / temperature, clamp, float(w_ce) if targets is not None else 0.0,
             float(w_kl) * temperature if teacher is not None else 0.0)
-    flags = dict(HAS_TARGETS=targets is not None, HAS_TEACHER=teacher is not None, WRITE_GRAD=write_grad,
-                 BLOCK_V=block_v)
-    if dev.type == "cpu":
-        from triton.runtime.interpreter import InterpretedFunction
-
-        from sfcompile.lowering.kernels.splitk import _interpreter
-
-        with _interpreter():
-            InterpretedFunction(_logit_loss_kernel.fn)[(n,)](*args, **flags)
-    else:
-        _logit_loss_kernel[(n,)](*args, **flags, num_warps=NUM_WARPS)
+    flags = dict(HAS_TARGETS=targets is not None, HAS_TEACHER=teacher is not None, WRITE_GRAD=write_grad)
+    launch(_logit_loss_kernel, None, lambda cfg: (n,), args, flags, {"BLOCK_V": block_v, "num_warps": NUM_WARPS},
+           on_cpu=dev.type == "cpu")
     return ce, kl, grad
 
 

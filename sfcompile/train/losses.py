@@ -50,23 +50,20 @@ class _FusedLogitLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, targets, teacher, temperature, w_ce, w_kl, chunk, kernel=False):
+        n = student.shape[0]
+        counted = torch.ones(n, dtype=torch.bool, device=student.device) if targets is None else targets != -100
+        n_rows = counted.sum().clamp_min(1).float()
+        ce_sum = student.new_zeros((), dtype=torch.float32)
+        kl_sum = student.new_zeros((), dtype=torch.float32)
         if kernel:  # the same sums and gradient from one Triton kernel (two passes over each row)
             from sfcompile.train.logit_loss_kernel import logit_loss_rows
 
             ce_rows, kl_rows, ctx.grad = logit_loss_rows(student, targets, teacher, temperature, LOGIT_CLAMP, w_ce,
                                                          w_kl, write_grad=ctx.needs_input_grad[0])
-            n_rows = (student.shape[0] if targets is None else (targets != -100).sum().clamp_min(1)) * 1.0
-            zero = student.new_zeros((), dtype=torch.float32)
-            ce = zero if ce_rows is None else ce_rows.sum() / n_rows
-            kl = zero if kl_rows is None else kl_rows.sum() / n_rows * temperature**2
-            ctx.mark_non_differentiable(ce, kl)
-            return _weighted(ce, kl, w_ce, w_kl), ce, kl
-        n = student.shape[0]
+            ce_sum = ce_sum if ce_rows is None else ce_rows.sum()
+            kl_sum = kl_sum if kl_rows is None else kl_rows.sum()
+            return _FusedLogitLoss._finish(ctx, ce_sum, kl_sum, n_rows, temperature, w_ce, w_kl)
         grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
-        counted = torch.ones(n, dtype=torch.bool, device=student.device) if targets is None else targets != -100
-        n_rows = counted.sum().clamp_min(1).float()
-        ce_sum = student.new_zeros((), dtype=torch.float32)
-        kl_sum = student.new_zeros((), dtype=torch.float32)
         for i in range(0, n, chunk):
             s = student[i : i + chunk].float()
             keep = counted[i : i + chunk, None].float()
@@ -92,6 +89,11 @@ class _FusedLogitLoss(torch.autograd.Function):
             if grad is not None:
                 grad[i : i + chunk] = 0 if g is None else g
         ctx.grad = grad
+        return _FusedLogitLoss._finish(ctx, ce_sum, kl_sum, n_rows, temperature, w_ce, w_kl)
+
+    @staticmethod
+    def _finish(ctx, ce_sum, kl_sum, n_rows, temperature, w_ce, w_kl):
+        # the sums over counted rows -> (weighted total, CE mean, KL mean · T²)
         ce = ce_sum / n_rows
         kl = kl_sum / n_rows * temperature**2
         ctx.mark_non_differentiable(ce, kl)
