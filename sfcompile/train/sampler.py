@@ -129,12 +129,13 @@ def _switched(model):
 
 
 def _layers(model) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    if not n:
-        raise SamplerError(f"{type(model).__name__}: its config names no layer count; sample with "
-                           "teacher_data_kv_cache='dynamic'")
-    return int(n)
+    # one attention call per repeated block is what every forward must show
+    from sfcompile.passes.blocks import repeated_blocks
+
+    try:
+        return len(repeated_blocks(model))
+    except ValueError as err:
+        raise SamplerError(f"{type(model).__name__}: {err}; sample with teacher_data_kv_cache='dynamic'") from err
 
 
 def multinomial(temperature: float, suppress=()):
