@@ -101,6 +101,8 @@ def restore_pruned(model, dense) -> None:
 
 
 def main() -> None:
+    from sfcompile.train.config import LOSS_KERNELS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="the SmolLM2 GGUF (or any sfcompile.load name)")
     ap.add_argument("--calib", required=True)
@@ -138,7 +140,7 @@ def main() -> None:
                     help="main run: a ForgeConfig / TemperingSchedule override, as `sfcompile train --forge` "
                          "(e.g. finalize_at=0.25: stop exploring masks after a quarter of the run); repeatable")
     ap.add_argument("--srste-decay", type=float, default=0.0, help="main run: TrainConfig.srste_decay")
-    ap.add_argument("--loss-kernel", default="torch", choices=("torch", "triton"), help="TrainConfig.loss_kernel")
+    ap.add_argument("--loss-kernel", default="torch", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)

@@ -28,7 +28,7 @@ import sfcompile
 from sfcompile.masking.config import ForgeConfig
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.train import runlog
-from sfcompile.train.config import TrainConfig
+from sfcompile.train.config import LOSS_KERNELS, TrainConfig
 from sfcompile.train.data import byte_tokenizer, sample_sequences
 from sfcompile.train.loop import train
 
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--what", choices=("train", "sample"), required=True)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--loss-kernel", default="torch", choices=("torch", "triton"), help="TrainConfig.loss_kernel")
+    ap.add_argument("--loss-kernel", default="torch", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--period", type=int, default=10, help="mask update / probe period (steps)")

@@ -24,6 +24,7 @@ RUN_FILE = "run.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sfcompile.train.config import LOSS_KERNELS
     from sfcompile.train.data import KV_CACHES
 
     g = parser.add_argument_group("model and run")
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kl-weight", type=float, default=1.0)
     g.add_argument("--kl-temperature", type=float, default=2.0)
     g.add_argument("--squarehead", type=float, default=0.0, help="SquareHead weight (default 0)")
-    g.add_argument("--loss-kernel", default="torch", choices=("torch", "triton"),
+    g.add_argument("--loss-kernel", default="torch", choices=LOSS_KERNELS,
                    help="CE + KL and their gradient: chunked PyTorch or one Triton kernel (not yet timed on a GPU)")
     g.add_argument(
         "--init",

@@ -17,6 +17,7 @@ from sfcompile.train.data import KV_CACHES, data_parts
 
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
+LOSS_KERNELS = ("torch", "triton")  # chunked PyTorch, or one Triton kernel (TrainConfig.loss_kernel)
 DTYPES = ("auto", "bf16", "fp32")
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
@@ -359,7 +360,7 @@ class TrainConfig:
             "all loss weights are 0: set ce_weight, kl_weight or squarehead_weight > 0",
         )
         need(self.kl_temperature > 0, f"kl_temperature={self.kl_temperature} must be > 0")
-        need(self.loss_kernel in ("torch", "triton"),
+        need(self.loss_kernel in LOSS_KERNELS,
              f"loss_kernel={self.loss_kernel!r}: choose 'torch' (chunked PyTorch) or 'triton' (one kernel)")
         need(
             self.teacher_data_temperature > 0,
