@@ -133,14 +133,15 @@ def main() -> None:
                     help="main run: add this many tokens sampled from the dense teacher to the training text "
                          '(data="<text>+teacher", drawn in proportion to their sizes)')
     ap.add_argument("--teacher-batch", type=int, default=256, help="sequences the teacher samples at once")
-    ap.add_argument("--teacher-kv-cache", default="dynamic", choices=("dynamic", "static", "packed", "packed-graph"))
+    ap.add_argument("--teacher-kv-cache", default="auto",
+                    choices=("auto", "dynamic", "static", "packed", "packed-graph"))
     ap.add_argument("--teacher-precision", default="auto", choices=("auto", "bf16", "fp32"),
                     help="TrainConfig.teacher_data_precision (auto: bf16 autocast on CUDA)")
     ap.add_argument("--main-forge", action="append", default=[], metavar="KEY=VALUE",
                     help="main run: a ForgeConfig / TemperingSchedule override, as `sfcompile train --forge` "
                          "(e.g. finalize_at=0.25: stop exploring masks after a quarter of the run); repeatable")
     ap.add_argument("--srste-decay", type=float, default=0.0, help="main run: TrainConfig.srste_decay")
-    ap.add_argument("--loss-kernel", default="torch", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
+    ap.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)

@@ -134,7 +134,8 @@ def profile_train(args) -> dict:
             row[f"{name}_ms_per_step"] = {"median": 1e3 * gaps[len(gaps) // 2], "mean": 1e3 * sum(gaps) / len(gaps),
                                           "steps": len(gaps)}
     row["finalize_step"] = final
-    row.update(what="train", compiled=result.compiled, loss_kernel=args.loss_kernel, micro_batch=args.micro_batch,
+    kernel = "triton" if config.loss_kernel_triton() else "torch"
+    row.update(what="train", compiled=result.compiled, loss_kernel=kernel, micro_batch=args.micro_batch,
                seqlen=args.seqlen,
                period=args.period, tok_s_window=args.profile_steps * args.micro_batch * args.seqlen / window["wall"])
     return row
@@ -167,7 +168,7 @@ def main() -> None:
     ap.add_argument("--what", choices=("train", "sample"), required=True)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--loss-kernel", default="torch", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
+    ap.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--period", type=int, default=10, help="mask update / probe period (steps)")

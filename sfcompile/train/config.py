@@ -17,7 +17,7 @@ from sfcompile.train.data import KV_CACHES, data_parts
 
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
-LOSS_KERNELS = ("torch", "triton")  # chunked PyTorch, or one Triton kernel (TrainConfig.loss_kernel)
+LOSS_KERNELS = ("auto", "torch", "triton")  # TrainConfig.loss_kernel: auto, chunked PyTorch, one Triton kernel
 DTYPES = ("auto", "bf16", "fp32")
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
@@ -158,8 +158,10 @@ class TrainConfig:
             place, grouped query heads packed onto their K/V head, no per-token host sync; same distribution,
             other draws; for models whose attention runs through transformers' AttentionInterface -- others are
             refused by name), or ``"packed-graph"`` (the same with every decoding step captured once in a CUDA
-            graph and replayed; CUDA only). Neither is timed on a GPU yet, so ``"dynamic"`` stays the default.
-            See benchmarks/teacher_sampling.py.
+            graph and replayed; CUDA only), or ``"auto"`` (default): ``"packed-graph"`` on CUDA -- measured on
+            the H200 at 2048 x 512 with a bf16 SmolLM2-135M, 110.0k tokens/s against 87.3k packed and 72.8k
+            dynamic -- and ``"dynamic"`` for a teacher the packed sampler refuses (the run's log says why) and
+            off CUDA. See benchmarks/teacher_sampling.py.
         teacher_data_precision: ``"fp32"``, ``"bf16"`` (sampling under bf16 autocast: bf16 matmuls and KV
             cache; the weights stay as they are), or ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.
@@ -181,10 +183,12 @@ class TrainConfig:
         ce_weight, kl_weight, kl_temperature, squarehead_weight: loss = ce·CE + kl·KL(teacher‖student, T)·T²
             + sq·SquareHead. KL and SquareHead need a teacher.
         loss_kernel: how CE and KL (and their gradient, formed in the forward) are computed: ``"torch"``
-            (default: chunked PyTorch, measured on the H200: 57.6 ms at 32 x 512 x 49,152 bf16 logits) or
-            ``"triton"`` (`sfcompile.train.logit_loss_kernel`: one kernel, two reads of each row of logits; checked
-            against float64 in Triton's interpreter, not yet timed on a GPU). The exact Hessian probe ("hvp")
-            always uses its twice-differentiable PyTorch form.
+            (chunked PyTorch) or ``"triton"`` (`sfcompile.train.logit_loss_kernel`: one kernel, two reads of each
+            row of logits), or ``"auto"`` (default): triton on CUDA, torch elsewhere (Triton runs there only in
+            its slow interpreter). Measured on the H200 at 32 x 512 x 49,152 bf16 logits: 9.8 against 57.9 ms,
+            the same memory, loss and gradient; the compiled training step of SmolLM2-135M 107 against 152 ms
+            (benchmarks/README.md, twentieth session). The exact Hessian probe ("hvp") always uses its
+            twice-differentiable PyTorch form.
         teacher: where the dense teacher lives:
             ``"copy"`` — a frozen copy on the training device (bf16 on GPU, the param dtype on CPU). Costs
             2 bytes/param on GPU, ~8% of what the student needs (fp32 W + mask + hard + Adam ≈ 24 B/param),
@@ -248,7 +252,7 @@ class TrainConfig:
     teacher_data_temperature: float = 1.0
     teacher_data_prompts: str = "calib"
     teacher_data_batch: int | str = "auto"
-    teacher_data_kv_cache: str = "dynamic"
+    teacher_data_kv_cache: str = "auto"
     teacher_data_precision: str = "auto"
     cache_dir: str | None = None
 
@@ -269,7 +273,7 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_temperature: float = 2.0
     squarehead_weight: float = 0.0
-    loss_kernel: str = "torch"
+    loss_kernel: str = "auto"
     teacher: str = "copy"
 
     init: str = "dense"
@@ -361,7 +365,8 @@ class TrainConfig:
         )
         need(self.kl_temperature > 0, f"kl_temperature={self.kl_temperature} must be > 0")
         need(self.loss_kernel in LOSS_KERNELS,
-             f"loss_kernel={self.loss_kernel!r}: choose 'torch' (chunked PyTorch) or 'triton' (one kernel)")
+             f"loss_kernel={self.loss_kernel!r}: choose 'auto' (triton on CUDA), 'torch' (chunked PyTorch) or "
+             "'triton' (one kernel)")
         need(
             self.teacher_data_temperature > 0,
             f"teacher_data_temperature={self.teacher_data_temperature} must be > 0",
@@ -372,8 +377,9 @@ class TrainConfig:
                 and self.teacher_data_batch >= 1),
             f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1 or 'auto'",
         )
-        need(self.teacher_data_kv_cache in KV_CACHES,
-             f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose one of {', '.join(map(repr, KV_CACHES))}")
+        need(self.teacher_data_kv_cache in ("auto",) + KV_CACHES,
+             f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose 'auto' or one of "
+             f"{', '.join(map(repr, KV_CACHES))}")
         need(self.teacher_data_precision in DTYPES,
              f"teacher_data_precision={self.teacher_data_precision!r} is not one of {DTYPES}")
         need(isinstance(self.teacher, str),
@@ -438,6 +444,10 @@ class TrainConfig:
     def _is_bf16(self, setting: str) -> bool:
         """A `DTYPES` setting resolved: ``"bf16"``, or ``"auto"`` on CUDA."""
         return setting == "bf16" or (setting == "auto" and self.resolved_device().type == "cuda")
+
+    def loss_kernel_triton(self) -> bool:
+        """Whether the loss runs as the Triton kernel (``loss_kernel``, ``"auto"`` = on CUDA)."""
+        return self.loss_kernel == "triton" or (self.loss_kernel == "auto" and self.resolved_device().type == "cuda")
 
     def teacher_data_bf16(self) -> bool:
         """Whether ``data="teacher"`` samples under bf16 autocast (``teacher_data_precision``)."""

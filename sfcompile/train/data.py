@@ -156,8 +156,11 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
     return read_shard(shard)
 
 
-# sample_sequences' samplers (TrainConfig.teacher_data_kv_cache)
+# sample_sequences' samplers (TrainConfig.teacher_data_kv_cache); teacher_shard also takes "auto"
 KV_CACHES = ("dynamic", "static", "packed", "packed-graph")
+# "auto" on CUDA: the sampler measured fastest on the H200 (SmolLM2-135M, bf16 teacher, 2048 x 512: packed-graph
+# 110.0k tokens/s, packed 87.3k, dynamic 72.8k; benchmarks/README.md, twentieth session). Off CUDA "dynamic".
+AUTO_KV_CACHE_CUDA = "packed-graph"
 
 
 @torch.no_grad()
@@ -227,30 +230,87 @@ def teacher_shard(
     device=None,
     kv_cache: str = "dynamic",
     bf16: bool = False,
+    log=None,
 ) -> np.memmap:
     """Sequences of ``seqlen`` tokens sampled from ``teacher``, cached as a shard.
 
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
-    every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`. The cache key includes
-    the teacher's name, n_tokens, seqlen, temperature, seed, batch, both sampling options (they change the
-    samples) and the prompt text's tokens, not its path: runs that share a cache and hold the same text under
-    different paths share the samples.
+    every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`, and ``kv_cache="auto"``:
+    on CUDA `AUTO_KV_CACHE_CUDA`, unless the packed sampler refuses the teacher (its attention is one the
+    sampler does not apply, `sfcompile.train.sampler.SamplerError`, raised on the first batch before anything
+    is kept): then ``"dynamic"``, and ``log`` (a callable taking a line) is told why; off CUDA ``"dynamic"``.
+    The cache key includes the teacher's name, n_tokens, seqlen, temperature, seed, batch, both sampling
+    options as resolved (they change the samples) and the prompt text's tokens, not its path: runs that share a
+    cache and hold the same text under different paths share the samples.
     """
     th = tokenizer_hash(tok)
     name = str(getattr(getattr(teacher, "config", None), "name_or_path", "") or type(teacher).__name__)
     prompts_pool = text_shard(prompt_source, tok, cache)
     prompts_digest = hashlib.sha256(np.ascontiguousarray(prompts_pool).tobytes()).hexdigest()
-    key = hashlib.sha256(
-        f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch}:{kv_cache}:{bf16}".encode()
-    ).hexdigest()[:12]
-    shard = cache / "shards" / f"teacher-{key}-{th}"
-    if shard.with_suffix(".json").exists():
-        return read_shard(shard)
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    if kv_cache == "auto":
+        candidates = _auto_samplers(device)
+    elif kv_cache in KV_CACHES:
+        candidates = [kv_cache]
+    else:
+        raise DataError(f"kv_cache={kv_cache!r}: choose 'auto' or one of {', '.join(map(repr, KV_CACHES))}")
+
+    def shard_for(sampler: str) -> Path:
+        key = hashlib.sha256(
+            f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch}:{sampler}:{bf16}".encode()
+        ).hexdigest()[:12]
+        return cache / "shards" / f"teacher-{key}-{th}"
+
+    for sampler in candidates:  # a shard an earlier run sampled (a resumed "auto" run finds its own choice)
+        if shard_for(sampler).with_suffix(".json").exists():
+            return read_shard(shard_for(sampler))
+    from sfcompile.train.sampler import SamplerError
+
+    for i, sampler in enumerate(candidates):
+        try:
+            out = _sample_teacher(teacher, tok, prompts_pool, n_tokens=n_tokens, seqlen=seqlen,
+                                  temperature=temperature, seed=seed, prompt_len=prompt_len, batch=batch,
+                                  device=device, kv_cache=sampler, bf16=bf16)
+        except SamplerError as err:
+            if i + 1 == len(candidates):
+                raise
+            if log is not None:
+                log(f"teacher data: kv_cache='auto' chose {sampler!r}, which refused the teacher ({err}); "
+                    f"sampling with {candidates[i + 1]!r}")
+            continue
+        break
+    shard = shard_for(sampler)
+    write_shard(
+        shard,
+        out,
+        _vocab_size(tok),
+        {
+            "source": "teacher",
+            "teacher": name,
+            "tokenizer": th,
+            "temperature": temperature,
+            "seqlen": seqlen,
+            "seed": seed,
+            "kv_cache": sampler,
+            "bf16": bf16,
+            "batch": batch,
+        },
+    )
+    return read_shard(shard)
+
+
+def _auto_samplers(device: torch.device) -> list[str]:
+    """``kv_cache="auto"``'s samplers on ``device``, in the order tried."""
+    return [AUTO_KV_CACHE_CUDA, "dynamic"] if device.type == "cuda" else ["dynamic"]
+
+
+def _sample_teacher(teacher, tok, prompts_pool, *, n_tokens, seqlen, temperature, seed, prompt_len, batch, device,
+                    kv_cache, bf16) -> list[int]:
+    """`teacher_shard`'s tokens with one sampler: the prompts and seeds depend only on ``seed``."""
     rng = np.random.default_rng([seed, 7])
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     n_seq = max(1, -(-n_tokens // seqlen))
-    device = device or next(teacher.parameters()).device
     out: list[int] = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for start in range(0, n_seq, batch):
@@ -265,23 +325,7 @@ def teacher_shard(
             teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id, kv_cache=kv_cache, bf16=bf16
         )
         out.extend(seqs[:, :seqlen].reshape(-1).tolist())
-    write_shard(
-        shard,
-        out,
-        _vocab_size(tok),
-        {
-            "source": "teacher",
-            "teacher": name,
-            "tokenizer": th,
-            "temperature": temperature,
-            "seqlen": seqlen,
-            "seed": seed,
-            "kv_cache": kv_cache,
-            "bf16": bf16,
-            "batch": batch,
-        },
-    )
-    return read_shard(shard)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- batches

@@ -121,7 +121,8 @@ def _one_shot_init(model, config: TrainConfig, tokenizer, log: RunLogger) -> Non
     log.log(0, "info", init=config.init, init_seconds=report.seconds)
 
 
-def _data(config: TrainConfig, tokenizer, teacher, device):
+def _data(config: TrainConfig, tokenizer, teacher, device, message):
+    """The run's training tokens; ``message`` takes the lines the run's log should show."""
     if tokenizer is None:
         raise ValueError("train() needs tokenizer= to build its data (or pass data as a token shard path)")
     cache = cache_root(config)
@@ -146,6 +147,7 @@ def _data(config: TrainConfig, tokenizer, teacher, device):
                 device=device,
                 kv_cache=config.teacher_data_kv_cache,
                 bf16=config.teacher_data_bf16(),
+                log=message,
             )
         )
     return mixture(shards)
@@ -296,7 +298,7 @@ def train(
 
     # ---- teacher (from the dense W, before any pruning), student placement, one-shot init ----------------
     weights = LossWeights(config.ce_weight, config.kl_weight, config.kl_temperature, config.squarehead_weight)
-    loss_kernel = config.loss_kernel == "triton"
+    loss_kernel = config.loss_kernel_triton()
     if config.init == "keep" and teacher is None and config.teacher == "copy" and ckpt_path is None:
         raise ValueError('init="keep": the model is already pruned, so a copy of it is no teacher; pass the '
                          'dense model as train(..., teacher=dense) or set teacher="none" and kl_weight=0')
@@ -363,12 +365,13 @@ def train(
         device=str(device),
         compiled=",".join(compiled) or "none",
         probe="compiled" if probe_fwd is not model else "eager",
+        loss_kernel="triton" if loss_kernel else "torch",
         resumed=ckpt_path is not None,
     )
     if compiled:
         log.message(f"compiled: {', '.join(compiled)}; evaluation runs eager")
 
-    shard = _data(config, tokenizer, teacher, device)
+    shard = _data(config, tokenizer, teacher, device, log.message)
     batches = Batches(
         shard,
         config.seqlen,

@@ -141,6 +141,15 @@ def test_auto_estimator_resolves_to_what_can_run(kwargs, expected):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the resolved name is what train_config.json records
 
 
+def test_loss_kernel_auto_is_the_triton_kernel_on_cuda_and_the_chunked_loss_elsewhere():
+    assert TrainConfig().loss_kernel == "auto" and TrainConfig().teacher_data_kv_cache == "auto"
+    want = {("auto", "cpu"): False, ("auto", "cuda"): True, ("torch", "cuda"): False, ("triton", "cpu"): True}
+    for (kernel, device), triton in want.items():
+        assert TrainConfig(loss_kernel=kernel, device=device).loss_kernel_triton() is triton, (kernel, device)
+    with pytest.raises(TrainConfigError, match="loss_kernel='cuda': choose 'auto'"):
+        TrainConfig(loss_kernel="cuda")
+
+
 def test_teacher_batch_auto_fits_the_teachers_kv_cache_in_the_budget():
     from _tiny import tiny_llama
 

@@ -140,6 +140,52 @@ def test_teacher_shard_is_keyed_by_the_prompt_text_not_its_path(tmp_path, monkey
     assert calls and len(list((tmp_path / "cache" / "shards").glob("teacher-*.json"))) == 2
 
 
+def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_path, monkeypatch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = byte_tokenizer()
+    monkeypatch.setattr(
+        "sfcompile.train.data.text_shard", lambda source, tok_, cache: read_shard(_write(tmp_path, tok_))
+    )
+    kw = dict(n_tokens=32, seqlen=16, temperature=1.0, seed=0, batch=2)
+    lines = []
+    # off CUDA "auto" is "dynamic": the same samples, under the same cache key
+    llama = tiny_llama(vocab=257).eval()
+    auto = np.asarray(teacher_shard(llama, tok, tmp_path / "cpu", kv_cache="auto", log=lines.append, **kw))
+    dynamic = np.asarray(teacher_shard(llama, tok, tmp_path / "cpu", kv_cache="dynamic", **kw))
+    assert np.array_equal(auto, dynamic) and len(list((tmp_path / "cpu" / "shards").glob("teacher-*.json"))) == 1
+    # where the packed sampler comes first (CUDA; here its sliced form on the CPU), a model it serves gets it
+    monkeypatch.setattr("sfcompile.train.data._auto_samplers", lambda device: ["packed", "dynamic"])
+    auto = np.asarray(teacher_shard(llama, tok, tmp_path / "a", kv_cache="auto", log=lines.append, **kw))
+    packed = np.asarray(teacher_shard(llama, tok, tmp_path / "a", kv_cache="packed", **kw))
+    assert np.array_equal(auto, packed) and lines == []
+    meta = json.loads(next((tmp_path / "a" / "shards").glob("teacher-*.json")).read_text())
+    assert meta["kv_cache"] == "packed"
+    # a model it refuses (attention within a window shorter than the sampled length): dynamic, and the log says why
+    torch.manual_seed(0)
+    mistral = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=257, sliding_window=6)).eval()
+    auto = np.asarray(teacher_shard(mistral, tok, tmp_path / "m", kv_cache="auto", log=lines.append, **kw))
+    assert len(lines) == 1 and "chose 'packed', which refused the teacher" in lines[0]
+    assert "sliding window of 6 tokens" in lines[0] and lines[0].endswith("sampling with 'dynamic'")
+    meta = json.loads(next((tmp_path / "m" / "shards").glob("teacher-*.json")).read_text())
+    assert meta["kv_cache"] == "dynamic"
+    dynamic = np.asarray(teacher_shard(mistral, tok, tmp_path / "m2", kv_cache="dynamic", **kw))
+    assert np.array_equal(auto, dynamic)
+    # an explicit packed sampler is not switched: its refusal is the error
+    from sfcompile.train.sampler import SamplerError
+
+    with pytest.raises(SamplerError, match="sliding window of 6 tokens"):
+        teacher_shard(mistral, tok, tmp_path / "m3", kv_cache="packed", **kw)
+    with pytest.raises(DataError, match="kv_cache='paged': choose 'auto' or one of"):
+        teacher_shard(mistral, tok, tmp_path / "m3", kv_cache="paged", **kw)
+    # a resumed "auto" run finds the shard its choice sampled, and samples nothing
+    monkeypatch.setattr("sfcompile.train.data._sample_teacher", lambda *a, **k: pytest.fail("sampled again"))
+    again = teacher_shard(mistral, tok, tmp_path / "m", kv_cache="auto", log=lines.append, **kw)
+    assert np.array_equal(np.asarray(again), auto) and len(lines) == 1
+
+
 def test_sample_sequences_static_cache_and_packed_sampler_match_dynamic_and_check_the_argument():
     teacher = tiny_llama(vocab=257).eval()
     ids = torch.randint(3, 257, (3, 4), generator=torch.Generator().manual_seed(0))
@@ -179,7 +225,7 @@ def test_mixed_data_concatenates_the_text_and_the_teacher_shards(tmp_path, text_
         data=f"{text_file}+teacher", seqlen=16, teacher_data_tokens=32, teacher_data_prompts=str(text_file),
         teacher_data_batch=2, cache_dir=str(tmp_path / "c"), init="keep", forge=None,
     )
-    mixed = _data(cfg, tok, teacher, torch.device("cpu"))
+    mixed = _data(cfg, tok, teacher, torch.device("cpu"), print)
     text = np.asarray(text_shard(str(text_file), tok, tmp_path / "c"))
     sampled = np.asarray(
         teacher_shard(teacher, tok, tmp_path / "c", n_tokens=32, seqlen=16, temperature=1.0, seed=cfg.seed,
@@ -187,5 +233,5 @@ def test_mixed_data_concatenates_the_text_and_the_teacher_shards(tmp_path, text_
     )
     assert len(sampled) == 32
     assert np.array_equal(mixed, np.concatenate([text, sampled]))
-    only_text = _data(cfg.replace(data=str(text_file)), tok, teacher, torch.device("cpu"))
+    only_text = _data(cfg.replace(data=str(text_file)), tok, teacher, torch.device("cpu"), print)
     assert isinstance(only_text, np.memmap)

@@ -121,7 +121,10 @@ def test_sharding_flags_reach_the_config():
 def test_teacher_sampling_flags_reach_the_config():
     base = ["--model", "m", "--out", "o", "--tokens", "10M", "--data", "corpus+teacher"]
     cfg = cli.config_from_args(_args(base))
-    assert (cfg.teacher_data_kv_cache, cfg.teacher_data_precision) == ("dynamic", "auto")
+    assert (cfg.teacher_data_kv_cache, cfg.teacher_data_precision, cfg.loss_kernel) == ("auto", "auto", "auto")
+    assert cfg == cfg.replace(teacher_data_kv_cache="auto", loss_kernel="auto")  # the CLI's defaults are the API's
+    for flags, kernel in (([], "auto"), (["--loss-kernel", "torch"], "torch"), (["--loss-kernel", "triton"], "triton")):
+        assert cli.config_from_args(_args([*base, *flags])).loss_kernel == kernel
     cfg = cli.config_from_args(_args([*base, "--teacher-data-kv-cache", "static", "--teacher-data-precision", "fp32"]))
     assert (cfg.teacher_data_kv_cache, cfg.teacher_data_precision) == ("static", "fp32")
     assert not cfg.teacher_data_bf16()
