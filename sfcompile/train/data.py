@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,7 +240,8 @@ def teacher_shard(
     every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`, and ``kv_cache="auto"``:
     on CUDA `AUTO_KV_CACHE_CUDA`, unless the packed sampler refuses the teacher (its attention is one the
     sampler does not apply, `sfcompile.train.sampler.SamplerError`, raised on the first batch before anything
-    is kept): then ``"dynamic"``, and ``log`` (a callable taking a line) is told why; off CUDA ``"dynamic"``.
+    is kept): then ``"dynamic"``, and ``log`` (a callable taking a line; default: a warning) is told why;
+    off CUDA ``"dynamic"``.
     The cache key includes the teacher's name, n_tokens, seqlen, temperature, seed, batch, both sampling
     options as resolved (they change the samples) and the prompt text's tokens, not its path: runs that share a
     cache and hold the same text under different paths share the samples.
@@ -275,9 +277,12 @@ def teacher_shard(
         except SamplerError as err:
             if i + 1 == len(candidates):
                 raise
-            if log is not None:
-                log(f"teacher data: kv_cache='auto' chose {sampler!r}, which refused the teacher ({err}); "
+            line = (f"teacher data: kv_cache='auto' chose {sampler!r}, which refused the teacher ({err}); "
                     f"sampling with {candidates[i + 1]!r}")
+            if log is None:
+                warnings.warn(line, stacklevel=2)
+            else:
+                log(line)
             continue
         break
     shard = shard_for(sampler)

@@ -173,6 +173,8 @@ def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_pat
     assert meta["kv_cache"] == "dynamic"
     dynamic = np.asarray(teacher_shard(mistral, tok, tmp_path / "m2", kv_cache="dynamic", **kw))
     assert np.array_equal(auto, dynamic)
+    with pytest.warns(UserWarning, match="refused the teacher .*sampling with 'dynamic'"):  # no log: a warning
+        teacher_shard(mistral, tok, tmp_path / "m4", kv_cache="auto", **kw)
     # an explicit packed sampler is not switched: its refusal is the error
     from sfcompile.train.sampler import SamplerError
 
