@@ -10,8 +10,9 @@ and as a bf16 copy of the weights (``+half``: the KV cache in bf16 too). Each va
 of ``--batch`` sequences of ``--seqlen`` tokens; the first batch of a variant (compiles included) is reported
 apart from the steady ones. Variants that the remaining ``--budget-s`` cannot hold are recorded as skipped.
 
-Measured on the H200 (benchmarks/README.md, fifteenth session): dynamic+bf16 31.5k tokens/s, dynamic 13.3k,
-static 9.2k; static+bf16 fails (the static cache is allocated in fp32).
+Measured on the H200 (benchmarks/README.md): at 1024 x 512 (fifteenth session) dynamic+bf16 31.5k tokens/s,
+dynamic 13.3k, static 9.2k, static+bf16 fails (the static cache is allocated in fp32); at 2048 x 512 (twentieth)
+dynamic+half 72.8k, packed+half 87.3k, packed-graph+half 110.0k (the trainer's default on CUDA).
 
     python benchmarks/teacher_sampling.py --batch 1024 --seqlen 512 --reps 2 --out sampling.jsonl
 """
