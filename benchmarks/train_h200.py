@@ -102,6 +102,7 @@ def restore_pruned(model, dense) -> None:
 
 def main() -> None:
     from sfcompile.train.config import LOSS_KERNELS
+    from sfcompile.train.optim import ADAM_IMPLS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="the SmolLM2 GGUF (or any sfcompile.load name)")
@@ -142,6 +143,7 @@ def main() -> None:
                          "(e.g. finalize_at=0.25: stop exploring masks after a quarter of the run); repeatable")
     ap.add_argument("--srste-decay", type=float, default=0.0, help="main run: TrainConfig.srste_decay")
     ap.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
+    ap.add_argument("--adam-impl", default="foreach", choices=ADAM_IMPLS, help="TrainConfig.adam_impl")
     ap.add_argument("--compile", action="store_true",
                     help="TrainConfig.compile: student and teacher forwards and the fd probe under torch.compile")
     ap.add_argument("--weights", default="real", help=argparse.SUPPRESS)
@@ -200,7 +202,7 @@ def main() -> None:
             eval_windows=args.wiki_windows, log_every=10, out=str(work / name), harden=True, device=dev,
             teacher_data_tokens=int(tokens), teacher_data_prompts=train_text, teacher_data_batch=args.teacher_batch,
             teacher_data_kv_cache=args.teacher_kv_cache, teacher_data_precision=args.teacher_precision,
-            compile=args.compile, loss_kernel=args.loss_kernel,
+            compile=args.compile, loss_kernel=args.loss_kernel, adam_impl=args.adam_impl,
         )
         cfg_kw.update(over)
         steps = int(tokens) // (micro_batch * args.seqlen)

@@ -31,6 +31,7 @@ from sfcompile.train import runlog
 from sfcompile.train.config import LOSS_KERNELS, TrainConfig
 from sfcompile.train.data import byte_tokenizer, sample_sequences
 from sfcompile.train.loop import train
+from sfcompile.train.optim import ADAM_IMPLS
 
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
 
@@ -96,7 +97,7 @@ def profile_train(args) -> dict:
     config = TrainConfig(
         tokens=tokens, data=str(text), seqlen=args.seqlen, micro_batch=args.micro_batch, lr=1e-3, init="magnitude",
         compile=args.compile, out=str(Path(args.work) / "run"), eval_text=str(text), eval_windows=2,
-        log_every=args.log_every, harden=False, loss_kernel=args.loss_kernel,
+        log_every=args.log_every, harden=False, loss_kernel=args.loss_kernel, adam_impl=args.adam_impl,
         forge=ForgeConfig(schedule=TemperingSchedule(period_early=args.period, period_late=args.period,
                                                      harden_start=0.0, harden_end=0.0, finalize_at=finalize_at)),
     )
@@ -135,7 +136,8 @@ def profile_train(args) -> dict:
                                           "steps": len(gaps)}
     row["finalize_step"] = final
     kernel = "triton" if config.loss_kernel_triton() else "torch"
-    row.update(what="train", compiled=result.compiled, loss_kernel=kernel, micro_batch=args.micro_batch,
+    row.update(what="train", compiled=result.compiled, loss_kernel=kernel, adam_impl=args.adam_impl,
+               micro_batch=args.micro_batch,
                seqlen=args.seqlen,
                period=args.period, tok_s_window=args.profile_steps * args.micro_batch * args.seqlen / window["wall"])
     return row
@@ -169,6 +171,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
+    ap.add_argument("--adam-impl", default="foreach", choices=ADAM_IMPLS, help="TrainConfig.adam_impl")
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--period", type=int, default=10, help="mask update / probe period (steps)")

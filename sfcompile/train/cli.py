@@ -26,6 +26,7 @@ RUN_FILE = "run.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sfcompile.train.config import LOSS_KERNELS
     from sfcompile.train.data import KV_CACHES
+    from sfcompile.train.optim import ADAM_IMPLS
 
     g = parser.add_argument_group("model and run")
     g.add_argument("--model", help="alias (smollm2-135m, ...), HF folder or .gguf file")
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--srste-decay", type=float, default=0.0)
     g.add_argument("--cast-l1", type=float, default=0.0)
     g.add_argument("--cast-weight-scaling", action="store_true")
+    g.add_argument("--adam-impl", default="foreach", choices=ADAM_IMPLS,
+                   help="AdamW's update: torch's multi-tensor (foreach) or fused implementation")
     g.add_argument("--train-embeddings", action="store_true")
     g = parser.add_argument_group("distillation and masks")
     g.add_argument("--teacher", default="copy", choices=("copy", "offload", "none"))
@@ -189,6 +192,7 @@ def config_from_args(args):
         srste_decay=args.srste_decay,
         cast_l1=args.cast_l1,
         cast_weight_scaling=args.cast_weight_scaling,
+        adam_impl=args.adam_impl,
         train_embeddings=args.train_embeddings,
         ce_weight=args.ce_weight,
         kl_weight=args.kl_weight,

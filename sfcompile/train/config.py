@@ -14,6 +14,7 @@ from typing import Any
 
 from sfcompile.masking.config import AUTO_ESTIMATOR, resolve_estimator
 from sfcompile.train.data import KV_CACHES, data_parts
+from sfcompile.train.optim import ADAM_IMPLS
 
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "keep")
 TEACHER_MODES = ("copy", "offload", "none")
@@ -174,6 +175,10 @@ class TrainConfig:
             ``srste_decay`` over ``srste_ramp`` steps (a fraction if < 1).
         cast_l1: CAST adaptive L1 strength λ (W −= lr·λ·sign(W)/(√v̂ + ε) on pruned weights; 0 = off).
         cast_weight_scaling: rescale each site's kept weights to restore the matrix norm the L1 decay removed.
+        adam_impl: ``"foreach"`` (default: torch's multi-tensor AdamW) or ``"fused"`` (torch's fused AdamW, one
+            pass per tensor; the same update and state dict). On the H200 the foreach step of SmolLM2-135M
+            took ~13 ms of a 107 ms compiled training step (benchmarks/train_profile.py); the fused one is not
+            timed there yet, so it is not the default.
         train_embeddings: also train the input embeddings (and a tied head). Off by default: with a few
             million tokens the vocabulary rows see too few updates to improve, and they hold ~20% of a
             small model's parameters (Adam state). Everything else — masked weights (their dense W),
@@ -267,6 +272,7 @@ class TrainConfig:
     srste_ramp: float = 0.5
     cast_l1: float = 0.0
     cast_weight_scaling: bool = False
+    adam_impl: str = "foreach"
     train_embeddings: bool = False
 
     ce_weight: float = 1.0
@@ -357,6 +363,8 @@ class TrainConfig:
         need(self.srste_decay >= 0, f"srste_decay={self.srste_decay} must be >= 0")
         need(self.srste_ramp >= 0, f"srste_ramp={self.srste_ramp} must be >= 0")
         need(self.cast_l1 >= 0, f"cast_l1={self.cast_l1} must be >= 0")
+        need(self.adam_impl in ADAM_IMPLS,
+             f"adam_impl={self.adam_impl!r}: choose one of {', '.join(map(repr, ADAM_IMPLS))}")
         for name in ("ce_weight", "kl_weight", "squarehead_weight"):
             need(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         need(

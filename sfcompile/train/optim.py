@@ -72,6 +72,10 @@ def trainable_parameters(model: nn.Module, *, train_embeddings: bool = False, ex
     return [{"params": decay, "name": "decay"}, {"params": no_decay, "name": "no_decay", "weight_decay": 0.0}]
 
 
+# MaskAwareAdamW's implementations of the Adam update (TrainConfig.adam_impl)
+ADAM_IMPLS = ("foreach", "fused")
+
+
 class MaskAwareAdamW(torch.optim.AdamW):
     """AdamW with SR-STE decay, CAST adaptive L1 and weight scaling on masked weights (module docstring).
 
@@ -81,6 +85,11 @@ class MaskAwareAdamW(torch.optim.AdamW):
             installed or finalised later are seen).
         srste_decay: the SR-STE coefficient d for this step; set per step with `set_mask_terms`.
         cast_l1, cast_weight_scaling: CAST terms (0 / False = off).
+        impl: `ADAM_IMPLS`: ``"foreach"`` (torch's default: on CUDA its multi-tensor AdamW, a few kernels per
+            group of tensors for each of Adam's elementwise steps; on the CPU a loop over the tensors) or
+            ``"fused"`` (torch's fused AdamW: one pass over each tensor's weight, gradient and moments; on CUDA
+            and CPU). The same update to float rounding and the same state dict (a checkpoint of one resumes
+            with the other).
     """
 
     def __init__(
@@ -94,8 +103,13 @@ class MaskAwareAdamW(torch.optim.AdamW):
         weight_decay: float = 0.1,
         cast_l1: float = 0.0,
         cast_weight_scaling: bool = False,
+        impl: str = "foreach",
     ):
-        super().__init__(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=None)
+        if impl not in ADAM_IMPLS:
+            raise ValueError(f"impl={impl!r}: choose one of {', '.join(map(repr, ADAM_IMPLS))}")
+        fused = impl == "fused"
+        super().__init__(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         foreach=None, fused=fused or None)
         self._model = model
         self.srste_decay = 0.0
         self.cast_l1 = cast_l1
@@ -159,6 +173,7 @@ def build_optimizer(model: nn.Module, config, extra=()) -> MaskAwareAdamW:
         weight_decay=config.weight_decay,
         cast_l1=config.cast_l1,
         cast_weight_scaling=config.cast_weight_scaling,
+        impl=config.adam_impl,
     )
     add_new_parameters(opt, extra)
     return opt

@@ -376,3 +376,23 @@ def test_triton_loss_kernel_trains_like_the_chunked_loss(tmp_path):
     for a, b in zip(runs["torch"], runs["triton"]):
         assert a[:2] == pytest.approx(b[:2], rel=1e-3)  # loss and CE
         assert a[2] == pytest.approx(b[2], abs=1e-3)  # the KL, ~0.005 by step 4
+
+
+def test_fused_adam_trains_like_foreach_and_resumes_exactly(tmp_path):
+    # adam_impl="fused" through the whole trainer: the same losses as the default to float rounding, and a run
+    # stopped and resumed with it ends exactly where the uninterrupted one does (its step counters live on the
+    # parameters' device, which the checkpoint must carry)
+    tok = byte_tokenizer()
+    losses = {}
+    for impl in ("foreach", "fused"):
+        train(_model(), _config(tmp_path, impl, 6, adam_impl=impl), tokenizer=tok)
+        rows = [json.loads(line) for line in (tmp_path / impl / "log.jsonl").read_text().splitlines()]
+        losses[impl] = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert len(losses["fused"]) == 6
+    assert losses["fused"] == pytest.approx(losses["foreach"], rel=1e-3)
+    cfg = _config(tmp_path, "fused_resumed", 6, adam_impl="fused")
+    train(_model(), cfg, tokenizer=tok, stop_at=3)
+    resumed = _model()
+    r = train(resumed, cfg, tokenizer=tok, resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "fused_resumed" / "log.jsonl").read_text().splitlines()]
+    assert r.steps == 6 and [x["loss"] for x in rows if x["kind"] == "train"][-3:] == losses["fused"][-3:]

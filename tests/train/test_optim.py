@@ -91,3 +91,35 @@ def test_build_optimizer_puts_extra_in_own_groups():
     assert names == ["decay", "no_decay", "extra_decay", "extra_no_decay"]
     assert opt.param_groups[2]["params"][0] is extra[0]
     assert opt.param_groups[3]["weight_decay"] == 0.0
+
+
+def test_fused_adam_gives_the_foreach_update_and_state():
+    # adam_impl="fused" (torch's fused AdamW, here its CPU kernel) against the default, with the mask terms on:
+    # same weights after several steps, same state dict layout, and a state dict of one loads into the other
+    runs = {}
+    for impl in ("foreach", "fused"):
+        torch.manual_seed(0)
+        model = _sparse_tiny()
+        cfg = TrainConfig(lr=1e-2, cast_l1=0.1, cast_weight_scaling=True, adam_impl=impl)
+        opt = build_optimizer(model, cfg)
+        opt.set_mask_terms(srste_decay=0.05)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs[impl] = (model, opt, params)
+    (_, opt_a, a), (_, opt_b, b) = runs["foreach"], runs["fused"]
+    assert opt_b.defaults["fused"] and not opt_a.defaults["fused"]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    assert sa["state"].keys() == sb["state"].keys()
+    for k in sa["state"]:
+        assert sa["state"][k].keys() == sb["state"][k].keys()
+        torch.testing.assert_close(sa["state"][k]["exp_avg_sq"], sb["state"][k]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+    opt_a.load_state_dict(sb)  # fused -> foreach resumes
+    assert float(opt_a.state[a[0]]["step"]) == 3.0
+    with pytest.raises(Exception, match="adam_impl='adamw8bit': choose one of 'foreach', 'fused'"):
+        TrainConfig(adam_impl="adamw8bit")

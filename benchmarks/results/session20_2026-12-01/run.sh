@@ -5,7 +5,7 @@
 # run in the background (it outlives the call), with the sampler that call 1 measured fastest (steady tokens/s
 # at 2048 x 512, bf16 teacher; without call 1's file: the trainer's "auto") and the loss kernel TRAIN_LOSS
 # (default triton); then wait and report. The next session: call next_a.sh (carry .carry/train/a), then right
-# after it TOK=100e6 WAIT=560 bash run.sh (carry .carry/train/b), then device_wait.sh 560 until it is done.
+# after it TOK=80e6 WAIT=560 bash run.sh (carry .carry/train/b), then device_wait.sh 560 until it is done.
 # The recipe is the eighteenth session's (ADMM masks, LR 1e-3 cosine, 32 x 512 per step, exploration capped at
 # 5M tokens), with more teacher text: TEACH tokens (default 0.4 x TOK, the trainer's teacher_data_tokens="auto").
 C=/root/cache
