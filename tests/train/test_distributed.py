@@ -115,6 +115,8 @@ def _two_rank_runs(rank, root):
     assert r.steps == STEPS and r.final_path is not None if rank == 0 else r.final_path is None
     # FSDP2 blocks kept gathered from forward to backward (no second all-gather): the same numbers
     train(_model(), _config(root, "keep", 2, reshard_after_forward=False), tokenizer=tok)
+    # torch's fused AdamW on the FSDP2 shards (DTensor parameters): the same numbers
+    train(_model(), _config(root, "fused", 2, adam_impl="fused"), tokenizer=tok)
     r = train(_model(), _config(root, "half", 2), tokenizer=tok, stop_at=STEPS // 2)
     assert r.stopped == "stop_at"
 
@@ -148,7 +150,9 @@ def test_two_ranks_equal_one_rank_and_resume_on_one(two_ranks):
     assert r.steps == STEPS
 
     one, two, keep = _losses(tmp_path / "one"), _losses(tmp_path / "two"), _losses(tmp_path / "keep")
-    assert len(one) == len(two) == len(keep) == STEPS
+    fused = _losses(tmp_path / "fused")
+    assert len(one) == len(two) == len(keep) == len(fused) == STEPS
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(one), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(keep), torch.tensor(one), rtol=1e-4, atol=1e-5)
     resumed = _losses(tmp_path / "half")  # its log holds both halves
