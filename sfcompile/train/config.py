@@ -421,6 +421,9 @@ class TrainConfig:
                  f"probe_rows={self.probe_rows} (< micro_batch={self.micro_batch}) needs estimator='fd'")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
         need(self.engine in ("fsdp2", "deepspeed"), f"engine={self.engine!r} is not 'fsdp2' or 'deepspeed'")
+        need(not (self.engine == "deepspeed" and self.adam_impl == "fused"),
+             "adam_impl='fused' with engine='deepspeed': DeepSpeed partitions the optimizer's tensors itself and "
+             "this pairing is untested; use adam_impl='foreach' (or engine='fsdp2', where fused is tested)")
         need(self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0")
         need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
         need(self.log_every >= 1, f"log_every={self.log_every} must be >= 1")

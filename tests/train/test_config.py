@@ -64,6 +64,7 @@ def test_unknown_score_rejected():
         (dict(data="corpus+"), r"data='corpus\+' has an empty part"),
         (dict(teacher="none", kl_weight=0, data="corpus+teacher"), "distillation needs a teacher"),
         (dict(probe_rows=0), "probe_rows=0"),
+        (dict(adam_impl="fused", engine="deepspeed"), "adam_impl='fused' with engine='deepspeed'"),
         (dict(forge=ForgeConfig(estimator="fd_forward"), grad_accum=2), "grad_accum=2 .*estimator='fd'"),
         (dict(forge=ForgeConfig(estimator="fd_forward"), micro_batch=8, probe_rows=4), "probe_rows=4"),
     ],
