@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +271,7 @@ def teacher_shard(
     from sfcompile.train.sampler import SamplerError
 
     for i, sampler in enumerate(candidates):
+        start = time.perf_counter()
         try:
             out = _sample_teacher(teacher, tok, prompts_pool, n_tokens=n_tokens, seqlen=seqlen,
                                   temperature=temperature, seed=seed, prompt_len=prompt_len, batch=batch,
@@ -285,6 +287,10 @@ def teacher_shard(
                 log(line)
             continue
         break
+    seconds = time.perf_counter() - start
+    if log is not None:
+        log(f"teacher data: {len(out):,} tokens sampled with kv_cache={sampler!r}, {batch} sequences at once, in "
+            f"{seconds:.0f} s ({len(out) / max(seconds, 1e-9):,.0f} tokens/s)")
     shard = shard_for(sampler)
     write_shard(
         shard,

@@ -370,6 +370,8 @@ def train(
     )
     if compiled:
         log.message(f"compiled: {', '.join(compiled)}; evaluation runs eager")
+    kind = "one Triton kernel" if loss_kernel else "chunked PyTorch"
+    log.message(f"loss: {kind} (loss_kernel={config.loss_kernel!r})")
 
     shard = _data(config, tokenizer, teacher, device, log.message)
     batches = Batches(

@@ -158,7 +158,10 @@ def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_pat
     monkeypatch.setattr("sfcompile.train.data._auto_samplers", lambda device: ["packed", "dynamic"])
     auto = np.asarray(teacher_shard(llama, tok, tmp_path / "a", kv_cache="auto", log=lines.append, **kw))
     packed = np.asarray(teacher_shard(llama, tok, tmp_path / "a", kv_cache="packed", **kw))
-    assert np.array_equal(auto, packed) and lines == []
+    assert np.array_equal(auto, packed)
+    assert len(lines) == 2 and all(x.startswith("teacher data: 32 tokens sampled with kv_cache=") for x in lines)
+    assert "kv_cache='dynamic', 2 sequences at once" in lines[0] and "kv_cache='packed'" in lines[1]
+    lines.clear()
     meta = json.loads(next((tmp_path / "a" / "shards").glob("teacher-*.json")).read_text())
     assert meta["kv_cache"] == "packed"
     # a model it refuses (attention within a window shorter than the sampled length): dynamic, and the log says why
@@ -167,7 +170,8 @@ def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_pat
         "mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=257, sliding_window=6)).eval()
     auto = np.asarray(teacher_shard(mistral, tok, tmp_path / "m", kv_cache="auto", log=lines.append, **kw))
-    assert len(lines) == 1 and "chose 'packed', which refused the teacher" in lines[0]
+    assert len(lines) == 2 and "chose 'packed', which refused the teacher" in lines[0]
+    assert "sampled with kv_cache='dynamic'" in lines[1]
     assert "sliding window of 6 tokens" in lines[0] and lines[0].endswith("sampling with 'dynamic'")
     meta = json.loads(next((tmp_path / "m" / "shards").glob("teacher-*.json")).read_text())
     assert meta["kv_cache"] == "dynamic"
@@ -185,7 +189,7 @@ def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_pat
     # a resumed "auto" run finds the shard its choice sampled, and samples nothing
     monkeypatch.setattr("sfcompile.train.data._sample_teacher", lambda *a, **k: pytest.fail("sampled again"))
     again = teacher_shard(mistral, tok, tmp_path / "m", kv_cache="auto", log=lines.append, **kw)
-    assert np.array_equal(np.asarray(again), auto) and len(lines) == 1
+    assert np.array_equal(np.asarray(again), auto) and len(lines) == 2
 
 
 def test_sample_sequences_static_cache_and_packed_sampler_match_dynamic_and_check_the_argument():

@@ -153,6 +153,7 @@ def test_end_of_run_outputs_and_hardened_model(tmp_path, capsys):
     # the run says when its masks freeze: finalize_at 0.8 of 6 steps (step 5) of 2 x MB x SEQ tokens
     err = capsys.readouterr().err
     assert f"masks: explored until step 5 of 6 ({5 * 2 * MB * SEQ:,} tokens, finalize_at=0.8), then frozen" in err
+    assert "loss: chunked PyTorch (loss_kernel='auto')" in err  # "auto" off CUDA
     out = tmp_path / "end"
     assert r.final_path == out / "final" and (out / "final" / "sparsity.json").exists()
     assert not masked_sites(model) and model.sfcompile_manifest["pattern"] == "2:4"
