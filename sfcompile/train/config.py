@@ -161,8 +161,8 @@ class TrainConfig:
             refused by name), or ``"packed-graph"`` (the same with every decoding step captured once in a CUDA
             graph and replayed; CUDA only), or ``"auto"`` (default): ``"packed-graph"`` on CUDA -- measured on
             the H200 at 2048 x 512 with a bf16 SmolLM2-135M, 110.0k tokens/s against 87.3k packed and 72.8k
-            dynamic -- and ``"dynamic"`` for a teacher the packed sampler refuses (the run's log says why) and
-            off CUDA. See benchmarks/teacher_sampling.py.
+            dynamic -- and ``"dynamic"`` for a teacher the packed sampler refuses or one offloaded to the CPU
+            (``teacher="offload"``; the run's log says why) and off CUDA. See benchmarks/teacher_sampling.py.
         teacher_data_precision: ``"fp32"``, ``"bf16"`` (sampling under bf16 autocast: bf16 matmuls and KV
             cache; the weights stay as they are), or ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.

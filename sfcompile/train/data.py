@@ -239,10 +239,10 @@ def teacher_shard(
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
     every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`, and ``kv_cache="auto"``:
-    on CUDA `AUTO_KV_CACHE_CUDA`, unless the packed sampler refuses the teacher (its attention is one the
-    sampler does not apply, `sfcompile.train.sampler.SamplerError`, raised on the first batch before anything
-    is kept): then ``"dynamic"``, and ``log`` (a callable taking a line; default: a warning) is told why;
-    off CUDA ``"dynamic"``.
+    on CUDA `AUTO_KV_CACHE_CUDA` (``"dynamic"`` for a teacher offloaded to the CPU), unless the packed sampler
+    refuses the teacher (its attention is one the sampler does not apply, `sfcompile.train.sampler.SamplerError`,
+    raised on the first batch before anything is kept): then ``"dynamic"``; off CUDA ``"dynamic"``. ``log`` (a
+    callable taking a line) is told of every such switch (without one: a warning) and of the sampling's speed.
     The cache key includes the teacher's name, n_tokens, seqlen, temperature, seed, batch, both sampling
     options as resolved (they change the samples) and the prompt text's tokens, not its path: runs that share a
     cache and hold the same text under different paths share the samples.
@@ -253,7 +253,9 @@ def teacher_shard(
     prompts_digest = hashlib.sha256(np.ascontiguousarray(prompts_pool).tobytes()).hexdigest()
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     if kv_cache == "auto":
-        candidates = _auto_samplers(device)
+        candidates, why = _auto_samplers(device, teacher)
+        if why:
+            _say(log, f"teacher data: kv_cache='auto' samples with {candidates[0]!r}: {why}")
     elif kv_cache in KV_CACHES:
         candidates = [kv_cache]
     else:
@@ -279,12 +281,8 @@ def teacher_shard(
         except SamplerError as err:
             if i + 1 == len(candidates):
                 raise
-            line = (f"teacher data: kv_cache='auto' chose {sampler!r}, which refused the teacher ({err}); "
-                    f"sampling with {candidates[i + 1]!r}")
-            if log is None:
-                warnings.warn(line, stacklevel=2)
-            else:
-                log(line)
+            _say(log, f"teacher data: kv_cache='auto' chose {sampler!r}, which refused the teacher ({err}); "
+                      f"sampling with {candidates[i + 1]!r}")
             continue
         break
     seconds = time.perf_counter() - start
@@ -311,9 +309,24 @@ def teacher_shard(
     return read_shard(shard)
 
 
-def _auto_samplers(device: torch.device) -> list[str]:
-    """``kv_cache="auto"``'s samplers on ``device``, in the order tried."""
-    return [AUTO_KV_CACHE_CUDA, "dynamic"] if device.type == "cuda" else ["dynamic"]
+def _auto_samplers(device: torch.device, teacher) -> tuple[list[str], str | None]:
+    """``kv_cache="auto"``'s samplers for ``teacher`` on ``device``, in the order tried, and why the first is not
+    `AUTO_KV_CACHE_CUDA` where that needs saying: a teacher whose blocks live off the device (``teacher=
+    "offload"``: each block copied in by a hook) is sampled with `generate`, as a CUDA graph replays no hooks."""
+    if device.type != "cuda":
+        return ["dynamic"], None
+    tensors = list(teacher.parameters()) + list(teacher.buffers())
+    if any(t.device.type != "cuda" for t in tensors):
+        return ["dynamic"], "the teacher's weights are partly off the GPU (offloaded) and a CUDA graph replays no hooks"
+    return [AUTO_KV_CACHE_CUDA, "dynamic"], None
+
+
+def _say(log, line: str) -> None:
+    """A line for the run's log, or a warning where there is no log: a sampler switch is never quiet."""
+    if log is None:
+        warnings.warn(line, stacklevel=3)
+    else:
+        log(line)
 
 
 def _sample_teacher(teacher, tok, prompts_pool, *, n_tokens, seqlen, temperature, seed, prompt_len, batch, device,

@@ -155,7 +155,7 @@ def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_pat
     dynamic = np.asarray(teacher_shard(llama, tok, tmp_path / "cpu", kv_cache="dynamic", **kw))
     assert np.array_equal(auto, dynamic) and len(list((tmp_path / "cpu" / "shards").glob("teacher-*.json"))) == 1
     # where the packed sampler comes first (CUDA; here its sliced form on the CPU), a model it serves gets it
-    monkeypatch.setattr("sfcompile.train.data._auto_samplers", lambda device: ["packed", "dynamic"])
+    monkeypatch.setattr("sfcompile.train.data._auto_samplers", lambda device, teacher: (["packed", "dynamic"], None))
     auto = np.asarray(teacher_shard(llama, tok, tmp_path / "a", kv_cache="auto", log=lines.append, **kw))
     packed = np.asarray(teacher_shard(llama, tok, tmp_path / "a", kv_cache="packed", **kw))
     assert np.array_equal(auto, packed)
@@ -190,6 +190,22 @@ def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_pat
     monkeypatch.setattr("sfcompile.train.data._sample_teacher", lambda *a, **k: pytest.fail("sampled again"))
     again = teacher_shard(mistral, tok, tmp_path / "m", kv_cache="auto", log=lines.append, **kw)
     assert np.array_equal(np.asarray(again), auto) and len(lines) == 2
+
+
+def test_auto_sampler_is_the_graph_on_cuda_unless_the_teacher_is_offloaded():
+    from types import SimpleNamespace
+
+    from sfcompile.train.data import AUTO_KV_CACHE_CUDA, _auto_samplers
+
+    def teacher(*devices):  # stands in for a module: only where its tensors live matters
+        tensors = [SimpleNamespace(device=torch.device(d)) for d in devices]
+        return SimpleNamespace(parameters=lambda: iter(tensors[:1]), buffers=lambda: iter(tensors[1:]))
+
+    cuda = torch.device("cuda")
+    assert _auto_samplers(cuda, teacher("cuda", "cuda")) == ([AUTO_KV_CACHE_CUDA, "dynamic"], None)
+    samplers, why = _auto_samplers(cuda, teacher("cuda", "cpu"))  # an offloaded block's buffer
+    assert samplers == ["dynamic"] and "offloaded" in why
+    assert _auto_samplers(torch.device("cpu"), teacher("cpu")) == (["dynamic"], None)
 
 
 def test_sample_sequences_static_cache_and_packed_sampler_match_dynamic_and_check_the_argument():
