@@ -58,8 +58,16 @@ class _FusedLogitLoss(torch.autograd.Function):
         if kernel:  # the same sums and gradient from one Triton kernel (two passes over each row)
             from sfcompile.train.logit_loss_kernel import logit_loss_rows
 
-            ce_rows, kl_rows, ctx.grad = logit_loss_rows(student, targets, teacher, temperature, LOGIT_CLAMP, w_ce,
-                                                         w_kl, write_grad=ctx.needs_input_grad[0])
+            try:
+                ce_rows, kl_rows, ctx.grad = logit_loss_rows(student, targets, teacher, temperature, LOGIT_CLAMP,
+                                                             w_ce, w_kl, write_grad=ctx.needs_input_grad[0])
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as err:  # e.g. Triton cannot build it for this GPU: say which setting avoids it
+                raise RuntimeError(
+                    f"the Triton loss kernel failed on {student.device} ({type(err).__name__}: {err}); train with "
+                    "loss_kernel='torch' (--loss-kernel torch: the chunked PyTorch loss, the same numbers)"
+                ) from err
             ce_sum = ce_sum if ce_rows is None else ce_rows.sum()
             kl_sum = kl_sum if kl_rows is None else kl_rows.sum()
             return _FusedLogitLoss._finish(ctx, ce_sum, kl_sum, n_rows, temperature, w_ce, w_kl)

@@ -297,3 +297,16 @@ def test_kernel_compiles_for_hopper_without_spills():
                                 text=True, check=True).stderr
         os.unlink(f.name)
         assert "0 bytes spill stores" in report, report
+
+
+def test_a_failing_loss_kernel_names_the_setting_that_avoids_it(monkeypatch):
+    import sfcompile.train.logit_loss_kernel as lk
+
+    def broken(*args, **kwargs):
+        raise ValueError("no kernel for this architecture")
+
+    monkeypatch.setattr(lk, "logit_loss_rows", broken)
+    s = torch.randn(4, 16, requires_grad=True)
+    y = torch.randint(0, 16, (4,))
+    with pytest.raises(RuntimeError, match="ValueError: no kernel for this architecture.*loss_kernel='torch'"):
+        token_losses(s, y, torch.randn(4, 16), 2.0, weights=(1.0, 0.5), chunk=2, kernel=True)
