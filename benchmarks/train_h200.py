@@ -102,6 +102,7 @@ def restore_pruned(model, dense) -> None:
 
 def main() -> None:
     from sfcompile.train.config import LOSS_KERNELS
+    from sfcompile.train.data import TEACHER_SAMPLERS
     from sfcompile.train.optim import ADAM_IMPLS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,8 +135,7 @@ def main() -> None:
                     help="main run: add this many tokens sampled from the dense teacher to the training text "
                          '(data="<text>+teacher", drawn in proportion to their sizes)')
     ap.add_argument("--teacher-batch", type=int, default=256, help="sequences the teacher samples at once")
-    ap.add_argument("--teacher-kv-cache", default="auto",
-                    choices=("auto", "dynamic", "static", "packed", "packed-graph"))
+    ap.add_argument("--teacher-kv-cache", default="auto", choices=TEACHER_SAMPLERS)
     ap.add_argument("--teacher-precision", default="auto", choices=("auto", "bf16", "fp32"),
                     help="TrainConfig.teacher_data_precision (auto: bf16 autocast on CUDA)")
     ap.add_argument("--main-forge", action="append", default=[], metavar="KEY=VALUE",

@@ -135,10 +135,8 @@ def profile_train(args) -> dict:
             row[f"{name}_ms_per_step"] = {"median": 1e3 * gaps[len(gaps) // 2], "mean": 1e3 * sum(gaps) / len(gaps),
                                           "steps": len(gaps)}
     row["finalize_step"] = final
-    kernel = "triton" if config.loss_kernel_triton() else "torch"
-    row.update(what="train", compiled=result.compiled, loss_kernel=kernel, adam_impl=args.adam_impl,
-               micro_batch=args.micro_batch,
-               seqlen=args.seqlen,
+    row.update(what="train", compiled=result.compiled, loss_kernel=config.resolved_loss_kernel(),
+               adam_impl=args.adam_impl, micro_batch=args.micro_batch, seqlen=args.seqlen,
                period=args.period, tok_s_window=args.profile_steps * args.micro_batch * args.seqlen / window["wall"])
     return row
 

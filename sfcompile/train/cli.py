@@ -25,7 +25,7 @@ RUN_FILE = "run.json"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sfcompile.train.config import LOSS_KERNELS
-    from sfcompile.train.data import KV_CACHES
+    from sfcompile.train.data import TEACHER_SAMPLERS
     from sfcompile.train.optim import ADAM_IMPLS
 
     g = parser.add_argument_group("model and run")
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-data-batch", type=_int_or_auto, default="auto",
                    help="sequences --data teacher generates at once (default auto: 32 on a CPU; on a GPU as "
                    "many as keep the teacher's KV cache within 16 GiB, at most 1024)")
-    g.add_argument("--teacher-data-kv-cache", default="auto", choices=("auto",) + KV_CACHES,
+    g.add_argument("--teacher-data-kv-cache", default="auto", choices=TEACHER_SAMPLERS,
                    help="sampler of --data teacher: generate with a dynamic / static KV cache, or sfcompile's "
                         "packed decode loop (-graph: replayed as a CUDA graph); auto = packed-graph on CUDA, "
                         "dynamic elsewhere or where the packed one refuses the model (benchmarks/teacher_sampling.py)")

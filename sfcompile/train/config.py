@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfcompile.masking.config import AUTO_ESTIMATOR, resolve_estimator
-from sfcompile.train.data import KV_CACHES, data_parts
+from sfcompile.train.data import KV_CACHES, TEACHER_SAMPLERS, data_parts
 from sfcompile.train.optim import ADAM_IMPLS
 
 INIT_METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "keep")
@@ -385,7 +385,7 @@ class TrainConfig:
                 and self.teacher_data_batch >= 1),
             f"teacher_data_batch={self.teacher_data_batch!r} must be an integer >= 1 or 'auto'",
         )
-        need(self.teacher_data_kv_cache in ("auto",) + KV_CACHES,
+        need(self.teacher_data_kv_cache in TEACHER_SAMPLERS,
              f"teacher_data_kv_cache={self.teacher_data_kv_cache!r}: choose 'auto' or one of "
              f"{', '.join(map(repr, KV_CACHES))}")
         need(self.teacher_data_precision in DTYPES,
@@ -456,9 +456,15 @@ class TrainConfig:
         """A `DTYPES` setting resolved: ``"bf16"``, or ``"auto"`` on CUDA."""
         return setting == "bf16" or (setting == "auto" and self.resolved_device().type == "cuda")
 
+    def resolved_loss_kernel(self) -> str:
+        """``loss_kernel`` resolved: ``"triton"`` or ``"torch"`` (``"auto"`` = triton on CUDA)."""
+        if self.loss_kernel != "auto":
+            return self.loss_kernel
+        return "triton" if self.resolved_device().type == "cuda" else "torch"
+
     def loss_kernel_triton(self) -> bool:
-        """Whether the loss runs as the Triton kernel (``loss_kernel``, ``"auto"`` = on CUDA)."""
-        return self.loss_kernel == "triton" or (self.loss_kernel == "auto" and self.resolved_device().type == "cuda")
+        """Whether the loss runs as the Triton kernel."""
+        return self.resolved_loss_kernel() == "triton"
 
     def teacher_data_bf16(self) -> bool:
         """Whether ``data="teacher"`` samples under bf16 autocast (``teacher_data_precision``)."""

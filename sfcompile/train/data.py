@@ -160,6 +160,7 @@ def text_shard(source: str, tok, cache: Path) -> np.memmap:
 
 # sample_sequences' samplers (TrainConfig.teacher_data_kv_cache); teacher_shard also takes "auto"
 KV_CACHES = ("dynamic", "static", "packed", "packed-graph")
+TEACHER_SAMPLERS = ("auto",) + KV_CACHES  # what TrainConfig.teacher_data_kv_cache and teacher_shard accept
 # "auto" on CUDA: the sampler measured fastest on the H200 (SmolLM2-135M, bf16 teacher, 2048 x 512: packed-graph
 # 110.0k tokens/s, packed 87.3k, dynamic 72.8k; benchmarks/README.md, twentieth session). Off CUDA "dynamic".
 AUTO_KV_CACHE_CUDA = "packed-graph"
@@ -256,7 +257,7 @@ def teacher_shard(
         candidates, why = _auto_samplers(device, teacher)
         if why:
             _say(log, f"teacher data: kv_cache='auto' samples with {candidates[0]!r}: {why}")
-    elif kv_cache in KV_CACHES:
+    elif kv_cache in TEACHER_SAMPLERS:
         candidates = [kv_cache]
     else:
         raise DataError(f"kv_cache={kv_cache!r}: choose 'auto' or one of {', '.join(map(repr, KV_CACHES))}")

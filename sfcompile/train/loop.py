@@ -365,7 +365,7 @@ def train(
         device=str(device),
         compiled=",".join(compiled) or "none",
         probe="compiled" if probe_fwd is not model else "eager",
-        loss_kernel="triton" if loss_kernel else "torch",
+        loss_kernel=config.resolved_loss_kernel(),
         resumed=ckpt_path is not None,
     )
     if compiled:
