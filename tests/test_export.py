@@ -43,6 +43,21 @@ def test_save_load_round_trip_keeps_pattern_and_slorb(tmp_path, byte_tokenizer):
     assert hardened_info(loaded.model.layers[0].mlp.down_proj.weight)["pattern"] == "2:4"
 
 
+def test_load_does_not_report_the_slorb_tensors_as_unexpected(tmp_path, byte_tokenizer, capfd, caplog):
+    # transformers' load report called them "UNEXPECTED ... not ok if you expect identical arch", though the
+    # manifest installs them right after; the class's ignore list is extended for that call only
+    from transformers import LlamaForCausalLM
+
+    out = sfcompile.save(_hardened_with_slorb(), byte_tokenizer, tmp_path / "out")
+    capfd.readouterr()
+    caplog.clear()
+    loaded, _ = sfcompile.load(str(out))
+    report = "".join(capfd.readouterr()) + caplog.text
+    assert "slorb" not in report and "UNEXPECTED" not in report
+    assert any(n.endswith("slorb_S") for n, _ in loaded.named_parameters())  # still installed
+    assert "_keys_to_ignore_on_load_unexpected" not in LlamaForCausalLM.__dict__  # the class as it was
+
+
 def test_load_rejects_weights_that_break_the_manifest(tmp_path, byte_tokenizer):
     model = _hardened_with_slorb()
     out = sfcompile.save(model, byte_tokenizer, tmp_path / "out")

@@ -13,6 +13,7 @@ directly on ``device`` (no checkpoint needed), for benchmarks and memory plannin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -95,19 +96,51 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
     else:
         # On an accelerator, load the weights straight onto it (an 8B bf16 checkpoint never sits in host memory).
         placement = {"device_map": str(device)} if device.type not in ("cpu", "meta") else {}
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            local_files_only=True,
-            dtype=dtype if dtype is not None else "auto",
-            trust_remote_code=trust_remote_code,
-            **placement,
-        )
+        with _slorb_keys_expected(folder, config):
+            model = AutoModelForCausalLM.from_pretrained(
+                folder,
+                local_files_only=True,
+                dtype=dtype if dtype is not None else "auto",
+                trust_remote_code=trust_remote_code,
+                **placement,
+            )
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     if (folder / MANIFEST_FILE).is_file():
         _apply_manifest(model, folder)  # before .to(): it may install SLoRB modules, which then move too
     model.to(device)
     model.eval()
     return model, tok
+
+
+SLORB_KEYS = r"\.slorb_[SP]$"  # the bypass tensors a saved hardened model holds beside the architecture's
+
+
+@contextlib.contextmanager
+def _slorb_keys_expected(folder: Path, config):
+    """``from_pretrained`` of a folder whose manifest lists a SLoRB bypass, without transformers' load report
+    calling its ``*.slorb_S`` / ``*.slorb_P`` tensors unexpected ("not ok if you expect identical arch"):
+    `_apply_manifest` installs them right after. The architecture's class takes the pattern for the call only;
+    a class this cannot name (a folder's own modeling code) keeps the report, and tensors without a manifest
+    entry stay reported."""
+    cls = None
+    try:
+        if json.loads((folder / MANIFEST_FILE).read_text()).get("slorb"):
+            cls = AutoModelForCausalLM._model_mapping[type(config)]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        cls = None  # no manifest (or one `_apply_manifest` will reject by name), or a class transformers lacks
+    if cls is None:
+        yield
+        return
+    own = "_keys_to_ignore_on_load_unexpected" in cls.__dict__
+    before = cls.__dict__.get("_keys_to_ignore_on_load_unexpected")
+    cls._keys_to_ignore_on_load_unexpected = set(cls._keys_to_ignore_on_load_unexpected or ()) | {SLORB_KEYS}
+    try:
+        yield
+    finally:
+        if own:
+            cls._keys_to_ignore_on_load_unexpected = before
+        else:
+            del cls._keys_to_ignore_on_load_unexpected
 
 
 def _load_packed_folder(folder: Path, config, dtype, trust_remote_code: bool):
