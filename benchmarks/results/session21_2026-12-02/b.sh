@@ -2,8 +2,9 @@
 # call B (carry .carry/train/b, right after call A): assemble the model and start a compiled 80M-token run of
 # the twentieth session's recipe (ADMM masks, LR 1e-3 cosine, 32 x 512 per step, exploration capped at 5M
 # tokens, Triton loss kernel, packed-graph teacher sampler) with 40M teacher tokens mixed into `corpus` (0.5 x
-# tokens, against the trainer's default 0.4: 40M corpus tokens, ~3.6 passes over its ~11M unique tokens; 0.4
-# would make 4.4), then zero-shot of the trained model (lm-eval comes in call C as wheels, $C/site). Only one
+# tokens, against the trainer's default 0.4; with corpus's ~2.9M training tokens: 42.9M unique tokens read 1.86
+# times, where 0.4 gives 34.9M read 2.29 times -- corrected after the run: this comment first said 40M corpus
+# tokens over ~11M unique, but batches draw from the whole pool alike), then zero-shot of the trained model (lm-eval comes in call C as wheels, $C/site). Only one
 # H200 was lent this session (x2 was planned: r80a 32M / r80b 48M teacher tokens on one GPU each). It outlives
 # the call; wait.sh brings back what it wrote.
 C=/root/cache
