@@ -58,6 +58,26 @@ def emit(out: Path, row: dict) -> None:
         f.write(line + "\n")
 
 
+def main_settings(items: list[str]) -> dict:
+    """``--main-set FIELD=VALUE`` items as TrainConfig keyword arguments; an unknown field is refused by name."""
+    import dataclasses
+
+    from sfcompile.train.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--main-set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field "
+                             f"(e.g. kl_temperature=1); known: {', '.join(sorted(fields))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def forge_config(**over):
     """The trainer's schedule for a pruning init with ``over`` (ForgeConfig / TemperingSchedule fields) set:
     hard forward from the first step (the one-shot masks are already exact), exploration until finalize_at,
@@ -142,6 +162,9 @@ def main() -> None:
                     help="main run: a ForgeConfig / TemperingSchedule override, as `sfcompile train --forge` "
                          "(e.g. finalize_at=0.25: stop exploring masks after a quarter of the run); repeatable")
     ap.add_argument("--srste-decay", type=float, default=0.0, help="main run: TrainConfig.srste_decay")
+    ap.add_argument("--main-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="main run: set a TrainConfig field (repeatable; VALUE read as JSON, else as a string), "
+                         "e.g. --main-set kl_temperature=1 for an A/B of the loss")
     ap.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
     ap.add_argument("--adam-impl", default="foreach", choices=ADAM_IMPLS, help="TrainConfig.adam_impl")
     ap.add_argument("--compile", action="store_true",
@@ -150,6 +173,7 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=128, help=argparse.SUPPRESS)
     ap.add_argument("--wiki-windows", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    settings = main_settings(args.main_set)  # a wrong field stops here, not after the baselines
     budget = Budget(args.budget_s)
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +273,7 @@ def main() -> None:
             mix["forge"] = forge_from_overrides(args.main_forge, args.init)
         if args.srste_decay:
             mix["srste_decay"] = args.srste_decay
+        mix.update(settings)
         row, main_model = run("main", args.main_tokens, args.micro_batch, args.evals, lr=main_lr, **mix)
         emit(out, {"phase": "main", **row, "dense": base_ppl["dense"], args.init: base_ppl[args.init],
                    "holdout_ppl": ppl(main_model, holdout_text)})

@@ -2,7 +2,7 @@
 # wait up to $1 seconds for the runs to finish, then bring back what they wrote so far
 C=/root/cache; end=$((SECONDS + $1))
 while [ $SECONDS -lt $end ]; do
-  pgrep -f "train_h200.py" > /dev/null || { echo "no run process"; break; }
+  pgrep -f "train_h200.py|/ab.sh" > /dev/null || { echo "no run process"; break; }
   sleep 10
 done
 date +%T
