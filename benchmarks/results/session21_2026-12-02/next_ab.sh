@@ -10,13 +10,7 @@
 #            found KL alone worse (49.37 against 45.53; results/train_h200_s3_ablations_b.jsonl).
 # The runs share the teacher shard ($SFCOMPILE_CACHE) and Inductor's caches, so only the first pays the
 # sampling and the cold compiles (~7.5 min, the others ~4 each). Then wait with wait.sh (it lists $C/res).
-C=/root/cache
-test -f $C/smol.part0 || { echo "no smol.part0: the machine went cold after call A"; exit 1; }
-cat $C/smol.part0 .carry/train/b/smol.part1 > $C/smol.gguf || exit 1
-test "$(stat -c %s $C/smol.gguf)" = 98362432 || { echo "bad gguf size"; exit 1; }
-zcat .carry/train/b/corpus.jsonl.gz > $C/corpus.jsonl
-rm -rf $C/repo && mkdir -p $C/repo && cp -r sfcompile benchmarks pyproject.toml $C/repo/
-cd $C/repo
+source benchmarks/results/session21_2026-12-02/assemble.sh
 export PYTHONPATH=$C/repo:$C/site PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SFCOMPILE_CACHE=$C/shared
 W="--model $C/smol.gguf --wiki $C/wiki.jsonl --calib $C/corpus.jsonl --lrs= --lr 1e-3 --micro-batch 32"
 W="$W --budget-s 1500 --skip ablations,zeroshot --init admm --teacher-batch 2048 --main-tokens 20e6 --evals 4"
