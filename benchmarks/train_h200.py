@@ -71,11 +71,19 @@ def main_settings(items: list[str]) -> dict:
         if not sep or key not in fields:
             raise SystemExit(f"--main-set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field "
                              f"(e.g. kl_temperature=1); known: {', '.join(sorted(fields))}")
+        if key in OWN_FLAGS:
+            raise SystemExit(f"--main-set {item!r}: {key} has its own flag here, {OWN_FLAGS[key]}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+# TrainConfig fields the main run takes from this script's own flags (a --main-set of them would clash)
+OWN_FLAGS = {"lr": "--lr / --lrs", "tokens": "--main-tokens", "micro_batch": "--micro-batch",
+             "forge": "--main-forge", "srste_decay": "--srste-decay", "teacher_data_tokens": "--teacher-mix",
+             "data": "--calib / --teacher-mix", "seqlen": "--seqlen", "eval_every": "--evals"}
 
 
 def forge_config(**over):
