@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/results/session18_2026-12-01/make_carry.py
 
-.carry/train/a: the GGUF's first 56 MiB, wiki.jsonl, the gguf wheel (call A caches them under /root/cache);
+.carry/train/a: the GGUF's first 56 MiB, wiki.jsonl.gz, the gguf wheel (call A caches them under /root/cache);
 .carry/train/b: the GGUF's rest and corpus.jsonl.gz (call B assembles the model). Each stays under a call's
 64 MiB; .carry/ is ignored by git.
 """
@@ -25,7 +25,8 @@ data = open(gguf, "rb").read()
 cut = 56 * 2**20
 open(f"{A}/smol.part0", "wb").write(data[:cut])
 open(f"{B}/smol.part1", "wb").write(data[cut:])
-with open(f"{A}/wiki.jsonl", "w") as f:
+# gzipped since the twenty-first session: plain, part 0 + wiki + the repo passed the call's 64 MiB
+with gzip.open(f"{A}/wiki.jsonl.gz", "wt") as f:
     f.writelines(json.dumps({"text": t}) + "\n" for t in get_text("wiki"))
 with gzip.open(f"{B}/corpus.jsonl.gz", "wt") as f:
     f.writelines(json.dumps({"text": t}) + "\n" for t in get_text("corpus"))
