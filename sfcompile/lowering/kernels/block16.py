@@ -78,12 +78,7 @@ def _block16_kernel(
     pid_m = pid // block_rows
     r = pid % block_rows
 
-    row_start = 0
-    row_end = M
-    if GROUPED:
-        row_end = tl.load(offs_ptr + expert)
-        if expert > 0:
-            row_start = tl.load(offs_ptr + expert - 1)
+    row_start, row_end = splitk.expert_rows(offs_ptr, expert, M, GROUPED)
     first_row = row_start + pid_m * BLOCK_M
     if first_row >= row_end:
         return

@@ -19,11 +19,24 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["store_tile", "store_points", "counters", "workspace", "decode_buffers", "split_depth", "m_key", "ieee_dot",
-           "tuning_bench", "launch", "autotuner", "mma_unsupported", "capability", "launch_mode", "pdl", "pdl_begin",
-           "pdl_end", "load_weight", "PDL_ENV"]
+__all__ = ["expert_rows", "store_tile", "store_points", "counters", "workspace", "decode_buffers", "split_depth",
+           "m_key", "ieee_dot", "tuning_bench", "launch", "autotuner", "mma_unsupported", "capability", "launch_mode",
+           "pdl", "pdl_begin", "pdl_end", "load_weight", "PDL_ENV"]
 
 MAX_SPLIT_K = 64
+
+
+@triton.jit
+def expert_rows(offs_ptr, expert, M, GROUPED: tl.constexpr):
+    """The rows [start, end) of x this program's ``expert`` multiplies: all M rows, or, grouped (MoE experts,
+    rows sorted by expert), the slice that the inclusive row-offsets ``offs_ptr`` give the expert."""
+    row_start = 0
+    row_end = M
+    if GROUPED:
+        row_end = tl.load(offs_ptr + expert)
+        if expert > 0:
+            row_start = tl.load(offs_ptr + expert - 1)
+    return row_start, row_end
 
 
 @triton.jit
