@@ -2,13 +2,14 @@
 
 The interpreter tests (test_kernels.py) run the kernels as Python and never run Triton's compiler, so an
 error that only its front end reports would first show on a GPU. This runs that front end (Python AST -> TTIR)
-for configs the autotuners can pick, grouped (MoE experts) and not.
+for configs the autotuners can pick: the tl.dot kernels grouped (MoE experts) and not, and the decode kernels
+with their inline PTX on (``USE_ASM``, what the GPU runs; the interpreter takes their emulated forms).
 """
 
 import pytest
 import triton
 
-from sfcompile.lowering.kernels import block16, nm24
+from sfcompile.lowering.kernels import block16, block16_mma, nm24, nm24_decode, nm24_mma
 
 nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
 
@@ -59,3 +60,22 @@ def test_nm24_kernel_lowers_for_sm90(config, grouped):
 def test_block16_kernel_lowers_for_sm90(config, grouped):
     ir = _ttir(block16._block16_kernel, BLOCK16_POINTERS, {**FLAGS, "GROUPED": grouped, **config})
     assert "tt.func" in ir
+
+
+POINTERS = {**NM24_POINTERS, **BLOCK16_POINTERS, "v_ptr": "*bf16"}
+DECODE = [  # (kernel, flags, its autotune space at 1 and at 16 rows, text its TTIR must hold)
+    (nm24_decode._nm24_decode_kernel, dict(HAS_BIAS=True, FP32_IEEE=False, USE_ASM=True, EVEN=True, PREFETCH=0),
+     nm24_decode.nm24_decode_configs, "tt.func"),
+    (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=True, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0),
+     nm24_mma.nm24_mma_configs, "mma.sp"),   # the sparse tensor-core instruction, not the emulation
+    (block16_mma._block16_mma_kernel, dict(HAS_BIAS=True, USE_ASM=True, PDL=0), block16_mma.block16_mma_configs,
+     "mma.sync"),
+]
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("kernel,flags,space,marker", DECODE, ids=["nm24_decode", "nm24_mma", "block16_mma"])
+def test_decode_kernels_lower_for_sm90(kernel, flags, space, marker, rows):
+    for config in _configs(space(rows))[:3]:
+        ir = _ttir(kernel, POINTERS, {**flags, **config})
+        assert marker in ir, config
