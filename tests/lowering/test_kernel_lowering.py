@@ -1,5 +1,5 @@
-"""The Triton kernels compiled for an H200 (sm_90) on the CPU, without a GPU: Python -> TTIR -> TTGIR -> LLVM
-IR -> PTX -> cubin, with the ptxas that Triton's wheel carries.
+"""The Triton kernels compiled for an H200 (sm_90) on the CPU, without a GPU (`sfcompile.lowering.kernels.offline`):
+Python -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with the ptxas that Triton's wheel carries.
 
 The interpreter tests (test_kernels.py) run the kernels as Python and never run Triton's compiler, so an error
 that only the compiler reports (a type it refuses, a pass that fails on a tile shape, PTX that ptxas rejects)
@@ -10,31 +10,11 @@ than a GPU machine's (3.7 here, 3.6 on the H200 image).
 """
 
 import pytest
-import triton
 
 from sfcompile.lowering.kernels import block16, block16_mma, nm24, nm24_decode, nm24_mma
 
-nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
-
-POINTERS = {"x_ptr": "*bf16", "v_ptr": "*bf16", "tv_ptr": "*bf16", "meta_ptr": "*i32", "row_ptr_ptr": "*i32",
-            "col_ptr": "*i32", "bias_ptr": "*bf16", "offs_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32",
-            "cnt_ptr": "*i32"}
-
-
-def _compile(kernel, config: triton.Config, flags: dict):
-    """``kernel`` compiled for sm_90 with ``config``'s meta-parameters, warps and stages and ``flags``."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = kernel
-    while not hasattr(fn, "arg_names"):  # autotuner / heuristics wrappers around the JITFunction
-        fn = fn.fn
-    constexprs = {**flags, **config.kwargs}
-    signature = {name: "constexpr" if name in constexprs else POINTERS.get(name, "i32") for name in fn.arg_names}
-    source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+offline = pytest.importorskip("sfcompile.lowering.kernels.offline")
+pytest.importorskip("triton.backends.nvidia.compiler")
 
 
 def _check(compiled, marker: str = "tt.func"):
@@ -49,14 +29,14 @@ DOT_FLAGS = dict(HAS_BIAS=True, FP32_IEEE=False)
 @pytest.mark.parametrize("small_m", [True, False], ids=["decode-space", "prefill-space"])
 def test_nm24_kernel_compiles_for_sm90(small_m, grouped):
     for config in nm24.nm24_configs(small_m=small_m)[:2]:
-        _check(_compile(nm24._nm24_kernel, config, {**DOT_FLAGS, "GROUPED": grouped}))
+        _check(offline.compile_for(nm24._nm24_kernel, config, {**DOT_FLAGS, "GROUPED": grouped}))
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["dense-rows", "grouped"])
 @pytest.mark.parametrize("rows", [1, 2048])
 def test_block16_kernel_compiles_for_sm90(rows, grouped):
     for config in block16.block16_configs(rows)[:2]:
-        _check(_compile(block16._block16_kernel, config, {**DOT_FLAGS, "GROUPED": grouped}))
+        _check(offline.compile_for(block16._block16_kernel, config, {**DOT_FLAGS, "GROUPED": grouped}))
 
 
 DECODE = [  # (kernel, flags, its autotune space by rows, text its TTIR must hold)
@@ -73,12 +53,19 @@ DECODE = [  # (kernel, flags, its autotune space by rows, text its TTIR must hol
 @pytest.mark.parametrize("kernel,flags,space,marker", DECODE, ids=["nm24_decode", "nm24_mma", "block16_mma"])
 def test_decode_kernels_compile_for_sm90(kernel, flags, space, marker, rows):
     for config in space(rows)[:3]:
-        _check(_compile(kernel, config, flags), marker)
+        _check(offline.compile_for(kernel, config, flags), marker)
 
 
 @pytest.mark.parametrize("kernel,flags,space,marker", DECODE[1:], ids=["nm24_mma", "block16_mma"])
 def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags, space, marker):
-    # PDL > 0 (splitk.pdl on Hopper in CUDA graphs): the kernels wait on and release their dependents (griddepcontrol)
-    compiled = _compile(kernel, space(1)[0], {**flags, "PDL": 1})
+    # PDL > 0 (splitk.pdl on Hopper in CUDA graphs): the kernels wait on and release their dependents
+    compiled = offline.compile_for(kernel, space(1)[0], {**flags, "PDL": 1})
     _check(compiled, marker)
     assert "griddepcontrol" in compiled.asm["ptx"]
+
+
+def test_the_sass_of_the_sparse_tensor_core_kernel_holds_its_instruction_and_no_spills():
+    compiled = offline.compile_for(nm24_mma._nm24_mma_kernel, nm24_mma.nm24_mma_configs(1)[0], DECODE[1][1])
+    ops = offline.opcode_counts(offline.sass(compiled))
+    assert any(op.startswith("HMMA.SP") for op in ops), sorted(ops)   # mma.sp became the sparse HMMA
+    assert not any(op.startswith(("LDL", "STL")) for op in ops)       # no register spills to local memory
