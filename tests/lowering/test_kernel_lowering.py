@@ -2,11 +2,12 @@
 Python -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with the ptxas that Triton's wheel carries.
 
 The interpreter tests (test_kernels.py) run the kernels as Python and never run Triton's compiler, so an error
-that only the compiler reports (a type it refuses, a pass that fails on a tile shape, PTX that ptxas rejects)
-would first show on a GPU. This compiles configs the autotuners can pick, with their warps and pipeline
-stages: the tl.dot kernels grouped (MoE experts) and not, and the decode kernels with their inline PTX on
-(``USE_ASM``, what the GPU runs; the interpreter takes their emulated forms). The local Triton may be newer
-than a GPU machine's (3.7 here, 3.6 on the H200 image).
+that only the compiler reports would first show on a GPU (for one, a ``tl.dot`` with K < 16 runs in the
+interpreter and is refused by the compiler; so are passes that fail on a tile shape and PTX that ptxas
+rejects). This compiles configs the autotuners can pick, with their warps and pipeline stages: the tl.dot
+kernels grouped (MoE experts) and not, and the decode kernels with their inline PTX on (``USE_ASM``, what the
+GPU runs; the interpreter takes their emulated forms). The local Triton may be newer than a GPU machine's
+(3.7 here, 3.6 on the H200 image).
 """
 
 import pytest
