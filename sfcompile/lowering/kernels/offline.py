@@ -23,10 +23,16 @@ POINTERS = {"x_ptr": "*bf16", "v_ptr": "*bf16", "tv_ptr": "*bf16", "meta_ptr": "
             "cnt_ptr": "*i32"}
 
 
-def compile_for(kernel, config: triton.Config, flags: dict, *, capability: int = 90, pointers=None):
+def compile_for(kernel, config: triton.Config, flags: dict, *, capability: int = 90, pointers=None,
+                aligned: bool = True):
     """``kernel`` (a JITFunction, or an autotuner around one) compiled for ``capability`` with ``config``'s
     meta-parameters, warps and stages and the constexpr ``flags``; returns Triton's compiled kernel (its
-    ``asm`` holds ttir, ttgir, llir, ptx and cubin)."""
+    ``asm`` holds ttir, ttgir, llir, ptx and cubin).
+
+    ``aligned``: specialise as a launch on layer-shaped tensors does, every pointer 16-byte aligned and every
+    integer argument a multiple of 16 except those the kernel does not specialise (``do_not_specialize``, e.g.
+    M); the compiler's vector widths follow from these facts (without them it cannot prove a 16-byte load
+    aligned and splits it). ``aligned=False``: nothing known, as a launch on odd shapes."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -36,8 +42,12 @@ def compile_for(kernel, config: triton.Config, flags: dict, *, capability: int =
         fn = fn.fn
     constexprs = {**flags, **config.kwargs}
     signature = {name: "constexpr" if name in constexprs else pointers.get(name, "i32") for name in fn.arg_names}
+    unspecialised = set(getattr(fn, "do_not_specialize", ()))
+    divisible = [i for i, name in enumerate(fn.arg_names)
+                 if aligned and signature[name] != "constexpr" and name not in unspecialised]
     source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+                       attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
     return triton.compile(source, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": config.num_warps, "num_stages": config.num_stages})
 
