@@ -91,12 +91,13 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
             ) from e
         raise ValueError(f"cannot read the config of {str(folder)!r} (model_type {model_type!r}): {e}") from e
     check_causal(config, repr(str(folder)))
+    manifest = _read_manifest(folder)
     if (folder / PACKED_FILE).is_file():
         model = _load_packed_folder(folder, config, dtype, trust_remote_code)
     else:
         # On an accelerator, load the weights straight onto it (an 8B bf16 checkpoint never sits in host memory).
         placement = {"device_map": str(device)} if device.type not in ("cpu", "meta") else {}
-        with _slorb_keys_expected(folder, config):
+        with _slorb_keys_expected(manifest, config):
             model = AutoModelForCausalLM.from_pretrained(
                 folder,
                 local_files_only=True,
@@ -105,8 +106,10 @@ def _load_folder(folder: Path, dtype, device, trust_remote_code: bool):
                 **placement,
             )
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    if (folder / MANIFEST_FILE).is_file():
-        _apply_manifest(model, folder)  # before .to(): it may install SLoRB modules, which then move too
+    if manifest is not None:
+        from sfcompile.masking.state import apply_manifest
+
+        apply_manifest(model, manifest, folder)  # before .to(): it may install SLoRB modules, which then move too
     model.to(device)
     model.eval()
     return model, tok
@@ -116,18 +119,15 @@ SLORB_KEYS = r"\.slorb_[SP]$"  # the bypass tensors a saved hardened model holds
 
 
 @contextlib.contextmanager
-def _slorb_keys_expected(folder: Path, config):
+def _slorb_keys_expected(manifest: dict | None, config):
     """``from_pretrained`` of a folder whose manifest lists a SLoRB bypass, without transformers' load report
     calling its ``*.slorb_S`` / ``*.slorb_P`` tensors unexpected ("not ok if you expect identical arch"):
-    `_apply_manifest` installs them right after. The architecture's class takes the pattern for the call only;
+    `apply_manifest` installs them right after. The architecture's class takes the pattern for the call only;
     a class this cannot name (a folder's own modeling code) keeps the report, and tensors without a manifest
     entry stay reported."""
     cls = None
-    try:
-        if json.loads((folder / MANIFEST_FILE).read_text()).get("slorb"):
-            cls = AutoModelForCausalLM._model_mapping[type(config)]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        cls = None  # no manifest (or one `_apply_manifest` will reject by name), or a class transformers lacks
+    if manifest and manifest.get("slorb"):
+        cls = AutoModelForCausalLM._model_mapping.get(type(config), None)  # None: a class transformers lacks
     if cls is None:
         yield
         return
@@ -161,16 +161,17 @@ def _load_packed_folder(folder: Path, config, dtype, trust_remote_code: bool):
                                           dtype=dtype if dtype is not None else "auto")
 
 
-def _apply_manifest(model, folder: Path) -> None:
-    """Verify a saved hardened model against its ``sparsity.json`` (pattern holds in every listed weight)."""
-    from sfcompile.masking.state import ManifestError, apply_manifest
+def _read_manifest(folder: Path) -> dict | None:
+    """The folder's ``sparsity.json`` (what `apply_manifest` verifies the loaded model against), or None."""
+    from sfcompile.masking.state import ManifestError
 
     path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON ({e}); re-save the model or delete the file") from e
-    apply_manifest(model, manifest, folder)
 
 
 def _random(alias: Alias, dtype, device):
