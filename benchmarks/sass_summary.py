@@ -13,17 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from sfcompile.lowering.kernels import block16_mma, nm24_decode, nm24_mma, offline
+from sfcompile.lowering.kernels import offline
 
-KERNELS = {  # name -> (kernel, flags as the GPU launch sets them for a 16-byte-aligned bf16 x, autotune space)
-    "nm24_decode": (nm24_decode._nm24_decode_kernel,
-                    dict(HAS_BIAS=False, FP32_IEEE=False, USE_ASM=True, EVEN=True, PREFETCH=0),
-                    nm24_decode.nm24_decode_configs),
-    "nm24_mma": (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0),
-                 nm24_mma.nm24_mma_configs),
-    "block16_mma": (block16_mma._block16_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, PDL=0),
-                    block16_mma.block16_mma_configs),
-}
+KERNELS = offline.decode_kernels()
 
 
 def summary(name: str, rows: int, config) -> dict:

@@ -12,7 +12,7 @@ GPU runs; the interpreter takes their emulated forms). The local Triton may be n
 
 import pytest
 
-from sfcompile.lowering.kernels import block16, block16_mma, nm24, nm24_decode, nm24_mma
+from sfcompile.lowering.kernels import block16, nm24
 
 offline = pytest.importorskip("sfcompile.lowering.kernels.offline")
 pytest.importorskip("triton.backends.nvidia.compiler")
@@ -40,14 +40,12 @@ def test_block16_kernel_compiles_for_sm90(rows, grouped):
         _check(offline.compile_for(block16._block16_kernel, config, {**DOT_FLAGS, "GROUPED": grouped}))
 
 
-DECODE = [  # (kernel, flags, its autotune space by rows, text its TTIR must hold)
-    (nm24_decode._nm24_decode_kernel, dict(HAS_BIAS=True, FP32_IEEE=False, USE_ASM=True, EVEN=True, PREFETCH=0),
-     nm24_decode.nm24_decode_configs, "tt.func"),
-    (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=True, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0),
-     nm24_mma.nm24_mma_configs, "mma.sp"),   # the sparse tensor-core instruction, not the emulation
-    (block16_mma._block16_mma_kernel, dict(HAS_BIAS=True, USE_ASM=True, PDL=0), block16_mma.block16_mma_configs,
-     "mma.sync"),
-]
+# text each decode kernel's TTIR must hold; DECODE: (kernel, its flags with the bias on, space, marker)
+MARKERS = {"nm24_decode": "tt.func",
+           "nm24_mma": "mma.sp",      # the sparse tensor-core instruction, not the emulation
+           "block16_mma": "mma.sync"}
+DECODE = [(kernel, {**flags, "HAS_BIAS": True}, space, MARKERS[name])
+          for name, (kernel, flags, space) in offline.decode_kernels().items()]
 
 
 @pytest.mark.parametrize("rows", [1, 16])
@@ -66,7 +64,8 @@ def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags
 
 
 def test_the_sass_of_the_sparse_tensor_core_kernel_holds_its_instruction_and_no_spills():
-    compiled = offline.compile_for(nm24_mma._nm24_mma_kernel, nm24_mma.nm24_mma_configs(1)[0], DECODE[1][1])
+    kernel, flags, space, _ = DECODE[1]
+    compiled = offline.compile_for(kernel, space(1)[0], flags)
     ops = offline.opcode_counts(offline.sass(compiled))
     assert any(op.startswith("HMMA.SP") for op in ops), sorted(ops)   # mma.sp became the sparse HMMA
     assert not any(op.startswith(("LDL", "STL")) for op in ops)       # no register spills to local memory

@@ -17,6 +17,23 @@ import tempfile
 
 import triton
 
+
+def decode_kernels() -> dict:
+    """The decode kernels: name -> (kernel, its constexpr flags as a GPU launch on an aligned bf16 x without bias
+    sets them, its autotune space by rows). The tests and benchmarks/sass_summary.py compile from this table."""
+    from sfcompile.lowering.kernels import block16_mma, nm24_decode, nm24_mma
+
+    return {
+        "nm24_decode": (nm24_decode._nm24_decode_kernel,
+                        dict(HAS_BIAS=False, FP32_IEEE=False, USE_ASM=True, EVEN=True, PREFETCH=0),
+                        nm24_decode.nm24_decode_configs),
+        "nm24_mma": (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0),
+                     nm24_mma.nm24_mma_configs),
+        "block16_mma": (block16_mma._block16_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, PDL=0),
+                        block16_mma.block16_mma_configs),
+    }
+
+
 # the pointer arguments of the kernels in this package, by name (the rest are i32 scalars or constexprs)
 POINTERS = {"x_ptr": "*bf16", "v_ptr": "*bf16", "tv_ptr": "*bf16", "meta_ptr": "*i32", "row_ptr_ptr": "*i32",
             "col_ptr": "*i32", "bias_ptr": "*bf16", "offs_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32",
