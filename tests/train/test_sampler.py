@@ -156,7 +156,7 @@ def test_the_exponential_race_draws_from_the_tempered_softmax():
 
 
 @pytest.mark.parametrize("mode", ["sliced", "masked"])
-def test_under_autocast_the_buffers_hold_the_compute_dtype_and_follow_the_full_forward(mode):
+def test_under_autocast_the_buffers_hold_the_compute_dtype_and_follow_the_full_forward(mode, monkeypatch):
     # the trainer's default on CUDA: fp32 weights sampled under bf16 autocast. The rotary embedding hands the
     # keys over in fp32; the buffers must hold bf16 (what the attention computes in), not a copy twice the size
     # that is cast again at every step
@@ -178,24 +178,17 @@ def test_under_autocast_the_buffers_hold_the_compute_dtype_and_follow_the_full_f
         seen.append(logits.float())
         return logits.argmax(-1)
 
-    sampler._Buffers.write = spy
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = decode(model, ids, 6, greedy, mode=mode)
-            with torch.no_grad():
-                full = model(out).logits.float()
-    finally:
-        sampler._Buffers.write = write
+    monkeypatch.setattr(sampler._Buffers, "write", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = decode(model, ids, 6, greedy, mode=mode)
+        with torch.no_grad():
+            full = model(out).logits.float()
     assert {k for k, _, _ in stored} == {torch.float32}  # the case this is about: fp32 keys come in
     assert {(kb, vb) for _, kb, vb in stored} == {(torch.bfloat16, torch.bfloat16)}
     for i, logits in enumerate(seen):
         assert ((logits - full[:, 4 + i]).norm() / full[:, 4 + i].norm()).item() < 2e-2
     stored.clear()
-    sampler._Buffers.write = spy
-    try:
-        decode(model, ids, 3, greedy, mode=mode)  # no autocast: the keys' own dtype
-    finally:
-        sampler._Buffers.write = write
+    decode(model, ids, 3, greedy, mode=mode)  # no autocast: the keys' own dtype
     assert {(kb, vb) for _, kb, vb in stored} == {(torch.float32, torch.float32)}
 
 
