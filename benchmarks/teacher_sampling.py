@@ -4,7 +4,8 @@ Times ``sample_sequences`` on a SmolLM2-135M-shaped model (random weights: the s
 depend on the values) for each sampler (``dynamic``: `generate` with transformers' default cache, grown every
 step; ``static``: `generate` with a cache allocated once, and on CUDA transformers compiles the decoding step;
 ``packed``: sfcompile's own decode loop, `sfcompile.train.sampler`; ``packed-graph``: the same, its decoding
-step captured in a CUDA graph) with the teacher in fp32,
+step captured in a CUDA graph, one graph per window of the K/V buffer: ``packed-graph/W`` reads it in W windows,
+``sampler.GRAPH_WINDOWS`` by default, ``/1`` the whole buffer at every step) with the teacher in fp32,
 under bf16 autocast (``+bf16``: the trainer's default on CUDA, ``TrainConfig.teacher_data_precision="auto"``)
 and as a bf16 copy of the weights (``+half``: the KV cache in bf16 too). Each variant runs ``--reps`` batches
 of ``--batch`` sequences of ``--seqlen`` tokens; the first batch of a variant (compiles included) is reported
@@ -12,7 +13,8 @@ apart from the steady ones. Variants that the remaining ``--budget-s`` cannot ho
 
 Measured on the H200 (benchmarks/README.md): at 1024 x 512 (fifteenth session) dynamic+bf16 31.5k tokens/s,
 dynamic 13.3k, static 9.2k, static+bf16 fails (the static cache is allocated in fp32); at 2048 x 512 (twentieth)
-dynamic+half 72.8k, packed+half 87.3k, packed-graph+half 110.0k (the trainer's default on CUDA).
+dynamic+half 72.8k, packed+half 87.3k, packed-graph+half 110.0k (the trainer's default on CUDA); at 2048 x 512
+(twenty-second, one window, after the K/V dtype fix) packed-graph+bf16 97.7k, packed-graph+half 109.6k.
 
     python benchmarks/teacher_sampling.py --batch 1024 --seqlen 512 --reps 2 --out sampling.jsonl
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 import sfcompile
+from sfcompile.train import sampler
 from sfcompile.train.data import sample_sequences
 
 
@@ -39,7 +42,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=5, help="prompt tokens per sequence (BOS + 4, as the trainer)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--variants", default="dynamic+half,packed+half,packed-graph+half,dynamic+bf16,packed+bf16",
-                    help="sampler (dynamic, static, packed, packed-graph) [+bf16 autocast | +half: bf16 weights]")
+                    help="sampler (dynamic, static, packed, packed-graph[/windows]) [+bf16 autocast | +half: bf16 "
+                         "weights]")
     ap.add_argument("--budget-s", type=float, default=280)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, required=True)
@@ -51,10 +55,15 @@ def main() -> None:
     new = args.seqlen - args.prompt
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     per_batch_guess = None
+    default_windows = sampler.GRAPH_WINDOWS
     for variant in args.variants.split(","):
         cache, _, amp = variant.partition("+")
         if amp not in ("", "bf16", "half"):
             raise SystemExit(f"variant {variant!r}: the suffix must be +bf16 or +half")
+        cache, _, windows = cache.partition("/")
+        if windows and (cache != "packed-graph" or not windows.isdigit() or int(windows) < 1):
+            raise SystemExit(f"variant {variant!r}: /W (windows >= 1) goes with packed-graph only")
+        sampler.GRAPH_WINDOWS = int(windows) if windows else default_windows   # what sample_sequences' decode reads
         left = args.budget_s - (time.perf_counter() - t_start)
         if per_batch_guess is not None and left < per_batch_guess * (args.reps + 1):
             _emit(args.out, {"variant": variant, "skipped": f"out of time ({left:.0f} s left)"})
@@ -83,7 +92,8 @@ def main() -> None:
             continue
         tokens = args.batch * args.seqlen
         steady = times[1:] or times
-        row = {"variant": variant, "batch": args.batch, "seqlen": args.seqlen, "first_s": times[0],
+        row = {"variant": variant, "windows": sampler.GRAPH_WINDOWS, "batch": args.batch, "seqlen": args.seqlen,
+               "first_s": times[0],
                "steady_s": sum(steady) / len(steady), "steady_tok_s": tokens * len(steady) / sum(steady),
                "reps": len(times), "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                "torch": torch.__version__}

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from sfcompile.train.data import sample_sequences
-from sfcompile.train.sampler import SamplerError, _attention, decode, multinomial
+from sfcompile.train.sampler import SamplerError, _attention, decode, multinomial, windows_of
 
 V = 97
 
@@ -28,10 +28,11 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("mode", ["sliced", "masked"])
+@pytest.mark.parametrize("mode,windows", [("sliced", None), ("masked", 1), ("masked", 3)])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, mode):
-    # "masked" is the graph mode's step run eagerly: the whole buffer read under a mask, the position on the device
+def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, mode, windows):
+    # "masked" is the graph mode's step run eagerly: the buffer read under a mask up to the end of the step's
+    # window (1: the whole buffer), the position on the device
     kind, kw = MODELS[name]
     model = _model(kind, **kw)
     ids = torch.randint(1, V, (3, 5), generator=torch.Generator().manual_seed(1))
@@ -41,7 +42,7 @@ def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, m
         seen.append(logits.clone())
         return logits.argmax(-1)
 
-    out = decode(model, ids, 8, greedy, mode=mode)
+    out = decode(model, ids, 8, greedy, mode=mode, windows=windows)
     assert out.shape == (3, 13) and torch.equal(out[:, :5], ids)
     with torch.no_grad():
         full = model(out).logits  # no cache at all: every position from scratch
@@ -51,6 +52,41 @@ def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, m
                          min_new_tokens=8, pad_token_id=0)
     assert torch.equal(ref, out)
     assert model.config._attn_implementation == "sdpa"  # switched back
+
+
+@pytest.mark.parametrize("start,end,windows", [(1, 511, 8), (5, 12, 3), (5, 12, 1), (1, 2, 8), (30, 40, 4)])
+def test_windows_cover_every_step_once_and_reach_past_its_position(start, end, windows):
+    spans = windows_of(start, end, windows)
+    fed = [first + i for first, steps, _ in spans for i in range(steps)]
+    assert fed == list(range(start, end))                           # every masked step, once, in order
+    for first, steps, window in spans:
+        assert first + steps - 1 < window <= end + 1 and window % 8 == 0 or window == end + 1
+    assert len(spans) <= windows and spans[-1][2] == end + 1
+    if windows == 1:
+        assert spans == [(start, end - start, end + 1)]
+
+
+def test_masked_steps_read_their_window_not_the_whole_buffer(monkeypatch):
+    from sfcompile.train import sampler
+
+    model = _model("llama", num_key_value_heads=2)
+    ids = torch.randint(1, V, (2, 1), generator=torch.Generator().manual_seed(3))
+    reads = []
+    write = sampler._Buffers.write
+
+    def spy(self, layer, key, value):
+        k, v = write(self, layer, key, value)
+        if self.position is not None and layer == 0:
+            reads.append((int(self.position), k.shape[2], v.shape[2]))
+        return k, v
+
+    monkeypatch.setattr(sampler._Buffers, "write", spy)
+    out = decode(model, ids, 31, lambda z: z.argmax(-1), mode="masked", windows=4)   # 32 positions: 4 x 8
+    assert [r for _, r, _ in reads] == [8] * 7 + [16] * 8 + [24] * 8 + [32] * 7
+    assert all(pos < r == w for pos, r, w in reads) and [pos for pos, _, _ in reads] == list(range(1, 31))
+    assert torch.equal(out, decode(model, ids, 31, lambda z: z.argmax(-1)))     # the sliced decode's tokens
+    with pytest.raises(SamplerError, match="windows=0 must be an integer >= 1"):
+        decode(model, ids, 4, lambda z: z.argmax(-1), mode="masked", windows=0)
 
 
 def test_sampled_tokens_skip_suppressed_ids_and_follow_the_seed():
@@ -137,6 +173,7 @@ def test_graph_mode_replays_the_masked_step():
     ids = torch.randint(1, V, (8, 5), device="cuda")
     argmax = lambda z: z.argmax(-1)  # noqa: E731
     assert torch.equal(decode(model, ids, 20, argmax, mode="graph"), decode(model, ids, 20, argmax))
+    assert torch.equal(decode(model, ids, 20, argmax, mode="graph", windows=1), decode(model, ids, 20, argmax))
     torch.manual_seed(0)
     a = decode(model, ids, 20, multinomial(1.0), mode="graph")
     torch.manual_seed(0)
