@@ -105,12 +105,14 @@ def forge_for(init: str, tokens: int = 0, tokens_per_step: int = 0, **fields):
 # into an 8M-token run (33.76 against 35.25 without) and 8M into a 20M-token run (31.60, the best): 0.375 and 0.4.
 TEACHER_DATA_SHARE = 0.4
 
-# teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's KV cache
-# within the budget (the dynamic cache grows by concatenation, so its peak is about twice that), at most the
-# cap. SmolLM2-135M at 512 tokens: the cap, 1024 sequences, whose bf16 K/V take ~11 GiB.
+# teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's K/V within
+# the budget (the packed samplers' buffers are exactly that; `generate`'s dynamic and static caches get half,
+# the dynamic one grows by concatenation and peaks at about twice its size), at most the cap. SmolLM2-135M at
+# 512 tokens: the cap, 2048 sequences, whose bf16 K/V take 22.5 GiB; on the H200 its packed-graph sampler ran
+# 97.7k tokens/s at 2048 sequences against 85.7k at 1024 (benchmarks/README.md, twenty-second session).
 TEACHER_BATCH_CPU = 32
-TEACHER_BATCH_MAX = 1024
-TEACHER_KV_BUDGET = 16 * 2**30
+TEACHER_BATCH_MAX = 2048
+TEACHER_KV_BUDGET = 24 * 2**30
 
 
 def _default_schedule():
@@ -150,10 +152,11 @@ class TrainConfig:
         teacher_data_prompts: the text whose random 4-token snippets start the generated sequences (a name
             or a path, as ``data``).
         teacher_data_batch: sequences generated at once, or ``"auto"`` (default): 32 off CUDA; on CUDA as
-            many as keep the teacher's KV cache of ``seqlen`` tokens within `TEACHER_KV_BUDGET`, at most
-            `TEACHER_BATCH_MAX` (`teacher_batch_for`). Each batch costs ``seqlen`` decode steps whatever its
-            size, so a small batch makes generation slow: SmolLM2-135M on an H200 sampled 31.5k tokens/s at
-            1024 sequences and ~37k at 2048 (benchmarks/README.md).
+            many as keep the teacher's KV cache of ``seqlen`` tokens within `TEACHER_KV_BUDGET` (half of it
+            for the ``"dynamic"`` and ``"static"`` samplers), at most `TEACHER_BATCH_MAX` (`teacher_batch_for`).
+            Each batch costs ``seqlen`` decode steps whatever its size, so a small batch makes generation slow:
+            SmolLM2-135M on an H200 (packed-graph, bf16 autocast) sampled 85.7k tokens/s at 1024 sequences and
+            97.7k at 2048 (benchmarks/README.md).
         teacher_data_kv_cache: the sampler. ``"dynamic"`` (`generate` with transformers' default cache, grown
             every step), ``"static"`` (`generate`, cache allocated once; on CUDA transformers compiles the decoding
             step) or ``"packed"`` (`sfcompile.train.sampler`: no `generate`, one K/V buffer per layer filled in
@@ -491,7 +494,8 @@ class TrainConfig:
                 f"which lacks them ({err}); set teacher_data_batch to a number of sequences") from err
         nbytes = 2 if self.teacher_data_bf16() else next(teacher.parameters()).element_size()
         per_sequence = 2 * layers * width_kv * nbytes * self.seqlen   # K and V of every layer
-        return max(1, min(TEACHER_BATCH_MAX, TEACHER_KV_BUDGET // per_sequence))
+        budget = TEACHER_KV_BUDGET // (2 if self.teacher_data_kv_cache in ("dynamic", "static") else 1)
+        return max(1, min(TEACHER_BATCH_MAX, budget // per_sequence))
 
     def bf16_autocast(self) -> bool:
         """Whether the steps compute under bf16 autocast (``dtype="bf16"``, or ``"auto"`` on CUDA)."""

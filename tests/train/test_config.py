@@ -167,6 +167,9 @@ def test_teacher_batch_auto_fits_the_teachers_kv_cache_in_the_budget():
         cfg = TrainConfig(device="cuda", seqlen=seqlen, teacher_data_precision=precision, tokens=10**12)
         want = min(TEACHER_BATCH_MAX, TEACHER_KV_BUDGET // (per_token * width * seqlen))
         assert cfg.teacher_batch_for(teacher) == want, (seqlen, precision)
+    for sampler, share in (("packed", 1), ("dynamic", 2), ("static", 2)):   # generate's caches: half the budget
+        cfg = TrainConfig(device="cuda", seqlen=2**20, tokens=10**12, teacher_data_kv_cache=sampler)
+        assert cfg.teacher_batch_for(teacher) == TEACHER_KV_BUDGET // share // (per_token * 2 * 2**20), sampler
     assert TrainConfig(device="cuda", seqlen=512).teacher_batch_for(teacher) == TEACHER_BATCH_MAX
     assert TrainConfig(device="cuda", seqlen=2**20, tokens=10**12).teacher_batch_for(teacher) < TEACHER_BATCH_MAX
     with pytest.raises(TrainConfigError, match="set teacher_data_batch to a number of sequences"):
