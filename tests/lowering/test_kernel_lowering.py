@@ -69,3 +69,29 @@ def test_the_sass_of_the_sparse_tensor_core_kernel_holds_its_instruction_and_no_
     ops = offline.opcode_counts(offline.sass(compiled))
     assert any(op.startswith("HMMA.SP") for op in ops), sorted(ops)   # mma.sp became the sparse HMMA
     assert not any(op.startswith(("LDL", "STL")) for op in ops)       # no register spills to local memory
+
+
+def _opcodes(kernel, config, flags):
+    return offline.opcode_counts(offline.sass(offline.compile_for(kernel, config, flags)))
+
+
+def _tile_loads(ops) -> dict:
+    """Global loads of 8 and 16 bytes by width (the tile loads, plain or evict-first, and x's 8-byte loads)."""
+    return {width: sum(n for op, n in ops.items() if op.startswith("LDG.E.") and op.endswith(f".{width}"))
+            for width in (64, 128)}
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_block16_mma_fragment_order_tiles_load_in_16_byte_pieces(rows):
+    # FRAG 1 (block16_mma(frag=True)): each lane's two 8-byte tile pieces become one 16-byte load. Per step of
+    # TILES tiles the row-major layout issues 2 TILES 64-bit tile loads; fragment order TILES 128-bit ones and
+    # none of 64 bits, so x's loads (MT per tile, 64-bit) are all that stays 8 bytes wide; no spills either way.
+    # Seen on Triton 3.7.1 (TILES 4): M <= 1 64-bit 12 -> 4, 128-bit 0 -> 4; M <= 16 64-bit 16 -> 8, 0 -> 4.
+    kernel, flags, space = offline.decode_kernels()["block16_mma"]
+    for config in (space(rows)[0], space(rows)[1]):     # evict-first tile loads (STREAM 1) and plain
+        tiles, mt = config.kwargs["TILES"], config.kwargs["MT"]
+        row_major, frag = (_opcodes(kernel, config, {**flags, "FRAG": f}) for f in (0, 1))
+        assert _tile_loads(row_major) == {64: 2 * tiles + mt * tiles, 128: 0}, config.kwargs
+        assert _tile_loads(frag) == {64: mt * tiles, 128: tiles}, config.kwargs
+        assert frag["HMMA.16816.F32.BF16"] == row_major["HMMA.16816.F32.BF16"] == mt * tiles
+        assert not any(op.startswith(("LDL", "STL")) for op in (*row_major, *frag))

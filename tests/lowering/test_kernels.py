@@ -661,6 +661,53 @@ def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
     assert _rel(block16_mma(xs, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config), ref) < TOL[dtype]
 
 
+def test_block16_fragment_order_puts_each_lanes_a_operand_in_16_contiguous_bytes():
+    from sfcompile.lowering.kernels.block16_mma import fragment_order, fragment_order_inverse
+
+    tv = torch.randn(5, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    fo = fragment_order(tv)
+    assert fo.shape == tv.shape and fo.dtype == tv.dtype
+    assert torch.equal(fragment_order_inverse(fo), tv)
+    # worked by hand: (row 9, col 6) is g 1, h 1, t 1, j 2 -> lane 5, its second half: 5 * 8 + 4 + 2 = 46
+    assert torch.equal(fo.reshape(5, 256)[:, 46], tv[:, 9, 6])
+    assert torch.equal(fo.reshape(5, 256)[:, 0], tv[:, 0, 0]) and torch.equal(fo.reshape(5, 256)[:, 4], tv[:, 8, 0])
+    # every lane L = 4g + t: its 8 elements are row g, columns 4t .. 4t + 3, then row g + 8, the same columns
+    lanes = fo.reshape(5, 32, 8)
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        assert torch.equal(lanes[:, lane], torch.cat([tv[:, g, 4 * t:4 * t + 4], tv[:, g + 8, 4 * t:4 * t + 4]], 1))
+    assert fragment_order(torch.zeros(0, 16, 16)).shape == (0, 16, 16)
+    with pytest.raises(ValueError, match=r"\(T, 16, 16\).*\(4, 256\)"):
+        fragment_order(tv.reshape(5, 256)[:4])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,n,k,config", [
+    (1, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=3)),
+    (9, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=2)),                 # two x tiles (MT = 2)
+    (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4, STREAM=1)),
+])
+@pytest.mark.parametrize("bias", [False, True])
+def test_block16_mma_fragment_order_interpreter(dtype, m, n, k, config, bias):
+    # frag=True on fragment-ordered tiles is the dense product; on row-major tiles it is not (the flag reaches
+    # the kernel and changes which bytes each lane takes)
+    from sfcompile.lowering.kernels.block16_mma import block16_mma, fragment_order
+
+    g = torch.Generator().manual_seed(m * 7 + n)
+    w = _wblock_rows(n, k, dtype, g)
+    d = pack(w, "block16", -1).data
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    ref = x.double() @ w.double().T + (b.double() if bias else 0)
+    fo = fragment_order(d["tile_values"])
+    y = block16_mma(x, fo, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=True)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert _rel(y, ref) < TOL[dtype]
+    if not bias:
+        assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=config, frag=True),
+                    ref) > 0.5
+
+
 def test_block16_mma_autotune_space():
     # every (WARPS, TILES, SPLIT_K) with and without the evict-first hint (run 17); x tiles follow the bucket
     from sfcompile.lowering.kernels.block16_mma import block16_mma_configs
@@ -711,3 +758,30 @@ def test_block16_mma_cuda(m, dtype):
     mod._AUTOTUNED.clear()
     y = block16_matmul(x[None], d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b)
     assert y.shape == (1, m, n) and _rel(y[0], ref) < TOL[dtype] and mod._AUTOTUNED
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_block16_mma_fragment_order_cuda(m, dtype):
+    # the 16-byte tile loads (FRAG 1) on the GPU: fixed configs and the autotuned launcher, which tunes the
+    # fragment-order layout on its own (the autotuner's cache key does not see FRAG)
+    from sfcompile.lowering.kernels import block16_mma as mod
+
+    g = torch.Generator().manual_seed(m)
+    n, k = 1024, 2048
+    w = _wblock(n, k, dtype, g).cuda()
+    d = pack(w, "block16", -1).data
+    fo = mod.fragment_order(d["tile_values"])
+    x = torch.randn(m, k, generator=g).to(dtype).cuda()
+    b = torch.randn(n, generator=g).to(dtype).cuda()
+    ref = x.double() @ w.double().T + b.double()
+    for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=1, TILES=1, SPLIT_K=1),
+                dict(WARPS=8, TILES=4, SPLIT_K=3), dict(WARPS=1, TILES=4, SPLIT_K=16, STREAM=1)):
+        y = mod.block16_mma(x, fo, d["row_ptr"], d["col_idx"], n, k, b, config=cfg, frag=True)
+        assert _rel(y, ref) < TOL[dtype], cfg
+    mod._AUTOTUNED.clear()
+    assert _rel(mod.block16_mma(x, fo, d["row_ptr"], d["col_idx"], n, k, b, frag=True), ref) < TOL[dtype]
+    assert _rel(mod.block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
+    bucket = 1 << max(0, (m - 1).bit_length())
+    assert set(mod._AUTOTUNED) == {(bucket, False), (bucket, True)}

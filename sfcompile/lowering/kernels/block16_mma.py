@@ -20,6 +20,12 @@ columns 2t, 2t + 1 (A register 0 / 1, B register 0) and 2t + 8, 2t + 9 (A regist
 each lane's loads are whole 8-byte words and a warp reads each tile row's 32 bytes in one sector. x's 8 rows
 are the ``mma``'s N; 9-16 rows take a second ``mma`` on the same A registers (``MT`` = 2).
 
+``frag=True`` (constexpr ``FRAG`` 1) is an opt-in tile layout, not what ``ops`` runs: each tile's 512 bytes
+in :func:`fragment_order`, lane L's two 8-byte pieces side by side at bytes 16L .. 16L + 15, so a lane loads a
+tile in one 16-byte load instead of two 8-byte ones (the 2:4 kernel loads 16 bytes per lane already and is
+still under its byte ceiling, so whether half the load instructions is faster here is for the GPU to say:
+benchmarks/block16_decode.py times both).
+
 As in :mod:`.nm24_mma`, the ``mma`` is inline PTX on 1-D tensors of one element per thread, and the Triton
 interpreter (CPU tests) runs :func:`_mma_emulated`, the same warp-wide product from the same registers.
 """
@@ -36,9 +42,44 @@ from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import _widen
 from sfcompile.lowering.kernels.nm24_mma import _add_d, _lanes, _word
 
-__all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported", "MAX_M"]
+__all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported", "fragment_order",
+           "fragment_order_inverse", "MAX_M"]
 
 MAX_M = 16
+
+
+def fragment_order(tile_values: torch.Tensor) -> torch.Tensor:
+    """The tiles (T, 16, 16) permuted so that each lane's A operand of ``mma.m16n8k16`` is 16 contiguous bytes:
+    what ``block16_mma(..., frag=True)`` reads (an opt-in layout to time against the row-major one; the pack
+    format stays row-major).
+
+    Layout: tile element (row r, column c), with r = 8h + g (h = 0, 1; g = 0..7) and c = 4t + j (t, j = 0..3),
+    goes to position 8 (4g + t) + 4h + j of the tile's flattened 256. So lane L = 4g + t finds at elements
+    8L .. 8L + 7 (bytes 16L .. 16L + 15) row g, columns 4t .. 4t + 3 and then row g + 8, the same columns:
+    the two 8-byte pieces that ``_load_tile`` otherwise loads from rows g and g + 8 of the row-major tile.
+
+    Args:
+        tile_values: (T, 16, 16) row-major tiles (``pack``'s ``tile_values``), T >= 0, any dtype.
+    Returns:
+        A new (T, 16, 16) tensor of the same dtype and device, the tiles' elements in fragment order.
+
+    Example: ``fragment_order(tv).reshape(-1, 256)[i, 46] == tv[i, 9, 6]`` (g 1, h 1, t 1, j 2: lane 5).
+    """
+    _check_tiles(tile_values)
+    t = tile_values.reshape(-1, 2, 8, 4, 4)                 # (T, h, g, t, j)
+    return t.permute(0, 2, 3, 1, 4).reshape(-1, 16, 16)     # (T, g, t, h, j)
+
+
+def fragment_order_inverse(tile_values: torch.Tensor) -> torch.Tensor:
+    """The row-major tiles (T, 16, 16) back from :func:`fragment_order`'s layout (exactly: a permutation)."""
+    _check_tiles(tile_values)
+    t = tile_values.reshape(-1, 8, 4, 2, 4)                 # (T, g, t, h, j)
+    return t.permute(0, 3, 1, 2, 4).reshape(-1, 16, 16)     # (T, h, g, t, j)
+
+
+def _check_tiles(tile_values: torch.Tensor) -> None:
+    if tile_values.dim() != 3 or tuple(tile_values.shape[1:]) != (16, 16):
+        raise ValueError(f"tile_values must be (T, 16, 16) block-16 tiles, got shape {tuple(tile_values.shape)}")
 
 
 @functools.cache
@@ -101,12 +142,20 @@ def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_B
 
 
 @triton.jit
-def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr, STREAM: tl.constexpr):
+def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr, STREAM: tl.constexpr,
+               FRAG: tl.constexpr):
     """A's four registers and x's B registers (two per 8-row tile of x) of tile ``ti`` (x's 16-wide strip
-    ``col``) for each lane; dead lanes (``live`` false) get zeros, so their ``mma`` adds nothing."""
-    rows = ti.to(tl.int64) * 64 + g * 4 + t                  # tile row g, columns 4t .. 4t + 3, as one int64
-    wa = splitk.load_weight(tv64 + rows, live, 0, STREAM)
-    wb = splitk.load_weight(tv64 + rows + 32, live, 0, STREAM)      # row g + 8
+    ``col``) for each lane; dead lanes (``live`` false) get zeros, so their ``mma`` adds nothing. ``FRAG`` 1:
+    the tile is in :func:`fragment_order`, and the lane's two 8-byte pieces are one 16-byte load."""
+    if FRAG:
+        # lane 4g + t's 16 bytes at int64 2 (4g + t) of the tile's 64: (T, 2) int64, split into rows g, g + 8
+        e2 = tl.arange(0, 2)[None, :]
+        fo = tl.multiple_of((ti.to(tl.int64) * 64 + (g * 4 + t) * 2)[:, None] + e2, [1, 2])
+        wa, wb = tl.split(splitk.load_weight(tv64 + fo, live[:, None], 0, STREAM))
+    else:
+        rows = ti.to(tl.int64) * 64 + g * 4 + t              # tile row g, columns 4t .. 4t + 3, as one int64
+        wa = splitk.load_weight(tv64 + rows, live, 0, STREAM)
+        wb = splitk.load_weight(tv64 + rows + 32, live, 0, STREAM)  # row g + 8
     xo = g * stride_x64 + col * 4 + t                        # x row g, the same columns of the tile's strip
     wx = tl.load(x64 + xo, mask=live & (g < M), other=0)
     if MT == 2:
@@ -159,6 +208,7 @@ def _block16_mma_kernel(
     SPLIT_K: tl.constexpr,
     MT: tl.constexpr,        # 8-row tiles of x (1: M <= 8, 2: M <= 16)
     STREAM: tl.constexpr,    # cache hint of the tile loads (splitk.load_weight)
+    FRAG: tl.constexpr,      # 1: tile_values in fragment_order (one 16-byte load per lane and tile)
 ):
     IS_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
     tid = tl.arange(0, 32 * WARPS)
@@ -189,12 +239,12 @@ def _block16_mma_kernel(
     splitk.pdl_begin(PDL)                               # (x is read from here on; the indices above are weights)
     for s in range(0, steps, TILES):
         ti = lo + s
-        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT, STREAM)
+        l0 = _load_tile(tv64, x64, c0, ti, ti < hi, g, t, M, stride_x64, MT, STREAM, FRAG)
         if TILES >= 2:
-            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT, STREAM)
+            l1 = _load_tile(tv64, x64, c1, ti + 1, ti + 1 < hi, g, t, M, stride_x64, MT, STREAM, FRAG)
         if TILES == 4:
-            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT, STREAM)
-            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT, STREAM)
+            l2 = _load_tile(tv64, x64, c2, ti + 2, ti + 2 < hi, g, t, M, stride_x64, MT, STREAM, FRAG)
+            l3 = _load_tile(tv64, x64, c3, ti + 3, ti + 3 < hi, g, t, M, stride_x64, MT, STREAM, FRAG)
         c0, c1, c2, c3 = _cols(col_ptr, ti + TILES, hi, TILES)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
             l0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
@@ -233,17 +283,25 @@ def block16_mma_unsupported(x2: torch.Tensor) -> str | None:
 _AUTOTUNED: dict = {}
 
 
-def _autotuned(m_bucket: int):
-    if m_bucket not in _AUTOTUNED:
-        _AUTOTUNED[m_bucket] = splitk.autotuner(_block16_mma_kernel, block16_mma_configs(m_bucket))
-    return _AUTOTUNED[m_bucket]
+def _autotuned(m_bucket: int, frag: bool = False):
+    """The autotuned launcher of an M bucket and tile layout. One per layout, because Triton's autotuner keys
+    its cache on the ``key`` arguments and the tensors' dtypes only, not on the constexpr flags: a single one
+    would hand the fragment-order launch the config tuned for the row-major one (or the reverse), and the two
+    are to be timed each at its own best."""
+    if (m_bucket, frag) not in _AUTOTUNED:
+        _AUTOTUNED[m_bucket, frag] = splitk.autotuner(_block16_mma_kernel, block16_mma_configs(m_bucket))
+    return _AUTOTUNED[m_bucket, frag]
 
 
 def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-                n: int, k: int, bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+                n: int, k: int, bias: torch.Tensor | None = None, config: dict | None = None, *,
+                frag: bool = False) -> torch.Tensor:
     """``x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, W (N, K) as block-16 tiles (:mod:`.block16`'s
     operands). ``config``: fixed ``WARPS``, ``TILES``, ``SPLIT_K`` instead of autotuning (tests, the interpreter
-    on CPU). Returns (M, N) in x2.dtype."""
+    on CPU). ``frag``: ``tile_values`` are already in :func:`fragment_order` (converted once, ahead of the
+    calls), so each lane loads a tile's A operand in one 16-byte load instead of two 8-byte ones; an experiment
+    to time against the default row-major tiles, which ``ops`` and the pack format keep. Returns (M, N) in
+    x2.dtype."""
     from sfcompile.lowering.kernels.block16 import _check
 
     reason = block16_mma_unsupported(x2)
@@ -267,12 +325,12 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     ws, cnt = splitk.decode_buffers(m, n, out, split, row_ptr)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device)}
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device), "FRAG": int(frag)}
 
     def grid(meta_):
         return (triton.cdiv(n // 16, meta_["WARPS"]), meta_["SPLIT_K"])
 
-    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m), frag), grid, args, flags, config, on_cpu)
     return out
 
 
