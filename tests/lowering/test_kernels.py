@@ -635,6 +635,7 @@ def _wblock_rows(n, k, dtype, g, density=0.5):
     return (torch.randn(n, k, generator=g) * mask).to(dtype)
 
 
+@pytest.mark.parametrize("frag", [False, True], ids=["row-major", "fragment-order"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("m,n,k,config,bias", [
     (1, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=3), True),      # splits past a row's tiles: empty programs
@@ -644,21 +645,26 @@ def _wblock_rows(n, k, dtype, g, density=0.5):
     (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4, STREAM=2), True),    # (cache hints: the same result)
     (2, 64, 64, dict(WARPS=1, TILES=2, SPLIT_K=1, STREAM=1), False),
 ])
-def test_block16_mma_interpreter(dtype, m, n, k, config, bias):
-    from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_reference
+def test_block16_mma_interpreter(dtype, m, n, k, config, bias, frag):
+    # frag: the tiles in fragment_order, one 16-byte load per lane (FRAG 1)
+    from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_reference, fragment_order
 
     g = torch.Generator().manual_seed(m * 7 + n)
     w = _wblock_rows(n, k, dtype, g)
     d = pack(w, "block16", -1).data
+    tiles = fragment_order(d["tile_values"]) if frag else d["tile_values"]
     x = torch.randn(m, k, generator=g).to(dtype)
     b = torch.randn(n, generator=g).to(dtype) if bias else None
-    y = block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config)
+    y = block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag)
     ref = x.double() @ w.double().T + (b.double() if bias else 0)
     assert y.shape == (m, n) and y.dtype == dtype
     assert _rel(y, ref) < TOL[dtype]
     assert _rel(block16_mma_reference(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
     xs = torch.zeros(m, k + 2, dtype=dtype)[:, :k].copy_(x)      # row stride not a multiple of 4: copied first
-    assert _rel(block16_mma(xs, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=config), ref) < TOL[dtype]
+    assert _rel(block16_mma(xs, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag), ref) < TOL[dtype]
+    if frag and not bias:  # the flag reaches the kernel: row-major tiles read as fragment order are wrong
+        assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=config, frag=True),
+                    ref) > 0.5
 
 
 def test_block16_fragment_order_puts_each_lanes_a_operand_in_16_contiguous_bytes():
@@ -679,33 +685,6 @@ def test_block16_fragment_order_puts_each_lanes_a_operand_in_16_contiguous_bytes
     assert fragment_order(torch.zeros(0, 16, 16)).shape == (0, 16, 16)
     with pytest.raises(ValueError, match=r"\(T, 16, 16\).*\(4, 256\)"):
         fragment_order(tv.reshape(5, 256)[:4])
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("m,n,k,config", [
-    (1, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=3)),
-    (9, 64, 96, dict(WARPS=2, TILES=2, SPLIT_K=2)),                 # two x tiles (MT = 2)
-    (16, 64, 96, dict(WARPS=4, TILES=4, SPLIT_K=4, STREAM=1)),
-])
-@pytest.mark.parametrize("bias", [False, True])
-def test_block16_mma_fragment_order_interpreter(dtype, m, n, k, config, bias):
-    # frag=True on fragment-ordered tiles is the dense product; on row-major tiles it is not (the flag reaches
-    # the kernel and changes which bytes each lane takes)
-    from sfcompile.lowering.kernels.block16_mma import block16_mma, fragment_order
-
-    g = torch.Generator().manual_seed(m * 7 + n)
-    w = _wblock_rows(n, k, dtype, g)
-    d = pack(w, "block16", -1).data
-    x = torch.randn(m, k, generator=g).to(dtype)
-    b = torch.randn(n, generator=g).to(dtype) if bias else None
-    ref = x.double() @ w.double().T + (b.double() if bias else 0)
-    fo = fragment_order(d["tile_values"])
-    y = block16_mma(x, fo, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=True)
-    assert y.shape == (m, n) and y.dtype == dtype
-    assert _rel(y, ref) < TOL[dtype]
-    if not bias:
-        assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=config, frag=True),
-                    ref) > 0.5
 
 
 def test_block16_mma_autotune_space():
@@ -733,55 +712,36 @@ def test_block16_mma_refuses_what_it_cannot_run(what, x, config, match):
 
 
 @cuda
+@pytest.mark.parametrize("frag", [False, True], ids=["row-major", "fragment-order"])
 @pytest.mark.parametrize("m", [1, 8, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_block16_mma_cuda(m, dtype):
-    # the PTX mma path: fixed configs and the autotuned launcher against the dense product
-    from sfcompile.lowering.kernels.block16_mma import block16_mma
+def test_block16_mma_cuda(m, dtype, frag):
+    # the PTX mma path: fixed configs and the autotuned launcher against the dense product; with frag, the
+    # 16-byte tile loads (FRAG 1) of tiles in fragment_order, which the launcher tunes on their own (the
+    # autotuner's cache key does not see FRAG)
+    from sfcompile.lowering.kernels import block16_mma as mod
+    from sfcompile.lowering.kernels import splitk
+    from sfcompile.lowering.kernels.block16 import block16_matmul
 
     g = torch.Generator().manual_seed(m)
     n, k = 1024, 2048
     w = _wblock(n, k, dtype, g).cuda()
     d = pack(w, "block16", -1).data
+    tiles = mod.fragment_order(d["tile_values"]) if frag else d["tile_values"]
     x = torch.randn(m, k, generator=g).to(dtype).cuda()
     b = torch.randn(n, generator=g).to(dtype).cuda()
     ref = x.double() @ w.double().T + b.double()
     for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=1, TILES=1, SPLIT_K=1),
                 dict(WARPS=8, TILES=4, SPLIT_K=3), dict(WARPS=1, TILES=4, SPLIT_K=16, STREAM=1),
                 dict(WARPS=2, TILES=4, SPLIT_K=8, STREAM=2)):
-        assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, config=cfg), ref) < TOL[dtype]
-    assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
-    # block16_matmul (what ops calls) hands decode to this kernel: its tuner runs for the call
-    from sfcompile.lowering.kernels import block16_mma as mod
-    from sfcompile.lowering.kernels.block16 import block16_matmul
-
-    mod._AUTOTUNED.clear()
-    y = block16_matmul(x[None], d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b)
-    assert y.shape == (1, m, n) and _rel(y[0], ref) < TOL[dtype] and mod._AUTOTUNED
-
-
-@cuda
-@pytest.mark.parametrize("m", [1, 8, 16])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_block16_mma_fragment_order_cuda(m, dtype):
-    # the 16-byte tile loads (FRAG 1) on the GPU: fixed configs and the autotuned launcher, which tunes the
-    # fragment-order layout on its own (the autotuner's cache key does not see FRAG)
-    from sfcompile.lowering.kernels import block16_mma as mod
-
-    g = torch.Generator().manual_seed(m)
-    n, k = 1024, 2048
-    w = _wblock(n, k, dtype, g).cuda()
-    d = pack(w, "block16", -1).data
-    fo = mod.fragment_order(d["tile_values"])
-    x = torch.randn(m, k, generator=g).to(dtype).cuda()
-    b = torch.randn(n, generator=g).to(dtype).cuda()
-    ref = x.double() @ w.double().T + b.double()
-    for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=1, TILES=1, SPLIT_K=1),
-                dict(WARPS=8, TILES=4, SPLIT_K=3), dict(WARPS=1, TILES=4, SPLIT_K=16, STREAM=1)):
-        y = mod.block16_mma(x, fo, d["row_ptr"], d["col_idx"], n, k, b, config=cfg, frag=True)
+        y = mod.block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=cfg, frag=frag)
         assert _rel(y, ref) < TOL[dtype], cfg
     mod._AUTOTUNED.clear()
-    assert _rel(mod.block16_mma(x, fo, d["row_ptr"], d["col_idx"], n, k, b, frag=True), ref) < TOL[dtype]
-    assert _rel(mod.block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
-    bucket = 1 << max(0, (m - 1).bit_length())
-    assert set(mod._AUTOTUNED) == {(bucket, False), (bucket, True)}
+    assert _rel(mod.block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, frag=frag), ref) < TOL[dtype]
+    if frag:  # the row-major launch after it gets its own tuner
+        assert _rel(mod.block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b), ref) < TOL[dtype]
+        assert set(mod._AUTOTUNED) == {(splitk.m_key(m), False), (splitk.m_key(m), True)}
+    else:  # block16_matmul (what ops calls) hands decode to this kernel: its tuner runs for the call
+        mod._AUTOTUNED.clear()
+        y = block16_matmul(x[None], d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b)
+        assert y.shape == (1, m, n) and _rel(y[0], ref) < TOL[dtype] and mod._AUTOTUNED
