@@ -28,7 +28,7 @@ import sfcompile
 from sfcompile.masking.config import ForgeConfig
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.train import runlog
-from sfcompile.train.config import LOSS_KERNELS, TrainConfig
+from sfcompile.train.config import COMPILE_MODES, LOSS_KERNELS, TrainConfig
 from sfcompile.train.data import byte_tokenizer, sample_sequences
 from sfcompile.train.loop import train
 from sfcompile.train.optim import ADAM_IMPLS
@@ -96,7 +96,8 @@ def profile_train(args) -> dict:
     text.write_text(" ".join(rng.choice(words, tokens // 5 + 1000)))
     config = TrainConfig(
         tokens=tokens, data=str(text), seqlen=args.seqlen, micro_batch=args.micro_batch, lr=1e-3, init="magnitude",
-        compile=args.compile, out=str(Path(args.work) / "run"), eval_text=str(text), eval_windows=2,
+        compile=args.compile, compile_mode=args.compile_mode, out=str(Path(args.work) / "run"), eval_text=str(text),
+        eval_windows=2,
         log_every=args.log_every, harden=False, loss_kernel=args.loss_kernel, adam_impl=args.adam_impl,
         forge=ForgeConfig(schedule=TemperingSchedule(period_early=args.period, period_late=args.period,
                                                      harden_start=0.0, harden_end=0.0, finalize_at=finalize_at)),
@@ -135,9 +136,10 @@ def profile_train(args) -> dict:
             row[f"{name}_ms_per_step"] = {"median": 1e3 * gaps[len(gaps) // 2], "mean": 1e3 * sum(gaps) / len(gaps),
                                           "steps": len(gaps)}
     row["finalize_step"] = final
-    row.update(what="train", compiled=result.compiled, loss_kernel=config.resolved_loss_kernel(),
-               adam_impl=args.adam_impl, micro_batch=args.micro_batch, seqlen=args.seqlen,
-               period=args.period, tok_s_window=args.profile_steps * args.micro_batch * args.seqlen / window["wall"])
+    row.update(what="train", compiled=result.compiled, compile_mode=args.compile_mode,
+               loss_kernel=config.resolved_loss_kernel(), adam_impl=args.adam_impl, micro_batch=args.micro_batch,
+               seqlen=args.seqlen, period=args.period,
+               tok_s_window=args.profile_steps * args.micro_batch * args.seqlen / window["wall"])
     return row
 
 
@@ -168,6 +170,7 @@ def main() -> None:
     ap.add_argument("--what", choices=("train", "sample"), required=True)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="TrainConfig.compile_mode")
     ap.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS, help="TrainConfig.loss_kernel")
     ap.add_argument("--adam-impl", default="foreach", choices=ADAM_IMPLS, help="TrainConfig.adam_impl")
     ap.add_argument("--micro-batch", type=int, default=32)

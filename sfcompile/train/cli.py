@@ -24,7 +24,7 @@ RUN_FILE = "run.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sfcompile.train.config import LOSS_KERNELS
+    from sfcompile.train.config import COMPILE_MODES, LOSS_KERNELS
     from sfcompile.train.data import TEACHER_SAMPLERS
     from sfcompile.train.optim import ADAM_IMPLS
 
@@ -117,6 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forwards")
+    g.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="with --compile: reduce-overhead replays the compiled forwards and backward as CUDA graphs")
     g.add_argument("--probe-rows", type=int, default=None,
                    help="sequences of the micro-batch the Hessian probe uses (default: all)")
     from sfcompile.train.launch import add_arguments as add_launch_arguments
@@ -211,6 +213,7 @@ def config_from_args(args):
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
+        compile_mode=args.compile_mode,
         probe_rows=args.probe_rows,
         engine=args.engine,
         activation_checkpointing=args.activation_checkpointing,

@@ -110,6 +110,8 @@ TEACHER_DATA_SHARE = 0.4
 # the dynamic one grows by concatenation and peaks at about twice its size), at most the cap. SmolLM2-135M at
 # 512 tokens: the cap, 2048 sequences, whose bf16 K/V take 22.5 GiB; on the H200 its packed-graph sampler ran
 # 97.7k tokens/s at 2048 sequences against 85.7k at 1024 (benchmarks/README.md, twenty-second session).
+COMPILE_MODES = ("default", "reduce-overhead")  # TrainConfig.compile_mode: torch.compile's mode, "default" = None
+
 TEACHER_BATCH_CPU = 32
 TEACHER_BATCH_MAX = 2048
 TEACHER_KV_BUDGET = 24 * 2**30
@@ -228,6 +230,11 @@ class TrainConfig:
         seed, device (``"auto"`` = cuda if available), dtype (``"auto"``: bf16 autocast on CUDA, fp32 on CPU),
         compile (torch.compile the student and teacher forwards, and the finite-difference Hessian probe's
             passes; the "hvp" probe and evaluation run eager),
+        compile_mode: ``"default"`` (Inductor's kernels, launched from the host) or ``"reduce-overhead"``
+            (the same kernels recorded in CUDA graphs and replayed: `torch.compile`'s mode of that name; CUDA
+            and ``compile`` only). The compiled SmolLM2-135M step launched ~3,000 kernels and left the H200 idle
+            ~20% of the step (103 ms against ~80 ms of kernels; benchmarks/README.md): host launches are what
+            the graphs remove. Not yet timed; `benchmarks/train_profile.py --compile-mode` compares.
         probe_rows: sequences of the last micro-batch the Hessian probe's loss is computed on (None: all of
             them). The probe costs two extra forward+backward passes per mask update; on a few sequences it
             costs proportionally less, with a noisier estimate that the Hessian EMA and the Kronecker fit
@@ -298,6 +305,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    compile_mode: str = "default"
     probe_rows: int | None = None
     engine: str = "fsdp2"
     activation_checkpointing: bool = False
@@ -423,6 +431,13 @@ class TrainConfig:
             need(self.probe_rows is None or self.probe_rows >= self.micro_batch,
                  f"estimator='fd_forward' probes the whole micro-batch the step's gradient came from; "
                  f"probe_rows={self.probe_rows} (< micro_batch={self.micro_batch}) needs estimator='fd'")
+        need(self.compile_mode in COMPILE_MODES,
+             f"compile_mode={self.compile_mode!r}: choose one of {', '.join(map(repr, COMPILE_MODES))}")
+        if self.compile_mode != "default":
+            need(self.compile, f"compile_mode={self.compile_mode!r} is a mode of torch.compile: set compile=True")
+            need(self.resolved_device().type == "cuda",
+                 f"compile_mode={self.compile_mode!r} records CUDA graphs, but this run trains on "
+                 f"{self.resolved_device()}: use compile_mode='default'")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
         need(self.engine in ("fsdp2", "deepspeed"), f"engine={self.engine!r} is not 'fsdp2' or 'deepspeed'")
         need(not (self.engine == "deepspeed" and self.adam_impl == "fused"),

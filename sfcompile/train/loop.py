@@ -230,9 +230,9 @@ def _probe_loss(model, ids, teacher_out, weights, autocast, estimator, kernel):
                                  kernel=kernel and not exact)[0]
 
 
-def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger):
+def _compile(module: nn.Module, what: str, compiled: list[str], log: RunLogger, mode: str = "default"):
     try:
-        fn = torch.compile(module)
+        fn = torch.compile(module, mode=None if mode == "default" else mode)
     except Exception as err:  # compile is requested explicitly: say why it is not used
         raise RuntimeError(f"torch.compile of the {what} failed ({err}); run without compile=True") from err
     compiled.append(what)
@@ -329,10 +329,11 @@ def train(
     student = dist.attach_optimizer(student, model, optimizer, config)  # DeepSpeed: the ZeRO-3 engine
     stepper = dist.stepper(model, optimizer, trained)  # backward / grad norm / clip + step for the engine
     compiled: list[str] = []
-    student_fwd = _compile(student, "student forward", compiled, log) if config.compile else student
+    mode = config.compile_mode
+    student_fwd = _compile(student, "student forward", compiled, log, mode) if config.compile else student
     teacher_fwd = teacher
     if config.compile and teacher is not None and config.teacher == "copy":
-        teacher_fwd = _compile(teacher, "teacher forward", compiled, log)
+        teacher_fwd = _compile(teacher, "teacher forward", compiled, log, mode)
     # The finite-difference probe is two ordinary forward+backward passes: it runs through the compiled
     # student (same graph: only tensor values change). "hvp" needs a double backward, which compiled graphs
     # do not support, and a DeepSpeed engine probes through the bare model (masking/zero3.py): both eager.
@@ -364,12 +365,14 @@ def train(
         tokens_per_step=tokens_per_step,
         device=str(device),
         compiled=",".join(compiled) or "none",
+        compile_mode=config.compile_mode if compiled else None,
         probe="compiled" if probe_fwd is not model else "eager",
         loss_kernel=config.resolved_loss_kernel(),
         resumed=ckpt_path is not None,
     )
     if compiled:
-        log.message(f"compiled: {', '.join(compiled)}; evaluation runs eager")
+        graphs = " (CUDA graphs: compile_mode='reduce-overhead')" if config.compile_mode == "reduce-overhead" else ""
+        log.message(f"compiled: {', '.join(compiled)}{graphs}; evaluation runs eager")
     kind = "one Triton kernel" if loss_kernel else "chunked PyTorch"
     log.message(f"loss: {kind} (loss_kernel={config.loss_kernel!r})")
 

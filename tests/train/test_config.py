@@ -176,6 +176,16 @@ def test_teacher_batch_auto_fits_the_teachers_kv_cache_in_the_budget():
         TrainConfig(device="cuda").teacher_batch_for(torch.nn.Linear(2, 2))
 
 
+def test_compile_mode_is_a_torch_compile_mode_that_needs_compile_and_cuda():
+    assert TrainConfig().compile_mode == "default"
+    with pytest.raises(TrainConfigError, match="'max-autotune': choose one of 'default', 'reduce-overhead'"):
+        TrainConfig(compile=True, compile_mode="max-autotune")
+    with pytest.raises(TrainConfigError, match="'reduce-overhead' is a mode of torch.compile: set compile=True"):
+        TrainConfig(compile_mode="reduce-overhead", device="cpu")
+    with pytest.raises(TrainConfigError, match="records CUDA graphs, but this run trains on cpu"):
+        TrainConfig(compile=True, compile_mode="reduce-overhead", device="cpu")
+
+
 def test_teacher_data_tokens_auto_scales_with_the_run():
     from sfcompile.train.config import TEACHER_DATA_SHARE
 

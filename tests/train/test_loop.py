@@ -324,6 +324,39 @@ def test_fd_forward_probes_with_one_pass_from_the_step_gradient(tmp_path):
     assert spearman(hdiag["hvp"], hdiag["fd"]) > 0.9
 
 
+def test_the_compile_mode_reaches_torch_compile(monkeypatch):
+    import sfcompile.train.loop as loop
+
+    modes = []
+    monkeypatch.setattr(loop.torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    compiled = []
+    module = torch.nn.Linear(2, 2)
+    assert loop._compile(module, "student forward", compiled, None) is module
+    assert loop._compile(module, "teacher forward", compiled, None, "reduce-overhead") is module
+    assert modes == [None, "reduce-overhead"] and compiled == ["student forward", "teacher forward"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_student_under_cuda_graphs_trains_like_eager(tmp_path):
+    # compile_mode="reduce-overhead": the compiled forwards and backward replayed as CUDA graphs (soft-mask
+    # updates, probes and finalisation write into the graphs' static tensors in place); masks and weights end
+    # as in eager on the same GPU
+    tok = byte_tokenizer()
+    states = {}
+    for mode in ("eager", "reduce-overhead"):
+        torch._dynamo.reset()
+        model = _model().cuda()
+        kw = dict(compile=True, compile_mode=mode) if mode != "eager" else {}
+        r = train(model, _config(tmp_path, mode, 6, device="cuda", dtype="fp32", **kw), tokenizer=tok)
+        states[mode] = _state(model)
+        if mode != "eager":
+            assert r.compiled[:2] == ["student forward", "teacher forward"]
+    for name, (w, m, _) in states["eager"].items():
+        w2, m2, _ = states["reduce-overhead"][name]
+        torch.testing.assert_close(w2, w, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(m2, m, rtol=1e-3, atol=1e-4)
+
+
 def test_sfcompile_train_is_callable_however_it_was_imported(tmp_path):
     # the documented call sfcompile.train(model, config): Python binds the imported subpackage sfcompile.train
     # as the package's attribute (this file imported it), so the subpackage itself must call train
