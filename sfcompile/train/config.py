@@ -105,13 +105,13 @@ def forge_for(init: str, tokens: int = 0, tokens_per_step: int = 0, **fields):
 # into an 8M-token run (33.76 against 35.25 without) and 8M into a 20M-token run (31.60, the best): 0.375 and 0.4.
 TEACHER_DATA_SHARE = 0.4
 
+COMPILE_MODES = ("default", "reduce-overhead")  # TrainConfig.compile_mode: torch.compile's mode, "default" = None
+
 # teacher_data_batch="auto": off CUDA a small batch; on CUDA as many sequences as keep the sampler's K/V within
 # the budget (the packed samplers' buffers are exactly that; `generate`'s dynamic and static caches get half,
 # the dynamic one grows by concatenation and peaks at about twice its size), at most the cap. SmolLM2-135M at
 # 512 tokens: the cap, 2048 sequences, whose bf16 K/V take 22.5 GiB; on the H200 its packed-graph sampler ran
 # 97.7k tokens/s at 2048 sequences against 85.7k at 1024 (benchmarks/README.md, twenty-second session).
-COMPILE_MODES = ("default", "reduce-overhead")  # TrainConfig.compile_mode: torch.compile's mode, "default" = None
-
 TEACHER_BATCH_CPU = 32
 TEACHER_BATCH_MAX = 2048
 TEACHER_KV_BUDGET = 24 * 2**30

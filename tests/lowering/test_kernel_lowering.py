@@ -63,16 +63,15 @@ def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags
     assert "griddepcontrol" in compiled.asm["ptx"]
 
 
-def test_the_sass_of_the_sparse_tensor_core_kernel_holds_its_instruction_and_no_spills():
-    kernel, flags, space, _ = DECODE[1]
-    compiled = offline.compile_for(kernel, space(1)[0], flags)
-    ops = offline.opcode_counts(offline.sass(compiled))
-    assert any(op.startswith("HMMA.SP") for op in ops), sorted(ops)   # mma.sp became the sparse HMMA
-    assert not any(op.startswith(("LDL", "STL")) for op in ops)       # no register spills to local memory
-
-
 def _opcodes(kernel, config, flags):
     return offline.opcode_counts(offline.sass(offline.compile_for(kernel, config, flags)))
+
+
+def test_the_sass_of_the_sparse_tensor_core_kernel_holds_its_instruction_and_no_spills():
+    kernel, flags, space, _ = DECODE[1]
+    ops = _opcodes(kernel, space(1)[0], flags)
+    assert any(op.startswith("HMMA.SP") for op in ops), sorted(ops)   # mma.sp became the sparse HMMA
+    assert not any(op.startswith(("LDL", "STL")) for op in ops)       # no register spills to local memory
 
 
 def _tile_loads(ops) -> dict:
