@@ -155,7 +155,8 @@ class TrainConfig:
             or a path, as ``data``).
         teacher_data_batch: sequences generated at once, or ``"auto"`` (default): 32 off CUDA; on CUDA as
             many as keep the teacher's KV cache of ``seqlen`` tokens within `TEACHER_KV_BUDGET` (half of it
-            for the ``"dynamic"`` and ``"static"`` samplers), at most `TEACHER_BATCH_MAX` (`teacher_batch_for`).
+            for the ``"dynamic"`` and ``"static"`` samplers, including ``"auto"``'s fallback to ``"dynamic"``), at
+            most `TEACHER_BATCH_MAX` (`teacher_batch_for`).
             Each batch costs ``seqlen`` decode steps whatever its size, so a small batch makes generation slow:
             SmolLM2-135M on an H200 (packed-graph, bf16 autocast) sampled 85.7k tokens/s at 1024 sequences and
             97.7k at 2048 (benchmarks/README.md).
@@ -489,10 +490,12 @@ class TrainConfig:
         """Whether ``data="teacher"`` samples under bf16 autocast (``teacher_data_precision``)."""
         return self._is_bf16(self.teacher_data_precision)
 
-    def teacher_batch_for(self, teacher) -> int:
+    def teacher_batch_for(self, teacher, sampler: str | None = None) -> int:
         """``teacher_data_batch`` resolved for ``teacher`` (see the field): ``"auto"`` from the teacher's
-        config (layers, K/V heads, head size) and the sampling precision, so a resumed run resolves it the
-        same way (the batch is part of the teacher shard's cache key)."""
+        config (layers, K/V heads, head size), the sampling precision and ``sampler`` (the K/V cache that
+        samples, default ``teacher_data_kv_cache``; with ``"auto"`` the data code passes the one it tries, so
+        a fallback to `generate`'s caches gets their half budget), so a resumed run resolves it the same way
+        (the batch is part of the teacher shard's cache key)."""
         if self.teacher_data_batch != "auto":
             return self.teacher_data_batch
         if self.resolved_device().type != "cuda":
@@ -509,7 +512,8 @@ class TrainConfig:
                 f"which lacks them ({err}); set teacher_data_batch to a number of sequences") from err
         nbytes = 2 if self.teacher_data_bf16() else next(teacher.parameters()).element_size()
         per_sequence = 2 * layers * width_kv * nbytes * self.seqlen   # K and V of every layer
-        budget = TEACHER_KV_BUDGET // (2 if self.teacher_data_kv_cache in ("dynamic", "static") else 1)
+        sampler = self.teacher_data_kv_cache if sampler is None else sampler
+        budget = TEACHER_KV_BUDGET // (2 if sampler in ("dynamic", "static") else 1)
         return max(1, min(TEACHER_BATCH_MAX, budget // per_sequence))
 
     def bf16_autocast(self) -> bool:

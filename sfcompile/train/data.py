@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,7 +230,7 @@ def teacher_shard(
     seed: int,
     prompt_source: str = "calib",
     prompt_len: int = 4,
-    batch: int = 16,
+    batch: int | Callable[[str], int] = 16,
     device=None,
     kv_cache: str = "dynamic",
     bf16: bool = False,
@@ -244,6 +245,9 @@ def teacher_shard(
     refuses the teacher (its attention is one the sampler does not apply, `sfcompile.train.sampler.SamplerError`,
     raised on the first batch before anything is kept): then ``"dynamic"``; off CUDA ``"dynamic"``. ``log`` (a
     callable taking a line) is told of every such switch (without one: a warning) and of the sampling's speed.
+    ``batch``: sequences sampled at once, or a callable giving it for the sampler about to run (the trainer's
+    ``teacher_data_batch="auto"``: `generate`'s caches peak at about twice the packed sampler's K/V bytes, so a
+    fallback to ``"dynamic"`` samples half as many at once).
     The cache key includes the teacher's name, n_tokens, seqlen, temperature, seed, batch, both sampling
     options as resolved (they change the samples) and the prompt text's tokens, not its path: runs that share a
     cache and hold the same text under different paths share the samples.
@@ -262,9 +266,13 @@ def teacher_shard(
     else:
         raise DataError(f"kv_cache={kv_cache!r}: choose 'auto' or one of {', '.join(map(repr, KV_CACHES))}")
 
+    def batch_of(sampler: str) -> int:
+        return batch(sampler) if callable(batch) else batch
+
     def shard_for(sampler: str) -> Path:
         key = hashlib.sha256(
-            f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch}:{sampler}:{bf16}".encode()
+            f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch_of(sampler)}:{sampler}:{bf16}"
+            .encode()
         ).hexdigest()[:12]
         return cache / "shards" / f"teacher-{key}-{th}"
 
@@ -277,7 +285,7 @@ def teacher_shard(
         start = time.perf_counter()
         try:
             out = _sample_teacher(teacher, tok, prompts_pool, n_tokens=n_tokens, seqlen=seqlen,
-                                  temperature=temperature, seed=seed, prompt_len=prompt_len, batch=batch,
+                                  temperature=temperature, seed=seed, prompt_len=prompt_len, batch=batch_of(sampler),
                                   device=device, kv_cache=sampler, bf16=bf16)
         except SamplerError as err:
             if i + 1 == len(candidates):
@@ -288,8 +296,8 @@ def teacher_shard(
         break
     seconds = time.perf_counter() - start
     if log is not None:
-        log(f"teacher data: {len(out):,} tokens sampled with kv_cache={sampler!r}, {batch} sequences at once, in "
-            f"{seconds:.0f} s ({len(out) / max(seconds, 1e-9):,.0f} tokens/s)")
+        log(f"teacher data: {len(out):,} tokens sampled with kv_cache={sampler!r}, {batch_of(sampler)} sequences "
+            f"at once, in {seconds:.0f} s ({len(out) / max(seconds, 1e-9):,.0f} tokens/s)")
     shard = shard_for(sampler)
     write_shard(
         shard,
@@ -304,7 +312,7 @@ def teacher_shard(
             "seed": seed,
             "kv_cache": sampler,
             "bf16": bf16,
-            "batch": batch,
+            "batch": batch_of(sampler),
         },
     )
     return read_shard(shard)

@@ -143,7 +143,7 @@ def _data(config: TrainConfig, tokenizer, teacher, device, message):
                 temperature=config.teacher_data_temperature,
                 seed=config.seed,
                 prompt_source=config.teacher_data_prompts,
-                batch=config.teacher_batch_for(teacher),
+                batch=lambda sampler: config.teacher_batch_for(teacher, sampler),
                 device=device,
                 kv_cache=config.teacher_data_kv_cache,
                 bf16=config.teacher_data_bf16(),

@@ -170,6 +170,9 @@ def test_teacher_batch_auto_fits_the_teachers_kv_cache_in_the_budget():
     for sampler, share in (("packed", 1), ("dynamic", 2), ("static", 2)):   # generate's caches: half the budget
         cfg = TrainConfig(device="cuda", seqlen=2**20, tokens=10**12, teacher_data_kv_cache=sampler)
         assert cfg.teacher_batch_for(teacher) == TEACHER_KV_BUDGET // share // (per_token * 2 * 2**20), sampler
+    # kv_cache "auto": the data code passes the sampler it tries; a fallback to generate's cache gets half
+    auto = TrainConfig(device="cuda", seqlen=2**20, tokens=10**12)
+    assert auto.teacher_batch_for(teacher, "dynamic") * 2 == auto.teacher_batch_for(teacher, "packed-graph")
     assert TrainConfig(device="cuda", seqlen=512).teacher_batch_for(teacher) == TEACHER_BATCH_MAX
     assert TrainConfig(device="cuda", seqlen=2**20, tokens=10**12).teacher_batch_for(teacher) < TEACHER_BATCH_MAX
     with pytest.raises(TrainConfigError, match="set teacher_data_batch to a number of sequences"):

@@ -120,6 +120,38 @@ def test_teacher_shard_samples_full_sequences_and_caches(tmp_path, text_file, mo
                       bf16=True, kv_cache="static")
 
 
+def test_teacher_shard_asks_a_callable_batch_for_the_sampler_it_falls_back_to(tmp_path, monkeypatch):
+    """kv_cache="auto" with a batch per sampler: the packed sampler refuses, `generate` samples with its own batch
+    (the trainer's half budget), and the shard's cache key and metadata carry that batch."""
+    import sfcompile.train.data as data
+    from sfcompile.train.sampler import SamplerError
+
+    tok = byte_tokenizer()
+    teacher = tiny_llama(vocab=257).eval()
+    monkeypatch.setattr(data, "_auto_samplers", lambda device, teacher: (["packed-graph", "dynamic"], None))
+    real, ran = data._sample_teacher, []
+
+    def sample(*args, kv_cache, batch, **kw):
+        ran.append((kv_cache, batch))
+        if kv_cache == "packed-graph":
+            raise SamplerError("not this teacher")
+        return real(*args, kv_cache=kv_cache, batch=batch, **kw)
+
+    monkeypatch.setattr(data, "_sample_teacher", sample)
+    lines = []
+    shard = teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0,
+                          kv_cache="auto", batch={"packed-graph": 4, "dynamic": 2}.__getitem__, log=lines.append)
+    assert ran == [("packed-graph", 4), ("dynamic", 2)] and len(shard) == 48
+    assert any("refused the teacher" in line for line in lines)
+    assert any("'dynamic', 2 sequences at once" in line for line in lines)
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "c" / "shards").glob("teacher-*.json")]
+    assert meta["batch"] == 2 and meta["kv_cache"] == "dynamic"
+    # a second call finds that shard (same batch for the same sampler) without sampling again
+    again = teacher_shard(teacher, tok, tmp_path / "c", n_tokens=48, seqlen=16, temperature=1.0, seed=0,
+                          kv_cache="auto", batch={"packed-graph": 4, "dynamic": 2}.__getitem__)
+    assert len(ran) == 2 and np.array_equal(np.asarray(again), np.asarray(shard))
+
+
 def test_teacher_shard_is_keyed_by_the_prompt_text_not_its_path(tmp_path, monkeypatch):
     tok = byte_tokenizer()
     teacher = tiny_llama(vocab=257).eval()
