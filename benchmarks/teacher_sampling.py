@@ -55,7 +55,6 @@ def main() -> None:
     new = args.seqlen - args.prompt
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     per_batch_guess = None
-    default_windows = sampler.GRAPH_WINDOWS
     for variant in args.variants.split(","):
         cache, _, amp = variant.partition("+")
         if amp not in ("", "bf16", "half"):
@@ -63,7 +62,7 @@ def main() -> None:
         cache, _, windows = cache.partition("/")
         if windows and (cache != "packed-graph" or not windows.isdigit() or int(windows) < 1):
             raise SystemExit(f"variant {variant!r}: /W (windows >= 1) goes with packed-graph only")
-        sampler.GRAPH_WINDOWS = int(windows) if windows else default_windows   # what sample_sequences' decode reads
+        windows = int(windows) if windows else sampler.GRAPH_WINDOWS
         left = args.budget_s - (time.perf_counter() - t_start)
         if per_batch_guess is not None and left < per_batch_guess * (args.reps + 1):
             _emit(args.out, {"variant": variant, "skipped": f"out of time ({left:.0f} s left)"})
@@ -77,7 +76,8 @@ def main() -> None:
             sync()
             t = time.perf_counter()
             try:
-                seqs = sample_sequences(teacher, ids, new, 1.0, 0, kv_cache=cache, bf16=amp == "bf16")
+                seqs = sample_sequences(teacher, ids, new, 1.0, 0, kv_cache=cache, bf16=amp == "bf16",
+                                        windows=windows)
             except Exception as e:  # recorded, and the next variant still runs
                 _emit(args.out, {"variant": variant, "error": f"{type(e).__name__}: {e}"[:2000]})
                 failed = True
@@ -92,7 +92,7 @@ def main() -> None:
             continue
         tokens = args.batch * args.seqlen
         steady = times[1:] or times
-        row = {"variant": variant, "windows": sampler.GRAPH_WINDOWS, "batch": args.batch, "seqlen": args.seqlen,
+        row = {"variant": variant, "windows": windows, "batch": args.batch, "seqlen": args.seqlen,
                "first_s": times[0],
                "steady_s": sum(steady) / len(steady), "steady_tok_s": tokens * len(steady) / sum(steady),
                "reps": len(times), "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,

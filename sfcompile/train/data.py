@@ -169,7 +169,7 @@ AUTO_KV_CACHE_CUDA = "packed-graph"
 
 @torch.no_grad()
 def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, pad_id, *, kv_cache: str = "dynamic",
-                     bf16: bool = False):
+                     bf16: bool = False, windows: int | None = None):
     """``ids`` (B x P prompt tokens) continued by exactly ``new`` tokens sampled from ``teacher`` at
     ``temperature`` (no top-k/top-p; EOS is not allowed to end a sequence early).
 
@@ -179,8 +179,9 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
     (`sfcompile.train.sampler.decode`: no `generate`, one K/V buffer per layer filled in place, grouped query
     heads packed onto their K/V head, the next token drawn on the device; models whose attention does not run
     through transformers' AttentionInterface are refused) or ``"packed-graph"`` (the same, each decoding step
-    reading the whole buffer under a mask so that it is captured once in a CUDA graph and replayed; CUDA only).
-    ``bf16``: sample under bf16 autocast (bf16 matmuls and KV cache)."""
+    reading the buffer up to the end of its window under a mask, so that one CUDA graph per window is captured
+    and replayed; CUDA only). ``bf16``: sample under bf16 autocast (bf16 matmuls and KV cache). ``windows``:
+    the packed samplers' windows (`sfcompile.train.sampler.decode`; default `sampler.GRAPH_WINDOWS`)."""
     if kv_cache not in KV_CACHES:
         raise DataError(f"kv_cache={kv_cache!r}: choose one of {', '.join(map(repr, KV_CACHES))}")
     teacher_dtype = next(teacher.parameters()).dtype
@@ -201,7 +202,7 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
         suppress = [i for i in ([pad_id] + (eos if isinstance(eos, list) else [eos])) if i is not None]
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
             return decode(teacher, ids, new, multinomial(temperature, suppress),
-                          mode="graph" if kv_cache == "packed-graph" else "sliced")
+                          mode="graph" if kv_cache == "packed-graph" else "sliced", windows=windows)
     extra = {"cache_implementation": "static"} if kv_cache == "static" else {}
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         return teacher.generate(

@@ -87,6 +87,9 @@ def test_masked_steps_read_their_window_not_the_whole_buffer(monkeypatch):
     assert torch.equal(out, decode(model, ids, 31, lambda z: z.argmax(-1)))     # the sliced decode's tokens
     with pytest.raises(SamplerError, match="windows=0 must be an integer >= 1"):
         decode(model, ids, 4, lambda z: z.argmax(-1), mode="masked", windows=0)
+    # sample_sequences hands its windows to decode (teacher_sampling.py times packed-graph/W through it)
+    with pytest.raises(SamplerError, match="windows=0 must be an integer >= 1"):
+        sample_sequences(model, ids, 4, 1.0, 0, kv_cache="packed", windows=0)
 
 
 def test_sampled_tokens_skip_suppressed_ids_and_follow_the_seed():
