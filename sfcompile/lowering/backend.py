@@ -43,6 +43,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         most ``PDL_AUTO_MAX_ROWS_NO_COPIES`` rows when the graph makes no such copy (`_broadcast_copies`), and
         off otherwise (copies at more rows, prefill-sized graphs, a symbolic shape, no packed op). An explicit
         ``triton.enable_pdl`` option overrides Inductor's half.
+    block16_frag (bool, default False): block-16 weights run from tiles permuted into
+        ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
+        reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
+        3.5% faster per call at the median of 18 decode rows on the H200 (benchmarks/README.md, twenty-third
+        session). Off by default until it is timed end to end.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 
@@ -80,6 +85,7 @@ class BackendOptions:
     on_lower: Callable | None = None
     fuse: bool = True
     pdl: bool | str = "auto"
+    block16_frag: bool = False
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -94,13 +100,16 @@ class BackendOptions:
         on_lower = opts.pop("on_lower", None)
         if on_lower is not None and not callable(on_lower):
             raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
-        fuse, pdl = opts.pop("fuse", True), opts.pop("pdl", "auto")
+        fuse, pdl, frag = opts.pop("fuse", True), opts.pop("pdl", "auto"), opts.pop("block16_frag", False)
         if not isinstance(fuse, bool):
             raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
+        if not isinstance(frag, bool):
+            raise TypeError(f"sparseforge option block16_frag must be True or False, got {frag!r}")
         if not isinstance(pdl, bool) and pdl != "auto":
             raise TypeError(f"sparseforge option pdl must be True, False or 'auto', got {pdl!r}")
         inductor.update(opts)
-        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl)
+        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl,
+                   block16_frag=frag)
 
     def resolve_pdl(self, rows: int | None, copies: int = 0) -> bool:
         """Whether a graph whose packed ops multiply at most ``rows`` rows (None: unknown or no packed op)
@@ -165,9 +174,9 @@ def _pattern(text):
     return can_pack(pattern) or pattern
 
 
-def _packed_matmul(weight: torch.Tensor, pattern, k_dim: int, name: str):
+def _packed_matmul(weight: torch.Tensor, pattern, k_dim: int, name: str, frag: bool = False):
     """`PackedMatmul` of ``weight`` packed to ``pattern`` (the linear op for 2-D, the grouped op for 3-D
-    experts), or the reason `pack` refused it."""
+    experts), or the reason `pack` refused it. ``frag``: a 2-D block-16 weight's tiles in fragment order."""
     from sfcompile.lowering.pack import PackError, pack
     from sfcompile.passes.lower import PackedMatmul
 
@@ -177,25 +186,33 @@ def _packed_matmul(weight: torch.Tensor, pattern, k_dim: int, name: str):
         return f"refused to pack: {err}"
     linear_op, grouped_op, names, takes_nk = _ops_for(pattern)
     operands = packed_weight.tensors()
+    kwargs = ()
+    if frag and takes_nk and weight.dim() == 2:   # block-16 linear (the grouped experts stay row-major)
+        from sfcompile.lowering.kernels.block16_mma import fragment_order
+
+        operands = {**operands, "tile_values": fragment_order(operands["tile_values"])}
+        kwargs = (("frag", True),)
     return PackedMatmul(
         linear=linear_op if weight.dim() == 2 else None,
         grouped=grouped_op if weight.dim() == 3 else None,
         tensors=tuple((name, operands[name]) for name in names),
         consts=(packed_weight.n, packed_weight.k) if takes_nk else (),
+        linear_kwargs=kwargs,
     )
 
 
-def _pack(weight: torch.Tensor, info: dict):
-    """`PackedMatmul` for a hardened weight, or the reason it stays dense (the backend's lowerer)."""
+def _pack(weight: torch.Tensor, info: dict, frag: bool = False):
+    """`PackedMatmul` for a hardened weight, or the reason it stays dense (the backend's lowerer; ``frag``: the
+    ``block16_frag`` option)."""
     pattern = _pattern(info["pattern"])
     if isinstance(pattern, str):
         return pattern
     k_dim = int(info["k_dim"]) % weight.dim()
-    key = (weight._version, str(pattern), k_dim)
+    key = (weight._version, str(pattern), k_dim, frag)
     cached = _PACKED.get(weight)
     if cached is not None and cached[0] == key:
         return cached[1]
-    result = _packed_matmul(weight, pattern, k_dim, str(info.get("site", "weight")))
+    result = _packed_matmul(weight, pattern, k_dim, str(info.get("site", "weight")), frag)
     if not isinstance(result, str):
         _PACKED[weight] = (key, result)
     return result
@@ -206,7 +223,7 @@ def _pack(weight: torch.Tensor, info: dict):
 _FUSED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _pack_group(weights: list[torch.Tensor], infos: list[dict]):
+def _pack_group(weights: list[torch.Tensor], infos: list[dict], frag: bool = False):
     """`PackedMatmul` of the (N_i, K) hardened weights concatenated along N (the backend's fuser), or the
     reason they run separately."""
     import weakref
@@ -214,12 +231,12 @@ def _pack_group(weights: list[torch.Tensor], infos: list[dict]):
     pattern = _pattern(infos[0]["pattern"])
     if isinstance(pattern, str):
         return pattern
-    key = (tuple(w._version for w in weights), str(pattern))  # (one version per weight: the group's size too)
+    key = (tuple(w._version for w in weights), str(pattern), frag)  # (one version per weight: the group's size)
     cached = _FUSED.get(weights[0])
     if cached is not None and cached[0] == key and all(r() is w for r, w in zip(cached[1], weights)):
         return cached[2]
     sites = "+".join(str(info.get("site", "weight")) for info in infos)
-    result = _packed_matmul(torch.cat([w.detach() for w in weights]), pattern, 1, sites)
+    result = _packed_matmul(torch.cat([w.detach() for w in weights]), pattern, 1, sites, frag)
     if not isinstance(result, str):
         _FUSED[weights[0]] = (key, tuple(weakref.ref(w) for w in weights), result)
     return result
@@ -244,7 +261,8 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         gm: the graph Dynamo captured.
         example_inputs: its example inputs (the real parameters, for weights Dynamo lifted to inputs).
         mode: a ``torch.compile`` mode; ``"reduce-overhead"`` turns CUDA graphs on.
-        options: ``{"cudagraphs": bool, "on_lower": callable, "fuse": bool, <Inductor config>: value}``.
+        options: ``{"cudagraphs": bool, "on_lower": callable, "fuse": bool, "pdl": ..., "block16_frag": bool,
+            <Inductor config>: value}`` (the module docstring says what each does).
         **kwargs: the same options as keywords (when the backend is called directly).
 
     Returns:
@@ -255,7 +273,9 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
     from sfcompile.passes.lower import lower_hardened_matmuls
 
     opts = BackendOptions.parse(mode, {**(options or {}), **kwargs})
-    report = lower_hardened_matmuls(gm, example_inputs, _pack, fuser=_pack_group if opts.fuse else None)
+    frag = opts.block16_frag
+    report = lower_hardened_matmuls(gm, example_inputs, lambda w, info: _pack(w, info, frag),
+                                    fuser=(lambda ws, infos: _pack_group(ws, infos, frag)) if opts.fuse else None)
     _log_report(report)
     if not _guard_identity(report.baked_inputs):
         raise RuntimeError(
@@ -390,7 +410,7 @@ def _warm_packed_ops(gm: torch.fx.GraphModule, example_inputs: Sequence) -> None
         except LookupError as missing:
             log.debug("sparseforge: not warming %s: operand %s has a symbolic shape", node.name, missing)
             continue
-        node.target(*args)
+        node.target(*args, **node.kwargs)   # (constant keywords: block-16's frag)
 
 
 def _guard_identity(nodes: list) -> bool:

@@ -17,10 +17,13 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
     Bytes: 2:4 bf16 reads K/2·2 + K/8 bytes per row = 56% of dense.
 
 ``torch.ops.sfcompile.linear_block16(x[..., K], tile_values[T, 16, 16], row_ptr[N/16+1] int32,
-                                     col_idx[T] int32, N: int, K: int, bias[N]?) -> [..., N]``
+                                     col_idx[T] int32, N: int, K: int, bias[N]?, frag: bool = False) -> [..., N]``
     block-16 weight, any density: CSR over block rows. Block row ``r`` (output rows 16r..16r+15) owns tiles
     ``row_ptr[r] .. row_ptr[r+1]-1``; tile ``t`` covers K columns ``16*col_idx[t] .. 16*col_idx[t]+15`` and
     ``tile_values[t]`` is ``W[16r:16r+16, 16c:16c+16]`` (rows = N, cols = K). N and K multiples of 16.
+    ``frag``: each tile's 256 elements are in ``kernels.block16_mma.fragment_order`` (the tensor-core decode
+    kernel reads a lane's operand in one 16-byte load: 3.5% faster per call at the median of 18 decode rows on
+    the H200, benchmarks/README.md, twenty-third session); every path of the op reads that layout.
 
 ``torch.ops.sfcompile.grouped_nm24(x[T, K], values[E, N, K/2], meta[E, N, ceil(K/32)] int32,
                                    offs[E] int32) -> [T, N]``
@@ -99,9 +102,12 @@ def _nm24_dense(values, meta, k):
     return _unpack_nm24(values, meta, k)
 
 
-def _block16_dense(tile_values, row_ptr, col_idx, n, k, experts=None):
+def _block16_dense(tile_values, row_ptr, col_idx, n, k, experts=None, frag=False):
+    from sfcompile.lowering.kernels.block16_mma import fragment_order_inverse
     from sfcompile.lowering.pack import _unpack_block16
 
+    if frag:
+        tile_values = fragment_order_inverse(tile_values)
     return _unpack_block16(tile_values, row_ptr, col_idx, (experts, n, k) if experts else (n, k))
 
 
@@ -136,8 +142,9 @@ def linear_nm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 @torch.library.custom_op("sfcompile::linear_block16", mutates_args=(), device_types="cpu")
 def linear_block16(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-                   n: int, k: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
-    return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
+                   n: int, k: int, bias: Optional[torch.Tensor] = None,  # noqa: UP045
+                   frag: bool = False) -> torch.Tensor:
+    return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), bias)
 
 
 @torch.library.custom_op("sfcompile::grouped_nm24", mutates_args=(), device_types="cpu")
@@ -160,7 +167,7 @@ def _(x, values, meta, bias=None):
 
 
 @linear_block16.register_fake
-def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
+def _(x, tile_values, row_ptr, col_idx, n, k, bias=None, frag=False):
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -204,20 +211,20 @@ def _(x, values, meta, bias=None):
 
 
 @linear_block16.register_kernel("cuda")
-def _(x, tile_values, row_ptr, col_idx, n, k, bias=None):
+def _(x, tile_values, row_ptr, col_idx, n, k, bias=None, frag=False):
     reason = _kernel_unsupported(x, tile_values.dtype)
     if reason is None and bias is not None and bias.dtype != x.dtype:
         reason = f"bias dtype {bias.dtype} differs from the input's {x.dtype}"
     if reason:
         _log_once(f"linear_block16 ({n}, {k}): {reason}")
-        return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k), bias)
+        return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), bias)
     if x.numel() // max(1, k) >= BLOCK16_DENSE_MIN_M:   # prefill: unpack for this call (Triton), cuBLAS
         from sfcompile.lowering.kernels.block16_unpack import block16_unpack
 
-        return torch.nn.functional.linear(x, block16_unpack(tile_values, row_ptr, col_idx, n, k), bias)
+        return torch.nn.functional.linear(x, block16_unpack(tile_values, row_ptr, col_idx, n, k, frag), bias)
     from sfcompile.lowering.kernels.block16 import block16_matmul
 
-    return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, bias)
+    return block16_matmul(x, tile_values, row_ptr, col_idx, n, k, bias, frag=frag)
 
 
 @grouped_nm24.register_kernel("cuda")

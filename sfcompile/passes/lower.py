@@ -53,13 +53,14 @@ class PackedMatmul:
 
     The ops follow ``sfcompile.lowering.ops``: ``linear(x, *tensors, *consts, bias)`` for a 2-D weight and
     ``grouped(x, *tensors, offs, *consts)`` for 3-D experts. Either may be None when the weight has no op of
-    that family.
+    that family. ``linear_kwargs``: keyword arguments of every linear call (the block-16 op's ``frag``).
     """
 
     linear: Callable | None
     grouped: Callable | None
     tensors: tuple[tuple[str, torch.Tensor], ...]
     consts: tuple[int, ...] = ()
+    linear_kwargs: tuple[tuple[str, object], ...] = ()
 
 
 # A lowerer maps (weight, hardened info) to its packed form, or to the reason the weight stays dense.
@@ -322,7 +323,7 @@ def _fuse_group(gm: fx.GraphModule, group, weights: list[torch.Tensor], packed: 
             values = [_fake_value(use.bias) for use in uses]
             if all(isinstance(v, torch.Tensor) for v in values):
                 bias.meta["example_value"] = torch.cat(values)
-        fused = graph.call_function(packed.linear, (x, *operands, *packed.consts, bias))
+        fused = graph.call_function(packed.linear, (x, *operands, *packed.consts, bias), dict(packed.linear_kwargs))
         split = graph.call_function(torch.split, (fused, sizes, -1))
         parts = [graph.call_function(operator.getitem, (split, i)) for i in range(len(uses))]
     values = [_fake_value(use.node) for use in uses]
@@ -406,7 +407,7 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
             else:
                 args = (x, *operands, *packed.consts, current(use.bias))
             with gm.graph.inserting_after(use.node):
-                new = gm.graph.call_function(op, args)
+                new = gm.graph.call_function(op, args, {} if use.grouped else dict(packed.linear_kwargs))
             new.meta = dict(use.node.meta)  # same shape, dtype and device as the dense matmul
             use.node.replace_all_uses_with(new)
             gm.graph.erase_node(use.node)

@@ -381,6 +381,41 @@ def test_fuse_runs_linears_on_one_input_as_one_packed_op(family, pattern):
     assert count == 2 * 7 and not report.fused and report.lowered == {s: 1 for s in report.lowered}
 
 
+def test_block16_frag_option_runs_the_tiles_in_fragment_order():
+    # block16_frag=True: every block-16 op (fused or not) reads tiles permuted into fragment_order, told so by
+    # its frag keyword; logits as eager (the CPU op undoes the permutation, as every CUDA path reads it)
+    from sfcompile.lowering.kernels.block16_mma import fragment_order
+    from sfcompile.lowering.pack import pack
+
+    torch._dynamo.reset()
+    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **cfg)).eval()
+    _harden_all(model, "block16")
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(ids).logits
+    for fuse in (True, False):
+        torch._dynamo.reset()
+        graphs = []
+        opts = {"block16_frag": True, "fuse": fuse, "on_lower": lambda gm, r, g=graphs: g.append(gm)}
+        fast = torch.compile(model, backend="sparseforge", fullgraph=True, options=opts)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-4, atol=1e-4)
+        (gm,) = graphs
+        calls = [n for n in gm.graph.nodes if n.target is torch.ops.sfcompile.linear_block16.default]
+        assert len(calls) == (4 if fuse else 7) and all(n.kwargs == {"frag": True} for n in calls)
+    # the o_proj's tiles as the graph holds them: its packed row-major tiles, permuted
+    o = model.model.layers[0].self_attn.o_proj.weight
+    tiles = [getattr(gm, n.args[1].target) for n in calls if n.args[4] == 64 and n.args[5] == 64]
+    row_major = pack(o.detach(), "block16", 1).data["tile_values"]
+    assert any(torch.equal(t, fragment_order(row_major)) for t in tiles)
+    assert not any(torch.equal(t, row_major) for t in tiles)
+    with pytest.raises(TypeError, match="block16_frag"):
+        BackendOptions.parse(None, {"block16_frag": 1})
+
+
 def test_fuse_option_is_a_bool():
     assert BackendOptions.parse(None, {"fuse": False}).fuse is False and BackendOptions.parse(None, None).fuse is True
     with pytest.raises(TypeError, match="fuse"):

@@ -35,9 +35,11 @@ def test_nm24_kernel_compiles_for_sm90(small_m, grouped):
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["dense-rows", "grouped"])
 @pytest.mark.parametrize("rows", [1, 2048])
-def test_block16_kernel_compiles_for_sm90(rows, grouped):
+@pytest.mark.parametrize("frag", [0, 1], ids=["row-major", "fragment-order"])
+def test_block16_kernel_compiles_for_sm90(rows, grouped, frag):
     for config in block16.block16_configs(rows)[:2]:
-        _check(offline.compile_for(block16._block16_kernel, config, {**DOT_FLAGS, "GROUPED": grouped}))
+        _check(offline.compile_for(block16._block16_kernel, config, {**DOT_FLAGS, "GROUPED": grouped,
+                                                                     "FRAG": frag}))
 
 
 # text each decode kernel's TTIR must hold; DECODE: (kernel, its flags with the bias on, space, marker)

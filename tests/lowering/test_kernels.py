@@ -176,6 +176,26 @@ def test_block16_interpreter(dtype, m, n, k, density, config, bias, variant):
     assert _rel(y, ref) < TOL[dtype] and _rel(y, dense) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_block16_reads_fragment_order_tiles_interpreter(dtype, variant):
+    # FRAG 1: every tile load of the tile kernel goes through tile_offset's fragment-order offsets
+    from sfcompile.lowering.kernels.block16_mma import fragment_order
+
+    m, n, k, density, config = BLOCK_CASES[1]
+    g = torch.Generator().manual_seed(11)
+    w = _wblock(n, k, dtype, g, density)
+    d = pack(w, f"block16:{density}", -1).data
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    tiles = fragment_order(d["tile_values"])
+    y = block16_matmul(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config={**config, "VARIANT": variant},
+                       frag=True)
+    ref = block16_matmul_reference(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, frag=True)
+    dense = x.double() @ w.double().T + b.double()
+    assert _rel(y, ref) < TOL[dtype] and _rel(y, dense) < TOL[dtype]
+
+
 def test_block16_empty_block_row_and_grouped_interpreter():
     g = torch.Generator().manual_seed(3)
     e, n, k = 2, 32, 48
@@ -201,6 +221,10 @@ def test_block16_unpack_interpreter(density):
     w[16:32] = 0                                                # a block row without any tile
     d = pack(w, f"block16:{density}", -1).data
     assert torch.equal(block16_unpack(d["tile_values"], d["row_ptr"], d["col_idx"], 48, 160), w)
+    from sfcompile.lowering.kernels.block16_mma import fragment_order
+
+    frag = fragment_order(d["tile_values"])
+    assert torch.equal(block16_unpack(frag, d["row_ptr"], d["col_idx"], 48, 160, frag=True), w)
 
 
 def test_wrappers_reject_mismatched_shapes():

@@ -31,6 +31,22 @@ def test_linear_ops_match_dense_on_cpu(dtype):
         torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
 
 
+def test_linear_block16_reads_fragment_order_tiles_when_told():
+    # frag=True: the same weight from its tiles in fragment_order; the row-major tiles read as fragment order
+    # give another (wrong) product, so the flag is what makes the op read the layout
+    from sfcompile.lowering import ops  # noqa: F401  (registers torch.ops.sfcompile.*)
+    from sfcompile.lowering.kernels.block16_mma import fragment_order
+
+    w = _wblock((32, 64), torch.float32, seed=4)
+    d = pack(w, "block16", -1).data
+    x, b = torch.randn(3, 64), torch.randn(32)
+    op = torch.ops.sfcompile.linear_block16
+    want = torch.nn.functional.linear(x, w, b)
+    got = op(x, fragment_order(d["tile_values"]), d["row_ptr"], d["col_idx"], 32, 64, b, frag=True)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(op(x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, b, frag=True), want)
+
+
 def test_conv1d_oriented_weight_packs_to_same_op():
     w_kn = _w24((24, 64), seed=1).T.contiguous()
     pw = pack(w_kn, "2:4", 0)
@@ -61,6 +77,9 @@ def test_opcheck_schemas_and_fakes():
     d = pb.data
     torch.library.opcheck(torch.ops.sfcompile.linear_block16.default,
                           (x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, None),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.sfcompile.linear_block16.default,
+                          (x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, None), {"frag": True},
                           test_utils=("test_schema", "test_faketensor"))
     pe = pack(_w24((2, 32, 64)), "2:4", -1)
     torch.library.opcheck(torch.ops.sfcompile.grouped_nm24.default,
@@ -107,12 +126,18 @@ def test_cuda_unsupported_dtype_falls_back_with_log(caplog):
 
 @cuda
 def test_cuda_block16_and_grouped():
+    from sfcompile.lowering.kernels.block16_mma import fragment_order
+
     w = _wblock((512, 1024), torch.bfloat16).cuda()
     pw = pack(w, "block16", -1)
-    for m in (1, 300):
+    d = pw.data
+    frag = fragment_order(d["tile_values"])
+    for m in (1, 40, 300):   # the tensor-core decode kernel, the tile kernel, unpack + cuBLAS
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         ref = x.double() @ w.double().T
         assert ((pw.linear(x).double() - ref).norm() / ref.norm()).item() < 1e-2
+        y = torch.ops.sfcompile.linear_block16(x, frag, d["row_ptr"], d["col_idx"], 512, 1024, frag=True)
+        assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2, m
     we = _w24((4, 256, 512), torch.bfloat16).cuda()
     pe = pack(we, "2:4", -1)
     offs = torch.tensor([3, 3, 10, 12], dtype=torch.int32, device="cuda")

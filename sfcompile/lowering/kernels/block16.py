@@ -25,6 +25,10 @@ most), so this kernel is L2-bound at 0.2x dense;
 It always launches plainly: launched with programmatic dependent launch (as the 2:4 decode kernel is, see
 :func:`.splitk.pdl`) it was slower, 1.16x -> 1.06x dense end to end (8 LLaMA-2-7B layers, batch 1) and
 1.04x -> 0.98x per layer after a plain kernel (benchmarks/README.md, run 16).
+
+``FRAG`` 1 (``block16_matmul(..., frag=True)``): the tiles are in :func:`.block16_mma.fragment_order` (the
+layout the tensor-core decode kernel loads in 16-byte pieces), and every tile load here goes through
+:func:`tile_offset`, so one copy of the tiles in that layout serves every M.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.block16_mma import MAX_M as MMA_MAX_M
-from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_unsupported
+from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_unsupported, fragment_order_inverse
 
 __all__ = ["block16_matmul", "block16_matmul_reference", "block16_configs"]
 
@@ -64,11 +68,20 @@ def block16_configs(m_bucket: int) -> list[triton.Config]:
             for bm, t, w, s in space]
 
 
+@triton.jit
+def tile_offset(i, j, FRAG: tl.constexpr):
+    """Offset of element (row i, column j) within a 16x16 tile: row-major, or in ``fragment_order`` (FRAG 1:
+    i = 8h + g, j = 4t + u at 32 g + 8 t + 4 h + u, lane 4g + t's 16 bytes together)."""
+    if FRAG:
+        return (i % 8) * 32 + (j // 4) * 8 + (i // 8) * 4 + j % 4
+    return i * 16 + j
+
+
 @triton.jit(do_not_specialize=["M", "M_KEY"])  # M varies per call: one compile per config
 def _block16_kernel(
     x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, offs_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_om,
-    HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, FP32_IEEE: tl.constexpr, FRAG: tl.constexpr,
     BLOCK_M: tl.constexpr, TILES: tl.constexpr, SPLIT_K: tl.constexpr, VARIANT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -107,7 +120,8 @@ def _block16_kernel(
             offs_t = t0 + tl.arange(0, TILES)
             mask_t = offs_t < t_hi
             cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)
-            b = tl.load(tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, :, None] * 16 + offs_j[None, None, :],
+            b = tl.load(tv_ptr + offs_t[:, None, None] * 256 + tile_offset(offs_i[None, :, None],
+                                                                             offs_j[None, None, :], FRAG),
                         mask=mask_t[:, None, None], other=0.0)
             xs = tl.load(x_ptr + rows[:, None, None] * stride_xm + (cols * 16)[None, :, None]
                          + offs_j[None, None, :])                     # masked tiles are 0: any column will do
@@ -117,7 +131,7 @@ def _block16_kernel(
             t_of = t0 + offs_kk // 16
             mask_kk = t_of < t_hi
             cols = tl.load(col_ptr + t_of, mask=mask_kk, other=0)                                # (T*16,)
-            b_ptrs = tv_ptr + t_of[:, None] * 256 + offs_i[None, :] * 16 + (offs_kk % 16)[:, None]
+            b_ptrs = tv_ptr + t_of[:, None] * 256 + tile_offset(offs_i[None, :], (offs_kk % 16)[:, None], FRAG)
             b2 = tl.load(b_ptrs, mask=mask_kk[:, None], other=0.0)                               # (T*16, 16)
             x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (cols * 16 + offs_kk % 16)[None, :]
             x2 = tl.load(x_ptrs, mask=mask_m[:, None] & mask_kk[None, :], other=0.0)             # (BM, T*16)
@@ -126,7 +140,8 @@ def _block16_kernel(
             mask_t = offs_t < t_hi
             cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)                               # (TILES,)
             # B[(t, j), i] = tile[t][i, j]: (TILES, 16 j, 16 i)
-            b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, None, :] * 16 + offs_j[None, :, None]
+            b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + tile_offset(offs_i[None, None, :], offs_j[None, :, None],
+                                                                        FRAG)
             b = tl.load(b_ptrs, mask=mask_t[:, None, None], other=0.0)
             # x strips (BLOCK_M, TILES, 16 j)
             x_ptrs = (x_ptr + offs_m[:, None, None] * stride_xm + cols[None, :, None] * 16
@@ -152,10 +167,11 @@ def _block16_kernel(
 _AUTOTUNED: dict[tuple, object] = {}
 
 
-def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None):
-    """The autotuned launcher for one M bucket (decode buckets 1..16, one for all prefill) and a subset of
-    variants (benchmarks), built on first use (nothing compiles or benchmarks at import)."""
-    key = (min(m_bucket, 32), variants)
+def _autotuned(m_bucket: int, variants: tuple[int, ...] | None = None, frag: bool = False):
+    """The autotuned launcher for one M bucket (decode buckets 1..16, one for all prefill), a subset of
+    variants (benchmarks) and a tile layout (Triton's autotuner keys on arguments, not constexpr flags), built on
+    first use (nothing compiles or benchmarks at import)."""
+    key = (min(m_bucket, 32), variants, frag)
     if key not in _AUTOTUNED:
         configs = [c for c in block16_configs(key[0]) if variants is None or c.kwargs["VARIANT"] in variants]
         if not configs:
@@ -190,7 +206,8 @@ def _check(x, tile_values, row_ptr, col_idx, n, k, bias, experts):
 
 def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                    n: int, k: int, bias: torch.Tensor | None = None, offs: torch.Tensor | None = None,
-                   config: dict | None = None, variants: tuple[int, ...] | None = None) -> torch.Tensor:
+                   config: dict | None = None, variants: tuple[int, ...] | None = None,
+                   frag: bool = False) -> torch.Tensor:
     """``x @ W.T + bias`` for a block-16 W (CSR of tiles); with ``offs`` (E,), the expert grouped matmul.
 
     Args:
@@ -199,6 +216,7 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
         n, k: the dense (per-expert) weight is (N, K).
         config: fixed launch config (``BLOCK_M``, ``TILES``, ``SPLIT_K``, ``VARIANT``, optional ``num_warps``).
         variants: autotune over these variants only (benchmarks).
+        frag: the tiles are in :func:`.block16_mma.fragment_order` (the tensor-core decode kernel's layout).
 
     Returns:
         (..., N) in x.dtype.
@@ -218,26 +236,31 @@ def block16_matmul(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
     if not grouped and config is None and not on_cpu and m <= MMA_MAX_M and block16_mma_unsupported(x2) is None:
-        return block16_mma(x2, tile_values, row_ptr, col_idx, n, k, bias).reshape(*x.shape[:-1], n)
+        return block16_mma(x2, tile_values, row_ptr, col_idx, n, k, bias, frag=frag).reshape(*x.shape[:-1], n)
     may_split = m <= SMALL_M if config is None else config["SPLIT_K"] > 1
     cnt = splitk.counters(x.device, m * -(-n // 16) * experts) if may_split else x  # (unused without split)
     ws = (splitk.workspace(m, n, x.device, splitk.split_depth(config, lambda: block16_configs(splitk.m_key(m))))
           if may_split else out)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values,
             offs if grouped else row_ptr, out, ws, cnt, m, n, k, splitk.m_key(m), x2.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu)}
+    flags = {"HAS_BIAS": bias is not None, "GROUPED": grouped, "FP32_IEEE": splitk.ieee_dot(x.dtype, on_cpu),
+             "FRAG": int(frag)}
 
     def grid(meta_):
         return (triton.cdiv(m, meta_["BLOCK_M"]) * (n // 16), meta_["SPLIT_K"], experts)
 
-    splitk.launch(_block16_kernel, lambda: _autotuned(splitk.m_key(m), variants), grid, args, flags, config, on_cpu)
+    splitk.launch(_block16_kernel, lambda: _autotuned(splitk.m_key(m), variants, frag), grid, args, flags, config,
+                  on_cpu)
     return out.reshape(*x.shape[:-1], n)
 
 
-def block16_matmul_reference(x, tile_values, row_ptr, col_idx, n, k, bias=None, offs=None):
-    """Pure-PyTorch reference: unpack W from its tiles, then a matmul in fp32 (x.dtype out)."""
+def block16_matmul_reference(x, tile_values, row_ptr, col_idx, n, k, bias=None, offs=None, frag=False):
+    """Pure-PyTorch reference: unpack W from its tiles (``frag``: in fragment order), then a matmul in fp32
+    (x.dtype out)."""
     from sfcompile.lowering.pack import _unpack_block16
 
+    if frag:
+        tile_values = fragment_order_inverse(tile_values)
     experts = offs.shape[0] if offs is not None else None
     shape = (experts, n, k) if experts is not None else (n, k)
     w = _unpack_block16(tile_values, row_ptr, col_idx, shape).float()

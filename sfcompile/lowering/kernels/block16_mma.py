@@ -20,11 +20,12 @@ columns 2t, 2t + 1 (A register 0 / 1, B register 0) and 2t + 8, 2t + 9 (A regist
 each lane's loads are whole 8-byte words and a warp reads each tile row's 32 bytes in one sector. x's 8 rows
 are the ``mma``'s N; 9-16 rows take a second ``mma`` on the same A registers (``MT`` = 2).
 
-``frag=True`` (constexpr ``FRAG`` 1) is an opt-in tile layout, not what ``ops`` runs: each tile's 512 bytes
-in :func:`fragment_order`, lane L's two 8-byte pieces side by side at bytes 16L .. 16L + 15, so a lane loads a
-tile in one 16-byte load instead of two 8-byte ones (the 2:4 kernel loads 16 bytes per lane already and is
-still under its byte ceiling, so whether half the load instructions is faster here is for the GPU to say:
-benchmarks/block16_decode.py times both).
+``frag=True`` (constexpr ``FRAG`` 1) is an opt-in tile layout (the op's ``frag`` keyword; the backend's
+``block16_frag`` option; the pack format stays row-major): each tile's 512 bytes in :func:`fragment_order`,
+lane L's two 8-byte pieces side by side at bytes 16L .. 16L + 15, so a lane loads a tile in one 16-byte load
+instead of two 8-byte ones. On the H200 that was 3.5% faster per call at the median of 18 decode rows (6 layer
+shapes x M = 1, 8, 16; 15 rows faster; benchmarks/README.md, twenty-third session,
+``benchmarks/block16_decode.py --impls block16_mma,block16_mma_frag``).
 
 As in :mod:`.nm24_mma`, the ``mma`` is inline PTX on 1-D tensors of one element per thread, and the Triton
 interpreter (CPU tests) runs :func:`_mma_emulated`, the same warp-wide product from the same registers.
@@ -50,8 +51,8 @@ MAX_M = 16
 
 def fragment_order(tile_values: torch.Tensor) -> torch.Tensor:
     """The tiles (T, 16, 16) permuted so that each lane's A operand of ``mma.m16n8k16`` is 16 contiguous bytes:
-    what ``block16_mma(..., frag=True)`` reads (an opt-in layout to time against the row-major one; the pack
-    format stays row-major).
+    what ``block16_mma(..., frag=True)`` reads and every path of ``linear_block16(..., frag=True)`` (an opt-in
+    layout, the backend's ``block16_frag`` option; the pack format stays row-major).
 
     Layout: tile element (row r, column c), with r = 8h + g (h = 0, 1; g = 0..7) and c = 4t + j (t, j = 0..3),
     goes to position 8 (4g + t) + 4h + j of the tile's flattened 256. So lane L = 4g + t finds at elements
@@ -299,9 +300,8 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     """``x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, W (N, K) as block-16 tiles (:mod:`.block16`'s
     operands). ``config``: fixed ``WARPS``, ``TILES``, ``SPLIT_K`` instead of autotuning (tests, the interpreter
     on CPU). ``frag``: ``tile_values`` are already in :func:`fragment_order` (converted once, ahead of the
-    calls), so each lane loads a tile's A operand in one 16-byte load instead of two 8-byte ones; an experiment
-    to time against the default row-major tiles, which ``ops`` and the pack format keep. Returns (M, N) in
-    x2.dtype."""
+    calls), so each lane loads a tile's A operand in one 16-byte load instead of two 8-byte ones (the op's
+    ``frag``; the pack format keeps row-major tiles). Returns (M, N) in x2.dtype."""
     from sfcompile.lowering.kernels.block16 import _check
 
     reason = block16_mma_unsupported(x2)

@@ -14,12 +14,13 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
+from sfcompile.lowering.kernels.block16 import tile_offset
 
 __all__ = ["block16_unpack", "block16_unpack_reference"]
 
 
 @triton.jit
-def _unpack_kernel(tv_ptr, row_ptr_ptr, col_ptr, out_ptr, K, TILES: tl.constexpr):
+def _unpack_kernel(tv_ptr, row_ptr_ptr, col_ptr, out_ptr, K, TILES: tl.constexpr, FRAG: tl.constexpr):
     r = tl.program_id(0)
     t_begin = tl.load(row_ptr_ptr + r)
     t_end = tl.load(row_ptr_ptr + r + 1)
@@ -29,7 +30,8 @@ def _unpack_kernel(tv_ptr, row_ptr_ptr, col_ptr, out_ptr, K, TILES: tl.constexpr
         offs_t = t0 + tl.arange(0, TILES)
         mask_t = offs_t < t_end
         cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)
-        tiles = tl.load(tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, :, None] * 16 + offs_j[None, None, :],
+        tiles = tl.load(tv_ptr + offs_t[:, None, None] * 256 + tile_offset(offs_i[None, :, None], offs_j[None, None, :],
+                                                                             FRAG),
                         mask=mask_t[:, None, None], other=0.0)                     # (TILES, 16 i, 16 j)
         o_ptrs = (out_ptr + (r * 16 + offs_i)[None, :, None] * K + (cols * 16)[:, None, None]
                   + offs_j[None, None, :])
@@ -37,20 +39,24 @@ def _unpack_kernel(tv_ptr, row_ptr_ptr, col_ptr, out_ptr, K, TILES: tl.constexpr
 
 
 def block16_unpack(tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, n: int,
-                   k: int) -> torch.Tensor:
-    """The dense (N, K) weight of a 2-D block-16 CSR (see :mod:`sfcompile.lowering.ops`); CPU tensors run
-    in Triton's interpreter (tests)."""
+                   k: int, frag: bool = False) -> torch.Tensor:
+    """The dense (N, K) weight of a 2-D block-16 CSR (see :mod:`sfcompile.lowering.ops`; ``frag``: tiles in
+    :func:`.block16_mma.fragment_order`); CPU tensors run in Triton's interpreter (tests)."""
     if row_ptr.shape != (n // 16 + 1,):
         raise ValueError(f"row_ptr {tuple(row_ptr.shape)} does not describe {n // 16} block rows")
     out = torch.zeros((n, k), dtype=tile_values.dtype, device=tile_values.device)
     args = (tile_values.contiguous(), row_ptr, col_idx, out, k)
-    splitk.launch(_unpack_kernel, None, lambda _: (n // 16,), args, {}, {"TILES": 8, "num_warps": 4},
+    config = {"TILES": 8, "FRAG": int(frag), "num_warps": 4}
+    splitk.launch(_unpack_kernel, None, lambda _: (n // 16,), args, {}, config,
                   on_cpu=out.device.type == "cpu")
     return out
 
 
-def block16_unpack_reference(tile_values, row_ptr, col_idx, n, k):
+def block16_unpack_reference(tile_values, row_ptr, col_idx, n, k, frag=False):
     """Pure-PyTorch reference (``pack._unpack_block16``)."""
+    from sfcompile.lowering.kernels.block16_mma import fragment_order_inverse
     from sfcompile.lowering.pack import _unpack_block16
 
+    if frag:
+        tile_values = fragment_order_inverse(tile_values)
     return _unpack_block16(tile_values, row_ptr, col_idx, (n, k))
