@@ -183,25 +183,29 @@ class Variant:
 
     A pattern runs the backend with its defaults; ``+nofuse`` turns its ``fuse`` option off (one packed op per
     site), ``+nopdl`` / ``+pdl`` set its ``pdl`` option off / on (default ``"auto"``: on for a graph at one row,
-    i.e. decode at batch 1). ``dense+pdl`` is dense Inductor with its kernels launched with programmatic
-    dependent launch (``triton.enable_pdl``)."""
+    i.e. decode at batch 1), ``+frag`` (block-16 only) its ``block16_frag`` option on (tiles in fragment order).
+    ``dense+pdl`` is dense Inductor with its kernels launched with programmatic dependent launch
+    (``triton.enable_pdl``)."""
 
     base: str
     fuse: bool = True
     pdl: bool | str = "auto"
+    frag: bool = False
 
     @classmethod
     def parse(cls, label: str) -> Variant:
         base, *flags = label.split("+")
         allowed = ("pdl",) if base == "dense" else ("fuse", "nofuse", "pdl", "nopdl")
+        allowed += ("frag",) if base.startswith("block16") else ()
         for flag in flags:
             if flag not in allowed:
                 raise SystemExit(f"--e2e-patterns: {label!r}: unknown variant {flag!r}; a pattern takes +nofuse "
-                                 f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl), dense only +pdl")
+                                 f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl), block-16 also +frag, dense only "
+                                 f"+pdl")
         if base == "dense":
             return cls(base, pdl="pdl" in flags)
         pdl = False if "nopdl" in flags else True if "pdl" in flags else "auto"
-        return cls(base, fuse="nofuse" not in flags, pdl=pdl)
+        return cls(base, fuse="nofuse" not in flags, pdl=pdl, frag="frag" in flags)
 
     @property
     def backend(self) -> str | None:
@@ -214,6 +218,8 @@ class Variant:
                 return {"mode": "reduce-overhead" if cudagraphs else None}
             return {"options": {"triton.cudagraphs": cudagraphs, "triton.enable_pdl": True}}
         options = {"cudagraphs": cudagraphs, "fuse": self.fuse, "pdl": self.pdl}
+        if self.frag:
+            options["block16_frag"] = True
         if hook is not None:
             options["on_lower"] = hook
         return {"backend": self.backend, "options": options}
@@ -473,6 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated columns after dense: hardened patterns, run with the backend's defaults, "
                         "and variants: PATTERN+nofuse (one packed op per site), PATTERN+nopdl / +pdl (plain "
                         "launches / programmatic dependent launch at every batch; default: at batch 1 only), "
+                        "block16+frag (tiles in fragment order), "
                         "dense+pdl (Inductor's kernels with programmatic dependent launch) (default %(default)s)")
     g.add_argument("--batches", default="1,8",
                    help="comma-separated decode batch sizes (default %(default)s)")

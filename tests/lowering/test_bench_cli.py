@@ -50,7 +50,9 @@ def test_e2e_columns_parse_into_compile_arguments():
     assert Variant.parse("2:4+pdl").compile_kwargs(False)["options"]["pdl"] is True
     v = Variant.parse("block16+nofuse+nopdl")
     assert (v.base, v.fuse, v.pdl, v.backend) == ("block16", False, False, "sparseforge")
-    for bad in ("2:4+fast", "dense+nofuse"):
+    assert Variant.parse("block16+frag").compile_kwargs(True)["options"]["block16_frag"] is True
+    assert "block16_frag" not in Variant.parse("block16").compile_kwargs(True)["options"]
+    for bad in ("2:4+fast", "dense+nofuse", "2:4+frag"):
         with pytest.raises(SystemExit, match="unknown variant"):
             Variant.parse(bad)
 
