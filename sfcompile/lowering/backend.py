@@ -47,9 +47,9 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
         3.5% faster per call at the median of 18 decode rows on the H200 (benchmarks/README.md, twenty-third
-        session). Its cost elsewhere, from the sm_90 SASS (not timed): the tile kernel that runs 17-255 rows
-        then loads the tiles in 2-byte pieces instead of 16-byte async copies, and the prefill unpack in 8-byte
-        pieces instead of 16. Off by default until it is timed end to end.
+        session). The tile kernel (17-255 rows) and the prefill unpack read the tiles whole in 16-byte pieces as
+        before and permute them in registers (`kernels.block16.load_tiles`; sm_90 SASS: same global loads,
+        plus shared-memory or shuffle traffic; not timed). Off by default until it is timed end to end.
     anything else: an Inductor config patch, forwarded as ``torch.compile(options=...)`` forwards it.
 """
 

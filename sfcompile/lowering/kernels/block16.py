@@ -27,8 +27,8 @@ It always launches plainly: launched with programmatic dependent launch (as the 
 1.04x -> 0.98x per layer after a plain kernel (benchmarks/README.md, run 16).
 
 ``FRAG`` 1 (``block16_matmul(..., frag=True)``): the tiles are in :func:`.block16_mma.fragment_order` (the
-layout the tensor-core decode kernel loads in 16-byte pieces), and every tile load here goes through
-:func:`tile_offset`, so one copy of the tiles in that layout serves every M.
+layout the tensor-core decode kernel loads in 16-byte pieces), read whole and permuted in registers
+(:func:`load_tiles`), so one copy of the tiles in that layout serves every M.
 """
 
 from __future__ import annotations
@@ -69,12 +69,18 @@ def block16_configs(m_bucket: int) -> list[triton.Config]:
 
 
 @triton.jit
-def tile_offset(i, j, FRAG: tl.constexpr):
-    """Offset of element (row i, column j) within a 16x16 tile: row-major, or in ``fragment_order`` (FRAG 1:
-    i = 8h + g, j = 4t + u at 32 g + 8 t + 4 h + u, lane 4g + t's 16 bytes together)."""
+def load_tiles(tv_ptr, offs_t, mask_t, TILES: tl.constexpr, FRAG: tl.constexpr):
+    """Tiles ``offs_t`` (masked ones 0) as (TILES, 16 i, 16 j) row-major values, read from row-major tiles or
+    from tiles in ``fragment_order`` (FRAG 1: element (8h + g, 4t + u) at 32 g + 8 t + 4 h + u). Either way
+    the loads are contiguous along the tile (the permutation happens in registers): gathered with the permuted
+    offsets instead, the loads lost their vector width (2-byte loads in the SASS)."""
     if FRAG:
-        return (i % 8) * 32 + (j // 4) * 8 + (i // 8) * 4 + j % 4
-    return i * 16 + j
+        flat = tl.load(tv_ptr + offs_t[:, None] * 256 + tl.arange(0, 256)[None, :], mask=mask_t[:, None], other=0.0)
+        parts = tl.permute(tl.reshape(flat, (TILES, 8, 4, 2, 4)), (0, 3, 1, 2, 4))    # (T, h, g, t, u)
+        return tl.reshape(parts, (TILES, 16, 16))
+    offs = tl.arange(0, 16)
+    return tl.load(tv_ptr + offs_t[:, None, None] * 256 + offs[None, :, None] * 16 + offs[None, None, :],
+                   mask=mask_t[:, None, None], other=0.0)
 
 
 @triton.jit(do_not_specialize=["M", "M_KEY"])  # M varies per call: one compile per config
@@ -120,9 +126,7 @@ def _block16_kernel(
             offs_t = t0 + tl.arange(0, TILES)
             mask_t = offs_t < t_hi
             cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)
-            b = tl.load(tv_ptr + offs_t[:, None, None] * 256 + tile_offset(offs_i[None, :, None],
-                                                                             offs_j[None, None, :], FRAG),
-                        mask=mask_t[:, None, None], other=0.0)
+            b = load_tiles(tv_ptr, offs_t, mask_t, TILES, FRAG)                  # (TILES, 16 i, 16 j)
             xs = tl.load(x_ptr + rows[:, None, None] * stride_xm + (cols * 16)[None, :, None]
                          + offs_j[None, None, :])                     # masked tiles are 0: any column will do
             acc4 += xs.to(tl.float32)[:, :, None, :] * b.to(tl.float32)[None, :, :, :]
@@ -131,8 +135,13 @@ def _block16_kernel(
             t_of = t0 + offs_kk // 16
             mask_kk = t_of < t_hi
             cols = tl.load(col_ptr + t_of, mask=mask_kk, other=0)                                # (T*16,)
-            b_ptrs = tv_ptr + t_of[:, None] * 256 + tile_offset(offs_i[None, :], (offs_kk % 16)[:, None], FRAG)
-            b2 = tl.load(b_ptrs, mask=mask_kk[:, None], other=0.0)                               # (T*16, 16)
+            if FRAG:   # (whole tiles in registers, see load_tiles)
+                offs_t = t0 + tl.arange(0, TILES)
+                b2 = tl.reshape(tl.permute(load_tiles(tv_ptr, offs_t, offs_t < t_hi, TILES, FRAG), (0, 2, 1)),
+                                (TILES * 16, 16))
+            else:
+                b_ptrs = tv_ptr + t_of[:, None] * 256 + offs_i[None, :] * 16 + (offs_kk % 16)[:, None]
+                b2 = tl.load(b_ptrs, mask=mask_kk[:, None], other=0.0)                           # (T*16, 16)
             x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (cols * 16 + offs_kk % 16)[None, :]
             x2 = tl.load(x_ptrs, mask=mask_m[:, None] & mask_kk[None, :], other=0.0)             # (BM, T*16)
         else:
@@ -140,9 +149,11 @@ def _block16_kernel(
             mask_t = offs_t < t_hi
             cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)                               # (TILES,)
             # B[(t, j), i] = tile[t][i, j]: (TILES, 16 j, 16 i)
-            b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + tile_offset(offs_i[None, None, :], offs_j[None, :, None],
-                                                                        FRAG)
-            b = tl.load(b_ptrs, mask=mask_t[:, None, None], other=0.0)
+            if FRAG:
+                b = tl.permute(load_tiles(tv_ptr, offs_t, mask_t, TILES, FRAG), (0, 2, 1))
+            else:
+                b_ptrs = tv_ptr + offs_t[:, None, None] * 256 + offs_i[None, None, :] * 16 + offs_j[None, :, None]
+                b = tl.load(b_ptrs, mask=mask_t[:, None, None], other=0.0)
             # x strips (BLOCK_M, TILES, 16 j)
             x_ptrs = (x_ptr + offs_m[:, None, None] * stride_xm + cols[None, :, None] * 16
                       + offs_j[None, None, :])

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
-from sfcompile.lowering.kernels.block16 import tile_offset
+from sfcompile.lowering.kernels.block16 import load_tiles
 
 __all__ = ["block16_unpack", "block16_unpack_reference"]
 
@@ -30,9 +30,7 @@ def _unpack_kernel(tv_ptr, row_ptr_ptr, col_ptr, out_ptr, K, TILES: tl.constexpr
         offs_t = t0 + tl.arange(0, TILES)
         mask_t = offs_t < t_end
         cols = tl.load(col_ptr + offs_t, mask=mask_t, other=0)
-        tiles = tl.load(tv_ptr + offs_t[:, None, None] * 256 + tile_offset(offs_i[None, :, None], offs_j[None, None, :],
-                                                                             FRAG),
-                        mask=mask_t[:, None, None], other=0.0)                     # (TILES, 16 i, 16 j)
+        tiles = load_tiles(tv_ptr, offs_t, mask_t, TILES, FRAG)                    # (TILES, 16 i, 16 j)
         o_ptrs = (out_ptr + (r * 16 + offs_i)[None, :, None] * K + (cols * 16)[:, None, None]
                   + offs_j[None, None, :])
         tl.store(o_ptrs, tiles, mask=mask_t[:, None, None])
