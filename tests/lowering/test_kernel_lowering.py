@@ -11,6 +11,7 @@ GPU runs; the interpreter takes their emulated forms). The local Triton may be n
 """
 
 import pytest
+import triton
 
 from sfcompile.lowering.kernels import block16, nm24
 
@@ -67,6 +68,22 @@ def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags
 
 def _opcodes(kernel, config, flags):
     return offline.opcode_counts(offline.sass(offline.compile_for(kernel, config, flags)))
+
+
+def test_fragment_order_tiles_keep_the_16_byte_loads_of_row_major_ones():
+    # block16.load_tiles reads a fragment-order tile whole and permutes it in registers; gathered with permuted
+    # offsets instead, the unpack's tile loads fell to 8 bytes and the tile kernel's to 2 (LDG.E.U16)
+    from sfcompile.lowering.kernels import block16_unpack
+
+    def global_loads(kernel, config, flags):
+        return {k: v for k, v in _opcodes(kernel, config, flags).items() if k.startswith(("LDG", "LDGSTS"))}
+
+    unpack = [global_loads(block16_unpack._unpack_kernel, triton.Config({"TILES": 8}, num_warps=4), {"FRAG": f})
+              for f in (0, 1)]
+    assert unpack[1] == unpack[0] and unpack[0].get("LDG.E.128", 0) > 0
+    config = block16.block16_configs(64)[0]
+    tile = [global_loads(block16._block16_kernel, config, {**DOT_FLAGS, "GROUPED": False, "FRAG": f}) for f in (0, 1)]
+    assert tile[1] == tile[0] and tile[0].get("LDGSTS.E.BYPASS.128", 0) > 0
 
 
 def test_the_sass_of_the_sparse_tensor_core_kernel_holds_its_instruction_and_no_spills():

@@ -179,7 +179,7 @@ def test_block16_interpreter(dtype, m, n, k, density, config, bias, variant):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", [0, 1, 2])
 def test_block16_reads_fragment_order_tiles_interpreter(dtype, variant):
-    # FRAG 1: every tile load of the tile kernel goes through tile_offset's fragment-order offsets
+    # FRAG 1: every variant of the tile kernel reads its tiles in fragment order (block16.load_tiles)
     from sfcompile.lowering.kernels.block16_mma import fragment_order
 
     m, n, k, density, config = BLOCK_CASES[1]
