@@ -103,12 +103,9 @@ def _nm24_dense(values, meta, k):
 
 
 def _block16_dense(tile_values, row_ptr, col_idx, n, k, experts=None, frag=False):
-    from sfcompile.lowering.kernels.block16_mma import fragment_order_inverse
     from sfcompile.lowering.pack import _unpack_block16
 
-    if frag:
-        tile_values = fragment_order_inverse(tile_values)
-    return _unpack_block16(tile_values, row_ptr, col_idx, (experts, n, k) if experts else (n, k))
+    return _unpack_block16(tile_values, row_ptr, col_idx, (experts, n, k) if experts else (n, k), frag)
 
 
 def _compute_dtype(dtype):

@@ -207,7 +207,12 @@ def _pack_block16(w_nk: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"tile_values": tiles[keep].contiguous(), "row_ptr": row_ptr, "col_idx": col_idx.contiguous()}
 
 
-def _unpack_block16(tile_values, row_ptr, col_idx, nk_shape) -> torch.Tensor:
+def _unpack_block16(tile_values, row_ptr, col_idx, nk_shape, frag: bool = False) -> torch.Tensor:
+    """The dense weight of block-16 tiles; ``frag``: the tiles are in ``kernels.block16_mma.fragment_order``."""
+    if frag:
+        from sfcompile.lowering.kernels.block16_mma import fragment_order_inverse
+
+        tile_values = fragment_order_inverse(tile_values)
     *lead, n, k = nk_shape
     rows = row_ptr.shape[0] - 1
     tiles = torch.zeros(rows, k // 16, 16, 16, dtype=tile_values.dtype, device=tile_values.device)

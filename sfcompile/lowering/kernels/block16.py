@@ -41,7 +41,7 @@ import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.block16_mma import MAX_M as MMA_MAX_M
-from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_unsupported, fragment_order_inverse
+from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_unsupported
 
 __all__ = ["block16_matmul", "block16_matmul_reference", "block16_configs"]
 
@@ -270,11 +270,9 @@ def block16_matmul_reference(x, tile_values, row_ptr, col_idx, n, k, bias=None, 
     (x.dtype out)."""
     from sfcompile.lowering.pack import _unpack_block16
 
-    if frag:
-        tile_values = fragment_order_inverse(tile_values)
     experts = offs.shape[0] if offs is not None else None
     shape = (experts, n, k) if experts is not None else (n, k)
-    w = _unpack_block16(tile_values, row_ptr, col_idx, shape).float()
+    w = _unpack_block16(tile_values, row_ptr, col_idx, shape, frag).float()
     if offs is None:
         y = x.float() @ w.T
         if bias is not None:

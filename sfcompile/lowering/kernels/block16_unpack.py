@@ -52,9 +52,6 @@ def block16_unpack(tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: to
 
 def block16_unpack_reference(tile_values, row_ptr, col_idx, n, k, frag=False):
     """Pure-PyTorch reference (``pack._unpack_block16``)."""
-    from sfcompile.lowering.kernels.block16_mma import fragment_order_inverse
     from sfcompile.lowering.pack import _unpack_block16
 
-    if frag:
-        tile_values = fragment_order_inverse(tile_values)
-    return _unpack_block16(tile_values, row_ptr, col_idx, (n, k))
+    return _unpack_block16(tile_values, row_ptr, col_idx, (n, k), frag)
