@@ -439,6 +439,9 @@ class TrainConfig:
             need(self.resolved_device().type == "cuda",
                  f"compile_mode={self.compile_mode!r} records CUDA graphs, but this run trains on "
                  f"{self.resolved_device()}: use compile_mode='default'")
+            need(world == 1 and self.engine == "fsdp2",
+                 f"compile_mode={self.compile_mode!r} (CUDA graphs) is built and tested for one process; this run "
+                 f"has {world} process(es) with engine={self.engine!r}: use compile_mode='default'")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
         need(self.engine in ("fsdp2", "deepspeed"), f"engine={self.engine!r} is not 'fsdp2' or 'deepspeed'")
         need(not (self.engine == "deepspeed" and self.adam_impl == "fused"),

@@ -270,11 +270,31 @@ class Stepper:
     """backward / gradient norm / clip + step / skip for one process and FSDP2 (plain autograd + optimizer);
     `stepper` returns the DeepSpeed one under ZeRO-3."""
 
-    def __init__(self, optimizer, trained):
+    def __init__(self, optimizer, trained, own_grads: bool = False):
         self.optimizer, self.trained = optimizer, trained
+        self.own_grads = own_grads
+        self._owned: dict[int, weakref.ref] = {}  # id(param) -> the gradient copy it holds (no reference kept)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         loss.backward()
+        if self.own_grads:
+            self._own_grads()
+
+    def _own_grads(self) -> None:
+        """Copy out every gradient this backward created (for CUDA graphs, ``compile_mode="reduce-overhead"``).
+
+        A backward that finds ``.grad`` None stores the compiled backward's output buffer itself as ``.grad``;
+        that buffer belongs to the CUDA graphs' memory pool, and the next compiled call (the next micro-batch's
+        teacher, a Hessian probe) writes over it. Later backwards of the step add into the copy in place, so
+        this copies each gradient once per step (one multi-tensor copy)."""
+        fresh = [p for p in self.trained if p.grad is not None and self._owned.get(id(p), _dead)() is not p.grad]
+        if not fresh:
+            return
+        copies = [torch.empty_like(p.grad) for p in fresh]
+        torch._foreach_copy_(copies, [p.grad for p in fresh])
+        for p, g in zip(fresh, copies):
+            p.grad = g
+            self._owned[id(p)] = weakref.ref(g)
 
     def _split_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(local shards of the gradients FSDP2 shards over all ranks, every other gradient).
@@ -333,12 +353,20 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def stepper(model: nn.Module, optimizer, trained):
+def _dead():
+    return None
+
+
+def stepper(model: nn.Module, optimizer, trained, own_grads: bool = False):
+    """``own_grads``: copy each step's gradients out of the compiled backward's buffers (CUDA graphs)."""
     if getattr(model, "_sfcompile_engine", None) == "deepspeed":
         from sfcompile.train.engines.deepspeed import Stepper as DeepSpeedStepper
 
+        if own_grads:
+            raise DistributedError("CUDA graphs (compile_mode='reduce-overhead') are not supported with "
+                                   "engine='deepspeed': use compile_mode='default'")
         return DeepSpeedStepper(model)
-    return Stepper(optimizer, trained)
+    return Stepper(optimizer, trained, own_grads)
 
 
 def full_model(model: nn.Module) -> nn.Module | None:

@@ -221,6 +221,18 @@ def _first_rows(ids: torch.Tensor, teacher_out, rows: int | None):
     return ids[:rows], type(teacher_out)(**cut)
 
 
+def _out_of_graphs(out):
+    """``out`` (a model output) with every tensor copied: under CUDA graphs the next compiled call writes over
+    the memory of this one's outputs."""
+
+    def copy(v):
+        if isinstance(v, torch.Tensor):
+            return v.clone()
+        return tuple(copy(x) for x in v) if isinstance(v, tuple) else v
+
+    return type(out)(**{k: copy(v) for k, v in out.items()})
+
+
 def _probe_loss(model, ids, teacher_out, weights, autocast, estimator, kernel):
     # the exact probe differentiates the loss twice; the finite differences take the step's own loss
     exact = estimator == "hvp"
@@ -327,7 +339,10 @@ def train(
     optimizer = build_optimizer(model, config, extra=extra)
     trained = [p for g in optimizer.param_groups for p in g["params"]]
     student = dist.attach_optimizer(student, model, optimizer, config)  # DeepSpeed: the ZeRO-3 engine
-    stepper = dist.stepper(model, optimizer, trained)  # backward / grad norm / clip + step for the engine
+    # CUDA graphs: each compiled call may write over the outputs of the one before (cudagraph trees), so the
+    # teacher's outputs and the step's gradients are copied out of the graphs' memory (_out_of_graphs, own_grads)
+    graphs = config.compile and config.compile_mode == "reduce-overhead"
+    stepper = dist.stepper(model, optimizer, trained, own_grads=graphs)  # backward / grad norm / clip + step
     compiled: list[str] = []
     mode = config.compile_mode
     student_fwd = _compile(student, "student forward", compiled, log, mode) if config.compile else student
@@ -434,6 +449,8 @@ def train(
                             with torch.no_grad():
                                 t_out = teacher_fwd(ids, output_hidden_states=weights.squarehead > 0,
                                                     use_cache=False)
+                            if graphs and teacher_fwd is not teacher:  # the student's forward reuses its memory
+                                t_out = _out_of_graphs(t_out)
                         # use_cache=False: a training forward has no use for the K/V cache HF builds by default
                         probe_rng = hutchinson.rng_state() if reuse_grads else None
                         s_out = student_fwd(ids, output_hidden_states=weights.squarehead > 0, use_cache=False)

@@ -187,6 +187,16 @@ def test_compile_mode_is_a_torch_compile_mode_that_needs_compile_and_cuda():
         TrainConfig(compile_mode="reduce-overhead", device="cpu")
     with pytest.raises(TrainConfigError, match="records CUDA graphs, but this run trains on cpu"):
         TrainConfig(compile=True, compile_mode="reduce-overhead", device="cpu")
+    graphs = dict(compile=True, compile_mode="reduce-overhead", device="cuda")
+    assert TrainConfig(**graphs).compile_mode == "reduce-overhead"
+    with pytest.raises(TrainConfigError, match="has 1 process\\(es\\) with engine='deepspeed'"):
+        TrainConfig(**graphs, engine="deepspeed")
+
+
+def test_cuda_graphs_are_refused_for_several_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainConfigError, match="built and tested for one process; this run has 2 process"):
+        TrainConfig(compile=True, compile_mode="reduce-overhead", device="cuda")
 
 
 def test_teacher_data_tokens_auto_scales_with_the_run():

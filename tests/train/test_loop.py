@@ -336,6 +336,75 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
     assert modes == [None, "reduce-overhead"] and compiled == ["student forward", "teacher forward"]
 
 
+class _GraphsLikeCompile:
+    """What CUDA graphs (cudagraph trees) do to a training loop, on the CPU: every call of a "compiled" module
+    writes NaN over the outputs of the call before it, and over the gradients that call's backward handed to
+    ``.grad`` (autograd stores the backward's output buffer itself as ``.grad`` when it finds none)."""
+
+    def __init__(self, model):
+        import weakref
+
+        self.ref, self.previous, self.was_none = weakref.ref, [], {}
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._grad_written)
+
+    def _grad_written(self, p):
+        if self.was_none.get(id(p)):
+            self.previous.append(self.ref(p.grad))
+
+    def __call__(self, module, what, compiled, log, mode="default"):
+        def call(*args, **kwargs):
+            with torch.no_grad():
+                for r in self.previous:
+                    if r() is not None:
+                        r().data.fill_(float("nan"))
+            out = module(*args, **kwargs)
+            self.was_none = {id(p): p.grad is None for p in self.params}
+            tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+            tensors += [t for v in out.values() if isinstance(v, tuple) for t in v if isinstance(t, torch.Tensor)]
+            self.previous = [self.ref(t) for t in tensors]
+            return out
+
+        compiled.append(what)
+        return call
+
+
+def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatch):
+    # compile_mode="reduce-overhead" on the CPU, with torch.compile replaced by _GraphsLikeCompile: the
+    # teacher's outputs (overwritten by the student's forward) and the gradients (overwritten by the next
+    # micro-batch's teacher and by the Hessian probe) are copied out in time, so the run ends as in eager;
+    # without either copy it goes wrong (NaN steps skipped until the first mask update finds no probe)
+    import sfcompile.train.loop as loop
+    from sfcompile.masking.config import ForgeConfigError
+
+    tok = byte_tokenizer()
+    eager = _model()
+    train(eager, _config(tmp_path, "eager", 6), tokenizer=tok)
+
+    def like_eager(name):
+        model = _model()
+        with monkeypatch.context() as m:
+            m.setattr(loop, "_compile", _GraphsLikeCompile(model))
+            if name == "no teacher copy":
+                m.setattr(loop, "_out_of_graphs", lambda out: out)
+            if name == "no gradient copies":
+                m.setattr(loop.dist.Stepper, "_own_grads", lambda self: None)
+            cfg = _config(tmp_path, name.replace(" ", "_"), 6, compile=True)
+            object.__setattr__(cfg, "compile_mode", "reduce-overhead")  # past the check that wants CUDA
+            try:
+                r = train(model, cfg, tokenizer=tok)
+            except ForgeConfigError as err:
+                assert "needs Hessian probes" in str(err)
+                return False
+        assert r.compiled[:2] == ["student forward", "teacher forward"]
+        return all(torch.equal(a, b) for (a, *_), (b, *_) in zip(_state(model).values(), _state(eager).values()))
+
+    assert like_eager("graphs")
+    assert not like_eager("no teacher copy")
+    assert not like_eager("no gradient copies")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_student_under_cuda_graphs_trains_like_eager(tmp_path):
     # compile_mode="reduce-overhead": the compiled forwards and backward replayed as CUDA graphs (soft-mask
