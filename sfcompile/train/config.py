@@ -435,7 +435,8 @@ class TrainConfig:
         need(self.compile_mode in COMPILE_MODES,
              f"compile_mode={self.compile_mode!r}: choose one of {', '.join(map(repr, COMPILE_MODES))}")
         if self.compile_mode != "default":
-            need(self.compile, f"compile_mode={self.compile_mode!r} is a mode of torch.compile: set compile=True")
+            need(self.compile,
+                 f"compile_mode={self.compile_mode!r} is a mode of torch.compile: set compile=True (--compile)")
             need(self.resolved_device().type == "cuda",
                  f"compile_mode={self.compile_mode!r} records CUDA graphs, but this run trains on "
                  f"{self.resolved_device()}: use compile_mode='default'")
