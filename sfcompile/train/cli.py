@@ -118,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forwards")
     g.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
-                   help="with --compile: reduce-overhead replays the compiled forwards and backward as CUDA graphs")
+                   help="with --compile: reduce-overhead replays the compiled forwards and backward as CUDA graphs "
+                        "(CUDA, one process)")
     g.add_argument("--probe-rows", type=int, default=None,
                    help="sequences of the micro-batch the Hessian probe uses (default: all)")
     from sfcompile.train.launch import add_arguments as add_launch_arguments

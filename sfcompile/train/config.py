@@ -233,9 +233,12 @@ class TrainConfig:
             passes; the "hvp" probe and evaluation run eager),
         compile_mode: ``"default"`` (Inductor's kernels, launched from the host) or ``"reduce-overhead"``
             (the same kernels recorded in CUDA graphs and replayed: `torch.compile`'s mode of that name; CUDA
-            and ``compile`` only). The compiled SmolLM2-135M step launched ~3,000 kernels and left the H200 idle
-            ~20% of the step (103 ms against ~80 ms of kernels; benchmarks/README.md): host launches are what
-            the graphs remove. Not yet timed; `benchmarks/train_profile.py --compile-mode` compares.
+            and ``compile`` only, one process). The compiled SmolLM2-135M step launched ~3,000 kernels and left
+            the H200 idle ~20% of the step (103 ms against ~80 ms of kernels; benchmarks/README.md): host
+            launches are what the graphs remove. Each compiled call may reuse the memory of the previous one's
+            outputs, so the trainer copies the teacher's outputs and each step's gradients out of the graphs
+            (one logits-sized and one gradient-sized copy per step). Not yet timed or run on a GPU since that
+            fix; `benchmarks/train_profile.py --compile-mode` compares.
         probe_rows: sequences of the last micro-batch the Hessian probe's loss is computed on (None: all of
             them). The probe costs two extra forward+backward passes per mask update; on a few sequences it
             costs proportionally less, with a noisier estimate that the Hessian EMA and the Kronecker fit
