@@ -287,7 +287,7 @@ class Stepper:
         that buffer belongs to the CUDA graphs' memory pool, and the next compiled call (the next micro-batch's
         teacher, a Hessian probe) writes over it. Later backwards of the step add into the copy in place, so
         this copies each gradient once per step (one multi-tensor copy)."""
-        fresh = [p for p in self.trained if p.grad is not None and self._owned.get(id(p), _dead)() is not p.grad]
+        fresh = [p for p in self.trained if p.grad is not None and not self._holds_copy(p)]
         if not fresh:
             return
         copies = [torch.empty_like(p.grad) for p in fresh]
@@ -295,6 +295,10 @@ class Stepper:
         for p, g in zip(fresh, copies):
             p.grad = g
             self._owned[id(p)] = weakref.ref(g)
+
+    def _holds_copy(self, p: torch.Tensor) -> bool:
+        ref = self._owned.get(id(p))
+        return ref is not None and ref() is p.grad
 
     def _split_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(local shards of the gradients FSDP2 shards over all ranks, every other gradient).
@@ -351,10 +355,6 @@ class Stepper:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-
-
-def _dead():
-    return None
 
 
 def stepper(model: nn.Module, optimizer, trained, own_grads: bool = False):
