@@ -358,13 +358,11 @@ class Stepper:
 
 
 def stepper(model: nn.Module, optimizer, trained, own_grads: bool = False):
-    """``own_grads``: copy each step's gradients out of the compiled backward's buffers (CUDA graphs)."""
+    """``own_grads``: copy each step's gradients out of the compiled backward's buffers (CUDA graphs; one
+    process only, which `TrainConfig` enforces)."""
     if getattr(model, "_sfcompile_engine", None) == "deepspeed":
         from sfcompile.train.engines.deepspeed import Stepper as DeepSpeedStepper
 
-        if own_grads:
-            raise DistributedError("CUDA graphs (compile_mode='reduce-overhead') are not supported with "
-                                   "engine='deepspeed': use compile_mode='default'")
         return DeepSpeedStepper(model)
     return Stepper(optimizer, trained, own_grads)
 
