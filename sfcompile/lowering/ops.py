@@ -23,7 +23,8 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
     ``tile_values[t]`` is ``W[16r:16r+16, 16c:16c+16]`` (rows = N, cols = K). N and K multiples of 16.
     ``frag``: each tile's 256 elements are in ``kernels.block16_mma.fragment_order`` (the tensor-core decode
     kernel reads a lane's operand in one 16-byte load: 3.5% faster per call at the median of 18 decode rows on
-    the H200, benchmarks/README.md, twenty-third session); every path of the op reads that layout.
+    the H200, benchmarks/README.md, twenty-third session; a tie end to end, twenty-fourth session); every path
+    of the op reads that layout.
 
 ``torch.ops.sfcompile.grouped_nm24(x[T, K], values[E, N, K/2], meta[E, N, ceil(K/32)] int32,
                                    offs[E] int32) -> [T, N]``
