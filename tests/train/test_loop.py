@@ -408,25 +408,38 @@ def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatc
     assert not like_eager("no gradient copies")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_student_under_cuda_graphs_trains_like_eager(tmp_path):
-    # compile_mode="reduce-overhead": the compiled forwards and backward replayed as CUDA graphs (soft-mask
-    # updates, probes and finalisation write into the graphs' static tensors in place); masks and weights end
-    # as in eager on the same GPU
+def _graphs_runs(tmp_path, modes):
+    """Train the tiny model on CUDA in fp32 once per mode ("eager" or a torch.compile mode): (final state, result)."""
     tok = byte_tokenizer()
-    states = {}
-    for mode in ("eager", "reduce-overhead"):
+    runs = {}
+    for mode in modes:
         torch._dynamo.reset()
         model = _model().cuda()
         kw = dict(compile=True, compile_mode=mode) if mode != "eager" else {}
         r = train(model, _config(tmp_path, mode, 6, device="cuda", dtype="fp32", **kw), tokenizer=tok)
-        states[mode] = _state(model)
-        if mode != "eager":
-            assert r.compiled[:2] == ["student forward", "teacher forward"]
-    for name, (w, m, _) in states["eager"].items():
-        w2, m2, _ = states["reduce-overhead"][name]
-        torch.testing.assert_close(w2, w, rtol=1e-3, atol=1e-4)
-        torch.testing.assert_close(m2, m, rtol=1e-3, atol=1e-4)
+        runs[mode] = (_state(model), r)
+    return runs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_student_under_cuda_graphs_trains_like_eager(tmp_path):
+    # compile_mode="reduce-overhead": the compiled forwards and backward replayed as CUDA graphs (soft-mask
+    # updates, probes and finalisation write into the graphs' static tensors in place). Against the default
+    # compile mode (the same Inductor kernels, no graphs) the run ends with the same masks and weights; against
+    # eager only up to rounding: the compiled kernels round differently, the finite-difference Hessian probe
+    # magnifies that and entries at the selection threshold flip (H200: 98.3% of the hard masks agree after 6
+    # steps, weights differ by up to 0.067), so there the check is on mask agreement and the loss
+    runs = _graphs_runs(tmp_path, ("eager", "default", "reduce-overhead"))
+    (graphs, r), (default, _), (eager, r_eager) = (runs[m] for m in ("reduce-overhead", "default", "eager"))
+    assert r.compiled[:2] == ["student forward", "teacher forward"] and r.skipped_steps == 0
+    for name, (w, m, hard) in default.items():  # bit for bit on the H200 (graphs_diag.txt, session 25)
+        w2, m2, hard2 = graphs[name]
+        assert torch.equal(hard2, hard) and torch.equal(m2, m) and torch.equal(w2, w), name
+    agree = sum(int((graphs[n][2] == h).sum()) for n, (_, _, h) in eager.items()) / sum(
+        h.numel() for _, _, h in eager.values())
+    assert agree > 0.97, agree
+    assert abs(r.final_loss - r_eager.final_loss) < 0.01 * r_eager.final_loss
+    assert abs(r.ppl[6] - r_eager.ppl[6]) < 0.02 * r_eager.ppl[6]
 
 
 def test_sfcompile_train_is_callable_however_it_was_imported(tmp_path):
