@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ RUN_FILE = "run.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sfcompile.train.config import COMPILE_MODES, LOSS_KERNELS
+    from sfcompile.train.config import (
+        COMPILE_MODES,
+        LOSS_KERNELS,
+        TEACHER_BATCH_CPU,
+        TEACHER_BATCH_MAX,
+        TEACHER_KV_BUDGET,
+    )
     from sfcompile.train.data import TEACHER_SAMPLERS
     from sfcompile.train.optim import ADAM_IMPLS
 
@@ -44,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-data-prompts", default="calib",
                    help="text whose 4-token snippets start the sequences of --data teacher (name or path)")
     g.add_argument("--teacher-data-batch", type=_int_or_auto, default="auto",
-                   help="sequences --data teacher generates at once (default auto: 32 on a CPU; on a GPU as "
-                   "many as keep the teacher's KV cache within 16 GiB, at most 1024)")
+                   help=f"sequences --data teacher generates at once (default auto: {TEACHER_BATCH_CPU} on a CPU; "
+                   f"on a GPU as many as keep the teacher's KV cache within {TEACHER_KV_BUDGET / 2**30:g} GiB, at "
+                   f"most {TEACHER_BATCH_MAX})")
     g.add_argument("--teacher-data-kv-cache", default="auto", choices=TEACHER_SAMPLERS,
                    help="sampler of --data teacher: generate with a dynamic / static KV cache, or sfcompile's "
                         "packed decode loop (-graph: replayed as a CUDA graph); auto = packed-graph on CUDA, "
@@ -168,13 +176,59 @@ def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | st
     tokens = parse_tokens(tokens)
     try:
         return forge_for(init, tokens, tokens_per_step, **fields)
-    except TrainConfigError as err:  # an unknown field (the values are checked by the configs themselves)
+    except (TrainConfigError, ValueError) as err:  # an unknown field, or a value the configs refuse
         raise ValueError(f"--forge: {err}") from None
 
 
-def config_from_args(args):
+# a setting as TrainConfig's messages write it: field=value, the value quoted or up to a separator; and a field
+# named alone, when its name has an underscore (ce_weight: never a word of prose, unlike tokens or data)
+_SETTING = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;)\]]+)")
+_FIELDS = re.compile(r"(?<![\w./=-])[a-z][a-z0-9_]*(?:/[a-z][a-z0-9_]*)*(?![\w=/-]|\.\w)")  # a or a/b (not a path)
+
+
+def _flags_of_fields() -> dict[str, str]:
+    """TrainConfig field -> the flag of this command that sets it (flags that take a value)."""
     from sfcompile.train.config import TrainConfig
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.nargs != 0}
+    flags["squarehead_weight"] = flags["squarehead"]
+    return {f.name: flags[f.name] for f in dataclasses.fields(TrainConfig) if f.name in flags}
+
+
+def in_flags(message: str) -> str:
+    """A TrainConfig message in this command's words: ``min_lr=1.0`` becomes ``--min-lr 1.0``, ``ce_weight``
+    becomes ``--ce-weight``; fields without a flag here stay as they are."""
+    flags = _flags_of_fields()
+
+    def setting(m: re.Match) -> str:
+        flag = flags.get(m.group(1))
+        return f"{flag} {m.group(2).strip(chr(39) + chr(34))}" if flag else m.group(0)
+
+    def fields(m: re.Match) -> str:
+        names = m.group(0).split("/")
+        if all("_" in name and name in flags for name in names):
+            return "/".join(flags[name] for name in names)
+        return m.group(0)
+
+    return _FIELDS.sub(fields, _SETTING.sub(setting, message))
+
+
+def config_from_args(args):
+    """The run's TrainConfig; a value it refuses is reported by the flag that set it."""
     from sfcompile.train.distributed import expected_world_size
+
+    forge = None if args.no_forge else forge_from_overrides(  # its messages name --forge already
+        args.forge, args.init, args.tokens, args.seqlen * args.micro_batch * args.grad_accum * expected_world_size())
+    try:
+        return _config(args, forge)
+    except ValueError as err:
+        raise type(err)(in_flags(str(err))) from None
+
+
+def _config(args, forge):
+    from sfcompile.train.config import TrainConfig
 
     return TrainConfig(
         tokens=args.tokens,
@@ -205,9 +259,7 @@ def config_from_args(args):
         teacher=args.teacher,
         init=args.init,
         init_calib_windows=args.init_calib_windows,
-        forge=None if args.no_forge else forge_from_overrides(
-            args.forge, args.init, args.tokens,
-            args.seqlen * args.micro_batch * args.grad_accum * expected_world_size()),
+        forge=forge,
         out=args.out,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
@@ -279,7 +331,10 @@ def run(args) -> int:
         sfcompile.sparsify(model, pattern=spec["pattern"])
     except (ValueError, FileNotFoundError) as e:
         return _bad(str(e))
-    result = train(model, config, tokenizer=tok, resume=bool(args.resume))
+    try:
+        result = train(model, config, tokenizer=tok, resume=bool(args.resume))
+    except ValueError as e:  # a value the run found unworkable once it met the model, data or device
+        return _bad(in_flags(str(e)))
     if not distributed.is_main_process():  # rank 0 reports for all
         return result.exit_code
     if result.stopped:

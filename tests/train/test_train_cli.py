@@ -10,7 +10,7 @@ from _tiny import TEXT, byte_tokenizer, tiny_llama
 
 from sfcompile.masking.schedule import TemperingSchedule
 from sfcompile.train import cli
-from sfcompile.train.config import TrainConfig
+from sfcompile.train.config import TrainConfig, TrainConfigError
 
 
 def _args(argv):
@@ -133,3 +133,30 @@ def test_teacher_sampling_flags_reach_the_config():
     assert cli.config_from_args(_args([*base, "--teacher-data-batch", "64"])).teacher_data_batch == 64
     with pytest.raises(SystemExit):
         _args([*base, "--teacher-data-batch", "many"])
+
+
+def test_bad_values_are_reported_by_the_flag_that_set_them(tmp_path, capsys):
+    # TrainConfig speaks its field names (min_lr=1.0); the command speaks its flags (--min-lr 1.0)
+    base = ["--model", "m", "--out", str(tmp_path / "o")]
+    for flags, words in (
+        (["--min-lr", "1"], "--min-lr 1.0 must be in [0, --lr 0.0001]"),
+        (["--micro-batch", "0"], "--micro-batch 0 must be an integer >= 1"),
+        (["--ce-weight", "0", "--kl-weight", "0"], "set --ce-weight, --kl-weight or --squarehead > 0"),
+        (["--data", "teacher", "--teacher", "none"], "--teacher none but --kl-weight/--squarehead > 0 or --data "
+                                                     "teacher"),
+        (["--forge", "finalize_at=2"], "--forge: finalize_at=2.0 is a fraction"),  # a ForgeConfig field, as typed
+    ):
+        with pytest.raises(ValueError) as err:
+            cli.config_from_args(_args([*base, *flags]))
+        assert words in str(err.value), str(err.value)
+    with pytest.raises(TrainConfigError):  # the type survives the rewording
+        cli.config_from_args(_args([*base, "--lr", "-1"]))
+    # the whole command: exit 2, the message on stderr, nothing written
+    from sfcompile.cli import main
+
+    assert main(["train", *base, "--tokens", "-5"]) == 2
+    assert "sfcompile train: error: --tokens -5 must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # only fields this command has a flag for; paths and ForgeConfig settings stay as written
+    assert cli.in_flags("runs/min_lr/x and /a/ce_weight.json: score=bogus, min_lr.") == (
+        "runs/min_lr/x and /a/ce_weight.json: score=bogus, --min-lr.")
