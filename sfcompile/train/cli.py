@@ -163,7 +163,7 @@ def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | st
     schedule `sfcompile.train.config.forge_for` gives ``init``, ``tokens`` and ``tokens_per_step``."""
     from sfcompile.masking.forge import ForgeConfig
     from sfcompile.masking.schedule import TemperingSchedule
-    from sfcompile.train.config import TrainConfigError, forge_for, parse_tokens
+    from sfcompile.train.config import forge_for, parse_tokens
 
     defaults = {f.name: f.default for cls in (TemperingSchedule, ForgeConfig) for f in dataclasses.fields(cls)}
     fields = {}
@@ -176,7 +176,7 @@ def forge_from_overrides(items: list[str], init: str = "dense", tokens: int | st
     tokens = parse_tokens(tokens)
     try:
         return forge_for(init, tokens, tokens_per_step, **fields)
-    except (TrainConfigError, ValueError) as err:  # an unknown field, or a value the configs refuse
+    except ValueError as err:  # an unknown field (TrainConfigError), or a value the configs refuse
         raise ValueError(f"--forge: {err}") from None
 
 
@@ -193,7 +193,7 @@ def _flags_of_fields() -> dict[str, str]:
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.nargs != 0}
-    flags["squarehead_weight"] = flags["squarehead"]
+    flags["squarehead_weight"] = flags["squarehead"]  # the one flag not spelled as its field
     return {f.name: flags[f.name] for f in dataclasses.fields(TrainConfig) if f.name in flags}
 
 
