@@ -215,10 +215,36 @@ def in_flags(message: str) -> str:
     return _FIELDS.sub(fields, _SETTING.sub(setting, message))
 
 
+_TEACHER_DATA_FLAGS = ("teacher_data_tokens", "teacher_data_prompts", "teacher_data_batch", "teacher_data_kv_cache",
+                       "teacher_data_precision")
+
+
+def _check_teacher_data_flags(args) -> None:
+    """A --teacher-data-* flag set while --data has no teacher part would change nothing: refuse it."""
+    from sfcompile.train.data import data_parts
+
+    try:
+        parts = data_parts(args.data)
+    except ValueError:
+        return  # TrainConfig reports a malformed --data with its own message
+    if "teacher" in parts:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    for dest in _TEACHER_DATA_FLAGS:
+        if getattr(args, dest) != parser.get_default(dest):
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(
+                f"{flag} {getattr(args, dest)} applies to teacher-sampled data, but --data {args.data} has no "
+                f"teacher part: add one (--data {args.data}+teacher) or drop {flag}"
+            )
+
+
 def config_from_args(args):
     """The run's TrainConfig; a value it refuses is reported by the flag that set it."""
     from sfcompile.train.distributed import expected_world_size
 
+    _check_teacher_data_flags(args)
     forge = None if args.no_forge else forge_from_overrides(  # its messages name --forge already
         args.forge, args.init, args.tokens, args.seqlen * args.micro_batch * args.grad_accum * expected_world_size())
     try:

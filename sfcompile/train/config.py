@@ -457,7 +457,7 @@ class TrainConfig:
         need(self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0")
         need(
             self.eval_windows is None or self.eval_windows >= 1,
-            f"eval_windows={self.eval_windows} must be >= 1 (or None: the whole text)",
+            f"eval_windows={self.eval_windows} must be >= 1 (or None, 0 on the command line: the whole text)",
         )
         # The forge's own schedule must fit inside this run (e.g. a hardening window past the end).
         if self.forge is not None and hasattr(self.forge, "validate"):

@@ -160,3 +160,21 @@ def test_bad_values_are_reported_by_the_flag_that_set_them(tmp_path, capsys):
     # only fields this command has a flag for; paths and ForgeConfig settings stay as written
     assert cli.in_flags("runs/min_lr/x and /a/ce_weight.json: score=bogus, min_lr.") == (
         "runs/min_lr/x and /a/ce_weight.json: score=bogus, --min-lr.")
+
+
+def test_teacher_data_flags_without_teacher_data_are_refused(tmp_path):
+    # --teacher-data-tokens 40M with --data corpus would sample nothing: refused, naming the flag and the fix
+    base = ["--model", "m", "--out", str(tmp_path / "o")]
+    for flags, flag in (
+        (["--teacher-data-tokens", "40M"], "--teacher-data-tokens 40M"),
+        (["--teacher-data-batch", "64"], "--teacher-data-batch 64"),
+        (["--teacher-data-prompts", "wiki"], "--teacher-data-prompts wiki"),
+    ):
+        with pytest.raises(ValueError) as err:
+            cli.config_from_args(_args([*base, "--data", "corpus", *flags]))
+        assert f"{flag} applies to teacher-sampled data" in str(err.value), str(err.value)
+        assert "--data corpus+teacher" in str(err.value)
+    # with a teacher part, or at the defaults, they pass
+    config = cli.config_from_args(_args([*base, "--data", "corpus+teacher", "--teacher-data-tokens", "40M"]))
+    assert config.teacher_data_tokens == 40_000_000
+    assert cli.config_from_args(_args([*base, "--data", "corpus"])).data == "corpus"
