@@ -186,12 +186,18 @@ _SETTING = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;
 _FIELDS = re.compile(r"(?<![\w./=-])[a-z][a-z0-9_]*(?:/[a-z][a-z0-9_]*)*(?![\w=/-]|\.\w)")  # a or a/b (not a path)
 
 
+def _own_parser() -> argparse.ArgumentParser:
+    """This command's flags alone, to read their names and defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return parser
+
+
 def _flags_of_fields() -> dict[str, str]:
     """TrainConfig field -> the flag of this command that sets it (flags that take a value)."""
     from sfcompile.train.config import TrainConfig
 
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
+    parser = _own_parser()
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.nargs != 0}
     flags["squarehead_weight"] = flags["squarehead"]  # the one flag not spelled as its field
     return {f.name: flags[f.name] for f in dataclasses.fields(TrainConfig) if f.name in flags}
@@ -229,8 +235,7 @@ def _check_teacher_data_flags(args) -> None:
         return  # TrainConfig reports a malformed --data with its own message
     if "teacher" in parts:
         return
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
+    parser = _own_parser()
     for dest in _TEACHER_DATA_FLAGS:
         if getattr(args, dest) != parser.get_default(dest):
             flag = "--" + dest.replace("_", "-")
