@@ -370,8 +370,10 @@ class _GraphsLikeCompile:
         return call
 
 
-@pytest.mark.parametrize("accum", [2, 1])  # the central "fd" probe; "fd_forward", which reuses the step's gradient
-def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatch, accum):
+# accum 2: the central "fd" probe; 1: "fd_forward", which reuses the step's gradient; SquareHead: the teacher's
+# hidden states, read after the student's forward, must be out of the graphs' memory too
+@pytest.mark.parametrize("accum,squarehead", [(2, 0.0), (1, 0.0), (1, 1.0)])
+def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatch, accum, squarehead):
     # compile_mode="reduce-overhead" on the CPU, with torch.compile replaced by _GraphsLikeCompile: the
     # teacher's outputs (overwritten by the student's forward) and the gradients (overwritten by the next
     # micro-batch's teacher and by the Hessian probe) are copied out in time, so the run ends as in eager;
@@ -382,7 +384,7 @@ def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatc
 
     tok = byte_tokenizer()
     eager = _model()
-    train(eager, _config(tmp_path, "eager", 6, grad_accum=accum), tokenizer=tok)
+    train(eager, _config(tmp_path, "eager", 6, grad_accum=accum, squarehead_weight=squarehead), tokenizer=tok)
 
     def like_eager(name):
         model = _model()
@@ -390,9 +392,13 @@ def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatc
             m.setattr(loop, "_compile", _GraphsLikeCompile(model))
             if name == "no teacher copy":
                 m.setattr(loop, "_out_of_graphs", lambda out: out)
+            if name == "logits copied alone":
+                m.setattr(loop, "_out_of_graphs", lambda out: type(out)(
+                    **{k: v.clone() if k == "logits" else v for k, v in out.items()}))
             if name == "no gradient copies":
                 m.setattr(loop.dist.Stepper, "_own_grads", lambda self: None)
-            cfg = _config(tmp_path, name.replace(" ", "_"), 6, compile=True, grad_accum=accum)
+            cfg = _config(tmp_path, name.replace(" ", "_"), 6, compile=True, grad_accum=accum,
+                          squarehead_weight=squarehead)
             object.__setattr__(cfg, "compile_mode", "reduce-overhead")  # past the check that wants CUDA
             try:
                 r = train(model, cfg, tokenizer=tok)
@@ -406,6 +412,7 @@ def test_a_run_under_cuda_graph_semantics_trains_like_eager(tmp_path, monkeypatc
     assert like_eager("graphs")
     assert not like_eager("no teacher copy")
     assert not like_eager("no gradient copies")
+    assert like_eager("logits copied alone") == (squarehead == 0)  # SquareHead reads the hidden states too
 
 
 def _graphs_runs(tmp_path, modes):
