@@ -65,7 +65,7 @@ def _parse_betas(value) -> tuple[float, float]:
 # mask entries grows the longer it explores, at a high LR), and exploring until 5M ended best (31.60; with SR-STE
 # decay damping the pruned entries instead: the same 31.63). So exploration stops after at most
 # FROM_PRUNED_EXPLORE_TOKENS tokens (`from_pruned_window`): runs longer than ~8.3M tokens finalise earlier than
-# 60%. The best runs since used it at 40M and 80M tokens (30.25, 29.07); beyond 20M no other cap was tried,
+# 60%. The best runs since used it at 40M, 80M and 100M tokens (30.25, 29.07, 27.90); beyond 20M no other cap was tried,
 # so there it is the recipe that worked, not the best one measured.
 FROM_PRUNED = {"harden_start": 0.0, "harden_end": 0.0, "finalize_at": 0.6, "sparsity_warmup": 0.0}
 FROM_PRUNED_EXPLORE_TOKENS = 5_000_000
