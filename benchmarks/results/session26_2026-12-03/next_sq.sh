@@ -7,7 +7,10 @@
 #         leaves a number to compare with the recorded 30.96 / 30.98);
 #   kl -- the recipe itself, the same-session baseline.
 # At 1M tokens SquareHead changed nothing measurable (third session); it was never run longer. Both in
-# compile_mode="reduce-overhead" (the graph-semantics test covers SquareHead's hidden states). ~12 device minutes.
+# compile_mode="reduce-overhead" (the graph-semantics test covers SquareHead's hidden states). Then the teacher
+# sampler profiled (random weights, 2048 x 512, eager `packed` and `packed-graph`): at 117k tokens/s it is ~6x
+# below what its bytes and FLOPs allow (~3 ms of the ~18 ms per decoding step), and no breakdown was ever recorded.
+# ~14 device minutes.
 # Then `bash /root/cache/repo/benchmarks/results/session21_2026-12-02/wait.sh 560` the moment each call returns.
 source benchmarks/results/session21_2026-12-02/assemble.sh
 export PYTHONPATH=$C/repo:$C/site PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SFCOMPILE_CACHE=$C/shared
@@ -19,6 +22,11 @@ mkdir -p $C/res
 cat > $C/ab.sh <<AB
 python benchmarks/train_h200.py $W --main-set squarehead_weight=1 --out $C/res/sq --work $C/w/sq > $C/res/sq.log 2>&1
 python benchmarks/train_h200.py $W --out $C/res/kl --work $C/w/kl > $C/res/kl.log 2>&1
+mkdir -p $C/res/prof
+for kv in packed packed-graph; do
+  python benchmarks/train_profile.py --what sample --batch 2048 --seqlen 512 --kv-cache \$kv \
+    --out $C/res/prof/sample_\$kv.jsonl >> $C/res/prof.log 2>&1
+done
 AB
 setsid nohup bash $C/ab.sh > $C/res/ab.out 2>&1 < /dev/null &
 echo "started at $(date +%T)"
