@@ -5,7 +5,8 @@ depend on the values) for each sampler (``dynamic``: `generate` with transformer
 step; ``static``: `generate` with a cache allocated once, and on CUDA transformers compiles the decoding step;
 ``packed``: sfcompile's own decode loop, `sfcompile.train.sampler`; ``packed-graph``: the same, its decoding
 step captured in a CUDA graph, one graph per window of the K/V buffer: ``packed-graph/W`` reads it in W windows,
-``sampler.GRAPH_WINDOWS`` by default, ``/1`` the whole buffer at every step) with the teacher in fp32,
+``sampler.GRAPH_WINDOWS`` by default, ``/1`` the whole buffer at every step; ``packed-graph@triton``: its
+decoding attention by sfcompile's Triton kernel, which reads only the filled positions) with the teacher in fp32,
 under bf16 autocast (``+bf16``: the trainer's default on CUDA, ``TrainConfig.teacher_data_precision="auto"``)
 and as a bf16 copy of the weights (``+half``: the KV cache in bf16 too). Each variant runs ``--reps`` batches
 of ``--batch`` sequences of ``--seqlen`` tokens; the first batch of a variant (compiles included) is reported
@@ -42,8 +43,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=5, help="prompt tokens per sequence (BOS + 4, as the trainer)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--variants", default="dynamic+half,packed+half,packed-graph+half,dynamic+bf16,packed+bf16",
-                    help="sampler (dynamic, static, packed, packed-graph[/windows]) [+bf16 autocast | +half: bf16 "
-                         "weights]")
+                    help="sampler (dynamic, static, packed, packed-graph[/windows][@triton]) [+bf16 autocast | "
+                         "+half: bf16 weights]")
     ap.add_argument("--budget-s", type=float, default=280)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, required=True)
@@ -59,6 +60,10 @@ def main() -> None:
         cache, _, amp = variant.partition("+")
         if amp not in ("", "bf16", "half"):
             raise SystemExit(f"variant {variant!r}: the suffix must be +bf16 or +half")
+        cache, _, attention = cache.partition("@")
+        if attention not in ("", "triton") or (attention and not cache.startswith("packed-graph")):
+            raise SystemExit(f"variant {variant!r}: @triton goes with packed-graph only")
+        attention = attention or "sdpa"
         cache, _, windows = cache.partition("/")
         if windows and (cache != "packed-graph" or not windows.isdigit() or int(windows) < 1):
             raise SystemExit(f"variant {variant!r}: /W (windows >= 1) goes with packed-graph only")
@@ -77,7 +82,7 @@ def main() -> None:
             t = time.perf_counter()
             try:
                 seqs = sample_sequences(teacher, ids, new, 1.0, 0, kv_cache=cache, bf16=amp == "bf16",
-                                        windows=windows)
+                                        windows=windows, attention=attention)
             except Exception as e:  # recorded, and the next variant still runs
                 _emit(args.out, {"variant": variant, "error": f"{type(e).__name__}: {e}"[:2000]})
                 failed = True
@@ -92,7 +97,8 @@ def main() -> None:
             continue
         tokens = args.batch * args.seqlen
         steady = times[1:] or times
-        row = {"variant": variant, "windows": windows, "batch": args.batch, "seqlen": args.seqlen,
+        row = {"variant": variant, "windows": windows, "attention": attention, "batch": args.batch,
+               "seqlen": args.seqlen,
                "first_s": times[0],
                "steady_s": sum(steady) / len(steady), "steady_tok_s": tokens * len(steady) / sum(steady),
                "reps": len(times), "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,

@@ -169,7 +169,7 @@ AUTO_KV_CACHE_CUDA = "packed-graph"
 
 @torch.no_grad()
 def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, pad_id, *, kv_cache: str = "dynamic",
-                     bf16: bool = False, windows: int | None = None):
+                     bf16: bool = False, windows: int | None = None, attention: str = "sdpa"):
     """``ids`` (B x P prompt tokens) continued by exactly ``new`` tokens sampled from ``teacher`` at
     ``temperature`` (no top-k/top-p; EOS is not allowed to end a sequence early).
 
@@ -181,9 +181,12 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
     through transformers' AttentionInterface are refused) or ``"packed-graph"`` (the same, each decoding step
     reading the buffer up to the end of its window under a mask, so that one CUDA graph per window is captured
     and replayed; CUDA only). ``bf16``: sample under bf16 autocast (bf16 matmuls and KV cache). ``windows``:
-    the packed samplers' windows (`sfcompile.train.sampler.decode`; default `sampler.GRAPH_WINDOWS`)."""
+    the packed samplers' windows (`sfcompile.train.sampler.decode`; default `sampler.GRAPH_WINDOWS`).
+    ``attention``: packed-graph's decoding attention, ``"sdpa"`` or ``"triton"`` (`sampler.ATTENTIONS`)."""
     if kv_cache not in KV_CACHES:
         raise DataError(f"kv_cache={kv_cache!r}: choose one of {', '.join(map(repr, KV_CACHES))}")
+    if attention != "sdpa" and kv_cache != "packed-graph":
+        raise DataError(f"attention={attention!r} is a choice of kv_cache='packed-graph', not {kv_cache!r}")
     teacher_dtype = next(teacher.parameters()).dtype
     if kv_cache == "static" and bf16 and teacher_dtype != torch.bfloat16:
         # measured on the H200 (benchmarks/teacher_sampling.py): the static cache is allocated in the weights'
@@ -202,7 +205,8 @@ def sample_sequences(teacher, ids: torch.Tensor, new: int, temperature: float, p
         suppress = [i for i in ([pad_id] + (eos if isinstance(eos, list) else [eos])) if i is not None]
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
             return decode(teacher, ids, new, multinomial(temperature, suppress),
-                          mode="graph" if kv_cache == "packed-graph" else "sliced", windows=windows)
+                          mode="graph" if kv_cache == "packed-graph" else "sliced", windows=windows,
+                          attention=attention)
     extra = {"cache_implementation": "static"} if kv_cache == "static" else {}
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         return teacher.generate(

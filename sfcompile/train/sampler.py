@@ -58,6 +58,7 @@ class _Buffers:
         self.calls = 0  # attention calls since the last forward began (one per layer)
         self.position: torch.Tensor | None = None
         self.window = capacity
+        self.attention = "sdpa"  # a decoding step's attention: SDPA, or the Triton kernel (`ATTENTIONS`)
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.keys:
@@ -120,7 +121,12 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     keys, values = buffers.write(layer, key, value)
     query = query.to(keys.dtype)  # under autocast the buffers hold its dtype (`_stored_dtype`); else a no-op
     h_kv = keys.shape[1]
-    if q == 1:  # decoding: the query heads of one K/V head as the rows of one query
+    if q == 1 and buffers.attention == "triton":  # decoding, only the filled positions read (masked / graph modes)
+        from sfcompile.train.decode_attention_kernel import decode_attention
+
+        out = decode_attention(query.reshape(b, h_kv, h_q // h_kv, d), keys, values, buffers.position, scaling)
+        out = out.reshape(b, h_q, 1, d)
+    elif q == 1:  # decoding: the query heads of one K/V head as the rows of one query
         mask = buffers.seen() if buffers.position is not None else None  # the sliced read needs none
         out = F.scaled_dot_product_attention(query.reshape(b, h_kv, h_q // h_kv, d), keys, values, attn_mask=mask,
                                              scale=scaling)
@@ -183,6 +189,10 @@ def multinomial(temperature: float, suppress=()):
 
 
 MODES = ("sliced", "masked", "graph")
+# a decoding step's attention: "sdpa" (PyTorch's, over the window under a mask in the masked / graph modes) or
+# "triton" (`decode_attention_kernel`: only the positions up to the fed one; masked / graph modes; opt-in until
+# timed on the GPU)
+ATTENTIONS = ("sdpa", "triton")
 GRAPH_WINDOWS = 8  # `decode`'s default number of windows in the masked / graph modes
 
 
@@ -202,7 +212,8 @@ def windows_of(start: int, end: int, windows: int) -> list[tuple[int, int, int]]
 
 
 @torch.no_grad()
-def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced", windows: int | None = None) -> torch.Tensor:
+def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced", windows: int | None = None,
+           attention: str = "sdpa") -> torch.Tensor:
     """``ids`` (B x P prompt tokens, one length for all rows) continued by ``new`` tokens, each chosen by
     ``pick`` (last-position logits (B, V) -> token ids (B,)); returns (B, P + new).
 
@@ -211,7 +222,9 @@ def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced", windo
     position a device tensor), or ``"graph"``: the masked step captured in a CUDA graph per window and replayed
     (no Python or launches per token; CUDA only; each window's first step runs eagerly as its capture's
     warm-up). ``windows`` (default `GRAPH_WINDOWS`): how many equal spans the buffer is read in (`windows_of`);
-    1 reads the whole buffer at every step.
+    1 reads the whole buffer at every step. ``attention`` (`ATTENTIONS`): a decoding step's attention, SDPA or
+    the Triton kernel that reads only the filled positions (the masked and graph modes, where the position is
+    a device tensor).
 
     Raises `SamplerError` when the model's attention does not run through transformers' AttentionInterface
     (checked on every eager forward: one call per layer) or needs what `_attention` does not do."""
@@ -219,6 +232,11 @@ def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced", windo
         raise SamplerError(f"mode={mode!r}: choose one of {', '.join(map(repr, MODES))}")
     if mode == "graph" and ids.device.type != "cuda":
         raise SamplerError(f"mode='graph' captures a CUDA graph; these tokens are on {ids.device} (use 'sliced')")
+    if attention not in ATTENTIONS:
+        raise SamplerError(f"attention={attention!r}: choose one of {', '.join(map(repr, ATTENTIONS))}")
+    if attention == "triton" and mode == "sliced":
+        raise SamplerError("attention='triton' reads the fed position from a device tensor: use mode 'masked' or "
+                           "'graph' (or attention='sdpa')")
     windows = GRAPH_WINDOWS if windows is None else windows
     if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
         raise SamplerError(f"windows={windows!r} must be an integer >= 1 (1: every step reads the whole buffer)")
@@ -229,6 +247,7 @@ def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced", windo
         return out
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     buffers = _Buffers(p + new)
+    buffers.attention = attention
     layers = _layers(model)
 
     def forward(tokens, where):

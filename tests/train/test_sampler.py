@@ -28,11 +28,13 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("mode,windows", [("sliced", None), ("masked", 1), ("masked", 3)])
+@pytest.mark.parametrize("mode,windows,attention", [("sliced", None, "sdpa"), ("masked", 1, "sdpa"),
+                                                    ("masked", 3, "sdpa"), ("masked", 3, "triton")])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, mode, windows):
+def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, mode, windows, attention):
     # "masked" is the graph mode's step run eagerly: the buffer read under a mask up to the end of the step's
-    # window (1: the whole buffer), the position on the device
+    # window (1: the whole buffer), the position on the device; "triton": the decoding attention by the Triton
+    # kernel (interpreted here), which reads the positions up to the fed one and no further
     kind, kw = MODELS[name]
     model = _model(kind, **kw)
     ids = torch.randint(1, V, (3, 5), generator=torch.Generator().manual_seed(1))
@@ -42,7 +44,7 @@ def test_decode_gives_the_full_forward_logits_and_generate_greedy_tokens(name, m
         seen.append(logits.clone())
         return logits.argmax(-1)
 
-    out = decode(model, ids, 8, greedy, mode=mode, windows=windows)
+    out = decode(model, ids, 8, greedy, mode=mode, windows=windows, attention=attention)
     assert out.shape == (3, 13) and torch.equal(out[:, :5], ids)
     with torch.no_grad():
         full = model(out).logits  # no cache at all: every position from scratch
@@ -115,6 +117,8 @@ def test_sampled_tokens_skip_suppressed_ids_and_follow_the_seed():
 
     with pytest.raises(DataError, match="kv_cache='packed-graph' replays a CUDA graph.*'packed'"):
         sample_sequences(model, ids, 4, 1.0, 9, kv_cache="packed-graph")
+    with pytest.raises(DataError, match="attention='triton' is a choice of kv_cache='packed-graph', not 'packed'"):
+        sample_sequences(model, ids, 4, 1.0, 9, kv_cache="packed", attention="triton")
 
 
 def test_models_the_sampler_cannot_serve_are_refused_by_name():
@@ -146,6 +150,10 @@ def test_models_the_sampler_cannot_serve_are_refused_by_name():
         decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), mode="graph")
     with pytest.raises(SamplerError, match="mode='paged'"):
         decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), mode="paged")
+    with pytest.raises(SamplerError, match="attention='flash': choose one of 'sdpa', 'triton'"):
+        decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), mode="masked", attention="flash")
+    with pytest.raises(SamplerError, match="attention='triton' reads the fed position from a device tensor"):
+        decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), attention="triton")  # the sliced mode
     with pytest.raises(RuntimeError, match="runs only inside"):
         _attention(None, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
 
@@ -177,6 +185,8 @@ def test_graph_mode_replays_the_masked_step():
     argmax = lambda z: z.argmax(-1)  # noqa: E731
     assert torch.equal(decode(model, ids, 20, argmax, mode="graph"), decode(model, ids, 20, argmax))
     assert torch.equal(decode(model, ids, 20, argmax, mode="graph", windows=1), decode(model, ids, 20, argmax))
+    assert torch.equal(decode(model, ids, 20, argmax, mode="graph", attention="triton"),
+                       decode(model, ids, 20, argmax))
     torch.manual_seed(0)
     a = decode(model, ids, 20, multinomial(1.0), mode="graph")
     torch.manual_seed(0)

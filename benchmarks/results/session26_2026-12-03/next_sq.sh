@@ -7,12 +7,16 @@
 #         leaves a number to compare with the recorded 30.96 / 30.98);
 #   kl -- the recipe itself, the same-session baseline.
 # At 1M tokens SquareHead changed nothing measurable (third session); it was never run longer. Both in
-# compile_mode="reduce-overhead" (the graph-semantics test covers SquareHead's hidden states). Then the teacher
-# sampler profiled (random weights, 2048 x 512, eager `packed` and `packed-graph`): at 117k tokens/s it is ~6x
-# below what its bytes and FLOPs allow (~3 ms of the ~18 ms per decoding step), and no breakdown was ever recorded.
-# ~14 device minutes.
+# compile_mode="reduce-overhead" (the graph-semantics test covers SquareHead's hidden states). After them:
+# - the GPU tests of the sampler and of its Triton decoding attention (twenty-sixth session, never run on a GPU;
+#   the output is named .jsonl only so that wait.sh brings it back);
+# - the sampler timed with SDPA against that kernel (`packed-graph@triton`: reads only the filled positions);
+# - the sampler profiled (random weights, 2048 x 512, eager `packed` and `packed-graph`): at 117k tokens/s it is
+#   ~6x below what its bytes and FLOPs allow (~3 of the ~18 ms per decoding step); no breakdown was ever recorded.
+# ~16 device minutes.
 # Then `bash /root/cache/repo/benchmarks/results/session21_2026-12-02/wait.sh 560` the moment each call returns.
 source benchmarks/results/session21_2026-12-02/assemble.sh
+cp -r $OLDPWD/tests $C/repo/  # (assemble.sh copies the code alone)
 export PYTHONPATH=$C/repo:$C/site PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SFCOMPILE_CACHE=$C/shared
 W="--model $C/smol.gguf --wiki $C/wiki.jsonl --calib $C/corpus.jsonl --lrs= --lr 1e-3 --micro-batch 32"
 W="$W --budget-s 1500 --skip ablations,zeroshot --init admm --teacher-batch 2048 --main-tokens 20e6 --evals 4"
@@ -22,7 +26,11 @@ mkdir -p $C/res
 cat > $C/ab.sh <<AB
 python benchmarks/train_h200.py $W --main-set squarehead_weight=1 --out $C/res/sq --work $C/w/sq > $C/res/sq.log 2>&1
 python benchmarks/train_h200.py $W --out $C/res/kl --work $C/w/kl > $C/res/kl.log 2>&1
-mkdir -p $C/res/prof
+mkdir -p $C/res/samp $C/res/prof
+python -m pytest -q tests/train/test_decode_attention_kernel.py tests/train/test_sampler.py -p no:cacheprovider \
+  > $C/res/samp/gpu_tests.jsonl 2>&1
+python benchmarks/teacher_sampling.py --batch 2048 --seqlen 512 --reps 2 --budget-s 200 \
+  --variants packed-graph+half,packed-graph@triton+half --out $C/res/samp/sampling.jsonl > $C/res/samp.log 2>&1
 for kv in packed packed-graph; do
   python benchmarks/train_profile.py --what sample --batch 2048 --seqlen 512 --kv-cache \$kv \
     --out $C/res/prof/sample_\$kv.jsonl >> $C/res/prof.log 2>&1
