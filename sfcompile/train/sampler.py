@@ -124,6 +124,9 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     if q == 1 and buffers.attention == "triton":  # decoding, only the filled positions read (masked / graph modes)
         from sfcompile.train.decode_attention_kernel import decode_attention
 
+        if d < 16 or d & (d - 1):
+            raise SamplerError(f"{type(module).__name__} has head dim {d}; attention='triton' needs a power of 2 "
+                               ">= 16: sample with attention='sdpa'")
         out = decode_attention(query.reshape(b, h_kv, h_q // h_kv, d), keys, values, buffers.position, scaling)
         out = out.reshape(b, h_q, 1, d)
     elif q == 1:  # decoding: the query heads of one K/V head as the rows of one query

@@ -154,6 +154,8 @@ def test_models_the_sampler_cannot_serve_are_refused_by_name():
         decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), mode="masked", attention="flash")
     with pytest.raises(SamplerError, match="attention='triton' reads the fed position from a device tensor"):
         decode(_model("llama"), ids, 2, lambda z: z.argmax(-1), attention="triton")  # the sliced mode
+    with pytest.raises(SamplerError, match="head dim 24; attention='triton' needs a power of 2 >= 16"):
+        decode(_model("llama", head_dim=24), ids, 2, lambda z: z.argmax(-1), mode="masked", attention="triton")
     with pytest.raises(RuntimeError, match="runs only inside"):
         _attention(None, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
 
