@@ -38,7 +38,7 @@ def _decode_attention_kernel(
     d = tl.arange(0, D)
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + g[:, None] * stride_qg + d[None, :], mask=g[:, None] < G,
                 other=0.0)
-    last = tl.load(pos_ptr)  # attend to positions 0 .. last
+    last = tl.load(pos_ptr).to(tl.int32)  # attend to positions 0 .. last (a buffer far below 2**31)
     k_head = k_ptr + b * stride_kb + h * stride_kh
     v_head = v_ptr + b * stride_vb + h * stride_vh
     m = tl.full((G_PAD,), NEG, tl.float32)
