@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "dynamic elsewhere or where the packed one refuses the model (benchmarks/teacher_sampling.py)")
     g.add_argument("--teacher-data-precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="--data teacher samples under bf16 autocast (auto: on CUDA) or in fp32")
+    g.add_argument("--teacher-data-attention", default="sdpa", choices=("sdpa", "triton"),
+                   help="decoding attention of --teacher-data-kv-cache packed-graph: PyTorch's SDPA over a masked "
+                        "window, or sfcompile's Triton kernel reading only the filled positions (opt-in, untimed)")
     g.add_argument("--seqlen", type=int, default=512)
     g.add_argument("--micro-batch", type=int, default=8)
     g.add_argument("--grad-accum", type=int, default=1)
@@ -222,7 +225,7 @@ def in_flags(message: str) -> str:
 
 
 _TEACHER_DATA_FLAGS = ("teacher_data_tokens", "teacher_data_prompts", "teacher_data_batch", "teacher_data_kv_cache",
-                       "teacher_data_precision")
+                       "teacher_data_precision", "teacher_data_attention")
 
 
 def _check_teacher_data_flags(args) -> None:
@@ -272,6 +275,7 @@ def _config(args, forge):
         teacher_data_batch=args.teacher_data_batch,
         teacher_data_kv_cache=args.teacher_data_kv_cache,
         teacher_data_precision=args.teacher_data_precision,
+        teacher_data_attention=args.teacher_data_attention,
         lr=args.lr,
         min_lr=args.min_lr,
         warmup=args.warmup,

@@ -239,13 +239,15 @@ def teacher_shard(
     device=None,
     kv_cache: str = "dynamic",
     bf16: bool = False,
+    attention: str = "sdpa",
     log=None,
 ) -> np.memmap:
     """Sequences of ``seqlen`` tokens sampled from ``teacher``, cached as a shard.
 
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
-    every sequence has the full length. ``kv_cache``, ``bf16``: as `sample_sequences`, and ``kv_cache="auto"``:
+    every sequence has the full length. ``kv_cache``, ``bf16``, ``attention``: as `sample_sequences`, and
+    ``kv_cache="auto"``:
     on CUDA `AUTO_KV_CACHE_CUDA` (``"dynamic"`` for a teacher offloaded to the CPU), unless the packed sampler
     refuses the teacher (its attention is one the sampler does not apply, `sfcompile.train.sampler.SamplerError`,
     raised on the first batch before anything is kept): then ``"dynamic"``; off CUDA ``"dynamic"``. ``log`` (a
@@ -275,10 +277,10 @@ def teacher_shard(
         return batch(sampler) if callable(batch) else batch
 
     def shard_for(sampler: str) -> Path:
-        key = hashlib.sha256(
-            f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch_of(sampler)}:{sampler}:{bf16}"
-            .encode()
-        ).hexdigest()[:12]
+        key = f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch_of(sampler)}:{sampler}:{bf16}"
+        if attention != "sdpa":  # (so that shards sampled before the option keep their keys)
+            key += f":{attention}"
+        key = hashlib.sha256(key.encode()).hexdigest()[:12]
         return cache / "shards" / f"teacher-{key}-{th}"
 
     for sampler in candidates:  # a shard an earlier run sampled (a resumed "auto" run finds its own choice)
@@ -291,7 +293,7 @@ def teacher_shard(
         try:
             out = _sample_teacher(teacher, tok, prompts_pool, n_tokens=n_tokens, seqlen=seqlen,
                                   temperature=temperature, seed=seed, prompt_len=prompt_len, batch=batch_of(sampler),
-                                  device=device, kv_cache=sampler, bf16=bf16)
+                                  device=device, kv_cache=sampler, bf16=bf16, attention=attention)
         except SamplerError as err:
             if i + 1 == len(candidates):
                 raise
@@ -317,6 +319,7 @@ def teacher_shard(
             "seed": seed,
             "kv_cache": sampler,
             "bf16": bf16,
+            "attention": attention,
             "batch": batch_of(sampler),
         },
     )
@@ -344,7 +347,7 @@ def _say(log, line: str) -> None:
 
 
 def _sample_teacher(teacher, tok, prompts_pool, *, n_tokens, seqlen, temperature, seed, prompt_len, batch, device,
-                    kv_cache, bf16) -> list[int]:
+                    kv_cache, bf16, attention="sdpa") -> list[int]:
     """`teacher_shard`'s tokens with one sampler: the prompts and seeds depend only on ``seed``."""
     rng = np.random.default_rng([seed, 7])
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -360,7 +363,8 @@ def _sample_teacher(teacher, tok, prompts_pool, *, n_tokens, seqlen, temperature
         ids = torch.tensor(rows, device=device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         seqs = sample_sequences(
-            teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id, kv_cache=kv_cache, bf16=bf16
+            teacher, ids, seqlen - ids.shape[1], temperature, tok.eos_token_id, kv_cache=kv_cache, bf16=bf16,
+            attention=attention,
         )
         out.extend(seqs[:, :seqlen].reshape(-1).tolist())
     return out

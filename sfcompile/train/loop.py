@@ -147,6 +147,7 @@ def _data(config: TrainConfig, tokenizer, teacher, device, message):
                 device=device,
                 kv_cache=config.teacher_data_kv_cache,
                 bf16=config.teacher_data_bf16(),
+                attention=config.teacher_data_attention,
                 log=message,
             )
         )

@@ -172,6 +172,29 @@ def test_teacher_shard_is_keyed_by_the_prompt_text_not_its_path(tmp_path, monkey
     assert calls and len(list((tmp_path / "cache" / "shards").glob("teacher-*.json"))) == 2
 
 
+def test_teacher_shard_hands_the_decoding_attention_to_the_sampler_and_keys_its_shard_by_it(tmp_path, monkeypatch):
+    # the trainer's teacher_data_attention reaches sample_sequences; a shard sampled with "triton" is its own,
+    # and "sdpa" keeps the key that shards had before the option
+    tok = byte_tokenizer()
+    teacher = tiny_llama(vocab=257).eval()
+    seen = []
+
+    def fake(teacher_, ids, new, temperature, pad_id, **kw):
+        seen.append(kw["attention"])
+        return torch.cat([ids, torch.ones(ids.shape[0], new, dtype=ids.dtype)], 1)
+
+    monkeypatch.setattr("sfcompile.train.data.sample_sequences", fake)
+    monkeypatch.setattr(
+        "sfcompile.train.data.text_shard", lambda source, tok_, cache: read_shard(_write(tmp_path, tok_))
+    )
+    kw = dict(n_tokens=32, seqlen=16, temperature=1.0, seed=0, batch=2)
+    teacher_shard(teacher, tok, tmp_path / "cache", kv_cache="packed", **kw)
+    teacher_shard(teacher, tok, tmp_path / "cache", kv_cache="packed-graph", attention="triton", **kw)
+    assert seen == ["sdpa", "triton"]  # one batch each
+    shards = sorted((tmp_path / "cache" / "shards").glob("teacher-*.json"))
+    assert len(shards) == 2 and {json.loads(f.read_text())["attention"] for f in shards} == {"sdpa", "triton"}
+
+
 def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_path, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -522,3 +522,25 @@ def test_fused_adam_trains_like_foreach_and_resumes_exactly(tmp_path):
     r = train(resumed, cfg, tokenizer=tok, resume=True)
     rows = [json.loads(line) for line in (tmp_path / "fused_resumed" / "log.jsonl").read_text().splitlines()]
     assert r.steps == 6 and [x["loss"] for x in rows if x["kind"] == "train"][-3:] == losses["fused"][-3:]
+
+
+def test_the_teacher_data_options_reach_the_sampler(tmp_path, monkeypatch):
+    # teacher_data_kv_cache / _attention / _precision as the run's config says (the sampling itself, stubbed here,
+    # is tested in test_data.py and test_sampler.py)
+    import sfcompile.train.loop as loop
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def shard(teacher, tok, cache, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(loop, "teacher_shard", shard)
+    cfg = _config(tmp_path, "t", 6, data="teacher", teacher_data_kv_cache="packed-graph",
+                  teacher_data_attention="triton")
+    with pytest.raises(Stop):
+        train(_model(), cfg, tokenizer=byte_tokenizer())
+    assert (seen["kv_cache"], seen["attention"], seen["bf16"]) == ("packed-graph", "triton", False)

@@ -169,6 +169,7 @@ def test_teacher_data_flags_without_teacher_data_are_refused(tmp_path):
         (["--teacher-data-tokens", "40M"], "--teacher-data-tokens 40M"),
         (["--teacher-data-batch", "64"], "--teacher-data-batch 64"),
         (["--teacher-data-prompts", "wiki"], "--teacher-data-prompts wiki"),
+        (["--teacher-data-attention", "triton"], "--teacher-data-attention triton"),
     ):
         with pytest.raises(ValueError) as err:
             cli.config_from_args(_args([*base, "--data", "corpus", *flags]))
@@ -178,3 +179,10 @@ def test_teacher_data_flags_without_teacher_data_are_refused(tmp_path):
     config = cli.config_from_args(_args([*base, "--data", "corpus+teacher", "--teacher-data-tokens", "40M"]))
     assert config.teacher_data_tokens == 40_000_000
     assert cli.config_from_args(_args([*base, "--data", "corpus"])).data == "corpus"
+    # the Triton decoding attention goes with the packed-graph sampler, said in flags
+    with pytest.raises(ValueError, match="--teacher-data-attention triton is the decoding attention of "
+                                         "--teacher-data-kv-cache packed-graph, not 'auto'"):
+        cli.config_from_args(_args([*base, "--data", "corpus+teacher", "--teacher-data-attention", "triton"]))
+    config = cli.config_from_args(_args([*base, "--data", "corpus+teacher", "--teacher-data-attention", "triton",
+                                         "--teacher-data-kv-cache", "packed-graph"]))
+    assert config.teacher_data_attention == "triton"
