@@ -224,10 +224,6 @@ def in_flags(message: str) -> str:
     return _FIELDS.sub(fields, _SETTING.sub(setting, message))
 
 
-_TEACHER_DATA_FLAGS = ("teacher_data_tokens", "teacher_data_prompts", "teacher_data_batch", "teacher_data_kv_cache",
-                       "teacher_data_precision", "teacher_data_attention")
-
-
 def _check_teacher_data_flags(args) -> None:
     """A --teacher-data-* flag set while --data has no teacher part would change nothing: refuse it."""
     from sfcompile.train.data import data_parts
@@ -239,7 +235,7 @@ def _check_teacher_data_flags(args) -> None:
     if "teacher" in parts:
         return
     parser = _own_parser()
-    for dest in _TEACHER_DATA_FLAGS:
+    for dest in [a.dest for a in parser._actions if a.dest.startswith("teacher_data_")]:
         if getattr(args, dest) != parser.get_default(dest):
             flag = "--" + dest.replace("_", "-")
             raise ValueError(

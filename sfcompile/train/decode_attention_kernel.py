@@ -2,8 +2,10 @@
 
 The sampler's graph mode (`sfcompile.train.sampler`) attends with SDPA over a whole *window* of the buffer under
 a mask, because a CUDA graph needs the same shapes at every step: a step reads on average more than it needs,
-and SDPA's kernels are not built for 1-token queries over a masked buffer (on the H200 the attention took ~9 of
-a ~17.6 ms decoding step at 2048 sequences x 512 tokens, against ~3 ms for its bytes). Here one program owns one
+and SDPA's kernels are not built for 1-token queries over a masked buffer (on the H200, at 2048 sequences x
+512 tokens, the attention took 12 of a 19.5 ms decoding step with one window; eight windows cut its reads to
+56% but the step only to ~17.6 ms, so by estimate ~9 ms of attention remain, against ~3 ms for the bytes it
+must read). Here one program owns one
 (sequence, K/V head): it loads the query rows that share the head (grouped-query attention: ``G`` rows), reads
 the head's keys and values block by block up to the fed position — read from a device tensor, so a replayed
 graph attends over one more position each step with no mask and no re-capture — and keeps an online softmax in
@@ -22,6 +24,11 @@ from sfcompile.lowering.kernels.splitk import ieee_dot, launch
 
 BLOCK_N = 64  # positions per block
 NUM_WARPS = 4
+
+
+def supports_head_dim(d: int) -> bool:
+    """Whether the kernel takes heads of ``d`` dims (a power of 2 >= 16: `tl.arange` and `tl.dot`)."""
+    return d >= 16 and not d & (d - 1)
 
 
 @triton.jit
@@ -86,7 +93,7 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     if keys.shape[:2] != (b, h) or values.shape != keys.shape or keys.shape[-1] != d:
         raise ValueError(f"query {tuple(query.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}: "
                          "expected (B, H, G, D) and two (B, H, N, D)")
-    if d < 16 or d & (d - 1):
+    if not supports_head_dim(d):
         raise ValueError(f"head dim {d}: the kernel needs a power of 2 >= 16")
     if query.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1:
         raise ValueError("query, keys and values need a unit stride along the head dim")

@@ -51,14 +51,14 @@ class _Buffers:
     ``position``) under a mask up to it. The second has the same shapes at every step of a window, which a CUDA
     graph needs; its values live on the device, which a replay updates."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, attention: str = "sdpa"):
         self.capacity, self.length = capacity, 0
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.calls = 0  # attention calls since the last forward began (one per layer)
         self.position: torch.Tensor | None = None
         self.window = capacity
-        self.attention = "sdpa"  # a decoding step's attention: SDPA, or the Triton kernel (`ATTENTIONS`)
+        self.attention = attention  # a decoding step's attention: SDPA, or the Triton kernel (`ATTENTIONS`)
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.keys:
@@ -122,9 +122,9 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     query = query.to(keys.dtype)  # under autocast the buffers hold its dtype (`_stored_dtype`); else a no-op
     h_kv = keys.shape[1]
     if q == 1 and buffers.attention == "triton":  # decoding, only the filled positions read (masked / graph modes)
-        from sfcompile.train.decode_attention_kernel import decode_attention
+        from sfcompile.train.decode_attention_kernel import decode_attention, supports_head_dim
 
-        if d < 16 or d & (d - 1):
+        if not supports_head_dim(d):
             raise SamplerError(f"{type(module).__name__} has head dim {d}; attention='triton' needs a power of 2 "
                                ">= 16: sample with attention='sdpa'")
         out = decode_attention(query.reshape(b, h_kv, h_q // h_kv, d), keys, values, buffers.position, scaling)
@@ -249,8 +249,7 @@ def decode(model, ids: torch.Tensor, new: int, pick, mode: str = "sliced", windo
     if new == 0:
         return out
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    buffers = _Buffers(p + new)
-    buffers.attention = attention
+    buffers = _Buffers(p + new, attention)
     layers = _layers(model)
 
     def forward(tokens, where):
