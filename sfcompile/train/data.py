@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfcompile.train.sampler import ATTENTIONS
+
 
 class DataError(ValueError):
     """A data source that cannot be read or is too small; the message says what to do."""
@@ -165,6 +167,12 @@ TEACHER_SAMPLERS = ("auto",) + KV_CACHES  # what TrainConfig.teacher_data_kv_cac
 # "auto" on CUDA: the sampler measured fastest on the H200 (SmolLM2-135M, bf16 teacher, 2048 x 512: packed-graph
 # 110.0k tokens/s, packed 87.3k, dynamic 72.8k; benchmarks/README.md, twentieth session). Off CUDA "dynamic".
 AUTO_KV_CACHE_CUDA = "packed-graph"
+# teacher_shard's decoding attentions (TrainConfig.teacher_data_attention): sample_sequences' and "auto", which
+# gives the packed-graph sampler `AUTO_ATTENTION_PACKED_GRAPH` where the kernel takes the teacher's head dim and
+# every other sampler "sdpa" (their only one). Measured on the H200 (SmolLM2-135M, bf16, 2048 x 512, 8 windows):
+# the Triton kernel 192.9k tokens/s, SDPA 127.8k (benchmarks/README.md, twenty-seventh session).
+TEACHER_ATTENTIONS = ("auto",) + ATTENTIONS
+AUTO_ATTENTION_PACKED_GRAPH = "triton"
 
 
 @torch.no_grad()
@@ -247,7 +255,8 @@ def teacher_shard(
     Each sequence starts with BOS (if the tokenizer has one) and ``prompt_len`` tokens taken at a random
     position of ``prompt_source``; the rest is sampled at ``temperature`` (no top-k/top-p), EOS suppressed so
     every sequence has the full length. ``kv_cache``, ``bf16``, ``attention``: as `sample_sequences`, and
-    ``kv_cache="auto"``:
+    ``attention="auto"``: the sampler's best measured (`TEACHER_ATTENTIONS`; where the kernel cannot take the
+    teacher the log says why), and ``kv_cache="auto"``:
     on CUDA `AUTO_KV_CACHE_CUDA` (``"dynamic"`` for a teacher offloaded to the CPU), unless the packed sampler
     refuses the teacher (its attention is one the sampler does not apply, `sfcompile.train.sampler.SamplerError`,
     raised on the first batch before anything is kept): then ``"dynamic"``; off CUDA ``"dynamic"``. ``log`` (a
@@ -276,24 +285,35 @@ def teacher_shard(
     def batch_of(sampler: str) -> int:
         return batch(sampler) if callable(batch) else batch
 
-    def shard_for(sampler: str) -> Path:
+    if attention not in TEACHER_ATTENTIONS:
+        raise DataError(f"attention={attention!r}: choose one of {', '.join(map(repr, TEACHER_ATTENTIONS))}")
+    attention_of = {sampler: _attention_for(sampler, attention, teacher) for sampler in candidates}
+
+    def shard_for(sampler: str, attn: str) -> Path:
         key = f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch_of(sampler)}:{sampler}:{bf16}"
-        if attention != "sdpa":  # (so that shards sampled before the option keep their keys)
-            key += f":{attention}"
+        if attn != "sdpa":  # (so that shards sampled before the option keep their keys)
+            key += f":{attn}"
         key = hashlib.sha256(key.encode()).hexdigest()[:12]
         return cache / "shards" / f"teacher-{key}-{th}"
 
-    for sampler in candidates:  # a shard an earlier run sampled (a resumed "auto" run finds its own choice)
-        if shard_for(sampler).with_suffix(".json").exists():
-            return read_shard(shard_for(sampler))
+    # a shard an earlier run sampled: a resumed "auto" run finds its own choice, and an attention="auto" run also
+    # takes samples drawn with SDPA (the same distribution) before "auto" chose the kernel: a run resumed across
+    # that change reads the data it started with
+    for sampler in candidates:
+        for attn in dict.fromkeys([attention_of[sampler][0]] + (["sdpa"] if attention == "auto" else [])):
+            if shard_for(sampler, attn).with_suffix(".json").exists():
+                return read_shard(shard_for(sampler, attn))
     from sfcompile.train.sampler import SamplerError
 
     for i, sampler in enumerate(candidates):
+        attn, why = attention_of[sampler]
+        if why:
+            _say(log, f"teacher data: attention='auto' decodes with {attn!r}: {why}")
         start = time.perf_counter()
         try:
             out = _sample_teacher(teacher, tok, prompts_pool, n_tokens=n_tokens, seqlen=seqlen,
                                   temperature=temperature, seed=seed, prompt_len=prompt_len, batch=batch_of(sampler),
-                                  device=device, kv_cache=sampler, bf16=bf16, attention=attention)
+                                  device=device, kv_cache=sampler, bf16=bf16, attention=attn)
         except SamplerError as err:
             if i + 1 == len(candidates):
                 raise
@@ -303,9 +323,10 @@ def teacher_shard(
         break
     seconds = time.perf_counter() - start
     if log is not None:
-        log(f"teacher data: {len(out):,} tokens sampled with kv_cache={sampler!r}, {batch_of(sampler)} sequences "
+        how = f" (attention {attn!r})" if sampler == "packed-graph" else ""
+        log(f"teacher data: {len(out):,} tokens sampled with kv_cache={sampler!r}{how}, {batch_of(sampler)} sequences "
             f"at once, in {seconds:.0f} s ({len(out) / max(seconds, 1e-9):,.0f} tokens/s)")
-    shard = shard_for(sampler)
+    shard = shard_for(sampler, attn)
     write_shard(
         shard,
         out,
@@ -319,7 +340,7 @@ def teacher_shard(
             "seed": seed,
             "kv_cache": sampler,
             "bf16": bf16,
-            "attention": attention,
+            "attention": attn,
             "batch": batch_of(sampler),
         },
     )
@@ -336,6 +357,35 @@ def _auto_samplers(device: torch.device, teacher) -> tuple[list[str], str | None
     if any(t.device.type != "cuda" for t in tensors):
         return ["dynamic"], "the teacher's weights are partly off the GPU (offloaded) and a CUDA graph replays no hooks"
     return [AUTO_KV_CACHE_CUDA, "dynamic"], None
+
+
+def _attention_for(sampler: str, attention: str, teacher) -> tuple[str, str | None]:
+    """The decoding attention ``sampler`` runs for ``attention`` (``"auto"`` resolved, `TEACHER_ATTENTIONS`), and
+    why ``"auto"`` did not give the packed-graph sampler `AUTO_ATTENTION_PACKED_GRAPH` where that needs saying."""
+    if attention != "auto":
+        return attention, None
+    if sampler != "packed-graph":
+        return "sdpa", None  # the other samplers have no other
+    from sfcompile.train.decode_attention_kernel import supports_head_dim
+
+    d = _head_dim(teacher)
+    if d is None:
+        return "sdpa", "the teacher's config gives no head dim (head_dim, or hidden_size / num_attention_heads)"
+    if not supports_head_dim(d):
+        return "sdpa", f"the teacher's heads have {d} dims and the Triton kernel takes a power of 2 >= 16"
+    return AUTO_ATTENTION_PACKED_GRAPH, None
+
+
+def _head_dim(model) -> int | None:
+    """The attention head dim its config states (``head_dim``, else ``hidden_size / num_attention_heads``)."""
+    config = getattr(model, "config", None)
+    d = getattr(config, "head_dim", None)
+    if isinstance(d, int):
+        return d
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
+        return hidden // heads
+    return None
 
 
 def _say(log, line: str) -> None:

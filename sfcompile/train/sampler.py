@@ -193,8 +193,8 @@ def multinomial(temperature: float, suppress=()):
 
 MODES = ("sliced", "masked", "graph")
 # a decoding step's attention: "sdpa" (PyTorch's, over the window under a mask in the masked / graph modes) or
-# "triton" (`decode_attention_kernel`: only the positions up to the fed one; masked / graph modes; opt-in until
-# timed on the GPU)
+# "triton" (`decode_attention_kernel`: only the positions up to the fed one; masked / graph modes; the trainer's
+# choice for the graph mode, `sfcompile.train.data.TEACHER_ATTENTIONS`)
 ATTENTIONS = ("sdpa", "triton")
 GRAPH_WINDOWS = 8  # `decode`'s default number of windows in the masked / graph modes
 

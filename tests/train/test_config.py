@@ -61,7 +61,8 @@ def test_unknown_score_rejected():
         (dict(teacher_data_batch=True), "teacher_data_batch=True"),
         (dict(teacher_data_kv_cache="paged"), "teacher_data_kv_cache='paged'"),
         (dict(teacher_data_precision="fp16"), "teacher_data_precision='fp16'"),
-        (dict(teacher_data_attention="flash"), "teacher_data_attention='flash': choose one of 'sdpa', 'triton'"),
+        (dict(teacher_data_attention="flash"),
+         "teacher_data_attention='flash': choose one of 'auto', 'sdpa', 'triton'"),
         (dict(teacher_data_attention="triton"), "the decoding attention of teacher_data_kv_cache='packed-graph', "
                                                 "not 'auto'"),
         (dict(data="corpus+"), r"data='corpus\+' has an empty part"),

@@ -195,6 +195,58 @@ def test_teacher_shard_hands_the_decoding_attention_to_the_sampler_and_keys_its_
     assert len(shards) == 2 and {json.loads(f.read_text())["attention"] for f in shards} == {"sdpa", "triton"}
 
 
+def test_attention_auto_gives_the_packed_graph_sampler_the_kernel_where_it_takes_the_head_dim(tmp_path, monkeypatch):
+    # "auto": the Triton kernel for packed-graph (head dim 16 here), SDPA for the other samplers (their only one)
+    # and for heads the kernel cannot take (24 dims), said in the log; the shard is keyed by what ran
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = byte_tokenizer()
+    seen = []
+
+    def fake(teacher_, ids, new, temperature, pad_id, **kw):
+        seen.append((kw["kv_cache"], kw["attention"]))
+        return torch.cat([ids, torch.ones(ids.shape[0], new, dtype=ids.dtype)], 1)
+
+    monkeypatch.setattr("sfcompile.train.data.sample_sequences", fake)
+    monkeypatch.setattr(
+        "sfcompile.train.data.text_shard", lambda source, tok_, cache: read_shard(_write(tmp_path, tok_))
+    )
+    kw = dict(n_tokens=32, seqlen=16, temperature=1.0, seed=0, batch=2, attention="auto")
+    llama = tiny_llama(vocab=257).eval()
+    lines = []
+    teacher_shard(llama, tok, tmp_path / "a", kv_cache="packed-graph", log=lines.append, **kw)
+    teacher_shard(llama, tok, tmp_path / "a", kv_cache="packed", log=lines.append, **kw)
+    assert seen == [("packed-graph", "triton"), ("packed", "sdpa")]
+    assert "kv_cache='packed-graph' (attention 'triton'), 2 sequences" in lines[0]
+    assert "kv_cache='packed', 2 sequences" in lines[1]
+    metas = [json.loads(f.read_text()) for f in (tmp_path / "a" / "shards").glob("teacher-*.json")]
+    assert sorted((m["kv_cache"], m["attention"]) for m in metas) == [("packed", "sdpa"), ("packed-graph", "triton")]
+    # "sdpa" and "auto" share the other samplers' shards (the key shards had before the option)
+    seen.clear()
+    teacher_shard(llama, tok, tmp_path / "a", kv_cache="packed", **{**kw, "attention": "sdpa"})
+    assert seen == []
+    # heads of 24 dims: SDPA, and why
+    wide = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "llama", hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=257)).eval()
+    lines.clear()
+    teacher_shard(wide, tok, tmp_path / "w", kv_cache="packed-graph", log=lines.append, **kw)
+    assert seen == [("packed-graph", "sdpa")]
+    assert lines[0] == ("teacher data: attention='auto' decodes with 'sdpa': the teacher's heads have 24 dims and "
+                        "the Triton kernel takes a power of 2 >= 16")
+    assert "(attention 'sdpa')" in lines[1]
+    # a shard sampled with SDPA before "auto" chose the kernel is read, not sampled again (a resumed run keeps its
+    # data); an explicit "triton" samples its own
+    seen.clear()
+    teacher_shard(llama, tok, tmp_path / "s", kv_cache="packed-graph", **{**kw, "attention": "sdpa"})
+    teacher_shard(llama, tok, tmp_path / "s", kv_cache="packed-graph", **kw)
+    assert seen == [("packed-graph", "sdpa")]
+    teacher_shard(llama, tok, tmp_path / "s", kv_cache="packed-graph", **{**kw, "attention": "triton"})
+    assert seen == [("packed-graph", "sdpa"), ("packed-graph", "triton")]
+    with pytest.raises(DataError, match="attention='flash': choose one of 'auto', 'sdpa'"):
+        teacher_shard(llama, tok, tmp_path / "s", kv_cache="packed-graph", **{**kw, "attention": "flash"})
+
+
 def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_path, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -544,3 +544,6 @@ def test_the_teacher_data_options_reach_the_sampler(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         train(_model(), cfg, tokenizer=byte_tokenizer())
     assert (seen["kv_cache"], seen["attention"], seen["bf16"]) == ("packed-graph", "triton", False)
+    with pytest.raises(Stop):  # the defaults: each resolved where the sampling runs (test_data.py)
+        train(_model(), _config(tmp_path, "d", 6, data="teacher"), tokenizer=byte_tokenizer())
+    assert (seen["kv_cache"], seen["attention"]) == ("auto", "auto")

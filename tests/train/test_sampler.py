@@ -245,8 +245,10 @@ def test_under_autocast_the_buffers_hold_the_compute_dtype_and_follow_the_full_f
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_graph_mode_under_autocast_over_fp32_weights_follows_the_full_forward():
-    # the trainer's exact setting on CUDA: fp32 teacher, bf16 autocast, the captured masked step (bf16 buffers)
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_graph_mode_under_autocast_over_fp32_weights_follows_the_full_forward(attention):
+    # the trainer's exact setting on CUDA: fp32 teacher, bf16 autocast, the captured masked step (bf16 buffers),
+    # with either decoding attention ("auto" takes the Triton kernel)
     model = _model("llama", num_key_value_heads=2).cuda()
     ids = torch.randint(1, V, (64, 5), device="cuda")
     seen = []
@@ -256,7 +258,7 @@ def test_graph_mode_under_autocast_over_fp32_weights_follows_the_full_forward():
         return logits.argmax(-1)
 
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = decode(model, ids, 16, greedy, mode="graph")
+        out = decode(model, ids, 16, greedy, mode="graph", attention=attention)
         with torch.no_grad():
             full = model(out).logits.float()
     # the graph's replays overwrite the logits the capture saw: compare the eager first steps, then the tokens
