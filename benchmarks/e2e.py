@@ -120,9 +120,12 @@ def build(alias: str, layers: int | None, dtype: torch.dtype, device: str, seed:
 
 
 @torch.no_grad()
-def harden_random(model, pattern: str) -> list[str]:
+def harden_random(model, pattern: str, slorb: int = 0) -> list[str]:
     """Zero every discovered site to ``pattern`` (magnitude projection) and mark it hardened, as `harden`
-    leaves it. Returns the site names."""
+    leaves it; with ``slorb`` = k > 0 also give every Linear-like site a SLoRB bypass of group k (S random, gain
+    1), as a model trained by sfcompile loads: y = x W_sparse^T + S (P x) costs its dense matmul at inference.
+    Returns the site names."""
+    from sfcompile.masking.slorb import add_slorb, slorb_unsupported
     from sfcompile.passes.discover import discover
     from sfcompile.passes.site import mark_hardened
     from sfcompile.patterns import parse_pattern
@@ -134,6 +137,12 @@ def harden_random(model, pattern: str) -> list[str]:
         w = params[site.name]
         w.mul_(p.project(w.abs(), site.k_dim).to(w.dtype))
         mark_hardened(w, {"pattern": str(p), "k_dim": site.k_dim, "kind": site.kind, "site": site.name})
+        if slorb:
+            reason = slorb_unsupported(site, slorb)
+            if reason:
+                raise SystemExit(f"--e2e-patterns +slorb{slorb}: {site.name}: {reason}")
+            add_slorb(model.get_submodule(site.module), site.kind, site.shape, slorb, dtype=w.dtype,
+                      device=w.device)[0].normal_(0, 0.02)
     return [s.name for s in sites]
 
 
@@ -183,29 +192,33 @@ class Variant:
 
     A pattern runs the backend with its defaults; ``+nofuse`` turns its ``fuse`` option off (one packed op per
     site), ``+nopdl`` / ``+pdl`` set its ``pdl`` option off / on (default ``"auto"``: on for a graph at one row,
-    i.e. decode at batch 1), ``+frag`` (block-16 only) its ``block16_frag`` option on (tiles in fragment order).
-    ``dense+pdl`` is dense Inductor with its kernels launched with programmatic dependent launch
-    (``triton.enable_pdl``)."""
+    i.e. decode at batch 1), ``+frag`` (block-16 only) its ``block16_frag`` option on (tiles in fragment order),
+    ``+slorbK`` (e.g. ``2:4+slorb16``) a SLoRB bypass of group K on every site (`harden_random`): the speed of a
+    model sfcompile trained, whose bypass runs as a small dense matmul. ``dense+pdl`` is dense Inductor with its
+    kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
 
     base: str
     fuse: bool = True
     pdl: bool | str = "auto"
     frag: bool = False
+    slorb: int = 0  # SLoRB group (0: no bypass)
 
     @classmethod
     def parse(cls, label: str) -> Variant:
         base, *flags = label.split("+")
         allowed = ("pdl",) if base == "dense" else ("fuse", "nofuse", "pdl", "nopdl")
         allowed += ("frag",) if base.startswith("block16") else ()
+        slorb = [f for f in flags if base != "dense" and f.startswith("slorb") and f[5:].isdigit() and int(f[5:])]
         for flag in flags:
-            if flag not in allowed:
+            if flag not in allowed + tuple(slorb):
                 raise SystemExit(f"--e2e-patterns: {label!r}: unknown variant {flag!r}; a pattern takes +nofuse "
-                                 f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl), block-16 also +frag, dense only "
-                                 f"+pdl")
+                                 f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl) and +slorbK (a SLoRB bypass of "
+                                 f"group K >= 1, e.g. 2:4+slorb16), block-16 also +frag, dense only +pdl")
         if base == "dense":
             return cls(base, pdl="pdl" in flags)
         pdl = False if "nopdl" in flags else True if "pdl" in flags else "auto"
-        return cls(base, fuse="nofuse" not in flags, pdl=pdl, frag="frag" in flags)
+        return cls(base, fuse="nofuse" not in flags, pdl=pdl, frag="frag" in flags,
+                   slorb=int(slorb[-1][5:]) if slorb else 0)
 
     @property
     def backend(self) -> str | None:
@@ -381,11 +394,11 @@ def _bench_variant(args: E2EConfig, alias: str, pattern: str, variant: Variant, 
     torch._dynamo.reset()
     model = build(alias, layers, dtype, device, seed=0)
     n_layers = model.config.num_hidden_layers
-    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     lowered: list = []
     sites = []
     if backend:
-        sites = harden_random(model, variant.base)
+        sites = harden_random(model, variant.base, variant.slorb)
+    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # (with any bypass's S)
 
     def hook(gm, report, lowered=lowered):
         lowered.append((gm, report))

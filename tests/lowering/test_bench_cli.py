@@ -52,9 +52,41 @@ def test_e2e_columns_parse_into_compile_arguments():
     assert (v.base, v.fuse, v.pdl, v.backend) == ("block16", False, False, "sparseforge")
     assert Variant.parse("block16+frag").compile_kwargs(True)["options"]["block16_frag"] is True
     assert "block16_frag" not in Variant.parse("block16").compile_kwargs(True)["options"]
-    for bad in ("2:4+fast", "dense+nofuse", "2:4+frag"):
+    assert Variant.parse("2:4+slorb16+nopdl").slorb == 16 and Variant.parse("2:4").slorb == 0
+    for bad in ("2:4+fast", "dense+nofuse", "2:4+frag", "2:4+slorb0", "2:4+slorb", "dense+slorb16"):
         with pytest.raises(SystemExit, match="unknown variant"):
             Variant.parse(bad)
+
+
+def test_e2e_slorb_column_carries_a_bypass_on_every_site_and_runs_compiled():
+    # benchmarks/e2e.py 2:4+slorb16: the model as sfcompile's trainer leaves it (hardened + a SLoRB bypass on every
+    # site), so its row costs what a trained model costs; the compiled step keeps one packed op per site and the
+    # bypass (its logits follow eager's, which differ from the bypass-free model's)
+    from sfcompile.lowering.cli import _e2e_module
+    from sfcompile.masking.slorb import slorb_manifest
+
+    e2e = _e2e_module()
+    logits, ops = {}, {}
+    for label in ("2:4", "2:4+slorb16"):
+        model = e2e.build("llama-2-7b", 1, torch.float32, "cpu").float()
+        sites = e2e.harden_random(model, "2:4", e2e.Variant.parse(label).slorb)
+        manifest = slorb_manifest(model)
+        assert len(manifest) == (len(sites) if "slorb" in label else 0)
+        assert all(v["group"] == 16 for v in manifest.values())
+        lowered = []
+        step = e2e.compile_step(model, e2e.Variant.parse(label), False, lambda gm, rep, seen=lowered: seen.append(rep))
+        cache = e2e._static_cache(model, 8)
+        tok, pos = torch.tensor([[3]]), torch.tensor([0])
+        with torch.no_grad():
+            eager = e2e._forward(model)(tok, cache, pos)
+            cache = e2e._static_cache(model, 8)
+            _, compiled = step(tok, cache, pos)
+        assert {s for rep in lowered for s in rep.lowered} == set(sites)
+        ops[label] = sum(rep.packed_ops for rep in lowered)
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+        logits[label] = eager
+    assert (logits["2:4"] - logits["2:4+slorb16"]).abs().max() > 1e-3
+    assert ops["2:4"] == ops["2:4+slorb16"] == 4  # q/k/v and gate/up still fused into one op each
 
 
 def test_e2e_profile_writes_a_per_step_table(tmp_path):
