@@ -10,7 +10,9 @@
 #          accuracy the bypass's size buys (it costs bytes and a dense matmul at inference);
 #   kl  -- the recipe itself, now sampled with the Triton decoding attention (the new default): the same-lease
 #          baseline, and a check that the kernel's samples train as SDPA's did.
-# Then the sampler's GPU tests again (the autocast test now runs both attentions). ~18 device minutes.
+# Then the sampler's GPU tests again (the autocast test now runs both attentions), and the decode speed of a model
+# as sfcompile's trainer leaves it: LLaMA-2-7B at batch 1, 2:4 and block-16 with and without a SLoRB bypass of
+# group 16 on every site (e2e.py's new +slorb16 columns; every e2e number so far had no bypass). ~22 device minutes.
 # Then `bash /root/cache/repo/benchmarks/results/session27_2026-12-03/wait.sh 560` the moment each call returns;
 # it brings everything back as one tarball (at most 8 files come back per call).
 source benchmarks/results/session21_2026-12-02/assemble.sh
@@ -30,6 +32,8 @@ python benchmarks/train_h200.py $W --teacher-mix 8e6 --main-forge finalize_at=0.
   --work $C/w/kl > $C/res/kl.log 2>&1
 python -m pytest -q tests/train/test_sampler.py tests/train/test_decode_attention_kernel.py tests/train/test_data.py \
   -p no:cacheprovider > $C/res/gpu.log 2>&1
+mkdir -p $C/res/e2e
+python benchmarks/e2e.py --model llama-2-7b --e2e-patterns 2:4,2:4+slorb16,block16,block16+slorb16 --batches 1   --prefill 0 --budget-s 300 --e2e-out $C/res/e2e/llama > $C/res/e2e.log 2>&1
 AB
 setsid nohup bash $C/ab.sh > $C/res/ab.out 2>&1 < /dev/null &
 echo $! > $C/ab.pid
