@@ -287,7 +287,7 @@ def teacher_shard(
 
     if attention not in TEACHER_ATTENTIONS:
         raise DataError(f"attention={attention!r}: choose one of {', '.join(map(repr, TEACHER_ATTENTIONS))}")
-    attention_of = {sampler: _attention_for(sampler, attention, teacher) for sampler in candidates}
+    attention_of = {sampler: _attention_for(sampler, attention, teacher, device) for sampler in candidates}
 
     def shard_for(sampler: str, attn: str) -> Path:
         key = f"{name}:{n_tokens}:{seqlen}:{temperature}:{seed}:{prompts_digest}:{batch_of(sampler)}:{sampler}:{bf16}"
@@ -359,15 +359,21 @@ def _auto_samplers(device: torch.device, teacher) -> tuple[list[str], str | None
     return [AUTO_KV_CACHE_CUDA, "dynamic"], None
 
 
-def _attention_for(sampler: str, attention: str, teacher) -> tuple[str, str | None]:
+def _attention_for(sampler: str, attention: str, teacher, device: torch.device) -> tuple[str, str | None]:
     """The decoding attention ``sampler`` runs for ``attention`` (``"auto"`` resolved, `TEACHER_ATTENTIONS`), and
-    why ``"auto"`` did not give the packed-graph sampler `AUTO_ATTENTION_PACKED_GRAPH` where that needs saying."""
+    why ``"auto"`` did not give the packed-graph sampler `AUTO_ATTENTION_PACKED_GRAPH` where that needs saying:
+    a GPU older than Ampere (the trainer samples in bf16, whose dots need compute capability 8.0; the kernel was
+    only measured on Hopper), or a head dim the kernel cannot take."""
     if attention != "auto":
         return attention, None
     if sampler != "packed-graph":
         return "sdpa", None  # the other samplers have no other
     from sfcompile.train.decode_attention_kernel import supports_head_dim
 
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        major, minor = torch.cuda.get_device_capability(device)
+        return "sdpa", (f"the Triton kernel needs a GPU of compute capability 8.0 or later (Ampere), this one is "
+                        f"{major}.{minor}")
     d = _head_dim(teacher)
     if d is None:
         return "sdpa", "the teacher's config gives no head dim (head_dim, or hidden_size / num_attention_heads)"

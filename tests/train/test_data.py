@@ -245,6 +245,19 @@ def test_attention_auto_gives_the_packed_graph_sampler_the_kernel_where_it_takes
     assert seen == [("packed-graph", "sdpa"), ("packed-graph", "triton")]
     with pytest.raises(DataError, match="attention='flash': choose one of 'auto', 'sdpa'"):
         teacher_shard(llama, tok, tmp_path / "s", kv_cache="packed-graph", **{**kw, "attention": "flash"})
+    # a GPU before Ampere: SDPA, and why (bf16 dots need compute capability 8.0)
+    from sfcompile.train.data import _attention_for
+
+    cuda = torch.device("cuda")
+    reasons = {}
+    for cap, want in (((7, 5), "sdpa"), ((8, 0), "triton"), ((9, 0), "triton")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        attn, reasons[cap] = _attention_for("packed-graph", "auto", llama, cuda)
+        assert attn == want
+    assert reasons[(8, 0)] is None and reasons[(9, 0)] is None
+    assert reasons[(7, 5)] == ("the Triton kernel needs a GPU of compute capability 8.0 or later (Ampere), this one "
+                               "is 7.5")
+    assert _attention_for("packed-graph", "sdpa", llama, cuda) == ("sdpa", None)  # an explicit choice stands
 
 
 def test_teacher_shard_auto_sampler_takes_the_packed_one_or_says_why_not(tmp_path, monkeypatch):
