@@ -177,9 +177,9 @@ class TrainConfig:
             (`sfcompile.train.decode_attention_kernel`: reads only the filled positions; needs
             ``teacher_data_kv_cache="packed-graph"`` set explicitly), or ``"auto"`` (default): ``"triton"``
             where the packed-graph sampler runs on a GPU of compute capability >= 8.0 and the kernel takes the
-            teacher's head dim (a power of 2 >= 16; otherwise ``"sdpa"`` and the log says why) -- measured on the H200 at 2048 x 512 with a bf16
-            SmolLM2-135M, 192.9k tokens/s against SDPA's 127.8k -- and ``"sdpa"`` for every other sampler (their
-            only one).
+            teacher's head dim (a power of 2 >= 16; otherwise ``"sdpa"`` and the log says why) -- measured on the
+            H200 at 2048 x 512 with a bf16 SmolLM2-135M, 192.9k tokens/s against SDPA's 127.8k -- and ``"sdpa"``
+            for every other sampler (their only one).
         cache_dir: where token shards are cached; default ``$SFCOMPILE_CACHE`` or ``<out>/cache``.
 
     Optimizer (mask-aware AdamW, `sfcompile.train.optim`)
