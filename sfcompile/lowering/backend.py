@@ -43,6 +43,11 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         most ``PDL_AUTO_MAX_ROWS_NO_COPIES`` rows when the graph makes no such copy (`_broadcast_copies`), and
         off otherwise (copies at more rows, prefill-sized graphs, a symbolic shape, no packed op). An explicit
         ``triton.enable_pdl`` option overrides Inductor's half.
+    fuse_bypass (bool, default False): the SLoRB bypasses of linears that read the same input (a trained
+        model's q/k/v, gate/up) run as one dense matmul on their S concatenated along N, the output split back
+        (`sfcompile.passes.bypass`; built once, like the fused packed weights): 4 bypass matmuls per layer
+        instead of 7, on the reasoning that made ``fuse`` pay. Opt-in until timed on a GPU
+        (``benchmarks/e2e.py --e2e-patterns 2:4+slorb16,2:4+slorb16+fusebypass``).
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
@@ -90,6 +95,7 @@ class BackendOptions:
     fuse: bool = True
     pdl: bool | str = "auto"
     block16_frag: bool = False
+    fuse_bypass: bool = False
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -109,11 +115,14 @@ class BackendOptions:
             raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
         if not isinstance(frag, bool):
             raise TypeError(f"sparseforge option block16_frag must be True or False, got {frag!r}")
+        fuse_bypass = opts.pop("fuse_bypass", False)
+        if not isinstance(fuse_bypass, bool):
+            raise TypeError(f"sparseforge option fuse_bypass must be True or False, got {fuse_bypass!r}")
         if not isinstance(pdl, bool) and pdl != "auto":
             raise TypeError(f"sparseforge option pdl must be True, False or 'auto', got {pdl!r}")
         inductor.update(opts)
         return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl,
-                   block16_frag=frag)
+                   block16_frag=frag, fuse_bypass=fuse_bypass)
 
     def resolve_pdl(self, rows: int | None, copies: int = 0) -> bool:
         """Whether a graph whose packed ops multiply at most ``rows`` rows (None: unknown or no packed op)
@@ -251,8 +260,8 @@ def _log_report(report) -> None:
         if (site, reason) not in _LOGGED:
             _LOGGED.add((site, reason))
             log.warning("sparseforge: hardened weight %s stays dense: %s", site, reason)
-    log.info("sparseforge: %d packed ops for %d hardened weights (%d groups fused)",
-             report.packed_ops, len(report.lowered), len(report.fused))
+    log.info("sparseforge: %d packed ops for %d hardened weights (%d groups fused, %d groups of SLoRB bypasses "
+             "fused)", report.packed_ops, len(report.lowered), len(report.fused), len(report.fused_bypasses))
 
 
 # ---- the backend ---------------------------------------------------------------------------------------
@@ -280,6 +289,12 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
     frag = opts.block16_frag
     report = lower_hardened_matmuls(gm, example_inputs, lambda w, info: _pack(w, info, frag),
                                     fuser=(lambda ws, infos: _pack_group(ws, infos, frag)) if opts.fuse else None)
+    if opts.fuse_bypass:
+        from sfcompile.passes.bypass import fuse_shared_bypasses
+
+        bypasses = fuse_shared_bypasses(gm, example_inputs)
+        report.fused_bypasses = bypasses.fused
+        report.baked_inputs += bypasses.baked_inputs
     _log_report(report)
     if not _guard_identity(report.baked_inputs):
         raise RuntimeError(

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfcompile.masking.state import SLORB_FOLDS, soft_masks_of, soft_name
-from sfcompile.passes.site import Site
+from sfcompile.passes.site import Site, mark_bypass
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
            "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors", "folded_bypass"]
@@ -121,6 +121,7 @@ def add_slorb(module: nn.Module, kind: str, shape, group: int, *, train_p: bool 
     if k % group:
         raise SLoRBError(f"reduction dim K={k} is not divisible by the SLoRB group size {group}")
     module.register_parameter("slorb_S", nn.Parameter(torch.zeros(n, k // group, dtype=dtype, device=device)))
+    mark_bypass(module.slorb_S, {"group": group})  # (the backend fuses the bypasses of a shared input by it)
     params = [module.slorb_S]
     if train_p:
         module.register_parameter("slorb_P", nn.Parameter(block_sum_matrix(k, group, dtype, device)))

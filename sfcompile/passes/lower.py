@@ -82,12 +82,15 @@ class LowerReport:
             (Dynamo reuses a graph for another module of the same structure otherwise).
         fused: the sites whose linears run as one packed op (with a ``fuser``), one tuple per op; ``lowered``
             counts that op on the group's first site and 0 on the others (lowered, but no op of their own).
+        fused_bypasses: the S inputs whose SLoRB bypasses run as one matmul, one tuple per matmul (filled by
+            the backend's ``fuse_bypass``, `sfcompile.passes.bypass`; empty otherwise).
     """
 
     lowered: dict[str, int] = field(default_factory=dict)
     dense: dict[str, str] = field(default_factory=dict)
     baked_inputs: list[fx.Node] = field(default_factory=list)
     fused: list[tuple[str, ...]] = field(default_factory=list)
+    fused_bypasses: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def packed_ops(self) -> int:

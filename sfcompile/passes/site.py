@@ -56,3 +56,18 @@ def mark_hardened(param, info: dict) -> None:
 def hardened_info(tensor) -> dict | None:
     """What `mark_hardened` recorded on ``tensor``, or None for an ordinary tensor."""
     return getattr(tensor, _HARDENED_ATTR, None)
+
+
+# The S of a SLoRB bypass (`sfcompile.masking.slorb`) is marked the same way, so the backend can find the bypass
+# matmuls of a graph by their weight (`sfcompile.passes.bypass`).
+_BYPASS_ATTR = "_sfcompile_bypass"
+
+
+def mark_bypass(param, info: dict) -> None:
+    """Record on ``param`` that it is the S of a SLoRB bypass: ``{"group"}`` (k, the block-sum width)."""
+    setattr(param, _BYPASS_ATTR, dict(info))
+
+
+def bypass_info(tensor) -> dict | None:
+    """What `mark_bypass` recorded on ``tensor``, or None."""
+    return getattr(tensor, _BYPASS_ATTR, None)

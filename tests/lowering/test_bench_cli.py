@@ -53,6 +53,8 @@ def test_e2e_columns_parse_into_compile_arguments():
     assert Variant.parse("block16+frag").compile_kwargs(True)["options"]["block16_frag"] is True
     assert "block16_frag" not in Variant.parse("block16").compile_kwargs(True)["options"]
     assert Variant.parse("2:4+slorb16+nopdl").slorb == 16 and Variant.parse("2:4").slorb == 0
+    assert Variant.parse("2:4+slorb16+fusebypass").compile_kwargs(True)["options"]["fuse_bypass"] is True
+    assert "fuse_bypass" not in Variant.parse("2:4+slorb16").compile_kwargs(True)["options"]
     for bad in ("2:4+fast", "dense+nofuse", "2:4+frag", "2:4+slorb0", "2:4+slorb", "dense+slorb16"):
         with pytest.raises(SystemExit, match="unknown variant"):
             Variant.parse(bad)
@@ -66,8 +68,8 @@ def test_e2e_slorb_column_carries_a_bypass_on_every_site_and_runs_compiled():
     from sfcompile.masking.slorb import slorb_manifest
 
     e2e = _e2e_module()
-    logits, ops = {}, {}
-    for label in ("2:4", "2:4+slorb16"):
+    logits, ops, bypasses = {}, {}, {}
+    for label in ("2:4", "2:4+slorb16", "2:4+slorb16+fusebypass"):
         model = e2e.build("llama-2-7b", 1, torch.float32, "cpu").float()
         sites = e2e.harden_random(model, "2:4", e2e.Variant.parse(label).slorb)
         manifest = slorb_manifest(model)
@@ -83,10 +85,13 @@ def test_e2e_slorb_column_carries_a_bypass_on_every_site_and_runs_compiled():
             _, compiled = step(tok, cache, pos)
         assert {s for rep in lowered for s in rep.lowered} == set(sites)
         ops[label] = sum(rep.packed_ops for rep in lowered)
+        bypasses[label] = [len(group) for rep in lowered for group in rep.fused_bypasses]
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
         logits[label] = eager
     assert (logits["2:4"] - logits["2:4+slorb16"]).abs().max() > 1e-3
-    assert ops["2:4"] == ops["2:4+slorb16"] == 4  # q/k/v and gate/up still fused into one op each
+    assert ops["2:4"] == ops["2:4+slorb16"] == ops["2:4+slorb16+fusebypass"] == 4  # q/k/v, gate/up: one op each
+    # +fusebypass: the bypasses of q/k/v and of gate/up as one matmul each (its logits followed eager's above)
+    assert bypasses == {"2:4": [], "2:4+slorb16": [], "2:4+slorb16+fusebypass": [3, 2]}
 
 
 def test_e2e_profile_writes_a_per_step_table(tmp_path):
