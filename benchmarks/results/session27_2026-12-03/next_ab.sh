@@ -12,7 +12,8 @@
 #          baseline, and a check that the kernel's samples train as SDPA's did.
 # Then the sampler's GPU tests again (the autocast test now runs both attentions), and the decode speed of a model
 # as sfcompile's trainer leaves it: LLaMA-2-7B at batch 1, 2:4 and block-16 with and without a SLoRB bypass of
-# group 16 on every site (e2e.py's new +slorb16 columns; every e2e number so far had no bypass). ~22 device minutes.
+# group 16 on every site (e2e.py's new +slorb16 columns; every e2e number so far had no bypass), and with the
+# backend's new fuse_bypass (q/k/v's and gate/up's bypasses as one matmul each; +fusebypass). ~23 device minutes.
 # Then `bash /root/cache/repo/benchmarks/results/session27_2026-12-03/wait.sh 560` the moment each call returns;
 # it brings everything back as one tarball (at most 8 files come back per call).
 source benchmarks/results/session21_2026-12-02/assemble.sh
@@ -33,7 +34,8 @@ python benchmarks/train_h200.py $W --teacher-mix 8e6 --main-forge finalize_at=0.
 python -m pytest -q tests/train/test_sampler.py tests/train/test_decode_attention_kernel.py tests/train/test_data.py \
   -p no:cacheprovider > $C/res/gpu.log 2>&1
 mkdir -p $C/res/e2e
-python benchmarks/e2e.py --model llama-2-7b --e2e-patterns 2:4,2:4+slorb16,block16,block16+slorb16 --batches 1   --prefill 0 --budget-s 300 --e2e-out $C/res/e2e/llama > $C/res/e2e.log 2>&1
+python benchmarks/e2e.py --model llama-2-7b --e2e-patterns 2:4,2:4+slorb16,2:4+slorb16+fusebypass,block16+slorb16 \
+  --batches 1 --prefill 0 --budget-s 420 --e2e-out $C/res/e2e/llama > $C/res/e2e.log 2>&1
 AB
 setsid nohup bash $C/ab.sh > $C/res/ab.out 2>&1 < /dev/null &
 echo $! > $C/ab.pid
