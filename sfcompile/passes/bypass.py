@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from sfcompile.passes.lower import _LINEAR, add_constant, split_back
 from sfcompile.passes.site import bypass_info
 
 __all__ = ["BypassReport", "fuse_shared_bypasses"]
-
-_LINEAR = {torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default}
-
 
 @dataclass
 class BypassReport:
@@ -134,25 +132,10 @@ def _fuse(gm: fx.GraphModule, members: list[_Bypass], attr: str) -> None:
     graph = gm.graph
     first = members[0]
     with torch.no_grad():
-        s_cat = torch.cat([b.s.detach().to(b.dtype or b.s.dtype) for b in members])
-    gm.register_buffer(attr, s_cat, persistent=False)
-    sources = getattr(gm, "_param_name_to_source", None)
-    if sources is not None:  # as `lower._add_buffers`: a constant of this graph needs a Dynamo source
-        from torch._dynamo.source import ConstantSource
-
-        sources[attr] = ConstantSource(attr)
-    sizes = [int(b.s.shape[0]) for b in members]
+        weight = add_constant(gm, attr, torch.cat([b.s.detach().to(b.dtype or b.s.dtype) for b in members]))
     with graph.inserting_before(first.matmul):
-        weight = graph.get_attr(attr)
         fused = graph.call_function(first.matmul.target, (first.block_sums, weight))
-        split = graph.call_function(torch.split, (fused, sizes, -1))
-        parts = [graph.call_function(operator.getitem, (split, i)) for i in range(len(members))]
-    values = [b.matmul.meta.get("example_value", b.matmul.meta.get("val")) for b in members]
-    if all(isinstance(v, torch.Tensor) for v in values):  # shapes for passes that read the Dynamo graph's meta
-        fused.meta["example_value"] = torch.cat(values, dim=-1)
-        split.meta["example_value"] = torch.split(fused.meta["example_value"], sizes, -1)
-        for part, value in zip(parts, split.meta["example_value"]):
-            part.meta["example_value"] = value
+        parts = split_back(graph, fused, [int(b.s.shape[0]) for b in members], [b.matmul for b in members])
     for b, part in zip(members, parts):
         b.matmul.replace_all_uses_with(part)
         graph.erase_node(b.matmul)

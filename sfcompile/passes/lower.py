@@ -259,25 +259,42 @@ def _hardened_weight_nodes(
 # ---- the rewrite -----------------------------------------------------------------------------------------
 
 def _add_buffers(gm: fx.GraphModule, packed: PackedMatmul, index: int | str) -> list[fx.Node]:
-    nodes = []
-    for name, tensor in packed.tensors:
-        attr = f"_sf_packed_{index}_{name}"
-        gm.register_buffer(attr, tensor, persistent=False)
-        sources = getattr(gm, "_param_name_to_source", None)
-        if sources is not None:
-            # AOTAutograd requires a Dynamo source for every parameter/buffer of a Dynamo graph (it dedups
-            # guards by source and marks these inputs static for CUDA graphs). The packed tensors are
-            # constants of this graph: nothing in user code can rebind them, so a constant source fits.
-            from torch._dynamo.source import ConstantSource
+    return [add_constant(gm, f"_sf_packed_{index}_{name}", tensor) for name, tensor in packed.tensors]
 
-            sources[attr] = ConstantSource(attr)
-        # Read right after the placeholders (never erased), so the buffer dominates every use.
-        placeholders = gm.graph.find_nodes(op="placeholder")
-        where = (gm.graph.inserting_after(placeholders[-1]) if placeholders
-                 else gm.graph.inserting_before(next(iter(gm.graph.nodes))))
-        with where:
-            nodes.append(gm.graph.get_attr(attr))
-    return nodes
+
+def add_constant(gm: fx.GraphModule, attr: str, tensor: torch.Tensor) -> fx.Node:
+    """``tensor`` as the buffer ``attr`` of ``gm`` (a constant the graph computes with), and the get_attr that
+    reads it."""
+    gm.register_buffer(attr, tensor, persistent=False)
+    sources = getattr(gm, "_param_name_to_source", None)
+    if sources is not None:
+        # AOTAutograd requires a Dynamo source for every parameter/buffer of a Dynamo graph (it dedups
+        # guards by source and marks these inputs static for CUDA graphs). The packed tensors are
+        # constants of this graph: nothing in user code can rebind them, so a constant source fits.
+        from torch._dynamo.source import ConstantSource
+
+        sources[attr] = ConstantSource(attr)
+    # Read right after the placeholders (never erased), so the buffer dominates every use.
+    placeholders = gm.graph.find_nodes(op="placeholder")
+    where = (gm.graph.inserting_after(placeholders[-1]) if placeholders
+             else gm.graph.inserting_before(next(iter(gm.graph.nodes))))
+    with where:
+        return gm.graph.get_attr(attr)
+
+
+def split_back(graph: fx.Graph, fused: fx.Node, sizes: list[int], replaced_nodes: list[fx.Node]) -> list[fx.Node]:
+    """``fused`` split along its last dim into ``sizes`` parts, at the graph's insertion point: one getitem per
+    node of ``replaced_nodes`` (whose outputs were concatenated), with their shapes in the meta that passes
+    reading the Dynamo graph use."""
+    split = graph.call_function(torch.split, (fused, sizes, -1))
+    parts = [graph.call_function(operator.getitem, (split, i)) for i in range(len(sizes))]
+    values = [_fake_value(node) for node in replaced_nodes]
+    if all(isinstance(v, torch.Tensor) for v in values):
+        fused.meta["example_value"] = torch.cat(values, dim=-1)
+        split.meta["example_value"] = torch.split(fused.meta["example_value"], sizes, -1)
+        for part, value in zip(parts, split.meta["example_value"]):
+            part.meta["example_value"] = value
+    return parts
 
 
 def _shared_input_groups(found: list[tuple[fx.Node, torch.Tensor]]) -> list[list[tuple[int, _Use, list]]]:
@@ -327,14 +344,7 @@ def _fuse_group(gm: fx.GraphModule, group, weights: list[torch.Tensor], packed: 
             if all(isinstance(v, torch.Tensor) for v in values):
                 bias.meta["example_value"] = torch.cat(values)
         fused = graph.call_function(packed.linear, (x, *operands, *packed.consts, bias), dict(packed.linear_kwargs))
-        split = graph.call_function(torch.split, (fused, sizes, -1))
-        parts = [graph.call_function(operator.getitem, (split, i)) for i in range(len(uses))]
-    values = [_fake_value(use.node) for use in uses]
-    if all(isinstance(v, torch.Tensor) for v in values):  # shapes for passes that read the Dynamo graph's meta
-        fused.meta["example_value"] = torch.cat(values, dim=-1)
-        split.meta["example_value"] = torch.split(fused.meta["example_value"], sizes, -1)
-        for part, value in zip(parts, split.meta["example_value"]):
-            part.meta["example_value"] = value
+        parts = split_back(graph, fused, sizes, [use.node for use in uses])
     for use, part in zip(uses, parts):
         use.node.replace_all_uses_with(part)
         graph.erase_node(use.node)
