@@ -23,14 +23,13 @@ trainable P, a bias, another reading of S) is left as it is.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx
 
-from sfcompile.passes.lower import _LINEAR, add_constant, split_back
+from sfcompile.passes.lower import _LINEAR, add_constant, split_back, tagged_tensor_nodes
 from sfcompile.passes.site import bypass_info
 
 __all__ = ["BypassReport", "fuse_shared_bypasses"]
@@ -65,12 +64,11 @@ def fuse_shared_bypasses(gm: fx.GraphModule, example_inputs: Sequence) -> Bypass
     docstring."""
     report = BypassReport()
     groups: dict[tuple, list[_Bypass]] = {}
-    for node, s in _bypass_weights(gm, example_inputs):
-        for user in list(node.users):
-            bypass = _match(user, node, s)
-            if bypass is not None:
-                key = (bypass.x, bypass.block_sums.args[0].args[2], bypass.dtype, s.dtype, s.device)
-                groups.setdefault(key, []).append(bypass)
+    for node, s in tagged_tensor_nodes(gm, example_inputs, bypass_info):
+        bypass = _match(node, s)
+        if bypass is not None:
+            key = (bypass.x, bypass.block_sums.args[0].args[2], bypass.dtype, s.dtype, s.device)
+            groups.setdefault(key, []).append(bypass)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for number, members in enumerate(g for g in groups.values() if len(g) > 1):
         members.sort(key=lambda b: order[b.matmul])
@@ -83,24 +81,12 @@ def fuse_shared_bypasses(gm: fx.GraphModule, example_inputs: Sequence) -> Bypass
     return report
 
 
-def _bypass_weights(gm: fx.GraphModule, example_inputs: Sequence) -> list[tuple[fx.Node, torch.Tensor]]:
-    """Graph nodes holding a SLoRB S (lifted inputs and get_attr), with the tensor."""
-    found = []
-    for node, value in zip(gm.graph.find_nodes(op="placeholder"), example_inputs):
-        if isinstance(value, torch.Tensor) and bypass_info(value) is not None:
-            found.append((node, value))
-    for node in gm.graph.find_nodes(op="get_attr"):
-        value = operator.attrgetter(node.target)(gm)
-        if isinstance(value, torch.Tensor) and bypass_info(value) is not None:
-            found.append((node, value))
-    return found
-
-
-def _match(user: fx.Node, s_node: fx.Node, s: torch.Tensor) -> _Bypass | None:
-    """The bypass ``linear(sum(unflatten(x, -1, (K/k, k)), -1), S[.to(dtype)])`` that reads ``s_node``
-    through ``user``, or None."""
+def _match(s_node: fx.Node, s: torch.Tensor) -> _Bypass | None:
+    """The bypass ``linear(sum(unflatten(x, -1, (K/k, k)), -1), S[.to(dtype)])`` that is the one reader of
+    ``s_node``, or None."""
     if s.dim() != 2 or len(s_node.users) != 1:
         return None
+    user = next(iter(s_node.users))
     cast, dtype = None, None
     if user.op == "call_method" and user.target == "to":
         dtype = next((a for a in (*user.args[1:], *user.kwargs.values()) if isinstance(a, torch.dtype)), None)

@@ -239,19 +239,20 @@ def _collect_uses(
 
 # ---- finding hardened weights ----------------------------------------------------------------------------
 
-def _hardened_weight_nodes(
-    gm: fx.GraphModule, example_inputs: Sequence
+def tagged_tensor_nodes(
+    gm: fx.GraphModule, example_inputs: Sequence, info_of: Callable = hardened_info
 ) -> list[tuple[fx.Node, torch.Tensor]]:
-    """Graph nodes carrying a hardened weight, with the weight tensor itself (lifted inputs and get_attr)."""
+    """Graph nodes carrying a tensor that ``info_of`` recognises (a hardened weight by default; the bypass pass
+    passes `site.bypass_info`), with the tensor itself (lifted inputs and get_attr), found by identity."""
     found = []
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, example_inputs):
-        if isinstance(value, torch.Tensor) and hardened_info(value) is not None:
+        if isinstance(value, torch.Tensor) and info_of(value) is not None:
             found.append((node, value))
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             value = operator.attrgetter(node.target)(gm)
-            if isinstance(value, torch.Tensor) and hardened_info(value) is not None:
+            if isinstance(value, torch.Tensor) and info_of(value) is not None:
                 found.append((node, value))
     return found
 
@@ -369,7 +370,7 @@ def lower_hardened_matmuls(gm: fx.GraphModule, example_inputs: Sequence, lowerer
     """
     report = LowerReport()
     replaced: dict[fx.Node, fx.Node] = {}  # a use may read the output of another rewritten use of its weight
-    found = _hardened_weight_nodes(gm, example_inputs)
+    found = tagged_tensor_nodes(gm, example_inputs)
     done: set[int] = set()
     for number, group in enumerate(_shared_input_groups(found) if fuser is not None else ()):
         weights = [found[index][1] for index, _, _ in group]

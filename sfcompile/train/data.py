@@ -370,10 +370,10 @@ def _attention_for(sampler: str, attention: str, teacher, device: torch.device) 
         return "sdpa", None  # the other samplers have no other
     from sfcompile.train.decode_attention_kernel import supports_head_dim
 
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
-        major, minor = torch.cuda.get_device_capability(device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if capability is not None and capability < (8, 0):
         return "sdpa", (f"the Triton kernel needs a GPU of compute capability 8.0 or later (Ampere), this one is "
-                        f"{major}.{minor}")
+                        f"{capability[0]}.{capability[1]}")
     d = _head_dim(teacher)
     if d is None:
         return "sdpa", "the teacher's config gives no head dim (head_dim, or hidden_size / num_attention_heads)"
@@ -383,15 +383,15 @@ def _attention_for(sampler: str, attention: str, teacher, device: torch.device) 
 
 
 def _head_dim(model) -> int | None:
-    """The attention head dim its config states (``head_dim``, else ``hidden_size / num_attention_heads``)."""
+    """The attention head size its (text) config states (`plan.head_dim`), or None where it states none."""
+    from sfcompile.train.plan import head_dim
+
     config = getattr(model, "config", None)
-    d = getattr(config, "head_dim", None)
-    if isinstance(d, int):
-        return d
-    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
-    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
-        return hidden // heads
-    return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        return head_dim(config)
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return None
 
 
 def _say(log, line: str) -> None:

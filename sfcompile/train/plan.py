@@ -147,10 +147,15 @@ def count_model(config) -> ModelCounts:
 
 def kv_width(text_config) -> int:
     """Channels of K (or V) per layer of a causal LM's text config: K/V heads × head size (K/V heads default to
-    the attention heads, head size to hidden / heads). AttributeError when the config has no attention heads."""
+    the attention heads). AttributeError when the config has no attention heads."""
     heads = text_config.num_attention_heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    return (getattr(text_config, "num_key_value_heads", None) or heads) * head_dim
+    return (getattr(text_config, "num_key_value_heads", None) or heads) * head_dim(text_config)
+
+
+def head_dim(text_config) -> int:
+    """The attention head size of a causal LM's text config (``head_dim``, default hidden / heads).
+    AttributeError when the config has no attention heads."""
+    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
 
 
 def _bytes_per_token_layer(m: ModelCounts, checkpointing: bool) -> float:
