@@ -196,8 +196,7 @@ class Variant:
     ``+slorbK`` (e.g. ``2:4+slorb16``) a SLoRB bypass of group K on every site (`harden_random`): the speed of a
     model sfcompile trained, whose bypass runs as a small dense matmul; ``+fusebypass`` the backend's
     ``fuse_bypass`` option on (the bypasses of q/k/v and of gate/up as one matmul each). ``dense+pdl`` is dense
-    Inductor with its
-    kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
+    Inductor with its kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
 
     base: str
     fuse: bool = True
