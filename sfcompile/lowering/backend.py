@@ -260,8 +260,9 @@ def _log_report(report) -> None:
         if (site, reason) not in _LOGGED:
             _LOGGED.add((site, reason))
             log.warning("sparseforge: hardened weight %s stays dense: %s", site, reason)
-    log.info("sparseforge: %d packed ops for %d hardened weights (%d groups fused, %d groups of SLoRB bypasses "
-             "fused)", report.packed_ops, len(report.lowered), len(report.fused), len(report.fused_bypasses))
+    log.info("sparseforge: %d packed ops for %d hardened weights (%d groups fused; SLoRB bypasses: %d packed ops "
+             "took theirs, %d groups fused)", report.packed_ops, len(report.lowered), len(report.fused),
+             len(report.folded_bypasses), len(report.fused_bypasses))
 
 
 # ---- the backend ---------------------------------------------------------------------------------------
@@ -290,11 +291,14 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
     report = lower_hardened_matmuls(gm, example_inputs, lambda w, info: _pack(w, info, frag),
                                     fuser=(lambda ws, infos: _pack_group(ws, infos, frag)) if opts.fuse else None)
     if opts.fuse_bypass:
-        from sfcompile.passes.bypass import fuse_shared_bypasses
+        from sfcompile.lowering import ops  # noqa: F401  (registers torch.ops.sfcompile.*)
+        from sfcompile.passes.bypass import fold_bypasses, fuse_shared_bypasses
 
-        bypasses = fuse_shared_bypasses(gm, example_inputs)
-        report.fused_bypasses = bypasses.fused
-        report.baked_inputs += bypasses.baked_inputs
+        sf = torch.ops.sfcompile
+        folded = fold_bypasses(gm, example_inputs, {sf.linear_nm24.default: sf.linear_nm24_slorb.default})
+        fused = fuse_shared_bypasses(gm, example_inputs)   # the rest (block-16 sites, bypasses of dense ones)
+        report.folded_bypasses, report.fused_bypasses = folded.folded, fused.fused
+        report.baked_inputs += folded.baked_inputs + fused.baked_inputs
     _log_report(report)
     if not _guard_identity(report.baked_inputs):
         raise RuntimeError(

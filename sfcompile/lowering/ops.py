@@ -16,6 +16,12 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
     A group with fewer than 2 non-zeros stores a zero value at an unused position. K must be a multiple of 4.
     Bytes: 2:4 bf16 reads K/2·2 + K/8 bytes per row = 56% of dense.
 
+``torch.ops.sfcompile.linear_nm24_slorb(x[..., K], values, meta, px[..., K/k], S[N, K/k], bias[N]?) -> [..., N]``
+    ``linear_nm24`` plus a SLoRB bypass ``px @ S.T`` (px: the sums of x over groups of k features; S in x's
+    dtype). At decode sizes the sparse-tensor-core kernel adds it in the same kernel, as dense ``mma`` on
+    the same accumulators (k = 8 or 16); elsewhere it is a dense matmul after the sparse one. The backend's
+    ``fuse_bypass`` lowers a site's bypass into it (`sfcompile.passes.bypass`).
+
 ``torch.ops.sfcompile.linear_block16(x[..., K], tile_values[T, 16, 16], row_ptr[N/16+1] int32,
                                      col_idx[T] int32, N: int, K: int, bias[N]?, frag: bool = False) -> [..., N]``
     block-16 weight, any density: CSR over block rows. Block row ``r`` (output rows 16r..16r+15) owns tiles
@@ -72,9 +78,8 @@ from typing import Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["linear_nm24", "linear_block16", "grouped_nm24", "grouped_block16", "PREFILL_CSLT_MIN_M",
-           "BLOCK16_DENSE_MIN_M",
-           "cslt_linear", "clear_cslt_cache"]
+__all__ = ["linear_nm24", "linear_nm24_slorb", "linear_block16", "grouped_nm24", "grouped_block16",
+           "PREFILL_CSLT_MIN_M", "BLOCK16_DENSE_MIN_M", "cslt_linear", "clear_cslt_cache"]
 
 log = logging.getLogger("sfcompile.lowering")
 
@@ -119,6 +124,13 @@ def _linear_ref(x, w, bias):
     return y.to(x.dtype)
 
 
+def _slorb_ref(x, values, meta, px, s, bias):
+    ct = _compute_dtype(x.dtype)
+    y = torch.nn.functional.linear(x.to(ct), _nm24_dense(values, meta, x.shape[-1]).to(ct),
+                                   None if bias is None else bias.to(ct))
+    return (y + torch.nn.functional.linear(px.to(ct), s.to(ct))).to(x.dtype)
+
+
 def _grouped_ref(x, w, offs):
     ct = _compute_dtype(x.dtype)
     y = torch.zeros(x.shape[0], w.shape[-2], dtype=ct, device=x.device)
@@ -136,6 +148,12 @@ def _grouped_ref(x, w, offs):
 def linear_nm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045 (torch.library infers the schema)
     return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
+
+
+@torch.library.custom_op("sfcompile::linear_nm24_slorb", mutates_args=(), device_types="cpu")
+def linear_nm24_slorb(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, px: torch.Tensor, s: torch.Tensor,
+                      bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    return _slorb_ref(x, values, meta, px, s, bias)
 
 
 @torch.library.custom_op("sfcompile::linear_block16", mutates_args=(), device_types="cpu")
@@ -161,6 +179,11 @@ def grouped_block16(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.T
 
 @linear_nm24.register_fake
 def _(x, values, meta, bias=None):
+    return x.new_empty((*x.shape[:-1], values.shape[-2]))
+
+
+@linear_nm24_slorb.register_fake
+def _(x, values, meta, px, s, bias=None):
     return x.new_empty((*x.shape[:-1], values.shape[-2]))
 
 
@@ -191,21 +214,37 @@ def _kernel_unsupported(x: torch.Tensor, weight_dtype: torch.dtype) -> str | Non
 
 @linear_nm24.register_kernel("cuda")
 def _(x, values, meta, bias=None):
+    return _nm24_cuda(x, values, meta, bias, None)
+
+
+@linear_nm24_slorb.register_kernel("cuda")
+def _(x, values, meta, px, s, bias=None):
+    return _nm24_cuda(x, values, meta, bias, (px, s))
+
+
+def _nm24_cuda(x, values, meta, bias, bypass):
     reason = _kernel_unsupported(x, values.dtype)
     if reason is None and bias is not None and bias.dtype != x.dtype:
         reason = f"bias dtype {bias.dtype} differs from the input's {x.dtype}"
+    if reason is None and bypass is not None and any(t.dtype != x.dtype for t in bypass):
+        reason = f"bypass dtypes {bypass[0].dtype}, {bypass[1].dtype} differ from the input's {x.dtype}"
     if reason:
         _log_once(f"linear_nm24 {tuple(values.shape)}: {reason}")
-        return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
+        if bypass is None:
+            return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
+        return _slorb_ref(x, values, meta, *bypass, bias)
     m = x.numel() // max(1, x.shape[-1])
     cslt_ok = cslt_unsupported(x, values) is None
     if m >= PREFILL_CSLT_MIN_M and cslt_ok:
-        return cslt_linear(x, values, meta, bias)
+        y = cslt_linear(x, values, meta, bias)
+        if bypass is not None:    # prefill: a dense matmul on the block sums, small beside the sparse one
+            y = torch.addmm(y.reshape(-1, y.shape[-1]), bypass[0].reshape(m, -1), bypass[1].T).reshape(y.shape)
+        return y
     # Decode: the Triton kernel only. cuSPARSELt would need its own compressed copy of every weight (+0.56x
     # dense bytes) and ran 0.35-0.74x dense at M <= 16 on the H200 (benchmarks/README.md).
     from sfcompile.lowering.kernels.nm24 import nm24_matmul
 
-    return nm24_matmul(x, values, meta, bias)
+    return nm24_matmul(x, values, meta, bias, bypass=bypass)
 
 
 @linear_block16.register_kernel("cuda")

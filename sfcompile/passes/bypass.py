@@ -1,4 +1,5 @@
-"""Run the SLoRB bypasses of linears that read one input as one matmul (the `sparseforge` backend's ``fuse``).
+"""Run the SLoRB bypasses inside the packed ops, or as one matmul per shared input (the `sparseforge` backend's
+``fuse_bypass``).
 
 A model sfcompile trained carries a SLoRB bypass on every site (`sfcompile.masking.slorb`): ``y += S (P x)``,
 P the sums of x over groups of k features. Its forward hook reaches the Dynamo graph as small dense ops beside
@@ -15,15 +16,34 @@ becomes::
     %b    : call_function[linear](%px_q, %s)
     %parts: split(%b, [N_q, N_k, N_v], -1)          # read where %b_q, %b_k, %b_v were
 
+:func:`fold_bypasses` goes further where the packed op has a variant that takes the bypass (2:4: the
+sparse-tensor-core decode kernel adds it on its own accumulators, `sfcompile.lowering.ops.linear_nm24_slorb`)::
+
+    %y   : call_function[sfcompile.linear_nm24](%x, %v, %m, None)
+    ...  (%px_q, %s_q, %b_q as above)
+    %g   : call_method[to](%gain, bf16)                  # the hook's slorb_gain
+    %out : call_function[add](%y, %g * %b_q)
+
+becomes::
+
+    %px  : call_method[sum](%unflatten, -1)              # placed before the packed op
+    %s   : get_attr[_sf_fold_0]                          # gain * S, in x's dtype, built once
+    %out : call_function[sfcompile.linear_nm24_slorb](%x, %v, %m, %px, %s, None)
+
+and a fused q/k/v op (its output split back) takes their S concatenated, so its pieces come out with their
+bypasses added: no bypass op at all is left in the layer.
+
 The S tensors are recognised by identity (`sfcompile.passes.site.bypass_info`, set by ``add_slorb``), never
-by name, and the concatenation is baked into the graph like the packed weights: the caller guards on the
-identity of the lifted S inputs (``baked_inputs``). A bypass that does not have exactly this shape (a
-trainable P, a bias, another reading of S) is left as it is.
+by name, and S (and the gain) are baked into the graph like the packed weights: the caller guards on the
+identity of the lifted inputs (``baked_inputs``); a model changed in place after compiling needs a new
+compile, as for its weights. A bypass that does not have exactly this shape (a trainable P, a bias, another
+reading of S) is left as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +52,7 @@ from torch import fx
 from sfcompile.passes.lower import _LINEAR, add_constant, split_back, tagged_tensor_nodes
 from sfcompile.passes.site import bypass_info
 
-__all__ = ["BypassReport", "fuse_shared_bypasses"]
+__all__ = ["BypassReport", "fuse_shared_bypasses", "fold_bypasses"]
 
 @dataclass
 class BypassReport:
@@ -40,10 +60,13 @@ class BypassReport:
 
     Attributes:
         fused: the S nodes (by graph name) whose bypass matmuls now run as one, one tuple per matmul.
-        baked_inputs: lifted S inputs whose values are now baked into the graph (guard on their identity).
+        folded: the S nodes whose bypasses now run inside their packed op, one tuple per packed op.
+        baked_inputs: lifted S (and gain) inputs whose values are now baked into the graph (guard on their
+            identity).
     """
 
     fused: list[tuple[str, ...]] = field(default_factory=list)
+    folded: list[tuple[str, ...]] = field(default_factory=list)
     baked_inputs: list[fx.Node] = field(default_factory=list)
 
 
@@ -127,5 +150,163 @@ def _fuse(gm: fx.GraphModule, members: list[_Bypass], attr: str) -> None:
         graph.erase_node(b.matmul)
     for b in members:  # the casts of S always; the block sums of all but the first (which the fused matmul reads)
         for node in b.dead if b is not first else b.dead[2:]:
+            if not node.users:
+                graph.erase_node(node)
+
+
+# ---- folding into the packed ops ------------------------------------------------------------------------
+
+_MUL = {operator.mul, torch.mul}
+_ADD = {operator.add, torch.add}
+
+
+@dataclass(frozen=True)
+class _Fold:
+    bypass: _Bypass
+    gain: float
+    gain_node: fx.Node | None   # the lifted or get_attr gain tensor (guarded on), None for a constant gain
+    add: fx.Node                # piece + gain * bypass: what the fold replaces by the piece
+    piece: fx.Node              # the packed op, or its getitem when the op is a fused group's
+    packed: fx.Node
+    dead: tuple[fx.Node, ...]   # the bypass's own nodes, erased once the fold is done
+
+
+def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mapping) -> BypassReport:
+    """Move each SLoRB bypass that is added to a packed op's output into that op, in place: ``variants`` maps a
+    packed op to its variant taking the bypass, called with the op's arguments and ``px, S`` inserted before
+    the last (the bias). A fused op (split back into pieces) is folded only when every piece has a bypass. See
+    the module docstring."""
+    report = BypassReport()
+    tensors = _graph_tensors(gm, example_inputs)
+    by_op: dict[fx.Node, list[_Fold]] = {}
+    for node, s in tagged_tensor_nodes(gm, example_inputs, bypass_info):
+        bypass = _match(node, s)
+        fold = _match_fold(bypass, variants, tensors) if bypass is not None else None
+        if fold is not None:
+            by_op.setdefault(fold.packed, []).append(fold)
+    for number, (packed, folds) in enumerate(by_op.items()):
+        ordered = _pieces_in_order(packed, folds)
+        if ordered is None:
+            continue
+        _fold(gm, packed, ordered, variants[packed.target], f"_sf_fold_{number}")
+        report.folded.append(tuple(f.bypass.s_node.name for f in ordered))
+        report.baked_inputs += [n for f in ordered for n in (f.bypass.s_node, f.gain_node)
+                                if n is not None and n.op == "placeholder"]
+    if report.folded:
+        gm.graph.lint()
+        gm.recompile()
+    return report
+
+
+def _graph_tensors(gm: fx.GraphModule, example_inputs: Sequence) -> dict[fx.Node, torch.Tensor]:
+    """The real tensors behind the placeholders and get_attr nodes of ``gm``."""
+    found = {n: v for n, v in zip(gm.graph.find_nodes(op="placeholder"), example_inputs)
+             if isinstance(v, torch.Tensor)}
+    for node in gm.graph.find_nodes(op="get_attr"):
+        value = operator.attrgetter(node.target)(gm)
+        if isinstance(value, torch.Tensor):
+            found[node] = value
+    return found
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _other(node: fx.Node, one: fx.Node):
+    """The operand of binary ``node`` that is not ``one`` (None unless exactly two positional operands)."""
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    return b if a is one else a if b is one else None
+
+
+def _gain(operand, tensors: dict) -> tuple[float, fx.Node | None, tuple[fx.Node, ...]] | None:
+    """(value, tensor node, nodes only it reads) of the hook's gain operand: a number, or a one-element tensor
+    (lifted or get_attr), possibly cast with ``.to``; None otherwise."""
+    if isinstance(operand, (int, float)):
+        return float(operand), None, ()
+    if not isinstance(operand, fx.Node):
+        return None
+    cast = ()
+    if operand.op == "call_method" and operand.target == "to" and len(operand.users) == 1:
+        cast, operand = (operand,), operand.args[0]
+    value = tensors.get(operand) if isinstance(operand, fx.Node) else None
+    if value is None or value.numel() != 1:
+        return None
+    return float(value.detach().float().item()), operand, cast
+
+
+def _match_fold(bypass: _Bypass, variants: Mapping, tensors: dict) -> _Fold | None:
+    """The fold of ``bypass`` when its output, times a constant gain, is added to a packed op of ``variants``
+    (or to a piece of a fused one) that reads the same x; None otherwise."""
+    out, gain, gain_node, extra = bypass.matmul, 1.0, None, ()
+    user = _only_user(out)
+    if user is not None and user.op == "call_function" and user.target in _MUL:
+        found = _gain(_other(user, out), tensors)
+        if found is None:
+            return None
+        gain, gain_node, extra = found
+        out, user = user, _only_user(user)
+    if user is None or user.op != "call_function" or user.target not in _ADD:
+        return None
+    piece = _other(user, out)
+    if not isinstance(piece, fx.Node) or len(piece.users) != 1:
+        return None
+    packed = piece
+    if piece.op == "call_function" and piece.target is operator.getitem:
+        split = piece.args[0]
+        if not (isinstance(split, fx.Node) and split.op == "call_function" and split.target is torch.split):
+            return None
+        packed = split.args[0]
+    if not (isinstance(packed, fx.Node) and packed.op == "call_function" and packed.target in variants
+            and packed.args and packed.args[0] is bypass.x):
+        return None
+    x_value = tensors.get(bypass.x, bypass.x.meta.get("example_value", bypass.x.meta.get("val")))
+    if not isinstance(x_value, torch.Tensor) or (bypass.dtype or bypass.s.dtype) != x_value.dtype:
+        return None   # (the variant takes S in x's dtype; a bypass computed in another stays as it is)
+    dead = (user, *((out,) if out is not bypass.matmul else ()), bypass.matmul, *extra, *bypass.dead)
+    return _Fold(bypass, gain, gain_node, user, piece, packed, dead)
+
+
+def _pieces_in_order(packed: fx.Node, folds: list[_Fold]) -> list[_Fold] | None:
+    """The folds of ``packed`` in the order of its output (the split's pieces), or None when some piece (or
+    the op itself) has no fold, or has two."""
+    by_piece = {f.piece: f for f in folds}
+    if len(by_piece) != len(folds):
+        return None
+    if list(by_piece) == [packed]:
+        return folds
+    split = _only_user(packed)
+    if split is None or split.target is not torch.split:
+        return None
+    pieces = sorted(split.users, key=lambda getitem: getitem.args[1])
+    if len(pieces) != len(split.args[1]) or set(pieces) != set(by_piece):
+        return None
+    return [by_piece[p] for p in pieces]
+
+
+def _fold(gm: fx.GraphModule, packed: fx.Node, folds: list[_Fold], variant, attr: str) -> None:
+    graph = gm.graph
+    first = folds[0].bypass
+    dtype = first.dtype or first.s.dtype     # x's (checked by _match_fold)
+    with torch.no_grad():
+        s = torch.cat([(f.gain * f.bypass.s.detach().float()).to(dtype) for f in folds])
+        s_node = add_constant(gm, attr, s)
+    unflat = first.block_sums.args[0]
+    with graph.inserting_before(packed):   # the block sums, computed where the hook did, now before the op
+        new_unflat = graph.call_method("unflatten", unflat.args)
+        new_unflat.meta = dict(unflat.meta)
+        px = graph.call_method("sum", (new_unflat, *first.block_sums.args[1:]))
+        px.meta = dict(first.block_sums.meta)
+        new = graph.call_function(variant, (*packed.args[:-1], px, s_node, packed.args[-1]), dict(packed.kwargs))
+    new.meta = dict(packed.meta)
+    packed.replace_all_uses_with(new)
+    graph.erase_node(packed)
+    for f in folds:
+        target = new if f.piece is packed else f.piece
+        f.add.replace_all_uses_with(target)
+    for f in folds:
+        for node in f.dead:
             if not node.users:
                 graph.erase_node(node)

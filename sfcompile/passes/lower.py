@@ -84,6 +84,8 @@ class LowerReport:
             counts that op on the group's first site and 0 on the others (lowered, but no op of their own).
         fused_bypasses: the S inputs whose SLoRB bypasses run as one matmul, one tuple per matmul (filled by
             the backend's ``fuse_bypass``, `sfcompile.passes.bypass`; empty otherwise).
+        folded_bypasses: the S inputs whose SLoRB bypasses run inside their packed op, one tuple per op (the
+            same option).
     """
 
     lowered: dict[str, int] = field(default_factory=dict)
@@ -91,6 +93,7 @@ class LowerReport:
     baked_inputs: list[fx.Node] = field(default_factory=list)
     fused: list[tuple[str, ...]] = field(default_factory=list)
     fused_bypasses: list[tuple[str, ...]] = field(default_factory=list)
+    folded_bypasses: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def packed_ops(self) -> int:

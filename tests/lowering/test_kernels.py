@@ -404,6 +404,70 @@ def test_nm24_mma_x_shuffle(m, n, k, wn, wk, ch, sk, bias):
     assert torch.equal(y, nm24_matmul(x, pw.data["values"], pw.data["meta"], b, config={**cfg, "XSHFL": 0}))
 
 
+BYPASS_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K, STRIPS, group)
+    (1, 16, 128, 1, 1, 4, 1, 1, 16),       # one span: one k8 mma
+    (3, 40, 96, 2, 2, 4, 2, 1, 16),        # N past the last strip; 3 chunks: a partial span, empty splits
+    (9, 48, 384, 1, 2, 4, 3, 1, 8),        # group 8 (two k8 mma per span), two x tiles
+    (16, 72, 320, 2, 1, 8, 2, 2, 16),      # two strips, two spans per step, the last span partial
+    (5, 32, 480, 1, 1, 8, 2, 1, 8),        # group 8, 15 chunks
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk,st,group", BYPASS_CASES)
+def test_nm24_mma_adds_the_slorb_bypass_in_the_kernel(dtype, m, n, k, wn, wk, ch, sk, st, group):
+    # the bypass px @ S.T as dense k8 mma on the sparse product's accumulators (emulated here, as mma.sp is)
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(m * 100 + k + group)
+    pw = pack(_w24(n, k, dtype, g), "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    px = x.unflatten(-1, (k // group, group)).sum(-1)
+    s = (torch.randn(n, k // group, generator=g) * 0.3).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype),
+                 dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=st), bypass=(px, s))
+    ref = nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b, (px, s))
+    assert _rel(y, ref) < TOL[dtype]
+    assert _rel(ref, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) > 0.1   # (the bypass counts)
+
+
+@pytest.mark.parametrize("what", ["group 32", "dtype", "px shape"])
+def test_nm24_mma_refuses_a_bypass_it_cannot_add(what):
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(0)
+    pw = pack(_w24(16, 128, torch.bfloat16, g), "2:4", -1)
+    x = torch.randn(2, 128, generator=g).to(torch.bfloat16)
+    group = 32 if what == "group 32" else 16
+    px = x.unflatten(-1, (128 // group, group)).sum(-1)
+    s = torch.randn(16, 128 // group).to(torch.float16 if what == "dtype" else torch.bfloat16)
+    if what == "px shape":
+        px = px[:1]
+    with pytest.raises(ValueError, match={"group 32": "SLoRB group 32", "dtype": "bypass dtypes",
+                                          "px shape": "block sums of shape"}[what]):
+        nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(2, 16, dtype=torch.bfloat16),
+                 dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), bypass=(px, s))
+
+
+@pytest.mark.parametrize("dtype,m,group,config", [
+    (torch.bfloat16, 2, 32, dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1)),  # mma, the group it cannot add
+    (torch.float32, 3, 16, None),                                             # the CUDA-core decode kernel
+    (torch.bfloat16, 20, 16, None),                                           # the tile kernel (M > 16)
+])
+def test_nm24_matmul_adds_the_bypass_after_kernels_that_do_not_take_it(dtype, m, group, config):
+    g = torch.Generator().manual_seed(m)
+    pw = pack(_w24(32, 128, dtype, g), "2:4", -1)
+    x = torch.randn(2, m, 128, generator=g).to(dtype)
+    px = x.unflatten(-1, (128 // group, group)).sum(-1)
+    s = torch.randn(32, 128 // group, generator=g).to(dtype)
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config, bypass=(px, s))
+    ref = nm24_matmul_reference(x, pw.data["values"], pw.data["meta"]).float() + px.float() @ s.float().T
+    assert y.shape == (2, m, 32) and _rel(y, ref) < TOL[dtype]
+    with pytest.raises(ValueError, match="does not fit the weight"):
+        nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config, bypass=(px, s[:16]))
+
+
 def test_nm24_mma_autotune_space():
     # every config names each launch choice; two strips per warp only where two x tiles are (sweep 6, run 13)
     from sfcompile.lowering.kernels.nm24_mma import CONFIG_KEYS, nm24_mma_configs
@@ -517,6 +581,32 @@ def test_nm24_mma_cuda(m, dtype):
     y = nm24_matmul(x[:, :4000].contiguous(), pack(w[:, :4000].contiguous(), "2:4", -1).data["values"],
                     pack(w[:, :4000].contiguous(), "2:4", -1).data["meta"])     # K % 32 != 0: the other kernel
     assert _rel(y, x[:, :4000].double() @ w[:, :4000].double().T) < TOL[dtype]
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 4, 9, 16])
+@pytest.mark.parametrize("group", [8, 16])
+def test_nm24_mma_bypass_cuda(m, group):
+    # the PTX mma.m16n8k8 on the bypass: fixed configs (one and two strips, split K, masked spans) and the
+    # autotuned launcher, against float64
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(m + group)
+    n, k = 4096, 4096
+    w = _w24(n, k, torch.bfloat16, g).cuda()
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    px = x.unflatten(-1, (k // group, group)).sum(-1)
+    s = (torch.randn(n, k // group, generator=g) * 0.05).to(torch.bfloat16).cuda()
+    ref = x.double() @ w.double().T + px.double() @ s.double().T
+    for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2), dict(WARPS_N=1, WARPS_K=1, CHUNKS=4,
+                                                                                 SPLIT_K=1)):
+        y = nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, n, dtype=torch.bfloat16,
+                                                                               device="cuda"), cfg, (px, s))
+        assert _rel(y, ref) < TOL[torch.bfloat16], cfg
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], bypass=(px, s))        # autotuned
+    assert _rel(y, ref) < TOL[torch.bfloat16]
 
 
 @cuda

@@ -87,6 +87,24 @@ def test_opcheck_schemas_and_fakes():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_linear_nm24_slorb_adds_the_bypass(dtype):
+    from sfcompile.lowering import ops  # noqa: F401  (registers torch.ops.sfcompile.*)
+
+    w = _w24((32, 64), dtype, seed=3)
+    pw = pack(w, "2:4", -1)
+    x, b = torch.randn(2, 3, 64).to(dtype), torch.randn(32).to(dtype)
+    px = x.unflatten(-1, (4, 16)).sum(-1)
+    s = torch.randn(32, 4).to(dtype)
+    y = torch.ops.sfcompile.linear_nm24_slorb(x, pw.data["values"], pw.data["meta"], px, s, b)
+    ref = torch.nn.functional.linear(x.double(), w.double(), b.double()) + px.double() @ s.double().T
+    assert y.shape == (2, 3, 32) and y.dtype == dtype
+    torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=5e-2)
+    torch.library.opcheck(torch.ops.sfcompile.linear_nm24_slorb.default,
+                          (x, pw.data["values"], pw.data["meta"], px, s, b), test_utils=("test_schema",
+                                                                                          "test_faketensor"))
+
+
 def test_ops_trace_under_torch_compile():
     pw = pack(_w24((32, 64)), "2:4", -1)
     v, m = pw.data["values"], pw.data["meta"]

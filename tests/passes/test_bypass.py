@@ -1,5 +1,6 @@
 """sfcompile.passes.bypass through the backend's ``fuse_bypass``: the SLoRB bypasses of a shared input as one
-matmul, the same outputs, guarded on the identity of the S it baked."""
+matmul, or inside the packed 2:4 ops of hardened sites; the same outputs, guarded on the identity of the S it
+baked."""
 
 import pytest
 import torch
@@ -7,9 +8,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import sfcompile.lowering  # noqa: F401  (registers the backend)
-from sfcompile.masking.slorb import add_slorb
+from sfcompile.masking.slorb import add_slorb, set_slorb_gain
 from sfcompile.passes.discover import discover
-from sfcompile.passes.site import mark_bypass
+from sfcompile.passes.site import mark_bypass, mark_hardened
 from sfcompile.patterns import parse_pattern
 
 
@@ -86,3 +87,92 @@ def test_the_option_is_a_bool():
 
     with pytest.raises(TypeError, match="fuse_bypass must be True or False, got 'yes'"):
         BackendOptions.parse(None, {"fuse_bypass": "yes"})
+
+
+# ---- the bypass inside the packed op (hardened sites) --------------------------------------------------
+
+def _hardened(pattern: str = "2:4", gain: float = 1.0, skip: str | None = None):
+    """The tiny llama of `_model` with every site hardened to ``pattern`` (as `harden` marks it) and a SLoRB
+    bypass of group 16 (random S) on each site except those whose name contains ``skip``."""
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    p = parse_pattern(pattern)
+    params = dict(model.named_parameters())
+    for site in discover(model, p).sites:
+        w = params[site.name]
+        with torch.no_grad():
+            w.mul_(p.project(w.abs(), site.k_dim))
+        mark_hardened(w, {"pattern": str(p), "k_dim": site.k_dim, "kind": site.kind, "site": site.name})
+        if skip is None or skip not in site.name:
+            add_slorb(model.get_submodule(site.module), site.kind, site.shape, 16)[0].data.normal_(0, 0.1)
+    set_slorb_gain(model, gain)
+    return model
+
+
+def _ops(gm, name: str) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and str(n.target) == f"sfcompile.{name}.default")
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.5])
+def test_a_hardened_2of4_site_runs_its_bypass_inside_the_packed_op(gain):
+    # per layer: the fused q/k/v op takes their three S concatenated, gate/up two, o and down their own: no
+    # bypass matmul is left, and the logits are eager's (the gain is baked into S)
+    torch._dynamo.reset()
+    model = _hardened(gain=gain)
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        eager = model(ids).logits
+        fast, seen = _compiled(model, True)
+        out = fast(ids).logits
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    (gm, report), = seen
+    assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and report.fused_bypasses == []
+    assert _ops(gm, "linear_nm24_slorb") == 8 and _ops(gm, "linear_nm24") == 0 and _bypass_matmuls(gm) == 0
+    # one block sum per op, the one it reads, of its own input (the hook's 14 are gone)
+    assert sum(n.op == "call_method" and n.target == "sum" for n in gm.graph.nodes) == 8
+    assert all(n.args[3].args[0].args[0] is n.args[0] for n in gm.graph.nodes
+               if str(n.target) == "sfcompile.linear_nm24_slorb.default")
+
+
+def test_a_fused_op_whose_pieces_lack_a_bypass_keeps_its_bypasses_apart():
+    # k_proj has no bypass: the q/k/v op cannot take theirs (its pieces would need zero rows of S); q and v
+    # still share one bypass matmul, and o, gate/up and down fold as before
+    torch._dynamo.reset()
+    model = _hardened(skip="k_proj")
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        eager = model(ids).logits
+        fast, seen = _compiled(model, True)
+        torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
+    (gm, report), = seen
+    assert [len(f) for f in report.folded_bypasses] == [1, 2, 1] * 2
+    assert [len(f) for f in report.fused_bypasses] == [2, 2]
+    assert _ops(gm, "linear_nm24") == 2 and _ops(gm, "linear_nm24_slorb") == 6
+
+
+def test_block16_sites_have_no_such_op_and_share_their_bypass_matmuls():
+    torch._dynamo.reset()
+    model = _hardened("block16")
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        eager = model(ids).logits
+        fast, seen = _compiled(model, True)
+        torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
+    (gm, report), = seen
+    assert report.folded_bypasses == [] and [len(g) for g in report.fused_bypasses] == [3, 2, 3, 2]
+
+
+def test_a_new_s_of_a_folded_bypass_recompiles():
+    torch._dynamo.reset()
+    model = _hardened()
+    ids = torch.randint(0, 64, (2, 7))
+    fast, seen = _compiled(model, True)
+    with torch.no_grad():
+        fast(ids)
+        o = model.model.layers[1].self_attn.o_proj
+        o.slorb_S = nn.Parameter(torch.randn_like(o.slorb_S))
+        mark_bypass(o.slorb_S, {"group": 16})
+        torch.testing.assert_close(fast(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 2

@@ -27,7 +27,7 @@ import triton.language as tl
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import MAX_M as DECODE_MAX_M
 from sfcompile.lowering.kernels.nm24_decode import nm24_decode
-from sfcompile.lowering.kernels.nm24_mma import nm24_mma, nm24_mma_unsupported
+from sfcompile.lowering.kernels.nm24_mma import nm24_mma, nm24_mma_bypass_unsupported, nm24_mma_unsupported
 
 __all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
 
@@ -215,8 +215,10 @@ def _check(x, values, meta, bias, grouped):
 
 
 def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
-                offs: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` for a packed 2:4 W; with ``offs``, the expert grouped matmul.
+                offs: torch.Tensor | None = None, config: dict | None = None,
+                bypass: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` for a packed 2:4 W; with ``offs``, the expert grouped matmul; with ``bypass``, plus a
+    SLoRB bypass.
 
     Args:
         x: (..., K), or (T, K) sorted by expert when ``offs`` is given.
@@ -228,6 +230,9 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
             grouped); with ``WARPS_N`` (and ``WARPS_K``, ``CHUNKS``, ``SPLIT_K``), the sparse-tensor-core
             decode kernel (:mod:`.nm24_mma`); with ``DECOMP`` (and ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``,
             ``SPLIT_K``), the tile kernel; optional ``num_warps``.
+        bypass: (px, S), px (..., K/k) the block sums of x over groups of k, S (N, K/k): ``+ px @ S.T``, inside
+            the sparse-tensor-core decode kernel where it can (:func:`.nm24_mma.nm24_mma_bypass_unsupported`),
+            else as a dense matmul after the kernel (not with ``offs``).
 
     Returns:
         (..., N) in x.dtype.
@@ -240,6 +245,8 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     m = x2.shape[0]
+    if bypass is not None:
+        bypass = _check_bypass(bypass, x2, n, grouped)
     on_cpu = x.device.type == "cpu"
     values = values.contiguous()
     meta = meta.contiguous()
@@ -249,14 +256,20 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         return out.reshape(*x.shape[:-1], n)
     decode = not grouped and m <= DECODE_MAX_M and (config is None or "VARIANT" in config or "WARPS_N" in config)
     if decode:                      # few rows: the kernels that never rebuild W (nm24_mma.py, nm24_decode.py)
-        if config is not None and "WARPS_N" in config:
-            nm24_mma(x2, values, meta, bias, out, config)
-        elif config is None and not on_cpu and decode_choice(x2, values) == "mma":
-            nm24_mma(x2, values, meta, bias, out)
+        mma = config is not None and "WARPS_N" in config
+        if config is None and not on_cpu and decode_choice(x2, values) == "mma":
+            mma = True
+        if mma:
+            inside = bypass is not None and nm24_mma_bypass_unsupported(x2, *bypass) is None
+            nm24_mma(x2, values, meta, bias, out, config, bypass if inside else None)
+            if inside:
+                bypass = None
         else:
             if config is None and on_cpu:
                 config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
             nm24_decode(x2, values, meta, bias, out, config)
+        if bypass is not None:
+            out.addmm_(bypass[0], bypass[1].T)
         return out.reshape(*x.shape[:-1], n)
     small = m <= SMALL_M
     if config is None and on_cpu:
@@ -276,7 +289,26 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         return (tiles, meta_["SPLIT_K"], experts)
 
     splitk.launch(_nm24_kernel, lambda: _autotuned(small), grid, args, flags, config, on_cpu)
+    if bypass is not None:
+        out.addmm_(bypass[0], bypass[1].T)
     return out.reshape(*x.shape[:-1], n)
+
+
+def _check_bypass(bypass, x2: torch.Tensor, n: int, grouped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bypass (px, S) with px as (M, K/k) rows, or a ValueError naming what does not fit x2 (M, K)."""
+    if grouped:
+        raise ValueError("a SLoRB bypass is not supported with the expert grouped matmul (offs)")
+    px, s = bypass
+    m, k = x2.shape
+    if s.dim() != 2 or s.shape[0] != n or s.shape[1] == 0 or k % s.shape[1]:
+        raise ValueError(f"SLoRB S {tuple(s.shape)} does not fit the weight: expected ({n}, K/k) with k dividing "
+                         f"K={k}")
+    if px.shape[-1] != s.shape[1] or px.numel() != m * s.shape[1]:
+        raise ValueError(f"block sums {tuple(px.shape)} do not fit x ({m} rows) and S {tuple(s.shape)}: expected "
+                         f"(..., {s.shape[1]})")
+    if px.dtype != x2.dtype or s.dtype != x2.dtype:
+        raise ValueError(f"bypass dtypes px {px.dtype}, S {s.dtype} differ from x's {x2.dtype}")
+    return px.reshape(m, s.shape[1]), s
 
 
 def decode_choice(x2: torch.Tensor, values: torch.Tensor) -> str:

@@ -49,8 +49,8 @@ import triton.language as tl
 from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import _widen, nm24_decode_reference
 
-__all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsupported", "MAX_M", "CONFIG_KEYS",
-           "CONFIG_DEFAULTS"]
+__all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsupported", "nm24_mma_bypass_unsupported",
+           "BYPASS_GROUPS", "MAX_M", "CONFIG_KEYS", "CONFIG_DEFAULTS"]
 
 MAX_M = 16
 # the launch choices a config names (MT follows from M); a fixed config may add num_warps, num_stages, maxnreg
@@ -189,6 +189,65 @@ def _add_d(d, c0, c1, c2, c3, NW: tl.constexpr):
     d3 = tl.gather(d, (g + 8) * 8 + 2 * t + 1, axis=1)
     return (c0 + tl.reshape(d0, (NW * 32,)), c1 + tl.reshape(d1, (NW * 32,)), c2 + tl.reshape(d2, (NW * 32,)),
             c3 + tl.reshape(d3, (NW * 32,)))
+
+
+@triton.jit
+def _mma_k8(a0, a1, b0, c0, c1, c2, c3, IS_BF16: tl.constexpr):
+    """One warp-wide dense ``mma.m16n8k8`` (fp32 accumulate) on per-lane registers, for the SLoRB bypass: A
+    (16 x 8) in a0 (row g) and a1 (row g + 8), columns 2t, 2t + 1; B (8 x 8) in b0, rows 2t, 2t + 1 of column g;
+    C/D the m16n8 fragment of :func:`_add_d` (PTX ISA, "mma.m16n8k8 with .f16/.bf16")."""
+    if IS_BF16:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5}, {$6}, "
+            "{$7, $8, $9, $10};", "=f,=f,=f,=f,r,r,r,f,f,f,f", [a0, a1, b0, c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5}, {$6}, "
+            "{$7, $8, $9, $10};", "=f,=f,=f,=f,r,r,r,f,f,f,f", [a0, a1, b0, c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _mma_k8_emulated(a0, a1, b0, c0, c1, c2, c3, NW: tl.constexpr, IS_BF16: tl.constexpr):
+    """What :func:`_mma_k8` computes, from the same per-lane registers, for the interpreter: A[r, k] is half
+    k % 2 of lane (r % 8) * 4 + k // 2's register r // 8, B[k, n] half k % 2 of lane n * 4 + k // 2's."""
+    s = tl.arange(0, 1024)[None, :] + tl.zeros((NW, 1024), tl.int32)     # (r, n, k) = s // 64, s // 8 % 8, s % 8
+    r = s // 64
+    n = (s // 8) % 8
+    k = s % 8
+    lane_a = (r % 8) * 4 + k // 2
+    alo, ahi = _widen(tl.where(r < 8, _lanes(a0, lane_a, NW), _lanes(a1, lane_a, NW)), IS_BF16)
+    blo, bhi = _widen(_lanes(b0, n * 4 + k // 2, NW), IS_BF16)
+    prod = tl.where(k % 2 == 0, alo, ahi) * tl.where(k % 2 == 0, blo, bhi)
+    return _add_d(tl.sum(tl.reshape(prod, (NW, 128, 8)), axis=2), c0, c1, c2, c3, NW)   # d at [r * 8 + n]
+
+
+@triton.jit
+def _bypass_span(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, acc0, acc1, acc2, acc3, acc4, acc5,
+                 acc6, acc7, GPC: tl.constexpr, MT: tl.constexpr, NW: tl.constexpr, IS_BF16: tl.constexpr,
+                 USE_ASM: tl.constexpr):
+    """The SLoRB bypass ``S (P x)`` of span c .. c + 3 added to the span's D registers: its 4 GPC groups (GPC
+    groups per chunk of 32) as GPC / 2 dense ``mma.m16n8k8``, S's rows sr0, sr1 (word offsets of rows row0,
+    row0 + 8) as A and the block sums of x (``px``, (M, K / k)) as B. Lane t's two groups 8u + 2t, + 1 of the
+    span are one 32-bit word of S and of px, and lie in one chunk, c + (8u + 2t) // GPC."""
+    for u in tl.static_range(GPC // 2):
+        j = c * GPC + 8 * u + 2 * t                   # the lane's first group (even: S's and px's word j // 2)
+        live = (c + (8 * u + 2 * t) // GPC) < c_hi
+        a0 = tl.load(s32 + sr0 + j // 2, mask=live & ok0, other=0)
+        a1 = tl.load(s32 + sr1 + j // 2, mask=live & ok1, other=0)
+        b0 = tl.load(px32 + g * stride_pw + j // 2, mask=live & (g < M), other=0)
+        if USE_ASM:
+            acc0, acc1, acc2, acc3 = _mma_k8(a0, a1, b0, acc0, acc1, acc2, acc3, IS_BF16)
+        else:
+            acc0, acc1, acc2, acc3 = _mma_k8_emulated(a0, a1, b0, acc0, acc1, acc2, acc3, NW, IS_BF16)
+        if MT == 2:
+            b1 = tl.load(px32 + (g + 8) * stride_pw + j // 2, mask=live & (g + 8 < M), other=0)
+            if USE_ASM:
+                acc4, acc5, acc6, acc7 = _mma_k8(a0, a1, b1, acc4, acc5, acc6, acc7, IS_BF16)
+            else:
+                acc4, acc5, acc6, acc7 = _mma_k8_emulated(a0, a1, b1, acc4, acc5, acc6, acc7, NW, IS_BF16)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
 @triton.jit
@@ -393,7 +452,9 @@ def _zeros8(NW: tl.constexpr):
 def _nm24_mma_kernel(
     x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_v64, stride_mn, stride_om,
+    px_ptr, s_ptr, stride_pm, stride_sn,   # the SLoRB bypass (GPC > 0): block sums of x (M, K/k), S (N, K/k)
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    GPC: tl.constexpr,         # > 0: add the bypass S (P x), k = 32 / GPC (2: k = 16, 4: k = 8)
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
     X_VEC: tl.constexpr,       # x's row stride a multiple of 8 elements (or one row): 16-byte loads of x
     PREFETCH: tl.constexpr,    # > 0: L2 prefetch of the weights PREFETCH steps ahead (GPU only)
@@ -443,6 +504,14 @@ def _nm24_mma_kernel(
     vr3 = v64 + tl.minimum(row1 + 16, N - 1) * stride_v64
     ma2 = meta_ptr + tl.minimum(row0 + 16, N - 1) * stride_mn
     ma3 = meta_ptr + tl.minimum(row1 + 16, N - 1) * stride_mn
+    # the bypass's S rows (32-bit words: two groups), clamped like the weights' rows
+    s32 = s_ptr.to(tl.pointer_type(tl.int32))
+    px32 = px_ptr.to(tl.pointer_type(tl.int32))
+    stride_sw = stride_sn // 2
+    sr0 = tl.minimum(row0, N - 1) * stride_sw
+    sr1 = tl.minimum(row1, N - 1) * stride_sw
+    sr2 = tl.minimum(row0 + 16, N - 1) * stride_sw
+    sr3 = tl.minimum(row1 + 16, N - 1) * stride_sw
     # strip 0 (acc4-7: the second x tile, MT = 2) and strip 1 (STRIPS = 2); unused ones are dropped
     acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros8(NW)
     bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _zeros8(NW)
@@ -486,6 +555,15 @@ def _nm24_mma_kernel(
             if STRIPS == 2:
                 bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
                     sq1, xb0, xb1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
+        if GPC > 0:   # the bypass of the step's spans, into the same accumulators
+            for h in tl.static_range(CHUNKS // 4):
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _bypass_span(
+                    s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c + 4 * h, c_hi, g, t, M, acc0, acc1, acc2, acc3,
+                    acc4, acc5, acc6, acc7, GPC, MT, NW, IS_BF16, USE_ASM)
+                if STRIPS == 2:
+                    bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _bypass_span(
+                        s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c + 4 * h, c_hi, g, t, M, bcc0, bcc1, bcc2,
+                        bcc3, bcc4, bcc5, bcc6, bcc7, GPC, MT, NW, IS_BF16, USE_ASM)
 
     splitk.pdl_end(PDL)
     acc = _d_columns(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, MT)
@@ -516,21 +594,52 @@ def nm24_mma_unsupported(x2: torch.Tensor, values: torch.Tensor) -> str | None:
     return splitk.mma_unsupported(x2, MAX_M, "mma.sp")
 
 
+BYPASS_GROUPS = (8, 16)   # SLoRB group sizes the kernel adds itself: 2 or 4 groups per chunk of 32
+
+
+def nm24_mma_bypass_unsupported(x2: torch.Tensor, px: torch.Tensor, s: torch.Tensor) -> str | None:
+    """Why this kernel cannot add the SLoRB bypass ``px @ S.T`` (px the block sums of x2, (M, K/k); S (N, K/k))
+    itself (then the caller adds it as a matmul of its own), or None."""
+    m, k = x2.shape
+    groups = s.shape[-1]
+    if groups == 0 or k % groups or k // groups not in BYPASS_GROUPS:
+        return f"SLoRB group {k // groups if groups and not k % groups else '?'} (K={k}, S {tuple(s.shape)}): the " \
+               f"kernel adds groups of {' or '.join(map(str, BYPASS_GROUPS))}"
+    if tuple(px.shape) != (m, groups):
+        return f"block sums of shape {tuple(px.shape)}, expected ({m}, {groups})"
+    if px.dtype != x2.dtype or s.dtype != x2.dtype:
+        return f"bypass dtypes px {px.dtype}, S {s.dtype} differ from x's {x2.dtype}"
+    return None
+
+
 _AUTOTUNED: dict = {}
 
 
-def _autotuned(m_bucket: int):
-    if m_bucket not in _AUTOTUNED:
-        _AUTOTUNED[m_bucket] = splitk.autotuner(_nm24_mma_kernel, nm24_mma_configs(m_bucket))
-    return _AUTOTUNED[m_bucket]
+def _autotuned(m_bucket: int, gpc: int):
+    key = (m_bucket, gpc)   # (the bypass changes the kernel: tuned on its own)
+    if key not in _AUTOTUNED:
+        _AUTOTUNED[key] = splitk.autotuner(_nm24_mma_kernel, nm24_mma_configs(m_bucket))
+    return _AUTOTUNED[key]
+
+
+def _word_aligned(t: torch.Tensor, words: int = 1) -> torch.Tensor:
+    """``t`` (2-D) with unit column stride, an even row stride and its start on a ``4 * words``-byte boundary
+    (read as 32-bit words), copied if it is not."""
+    if t.stride(-1) != 1 or t.stride(0) % (2 * words) or t.data_ptr() % (4 * words):
+        return t.contiguous().clone()
+    return t
 
 
 def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
-             out: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+             out: torch.Tensor, config: dict | None = None,
+             bypass: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``out = x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, K % 32 == 0 (:func:`nm24_mma_unsupported`
     says why not; the caller checks). ``config``: fixed ``WARPS_N``, ``WARPS_K``, ``CHUNKS``, ``SPLIT_K``
-    instead of autotuning (tests, the interpreter on CPU)."""
+    instead of autotuning (tests, the interpreter on CPU). ``bypass``: (px, S), a SLoRB bypass added in the
+    same kernel, ``out += px @ S.T`` (:func:`nm24_mma_bypass_unsupported` says when it cannot be)."""
     reason = nm24_mma_unsupported(x2, values)
+    if reason is None and bypass is not None:
+        reason = nm24_mma_bypass_unsupported(x2, *bypass)
     if reason:
         raise ValueError(f"nm24_mma cannot run this matmul: {reason}")
     m, k = x2.shape
@@ -543,13 +652,16 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         values = values.contiguous().clone()
     if meta.stride(1) != 1:
         meta = meta.contiguous()
+    px, s = (_word_aligned(t) for t in bypass) if bypass is not None else (values, values)
+    gpc = 32 // (k // s.shape[1]) if bypass is not None else 0
     mt = 2 if m > 8 else 1
     split = splitk.split_depth(config, lambda: nm24_mma_configs(splitk.m_key(m)))
     ws, cnt = splitk.decode_buffers(m, n, out, split, meta)
     args = (x2, values, meta, bias if bias is not None else values, out, ws, cnt, m, n, k, splitk.m_key(m),
-            x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0))
+            x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0), px, s, px.stride(0), s.stride(0))
     flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0,
-             "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0, "PDL": splitk.pdl(x2.device)}
+             "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0, "PDL": splitk.pdl(x2.device),
+             "GPC": gpc}
 
     def grid(meta_):
         return (triton.cdiv(n, 16 * meta_["WARPS_N"] * meta_["STRIPS"]), meta_["SPLIT_K"])
@@ -562,12 +674,19 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         config = {"MT": mt, **CONFIG_DEFAULTS, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
-    splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m)), grid, args, flags, config, on_cpu)
+    splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m), gpc), grid, args, flags, config, on_cpu)
     return out
 
 
 def nm24_mma_reference(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-                       bias: torch.Tensor | None = None) -> torch.Tensor:
+                       bias: torch.Tensor | None = None,
+                       bypass: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Pure-PyTorch reference of what the kernel computes: the same contract as the CUDA-core decode kernel's
-    (:func:`.nm24_decode.nm24_decode_reference`: fp32 sums in the compressed domain, x2.dtype out)."""
-    return nm24_decode_reference(x2, values, meta, bias)
+    (:func:`.nm24_decode.nm24_decode_reference`: fp32 sums in the compressed domain, x2.dtype out), plus the
+    bypass ``px @ S.T`` in the same fp32 sum."""
+    if bypass is None:
+        return nm24_decode_reference(x2, values, meta, bias)
+    px, s = bypass
+    extra = px.float() @ s.float().T
+    return (nm24_decode_reference(x2.float(), values.float(), meta, None if bias is None else bias.float())
+            + extra).to(x2.dtype)
