@@ -195,7 +195,8 @@ class Variant:
     i.e. decode at batch 1), ``+frag`` (block-16 only) its ``block16_frag`` option on (tiles in fragment order),
     ``+slorbK`` (e.g. ``2:4+slorb16``) a SLoRB bypass of group K on every site (`harden_random`): the speed of a
     model sfcompile trained, whose bypass runs as a small dense matmul; ``+fusebypass`` the backend's
-    ``fuse_bypass`` option on (the bypasses of q/k/v and of gate/up as one matmul each). ``dense+pdl`` is dense
+    ``fuse_bypass`` option on (2:4: each bypass inside its packed op's kernel; block-16: the bypasses of q/k/v
+    and of gate/up as one matmul each). ``dense+pdl`` is dense
     Inductor with its kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
 
     base: str

@@ -43,11 +43,14 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         most ``PDL_AUTO_MAX_ROWS_NO_COPIES`` rows when the graph makes no such copy (`_broadcast_copies`), and
         off otherwise (copies at more rows, prefill-sized graphs, a symbolic shape, no packed op). An explicit
         ``triton.enable_pdl`` option overrides Inductor's half.
-    fuse_bypass (bool, default False): the SLoRB bypasses of linears that read the same input (a trained
-        model's q/k/v, gate/up) run as one dense matmul on their S concatenated along N, the output split back
-        (`sfcompile.passes.bypass`; built once, like the fused packed weights): 4 bypass matmuls per layer
-        instead of 7, on the reasoning that made ``fuse`` pay. Opt-in until timed on a GPU
-        (``benchmarks/e2e.py --e2e-patterns 2:4+slorb16,2:4+slorb16+fusebypass``).
+    fuse_bypass (bool, default False): a trained model's SLoRB bypasses leave the graph's small dense ops
+        (`sfcompile.passes.bypass`; S built once, like the packed weights). A 2:4 site's bypass runs inside its
+        packed op (``linear_nm24_slorb``: at decode the sparse-tensor-core kernel adds it with dense ``mma`` on
+        its own accumulators, for groups of 8 or 16; a fused q/k/v or gate/up op takes their S concatenated),
+        so no bypass kernel is left in the layer. The other bypasses of linears that read one input (block-16
+        sites) run as one dense matmul on their S concatenated along N, the output split back: 4 bypass
+        matmuls per layer instead of 7. Opt-in until timed on a GPU (``benchmarks/e2e.py --e2e-patterns
+        2:4+slorb16,2:4+slorb16+fusebypass``).
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
