@@ -85,13 +85,15 @@ def test_e2e_slorb_column_carries_a_bypass_on_every_site_and_runs_compiled():
             _, compiled = step(tok, cache, pos)
         assert {s for rep in lowered for s in rep.lowered} == set(sites)
         ops[label] = sum(rep.packed_ops for rep in lowered)
-        bypasses[label] = [len(group) for rep in lowered for group in rep.fused_bypasses]
+        bypasses[label] = ([len(g) for rep in lowered for g in rep.folded_bypasses],
+                           [len(g) for rep in lowered for g in rep.fused_bypasses])
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
         logits[label] = eager
     assert (logits["2:4"] - logits["2:4+slorb16"]).abs().max() > 1e-3
     assert ops["2:4"] == ops["2:4+slorb16"] == ops["2:4+slorb16+fusebypass"] == 4  # q/k/v, gate/up: one op each
-    # +fusebypass: the bypasses of q/k/v and of gate/up as one matmul each (its logits followed eager's above)
-    assert bypasses == {"2:4": [], "2:4+slorb16": [], "2:4+slorb16+fusebypass": [3, 2]}
+    # +fusebypass: each bypass inside its packed op (q/k/v's three, o's, gate/up's two, down's; its logits
+    # followed eager's above), none left as a matmul of its own
+    assert bypasses == {"2:4": ([], []), "2:4+slorb16": ([], []), "2:4+slorb16+fusebypass": ([3, 1, 2, 1], [])}
 
 
 def test_e2e_profile_writes_a_per_step_table(tmp_path):
