@@ -43,14 +43,17 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         most ``PDL_AUTO_MAX_ROWS_NO_COPIES`` rows when the graph makes no such copy (`_broadcast_copies`), and
         off otherwise (copies at more rows, prefill-sized graphs, a symbolic shape, no packed op). An explicit
         ``triton.enable_pdl`` option overrides Inductor's half.
-    fuse_bypass (bool, default False): a trained model's SLoRB bypasses leave the graph's small dense ops
+    fuse_bypass (bool, default True): a trained model's SLoRB bypasses leave the graph's small dense ops
         (`sfcompile.passes.bypass`; S built once, like the packed weights). A 2:4 site's bypass runs inside its
         packed op (``linear_nm24_slorb``: at decode the sparse-tensor-core kernel adds it with dense ``mma`` on
         its own accumulators, for groups of 8 or 16; a fused q/k/v or gate/up op takes their S concatenated),
         so no bypass kernel is left in the layer. The other bypasses of linears that read one input (block-16
         sites) run as one dense matmul on their S concatenated along N, the output split back: 4 bypass
-        matmuls per layer instead of 7. Opt-in until timed on a GPU (``benchmarks/e2e.py --e2e-patterns
-        2:4+slorb16,2:4+slorb16+fusebypass``).
+        matmuls per layer instead of 7. Full-depth LLaMA-2-7B decode at batch 1 with a bypass of group 16 on
+        every site: 2:4 1.18x dense with the bypass as the hook's ops, 1.38x inside the kernels (2:4 without a
+        bypass 1.59x; benchmarks/README.md, twenty-eighth session). The block-16 half (shared matmuls) is
+        not timed yet: block-16 with the bypass as the hook's ops ran 1.29x. ``False`` leaves the bypasses as
+        the hook computes them.
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
@@ -98,7 +101,7 @@ class BackendOptions:
     fuse: bool = True
     pdl: bool | str = "auto"
     block16_frag: bool = False
-    fuse_bypass: bool = False
+    fuse_bypass: bool = True
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -118,7 +121,7 @@ class BackendOptions:
             raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
         if not isinstance(frag, bool):
             raise TypeError(f"sparseforge option block16_frag must be True or False, got {frag!r}")
-        fuse_bypass = opts.pop("fuse_bypass", False)
+        fuse_bypass = opts.pop("fuse_bypass", True)
         if not isinstance(fuse_bypass, bool):
             raise TypeError(f"sparseforge option fuse_bypass must be True or False, got {fuse_bypass!r}")
         if not isinstance(pdl, bool) and pdl != "auto":

@@ -54,7 +54,8 @@ def test_e2e_columns_parse_into_compile_arguments():
     assert "block16_frag" not in Variant.parse("block16").compile_kwargs(True)["options"]
     assert Variant.parse("2:4+slorb16+nopdl").slorb == 16 and Variant.parse("2:4").slorb == 0
     assert Variant.parse("2:4+slorb16+fusebypass").compile_kwargs(True)["options"]["fuse_bypass"] is True
-    assert "fuse_bypass" not in Variant.parse("2:4+slorb16").compile_kwargs(True)["options"]
+    assert Variant.parse("2:4+slorb16").compile_kwargs(True)["options"]["fuse_bypass"] is True   # the default
+    assert Variant.parse("2:4+slorb16+nofusebypass").compile_kwargs(True)["options"]["fuse_bypass"] is False
     for bad in ("2:4+fast", "dense+nofuse", "2:4+frag", "2:4+slorb0", "2:4+slorb", "dense+slorb16"):
         with pytest.raises(SystemExit, match="unknown variant"):
             Variant.parse(bad)
@@ -69,7 +70,7 @@ def test_e2e_slorb_column_carries_a_bypass_on_every_site_and_runs_compiled():
 
     e2e = _e2e_module()
     logits, ops, bypasses = {}, {}, {}
-    for label in ("2:4", "2:4+slorb16", "2:4+slorb16+fusebypass"):
+    for label in ("2:4", "2:4+slorb16+nofusebypass", "2:4+slorb16"):
         model = e2e.build("llama-2-7b", 1, torch.float32, "cpu").float()
         sites = e2e.harden_random(model, "2:4", e2e.Variant.parse(label).slorb)
         manifest = slorb_manifest(model)
@@ -90,10 +91,10 @@ def test_e2e_slorb_column_carries_a_bypass_on_every_site_and_runs_compiled():
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
         logits[label] = eager
     assert (logits["2:4"] - logits["2:4+slorb16"]).abs().max() > 1e-3
-    assert ops["2:4"] == ops["2:4+slorb16"] == ops["2:4+slorb16+fusebypass"] == 4  # q/k/v, gate/up: one op each
-    # +fusebypass: each bypass inside its packed op (q/k/v's three, o's, gate/up's two, down's; its logits
-    # followed eager's above), none left as a matmul of its own
-    assert bypasses == {"2:4": ([], []), "2:4+slorb16": ([], []), "2:4+slorb16+fusebypass": ([3, 1, 2, 1], [])}
+    assert ops["2:4"] == ops["2:4+slorb16+nofusebypass"] == ops["2:4+slorb16"] == 4  # q/k/v, gate/up: one op each
+    # by default each bypass runs inside its packed op (q/k/v's three, o's, gate/up's two, down's; its logits
+    # followed eager's above), none left as a matmul of its own; +nofusebypass leaves them to the hook's ops
+    assert bypasses == {"2:4": ([], []), "2:4+slorb16+nofusebypass": ([], []), "2:4+slorb16": ([3, 1, 2, 1], [])}
 
 
 def test_e2e_profile_writes_a_per_step_table(tmp_path):

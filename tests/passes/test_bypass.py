@@ -87,6 +87,7 @@ def test_the_option_is_a_bool():
 
     with pytest.raises(TypeError, match="fuse_bypass must be True or False, got 'yes'"):
         BackendOptions.parse(None, {"fuse_bypass": "yes"})
+    assert BackendOptions.parse(None, {}).fuse_bypass is True   # on by default since it was timed (2:4)
 
 
 # ---- the bypass inside the packed op (hardened sites) --------------------------------------------------
