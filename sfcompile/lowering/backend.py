@@ -44,16 +44,15 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         off otherwise (copies at more rows, prefill-sized graphs, a symbolic shape, no packed op). An explicit
         ``triton.enable_pdl`` option overrides Inductor's half.
     fuse_bypass (bool, default True): a trained model's SLoRB bypasses leave the graph's small dense ops
-        (`sfcompile.passes.bypass`; S built once, like the packed weights). A 2:4 site's bypass runs inside its
-        packed op (``linear_nm24_slorb``: at decode the sparse-tensor-core kernel adds it with dense ``mma`` on
-        its own accumulators, for groups of 8 or 16; a fused q/k/v or gate/up op takes their S concatenated),
-        so no bypass kernel is left in the layer. The other bypasses of linears that read one input (block-16
-        sites) run as one dense matmul on their S concatenated along N, the output split back: 4 bypass
-        matmuls per layer instead of 7. Full-depth LLaMA-2-7B decode at batch 1 with a bypass of group 16 on
-        every site: 2:4 1.18x dense with the bypass as the hook's ops, 1.38x inside the kernels (2:4 without a
-        bypass 1.59x; benchmarks/README.md, twenty-eighth session). The block-16 half (shared matmuls) is
-        not timed yet: block-16 with the bypass as the hook's ops ran 1.29x. ``False`` leaves the bypasses as
-        the hook computes them.
+        (`sfcompile.passes.bypass`; S built once, like the packed weights). A hardened site's bypass runs inside
+        its packed op (``linear_nm24_slorb``, ``linear_block16_slorb``: at decode the tensor-core kernels add it
+        with dense ``mma`` on their own accumulators; a fused q/k/v or gate/up op takes their S concatenated), so
+        no bypass matmul is left in the layer. Other bypasses of linears that read one input (dense sites) run
+        as one dense matmul on their S concatenated along N, the output split back. Full-depth LLaMA-2-7B decode
+        at batch 1 with a bypass of group 16 on every site: 2:4 1.18x dense with the bypass as the hook's ops,
+        1.38x inside the kernel (2:4 without a bypass 1.59x; benchmarks/README.md, twenty-eighth session).
+        Block-16's kernel took the bypass after that session's timing (the hook's ops: 1.29x; without a bypass
+        1.75x); it is untimed. ``False`` leaves the bypasses as the hook computes them.
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
@@ -301,8 +300,9 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         from sfcompile.passes.bypass import fold_bypasses, fuse_shared_bypasses
 
         sf = torch.ops.sfcompile
-        folded = fold_bypasses(gm, example_inputs, {sf.linear_nm24.default: sf.linear_nm24_slorb.default})
-        fused = fuse_shared_bypasses(gm, example_inputs)   # the rest (block-16 sites, bypasses of dense ones)
+        folded = fold_bypasses(gm, example_inputs, {sf.linear_nm24.default: sf.linear_nm24_slorb.default,
+                                                    sf.linear_block16.default: sf.linear_block16_slorb.default})
+        fused = fuse_shared_bypasses(gm, example_inputs)   # the rest (bypasses of dense sites, other shapes)
         report.folded_bypasses, report.fused_bypasses = folded.folded, fused.fused
         report.baked_inputs += folded.baked_inputs + fused.baked_inputs
     _log_report(report)

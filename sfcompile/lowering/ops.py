@@ -22,6 +22,10 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
     the same accumulators (k = 8 or 16); elsewhere it is a dense matmul after the sparse one. The backend's
     ``fuse_bypass`` lowers a site's bypass into it (`sfcompile.passes.bypass`).
 
+``torch.ops.sfcompile.linear_block16_slorb(x, tile_values, row_ptr, col_idx, N, K, px, S, bias?, frag=False)``
+    ``linear_block16`` plus a SLoRB bypass, the same way (the tensor-core decode kernel adds it with dense
+    ``mma.m16n8k16`` over all K/k groups, any k, K/k a multiple of 4).
+
 ``torch.ops.sfcompile.linear_block16(x[..., K], tile_values[T, 16, 16], row_ptr[N/16+1] int32,
                                      col_idx[T] int32, N: int, K: int, bias[N]?, frag: bool = False) -> [..., N]``
     block-16 weight, any density: CSR over block rows. Block row ``r`` (output rows 16r..16r+15) owns tiles
@@ -78,8 +82,8 @@ from typing import Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["linear_nm24", "linear_nm24_slorb", "linear_block16", "grouped_nm24", "grouped_block16",
-           "PREFILL_CSLT_MIN_M", "BLOCK16_DENSE_MIN_M", "cslt_linear", "clear_cslt_cache"]
+__all__ = ["linear_nm24", "linear_nm24_slorb", "linear_block16", "linear_block16_slorb", "grouped_nm24",
+           "grouped_block16", "PREFILL_CSLT_MIN_M", "BLOCK16_DENSE_MIN_M", "cslt_linear", "clear_cslt_cache"]
 
 log = logging.getLogger("sfcompile.lowering")
 
@@ -124,10 +128,9 @@ def _linear_ref(x, w, bias):
     return y.to(x.dtype)
 
 
-def _slorb_ref(x, values, meta, px, s, bias):
+def _bypass_ref(x, w, px, s, bias):
     ct = _compute_dtype(x.dtype)
-    y = torch.nn.functional.linear(x.to(ct), _nm24_dense(values, meta, x.shape[-1]).to(ct),
-                                   None if bias is None else bias.to(ct))
+    y = torch.nn.functional.linear(x.to(ct), w.to(ct), None if bias is None else bias.to(ct))
     return (y + torch.nn.functional.linear(px.to(ct), s.to(ct))).to(x.dtype)
 
 
@@ -153,7 +156,7 @@ def linear_nm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 @torch.library.custom_op("sfcompile::linear_nm24_slorb", mutates_args=(), device_types="cpu")
 def linear_nm24_slorb(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, px: torch.Tensor, s: torch.Tensor,
                       bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
-    return _slorb_ref(x, values, meta, px, s, bias)
+    return _bypass_ref(x, _nm24_dense(values, meta, x.shape[-1]), px, s, bias)
 
 
 @torch.library.custom_op("sfcompile::linear_block16", mutates_args=(), device_types="cpu")
@@ -161,6 +164,13 @@ def linear_block16(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
                    n: int, k: int, bias: Optional[torch.Tensor] = None,  # noqa: UP045
                    frag: bool = False) -> torch.Tensor:
     return _linear_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), bias)
+
+
+@torch.library.custom_op("sfcompile::linear_block16_slorb", mutates_args=(), device_types="cpu")
+def linear_block16_slorb(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                         n: int, k: int, px: torch.Tensor, s: torch.Tensor,
+                         bias: Optional[torch.Tensor] = None, frag: bool = False) -> torch.Tensor:  # noqa: UP045
+    return _bypass_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), px, s, bias)
 
 
 @torch.library.custom_op("sfcompile::grouped_nm24", mutates_args=(), device_types="cpu")
@@ -189,6 +199,11 @@ def _(x, values, meta, px, s, bias=None):
 
 @linear_block16.register_fake
 def _(x, tile_values, row_ptr, col_idx, n, k, bias=None, frag=False):
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@linear_block16_slorb.register_fake
+def _(x, tile_values, row_ptr, col_idx, n, k, px, s, bias=None, frag=False):
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -232,7 +247,7 @@ def _nm24_cuda(x, values, meta, bias, bypass):
         _log_once(f"linear_nm24 {tuple(values.shape)}: {reason}")
         if bypass is None:
             return _linear_ref(x, _nm24_dense(values, meta, x.shape[-1]), bias)
-        return _slorb_ref(x, values, meta, *bypass, bias)
+        return _bypass_ref(x, _nm24_dense(values, meta, x.shape[-1]), *bypass, bias)
     m = x.numel() // max(1, x.shape[-1])
     cslt_ok = cslt_unsupported(x, values) is None
     if m >= PREFILL_CSLT_MIN_M and cslt_ok:
@@ -247,8 +262,32 @@ def _nm24_cuda(x, values, meta, bias, bypass):
     return nm24_matmul(x, values, meta, bias, bypass=bypass)
 
 
+@linear_block16_slorb.register_kernel("cuda")
+def _(x, tile_values, row_ptr, col_idx, n, k, px, s, bias=None, frag=False):
+    from sfcompile.lowering.kernels import block16_mma as mma
+
+    reason = _kernel_unsupported(x, tile_values.dtype)
+    if reason is None and (px.dtype != x.dtype or s.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
+        reason = f"bypass or bias dtypes differ from the input's {x.dtype}"
+    if reason:
+        _log_once(f"linear_block16_slorb ({n}, {k}): {reason}")
+        return _bypass_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), px, s, bias)
+    x2, px2 = x.reshape(-1, k), px.reshape(-1, s.shape[-1])
+    if mma.block16_mma_unsupported(x2) is None and mma.block16_mma_bypass_unsupported(x2, px2, s) is None:
+        # decode (M <= 16): the bypass inside the tensor-core kernel
+        y = mma.block16_mma(x2 if x2.is_contiguous() else x2.contiguous(), tile_values, row_ptr, col_idx, n, k, bias,
+                        frag=frag, bypass=(px2, s))
+        return y.reshape(*x.shape[:-1], n)
+    y = _block16_cuda(x, tile_values, row_ptr, col_idx, n, k, bias, frag)
+    return torch.addmm(y.reshape(-1, n), px2, s.T).reshape(y.shape)
+
+
 @linear_block16.register_kernel("cuda")
 def _(x, tile_values, row_ptr, col_idx, n, k, bias=None, frag=False):
+    return _block16_cuda(x, tile_values, row_ptr, col_idx, n, k, bias, frag)
+
+
+def _block16_cuda(x, tile_values, row_ptr, col_idx, n, k, bias, frag):
     reason = _kernel_unsupported(x, tile_values.dtype)
     if reason is None and bias is not None and bias.dtype != x.dtype:
         reason = f"bias dtype {bias.dtype} differs from the input's {x.dtype}"

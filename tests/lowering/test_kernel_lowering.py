@@ -66,6 +66,19 @@ def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags
     assert "griddepcontrol" in compiled.asm["ptx"]
 
 
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("name,bypass", [("nm24_mma", {"GPC": 2}), ("nm24_mma", {"GPC": 4}),
+                                         ("block16_mma", {"BYPASS": 1})], ids=["nm24-k16", "nm24-k8", "block16"])
+def test_decode_kernels_compile_with_the_slorb_bypass(name, bypass, rows):
+    # the bypass's dense mma (m16n8k8 beside mma.sp; m16n8k16 beside the tiles') through ptxas, every config
+    kernel, flags, space = offline.decode_kernels()[name]
+    for config in space(rows):
+        compiled = offline.compile_for(kernel, config, {**flags, **bypass, "PDL": 1})
+        _check(compiled, MARKERS[name])
+        assert ("mma.sync.aligned.m16n8k8" if name == "nm24_mma" else "mma.sync.aligned.m16n8k16") in \
+            compiled.asm["ptx"]
+
+
 def _opcodes(kernel, config, flags):
     return offline.opcode_counts(offline.sass(offline.compile_for(kernel, config, flags)))
 

@@ -610,6 +610,25 @@ def test_nm24_mma_bypass_cuda(m, group):
 
 
 @cuda
+@pytest.mark.parametrize("m", [1, 9, 16])
+def test_block16_mma_bypass_cuda(m):
+    # the PTX mma.m16n8k16 on the bypass: fixed configs and the autotuned launcher, against float64
+    from sfcompile.lowering.kernels.block16_mma import block16_mma
+
+    g = torch.Generator().manual_seed(m)
+    n, k, group = 4096, 4096, 16
+    w = _wblock(n, k, torch.bfloat16, g).cuda()
+    d = {name: t.cuda() for name, t in pack(w.cpu(), "block16", -1).data.items()}
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    px = x.unflatten(-1, (k // group, group)).sum(-1)
+    s = (torch.randn(n, k // group, generator=g) * 0.05).to(torch.bfloat16).cuda()
+    ref = x.double() @ w.double().T + px.double() @ s.double().T
+    for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=2, TILES=4, SPLIT_K=3), None):
+        y = block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=cfg, bypass=(px, s))
+        assert _rel(y, ref) < TOL[torch.bfloat16], cfg
+
+
+@cuda
 def test_tuning_bench_times_the_kernel_after_a_clean_flush():
     # the autotuners' timer: median or quantiles in ms like do_bench; a kernel twice as long times about twice
     # as long (the launch path is hidden behind the GPU sleep), and the flush leaves the L2 clean (a read)
@@ -779,6 +798,35 @@ def test_block16_mma_interpreter(dtype, m, n, k, config, bias, frag):
     if frag and not bias:  # the flag reaches the kernel: row-major tiles read as fragment order are wrong
         assert _rel(block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=config, frag=True),
                     ref) > 0.5
+
+
+@pytest.mark.parametrize("frag", [False, True], ids=["row-major", "fragment-order"])
+@pytest.mark.parametrize("m,n,k,config,group", [
+    (1, 64, 256, dict(WARPS=2, TILES=2, SPLIT_K=1), 16),     # one chunk of 16 groups
+    (3, 80, 512, dict(WARPS=4, TILES=1, SPLIT_K=3), 16),     # 32 groups over 3 splits: an empty one
+    (9, 64, 384, dict(WARPS=2, TILES=4, SPLIT_K=2), 8),      # 48 groups, two x tiles
+    (16, 48, 160, dict(WARPS=1, TILES=2, SPLIT_K=1), 8),     # 20 groups: the last chunk has 4
+])
+def test_block16_mma_adds_the_slorb_bypass_in_the_kernel(m, n, k, config, group, frag):
+    # the bypass px @ S.T as dense mma.m16n8k16 over the groups, on the tiles' accumulators (emulated here)
+    from sfcompile.lowering.kernels.block16_mma import block16_mma, block16_mma_reference, fragment_order
+
+    g = torch.Generator().manual_seed(m + k + group)
+    w = _wblock_rows(n, k, torch.bfloat16, g)
+    d = pack(w, "block16", -1).data
+    tiles = fragment_order(d["tile_values"]) if frag else d["tile_values"]
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    px = x.unflatten(-1, (k // group, group)).sum(-1)
+    s = (torch.randn(n, k // group, generator=g) * 0.3).to(torch.bfloat16)
+    b = torch.randn(n, generator=g).to(torch.bfloat16)
+    y = block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag, bypass=(px, s))
+    ref = x.double() @ w.double().T + b.double() + px.double() @ s.double().T
+    assert _rel(y, ref) < TOL[torch.bfloat16]
+    assert _rel(block16_mma_reference(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, (px, s)),
+                ref) < TOL[torch.bfloat16]
+    with pytest.raises(ValueError, match="a multiple of 4"):
+        block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag,
+                    bypass=(px[:, :-2], s[:, :-2]))
 
 
 def test_block16_fragment_order_puts_each_lanes_a_operand_in_16_contiguous_bytes():

@@ -105,6 +105,24 @@ def test_linear_nm24_slorb_adds_the_bypass(dtype):
                                                                                           "test_faketensor"))
 
 
+def test_linear_block16_slorb_adds_the_bypass():
+    from sfcompile.lowering import ops  # noqa: F401  (registers torch.ops.sfcompile.*)
+    from sfcompile.lowering.kernels.block16_mma import fragment_order
+
+    w = _wblock((32, 64), seed=5)
+    d = pack(w, "block16", -1).data
+    x, b = torch.randn(2, 3, 64), torch.randn(32)
+    px = x.unflatten(-1, (4, 16)).sum(-1)
+    s = torch.randn(32, 4)
+    op = torch.ops.sfcompile.linear_block16_slorb
+    want = torch.nn.functional.linear(x, w, b) + px @ s.T
+    torch.testing.assert_close(op(x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, px, s, b), want)
+    torch.testing.assert_close(op(x, fragment_order(d["tile_values"]), d["row_ptr"], d["col_idx"], 32, 64, px, s, b,
+                                  frag=True), want)
+    torch.library.opcheck(op.default, (x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, px, s, b),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_ops_trace_under_torch_compile():
     pw = pack(_w24((32, 64)), "2:4", -1)
     v, m = pw.data["values"], pw.data["meta"]

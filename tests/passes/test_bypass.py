@@ -153,16 +153,17 @@ def test_a_fused_op_whose_pieces_lack_a_bypass_keeps_its_bypasses_apart():
     assert _ops(gm, "linear_nm24") == 2 and _ops(gm, "linear_nm24_slorb") == 6
 
 
-def test_block16_sites_have_no_such_op_and_share_their_bypass_matmuls():
+def test_a_hardened_block16_site_runs_its_bypass_inside_the_packed_op():
     torch._dynamo.reset()
-    model = _hardened("block16")
+    model = _hardened("block16", gain=0.5)
     ids = torch.randint(0, 64, (2, 7))
     with torch.no_grad():
         eager = model(ids).logits
         fast, seen = _compiled(model, True)
         torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
     (gm, report), = seen
-    assert report.folded_bypasses == [] and [len(g) for g in report.fused_bypasses] == [3, 2, 3, 2]
+    assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and report.fused_bypasses == []
+    assert _ops(gm, "linear_block16_slorb") == 8 and _ops(gm, "linear_block16") == 0 and _bypass_matmuls(gm) == 0
 
 
 def test_a_new_s_of_a_folded_bypass_recompiles():

@@ -43,8 +43,8 @@ from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import _widen
 from sfcompile.lowering.kernels.nm24_mma import _add_d, _lanes, _word
 
-__all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported", "fragment_order",
-           "fragment_order_inverse", "MAX_M"]
+__all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported",
+           "block16_mma_bypass_unsupported", "fragment_order", "fragment_order_inverse", "MAX_M"]
 
 MAX_M = 16
 
@@ -169,6 +169,24 @@ def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr, 
 
 
 @triton.jit
+def _load_bypass(s64, p64, s_g, j, hi, live, g, t, M, stride_s64, stride_p64, MT: tl.constexpr):
+    """The A and B registers of one dense ``mma`` of the SLoRB bypass ``S (P x)``: groups j .. j + 15 of S's rows
+    g, g + 8 of the warp's block row (``s_g``: row g's first int64) and of the block sums ``px``, laid out as a
+    tile and its x strip are in :func:`_load_tile` (lane t's 8 bytes: groups j + 4t .. j + 4t + 3)."""
+    live = live & (j + 4 * t < hi)
+    wa = tl.load(s64 + s_g + j // 4 + t, mask=live, other=0)
+    wb = tl.load(s64 + s_g + 8 * stride_s64 + j // 4 + t, mask=live, other=0)
+    po = g * stride_p64 + j // 4 + t
+    wx = tl.load(p64 + po, mask=live & (g < M), other=0)
+    if MT == 2:
+        wy = tl.load(p64 + po + 8 * stride_p64, mask=live & (g + 8 < M), other=0)
+    else:
+        wy = wx
+    return _word(wa, wa, 0), _word(wb, wb, 0), _word(wa, wa, 1), _word(wb, wb, 1), _word(wx, wx, 0), \
+        _word(wx, wx, 1), _word(wy, wy, 0), _word(wy, wy, 1)
+
+
+@triton.jit
 def _cols(col_ptr, ti, hi, TILES: tl.constexpr):
     """The x strips (col_idx) of tiles ti .. ti + TILES - 1 (0 past ``hi``; unused entries repeat the first)."""
     c0 = tl.load(col_ptr + ti, mask=ti < hi, other=0)
@@ -202,7 +220,9 @@ def _mma_tile(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constex
 def _block16_mma_kernel(
     x_ptr, tv_ptr, row_ptr_ptr, col_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, M_KEY, stride_xm, stride_om,
+    px_ptr, s_ptr, stride_pm, stride_sn, GROUPS,   # the SLoRB bypass (BYPASS): block sums (M, G), S (N, G)
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    BYPASS: tl.constexpr,    # 1: add S (P x), G = GROUPS groups (a multiple of 4), 16 per dense mma
     PDL: tl.constexpr,       # > 0: launched with programmatic dependent launch (splitk.pdl)
     WARPS: tl.constexpr,     # block rows per program, one per warp
     TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4
@@ -257,6 +277,18 @@ def _block16_mma_kernel(
                 l2, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
                 l3, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
+    if BYPASS:   # the bypass: dense over all G groups, split over the programs of the block row like its tiles
+        s64 = s_ptr.to(tl.pointer_type(tl.int64))
+        p64 = px_ptr.to(tl.pointer_type(tl.int64))
+        stride_s64 = stride_sn // 4
+        s_g = (rr * 16 + g).to(tl.int64) * stride_s64
+        g_per = ((GROUPS + 15) // 16 + SPLIT_K - 1) // SPLIT_K * 16
+        g_lo = pid_k * g_per
+        g_hi = tl.minimum(g_lo + g_per, GROUPS)
+        for j in range(g_lo, g_hi, 16):
+            lb = _load_bypass(s64, p64, s_g, j, g_hi, ok_r, g, t, M, stride_s64, stride_pm // 4, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
+                lb, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
     splitk.pdl_end(PDL)
 
     # D registers as columns c of (32 WARPS, 4 MT): tl.join stacks on a new last axis, so c = parity * 2 MT +
@@ -281,30 +313,47 @@ def block16_mma_unsupported(x2: torch.Tensor) -> str | None:
     return splitk.mma_unsupported(x2, MAX_M, "mma.m16n8k16")
 
 
+def block16_mma_bypass_unsupported(x2: torch.Tensor, px: torch.Tensor, s: torch.Tensor) -> str | None:
+    """Why this kernel cannot add the SLoRB bypass ``px @ S.T`` (px (M, G) the block sums of x2, S (N, G)) itself
+    (then the caller adds it as a matmul of its own), or None."""
+    groups = s.shape[-1]
+    if groups % 4:
+        return f"{groups} SLoRB groups (the kernel reads them 4 at a time: a multiple of 4)"
+    if tuple(px.shape) != (x2.shape[0], groups):
+        return f"block sums of shape {tuple(px.shape)}, expected ({x2.shape[0]}, {groups})"
+    if px.dtype != x2.dtype or s.dtype != x2.dtype:
+        return f"bypass dtypes px {px.dtype}, S {s.dtype} differ from x's {x2.dtype}"
+    return None
+
+
 _AUTOTUNED: dict = {}
 
 
-def _autotuned(m_bucket: int, frag: bool = False):
+def _autotuned(m_bucket: int, frag: bool = False, bypass: bool = False):
     """The autotuned launcher of an M bucket and tile layout. One per layout, because Triton's autotuner keys
     its cache on the ``key`` arguments and the tensors' dtypes only, not on the constexpr flags: a single one
     would hand the fragment-order launch the config tuned for the row-major one (or the reverse), and the two
     are to be timed each at its own best."""
-    if (m_bucket, frag) not in _AUTOTUNED:
-        _AUTOTUNED[m_bucket, frag] = splitk.autotuner(_block16_mma_kernel, block16_mma_configs(m_bucket))
-    return _AUTOTUNED[m_bucket, frag]
+    key = (m_bucket, frag, bypass)   # (likewise the bypass)
+    if key not in _AUTOTUNED:
+        _AUTOTUNED[key] = splitk.autotuner(_block16_mma_kernel, block16_mma_configs(m_bucket))
+    return _AUTOTUNED[key]
 
 
 def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                 n: int, k: int, bias: torch.Tensor | None = None, config: dict | None = None, *,
-                frag: bool = False) -> torch.Tensor:
+                frag: bool = False, bypass: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, W (N, K) as block-16 tiles (:mod:`.block16`'s
     operands). ``config``: fixed ``WARPS``, ``TILES``, ``SPLIT_K`` instead of autotuning (tests, the interpreter
     on CPU). ``frag``: ``tile_values`` are already in :func:`fragment_order` (converted once, ahead of the
     calls), so each lane loads a tile's A operand in one 16-byte load instead of two 8-byte ones (the op's
-    ``frag``; the pack format keeps row-major tiles). Returns (M, N) in x2.dtype."""
+    ``frag``; the pack format keeps row-major tiles). ``bypass``: (px, S), a SLoRB bypass added in the same kernel,
+    ``+ px @ S.T`` (:func:`block16_mma_bypass_unsupported` says when it cannot be). Returns (M, N) in x2.dtype."""
     from sfcompile.lowering.kernels.block16 import _check
 
     reason = block16_mma_unsupported(x2)
+    if reason is None and bypass is not None:
+        reason = block16_mma_bypass_unsupported(x2, *bypass)
     if reason:
         raise ValueError(f"block16_mma cannot run this matmul: {reason}")
     _check(x2, tile_values, row_ptr, col_idx, n, k, bias, 1)
@@ -323,21 +372,39 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
     split = splitk.split_depth(config, lambda: block16_mma_configs(splitk.m_key(m)))
     ws, cnt = splitk.decode_buffers(m, n, out, split, row_ptr)
+    # the bypass's operands as 8-byte words (4 groups)
+    px, s = (_words64(t) for t in bypass) if bypass is not None else (x2, tile_values)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
-            splitk.m_key(m), x2.stride(0), out.stride(0))
-    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device), "FRAG": int(frag)}
+            splitk.m_key(m), x2.stride(0), out.stride(0), px, s, px.stride(0), s.stride(0),
+            s.shape[-1] if bypass is not None else 0)
+    flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device), "FRAG": int(frag),
+             "BYPASS": int(bypass is not None)}
 
     def grid(meta_):
         return (triton.cdiv(n // 16, meta_["WARPS"]), meta_["SPLIT_K"])
 
-    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m), frag), grid, args, flags, config, on_cpu)
+    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m), frag, bypass is not None), grid, args,
+                  flags, config, on_cpu)
     return out
 
 
+def _words64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (2-D, 16-bit elements) readable as 8-byte words along its rows: unit column stride, a row stride that
+    is a multiple of 4 elements, an 8-byte aligned start; copied if not."""
+    if t.stride(-1) != 1 or t.stride(0) % 4 or t.data_ptr() % 8:
+        return t.contiguous().clone()
+    return t
+
+
 def block16_mma_reference(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-                          n: int, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+                          n: int, k: int, bias: torch.Tensor | None = None,
+                          bypass: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Pure-PyTorch reference of what the kernel computes: W unpacked from its tiles, an fp32 matmul, x2.dtype
-    out (:func:`.block16.block16_matmul_reference`)."""
+    out (:func:`.block16.block16_matmul_reference`), plus the bypass ``px @ S.T`` in the same fp32 sum."""
     from sfcompile.lowering.kernels.block16 import block16_matmul_reference
 
-    return block16_matmul_reference(x2, tile_values, row_ptr, col_idx, n, k, bias)
+    if bypass is None:
+        return block16_matmul_reference(x2, tile_values, row_ptr, col_idx, n, k, bias)
+    y = block16_matmul_reference(x2.float(), tile_values.float(), row_ptr, col_idx, n, k,
+                                 None if bias is None else bias.float())
+    return (y + bypass[0].float() @ bypass[1].float().T).to(x2.dtype)

@@ -27,9 +27,9 @@ def decode_kernels() -> dict:
         "nm24_decode": (nm24_decode._nm24_decode_kernel,
                         dict(HAS_BIAS=False, FP32_IEEE=False, USE_ASM=True, EVEN=True, PREFETCH=0),
                         nm24_decode.nm24_decode_configs),
-        "nm24_mma": (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0),
-                     nm24_mma.nm24_mma_configs),
-        "block16_mma": (block16_mma._block16_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, PDL=0, FRAG=0),
+        "nm24_mma": (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0,
+                                                     GPC=0), nm24_mma.nm24_mma_configs),
+        "block16_mma": (block16_mma._block16_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, PDL=0, FRAG=0, BYPASS=0),
                         block16_mma.block16_mma_configs),
     }
 
@@ -37,7 +37,7 @@ def decode_kernels() -> dict:
 # the pointer arguments of the kernels in this package, by name (the rest are i32 scalars or constexprs)
 POINTERS = {"x_ptr": "*bf16", "v_ptr": "*bf16", "tv_ptr": "*bf16", "meta_ptr": "*i32", "row_ptr_ptr": "*i32",
             "col_ptr": "*i32", "bias_ptr": "*bf16", "offs_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32",
-            "cnt_ptr": "*i32"}
+            "cnt_ptr": "*i32", "px_ptr": "*bf16", "s_ptr": "*bf16"}
 
 
 def compile_for(kernel, config: triton.Config, flags: dict, *, capability: int = 90, pointers=None,
