@@ -68,11 +68,13 @@ def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags
 
 @pytest.mark.parametrize("rows", [1, 16])
 @pytest.mark.parametrize("name,bypass", [("nm24_mma", {"GPC": 2}), ("nm24_mma", {"GPC": 4}),
-                                         ("block16_mma", {"BYPASS": 1})], ids=["nm24-k16", "nm24-k8", "block16"])
+                                         ("nm24_mma", {"GPC": 2, "EARLY": 0}), ("block16_mma", {"BYPASS": 1})],
+                         ids=["nm24-k16", "nm24-k8", "nm24-k16-late", "block16"])
 def test_decode_kernels_compile_with_the_slorb_bypass(name, bypass, rows):
     # the bypass's dense mma (m16n8k8 beside mma.sp; m16n8k16 beside the tiles') through ptxas, every config
     kernel, flags, space = offline.decode_kernels()[name]
     for config in space(rows):
+        config = triton.Config({**config.kwargs, **bypass}, num_warps=config.num_warps, num_stages=config.num_stages)
         compiled = offline.compile_for(kernel, config, {**flags, **bypass, "PDL": 1})
         _check(compiled, MARKERS[name])
         assert ("mma.sync.aligned.m16n8k8" if name == "nm24_mma" else "mma.sync.aligned.m16n8k16") in \

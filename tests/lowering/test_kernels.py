@@ -413,10 +413,12 @@ BYPASS_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K, STRIPS, group)
 ]
 
 
+@pytest.mark.parametrize("early", [1, 0], ids=["early-loads", "late-loads"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("m,n,k,wn,wk,ch,sk,st,group", BYPASS_CASES)
-def test_nm24_mma_adds_the_slorb_bypass_in_the_kernel(dtype, m, n, k, wn, wk, ch, sk, st, group):
-    # the bypass px @ S.T as dense k8 mma on the sparse product's accumulators (emulated here, as mma.sp is)
+def test_nm24_mma_adds_the_slorb_bypass_in_the_kernel(dtype, m, n, k, wn, wk, ch, sk, st, group, early):
+    # the bypass px @ S.T as dense k8 mma on the sparse product's accumulators (emulated here, as mma.sp is),
+    # its loads issued with the step's weight loads (EARLY 1) or after the step's mma
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
 
     g = torch.Generator().manual_seed(m * 100 + k + group)
@@ -426,7 +428,7 @@ def test_nm24_mma_adds_the_slorb_bypass_in_the_kernel(dtype, m, n, k, wn, wk, ch
     s = (torch.randn(n, k // group, generator=g) * 0.3).to(dtype)
     b = torch.randn(n, generator=g).to(dtype)
     y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype),
-                 dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=st), bypass=(px, s))
+                 dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=st, EARLY=early), bypass=(px, s))
     ref = nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b, (px, s))
     assert _rel(y, ref) < TOL[dtype]
     assert _rel(ref, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) > 0.1   # (the bypass counts)
@@ -601,7 +603,9 @@ def test_nm24_mma_bypass_cuda(m, group):
     ref = x.double() @ w.double().T + px.double() @ s.double().T
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2), dict(WARPS_N=1, WARPS_K=1, CHUNKS=4,
-                                                                                 SPLIT_K=1)):
+                                                                                 SPLIT_K=1),
+                dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3, EARLY=0),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2, EARLY=0)):
         y = nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, n, dtype=torch.bfloat16,
                                                                                device="cuda"), cfg, (px, s))
         assert _rel(y, ref) < TOL[torch.bfloat16], cfg

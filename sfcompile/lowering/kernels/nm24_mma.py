@@ -54,8 +54,9 @@ __all__ = ["nm24_mma", "nm24_mma_reference", "nm24_mma_configs", "nm24_mma_unsup
 
 MAX_M = 16
 # the launch choices a config names (MT follows from M); a fixed config may add num_warps, num_stages, maxnreg
-CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "STREAM", "XSHFL")
-CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0, "XSHFL": 1}   # what a fixed config omits
+CONFIG_KEYS = ("WARPS_N", "WARPS_K", "CHUNKS", "SPLIT_K", "PREFETCH", "STRIPS", "STAGES", "STREAM", "XSHFL", "EARLY")
+# what a fixed config omits
+CONFIG_DEFAULTS = {"PREFETCH": 0, "STRIPS": 1, "STAGES": 1, "STREAM": 0, "XSHFL": 1, "EARLY": 1}
 # groups past N or K: positions (0, 1) with zero values (a code of 0b0000 is undefined in PTX)
 _MASKED_META = tl.constexpr(0x44444444)
 
@@ -224,29 +225,52 @@ def _mma_k8_emulated(a0, a1, b0, c0, c1, c2, c3, NW: tl.constexpr, IS_BF16: tl.c
 
 
 @triton.jit
-def _bypass_span(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, acc0, acc1, acc2, acc3, acc4, acc5,
-                 acc6, acc7, GPC: tl.constexpr, MT: tl.constexpr, NW: tl.constexpr, IS_BF16: tl.constexpr,
-                 USE_ASM: tl.constexpr):
-    """The SLoRB bypass ``S (P x)`` of span c .. c + 3 added to the span's D registers: its 4 GPC groups (GPC
-    groups per chunk of 32) as GPC / 2 dense ``mma.m16n8k8``, S's rows sr0, sr1 (word offsets of rows row0,
-    row0 + 8) as A and the block sums of x (``px``, (M, K / k)) as B. Lane t's two groups 8u + 2t, + 1 of the
-    span are one 32-bit word of S and of px, and lie in one chunk, c + (8u + 2t) // GPC."""
-    for u in tl.static_range(GPC // 2):
-        j = c * GPC + 8 * u + 2 * t                   # the lane's first group (even: S's and px's word j // 2)
-        live = (c + (8 * u + 2 * t) // GPC) < c_hi
-        a0 = tl.load(s32 + sr0 + j // 2, mask=live & ok0, other=0)
-        a1 = tl.load(s32 + sr1 + j // 2, mask=live & ok1, other=0)
-        b0 = tl.load(px32 + g * stride_pw + j // 2, mask=live & (g < M), other=0)
-        if USE_ASM:
-            acc0, acc1, acc2, acc3 = _mma_k8(a0, a1, b0, acc0, acc1, acc2, acc3, IS_BF16)
-        else:
-            acc0, acc1, acc2, acc3 = _mma_k8_emulated(a0, a1, b0, acc0, acc1, acc2, acc3, NW, IS_BF16)
+def _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, GPC: tl.constexpr, MT: tl.constexpr):
+    """The registers of the SLoRB bypass ``S (P x)`` of span c .. c + 3: its 4 GPC groups (GPC groups per chunk of
+    32) as GPC / 2 dense ``mma.m16n8k8`` u = 0, 1 (u = 1 repeats u = 0 when GPC = 2), S's rows sr0, sr1 (word
+    offsets of rows row0, row0 + 8) as A and the block sums of x (``px``, (M, K / k)) as B: (A0, A1, B, B of x
+    rows 8-15) per u. Lane t's two groups 8u + 2t, + 1 of the span are one 32-bit word of S and of px, and lie
+    in one chunk, c + (8u + 2t) // GPC."""
+    j = c * GPC + 2 * t                           # the lane's first group of u = 0 (even: word j // 2)
+    live = ((c + (2 * t) // GPC) < c_hi)
+    a0 = tl.load(s32 + sr0 + j // 2, mask=live & ok0, other=0)
+    a1 = tl.load(s32 + sr1 + j // 2, mask=live & ok1, other=0)
+    b0 = tl.load(px32 + g * stride_pw + j // 2, mask=live & (g < M), other=0)
+    b1 = b0
+    if MT == 2:
+        b1 = tl.load(px32 + (g + 8) * stride_pw + j // 2, mask=live & (g + 8 < M), other=0)
+    e0, e1, f0, f1 = a0, a1, b0, b1
+    if GPC == 4:
+        live = ((c + (8 + 2 * t) // GPC) < c_hi)
+        e0 = tl.load(s32 + sr0 + j // 2 + 4, mask=live & ok0, other=0)
+        e1 = tl.load(s32 + sr1 + j // 2 + 4, mask=live & ok1, other=0)
+        f0 = tl.load(px32 + g * stride_pw + j // 2 + 4, mask=live & (g < M), other=0)
+        f1 = f0
         if MT == 2:
-            b1 = tl.load(px32 + (g + 8) * stride_pw + j // 2, mask=live & (g + 8 < M), other=0)
-            if USE_ASM:
-                acc4, acc5, acc6, acc7 = _mma_k8(a0, a1, b1, acc4, acc5, acc6, acc7, IS_BF16)
-            else:
-                acc4, acc5, acc6, acc7 = _mma_k8_emulated(a0, a1, b1, acc4, acc5, acc6, acc7, NW, IS_BF16)
+            f1 = tl.load(px32 + (g + 8) * stride_pw + j // 2 + 4, mask=live & (g + 8 < M), other=0)
+    return a0, a1, b0, b1, e0, e1, f0, f1
+
+
+@triton.jit
+def _k8(a0, a1, b0, acc0, acc1, acc2, acc3, NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    if USE_ASM:
+        return _mma_k8(a0, a1, b0, acc0, acc1, acc2, acc3, IS_BF16)
+    else:
+        return _mma_k8_emulated(a0, a1, b0, acc0, acc1, acc2, acc3, NW, IS_BF16)
+
+
+@triton.jit
+def _bypass_mmas(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, GPC: tl.constexpr, MT: tl.constexpr,
+                 NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """The bypass's ``mma`` of a span on registers from :func:`_bypass_loads`, into the span's D registers."""
+    a0, a1, b0, b1, e0, e1, f0, f1 = ld
+    acc0, acc1, acc2, acc3 = _k8(a0, a1, b0, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM)
+    if MT == 2:
+        acc4, acc5, acc6, acc7 = _k8(a0, a1, b1, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM)
+    if GPC == 4:
+        acc0, acc1, acc2, acc3 = _k8(e0, e1, f0, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM)
+        if MT == 2:
+            acc4, acc5, acc6, acc7 = _k8(e0, e1, f1, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM)
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
@@ -455,6 +479,7 @@ def _nm24_mma_kernel(
     px_ptr, s_ptr, stride_pm, stride_sn,   # the SLoRB bypass (GPC > 0): block sums of x (M, K/k), S (N, K/k)
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     GPC: tl.constexpr,         # > 0: add the bypass S (P x), k = 32 / GPC (2: k = 16, 4: k = 8)
+    EARLY: tl.constexpr,       # 1: the bypass's loads issued with the step's weight loads (0: after its mma)
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
     X_VEC: tl.constexpr,       # x's row stride a multiple of 8 elements (or one row): 16-byte loads of x
     PREFETCH: tl.constexpr,    # > 0: L2 prefetch of the weights PREFETCH steps ahead (GPU only)
@@ -541,6 +566,15 @@ def _nm24_mma_kernel(
                 _prefetch_span(vr0, vr1, ma0, ma1, c + PREFETCH * STEP + 4, t, chunks)
                 if STRIPS == 2:
                     _prefetch_span(vr2, vr3, ma2, ma3, c + PREFETCH * STEP + 4, t, chunks)
+        if GPC > 0 and EARLY:   # the bypass's S and block sums with the weights: one memory round trip a step
+            bp0 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+            if STRIPS == 2:
+                bq0 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+            if CHUNKS == 8:
+                bp1 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c + 4, c_hi, g, t, M, GPC, MT)
+                if STRIPS == 2:
+                    bq1 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c + 4, c_hi, g, t, M, GPC,
+                                        MT)
         # x's registers (small, from L1/L2) are loaded before the span's first mma, for the same reason
         xa0, xa1 = _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT, X_VEC, XSHFL, NW, USE_ASM)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
@@ -556,14 +590,27 @@ def _nm24_mma_kernel(
                 bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _mma_tiles(
                     sq1, xb0, xb1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
         if GPC > 0:   # the bypass of the step's spans, into the same accumulators
-            for h in tl.static_range(CHUNKS // 4):
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _bypass_span(
-                    s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c + 4 * h, c_hi, g, t, M, acc0, acc1, acc2, acc3,
-                    acc4, acc5, acc6, acc7, GPC, MT, NW, IS_BF16, USE_ASM)
+            if not EARLY:   # (its loads here, after the step's mma: a second round trip, fewer registers)
+                bp0 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
                 if STRIPS == 2:
-                    bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _bypass_span(
-                        s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c + 4 * h, c_hi, g, t, M, bcc0, bcc1, bcc2,
-                        bcc3, bcc4, bcc5, bcc6, bcc7, GPC, MT, NW, IS_BF16, USE_ASM)
+                    bq0 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+                if CHUNKS == 8:
+                    bp1 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c + 4, c_hi, g, t, M, GPC,
+                                        MT)
+                    if STRIPS == 2:
+                        bq1 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c + 4, c_hi, g, t, M,
+                                            GPC, MT)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _bypass_mmas(
+                bp0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, GPC, MT, NW, IS_BF16, USE_ASM)
+            if STRIPS == 2:
+                bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _bypass_mmas(
+                    bq0, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, GPC, MT, NW, IS_BF16, USE_ASM)
+            if CHUNKS == 8:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _bypass_mmas(
+                    bp1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, GPC, MT, NW, IS_BF16, USE_ASM)
+                if STRIPS == 2:
+                    bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7 = _bypass_mmas(
+                        bq1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, GPC, MT, NW, IS_BF16, USE_ASM)
 
     splitk.pdl_end(PDL)
     acc = _d_columns(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, MT)
@@ -616,9 +663,17 @@ _AUTOTUNED: dict = {}
 
 
 def _autotuned(m_bucket: int, gpc: int):
-    key = (m_bucket, gpc)   # (the bypass changes the kernel: tuned on its own)
+    """The autotuned launcher of an M bucket, without the bypass (gpc 0) or with it (tuned on its own: the
+    autotuner's key does not see GPC), whose space also holds each config with the bypass's loads issued after
+    the step's mma (EARLY 0: fewer registers live; with groups of 8, EARLY 1 spills on the two-strip config of
+    the 16-row bucket, by the sm_90 SASS), the two untimed against each other so far."""
+    key = (m_bucket, gpc)
     if key not in _AUTOTUNED:
-        _AUTOTUNED[key] = splitk.autotuner(_nm24_mma_kernel, nm24_mma_configs(m_bucket))
+        space = nm24_mma_configs(m_bucket)
+        if gpc:
+            space = space + [triton.Config({**c.kwargs, "EARLY": 0}, num_warps=c.num_warps, num_stages=c.num_stages)
+                             for c in space]
+        _AUTOTUNED[key] = splitk.autotuner(_nm24_mma_kernel, space)
     return _AUTOTUNED[key]
 
 
