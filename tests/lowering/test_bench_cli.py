@@ -46,7 +46,8 @@ def test_e2e_columns_parse_into_compile_arguments():
     assert Variant.parse("dense+pdl").compile_kwargs(True) == {
         "options": {"triton.cudagraphs": True, "triton.enable_pdl": True}}
     assert Variant.parse("2:4").compile_kwargs(True) == {
-        "backend": "sparseforge", "options": {"cudagraphs": True, "fuse": True, "pdl": "auto"}}
+        "backend": "sparseforge", "options": {"cudagraphs": True, "fuse": True, "pdl": "auto",
+                                                 "fuse_bypass": True}}
     assert Variant.parse("2:4+pdl").compile_kwargs(False)["options"]["pdl"] is True
     v = Variant.parse("block16+nofuse+nopdl")
     assert (v.base, v.fuse, v.pdl, v.backend) == ("block16", False, False, "sparseforge")
