@@ -14,13 +14,25 @@ from sfcompile.passes.site import mark_bypass, mark_hardened
 from sfcompile.patterns import parse_pattern
 
 
-def _model(train_p: bool = False):
+def _model(train_p: bool = False, harden: str | None = None, gain: float = 1.0, skip: str | None = None):
+    """A tiny llama with a SLoRB bypass of group 16 (random S, ``gain``) on every site except those whose name
+    contains ``skip``; ``harden``: every site's weight also hardened to that pattern (as `harden` marks it)."""
     torch.manual_seed(0)
     cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    for site in discover(model, parse_pattern("2:4")).sites:
-        add_slorb(model.get_submodule(site.module), site.kind, site.shape, 16, train_p=train_p)[0].data.normal_(0, 0.1)
+    p = parse_pattern(harden or "2:4")
+    params = dict(model.named_parameters())
+    for site in discover(model, p).sites:
+        if harden is not None:
+            w = params[site.name]
+            with torch.no_grad():
+                w.mul_(p.project(w.abs(), site.k_dim))
+            mark_hardened(w, {"pattern": str(p), "k_dim": site.k_dim, "kind": site.kind, "site": site.name})
+        if skip is None or skip not in site.name:
+            s = add_slorb(model.get_submodule(site.module), site.kind, site.shape, 16, train_p=train_p)[0]
+            s.data.normal_(0, 0.1)
+    set_slorb_gain(model, gain)
     return model
 
 
@@ -37,17 +49,21 @@ def _compiled(model, fuse_bypass: bool):
     return fast, seen
 
 
-@pytest.mark.parametrize("fuse_bypass", [False, True])
-def test_the_bypasses_of_a_shared_input_run_as_one_matmul_with_the_same_output(fuse_bypass):
+def _lowered_as_eager(model, fuse_bypass: bool = True):
+    """The graph and report of ``model`` compiled through the backend, after checking its logits are eager's."""
     torch._dynamo.reset()
-    model = _model()
     ids = torch.randint(0, 64, (2, 7))
     with torch.no_grad():
         eager = model(ids).logits
         fast, seen = _compiled(model, fuse_bypass)
-        out = fast(ids).logits
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
     (gm, report), = seen
+    return gm, report
+
+
+@pytest.mark.parametrize("fuse_bypass", [False, True])
+def test_the_bypasses_of_a_shared_input_run_as_one_matmul_with_the_same_output(fuse_bypass):
+    gm, report = _lowered_as_eager(_model(), fuse_bypass)
     if fuse_bypass:  # per layer: q/k/v as one, gate/up as one, o and down alone
         assert [len(g) for g in report.fused_bypasses] == [3, 2, 3, 2] and _bypass_matmuls(gm) == 8
     else:
@@ -72,14 +88,8 @@ def test_a_new_s_is_not_read_from_the_baked_concatenation():
 
 def test_a_bypass_of_another_shape_is_left_as_it_is():
     # a trainable P (the bypass reads x through P, not through block sums) is not this pass's pattern
-    torch._dynamo.reset()
-    model = _model(train_p=True)
-    ids = torch.randint(0, 64, (2, 7))
-    with torch.no_grad():
-        eager = model(ids).logits
-        fast, seen = _compiled(model, True)
-        torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
-    assert seen[0][1].fused_bypasses == []
+    _, report = _lowered_as_eager(_model(train_p=True))
+    assert report.fused_bypasses == [] and report.folded_bypasses == []
 
 
 def test_the_option_is_a_bool():
@@ -92,26 +102,6 @@ def test_the_option_is_a_bool():
 
 # ---- the bypass inside the packed op (hardened sites) --------------------------------------------------
 
-def _hardened(pattern: str = "2:4", gain: float = 1.0, skip: str | None = None):
-    """The tiny llama of `_model` with every site hardened to ``pattern`` (as `harden` marks it) and a SLoRB
-    bypass of group 16 (random S) on each site except those whose name contains ``skip``."""
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    p = parse_pattern(pattern)
-    params = dict(model.named_parameters())
-    for site in discover(model, p).sites:
-        w = params[site.name]
-        with torch.no_grad():
-            w.mul_(p.project(w.abs(), site.k_dim))
-        mark_hardened(w, {"pattern": str(p), "k_dim": site.k_dim, "kind": site.kind, "site": site.name})
-        if skip is None or skip not in site.name:
-            add_slorb(model.get_submodule(site.module), site.kind, site.shape, 16)[0].data.normal_(0, 0.1)
-    set_slorb_gain(model, gain)
-    return model
-
-
 def _ops(gm, name: str) -> int:
     return sum(1 for n in gm.graph.nodes if n.op == "call_function" and str(n.target) == f"sfcompile.{name}.default")
 
@@ -120,15 +110,7 @@ def _ops(gm, name: str) -> int:
 def test_a_hardened_2of4_site_runs_its_bypass_inside_the_packed_op(gain):
     # per layer: the fused q/k/v op takes their three S concatenated, gate/up two, o and down their own: no
     # bypass matmul is left, and the logits are eager's (the gain is baked into S)
-    torch._dynamo.reset()
-    model = _hardened(gain=gain)
-    ids = torch.randint(0, 64, (2, 7))
-    with torch.no_grad():
-        eager = model(ids).logits
-        fast, seen = _compiled(model, True)
-        out = fast(ids).logits
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
-    (gm, report), = seen
+    gm, report = _lowered_as_eager(_model(harden="2:4", gain=gain))
     assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and report.fused_bypasses == []
     assert _ops(gm, "linear_nm24_slorb") == 8 and _ops(gm, "linear_nm24") == 0 and _bypass_matmuls(gm) == 0
     # one block sum per op, the one it reads, of its own input (the hook's 14 are gone)
@@ -140,35 +122,21 @@ def test_a_hardened_2of4_site_runs_its_bypass_inside_the_packed_op(gain):
 def test_a_fused_op_whose_pieces_lack_a_bypass_keeps_its_bypasses_apart():
     # k_proj has no bypass: the q/k/v op cannot take theirs (its pieces would need zero rows of S); q and v
     # still share one bypass matmul, and o, gate/up and down fold as before
-    torch._dynamo.reset()
-    model = _hardened(skip="k_proj")
-    ids = torch.randint(0, 64, (2, 7))
-    with torch.no_grad():
-        eager = model(ids).logits
-        fast, seen = _compiled(model, True)
-        torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
-    (gm, report), = seen
+    gm, report = _lowered_as_eager(_model(harden="2:4", skip="k_proj"))
     assert [len(f) for f in report.folded_bypasses] == [1, 2, 1] * 2
     assert [len(f) for f in report.fused_bypasses] == [2, 2]
     assert _ops(gm, "linear_nm24") == 2 and _ops(gm, "linear_nm24_slorb") == 6
 
 
 def test_a_hardened_block16_site_runs_its_bypass_inside_the_packed_op():
-    torch._dynamo.reset()
-    model = _hardened("block16", gain=0.5)
-    ids = torch.randint(0, 64, (2, 7))
-    with torch.no_grad():
-        eager = model(ids).logits
-        fast, seen = _compiled(model, True)
-        torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
-    (gm, report), = seen
+    gm, report = _lowered_as_eager(_model(harden="block16", gain=0.5))
     assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and report.fused_bypasses == []
     assert _ops(gm, "linear_block16_slorb") == 8 and _ops(gm, "linear_block16") == 0 and _bypass_matmuls(gm) == 0
 
 
 def test_a_new_s_of_a_folded_bypass_recompiles():
     torch._dynamo.reset()
-    model = _hardened()
+    model = _model(harden="2:4")
     ids = torch.randint(0, 64, (2, 7))
     fast, seen = _compiled(model, True)
     with torch.no_grad():

@@ -157,13 +157,20 @@ def _load_tile(tv64, x64, col, ti, live, g, t, M, stride_x64, MT: tl.constexpr, 
         rows = ti.to(tl.int64) * 64 + g * 4 + t              # tile row g, columns 4t .. 4t + 3, as one int64
         wa = splitk.load_weight(tv64 + rows, live, 0, STREAM)
         wb = splitk.load_weight(tv64 + rows + 32, live, 0, STREAM)  # row g + 8
-    xo = g * stride_x64 + col * 4 + t                        # x row g, the same columns of the tile's strip
+    # x row g, the same columns of the tile's strip
+    return _operands(wa, wb, x64, g * stride_x64 + col * 4 + t, live, g, M, stride_x64, MT)
+
+
+@triton.jit
+def _operands(wa, wb, x64, xo, live, g, M, stride_x64, MT: tl.constexpr):
+    """The ``mma`` registers from A's rows g, g + 8 as 8-byte words (``wa``, ``wb``) and x's (or the block sums')
+    8 bytes at int64 ``xo`` of row g (and g + 8 for MT = 2): logical column pairs 2t and 2t + 8 are physical
+    4t and 4t + 2, the low and high words."""
     wx = tl.load(x64 + xo, mask=live & (g < M), other=0)
     if MT == 2:
         wy = tl.load(x64 + xo + 8 * stride_x64, mask=live & (g + 8 < M), other=0)
     else:
         wy = wx
-    # (logical column pairs 2t and 2t + 8 are physical 4t and 4t + 2: the low and high words)
     return _word(wa, wa, 0), _word(wb, wb, 0), _word(wa, wa, 1), _word(wb, wb, 1), _word(wx, wx, 0), \
         _word(wx, wx, 1), _word(wy, wy, 0), _word(wy, wy, 1)
 
@@ -176,14 +183,7 @@ def _load_bypass(s64, p64, s_g, j, hi, live, g, t, M, stride_s64, stride_p64, MT
     live = live & (j + 4 * t < hi)
     wa = tl.load(s64 + s_g + j // 4 + t, mask=live, other=0)
     wb = tl.load(s64 + s_g + 8 * stride_s64 + j // 4 + t, mask=live, other=0)
-    po = g * stride_p64 + j // 4 + t
-    wx = tl.load(p64 + po, mask=live & (g < M), other=0)
-    if MT == 2:
-        wy = tl.load(p64 + po + 8 * stride_p64, mask=live & (g + 8 < M), other=0)
-    else:
-        wy = wx
-    return _word(wa, wa, 0), _word(wb, wb, 0), _word(wa, wa, 1), _word(wb, wb, 1), _word(wx, wx, 0), \
-        _word(wx, wx, 1), _word(wy, wy, 0), _word(wy, wy, 1)
+    return _operands(wa, wb, p64, g * stride_p64 + j // 4 + t, live, g, M, stride_p64, MT)
 
 
 @triton.jit
