@@ -271,9 +271,11 @@ def _match_fold(bypass: _Bypass, variants: Mapping, tensors: dict) -> _Fold | No
 
 def _pieces_in_order(packed: fx.Node, folds: list[_Fold]) -> list[_Fold] | None:
     """The folds of ``packed`` in the order of its output (the split's pieces), or None when some piece (or
-    the op itself) has no fold, or has two."""
+    the op itself) has no fold, or has two, or when the pieces' bypasses differ in group width or dtype (the op
+    takes one block-sum tensor and one S)."""
     by_piece = {f.piece: f for f in folds}
-    if len(by_piece) != len(folds):
+    shapes = {(f.bypass.block_sums.args[0].args[2], f.bypass.dtype or f.bypass.s.dtype) for f in folds}
+    if len(by_piece) != len(folds) or len(shapes) != 1:
         return None
     if list(by_piece) == [packed]:
         return folds
@@ -294,7 +296,7 @@ def _fold(gm: fx.GraphModule, packed: fx.Node, folds: list[_Fold], variant, attr
         s = torch.cat([(f.gain * f.bypass.s.detach().float()).to(dtype) for f in folds])
         s_node = add_constant(gm, attr, s)
     unflat = first.block_sums.args[0]
-    with graph.inserting_before(packed):   # the block sums, computed where the hook did, now before the op
+    with graph.inserting_before(packed):   # the block sums (the hook computed them after the op) before it
         new_unflat = graph.call_method("unflatten", unflat.args)
         new_unflat.meta = dict(unflat.meta)
         px = graph.call_method("sum", (new_unflat, *first.block_sums.args[1:]))

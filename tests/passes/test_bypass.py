@@ -128,6 +128,17 @@ def test_a_fused_op_whose_pieces_lack_a_bypass_keeps_its_bypasses_apart():
     assert _ops(gm, "linear_nm24") == 2 and _ops(gm, "linear_nm24_slorb") == 6
 
 
+def test_a_fused_op_whose_pieces_have_bypasses_of_other_groups_keeps_them_apart():
+    # v_proj's bypass sums groups of 8, q's and k's of 16: one op cannot take one block-sum tensor for all three
+    model = _model(harden="2:4", skip="v_proj")
+    for layer in model.model.layers:
+        v = layer.self_attn.v_proj
+        add_slorb(v, "linear", tuple(v.weight.shape), 8)[0].data.normal_(0, 0.1)
+    gm, report = _lowered_as_eager(model)
+    assert [len(f) for f in report.folded_bypasses] == [1, 2, 1] * 2
+    assert _ops(gm, "linear_nm24") == 2 and _ops(gm, "linear_nm24_slorb") == 6
+
+
 def test_a_hardened_block16_site_runs_its_bypass_inside_the_packed_op():
     gm, report = _lowered_as_eager(_model(harden="block16", gain=0.5))
     assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and report.fused_bypasses == []
