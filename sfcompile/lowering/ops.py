@@ -276,7 +276,7 @@ def _(x, tile_values, row_ptr, col_idx, n, k, px, s, bias=None, frag=False):
     if mma.block16_mma_unsupported(x2) is None and mma.block16_mma_bypass_unsupported(x2, px2, s) is None:
         # decode (M <= 16): the bypass inside the tensor-core kernel
         y = mma.block16_mma(x2 if x2.is_contiguous() else x2.contiguous(), tile_values, row_ptr, col_idx, n, k, bias,
-                        frag=frag, bypass=(px2, s))
+                            frag=frag, bypass=(px2, s))
         return y.reshape(*x.shape[:-1], n)
     y = _block16_cuda(x, tile_values, row_ptr, col_idx, n, k, bias, frag)
     return torch.addmm(y.reshape(-1, n), px2, s.T).reshape(y.shape)
