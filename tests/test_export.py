@@ -155,6 +155,23 @@ def test_packed_save_keeps_slorb(tmp_path, byte_tokenizer):
         torch.testing.assert_close(loaded(x).logits, ref)
 
 
+def test_a_loaded_trained_model_runs_its_bypasses_inside_the_packed_ops(tmp_path, byte_tokenizer):
+    # the whole path a user takes: forge (SLoRB on), harden, save, load, torch.compile with the backend's
+    # defaults: every site's bypass is folded into its packed op, and the logits are the eager model's
+    model = _hardened_with_slorb()
+    out = sfcompile.save(model, byte_tokenizer, tmp_path / "out")
+    loaded, _ = sfcompile.load(str(out))
+    sites = len(loaded.sfcompile_manifest["slorb"])
+    x = torch.randint(0, 256, (1, 8))
+    reports = []
+    torch._dynamo.reset()
+    fast = torch.compile(loaded, backend="sparseforge", options={"on_lower": lambda gm, rep: reports.append(rep)})
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x).logits, loaded(x).logits, rtol=1e-5, atol=1e-5)
+    (report,) = reports
+    assert sum(len(f) for f in report.folded_bypasses) == sites > 0 and report.fused_bypasses == []
+
+
 def test_packed_checkpoint_with_a_missing_tensor_is_refused_by_name(tmp_path, byte_tokenizer):
     from safetensors import safe_open
     from safetensors.torch import save_file
