@@ -157,3 +157,26 @@ def test_a_new_s_of_a_folded_bypass_recompiles():
         mark_bypass(o.slorb_S, {"group": 16})
         torch.testing.assert_close(fast(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
     assert len(seen) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pattern", ["2:4", "block16"])
+def test_folded_bypasses_run_in_the_decode_kernels_on_a_gpu(pattern):
+    # bf16 on the GPU: the fold hands the bypass to the tensor-core decode kernels (one token: M = 1), whose
+    # logits follow the eager model's, which differ from the model's without its bypasses
+    torch._dynamo.reset()
+    model = _model(harden=pattern).cuda().to(torch.bfloat16)
+    ids = torch.randint(0, 64, (1, 1), device="cuda")
+    reports = []
+    fast = torch.compile(model, backend="sparseforge", options={"on_lower": lambda gm, rep: reports.append(rep)})
+    with torch.no_grad():
+        eager = model(ids).logits.float()
+        out = fast(ids).logits.float()
+        for module in model.modules():
+            if hasattr(module, "slorb_gain"):
+                module.slorb_gain.fill_(0.0)
+        plain = model(ids).logits.float()
+    assert [len(f) for f in reports[0].folded_bypasses] == [3, 1, 2, 1] * 2
+    err = ((out - eager).norm() / eager.norm()).item()
+    assert err < 2e-2 and ((plain - eager).norm() / eager.norm()).item() > 10 * err
+
