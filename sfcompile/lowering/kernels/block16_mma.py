@@ -373,7 +373,7 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     split = splitk.split_depth(config, lambda: block16_mma_configs(splitk.m_key(m)))
     ws, cnt = splitk.decode_buffers(m, n, out, split, row_ptr)
     # the bypass's operands as 8-byte words (4 groups)
-    px, s = (_words64(t) for t in bypass) if bypass is not None else (x2, tile_values)
+    px, s = (splitk.word_aligned(t, 4) for t in bypass) if bypass is not None else (x2, tile_values)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), out.stride(0), px, s, px.stride(0), s.stride(0),
             s.shape[-1] if bypass is not None else 0)
@@ -386,14 +386,6 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m), frag, bypass is not None), grid, args,
                   flags, config, on_cpu)
     return out
-
-
-def _words64(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (2-D, 16-bit elements) readable as 8-byte words along its rows: unit column stride, a row stride that
-    is a multiple of 4 elements, an 8-byte aligned start; copied if not."""
-    if t.stride(-1) != 1 or t.stride(0) % 4 or t.data_ptr() % 8:
-        return t.contiguous().clone()
-    return t
 
 
 def block16_mma_reference(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,

@@ -677,14 +677,6 @@ def _autotuned(m_bucket: int, gpc: int):
     return _AUTOTUNED[key]
 
 
-def _word_aligned(t: torch.Tensor, words: int = 1) -> torch.Tensor:
-    """``t`` (2-D) with unit column stride, an even row stride and its start on a ``4 * words``-byte boundary
-    (read as 32-bit words), copied if it is not."""
-    if t.stride(-1) != 1 or t.stride(0) % (2 * words) or t.data_ptr() % (4 * words):
-        return t.contiguous().clone()
-    return t
-
-
 def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
              out: torch.Tensor, config: dict | None = None,
              bypass: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -701,13 +693,11 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     n = values.shape[0]
     on_cpu = x2.device.type == "cpu"
     # 32-bit words of x, 64-bit words of the values (4 kept values: two groups)
-    if x2.stride(0) % 2 or x2.stride(1) != 1 or x2.data_ptr() % 4:
-        x2 = x2.contiguous().clone()
-    if values.stride(0) % 4 or values.stride(1) != 1 or values.data_ptr() % 8:
-        values = values.contiguous().clone()
+    x2 = splitk.word_aligned(x2, 2)
+    values = splitk.word_aligned(values, 4)
     if meta.stride(1) != 1:
         meta = meta.contiguous()
-    px, s = (_word_aligned(t) for t in bypass) if bypass is not None else (values, values)
+    px, s = (splitk.word_aligned(t, 2) for t in bypass) if bypass is not None else (values, values)
     gpc = 32 // (k // s.shape[1]) if bypass is not None else 0
     mt = 2 if m > 8 else 1
     split = splitk.split_depth(config, lambda: nm24_mma_configs(splitk.m_key(m)))

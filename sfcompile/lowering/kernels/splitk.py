@@ -191,6 +191,15 @@ def workspace(m: int, n: int, device, split_k: int = 16) -> torch.Tensor:
     return torch.empty((split_k, m, n), device=device, dtype=torch.float32)
 
 
+def word_aligned(t: torch.Tensor, elems: int) -> torch.Tensor:
+    """2-D ``t`` readable along its rows as words of ``elems`` 16-bit elements (2: 32-bit, 4: 64-bit words): unit
+    column stride, a row stride that is a multiple of ``elems`` and a start on a word boundary; a contiguous copy
+    if it is not."""
+    if t.stride(-1) != 1 or t.stride(0) % elems or t.data_ptr() % (2 * elems):
+        return t.contiguous().clone()
+    return t
+
+
 def decode_buffers(m: int, n: int, out: torch.Tensor, split_k: int, unused: torch.Tensor):
     """(workspace, counters) of a decode launch over M x N with up to ``split_k`` splits and one counter per 16
     output columns; without a split neither is read, so ``out`` and ``unused`` (any tensor) stand in for them."""
