@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from sfcompile.passes.lower import _LINEAR, add_constant, split_back, tagged_tensor_nodes
+from sfcompile.passes.lower import _LINEAR, add_constant, graph_tensors, split_back, tagged_tensor_nodes
 from sfcompile.passes.site import bypass_info
 
 __all__ = ["BypassReport", "fuse_shared_bypasses", "fold_bypasses"]
@@ -177,7 +177,7 @@ def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mappin
     the last (the bias). A fused op (split back into pieces) is folded only when every piece has a bypass. See
     the module docstring."""
     report = BypassReport()
-    tensors = _graph_tensors(gm, example_inputs)
+    tensors = graph_tensors(gm, example_inputs)
     by_op: dict[fx.Node, list[_Fold]] = {}
     for node, s in tagged_tensor_nodes(gm, example_inputs, bypass_info):
         bypass = _match(node, s)
@@ -196,17 +196,6 @@ def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mappin
         gm.graph.lint()
         gm.recompile()
     return report
-
-
-def _graph_tensors(gm: fx.GraphModule, example_inputs: Sequence) -> dict[fx.Node, torch.Tensor]:
-    """The real tensors behind the placeholders and get_attr nodes of ``gm``."""
-    found = {n: v for n, v in zip(gm.graph.find_nodes(op="placeholder"), example_inputs)
-             if isinstance(v, torch.Tensor)}
-    for node in gm.graph.find_nodes(op="get_attr"):
-        value = operator.attrgetter(node.target)(gm)
-        if isinstance(value, torch.Tensor):
-            found[node] = value
-    return found
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

@@ -247,16 +247,18 @@ def tagged_tensor_nodes(
 ) -> list[tuple[fx.Node, torch.Tensor]]:
     """Graph nodes carrying a tensor that ``info_of`` recognises (a hardened weight by default; the bypass pass
     passes `site.bypass_info`), with the tensor itself (lifted inputs and get_attr), found by identity."""
-    found = []
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, value in zip(placeholders, example_inputs):
-        if isinstance(value, torch.Tensor) and info_of(value) is not None:
-            found.append((node, value))
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            value = operator.attrgetter(node.target)(gm)
-            if isinstance(value, torch.Tensor) and info_of(value) is not None:
-                found.append((node, value))
+    return [(node, value) for node, value in graph_tensors(gm, example_inputs).items() if info_of(value) is not None]
+
+
+def graph_tensors(gm: fx.GraphModule, example_inputs: Sequence) -> dict[fx.Node, torch.Tensor]:
+    """The real tensors behind the placeholders (their example inputs) and get_attr nodes of ``gm``, in that
+    order."""
+    found = {node: value for node, value in zip(gm.graph.find_nodes(op="placeholder"), example_inputs)
+             if isinstance(value, torch.Tensor)}
+    for node in gm.graph.find_nodes(op="get_attr"):
+        value = operator.attrgetter(node.target)(gm)
+        if isinstance(value, torch.Tensor):
+            found[node] = value
     return found
 
 
