@@ -256,9 +256,8 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         return out.reshape(*x.shape[:-1], n)
     decode = not grouped and m <= DECODE_MAX_M and (config is None or "VARIANT" in config or "WARPS_N" in config)
     if decode:                      # few rows: the kernels that never rebuild W (nm24_mma.py, nm24_decode.py)
-        mma = config is not None and "WARPS_N" in config
-        if config is None and not on_cpu and decode_choice(x2, values) == "mma":
-            mma = True
+        # the sparse-tensor-core kernel: a config naming its keys, or the rule of decode_choice (GPU only)
+        mma = "WARPS_N" in config if config is not None else not on_cpu and decode_choice(x2, values) == "mma"
         if mma:
             inside = bypass is not None and nm24_mma_bypass_unsupported(x2, *bypass) is None
             nm24_mma(x2, values, meta, bias, out, config, bypass if inside else None)
