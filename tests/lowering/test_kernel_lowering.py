@@ -1,10 +1,10 @@
 """The Triton kernels compiled for an H200 (sm_90) on the CPU, without a GPU (`sfcompile.lowering.kernels.offline`):
 Python -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with the ptxas that Triton's wheel carries.
 
-The interpreter tests (test_kernels.py) run the kernels as Python and never run Triton's compiler, so an error
-that only the compiler reports would first show on a GPU (for one, a ``tl.dot`` with K < 16 runs in the
-interpreter and is refused by the compiler; so are passes that fail on a tile shape and PTX that ptxas
-rejects). This compiles configs the autotuners can pick, with their warps and pipeline stages: the tl.dot
+The interpreter tests (test_kernels.py, test_kernels_mma.py) run the kernels as Python and never run Triton's
+compiler, so an error that only the compiler reports would first show on a GPU (for one, a ``tl.dot`` with K < 16
+runs in the interpreter and is refused by the compiler; so are passes that fail on a tile shape and PTX that
+ptxas rejects). This compiles configs the autotuners can pick, with their warps and pipeline stages: the tl.dot
 kernels grouped (MoE experts) and not, and the decode kernels with their inline PTX on (``USE_ASM``, what the
 GPU runs; the interpreter takes their emulated forms). The local Triton may be newer than a GPU machine's
 (3.7 here, 3.6 on the H200 image).

@@ -22,7 +22,7 @@ W="$W --teacher-kv-cache auto --loss-kernel triton --compile"
 W="$W --main-set kl_temperature=1 --main-set ce_weight=0 --main-set compile_mode=reduce-overhead"
 mkdir -p $C/res
 cat > $C/ab.sh <<AB
-python -m pytest -q -p no:cacheprovider tests/lowering/test_kernels.py tests/lowering/test_ops.py \
+python -m pytest -q -p no:cacheprovider tests/lowering/test_kernels_mma.py tests/lowering/test_ops.py \
   tests/passes/test_bypass.py -k "bypass or slorb" > $C/res/gpu.log 2>&1
 mkdir -p $C/res/e2e
 python benchmarks/e2e.py --model llama-2-7b --batches 1 --prefill 0 --budget-s 300 --e2e-out $C/res/e2e/llama \
