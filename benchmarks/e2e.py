@@ -194,9 +194,10 @@ class Variant:
     site), ``+nopdl`` / ``+pdl`` set its ``pdl`` option off / on (default ``"auto"``: on for a graph at one row,
     i.e. decode at batch 1), ``+frag`` (block-16 only) its ``block16_frag`` option on (tiles in fragment order),
     ``+slorbK`` (e.g. ``2:4+slorb16``) a SLoRB bypass of group K on every site (`harden_random`): the speed of a
-    model sfcompile trained, with the backend's ``fuse_bypass`` option (default on: 2:4, each bypass inside its
-    packed op's kernel; block-16, the bypasses of q/k/v and of gate/up as one matmul each); ``+nofusebypass``
-    turns it off (the bypass as the hook's small dense ops; ``+fusebypass``, the default, is still accepted).
+    model sfcompile trained, with the backend's ``fuse_bypass`` option (default on: each bypass inside its
+    packed op's kernel); ``+nofusebypass`` turns it off (the bypass as the hook's small dense ops;
+    ``+fusebypass``, the default, is still accepted); ``+ksums`` (2:4) turns the backend's ``kernel_sums`` on
+    (the decode kernel sums x's registers itself: no block-sum reduction left in the graph).
     ``dense+pdl`` is dense
     Inductor with its kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
 
@@ -206,25 +207,27 @@ class Variant:
     frag: bool = False
     slorb: int = 0  # SLoRB group (0: no bypass)
     fuse_bypass: bool = True
+    kernel_sums: bool = False
 
     @classmethod
     def parse(cls, label: str) -> Variant:
         base, *flags = label.split("+")
         allowed = ("pdl",) if base == "dense" else ("fuse", "nofuse", "pdl", "nopdl", "fusebypass",
                                                                   "nofusebypass")
-        allowed += ("frag",) if base.startswith("block16") else ()
+        allowed += ("frag",) if base.startswith("block16") else ("ksums",) if base != "dense" else ()
         slorb = [f for f in flags if base != "dense" and f.startswith("slorb") and f[5:].isdigit() and int(f[5:])]
         for flag in flags:
             if flag not in allowed + tuple(slorb):
                 raise SystemExit(f"--e2e-patterns: {label!r}: unknown variant {flag!r}; a pattern takes +nofuse "
                                  f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl), +slorbK (a SLoRB bypass of "
-                                 f"group K >= 1, e.g. 2:4+slorb16) and +nofusebypass, block-16 also +frag, dense "
-                                 f"only +pdl")
+                                 f"group K >= 1, e.g. 2:4+slorb16) and +nofusebypass, block-16 also +frag, 2:4 "
+                                 f"also +ksums, dense only +pdl")
         if base == "dense":
             return cls(base, pdl="pdl" in flags)
         pdl = False if "nopdl" in flags else True if "pdl" in flags else "auto"
         return cls(base, fuse="nofuse" not in flags, pdl=pdl, frag="frag" in flags,
-                   slorb=int(slorb[-1][5:]) if slorb else 0, fuse_bypass="nofusebypass" not in flags)
+                   slorb=int(slorb[-1][5:]) if slorb else 0, fuse_bypass="nofusebypass" not in flags,
+                   kernel_sums="ksums" in flags)
 
     @property
     def backend(self) -> str | None:
@@ -236,7 +239,8 @@ class Variant:
             if not self.pdl:
                 return {"mode": "reduce-overhead" if cudagraphs else None}
             return {"options": {"triton.cudagraphs": cudagraphs, "triton.enable_pdl": True}}
-        options = {"cudagraphs": cudagraphs, "fuse": self.fuse, "pdl": self.pdl, "fuse_bypass": self.fuse_bypass}
+        options = {"cudagraphs": cudagraphs, "fuse": self.fuse, "pdl": self.pdl, "fuse_bypass": self.fuse_bypass,
+                   "kernel_sums": self.kernel_sums}
         if self.frag:
             options["block16_frag"] = True
         if hook is not None:

@@ -53,6 +53,12 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         1.38x inside the kernel (2:4 without a bypass 1.59x; benchmarks/README.md, twenty-eighth session).
         Block-16's kernel took the bypass after that session's timing (the hook's ops: 1.29x; without a bypass
         1.75x); it is untimed. ``False`` leaves the bypasses as the hook computes them.
+    kernel_sums (bool, default False): with ``fuse_bypass``, a 2:4 site's folded bypass takes the block sums of
+        x inside the decode kernel, from the registers its sparse ``mma`` already holds (eight more dense
+        ``mma`` a span, `kernels.nm24_mma._span_sums`), instead of from a reduction Inductor places before the
+        op. On the H200 those reductions were about 100 kernels of their own per full-depth Qwen3-8B decode
+        step (three a layer that Inductor did not fuse into the kernel making the input: those after the
+        RMSNorms and o_proj's; benchmarks/README.md, twenty-ninth session). Untimed, hence off.
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
@@ -101,6 +107,7 @@ class BackendOptions:
     pdl: bool | str = "auto"
     block16_frag: bool = False
     fuse_bypass: bool = True
+    kernel_sums: bool = False
     inductor: dict = field(default_factory=dict)
 
     @classmethod
@@ -120,14 +127,16 @@ class BackendOptions:
             raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
         if not isinstance(frag, bool):
             raise TypeError(f"sparseforge option block16_frag must be True or False, got {frag!r}")
-        fuse_bypass = opts.pop("fuse_bypass", True)
+        fuse_bypass, kernel_sums = opts.pop("fuse_bypass", True), opts.pop("kernel_sums", False)
         if not isinstance(fuse_bypass, bool):
             raise TypeError(f"sparseforge option fuse_bypass must be True or False, got {fuse_bypass!r}")
+        if not isinstance(kernel_sums, bool):
+            raise TypeError(f"sparseforge option kernel_sums must be True or False, got {kernel_sums!r}")
         if not isinstance(pdl, bool) and pdl != "auto":
             raise TypeError(f"sparseforge option pdl must be True, False or 'auto', got {pdl!r}")
         inductor.update(opts)
         return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl,
-                   block16_frag=frag, fuse_bypass=fuse_bypass)
+                   block16_frag=frag, fuse_bypass=fuse_bypass, kernel_sums=kernel_sums)
 
     def resolve_pdl(self, rows: int | None, copies: int = 0) -> bool:
         """Whether a graph whose packed ops multiply at most ``rows`` rows (None: unknown or no packed op)
@@ -301,7 +310,8 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
 
         sf = torch.ops.sfcompile
         folded = fold_bypasses(gm, example_inputs, {sf.linear_nm24.default: sf.linear_nm24_slorb.default,
-                                                    sf.linear_block16.default: sf.linear_block16_slorb.default})
+                                                    sf.linear_block16.default: sf.linear_block16_slorb.default},
+                               kernel_sums=(sf.linear_nm24_slorb.default,) if opts.kernel_sums else ())
         fused = fuse_shared_bypasses(gm, example_inputs)   # the rest (bypasses of dense sites, other shapes)
         report.folded_bypasses, report.fused_bypasses = folded.folded, fused.fused
         report.baked_inputs += folded.baked_inputs + fused.baked_inputs

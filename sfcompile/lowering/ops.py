@@ -16,15 +16,18 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
     A group with fewer than 2 non-zeros stores a zero value at an unused position. K must be a multiple of 4.
     Bytes: 2:4 bf16 reads K/2·2 + K/8 bytes per row = 56% of dense.
 
-``torch.ops.sfcompile.linear_nm24_slorb(x[..., K], values, meta, px[..., K/k], S[N, K/k], bias[N]?) -> [..., N]``
+``torch.ops.sfcompile.linear_nm24_slorb(x[..., K], values, meta, px[..., K/k]?, S[N, K/k], bias[N]?) -> [..., N]``
     ``linear_nm24`` plus a SLoRB bypass ``px @ S.T`` (px: the sums of x over groups of k features; S in x's
     dtype). At decode sizes the sparse-tensor-core kernel adds it in the same kernel, as dense ``mma`` on
-    the same accumulators (k = 8 or 16); elsewhere it is a dense matmul after the sparse one. The backend's
-    ``fuse_bypass`` lowers a site's bypass into it (`sfcompile.passes.bypass`).
+    the same accumulators (k = 8 or 16); elsewhere it is a dense matmul after the sparse one. px None: the op
+    takes the block sums itself, the decode kernel from x's registers (more dense ``mma``), other paths with
+    a reduction of their own. The backend's ``fuse_bypass`` lowers a site's bypass into it
+    (`sfcompile.passes.bypass`; ``kernel_sums`` passes px None).
 
 ``torch.ops.sfcompile.linear_block16_slorb(x, tile_values, row_ptr, col_idx, N, K, px, S, bias?, frag=False)``
     ``linear_block16`` plus a SLoRB bypass, the same way (the tensor-core decode kernel adds it with dense
-    ``mma.m16n8k16`` over all K/k groups, any k, K/k a multiple of 4).
+    ``mma.m16n8k16`` over all K/k groups, any k, K/k a multiple of 4); px None: the block sums by a reduction
+    before the kernel.
 
 ``torch.ops.sfcompile.linear_block16(x[..., K], tile_values[T, 16, 16], row_ptr[N/16+1] int32,
                                      col_idx[T] int32, N: int, K: int, bias[N]?, frag: bool = False) -> [..., N]``
@@ -82,6 +85,8 @@ from typing import Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from sfcompile.masking.slorb import block_sums
+
 __all__ = ["linear_nm24", "linear_nm24_slorb", "linear_block16", "linear_block16_slorb", "grouped_nm24",
            "grouped_block16", "PREFILL_CSLT_MIN_M", "BLOCK16_DENSE_MIN_M", "cslt_linear", "clear_cslt_cache"]
 
@@ -130,6 +135,7 @@ def _linear_ref(x, w, bias):
 
 def _bypass_ref(x, w, px, s, bias):
     ct = _compute_dtype(x.dtype)
+    px = block_sums(x, s.shape[-1]) if px is None else px
     y = torch.nn.functional.linear(x.to(ct), w.to(ct), None if bias is None else bias.to(ct))
     return (y + torch.nn.functional.linear(px.to(ct), s.to(ct))).to(x.dtype)
 
@@ -154,7 +160,8 @@ def linear_nm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 
 @torch.library.custom_op("sfcompile::linear_nm24_slorb", mutates_args=(), device_types="cpu")
-def linear_nm24_slorb(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, px: torch.Tensor, s: torch.Tensor,
+def linear_nm24_slorb(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                      px: Optional[torch.Tensor], s: torch.Tensor,  # noqa: UP045
                       bias: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
     return _bypass_ref(x, _nm24_dense(values, meta, x.shape[-1]), px, s, bias)
 
@@ -168,7 +175,7 @@ def linear_block16(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Te
 
 @torch.library.custom_op("sfcompile::linear_block16_slorb", mutates_args=(), device_types="cpu")
 def linear_block16_slorb(x: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-                         n: int, k: int, px: torch.Tensor, s: torch.Tensor,
+                         n: int, k: int, px: Optional[torch.Tensor], s: torch.Tensor,  # noqa: UP045
                          bias: Optional[torch.Tensor] = None, frag: bool = False) -> torch.Tensor:  # noqa: UP045
     return _bypass_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), px, s, bias)
 
@@ -241,8 +248,8 @@ def _nm24_cuda(x, values, meta, bias, bypass):
     reason = _kernel_unsupported(x, values.dtype)
     if reason is None and bias is not None and bias.dtype != x.dtype:
         reason = f"bias dtype {bias.dtype} differs from the input's {x.dtype}"
-    if reason is None and bypass is not None and any(t.dtype != x.dtype for t in bypass):
-        reason = f"bypass dtypes {bypass[0].dtype}, {bypass[1].dtype} differ from the input's {x.dtype}"
+    if reason is None and bypass is not None and any(t is not None and t.dtype != x.dtype for t in bypass):
+        reason = f"bypass dtypes {[None if t is None else t.dtype for t in bypass]} differ from the input's {x.dtype}"
     if reason:
         _log_once(f"linear_nm24 {tuple(values.shape)}: {reason}")
         if bypass is None:
@@ -253,7 +260,9 @@ def _nm24_cuda(x, values, meta, bias, bypass):
     if m >= PREFILL_CSLT_MIN_M and cslt_ok:
         y = cslt_linear(x, values, meta, bias)
         if bypass is not None:    # prefill: a dense matmul on the block sums, small beside the sparse one
-            y = torch.addmm(y.reshape(-1, y.shape[-1]), bypass[0].reshape(m, -1), bypass[1].T).reshape(y.shape)
+            px, s = bypass
+            px = block_sums(x, s.shape[-1]) if px is None else px
+            y = torch.addmm(y.reshape(-1, y.shape[-1]), px.reshape(m, -1), s.T).reshape(y.shape)
         return y
     # Decode: the Triton kernel only. cuSPARSELt would need its own compressed copy of every weight (+0.56x
     # dense bytes) and ran 0.35-0.74x dense at M <= 16 on the H200 (benchmarks/README.md).
@@ -267,6 +276,7 @@ def _(x, tile_values, row_ptr, col_idx, n, k, px, s, bias=None, frag=False):
     from sfcompile.lowering.kernels import block16_mma as mma
 
     reason = _kernel_unsupported(x, tile_values.dtype)
+    px = block_sums(x, s.shape[-1]) if px is None else px   # (this kernel does not sum x itself)
     if reason is None and (px.dtype != x.dtype or s.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
         reason = f"bypass or bias dtypes differ from the input's {x.dtype}"
     if reason:

@@ -39,7 +39,8 @@ from sfcompile.masking.state import SLORB_FOLDS, soft_masks_of, soft_name
 from sfcompile.passes.site import Site, mark_bypass
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
-           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors", "folded_bypass"]
+           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors", "folded_bypass",
+           "block_sums"]
 
 SLORB_KINDS = ("linear", "conv1d")
 _HANDLE = "_sfcompile_slorb_handle"
@@ -71,6 +72,12 @@ def block_sum_matrix(k: int, group: int, dtype=torch.float32, device=None) -> to
     """P (K/k × K): row j has ones on columns j·k … j·k + k − 1."""
     eye = torch.eye(k // group, dtype=dtype, device=device)
     return eye.repeat_interleave(group, dim=1)
+
+
+def block_sums(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """P x with the fixed P: the sums of x (..., K) over ``groups`` groups of K / groups consecutive features, in
+    x's dtype (the lowering matches this form: unflatten, then sum)."""
+    return x.unflatten(-1, (groups, x.shape[-1] // groups)).sum(-1)
 
 
 def _folded_soft(module: nn.Module):
@@ -107,7 +114,7 @@ def _slorb_forward(module: nn.Module, args, kwargs, output):
     if p is not None:
         px = F.linear(x, p.to(x.dtype))  # (..., K/k)
     else:
-        px = x.unflatten(-1, (s.shape[1], x.shape[-1] // s.shape[1])).sum(-1)  # block sums: (..., K/k)
+        px = block_sums(x, s.shape[1])  # (..., K/k)
     return output + module.slorb_gain.to(output.dtype) * F.linear(px, s.to(px.dtype))
 
 

@@ -31,7 +31,8 @@ becomes::
     %out : call_function[sfcompile.linear_nm24_slorb](%x, %v, %m, %px, %s, None)
 
 and a fused q/k/v op (its output split back) takes their S concatenated, so its pieces come out with their
-bypasses added: no bypass op at all is left in the layer.
+bypasses added: no bypass op at all is left in the layer. With ``kernel_sums`` the op gets ``None`` for %px
+and the decode kernel sums x's registers itself, so not even the block sums are left.
 
 The S tensors are recognised by identity (`sfcompile.passes.site.bypass_info`, set by ``add_slorb``), never
 by name, and S (and the gain) are baked into the graph like the packed weights: the caller guards on the
@@ -43,7 +44,7 @@ reading of S) is left as it is.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -171,11 +172,13 @@ class _Fold:
     dead: tuple[fx.Node, ...]   # the bypass's own nodes, erased once the fold is done
 
 
-def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mapping) -> BypassReport:
+def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mapping,
+                  kernel_sums: Collection = ()) -> BypassReport:
     """Move each SLoRB bypass that is added to a packed op's output into that op, in place: ``variants`` maps a
     packed op to its variant taking the bypass, called with the op's arguments and ``px, S`` inserted before
-    the last (the bias). A fused op (split back into pieces) is folded only when every piece has a bypass. See
-    the module docstring."""
+    the last (the bias). A fused op (split back into pieces) is folded only when every piece has a bypass. A
+    variant in ``kernel_sums`` gets px None and takes the block sums of x itself (no reduction is left in the
+    graph). See the module docstring."""
     report = BypassReport()
     tensors = graph_tensors(gm, example_inputs)
     by_op: dict[fx.Node, list[_Fold]] = {}
@@ -188,7 +191,8 @@ def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mappin
         ordered = _pieces_in_order(packed, folds)
         if ordered is None:
             continue
-        _fold(gm, packed, ordered, variants[packed.target], f"_sf_fold_{number}")
+        variant = variants[packed.target]
+        _fold(gm, packed, ordered, variant, f"_sf_fold_{number}", variant in kernel_sums)
         report.folded.append(tuple(f.bypass.s_node.name for f in ordered))
         report.baked_inputs += [n for f in ordered for n in (f.bypass.s_node, f.gain_node)
                                 if n is not None and n.op == "placeholder"]
@@ -277,7 +281,7 @@ def _pieces_in_order(packed: fx.Node, folds: list[_Fold]) -> list[_Fold] | None:
     return [by_piece[p] for p in pieces]
 
 
-def _fold(gm: fx.GraphModule, packed: fx.Node, folds: list[_Fold], variant, attr: str) -> None:
+def _fold(gm: fx.GraphModule, packed: fx.Node, folds: list[_Fold], variant, attr: str, kernel_sums: bool) -> None:
     graph = gm.graph
     first = folds[0].bypass
     dtype = first.dtype or first.s.dtype     # x's (checked by _match_fold)
@@ -286,10 +290,12 @@ def _fold(gm: fx.GraphModule, packed: fx.Node, folds: list[_Fold], variant, attr
         s_node = add_constant(gm, attr, s)
     unflat = first.block_sums.args[0]
     with graph.inserting_before(packed):   # the block sums (the hook computed them after the op) before it
-        new_unflat = graph.call_method("unflatten", unflat.args)
-        new_unflat.meta = dict(unflat.meta)
-        px = graph.call_method("sum", (new_unflat, *first.block_sums.args[1:]))
-        px.meta = dict(first.block_sums.meta)
+        px = None
+        if not kernel_sums:
+            new_unflat = graph.call_method("unflatten", unflat.args)
+            new_unflat.meta = dict(unflat.meta)
+            px = graph.call_method("sum", (new_unflat, *first.block_sums.args[1:]))
+            px.meta = dict(first.block_sums.meta)
         new = graph.call_function(variant, (*packed.args[:-1], px, s_node, packed.args[-1]), dict(packed.kwargs))
     new.meta = dict(packed.meta)
     packed.replace_all_uses_with(new)

@@ -12,6 +12,7 @@ from sfcompile.lowering.kernels.block16 import block16_matmul
 from sfcompile.lowering.kernels.nm24 import nm24_matmul, nm24_matmul_reference
 from sfcompile.lowering.kernels.nm24_mma import nm24_mma_reference
 from sfcompile.lowering.pack import pack
+from sfcompile.masking.slorb import block_sums
 
 MMA_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K): M = 1, odd M, 8 and 16 rows (two x tiles)
     (1, 16, 128, 1, 1, 4, 1),         # one span, one warp
@@ -111,6 +112,34 @@ def test_nm24_mma_adds_the_slorb_bypass_in_the_kernel(dtype, m, n, k, wn, wk, ch
     assert rel(ref, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) > 0.1   # (the bypass counts)
 
 
+KSUM_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K, STRIPS, group): spans whole and partial, both groups
+    (1, 16, 128, 1, 1, 4, 1, 1, 16),
+    (3, 40, 96, 2, 2, 4, 2, 1, 16),        # a partial span (3 chunks), empty splits
+    (9, 48, 384, 1, 2, 4, 3, 1, 8),        # two x tiles: x rows 8-15 are the sums' A rows g + 8
+    (16, 72, 320, 2, 1, 8, 2, 2, 16),      # two strips share a span's sums; two spans per step
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk,st,group", KSUM_CASES)
+def test_nm24_mma_takes_the_block_sums_from_x_itself(dtype, m, n, k, wn, wk, ch, sk, st, group):
+    # px None (KSUM): eight dense mma.m16n8k16 a span sum x's registers by group (emulated here) into the bypass
+    # mma's B; the same output as with the block sums handed in
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(m * 100 + k + group)
+    pw = pack(w24(n, k, dtype, g), "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    s = (torch.randn(n, k // group, generator=g) * 0.3).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    cfg = dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=st)
+    y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype), cfg, bypass=(None, s))
+    ref = nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b, (block_sums(x, k // group), s))
+    assert rel(y, ref) < TOL[dtype]
+    assert torch.equal(ref, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b, (None, s)))
+    assert rel(ref, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) > 0.1   # (the bypass counts)
+
+
 @pytest.mark.parametrize("what", ["group 32", "dtype", "px shape"])
 def test_nm24_mma_refuses_a_bypass_it_cannot_add(what):
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
@@ -123,10 +152,14 @@ def test_nm24_mma_refuses_a_bypass_it_cannot_add(what):
     s = torch.randn(16, 128 // group).to(torch.float16 if what == "dtype" else torch.bfloat16)
     if what == "px shape":
         px = px[:1]
-    with pytest.raises(ValueError, match={"group 32": "SLoRB group 32", "dtype": "bypass dtypes",
-                                          "px shape": "block sums of shape"}[what]):
+    match = {"group 32": "SLoRB group 32", "dtype": "bypass dtypes", "px shape": "block sums of shape"}[what]
+    with pytest.raises(ValueError, match=match):
         nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(2, 16, dtype=torch.bfloat16),
                  dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), bypass=(px, s))
+    if what != "px shape":   # the same refusals when the kernel would sum x itself
+        with pytest.raises(ValueError, match=match):
+            nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(2, 16, dtype=torch.bfloat16),
+                     dict(WARPS_N=1, WARPS_K=1, CHUNKS=4, SPLIT_K=1), bypass=(None, s))
 
 
 @pytest.mark.parametrize("dtype,m,group,config", [
@@ -143,6 +176,8 @@ def test_nm24_matmul_adds_the_bypass_after_kernels_that_do_not_take_it(dtype, m,
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config, bypass=(px, s))
     ref = nm24_matmul_reference(x, pw.data["values"], pw.data["meta"]).float() + px.float() @ s.float().T
     assert y.shape == (2, m, 32) and rel(y, ref) < TOL[dtype]
+    # px None: these kernels reduce x to its block sums themselves
+    assert torch.equal(nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config, bypass=(None, s)), y)
     with pytest.raises(ValueError, match="does not fit the weight"):
         nm24_matmul(x, pw.data["values"], pw.data["meta"], config=config, bypass=(px, s[:16]))
 
@@ -262,6 +297,30 @@ def test_nm24_mma_bypass_cuda(m, group):
                                                                                device="cuda"), cfg, (px, s))
         assert rel(y, ref) < TOL[torch.bfloat16], cfg
     y = nm24_matmul(x, pw.data["values"], pw.data["meta"], bypass=(px, s))        # autotuned
+    assert rel(y, ref) < TOL[torch.bfloat16]
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 9, 16])
+@pytest.mark.parametrize("group", [8, 16])
+def test_nm24_mma_block_sums_in_the_kernel_cuda(m, group):
+    # px None: the PTX mma.m16n8k16 summing x's registers into the bypass's B, fixed configs and autotuned
+    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
+
+    g = torch.Generator().manual_seed(m + group)
+    n, k = 4096, 4096
+    w = w24(n, k, torch.bfloat16, g).cuda()
+    pw = pack(w, "2:4", -1)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    px = x.unflatten(-1, (k // group, group)).sum(-1)
+    s = (torch.randn(n, k // group, generator=g) * 0.05).to(torch.bfloat16).cuda()
+    ref = x.double() @ w.double().T + px.double() @ s.double().T
+    for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
+                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2, EARLY=0)):
+        y = nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, n, dtype=torch.bfloat16,
+                                                                               device="cuda"), cfg, (None, s))
+        assert rel(y, ref) < TOL[torch.bfloat16], cfg
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], bypass=(None, s))        # autotuned
     assert rel(y, ref) < TOL[torch.bfloat16]
 
 

@@ -103,6 +103,11 @@ def test_linear_nm24_slorb_adds_the_bypass(dtype):
     torch.library.opcheck(torch.ops.sfcompile.linear_nm24_slorb.default,
                           (x, pw.data["values"], pw.data["meta"], px, s, b), test_utils=("test_schema",
                                                                                           "test_faketensor"))
+    # px None: the op takes the block sums of x itself (the backend's kernel_sums)
+    assert torch.equal(torch.ops.sfcompile.linear_nm24_slorb(x, pw.data["values"], pw.data["meta"], None, s, b), y)
+    torch.library.opcheck(torch.ops.sfcompile.linear_nm24_slorb.default,
+                          (x, pw.data["values"], pw.data["meta"], None, s, b), test_utils=("test_schema",
+                                                                                            "test_faketensor"))
 
 
 def test_linear_block16_slorb_adds_the_bypass():
@@ -121,6 +126,7 @@ def test_linear_block16_slorb_adds_the_bypass():
                                   frag=True), want)
     torch.library.opcheck(op.default, (x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, px, s, b),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.testing.assert_close(op(x, d["tile_values"], d["row_ptr"], d["col_idx"], 32, 64, None, s, b), want)
 
 
 def test_ops_trace_under_torch_compile():

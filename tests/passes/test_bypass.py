@@ -42,20 +42,20 @@ def _bypass_matmuls(gm) -> int:
                and isinstance(n.args[0], torch.fx.Node) and n.args[0].target == "sum")
 
 
-def _compiled(model, fuse_bypass: bool):
+def _compiled(model, fuse_bypass: bool, **options):
     seen = []
-    fast = torch.compile(model, backend="sparseforge",
-                         options={"fuse_bypass": fuse_bypass, "on_lower": lambda gm, rep: seen.append((gm, rep))})
+    fast = torch.compile(model, backend="sparseforge", options={
+        "fuse_bypass": fuse_bypass, "on_lower": lambda gm, rep: seen.append((gm, rep)), **options})
     return fast, seen
 
 
-def _lowered_as_eager(model, fuse_bypass: bool = True):
+def _lowered_as_eager(model, fuse_bypass: bool = True, **options):
     """The graph and report of ``model`` compiled through the backend, after checking its logits are eager's."""
     torch._dynamo.reset()
     ids = torch.randint(0, 64, (2, 7))
     with torch.no_grad():
         eager = model(ids).logits
-        fast, seen = _compiled(model, fuse_bypass)
+        fast, seen = _compiled(model, fuse_bypass, **options)
         torch.testing.assert_close(fast(ids).logits, eager, rtol=1e-5, atol=1e-5)
     (gm, report), = seen
     return gm, report
@@ -94,12 +94,15 @@ def test_a_bypass_of_another_shape_is_left_as_it_is():
     assert report.fused_bypasses == [] and report.folded_bypasses == []
 
 
-def test_the_option_is_a_bool():
+def test_the_options_are_bools():
     from sfcompile.lowering.backend import BackendOptions
 
     with pytest.raises(TypeError, match="fuse_bypass must be True or False, got 'yes'"):
         BackendOptions.parse(None, {"fuse_bypass": "yes"})
+    with pytest.raises(TypeError, match="kernel_sums must be True or False, got 1"):
+        BackendOptions.parse(None, {"kernel_sums": 1})
     assert BackendOptions.parse(None, {}).fuse_bypass is True   # on by default since it was timed (2:4)
+    assert BackendOptions.parse(None, {}).kernel_sums is False  # off until it is timed
 
 
 # ---- the bypass inside the packed op (hardened sites) --------------------------------------------------
@@ -119,6 +122,18 @@ def test_a_hardened_2of4_site_runs_its_bypass_inside_the_packed_op(gain):
     assert sum(n.op == "call_method" and n.target == "sum" for n in gm.graph.nodes) == 8
     assert all(n.args[3].args[0].args[0] is n.args[0] for n in gm.graph.nodes
                if str(n.target) == "sfcompile.linear_nm24_slorb.default")
+
+
+def test_kernel_sums_leave_no_block_sum_in_the_graph():
+    # kernel_sums: the 2:4 ops get px None (the decode kernel sums x's registers; on CPU the op reduces x), so
+    # the graph keeps neither a bypass matmul nor a block sum; block-16's op still reads the graph's sums
+    gm, report = _lowered_as_eager(_model(harden="2:4", gain=0.5), kernel_sums=True)
+    assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and _bypass_matmuls(gm) == 0
+    ops = [n for n in gm.graph.nodes if str(n.target) == "sfcompile.linear_nm24_slorb.default"]
+    assert len(ops) == 8 and all(n.args[3] is None for n in ops)
+    assert not any(n.op == "call_method" and n.target in ("sum", "unflatten") for n in gm.graph.nodes)
+    gm, _ = _lowered_as_eager(_model(harden="block16"), kernel_sums=True)
+    assert sum(n.op == "call_method" and n.target == "sum" for n in gm.graph.nodes) == 8
 
 
 def test_a_fused_op_whose_pieces_lack_a_bypass_keeps_its_bypasses_apart():
@@ -148,15 +163,16 @@ def test_a_hardened_block16_site_runs_its_bypass_inside_the_packed_op():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("pattern", ["2:4", "block16"])
-def test_folded_bypasses_run_in_the_decode_kernels_on_a_gpu(pattern):
+@pytest.mark.parametrize("pattern,kernel_sums", [("2:4", False), ("2:4", True), ("block16", False)])
+def test_folded_bypasses_run_in_the_decode_kernels_on_a_gpu(pattern, kernel_sums):
     # bf16 on the GPU: the fold hands the bypass to the tensor-core decode kernels (one token: M = 1), whose
     # logits follow the eager model's, which differ from the model's without its bypasses
     torch._dynamo.reset()
     model = _model(harden=pattern).cuda().to(torch.bfloat16)
     ids = torch.randint(0, 64, (1, 1), device="cuda")
     reports = []
-    fast = torch.compile(model, backend="sparseforge", options={"on_lower": lambda gm, rep: reports.append(rep)})
+    fast = torch.compile(model, backend="sparseforge", options={"on_lower": lambda gm, rep: reports.append(rep),
+                                                                "kernel_sums": kernel_sums})
     with torch.no_grad():
         eager = model(ids).logits.float()
         out = fast(ids).logits.float()

@@ -27,8 +27,9 @@ instead of two 8-byte ones. On the H200 that was 3.5% faster per call at the med
 shapes x M = 1, 8, 16; 15 rows faster; benchmarks/README.md, twenty-third session,
 ``benchmarks/block16_decode.py --impls block16_mma,block16_mma_frag``).
 
-As in :mod:`.nm24_mma`, the ``mma`` is inline PTX on 1-D tensors of one element per thread, and the Triton
-interpreter (CPU tests) runs :func:`_mma_emulated`, the same warp-wide product from the same registers.
+As in :mod:`.nm24_mma` (which holds both kernels' ``mma`` helpers), the ``mma`` is inline PTX on 1-D tensors
+of one element per thread, and the Triton interpreter (CPU tests) runs its emulation, the same warp-wide
+product from the same registers.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
-from sfcompile.lowering.kernels.nm24_decode import _widen
-from sfcompile.lowering.kernels.nm24_mma import _add_d, _lanes, _word
+from sfcompile.lowering.kernels.nm24_mma import _mma_k16, _mma_k16_emulated, _word
 
 __all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported",
            "block16_mma_bypass_unsupported", "fragment_order", "fragment_order_inverse", "MAX_M"]
@@ -98,48 +98,6 @@ def block16_mma_configs(m_bucket: int) -> list[triton.Config]:
         space = [(2, 4, 4), (2, 4, 8), (4, 4, 4), (4, 4, 8), (8, 4, 8), (1, 4, 8)]
     return [triton.Config({"WARPS": w, "TILES": t, "SPLIT_K": sk, "MT": 2 if m_bucket > 8 else 1, "STREAM": st},
                           num_warps=w, num_stages=1) for w, t, sk in space for st in (1, 0)]
-
-
-@triton.jit
-def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, IS_BF16: tl.constexpr):
-    """One warp-wide ``mma.sync.m16n8k16`` (fp32 accumulate) on per-lane registers (element i of each (T,)
-    tensor is lane i % 32 of warp i // 32)."""
-    if IS_BF16:
-        return tl.inline_asm_elementwise(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
-            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
-            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-
-
-@triton.jit
-def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_BF16: tl.constexpr):
-    """What :func:`_mma` computes, for the interpreter (PTX ISA, ``mma.m16n8k16`` with .f16/.bf16): A row r,
-    column k in lane (r % 8) * 4 + (k % 8) // 2, register (r // 8) + 2 (k // 8), half k % 2; B row k, column n in
-    lane 4n + (k % 8) // 2, register k // 8, half k % 2; D row g / g + 8, columns 2t, 2t + 1 in registers 0-3."""
-    s = tl.arange(0, 256)[None, :] + tl.zeros((NW, 256), tl.int32)      # r * 16 + k
-    r = s // 16
-    k = s % 16
-    lane_a = (r % 8) * 4 + (k % 8) // 2
-    reg = (r // 8) + 2 * (k // 8)
-    word = tl.where(reg == 0, _lanes(a0, lane_a, NW), tl.where(reg == 1, _lanes(a1, lane_a, NW),
-                    tl.where(reg == 2, _lanes(a2, lane_a, NW), _lanes(a3, lane_a, NW))))
-    lo, hi = _widen(word, IS_BF16)
-    a = tl.reshape(tl.where(k % 2 == 0, lo, hi), (NW, 16, 16, 1))       # A[r, k]
-    s2 = tl.arange(0, 128)[None, :] + tl.zeros((NW, 128), tl.int32)     # k * 8 + n
-    kb = s2 // 8
-    lane_b = (s2 % 8) * 4 + (kb % 8) // 2
-    bword = tl.where(kb // 8 == 0, _lanes(b0, lane_b, NW), _lanes(b1, lane_b, NW))
-    blo, bhi = _widen(bword, IS_BF16)
-    b = tl.reshape(tl.where(kb % 2 == 0, blo, bhi), (NW, 1, 16, 8))     # B[k, n]
-    d = tl.reshape(tl.sum(a * b, axis=2), (NW, 128))                   # D[r, n] at r * 8 + n
-    return _add_d(d, c0, c1, c2, c3, NW)
 
 
 @triton.jit
@@ -206,13 +164,13 @@ def _mma_tile(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constex
               USE_ASM: tl.constexpr, MT: tl.constexpr):
     a0, a1, a2, a3, b0, b1, b2, b3 = ld
     if USE_ASM:
-        acc0, acc1, acc2, acc3 = _mma(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, IS_BF16)
+        acc0, acc1, acc2, acc3 = _mma_k16(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, IS_BF16)
         if MT == 2:
-            acc4, acc5, acc6, acc7 = _mma(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, IS_BF16)
+            acc4, acc5, acc6, acc7 = _mma_k16(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, IS_BF16)
     else:
-        acc0, acc1, acc2, acc3 = _mma_emulated(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, NW, IS_BF16)
+        acc0, acc1, acc2, acc3 = _mma_k16_emulated(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, NW, IS_BF16)
         if MT == 2:
-            acc4, acc5, acc6, acc7 = _mma_emulated(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, NW, IS_BF16)
+            acc4, acc5, acc6, acc7 = _mma_k16_emulated(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, NW, IS_BF16)
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 

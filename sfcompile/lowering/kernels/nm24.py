@@ -28,6 +28,7 @@ from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import MAX_M as DECODE_MAX_M
 from sfcompile.lowering.kernels.nm24_decode import nm24_decode
 from sfcompile.lowering.kernels.nm24_mma import nm24_mma, nm24_mma_bypass_unsupported, nm24_mma_unsupported
+from sfcompile.masking.slorb import block_sums
 
 __all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
 
@@ -232,7 +233,8 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
             ``SPLIT_K``), the tile kernel; optional ``num_warps``.
         bypass: (px, S), px (..., K/k) the block sums of x over groups of k, S (N, K/k): ``+ px @ S.T``, inside
             the sparse-tensor-core decode kernel where it can (:func:`.nm24_mma.nm24_mma_bypass_unsupported`),
-            else as a dense matmul after the kernel (not with ``offs``).
+            else as a dense matmul after the kernel (not with ``offs``). px None: the block sums of x, taken
+            by the decode kernel from x's registers, by a reduction of x elsewhere.
 
     Returns:
         (..., N) in x.dtype.
@@ -268,7 +270,8 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
                 config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
             nm24_decode(x2, values, meta, bias, out, config)
         if bypass is not None:
-            out.addmm_(bypass[0], bypass[1].T)
+            px, s = bypass
+            out.addmm_(block_sums(x2, s.shape[1]) if px is None else px, s.T)
         return out.reshape(*x.shape[:-1], n)
     small = m <= SMALL_M
     if config is None and on_cpu:
@@ -289,12 +292,13 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
 
     splitk.launch(_nm24_kernel, lambda: _autotuned(small), grid, args, flags, config, on_cpu)
     if bypass is not None:
-        out.addmm_(bypass[0], bypass[1].T)
+        px, s = bypass
+        out.addmm_(block_sums(x2, s.shape[1]) if px is None else px, s.T)
     return out.reshape(*x.shape[:-1], n)
 
 
-def _check_bypass(bypass, x2: torch.Tensor, n: int, grouped: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bypass (px, S) with px as (M, K/k) rows, or a ValueError naming what does not fit x2 (M, K)."""
+def _check_bypass(bypass, x2: torch.Tensor, n: int, grouped: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The bypass (px, S) with px as (M, K/k) rows (or None), or a ValueError naming what does not fit x2 (M, K)."""
     if grouped:
         raise ValueError("a SLoRB bypass is not supported with the expert grouped matmul (offs)")
     px, s = bypass
@@ -302,6 +306,10 @@ def _check_bypass(bypass, x2: torch.Tensor, n: int, grouped: bool) -> tuple[torc
     if s.dim() != 2 or s.shape[0] != n or s.shape[1] == 0 or k % s.shape[1]:
         raise ValueError(f"SLoRB S {tuple(s.shape)} does not fit the weight: expected ({n}, K/k) with k dividing "
                          f"K={k}")
+    if px is None:   # the block sums of x: the decode kernel takes them from x's registers, others reduce x
+        if s.dtype != x2.dtype:
+            raise ValueError(f"bypass dtype S {s.dtype} differs from x's {x2.dtype}")
+        return None, s
     if px.shape[-1] != s.shape[1] or px.numel() != m * s.shape[1]:
         raise ValueError(f"block sums {tuple(px.shape)} do not fit x ({m} rows) and S {tuple(s.shape)}: expected "
                          f"(..., {s.shape[1]})")

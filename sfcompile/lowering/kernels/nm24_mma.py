@@ -225,29 +225,175 @@ def _mma_k8_emulated(a0, a1, b0, c0, c1, c2, c3, NW: tl.constexpr, IS_BF16: tl.c
 
 
 @triton.jit
-def _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, GPC: tl.constexpr, MT: tl.constexpr):
+def _mma_k16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, IS_BF16: tl.constexpr):
+    """One warp-wide ``mma.sync.m16n8k16`` (fp32 accumulate) on per-lane registers (element i of each (T,)
+    tensor is lane i % 32 of warp i // 32)."""
+    if IS_BF16:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _mma_k16_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, NW: tl.constexpr, IS_BF16: tl.constexpr):
+    """What :func:`_mma_k16` computes, for the interpreter (PTX ISA, ``mma.m16n8k16`` with .f16/.bf16): A row r,
+    column k in lane (r % 8) * 4 + (k % 8) // 2, register (r // 8) + 2 (k // 8), half k % 2; B row k, column n in
+    lane 4n + (k % 8) // 2, register k // 8, half k % 2; D row g / g + 8, columns 2t, 2t + 1 in registers 0-3."""
+    s = tl.arange(0, 256)[None, :] + tl.zeros((NW, 256), tl.int32)      # r * 16 + k
+    r = s // 16
+    k = s % 16
+    lane_a = (r % 8) * 4 + (k % 8) // 2
+    reg = (r // 8) + 2 * (k // 8)
+    word = tl.where(reg == 0, _lanes(a0, lane_a, NW), tl.where(reg == 1, _lanes(a1, lane_a, NW),
+                    tl.where(reg == 2, _lanes(a2, lane_a, NW), _lanes(a3, lane_a, NW))))
+    lo, hi = _widen(word, IS_BF16)
+    a = tl.reshape(tl.where(k % 2 == 0, lo, hi), (NW, 16, 16, 1))       # A[r, k]
+    s2 = tl.arange(0, 128)[None, :] + tl.zeros((NW, 128), tl.int32)     # k * 8 + n
+    kb = s2 // 8
+    lane_b = (s2 % 8) * 4 + (kb % 8) // 2
+    bword = tl.where(kb // 8 == 0, _lanes(b0, lane_b, NW), _lanes(b1, lane_b, NW))
+    blo, bhi = _widen(bword, IS_BF16)
+    b = tl.reshape(tl.where(kb % 2 == 0, blo, bhi), (NW, 1, 16, 8))     # B[k, n]
+    d = tl.reshape(tl.sum(a * b, axis=2), (NW, 128))                   # D[r, n] at r * 8 + n
+    return _add_d(d, c0, c1, c2, c3, NW)
+
+
+@triton.jit
+def _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, GPC: tl.constexpr, MT: tl.constexpr,
+                  KSUM: tl.constexpr):
     """The registers of the SLoRB bypass ``S (P x)`` of span c .. c + 3: its 4 GPC groups (GPC groups per chunk of
     32) as GPC / 2 dense ``mma.m16n8k8`` u = 0, 1 (u = 1 repeats u = 0 when GPC = 2), S's rows sr0, sr1 (word
     offsets of rows row0, row0 + 8) as A and the block sums of x (``px``, (M, K / k)) as B: (A0, A1, B, B of x
     rows 8-15) per u. Lane t's two groups 8u + 2t, + 1 of the span are one 32-bit word of S and of px, and lie
-    in one chunk, c + (8u + 2t) // GPC."""
+    in one chunk, c + (8u + 2t) // GPC. ``KSUM``: px is not read (the B registers are placeholders for
+    :func:`_span_sums`)."""
     j = c * GPC + 2 * t                           # the lane's first group of u = 0 (even: word j // 2)
     live = ((c + (2 * t) // GPC) < c_hi)
     a0 = tl.load(s32 + sr0 + j // 2, mask=live & ok0, other=0)
     a1 = tl.load(s32 + sr1 + j // 2, mask=live & ok1, other=0)
-    b0 = tl.load(px32 + g * stride_pw + j // 2, mask=live & (g < M), other=0)
+    b0 = a0
+    if not KSUM:
+        b0 = tl.load(px32 + g * stride_pw + j // 2, mask=live & (g < M), other=0)
     b1 = b0
-    if MT == 2:
+    if MT == 2 and not KSUM:
         b1 = tl.load(px32 + (g + 8) * stride_pw + j // 2, mask=live & (g + 8 < M), other=0)
     e0, e1, f0, f1 = a0, a1, b0, b1
     if GPC == 4:
         live = ((c + (8 + 2 * t) // GPC) < c_hi)
         e0 = tl.load(s32 + sr0 + j // 2 + 4, mask=live & ok0, other=0)
         e1 = tl.load(s32 + sr1 + j // 2 + 4, mask=live & ok1, other=0)
-        f0 = tl.load(px32 + g * stride_pw + j // 2 + 4, mask=live & (g < M), other=0)
-        f1 = f0
-        if MT == 2:
-            f1 = tl.load(px32 + (g + 8) * stride_pw + j // 2 + 4, mask=live & (g + 8 < M), other=0)
+        if not KSUM:
+            f0 = tl.load(px32 + g * stride_pw + j // 2 + 4, mask=live & (g < M), other=0)
+            f1 = f0
+            if MT == 2:
+                f1 = tl.load(px32 + (g + 8) * stride_pw + j // 2 + 4, mask=live & (g + 8 < M), other=0)
+    return a0, a1, b0, b1, e0, e1, f0, f1
+
+
+@triton.jit
+def _ones_where(cond, IS_BF16: tl.constexpr):
+    """A 32-bit ``mma`` operand word of two 1.0 halves where ``cond``, else of two zeros."""
+    if IS_BF16:
+        return tl.where(cond, 0x3F803F80, 0)
+    else:
+        return tl.where(cond, 0x3C003C00, 0)
+
+
+@triton.jit
+def _pack_round(lo, hi, IS_BF16: tl.constexpr):
+    """fp32 ``lo`` and ``hi`` rounded to the nearest bf16/fp16 (ties to even) as one 32-bit word, lo in the low
+    half (bf16 by hand: the interpreter's conversion truncates)."""
+    if IS_BF16:
+        a = lo.to(tl.int32, bitcast=True)
+        b = hi.to(tl.int32, bitcast=True)
+        a = ((a + 0x7FFF + ((a >> 16) & 1)) >> 16) & 0xFFFF
+        b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    else:
+        a = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        b = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+    return a | (b << 16)
+
+
+@triton.jit
+def _group(i: tl.constexpr, u: tl.constexpr, t, GPC: tl.constexpr):
+    """The SLoRB group, among the 8 of a block-sum ``mma``, of lane t's x register i of ``mma`` u (chunk i's
+    elements 16 (t // 2) + 4u + 2 (t % 2) + {0, 1}, :func:`_x_chunk`): groups of 16 (GPC 2) are 2i + t // 2 of
+    the span's 8, groups of 8 (GPC 4) 4i + 2 (t // 2) + u // 2 of its 16, the ``mma`` of i < 2 taking the first 8."""
+    if GPC == 2:
+        return 2 * i + t // 2
+    else:
+        return 4 * (i % 2) + 2 * (t // 2) + u // 2
+
+
+@triton.jit
+def _sum_mma(xa, ya, xb, yb, ga, gb, g, d0, d1, d2, d3, NW: tl.constexpr, IS_BF16: tl.constexpr,
+             USE_ASM: tl.constexpr):
+    """One dense ``mma.m16n8k16`` of block sums, D (x rows x groups) += A B: A's rows are x's rows (g: tile 0's
+    registers xa, xb; g + 8: tile 1's ya, yb), its K columns 2t, 2t + 1 the two elements lane t holds in xa and
+    2t + 8, 2t + 9 those in xb (the order of K is free in a sum); B (K x 8 groups) is 1 where the element falls
+    in the group: lane (g, t)'s B rows are lane t's elements, so its B words are 1.0 pairs where ``ga`` (``gb``),
+    the group of lane t's xa (xb), is g."""
+    b0 = _ones_where(ga == g, IS_BF16)
+    b1 = _ones_where(gb == g, IS_BF16)
+    if USE_ASM:
+        return _mma_k16(xa, ya, xb, yb, b0, b1, d0, d1, d2, d3, IS_BF16)
+    else:
+        return _mma_k16_emulated(xa, ya, xb, yb, b0, b1, d0, d1, d2, d3, NW, IS_BF16)
+
+
+@triton.jit
+def _span_sums(xs0, xs1, g, t, GPC: tl.constexpr, NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """The block sums of a span's SLoRB groups, from x's registers of its sparse ``mma`` (:func:`_x_tiles`): the
+    bypass's B registers (B, B of x rows 8-15, for u = 0, 1) that :func:`_bypass_loads` reads from ``px``
+    otherwise. Eight :func:`_sum_mma` take the 16 registers in pairs; their D (lane (g, t): x row g, groups 2t,
+    2t + 1; x row g + 8 in D registers 2, 3) is already the layout of the bypass's B, so no lane exchanges
+    anything. Sums in fp32, rounded once, as the graph's block sums are."""
+    x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xs0
+    y00, y01, y02, y03, y10, y11, y12, y13, y20, y21, y22, y23, y30, y31, y32, y33 = xs1
+    d0, d1, d2, d3, e0, e1, e2, e3 = _zeros8(NW)
+    d0, d1, d2, d3 = _sum_mma(x00, y00, x01, y01, _group(0, 0, t, GPC), _group(0, 1, t, GPC), g, d0, d1, d2, d3,
+                              NW, IS_BF16, USE_ASM)
+    d0, d1, d2, d3 = _sum_mma(x02, y02, x03, y03, _group(0, 2, t, GPC), _group(0, 3, t, GPC), g, d0, d1, d2, d3,
+                              NW, IS_BF16, USE_ASM)
+    d0, d1, d2, d3 = _sum_mma(x10, y10, x11, y11, _group(1, 0, t, GPC), _group(1, 1, t, GPC), g, d0, d1, d2, d3,
+                              NW, IS_BF16, USE_ASM)
+    d0, d1, d2, d3 = _sum_mma(x12, y12, x13, y13, _group(1, 2, t, GPC), _group(1, 3, t, GPC), g, d0, d1, d2, d3,
+                              NW, IS_BF16, USE_ASM)
+    if GPC == 4:   # chunks 2, 3: the span's groups 8-15, the second bypass mma's
+        e0, e1, e2, e3 = _sum_mma(x20, y20, x21, y21, _group(2, 0, t, GPC), _group(2, 1, t, GPC), g, e0, e1, e2,
+                                  e3, NW, IS_BF16, USE_ASM)
+        e0, e1, e2, e3 = _sum_mma(x22, y22, x23, y23, _group(2, 2, t, GPC), _group(2, 3, t, GPC), g, e0, e1, e2,
+                                  e3, NW, IS_BF16, USE_ASM)
+        e0, e1, e2, e3 = _sum_mma(x30, y30, x31, y31, _group(3, 0, t, GPC), _group(3, 1, t, GPC), g, e0, e1, e2,
+                                  e3, NW, IS_BF16, USE_ASM)
+        e0, e1, e2, e3 = _sum_mma(x32, y32, x33, y33, _group(3, 2, t, GPC), _group(3, 3, t, GPC), g, e0, e1, e2,
+                                  e3, NW, IS_BF16, USE_ASM)
+    else:
+        d0, d1, d2, d3 = _sum_mma(x20, y20, x21, y21, _group(2, 0, t, GPC), _group(2, 1, t, GPC), g, d0, d1, d2,
+                                  d3, NW, IS_BF16, USE_ASM)
+        d0, d1, d2, d3 = _sum_mma(x22, y22, x23, y23, _group(2, 2, t, GPC), _group(2, 3, t, GPC), g, d0, d1, d2,
+                                  d3, NW, IS_BF16, USE_ASM)
+        d0, d1, d2, d3 = _sum_mma(x30, y30, x31, y31, _group(3, 0, t, GPC), _group(3, 1, t, GPC), g, d0, d1, d2,
+                                  d3, NW, IS_BF16, USE_ASM)
+        d0, d1, d2, d3 = _sum_mma(x32, y32, x33, y33, _group(3, 2, t, GPC), _group(3, 3, t, GPC), g, d0, d1, d2,
+                                  d3, NW, IS_BF16, USE_ASM)
+    return (_pack_round(d0, d1, IS_BF16), _pack_round(d2, d3, IS_BF16), _pack_round(e0, e1, IS_BF16),
+            _pack_round(e2, e3, IS_BF16))
+
+
+@triton.jit
+def _with_sums(ld, sums):
+    """The bypass registers of :func:`_bypass_loads` (KSUM) with the block sums of :func:`_span_sums` as B."""
+    a0, a1, b0, b1, e0, e1, f0, f1 = ld
+    b0, b1, f0, f1 = sums
     return a0, a1, b0, b1, e0, e1, f0, f1
 
 
@@ -480,6 +626,7 @@ def _nm24_mma_kernel(
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     GPC: tl.constexpr,         # > 0: add the bypass S (P x), k = 32 / GPC (2: k = 16, 4: k = 8)
     EARLY: tl.constexpr,       # 1: the bypass's loads issued with the step's weight loads (0: after its mma)
+    KSUM: tl.constexpr,        # 1: the bypass's block sums from x's registers (_span_sums; px_ptr unused)
     META_VEC: tl.constexpr,    # metadata row stride a multiple of 4 words and K % 128 == 0: 16-byte loads
     X_VEC: tl.constexpr,       # x's row stride a multiple of 8 elements (or one row): 16-byte loads of x
     PREFETCH: tl.constexpr,    # > 0: L2 prefetch of the weights PREFETCH steps ahead (GPU only)
@@ -533,6 +680,7 @@ def _nm24_mma_kernel(
     s32 = s_ptr.to(tl.pointer_type(tl.int32))
     px32 = px_ptr.to(tl.pointer_type(tl.int32))
     stride_sw = stride_sn // 2
+    stride_pw = stride_pm // 2
     sr0 = tl.minimum(row0, N - 1) * stride_sw
     sr1 = tl.minimum(row1, N - 1) * stride_sw
     sr2 = tl.minimum(row0 + 16, N - 1) * stride_sw
@@ -567,16 +715,18 @@ def _nm24_mma_kernel(
                 if STRIPS == 2:
                     _prefetch_span(vr2, vr3, ma2, ma3, c + PREFETCH * STEP + 4, t, chunks)
         if GPC > 0 and EARLY:   # the bypass's S and block sums with the weights: one memory round trip a step
-            bp0 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+            bp0 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, GPC, MT, KSUM)
             if STRIPS == 2:
-                bq0 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+                bq0 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pw, c, c_hi, g, t, M, GPC, MT, KSUM)
             if CHUNKS == 8:
-                bp1 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c + 4, c_hi, g, t, M, GPC, MT)
+                bp1 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c + 4, c_hi, g, t, M, GPC, MT, KSUM)
                 if STRIPS == 2:
-                    bq1 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c + 4, c_hi, g, t, M, GPC,
-                                        MT)
+                    bq1 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pw, c + 4, c_hi, g, t, M, GPC,
+                                        MT, KSUM)
         # x's registers (small, from L1/L2) are loaded before the span's first mma, for the same reason
         xa0, xa1 = _x_tiles(x32, stride_xw, c, c_hi, g, M, t, MT, X_VEC, XSHFL, NW, USE_ASM)
+        if GPC > 0 and KSUM:
+            sa = _span_sums(xa0, xa1, g, t, GPC, NW, IS_BF16, USE_ASM)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
             sp0, xa0, xa1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
         if STRIPS == 2:
@@ -584,6 +734,8 @@ def _nm24_mma_kernel(
                 sq0, xa0, xa1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
         if CHUNKS == 8:
             xb0, xb1 = _x_tiles(x32, stride_xw, c + 4, c_hi, g, M, t, MT, X_VEC, XSHFL, NW, USE_ASM)
+            if GPC > 0 and KSUM:
+                sb = _span_sums(xb0, xb1, g, t, GPC, NW, IS_BF16, USE_ASM)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tiles(
                 sp1, xb0, xb1, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM, MT)
             if STRIPS == 2:
@@ -591,15 +743,23 @@ def _nm24_mma_kernel(
                     sq1, xb0, xb1, bcc0, bcc1, bcc2, bcc3, bcc4, bcc5, bcc6, bcc7, NW, IS_BF16, USE_ASM, MT)
         if GPC > 0:   # the bypass of the step's spans, into the same accumulators
             if not EARLY:   # (its loads here, after the step's mma: a second round trip, fewer registers)
-                bp0 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+                bp0 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c, c_hi, g, t, M, GPC, MT, KSUM)
                 if STRIPS == 2:
-                    bq0 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c, c_hi, g, t, M, GPC, MT)
+                    bq0 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pw, c, c_hi, g, t, M, GPC, MT, KSUM)
                 if CHUNKS == 8:
-                    bp1 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pm // 2, c + 4, c_hi, g, t, M, GPC,
-                                        MT)
+                    bp1 = _bypass_loads(s32, sr0, sr1, ok0, ok1, px32, stride_pw, c + 4, c_hi, g, t, M, GPC,
+                                        MT, KSUM)
                     if STRIPS == 2:
-                        bq1 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pm // 2, c + 4, c_hi, g, t, M,
-                                            GPC, MT)
+                        bq1 = _bypass_loads(s32, sr2, sr3, ok2, ok3, px32, stride_pw, c + 4, c_hi, g, t, M,
+                                            GPC, MT, KSUM)
+            if KSUM:   # (a span's sums serve both strips)
+                bp0 = _with_sums(bp0, sa)
+                if STRIPS == 2:
+                    bq0 = _with_sums(bq0, sa)
+                if CHUNKS == 8:
+                    bp1 = _with_sums(bp1, sb)
+                    if STRIPS == 2:
+                        bq1 = _with_sums(bq1, sb)
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _bypass_mmas(
                 bp0, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, GPC, MT, NW, IS_BF16, USE_ASM)
             if STRIPS == 2:
@@ -644,30 +804,31 @@ def nm24_mma_unsupported(x2: torch.Tensor, values: torch.Tensor) -> str | None:
 BYPASS_GROUPS = (8, 16)   # SLoRB group sizes the kernel adds itself: 2 or 4 groups per chunk of 32
 
 
-def nm24_mma_bypass_unsupported(x2: torch.Tensor, px: torch.Tensor, s: torch.Tensor) -> str | None:
-    """Why this kernel cannot add the SLoRB bypass ``px @ S.T`` (px the block sums of x2, (M, K/k); S (N, K/k))
-    itself (then the caller adds it as a matmul of its own), or None."""
+def nm24_mma_bypass_unsupported(x2: torch.Tensor, px: torch.Tensor | None, s: torch.Tensor) -> str | None:
+    """Why this kernel cannot add the SLoRB bypass ``px @ S.T`` (px the block sums of x2, (M, K/k), or None: the
+    kernel sums x's registers itself; S (N, K/k)) itself (then the caller adds it as a matmul of its own), or
+    None."""
     m, k = x2.shape
     groups = s.shape[-1]
     if groups == 0 or k % groups or k // groups not in BYPASS_GROUPS:
         return f"SLoRB group {k // groups if groups and not k % groups else '?'} (K={k}, S {tuple(s.shape)}): the " \
                f"kernel adds groups of {' or '.join(map(str, BYPASS_GROUPS))}"
-    if tuple(px.shape) != (m, groups):
+    if px is not None and tuple(px.shape) != (m, groups):
         return f"block sums of shape {tuple(px.shape)}, expected ({m}, {groups})"
-    if px.dtype != x2.dtype or s.dtype != x2.dtype:
-        return f"bypass dtypes px {px.dtype}, S {s.dtype} differ from x's {x2.dtype}"
+    if (px is not None and px.dtype != x2.dtype) or s.dtype != x2.dtype:
+        return f"bypass dtypes px {None if px is None else px.dtype}, S {s.dtype} differ from x's {x2.dtype}"
     return None
 
 
 _AUTOTUNED: dict = {}
 
 
-def _autotuned(m_bucket: int, gpc: int):
+def _autotuned(m_bucket: int, gpc: int, ksum: bool = False):
     """The autotuned launcher of an M bucket, without the bypass (gpc 0) or with it (tuned on its own: the
-    autotuner's key does not see GPC), whose space also holds each config with the bypass's loads issued after
-    the step's mma (EARLY 0: fewer registers live; with groups of 8, EARLY 1 spills on the two-strip config of
-    the 16-row bucket, by the sm_90 SASS), the two untimed against each other so far."""
-    key = (m_bucket, gpc)
+    autotuner's key does not see GPC or KSUM), whose space also holds each config with the bypass's loads issued
+    after the step's mma (EARLY 0: fewer registers live; with groups of 8, EARLY 1 spills on the two-strip config
+    of the 16-row bucket, by the sm_90 SASS), the two untimed against each other so far."""
+    key = (m_bucket, gpc, ksum)
     if key not in _AUTOTUNED:
         space = nm24_mma_configs(m_bucket)
         if gpc:
@@ -683,7 +844,8 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     """``out = x2 @ W.T + bias`` for x2 (M, K), M <= 16, bf16/fp16, K % 32 == 0 (:func:`nm24_mma_unsupported`
     says why not; the caller checks). ``config``: fixed ``WARPS_N``, ``WARPS_K``, ``CHUNKS``, ``SPLIT_K``
     instead of autotuning (tests, the interpreter on CPU). ``bypass``: (px, S), a SLoRB bypass added in the
-    same kernel, ``out += px @ S.T`` (:func:`nm24_mma_bypass_unsupported` says when it cannot be)."""
+    same kernel, ``out += px @ S.T`` (:func:`nm24_mma_bypass_unsupported` says when it cannot be); px None: the
+    block sums of x over S's groups, which the kernel then takes from x's registers (:func:`_span_sums`)."""
     reason = nm24_mma_unsupported(x2, values)
     if reason is None and bypass is not None:
         reason = nm24_mma_bypass_unsupported(x2, *bypass)
@@ -697,7 +859,10 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
     values = splitk.word_aligned(values, 4)
     if meta.stride(1) != 1:
         meta = meta.contiguous()
-    px, s = (splitk.word_aligned(t, 2) for t in bypass) if bypass is not None else (values, values)
+    px, s = bypass if bypass is not None else (values, values)
+    s = splitk.word_aligned(s, 2)
+    ksum = px is None   # (the kernel sums x's registers; px_ptr is then a placeholder)
+    px = s if ksum else splitk.word_aligned(px, 2)
     gpc = 32 // (k // s.shape[1]) if bypass is not None else 0
     mt = 2 if m > 8 else 1
     split = splitk.split_depth(config, lambda: nm24_mma_configs(splitk.m_key(m)))
@@ -706,7 +871,7 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
             x2.stride(0), values.stride(0) // 4, meta.stride(0), out.stride(0), px, s, px.stride(0), s.stride(0))
     flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "META_VEC": meta.stride(0) % 4 == 0 and k % 128 == 0,
              "X_VEC": (m == 1 or x2.stride(0) % 8 == 0) and x2.data_ptr() % 16 == 0, "PDL": splitk.pdl(x2.device),
-             "GPC": gpc}
+             "GPC": gpc, "KSUM": int(ksum)}
 
     def grid(meta_):
         return (triton.cdiv(n, 16 * meta_["WARPS_N"] * meta_["STRIPS"]), meta_["SPLIT_K"])
@@ -719,7 +884,7 @@ def nm24_mma(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: t
         config = {"MT": mt, **CONFIG_DEFAULTS, "num_warps": config["WARPS_N"] * config["WARPS_K"], **config}
         if config["MT"] != mt:
             raise ValueError(f"MT={config['MT']} does not fit {m} rows of x (1: up to 8, 2: up to 16)")
-    splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m), gpc), grid, args, flags, config, on_cpu)
+    splitk.launch(_nm24_mma_kernel, lambda: _autotuned(splitk.m_key(m), gpc, ksum), grid, args, flags, config, on_cpu)
     return out
 
 
@@ -732,6 +897,11 @@ def nm24_mma_reference(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     if bypass is None:
         return nm24_decode_reference(x2, values, meta, bias)
     px, s = bypass
+    if px is None:
+        from sfcompile.masking.slorb import block_sums
+
+        px = block_sums(x2, s.shape[-1])
     extra = px.float() @ s.float().T
     return (nm24_decode_reference(x2.float(), values.float(), meta, None if bias is None else bias.float())
             + extra).to(x2.dtype)
+
