@@ -51,8 +51,9 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         as one dense matmul on their S concatenated along N, the output split back. Full-depth LLaMA-2-7B decode
         at batch 1 with a bypass of group 16 on every site: 2:4 1.18x dense with the bypass as the hook's ops,
         1.38x inside the kernel (2:4 without a bypass 1.59x; benchmarks/README.md, twenty-eighth session).
-        Block-16's kernel took the bypass after that session's timing (the hook's ops: 1.29x; without a bypass
-        1.75x); it is untimed. ``False`` leaves the bypasses as the hook computes them.
+        Block-16 the same way: 1.29x as the hook's ops, 1.53x inside its kernel (without a bypass 1.75x); Qwen3-8B
+        2:4 1.10x -> 1.34x, block-16 1.42x inside (twenty-ninth session). ``False`` leaves the bypasses as the
+        hook computes them.
     kernel_sums (bool, default False): with ``fuse_bypass``, a 2:4 site's folded bypass takes the block sums of
         x inside the decode kernel, from the registers its sparse ``mma`` already holds (eight more dense
         ``mma`` a span, `kernels.nm24_mma._span_sums`), instead of from a reduction Inductor places before the
