@@ -324,9 +324,10 @@ def _pack_round(lo, hi, IS_BF16: tl.constexpr):
 
 @triton.jit
 def _group(i: tl.constexpr, u: tl.constexpr, t, GPC: tl.constexpr):
-    """The SLoRB group, among the 8 of a block-sum ``mma``, of lane t's x register i of ``mma`` u (chunk i's
-    elements 16 (t // 2) + 4u + 2 (t % 2) + {0, 1}, :func:`_x_chunk`): groups of 16 (GPC 2) are 2i + t // 2 of
-    the span's 8, groups of 8 (GPC 4) 4i + 2 (t // 2) + u // 2 of its 16, the ``mma`` of i < 2 taking the first 8."""
+    """The D column (0..7) of a block-sum ``mma`` that lane t's x register i of ``mma`` u adds to: the SLoRB
+    group of its elements (chunk i's 16 (t // 2) + 4u + 2 (t % 2) + {0, 1}, :func:`_x_chunk`) in the span. Groups
+    of 16 (GPC 2): 2i + t // 2 of the span's 8. Groups of 8 (GPC 4): 4i + 2 (t // 2) + u // 2 of its 16, the
+    ``mma`` of chunks 0, 1 taking groups 0-7 and those of chunks 2, 3 groups 8-15 (hence i % 2)."""
     if GPC == 2:
         return 2 * i + t // 2
     else:
