@@ -273,11 +273,13 @@ def test_nm24_mma_cuda(m, dtype):
 
 
 @cuda
+@pytest.mark.parametrize("sums", ["given", "summed"])
 @pytest.mark.parametrize("m", [1, 4, 9, 16])
 @pytest.mark.parametrize("group", [8, 16])
-def test_nm24_mma_bypass_cuda(m, group):
-    # the PTX mma.m16n8k8 on the bypass: fixed configs (one and two strips, split K, masked spans) and the
-    # autotuned launcher, against float64
+def test_nm24_mma_bypass_cuda(m, group, sums):
+    # the PTX mma.m16n8k8 on the bypass, its block sums handed in or (px None) summed from x's registers by the
+    # PTX mma.m16n8k16: fixed configs (one and two strips, split K, masked spans) and the autotuned launcher,
+    # against float64
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
 
     g = torch.Generator().manual_seed(m + group)
@@ -288,39 +290,16 @@ def test_nm24_mma_bypass_cuda(m, group):
     px = x.unflatten(-1, (k // group, group)).sum(-1)
     s = (torch.randn(n, k // group, generator=g) * 0.05).to(torch.bfloat16).cuda()
     ref = x.double() @ w.double().T + px.double() @ s.double().T
+    bypass = (px if sums == "given" else None, s)
     for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2), dict(WARPS_N=1, WARPS_K=1, CHUNKS=4,
                                                                                  SPLIT_K=1),
                 dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3, EARLY=0),
                 dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2, EARLY=0)):
         y = nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, n, dtype=torch.bfloat16,
-                                                                               device="cuda"), cfg, (px, s))
+                                                                               device="cuda"), cfg, bypass)
         assert rel(y, ref) < TOL[torch.bfloat16], cfg
-    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], bypass=(px, s))        # autotuned
-    assert rel(y, ref) < TOL[torch.bfloat16]
-
-
-@cuda
-@pytest.mark.parametrize("m", [1, 9, 16])
-@pytest.mark.parametrize("group", [8, 16])
-def test_nm24_mma_block_sums_in_the_kernel_cuda(m, group):
-    # px None: the PTX mma.m16n8k16 summing x's registers into the bypass's B, fixed configs and autotuned
-    from sfcompile.lowering.kernels.nm24_mma import nm24_mma
-
-    g = torch.Generator().manual_seed(m + group)
-    n, k = 4096, 4096
-    w = w24(n, k, torch.bfloat16, g).cuda()
-    pw = pack(w, "2:4", -1)
-    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
-    px = x.unflatten(-1, (k // group, group)).sum(-1)
-    s = (torch.randn(n, k // group, generator=g) * 0.05).to(torch.bfloat16).cuda()
-    ref = x.double() @ w.double().T + px.double() @ s.double().T
-    for cfg in (dict(WARPS_N=4, WARPS_K=1, CHUNKS=4, SPLIT_K=8), dict(WARPS_N=2, WARPS_K=2, CHUNKS=8, SPLIT_K=3),
-                dict(WARPS_N=4, WARPS_K=1, CHUNKS=8, SPLIT_K=4, STRIPS=2, EARLY=0)):
-        y = nm24_mma(x, pw.data["values"], pw.data["meta"], None, torch.empty(m, n, dtype=torch.bfloat16,
-                                                                               device="cuda"), cfg, (None, s))
-        assert rel(y, ref) < TOL[torch.bfloat16], cfg
-    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], bypass=(None, s))        # autotuned
+    y = nm24_matmul(x, pw.data["values"], pw.data["meta"], bypass=bypass)        # autotuned
     assert rel(y, ref) < TOL[torch.bfloat16]
 
 
