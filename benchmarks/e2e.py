@@ -196,8 +196,8 @@ class Variant:
     ``+slorbK`` (e.g. ``2:4+slorb16``) a SLoRB bypass of group K on every site (`harden_random`): the speed of a
     model sfcompile trained, with the backend's ``fuse_bypass`` option (default on: each bypass inside its
     packed op's kernel); ``+nofusebypass`` turns it off (the bypass as the hook's small dense ops;
-    ``+fusebypass``, the default, is still accepted); ``+ksums`` (2:4) turns the backend's ``kernel_sums`` on
-    (the decode kernel sums x's registers itself: no block-sum reduction left in the graph).
+    ``+fusebypass``, the default, is still accepted); ``+ksums`` turns the backend's ``kernel_sums`` on (the
+    decode kernels sum x themselves: no block-sum reduction left in the graph).
     ``dense+pdl`` is dense
     Inductor with its kernels launched with programmatic dependent launch (``triton.enable_pdl``)."""
 
@@ -214,14 +214,14 @@ class Variant:
         base, *flags = label.split("+")
         allowed = ("pdl",) if base == "dense" else ("fuse", "nofuse", "pdl", "nopdl", "fusebypass",
                                                                   "nofusebypass")
-        allowed += ("frag",) if base.startswith("block16") else ("ksums",) if base != "dense" else ()
+        allowed += ("ksums",) + (("frag",) if base.startswith("block16") else ()) if base != "dense" else ()
         slorb = [f for f in flags if base != "dense" and f.startswith("slorb") and f[5:].isdigit() and int(f[5:])]
         for flag in flags:
             if flag not in allowed + tuple(slorb):
                 raise SystemExit(f"--e2e-patterns: {label!r}: unknown variant {flag!r}; a pattern takes +nofuse "
                                  f"and +nopdl or +pdl (e.g. 2:4+nofuse+nopdl), +slorbK (a SLoRB bypass of "
-                                 f"group K >= 1, e.g. 2:4+slorb16) and +nofusebypass, block-16 also +frag, 2:4 "
-                                 f"also +ksums, dense only +pdl")
+                                 f"group K >= 1, e.g. 2:4+slorb16), +nofusebypass and +ksums, block-16 also +frag, "
+                                 f"dense only +pdl")
         if base == "dense":
             return cls(base, pdl="pdl" in flags)
         pdl = False if "nopdl" in flags else True if "pdl" in flags else "auto"

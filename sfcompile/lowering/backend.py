@@ -54,12 +54,16 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         Block-16 the same way: 1.29x as the hook's ops, 1.53x inside its kernel (without a bypass 1.75x); Qwen3-8B
         2:4 1.10x -> 1.34x, block-16 1.42x inside (twenty-ninth session). ``False`` leaves the bypasses as the
         hook computes them.
-    kernel_sums (bool, default False): with ``fuse_bypass``, a 2:4 site's folded bypass takes the block sums of
-        x inside the decode kernel, from the registers its sparse ``mma`` already holds (eight more dense
-        ``mma`` a span, `kernels.nm24_mma._span_sums`), instead of from a reduction Inductor places before the
-        op. On the H200 those reductions were about 100 kernels of their own per full-depth Qwen3-8B decode
-        step (three a layer that Inductor did not fuse into the kernel making the input: those after the
-        RMSNorms and o_proj's; benchmarks/README.md, twenty-ninth session). Untimed, hence off.
+    kernel_sums (bool, default False): with ``fuse_bypass``, a hardened site's folded bypass takes the block
+        sums of x inside the decode kernel instead of from a reduction Inductor places before the op: 2:4 from
+        the registers its sparse ``mma`` already holds (eight more dense ``mma`` a span,
+        `kernels.nm24_mma._span_sums`), block-16 from x loaded for the purpose (its tiles load only the x they
+        need; sixteen more dense ``mma`` and eight 16-byte loads per 16 groups, `kernels.block16_mma._block_sums`).
+        Groups of 8 or 16 (others: the op reduces x before its kernel). On the H200 those reductions were
+        about 100 kernels of their own per full-depth Qwen3-8B decode step (three a layer that Inductor did not
+        fuse into the kernel making the input: those after the RMSNorms and o_proj's; benchmarks/README.md,
+        twenty-ninth session).
+        Untimed, hence off.
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
@@ -312,7 +316,8 @@ def sparseforge(gm: torch.fx.GraphModule, example_inputs: Sequence, *, mode: str
         sf = torch.ops.sfcompile
         folded = fold_bypasses(gm, example_inputs, {sf.linear_nm24.default: sf.linear_nm24_slorb.default,
                                                     sf.linear_block16.default: sf.linear_block16_slorb.default},
-                               kernel_sums=(sf.linear_nm24_slorb.default,) if opts.kernel_sums else ())
+                               kernel_sums=(sf.linear_nm24_slorb.default, sf.linear_block16_slorb.default)
+                               if opts.kernel_sums else ())
         fused = fuse_shared_bypasses(gm, example_inputs)   # the rest (bypasses of dense sites, other shapes)
         report.folded_bypasses, report.fused_bypasses = folded.folded, fused.fused
         report.baked_inputs += folded.baked_inputs + fused.baked_inputs

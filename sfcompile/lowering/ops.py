@@ -26,8 +26,8 @@ Ops (all return a new tensor of ``x.dtype``; ``x`` may have any number of leadin
 
 ``torch.ops.sfcompile.linear_block16_slorb(x, tile_values, row_ptr, col_idx, N, K, px, S, bias?, frag=False)``
     ``linear_block16`` plus a SLoRB bypass, the same way (the tensor-core decode kernel adds it with dense
-    ``mma.m16n8k16`` over all K/k groups, any k, K/k a multiple of 4); px None: the block sums by a reduction
-    before the kernel.
+    ``mma.m16n8k16`` over all K/k groups, any k, K/k a multiple of 4); px None: the decode kernel sums x itself
+    (k = 8 or 16, sixteen more dense ``mma`` per 16 groups), other paths by a reduction of their own.
 
 ``torch.ops.sfcompile.linear_block16(x[..., K], tile_values[T, 16, 16], row_ptr[N/16+1] int32,
                                      col_idx[T] int32, N: int, K: int, bias[N]?, frag: bool = False) -> [..., N]``
@@ -276,19 +276,23 @@ def _(x, tile_values, row_ptr, col_idx, n, k, px, s, bias=None, frag=False):
     from sfcompile.lowering.kernels import block16_mma as mma
 
     reason = _kernel_unsupported(x, tile_values.dtype)
-    px = block_sums(x, s.shape[-1]) if px is None else px   # (this kernel does not sum x itself)
-    if reason is None and (px.dtype != x.dtype or s.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
+    if reason is None and ((px is not None and px.dtype != x.dtype) or s.dtype != x.dtype
+                           or (bias is not None and bias.dtype != x.dtype)):
         reason = f"bypass or bias dtypes differ from the input's {x.dtype}"
     if reason:
         _log_once(f"linear_block16_slorb ({n}, {k}): {reason}")
         return _bypass_ref(x, _block16_dense(tile_values, row_ptr, col_idx, n, k, frag=frag), px, s, bias)
-    x2, px2 = x.reshape(-1, k), px.reshape(-1, s.shape[-1])
-    if mma.block16_mma_unsupported(x2) is None and mma.block16_mma_bypass_unsupported(x2, px2, s) is None:
-        # decode (M <= 16): the bypass inside the tensor-core kernel
-        y = mma.block16_mma(x2 if x2.is_contiguous() else x2.contiguous(), tile_values, row_ptr, col_idx, n, k, bias,
-                            frag=frag, bypass=(px2, s))
-        return y.reshape(*x.shape[:-1], n)
+    x2, px2 = x.reshape(-1, k), None if px is None else px.reshape(-1, s.shape[-1])
+    if mma.block16_mma_unsupported(x2) is None:
+        if mma.block16_mma_bypass_unsupported(x2, px2, s) is not None and px2 is None:
+            px2 = block_sums(x2, s.shape[-1])   # (groups whose sums the kernel does not take itself)
+        if mma.block16_mma_bypass_unsupported(x2, px2, s) is None:
+            # decode (M <= 16): the bypass inside the tensor-core kernel
+            y = mma.block16_mma(x2 if x2.is_contiguous() else x2.contiguous(), tile_values, row_ptr, col_idx, n, k,
+                                bias, frag=frag, bypass=(px2, s))
+            return y.reshape(*x.shape[:-1], n)
     y = _block16_cuda(x, tile_values, row_ptr, col_idx, n, k, bias, frag)
+    px2 = block_sums(x2, s.shape[-1]) if px2 is None else px2
     return torch.addmm(y.reshape(-1, n), px2, s.T).reshape(y.shape)
 
 

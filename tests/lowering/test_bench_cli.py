@@ -49,6 +49,7 @@ def test_e2e_columns_parse_into_compile_arguments():
         "backend": "sparseforge", "options": {"cudagraphs": True, "fuse": True, "pdl": "auto",
                                                  "fuse_bypass": True, "kernel_sums": False}}
     assert Variant.parse("2:4+slorb16+ksums").compile_kwargs(True)["options"]["kernel_sums"] is True
+    assert Variant.parse("block16+slorb16+ksums").kernel_sums is True
     assert Variant.parse("2:4+pdl").compile_kwargs(False)["options"]["pdl"] is True
     v = Variant.parse("block16+nofuse+nopdl")
     assert (v.base, v.fuse, v.pdl, v.backend) == ("block16", False, False, "sparseforge")
@@ -58,8 +59,7 @@ def test_e2e_columns_parse_into_compile_arguments():
     assert Variant.parse("2:4+slorb16+fusebypass").compile_kwargs(True)["options"]["fuse_bypass"] is True
     assert Variant.parse("2:4+slorb16").compile_kwargs(True)["options"]["fuse_bypass"] is True   # the default
     assert Variant.parse("2:4+slorb16+nofusebypass").compile_kwargs(True)["options"]["fuse_bypass"] is False
-    for bad in ("2:4+fast", "dense+nofuse", "2:4+frag", "2:4+slorb0", "2:4+slorb", "dense+slorb16", "block16+ksums",
-                "dense+ksums"):
+    for bad in ("2:4+fast", "dense+nofuse", "2:4+frag", "2:4+slorb0", "2:4+slorb", "dense+slorb16", "dense+ksums"):
         with pytest.raises(SystemExit, match="unknown variant"):
             Variant.parse(bad)
 

@@ -70,8 +70,10 @@ def test_decode_kernels_compile_with_programmatic_dependent_launch(kernel, flags
 @pytest.mark.parametrize("name,bypass", [("nm24_mma", {"GPC": 2}), ("nm24_mma", {"GPC": 4}),
                                          ("nm24_mma", {"GPC": 2, "EARLY": 0}), ("nm24_mma", {"GPC": 2, "KSUM": 1}),
                                          ("nm24_mma", {"GPC": 4, "KSUM": 1, "EARLY": 0}),
-                                         ("block16_mma", {"BYPASS": 1})],
-                         ids=["nm24-k16", "nm24-k8", "nm24-k16-late", "nm24-k16-sums", "nm24-k8-sums-late", "block16"])
+                                         ("block16_mma", {"BYPASS": 1}), ("block16_mma", {"BYPASS": 1, "KSUM": 16}),
+                                         ("block16_mma", {"BYPASS": 1, "KSUM": 8})],
+                         ids=["nm24-k16", "nm24-k8", "nm24-k16-late", "nm24-k16-sums", "nm24-k8-sums-late", "block16",
+                              "block16-k16-sums", "block16-k8-sums"])
 def test_decode_kernels_compile_with_the_slorb_bypass(name, bypass, rows):
     # the bypass's dense mma (m16n8k8 beside mma.sp; m16n8k16 beside the tiles') through ptxas, every config
     kernel, flags, space = offline.decode_kernels()[name]
@@ -82,7 +84,7 @@ def test_decode_kernels_compile_with_the_slorb_bypass(name, bypass, rows):
         assert ("mma.sync.aligned.m16n8k8" if name == "nm24_mma" else "mma.sync.aligned.m16n8k16") in \
             compiled.asm["ptx"]
         if bypass.get("KSUM"):   # the block sums' dense mma beside the bypass's, and no spill at one row
-            assert "mma.sync.aligned.m16n8k16" in compiled.asm["ptx"]
+            assert compiled.asm["ptx"].count("mma.sync.aligned.m16n8k16") > (0 if name == "nm24_mma" else 1)
             assert rows > 1 or offline.resources(compiled)["spill_bytes"] == 0, config
 
 

@@ -304,13 +304,15 @@ def test_nm24_mma_bypass_cuda(m, group, sums):
 
 
 @cuda
-@pytest.mark.parametrize("m", [1, 9, 16])
-def test_block16_mma_bypass_cuda(m):
-    # the PTX mma.m16n8k16 on the bypass: fixed configs and the autotuned launcher, against float64
+@pytest.mark.parametrize("sums", ["given", "summed"])
+@pytest.mark.parametrize("m,group", [(1, 16), (9, 16), (16, 16), (1, 8), (16, 8)])
+def test_block16_mma_bypass_cuda(m, group, sums):
+    # the PTX mma.m16n8k16 on the bypass, its block sums handed in or (px None) summed from x by more dense mma:
+    # fixed configs and the autotuned launcher, against float64
     from sfcompile.lowering.kernels.block16_mma import block16_mma
 
     g = torch.Generator().manual_seed(m)
-    n, k, group = 4096, 4096, 16
+    n, k = 4096, 4096
     w = wblock(n, k, torch.bfloat16, g).cuda()
     d = {name: t.cuda() for name, t in pack(w.cpu(), "block16", -1).data.items()}
     x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
@@ -318,7 +320,8 @@ def test_block16_mma_bypass_cuda(m):
     s = (torch.randn(n, k // group, generator=g) * 0.05).to(torch.bfloat16).cuda()
     ref = x.double() @ w.double().T + px.double() @ s.double().T
     for cfg in (dict(WARPS=4, TILES=2, SPLIT_K=8), dict(WARPS=2, TILES=4, SPLIT_K=3), None):
-        y = block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=cfg, bypass=(px, s))
+        y = block16_mma(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, config=cfg,
+                        bypass=(px if sums == "given" else None, s))
         assert rel(y, ref) < TOL[torch.bfloat16], cfg
 
 
@@ -391,9 +394,16 @@ def test_block16_mma_adds_the_slorb_bypass_in_the_kernel(m, n, k, config, group,
     assert rel(y, ref) < TOL[torch.bfloat16]
     assert rel(block16_mma_reference(x, d["tile_values"], d["row_ptr"], d["col_idx"], n, k, b, (px, s)),
                 ref) < TOL[torch.bfloat16]
+    # px None: the kernel sums x itself (16 dense mma per 16 groups, x's elements as A, the 0/1 group map as B)
+    y = block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag, bypass=(None, s))
+    assert rel(y, ref) < TOL[torch.bfloat16]
     with pytest.raises(ValueError, match="a multiple of 4"):
         block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag,
                     bypass=(px[:, :-2], s[:, :-2]))
+    if k % 128 == 0:   # groups of 32: the kernel adds their bypass from given sums but does not sum them itself
+        with pytest.raises(ValueError, match="sums x itself in groups of 8 or 16"):
+            block16_mma(x, tiles, d["row_ptr"], d["col_idx"], n, k, b, config=config, frag=frag,
+                        bypass=(None, s[:, :k // 32]))
 
 
 def test_block16_fragment_order_puts_each_lanes_a_operand_in_16_contiguous_bytes():

@@ -124,16 +124,15 @@ def test_a_hardened_2of4_site_runs_its_bypass_inside_the_packed_op(gain):
                if str(n.target) == "sfcompile.linear_nm24_slorb.default")
 
 
-def test_kernel_sums_leave_no_block_sum_in_the_graph():
-    # kernel_sums: the 2:4 ops get px None (the decode kernel sums x's registers; on CPU the op reduces x), so
-    # the graph keeps neither a bypass matmul nor a block sum; block-16's op still reads the graph's sums
-    gm, report = _lowered_as_eager(_model(harden="2:4", gain=0.5), kernel_sums=True)
+@pytest.mark.parametrize("pattern,op,px_arg", [("2:4", "linear_nm24_slorb", 3), ("block16", "linear_block16_slorb", 6)])
+def test_kernel_sums_leave_no_block_sum_in_the_graph(pattern, op, px_arg):
+    # kernel_sums: the packed ops get px None (the decode kernels sum x themselves; on CPU the op reduces x), so
+    # the graph keeps neither a bypass matmul nor a block sum
+    gm, report = _lowered_as_eager(_model(harden=pattern, gain=0.5), kernel_sums=True)
     assert [len(f) for f in report.folded_bypasses] == [3, 1, 2, 1] * 2 and _bypass_matmuls(gm) == 0
-    ops = [n for n in gm.graph.nodes if str(n.target) == "sfcompile.linear_nm24_slorb.default"]
-    assert len(ops) == 8 and all(n.args[3] is None for n in ops)
+    ops = [n for n in gm.graph.nodes if str(n.target) == f"sfcompile.{op}.default"]
+    assert len(ops) == 8 and all(n.args[px_arg] is None for n in ops)
     assert not any(n.op == "call_method" and n.target in ("sum", "unflatten") for n in gm.graph.nodes)
-    gm, _ = _lowered_as_eager(_model(harden="block16"), kernel_sums=True)
-    assert sum(n.op == "call_method" and n.target == "sum" for n in gm.graph.nodes) == 8
 
 
 def test_a_fused_op_whose_pieces_lack_a_bypass_keeps_its_bypasses_apart():
@@ -163,7 +162,8 @@ def test_a_hardened_block16_site_runs_its_bypass_inside_the_packed_op():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("pattern,kernel_sums", [("2:4", False), ("2:4", True), ("block16", False)])
+@pytest.mark.parametrize("pattern,kernel_sums", [("2:4", False), ("2:4", True), ("block16", False),
+                                                 ("block16", True)])
 def test_folded_bypasses_run_in_the_decode_kernels_on_a_gpu(pattern, kernel_sums):
     # bf16 on the GPU: the fold hands the bypass to the tensor-core decode kernels (one token: M = 1), whose
     # logits follow the eager model's, which differ from the model's without its bypasses

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
-from sfcompile.lowering.kernels.nm24_mma import _mma_k16, _mma_k16_emulated, _word
+from sfcompile.lowering.kernels.nm24_mma import _mma_k16, _mma_k16_emulated, _ones_where, _pack_round, _word, _zeros8
 
 __all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported",
            "block16_mma_bypass_unsupported", "fragment_order", "fragment_order_inverse", "MAX_M"]
@@ -134,14 +134,81 @@ def _operands(wa, wb, x64, xo, live, g, M, stride_x64, MT: tl.constexpr):
 
 
 @triton.jit
-def _load_bypass(s64, p64, s_g, j, hi, live, g, t, M, stride_s64, stride_p64, MT: tl.constexpr):
+def _load_bypass(s64, p64, s_g, j, hi, live, g, t, M, stride_s64, stride_p64, MT: tl.constexpr, KSUM: tl.constexpr):
     """The A and B registers of one dense ``mma`` of the SLoRB bypass ``S (P x)``: groups j .. j + 15 of S's rows
     g, g + 8 of the warp's block row (``s_g``: row g's first int64) and of the block sums ``px``, laid out as a
-    tile and its x strip are in :func:`_load_tile` (lane t's 8 bytes: groups j + 4t .. j + 4t + 3)."""
+    tile and its x strip are in :func:`_load_tile` (lane t's 8 bytes: groups j + 4t .. j + 4t + 3). ``KSUM``:
+    px is not read (B's registers are placeholders for :func:`_block_sums`)."""
     live = live & (j + 4 * t < hi)
     wa = tl.load(s64 + s_g + j // 4 + t, mask=live, other=0)
     wb = tl.load(s64 + s_g + 8 * stride_s64 + j // 4 + t, mask=live, other=0)
+    if KSUM:
+        a0 = _word(wa, wa, 0)
+        return a0, _word(wb, wb, 0), _word(wa, wa, 1), _word(wb, wb, 1), a0, a0, a0, a0
     return _operands(wa, wb, p64, g * stride_p64 + j // 4 + t, live, g, M, stride_p64, MT)
+
+
+@triton.jit
+def _sum_round(x64, row_off, e, live, live8, c0, c1, c2, c3, b, NW: tl.constexpr, IS_BF16: tl.constexpr,
+               USE_ASM: tl.constexpr, MT: tl.constexpr, stride_x64):
+    """Two dense ``mma.m16n8k16`` of block sums on lane t's 16 bytes of x at int64 ``e`` of rows g (``row_off``)
+    and g + 8 (masks ``live``, ``live8``): A's K columns are the lane's elements (2 words an ``mma``; the order
+    of K is free in a sum), B the 1.0 pairs ``b`` where the lane's group is column g of the block these D
+    registers hold."""
+    e2 = tl.arange(0, 2)[None, :]
+    xa, xb = tl.split(tl.load(x64 + (row_off + e)[:, None] + e2, mask=live[:, None], other=0))
+    ya, yb = xa, xb
+    if MT == 2:
+        ya, yb = tl.split(tl.load(x64 + (row_off + 8 * stride_x64 + e)[:, None] + e2, mask=live8[:, None], other=0))
+    if USE_ASM:
+        c0, c1, c2, c3 = _mma_k16(_word(xa, xa, 0), _word(ya, ya, 0), _word(xa, xa, 1), _word(ya, ya, 1), b, b,
+                                  c0, c1, c2, c3, IS_BF16)
+        c0, c1, c2, c3 = _mma_k16(_word(xb, xb, 0), _word(yb, yb, 0), _word(xb, xb, 1), _word(yb, yb, 1), b, b,
+                                  c0, c1, c2, c3, IS_BF16)
+    else:
+        c0, c1, c2, c3 = _mma_k16_emulated(_word(xa, xa, 0), _word(ya, ya, 0), _word(xa, xa, 1), _word(ya, ya, 1),
+                                           b, b, c0, c1, c2, c3, NW, IS_BF16)
+        c0, c1, c2, c3 = _mma_k16_emulated(_word(xb, xb, 0), _word(yb, yb, 0), _word(xb, xb, 1), _word(yb, yb, 1),
+                                           b, b, c0, c1, c2, c3, NW, IS_BF16)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _block_sums(x64, stride_x64, j, hi, g, t, M, KSUM: tl.constexpr, MT: tl.constexpr, NW: tl.constexpr,
+                IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """B's registers of the bypass ``mma`` of groups j .. j + 15 (what :func:`_load_bypass` reads from ``px``
+    otherwise), summed from x by dense ``mma`` in rounds of 32 elements: lane t loads 8 of them (its group is
+    q = (32 p + 8t) // k of the 16), and D (x rows x 8 columns) gathers groups 4c' + {0, 1} in one block of
+    registers ("lo", column 2c' + q % 2) and 4c' + {2, 3} in another ("hi"), so that lane (g, t) ends with
+    groups 4t .. 4t + 3 of x row g: B's own layout. Groups of 16: a round's groups all fall in block p % 2 (two
+    ``mma``); groups of 8: in both (four). Sixteen ``mma`` either way; sums in fp32, rounded once."""
+    lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = _zeros8(NW)
+    row_off = g * stride_x64
+    for p in tl.static_range(KSUM // 2):        # 16 groups of KSUM elements, 32 a round
+        q = (32 * p + 8 * t) // KSUM
+        live = j + q < hi
+        e = (j * KSUM + 32 * p + 8 * t) // 4    # the lane's 16 bytes (int64 offset in its row)
+        col = 2 * (q // 4) + q % 2
+        if KSUM == 8 or p % 2 == 0:
+            in_lo = live & (q % 4 < 2)
+            lo0, lo1, lo2, lo3 = _sum_round(x64, row_off, e, in_lo & (g < M), in_lo & (g + 8 < M), lo0, lo1, lo2, lo3,
+                                            _ones_where((q % 4 < 2) & (col == g), IS_BF16), NW, IS_BF16, USE_ASM, MT,
+                                            stride_x64)
+        if KSUM == 8 or p % 2 == 1:
+            in_hi = live & (q % 4 >= 2)
+            hi0, hi1, hi2, hi3 = _sum_round(x64, row_off, e, in_hi & (g < M), in_hi & (g + 8 < M), hi0, hi1, hi2, hi3,
+                                            _ones_where((q % 4 >= 2) & (col == g), IS_BF16), NW, IS_BF16, USE_ASM, MT,
+                                            stride_x64)
+    return (_pack_round(lo0, lo1, IS_BF16), _pack_round(hi0, hi1, IS_BF16), _pack_round(lo2, lo3, IS_BF16),
+            _pack_round(hi2, hi3, IS_BF16))
+
+
+@triton.jit
+def _with_sums(ld, sums):
+    """The registers of :func:`_load_bypass` (KSUM) with the sums of :func:`_block_sums` as B."""
+    a0, a1, a2, a3, b0, b1, b2, b3 = ld
+    b0, b1, b2, b3 = sums
+    return a0, a1, a2, a3, b0, b1, b2, b3
 
 
 @triton.jit
@@ -181,6 +248,7 @@ def _block16_mma_kernel(
     px_ptr, s_ptr, stride_pm, stride_sn, GROUPS,   # the SLoRB bypass (BYPASS): block sums (M, G), S (N, G)
     HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     BYPASS: tl.constexpr,    # 1: add S (P x), G = GROUPS groups (a multiple of 4), 16 per dense mma
+    KSUM: tl.constexpr,      # 8 or 16: the bypass's block sums of that many elements from x (_block_sums; 0: px)
     PDL: tl.constexpr,       # > 0: launched with programmatic dependent launch (splitk.pdl)
     WARPS: tl.constexpr,     # block rows per program, one per warp
     TILES: tl.constexpr,     # tiles per warp and step: 1, 2 or 4
@@ -244,7 +312,9 @@ def _block16_mma_kernel(
         g_lo = pid_k * g_per
         g_hi = tl.minimum(g_lo + g_per, GROUPS)
         for j in range(g_lo, g_hi, 16):
-            lb = _load_bypass(s64, p64, s_g, j, g_hi, ok_r, g, t, M, stride_s64, stride_pm // 4, MT)
+            lb = _load_bypass(s64, p64, s_g, j, g_hi, ok_r, g, t, M, stride_s64, stride_pm // 4, MT, KSUM)
+            if KSUM:
+                lb = _with_sums(lb, _block_sums(x64, stride_x64, j, g_hi, g, t, M, KSUM, MT, WARPS, IS_BF16, USE_ASM))
             acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _mma_tile(
                 lb, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, WARPS, IS_BF16, USE_ASM, MT)
     splitk.pdl_end(PDL)
@@ -271,28 +341,34 @@ def block16_mma_unsupported(x2: torch.Tensor) -> str | None:
     return splitk.mma_unsupported(x2, MAX_M, "mma.m16n8k16")
 
 
-def block16_mma_bypass_unsupported(x2: torch.Tensor, px: torch.Tensor, s: torch.Tensor) -> str | None:
-    """Why this kernel cannot add the SLoRB bypass ``px @ S.T`` (px (M, G) the block sums of x2, S (N, G)) itself
-    (then the caller adds it as a matmul of its own), or None."""
+SUM_GROUPS = (8, 16)   # SLoRB group sizes whose block sums the kernel takes from x itself (px None)
+
+
+def block16_mma_bypass_unsupported(x2: torch.Tensor, px: torch.Tensor | None, s: torch.Tensor) -> str | None:
+    """Why this kernel cannot add the SLoRB bypass ``px @ S.T`` (px (M, G) the block sums of x2, or None: the
+    kernel sums x itself; S (N, G)) itself (then the caller adds it as a matmul of its own), or None."""
     groups = s.shape[-1]
     if groups % 4:
         return f"{groups} SLoRB groups (the kernel reads them 4 at a time: a multiple of 4)"
-    if tuple(px.shape) != (x2.shape[0], groups):
+    if px is None and (x2.shape[1] % groups or x2.shape[1] // groups not in SUM_GROUPS):
+        return f"SLoRB group {x2.shape[1] / groups:g} (K={x2.shape[1]}, S {tuple(s.shape)}): the kernel sums x " \
+               f"itself in groups of {' or '.join(map(str, SUM_GROUPS))}"
+    if px is not None and tuple(px.shape) != (x2.shape[0], groups):
         return f"block sums of shape {tuple(px.shape)}, expected ({x2.shape[0]}, {groups})"
-    if px.dtype != x2.dtype or s.dtype != x2.dtype:
-        return f"bypass dtypes px {px.dtype}, S {s.dtype} differ from x's {x2.dtype}"
+    if (px is not None and px.dtype != x2.dtype) or s.dtype != x2.dtype:
+        return f"bypass dtypes px {None if px is None else px.dtype}, S {s.dtype} differ from x's {x2.dtype}"
     return None
 
 
 _AUTOTUNED: dict = {}
 
 
-def _autotuned(m_bucket: int, frag: bool = False, bypass: bool = False):
+def _autotuned(m_bucket: int, frag: bool = False, bypass: bool = False, ksum: int = 0):
     """The autotuned launcher of an M bucket and tile layout. One per layout, because Triton's autotuner keys
     its cache on the ``key`` arguments and the tensors' dtypes only, not on the constexpr flags: a single one
     would hand the fragment-order launch the config tuned for the row-major one (or the reverse), and the two
     are to be timed each at its own best."""
-    key = (m_bucket, frag, bypass)   # (likewise the bypass)
+    key = (m_bucket, frag, bypass, ksum)   # (likewise the bypass and where its sums come from)
     if key not in _AUTOTUNED:
         _AUTOTUNED[key] = splitk.autotuner(_block16_mma_kernel, block16_mma_configs(m_bucket))
     return _AUTOTUNED[key]
@@ -306,7 +382,8 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     on CPU). ``frag``: ``tile_values`` are already in :func:`fragment_order` (converted once, ahead of the
     calls), so each lane loads a tile's A operand in one 16-byte load instead of two 8-byte ones (the op's
     ``frag``; the pack format keeps row-major tiles). ``bypass``: (px, S), a SLoRB bypass added in the same kernel,
-    ``+ px @ S.T`` (:func:`block16_mma_bypass_unsupported` says when it cannot be). Returns (M, N) in x2.dtype."""
+    ``+ px @ S.T`` (:func:`block16_mma_bypass_unsupported` says when it cannot be); px None: the block sums of
+    x, which the kernel then takes itself (:func:`_block_sums`). Returns (M, N) in x2.dtype."""
     from sfcompile.lowering.kernels.block16 import _check
 
     reason = block16_mma_unsupported(x2)
@@ -330,19 +407,22 @@ def block16_mma(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: torch.Tens
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
     split = splitk.split_depth(config, lambda: block16_mma_configs(splitk.m_key(m)))
     ws, cnt = splitk.decode_buffers(m, n, out, split, row_ptr)
-    # the bypass's operands as 8-byte words (4 groups)
-    px, s = (splitk.word_aligned(t, 4) for t in bypass) if bypass is not None else (x2, tile_values)
+    # the bypass's operands as 8-byte words (4 groups); px None: the kernel sums x (16-byte loads when aligned)
+    px, s = bypass if bypass is not None else (x2, tile_values)
+    s = splitk.word_aligned(s, 4)
+    ksum = k // s.shape[-1] if bypass is not None and px is None else 0
+    px = s if ksum else splitk.word_aligned(px, 4)
     args = (x2, tile_values, row_ptr, col_idx, bias if bias is not None else tile_values, out, ws, cnt, m, n, k,
             splitk.m_key(m), x2.stride(0), out.stride(0), px, s, px.stride(0), s.stride(0),
             s.shape[-1] if bypass is not None else 0)
     flags = {"HAS_BIAS": bias is not None, "USE_ASM": not on_cpu, "PDL": splitk.pdl(x2.device), "FRAG": int(frag),
-             "BYPASS": int(bypass is not None)}
+             "BYPASS": int(bypass is not None), "KSUM": ksum}
 
     def grid(meta_):
         return (triton.cdiv(n // 16, meta_["WARPS"]), meta_["SPLIT_K"])
 
-    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m), frag, bypass is not None), grid, args,
-                  flags, config, on_cpu)
+    splitk.launch(_block16_mma_kernel, lambda: _autotuned(splitk.m_key(m), frag, bypass is not None, ksum), grid,
+                  args, flags, config, on_cpu)
     return out
 
 
@@ -357,4 +437,9 @@ def block16_mma_reference(x2: torch.Tensor, tile_values: torch.Tensor, row_ptr: 
         return block16_matmul_reference(x2, tile_values, row_ptr, col_idx, n, k, bias)
     y = block16_matmul_reference(x2.float(), tile_values.float(), row_ptr, col_idx, n, k,
                                  None if bias is None else bias.float())
-    return (y + bypass[0].float() @ bypass[1].float().T).to(x2.dtype)
+    px, s = bypass
+    if px is None:
+        from sfcompile.masking.slorb import block_sums
+
+        px = block_sums(x2, s.shape[-1])
+    return (y + px.float() @ s.float().T).to(x2.dtype)

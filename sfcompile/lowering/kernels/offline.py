@@ -29,7 +29,8 @@ def decode_kernels() -> dict:
                         nm24_decode.nm24_decode_configs),
         "nm24_mma": (nm24_mma._nm24_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, META_VEC=True, X_VEC=True, PDL=0,
                                                      GPC=0, KSUM=0), nm24_mma.nm24_mma_configs),
-        "block16_mma": (block16_mma._block16_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, PDL=0, FRAG=0, BYPASS=0),
+        "block16_mma": (block16_mma._block16_mma_kernel, dict(HAS_BIAS=False, USE_ASM=True, PDL=0, FRAG=0, BYPASS=0,
+                                                            KSUM=0),
                         block16_mma.block16_mma_configs),
     }
 
