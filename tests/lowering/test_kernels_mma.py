@@ -112,17 +112,18 @@ def test_nm24_mma_adds_the_slorb_bypass_in_the_kernel(dtype, m, n, k, wn, wk, ch
     assert rel(ref, nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b)) > 0.1   # (the bypass counts)
 
 
-KSUM_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K, STRIPS, group): spans whole and partial, both groups
-    (1, 16, 128, 1, 1, 4, 1, 1, 16),
-    (3, 40, 96, 2, 2, 4, 2, 1, 16),        # a partial span (3 chunks), empty splits
-    (9, 48, 384, 1, 2, 4, 3, 1, 8),        # two x tiles: x rows 8-15 are the sums' A rows g + 8
-    (16, 72, 320, 2, 1, 8, 2, 2, 16),      # two strips share a span's sums; two spans per step
+KSUM_CASES = [  # (M, N, K, WARPS_N, WARPS_K, CHUNKS, SPLIT_K, STRIPS, group, EARLY): spans whole and partial
+    (1, 16, 128, 1, 1, 4, 1, 1, 16, 1),
+    (3, 40, 96, 2, 2, 4, 2, 1, 16, 0),     # a partial span (3 chunks), empty splits; S loaded after the mma
+    (9, 48, 384, 1, 2, 4, 3, 1, 8, 1),     # two x tiles: x rows 8-15 are the sums' A rows g + 8
+    (16, 72, 320, 2, 1, 8, 2, 2, 16, 1),   # two strips share a span's sums; two spans per step
+    (5, 32, 480, 1, 1, 8, 2, 1, 8, 0),     # groups of 8, 15 chunks, late S loads
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk,st,group", KSUM_CASES)
-def test_nm24_mma_takes_the_block_sums_from_x_itself(dtype, m, n, k, wn, wk, ch, sk, st, group):
+@pytest.mark.parametrize("m,n,k,wn,wk,ch,sk,st,group,early", KSUM_CASES)
+def test_nm24_mma_takes_the_block_sums_from_x_itself(dtype, m, n, k, wn, wk, ch, sk, st, group, early):
     # px None (KSUM): eight dense mma.m16n8k16 a span sum x's registers by group (emulated here) into the bypass
     # mma's B; the same output as with the block sums handed in
     from sfcompile.lowering.kernels.nm24_mma import nm24_mma
@@ -132,7 +133,7 @@ def test_nm24_mma_takes_the_block_sums_from_x_itself(dtype, m, n, k, wn, wk, ch,
     x = torch.randn(m, k, generator=g).to(dtype)
     s = (torch.randn(n, k // group, generator=g) * 0.3).to(dtype)
     b = torch.randn(n, generator=g).to(dtype)
-    cfg = dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=st)
+    cfg = dict(WARPS_N=wn, WARPS_K=wk, CHUNKS=ch, SPLIT_K=sk, STRIPS=st, EARLY=early)
     y = nm24_mma(x, pw.data["values"], pw.data["meta"], b, torch.empty(m, n, dtype=dtype), cfg, bypass=(None, s))
     ref = nm24_mma_reference(x, pw.data["values"], pw.data["meta"], b, (block_sums(x, k // group), s))
     assert rel(y, ref) < TOL[dtype]

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
-from sfcompile.lowering.kernels.nm24_mma import _mma_k16, _mma_k16_emulated, _ones_where, _pack_round, _word, _zeros8
+from sfcompile.lowering.kernels.nm24_mma import _mma_k16, _mma_k16_emulated, _pack_round, _sum_mma, _word, _zeros8
 
 __all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported",
            "block16_mma_bypass_unsupported", "fragment_order", "fragment_order_inverse", "MAX_M"]
@@ -149,27 +149,21 @@ def _load_bypass(s64, p64, s_g, j, hi, live, g, t, M, stride_s64, stride_p64, MT
 
 
 @triton.jit
-def _sum_round(x64, row_off, e, live, live8, c0, c1, c2, c3, b, NW: tl.constexpr, IS_BF16: tl.constexpr,
+def _sum_round(x64, row_off, e, live, live8, c0, c1, c2, c3, col, g, NW: tl.constexpr, IS_BF16: tl.constexpr,
                USE_ASM: tl.constexpr, MT: tl.constexpr, stride_x64):
-    """Two dense ``mma.m16n8k16`` of block sums on lane t's 16 bytes of x at int64 ``e`` of rows g (``row_off``)
-    and g + 8 (masks ``live``, ``live8``): A's K columns are the lane's elements (2 words an ``mma``; the order
-    of K is free in a sum), B the 1.0 pairs ``b`` where the lane's group is column g of the block these D
-    registers hold."""
+    """Two dense ``mma.m16n8k16`` of block sums (:func:`.nm24_mma._sum_mma`) on lane t's 16 bytes of x at int64
+    ``e`` of rows g (``row_off``) and g + 8 (masks ``live``, ``live8``): A's K columns are the lane's elements
+    (2 words an ``mma``; the order of K is free in a sum), B is 1 where ``col``, the D column of the lane's
+    group in the block these D registers hold (-1: another block), is g."""
     e2 = tl.arange(0, 2)[None, :]
     xa, xb = tl.split(tl.load(x64 + (row_off + e)[:, None] + e2, mask=live[:, None], other=0))
     ya, yb = xa, xb
     if MT == 2:
         ya, yb = tl.split(tl.load(x64 + (row_off + 8 * stride_x64 + e)[:, None] + e2, mask=live8[:, None], other=0))
-    if USE_ASM:
-        c0, c1, c2, c3 = _mma_k16(_word(xa, xa, 0), _word(ya, ya, 0), _word(xa, xa, 1), _word(ya, ya, 1), b, b,
-                                  c0, c1, c2, c3, IS_BF16)
-        c0, c1, c2, c3 = _mma_k16(_word(xb, xb, 0), _word(yb, yb, 0), _word(xb, xb, 1), _word(yb, yb, 1), b, b,
-                                  c0, c1, c2, c3, IS_BF16)
-    else:
-        c0, c1, c2, c3 = _mma_k16_emulated(_word(xa, xa, 0), _word(ya, ya, 0), _word(xa, xa, 1), _word(ya, ya, 1),
-                                           b, b, c0, c1, c2, c3, NW, IS_BF16)
-        c0, c1, c2, c3 = _mma_k16_emulated(_word(xb, xb, 0), _word(yb, yb, 0), _word(xb, xb, 1), _word(yb, yb, 1),
-                                           b, b, c0, c1, c2, c3, NW, IS_BF16)
+    c0, c1, c2, c3 = _sum_mma(_word(xa, xa, 0), _word(ya, ya, 0), _word(xa, xa, 1), _word(ya, ya, 1), col, col, g,
+                              c0, c1, c2, c3, NW, IS_BF16, USE_ASM)
+    c0, c1, c2, c3 = _sum_mma(_word(xb, xb, 0), _word(yb, yb, 0), _word(xb, xb, 1), _word(yb, yb, 1), col, col, g,
+                              c0, c1, c2, c3, NW, IS_BF16, USE_ASM)
     return c0, c1, c2, c3
 
 
@@ -192,13 +186,11 @@ def _block_sums(x64, stride_x64, j, hi, g, t, M, KSUM: tl.constexpr, MT: tl.cons
         if KSUM == 8 or p % 2 == 0:
             in_lo = live & (q % 4 < 2)
             lo0, lo1, lo2, lo3 = _sum_round(x64, row_off, e, in_lo & (g < M), in_lo & (g + 8 < M), lo0, lo1, lo2, lo3,
-                                            _ones_where((q % 4 < 2) & (col == g), IS_BF16), NW, IS_BF16, USE_ASM, MT,
-                                            stride_x64)
+                                            tl.where(q % 4 < 2, col, -1), g, NW, IS_BF16, USE_ASM, MT, stride_x64)
         if KSUM == 8 or p % 2 == 1:
             in_hi = live & (q % 4 >= 2)
             hi0, hi1, hi2, hi3 = _sum_round(x64, row_off, e, in_hi & (g < M), in_hi & (g + 8 < M), hi0, hi1, hi2, hi3,
-                                            _ones_where((q % 4 >= 2) & (col == g), IS_BF16), NW, IS_BF16, USE_ASM, MT,
-                                            stride_x64)
+                                            tl.where(q % 4 >= 2, col, -1), g, NW, IS_BF16, USE_ASM, MT, stride_x64)
     return (_pack_round(lo0, lo1, IS_BF16), _pack_round(hi0, hi1, IS_BF16), _pack_round(lo2, lo3, IS_BF16),
             _pack_round(hi2, hi3, IS_BF16))
 
