@@ -23,7 +23,7 @@ W="$W --teacher-kv-cache auto --loss-kernel triton --compile"
 W="$W --main-set kl_temperature=1 --main-set ce_weight=0 --main-set compile_mode=reduce-overhead"
 mkdir -p $C/res
 cat > $C/ab.sh <<AB
-python -m pytest -q -p no:cacheprovider tests/lowering/test_kernels_mma.py tests/passes/test_bypass.py \
+python -m pytest -q -p no:cacheprovider --durations=10 tests/lowering/test_kernels_mma.py tests/passes/test_bypass.py \
   -k "(bypass_cuda and summed) or decode_kernels_on_a_gpu" > $C/res/gpu.log 2>&1
 mkdir -p $C/res/e2e $C/res/prof
 python benchmarks/e2e.py --model llama-2-7b --batches 1 --prefill 0 --budget-s 400 --e2e-out $C/res/e2e/llama \
