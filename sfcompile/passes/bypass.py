@@ -32,7 +32,7 @@ becomes::
 
 and a fused q/k/v op (its output split back) takes their S concatenated, so its pieces come out with their
 bypasses added: no bypass op at all is left in the layer. With ``kernel_sums`` the op gets ``None`` for %px
-and the decode kernel sums x's registers itself, so not even the block sums are left.
+and the decode kernel sums x itself, so not even the block sums are left.
 
 The S tensors are recognised by identity (`sfcompile.passes.site.bypass_info`, set by ``add_slorb``), never
 by name, and S (and the gain) are baked into the graph like the packed weights: the caller guards on the
