@@ -27,9 +27,9 @@ instead of two 8-byte ones. On the H200 that was 3.5% faster per call at the med
 shapes x M = 1, 8, 16; 15 rows faster; benchmarks/README.md, twenty-third session,
 ``benchmarks/block16_decode.py --impls block16_mma,block16_mma_frag``).
 
-As in :mod:`.nm24_mma` (which holds both kernels' ``mma`` helpers), the ``mma`` is inline PTX on 1-D tensors
-of one element per thread, and the Triton interpreter (CPU tests) runs its emulation, the same warp-wide
-product from the same registers.
+As in :mod:`.nm24_mma`, the ``mma`` is inline PTX on 1-D tensors of one element per thread (:mod:`.warp_mma`,
+which holds both kernels' ``mma``), and the Triton interpreter (CPU tests) runs its emulation, the same
+warp-wide product from the same registers.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from sfcompile.lowering.kernels import splitk
-from sfcompile.lowering.kernels.nm24_mma import _mma_k16, _mma_k16_emulated, _pack_round, _sum_mma, _word, _zeros8
+from sfcompile.lowering.kernels.warp_mma import _k16, _pack_round, _sum_mma, _word, _zeros8
 
 __all__ = ["block16_mma", "block16_mma_reference", "block16_mma_configs", "block16_mma_unsupported",
            "block16_mma_bypass_unsupported", "fragment_order", "fragment_order_inverse", "MAX_M"]
@@ -151,7 +151,7 @@ def _load_bypass(s64, p64, s_g, j, hi, live, g, t, M, stride_s64, stride_p64, MT
 @triton.jit
 def _sum_round(x64, row_off, e, live, live8, c0, c1, c2, c3, col, g, NW: tl.constexpr, IS_BF16: tl.constexpr,
                USE_ASM: tl.constexpr, MT: tl.constexpr, stride_x64):
-    """Two dense ``mma.m16n8k16`` of block sums (:func:`.nm24_mma._sum_mma`) on lane t's 16 bytes of x at int64
+    """Two dense ``mma.m16n8k16`` of block sums (:func:`.warp_mma._sum_mma`) on lane t's 16 bytes of x at int64
     ``e`` of rows g (``row_off``) and g + 8 (masks ``live``, ``live8``): A's K columns are the lane's elements
     (2 words an ``mma``; the order of K is free in a sum), B is 1 where ``col``, the D column of the lane's
     group in the block these D registers hold (-1: another block), is g."""
@@ -222,14 +222,9 @@ def _cols(col_ptr, ti, hi, TILES: tl.constexpr):
 def _mma_tile(ld, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, NW: tl.constexpr, IS_BF16: tl.constexpr,
               USE_ASM: tl.constexpr, MT: tl.constexpr):
     a0, a1, a2, a3, b0, b1, b2, b3 = ld
-    if USE_ASM:
-        acc0, acc1, acc2, acc3 = _mma_k16(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, IS_BF16)
-        if MT == 2:
-            acc4, acc5, acc6, acc7 = _mma_k16(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, IS_BF16)
-    else:
-        acc0, acc1, acc2, acc3 = _mma_k16_emulated(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, NW, IS_BF16)
-        if MT == 2:
-            acc4, acc5, acc6, acc7 = _mma_k16_emulated(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, NW, IS_BF16)
+    acc0, acc1, acc2, acc3 = _k16(a0, a1, a2, a3, b0, b1, acc0, acc1, acc2, acc3, NW, IS_BF16, USE_ASM)
+    if MT == 2:
+        acc4, acc5, acc6, acc7 = _k16(a0, a1, a2, a3, b2, b3, acc4, acc5, acc6, acc7, NW, IS_BF16, USE_ASM)
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
