@@ -180,10 +180,10 @@ def fold_bypasses(gm: fx.GraphModule, example_inputs: Sequence, variants: Mappin
     variant in ``kernel_sums`` gets px None and takes the block sums of x itself (no reduction is left in the
     graph). See the module docstring."""
     report = BypassReport()
-    tensors = graph_tensors(gm, example_inputs)
+    tensors = graph_tensors(gm, example_inputs)   # (read once: the S tensors and the gains among them)
     by_op: dict[fx.Node, list[_Fold]] = {}
-    for node, s in tagged_tensor_nodes(gm, example_inputs, bypass_info):
-        bypass = _match(node, s)
+    for node, s in tensors.items():
+        bypass = _match(node, s) if bypass_info(s) is not None else None
         fold = _match_fold(bypass, variants, tensors) if bypass is not None else None
         if fold is not None:
             by_op.setdefault(fold.packed, []).append(fold)

@@ -269,9 +269,7 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
             if config is None and on_cpu:
                 config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
             nm24_decode(x2, values, meta, bias, out, config)
-        if bypass is not None:
-            px, s = bypass
-            out.addmm_(block_sums(x2, s.shape[1]) if px is None else px, s.T)
+        _add_bypass(out, x2, bypass)
         return out.reshape(*x.shape[:-1], n)
     small = m <= SMALL_M
     if config is None and on_cpu:
@@ -291,10 +289,15 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         return (tiles, meta_["SPLIT_K"], experts)
 
     splitk.launch(_nm24_kernel, lambda: _autotuned(small), grid, args, flags, config, on_cpu)
+    _add_bypass(out, x2, bypass)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _add_bypass(out: torch.Tensor, x2: torch.Tensor, bypass) -> None:
+    """``out += px @ S.T`` for a bypass the kernel did not add (None: nothing), px None: x2's block sums."""
     if bypass is not None:
         px, s = bypass
         out.addmm_(block_sums(x2, s.shape[1]) if px is None else px, s.T)
-    return out.reshape(*x.shape[:-1], n)
 
 
 def _check_bypass(bypass, x2: torch.Tensor, n: int, grouped: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
