@@ -127,21 +127,16 @@ class BackendOptions:
         on_lower = opts.pop("on_lower", None)
         if on_lower is not None and not callable(on_lower):
             raise TypeError(f"sparseforge option on_lower must be callable, got {type(on_lower).__name__}")
-        fuse, pdl, frag = opts.pop("fuse", True), opts.pop("pdl", "auto"), opts.pop("block16_frag", False)
-        if not isinstance(fuse, bool):
-            raise TypeError(f"sparseforge option fuse must be True or False, got {fuse!r}")
-        if not isinstance(frag, bool):
-            raise TypeError(f"sparseforge option block16_frag must be True or False, got {frag!r}")
-        fuse_bypass, kernel_sums = opts.pop("fuse_bypass", True), opts.pop("kernel_sums", False)
-        if not isinstance(fuse_bypass, bool):
-            raise TypeError(f"sparseforge option fuse_bypass must be True or False, got {fuse_bypass!r}")
-        if not isinstance(kernel_sums, bool):
-            raise TypeError(f"sparseforge option kernel_sums must be True or False, got {kernel_sums!r}")
+        flags = {name: opts.pop(name, default) for name, default in
+                 (("fuse", True), ("block16_frag", False), ("fuse_bypass", True), ("kernel_sums", False))}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"sparseforge option {name} must be True or False, got {value!r}")
+        pdl = opts.pop("pdl", "auto")
         if not isinstance(pdl, bool) and pdl != "auto":
             raise TypeError(f"sparseforge option pdl must be True, False or 'auto', got {pdl!r}")
         inductor.update(opts)
-        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, fuse=fuse, pdl=pdl,
-                   block16_frag=frag, fuse_bypass=fuse_bypass, kernel_sums=kernel_sums)
+        return cls(cudagraphs=cudagraphs, on_lower=on_lower, inductor=inductor, pdl=pdl, **flags)
 
     def resolve_pdl(self, rows: int | None, copies: int = 0) -> bool:
         """Whether a graph whose packed ops multiply at most ``rows`` rows (None: unknown or no packed op)
