@@ -166,14 +166,18 @@ def test_a_hardened_block16_site_runs_its_bypass_inside_the_packed_op():
                                                  ("block16", True)])
 def test_folded_bypasses_run_in_the_decode_kernels_on_a_gpu(pattern, kernel_sums):
     # bf16 on the GPU: the fold hands the bypass to the tensor-core decode kernels (one token: M = 1), whose
-    # logits follow the eager model's, which differ from the model's without its bypasses
+    # logits follow the fp32 model's as closely as the eager bf16 model's do, and differ from the logits without
+    # the bypasses. (Against the eager bf16 logits both roundings add up: 0.8-1.7% on the CPU's emulation of the
+    # kernels, and 2.6% once on the H200, which a 2% bound there failed.)
     torch._dynamo.reset()
+    ref_model = _model(harden=pattern).cuda()
     model = _model(harden=pattern).cuda().to(torch.bfloat16)
     ids = torch.randint(0, 64, (1, 1), device="cuda")
     reports = []
     fast = torch.compile(model, backend="sparseforge", options={"on_lower": lambda gm, rep: reports.append(rep),
                                                                 "kernel_sums": kernel_sums})
     with torch.no_grad():
+        ref = ref_model(ids).logits
         eager = model(ids).logits.float()
         out = fast(ids).logits.float()
         for module in model.modules():
@@ -181,6 +185,9 @@ def test_folded_bypasses_run_in_the_decode_kernels_on_a_gpu(pattern, kernel_sums
                 module.slorb_gain.fill_(0.0)
         plain = model(ids).logits.float()
     assert [len(f) for f in reports[0].folded_bypasses] == [3, 1, 2, 1] * 2
-    err = ((out - eager).norm() / eager.norm()).item()
-    assert err < 2e-2 and ((plain - eager).norm() / eager.norm()).item() > 10 * err
+
+    def rel(a):
+        return ((a - ref).norm() / ref.norm()).item()
+
+    assert rel(out) < max(2 * rel(eager), 1e-2) and rel(plain) > 10 * rel(out)
 
