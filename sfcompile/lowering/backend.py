@@ -62,8 +62,10 @@ Options (``options={...}`` of ``torch.compile``, or keyword arguments):
         Groups of 8 or 16 (others: the op reduces x before its kernel). On the H200 those reductions were
         about 100 kernels of their own per full-depth Qwen3-8B decode step (three a layer that Inductor did not
         fuse into the kernel making the input: those after the RMSNorms and o_proj's; benchmarks/README.md,
-        twenty-ninth session).
-        Untimed, hence off.
+        twenty-ninth session). Timed on the H200 (thirtieth session, full depth, batch 1, a bypass of group 16
+        on every site), it was slower every time: 2:4 1.37x -> 1.30x on LLaMA-2-7B and 1.34x -> 1.29x on
+        Qwen3-8B, block-16 1.43x -> 1.41x on Qwen3-8B. The 2:4 kernel grew by ~2.3 us a call, the block-16 kernel
+        by ~1.1 us, where a reduction it replaced cost ~1.3 us. Hence off.
     block16_frag (bool, default False): block-16 weights run from tiles permuted into
         ``kernels.block16_mma.fragment_order`` (converted once, when the graph is lowered; the op's every path
         reads that layout): the tensor-core decode kernel then loads each lane's operand in one 16-byte piece,
