@@ -1,10 +1,12 @@
 #!/bin/bash
 # For the next session, call 2 (carry .carry/train/b), right after call 1 = session21's a.sh with carry
 # .carry/train/a; then `bash /root/cache/repo/benchmarks/results/session27_2026-12-03/wait.sh 560` the moment each
-# call returns (it brings everything back as one tarball). In order, the most certain first (~28 device minutes;
+# call returns (it brings everything back as one tarball). In order, the most certain first (~31 device minutes, the last arm past the budget;
 # a gap past the machine's 30 s idle window between call 1 and call 2 sends it back):
 #   gpu  -- the GPU fold test of both decode kernels with its tolerance against the fp32 model (the thirtieth
 #           session's run failed its 2% bound against the eager bf16 model once, at 2.6%; ~1.5 minutes);
+#   e2e  -- LLaMA-2-7B decode at batch 1 with a SLoRB bypass of group 8 (twice S's bytes) on every site, for
+#           the price of the 1.1% that group 8 trained lower (group 16 in the same process for the ratio);
 #   wd0  -- the "kl" recipe at 20M tokens without weight decay (0.1 on every matrix so far, S and the dense W
 #           under the masks included: ~6.5% shrink over the 20M run's cosine LR, never ablated);
 #   emb  -- the same with the input embeddings (and the tied head) trained (never tried on the GPU);
@@ -22,6 +24,9 @@ mkdir -p $C/res
 cat > $C/ab.sh <<AB
 python -m pytest -q -p no:cacheprovider --durations=5 tests/passes/test_bypass.py -k "decode_kernels_on_a_gpu" \
   > $C/res/gpu.log 2>&1
+mkdir -p $C/res/e2e
+python benchmarks/e2e.py --model llama-2-7b --batches 1 --prefill 0 --budget-s 300 --e2e-out $C/res/e2e/llama \
+  --e2e-patterns 2:4+slorb16,2:4+slorb8,block16+slorb8 > $C/res/e2e.log 2>&1
 python benchmarks/train_h200.py $W --main-set weight_decay=0 --out $C/res/wd0 --work $C/w/wd0 > $C/res/wd0.log 2>&1
 python benchmarks/train_h200.py $W --main-set train_embeddings=true --out $C/res/emb --work $C/w/emb \
   > $C/res/emb.log 2>&1
