@@ -175,6 +175,16 @@ def _group(i: tl.constexpr, u: tl.constexpr, t, GPC: tl.constexpr):
 
 
 @triton.jit
+def _chunk_sums(i: tl.constexpr, x0, x1, x2, x3, y0, y1, y2, y3, g, t, d0, d1, d2, d3, GPC: tl.constexpr,
+                NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """Chunk i's two :func:`_sum_mma` (its x registers u = 0, 1 and u = 2, 3) added to D d0-d3."""
+    d0, d1, d2, d3 = _sum_mma(x0, y0, x1, y1, _group(i, 0, t, GPC), _group(i, 1, t, GPC), g, d0, d1, d2, d3,
+                              NW, IS_BF16, USE_ASM)
+    return _sum_mma(x2, y2, x3, y3, _group(i, 2, t, GPC), _group(i, 3, t, GPC), g, d0, d1, d2, d3,
+                    NW, IS_BF16, USE_ASM)
+
+
+@triton.jit
 def _span_sums(xs0, xs1, g, t, GPC: tl.constexpr, NW: tl.constexpr, IS_BF16: tl.constexpr, USE_ASM: tl.constexpr):
     """The block sums of a span's SLoRB groups, from x's registers of its sparse ``mma`` (:func:`_x_tiles`): the
     bypass's B registers (B, B of x rows 8-15, for u = 0, 1) that :func:`_bypass_loads` reads from ``px``
@@ -184,32 +194,22 @@ def _span_sums(xs0, xs1, g, t, GPC: tl.constexpr, NW: tl.constexpr, IS_BF16: tl.
     x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xs0
     y00, y01, y02, y03, y10, y11, y12, y13, y20, y21, y22, y23, y30, y31, y32, y33 = xs1
     d0, d1, d2, d3, e0, e1, e2, e3 = _zeros8(NW)
-    d0, d1, d2, d3 = _sum_mma(x00, y00, x01, y01, _group(0, 0, t, GPC), _group(0, 1, t, GPC), g, d0, d1, d2, d3,
-                              NW, IS_BF16, USE_ASM)
-    d0, d1, d2, d3 = _sum_mma(x02, y02, x03, y03, _group(0, 2, t, GPC), _group(0, 3, t, GPC), g, d0, d1, d2, d3,
-                              NW, IS_BF16, USE_ASM)
-    d0, d1, d2, d3 = _sum_mma(x10, y10, x11, y11, _group(1, 0, t, GPC), _group(1, 1, t, GPC), g, d0, d1, d2, d3,
-                              NW, IS_BF16, USE_ASM)
-    d0, d1, d2, d3 = _sum_mma(x12, y12, x13, y13, _group(1, 2, t, GPC), _group(1, 3, t, GPC), g, d0, d1, d2, d3,
-                              NW, IS_BF16, USE_ASM)
-    if GPC == 4:   # chunks 2, 3: the span's groups 8-15, the second bypass mma's
-        e0, e1, e2, e3 = _sum_mma(x20, y20, x21, y21, _group(2, 0, t, GPC), _group(2, 1, t, GPC), g, e0, e1, e2,
-                                  e3, NW, IS_BF16, USE_ASM)
-        e0, e1, e2, e3 = _sum_mma(x22, y22, x23, y23, _group(2, 2, t, GPC), _group(2, 3, t, GPC), g, e0, e1, e2,
-                                  e3, NW, IS_BF16, USE_ASM)
-        e0, e1, e2, e3 = _sum_mma(x30, y30, x31, y31, _group(3, 0, t, GPC), _group(3, 1, t, GPC), g, e0, e1, e2,
-                                  e3, NW, IS_BF16, USE_ASM)
-        e0, e1, e2, e3 = _sum_mma(x32, y32, x33, y33, _group(3, 2, t, GPC), _group(3, 3, t, GPC), g, e0, e1, e2,
-                                  e3, NW, IS_BF16, USE_ASM)
+    d0, d1, d2, d3 = _chunk_sums(0, x00, x01, x02, x03, y00, y01, y02, y03, g, t, d0, d1, d2, d3, GPC, NW,
+                                 IS_BF16, USE_ASM)
+    d0, d1, d2, d3 = _chunk_sums(1, x10, x11, x12, x13, y10, y11, y12, y13, g, t, d0, d1, d2, d3, GPC, NW,
+                                 IS_BF16, USE_ASM)
+    # chunks 2, 3: with groups of 8 the span's groups 8-15, the second bypass mma's (e); of 16, groups 4-7 (d)
+    f0, f1, f2, f3 = e0, e1, e2, e3
+    if GPC == 2:
+        f0, f1, f2, f3 = d0, d1, d2, d3
+    f0, f1, f2, f3 = _chunk_sums(2, x20, x21, x22, x23, y20, y21, y22, y23, g, t, f0, f1, f2, f3, GPC, NW,
+                                 IS_BF16, USE_ASM)
+    f0, f1, f2, f3 = _chunk_sums(3, x30, x31, x32, x33, y30, y31, y32, y33, g, t, f0, f1, f2, f3, GPC, NW,
+                                 IS_BF16, USE_ASM)
+    if GPC == 2:
+        d0, d1, d2, d3 = f0, f1, f2, f3
     else:
-        d0, d1, d2, d3 = _sum_mma(x20, y20, x21, y21, _group(2, 0, t, GPC), _group(2, 1, t, GPC), g, d0, d1, d2,
-                                  d3, NW, IS_BF16, USE_ASM)
-        d0, d1, d2, d3 = _sum_mma(x22, y22, x23, y23, _group(2, 2, t, GPC), _group(2, 3, t, GPC), g, d0, d1, d2,
-                                  d3, NW, IS_BF16, USE_ASM)
-        d0, d1, d2, d3 = _sum_mma(x30, y30, x31, y31, _group(3, 0, t, GPC), _group(3, 1, t, GPC), g, d0, d1, d2,
-                                  d3, NW, IS_BF16, USE_ASM)
-        d0, d1, d2, d3 = _sum_mma(x32, y32, x33, y33, _group(3, 2, t, GPC), _group(3, 3, t, GPC), g, d0, d1, d2,
-                                  d3, NW, IS_BF16, USE_ASM)
+        e0, e1, e2, e3 = f0, f1, f2, f3
     return (_pack_round(d0, d1, IS_BF16), _pack_round(d2, d3, IS_BF16), _pack_round(e0, e1, IS_BF16),
             _pack_round(e2, e3, IS_BF16))
 
