@@ -85,7 +85,7 @@ from typing import Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from sfcompile.masking.slorb import block_sums
+from sfcompile.masking.slorb import add_bypass_, block_sums
 
 __all__ = ["linear_nm24", "linear_nm24_slorb", "linear_block16", "linear_block16_slorb", "grouped_nm24",
            "grouped_block16", "PREFILL_CSLT_MIN_M", "BLOCK16_DENSE_MIN_M", "cslt_linear", "clear_cslt_cache"]
@@ -260,9 +260,7 @@ def _nm24_cuda(x, values, meta, bias, bypass):
     if m >= PREFILL_CSLT_MIN_M and cslt_ok:
         y = cslt_linear(x, values, meta, bias)
         if bypass is not None:    # prefill: a dense matmul on the block sums, small beside the sparse one
-            px, s = bypass
-            px = block_sums(x, s.shape[-1]) if px is None else px
-            y = torch.addmm(y.reshape(-1, y.shape[-1]), px.reshape(m, -1), s.T).reshape(y.shape)
+            y = add_bypass_(y.reshape(m, -1), x.reshape(m, -1), *bypass).reshape(y.shape)
         return y
     # Decode: the Triton kernel only. cuSPARSELt would need its own compressed copy of every weight (+0.56x
     # dense bytes) and ran 0.35-0.74x dense at M <= 16 on the H200 (benchmarks/README.md).
@@ -292,8 +290,7 @@ def _(x, tile_values, row_ptr, col_idx, n, k, px, s, bias=None, frag=False):
                                 bias, frag=frag, bypass=(px2, s))
             return y.reshape(*x.shape[:-1], n)
     y = _block16_cuda(x, tile_values, row_ptr, col_idx, n, k, bias, frag)
-    px2 = block_sums(x2, s.shape[-1]) if px2 is None else px2
-    return torch.addmm(y.reshape(-1, n), px2, s.T).reshape(y.shape)
+    return add_bypass_(y.reshape(-1, n), x2, px2, s).reshape(y.shape)
 
 
 @linear_block16.register_kernel("cuda")

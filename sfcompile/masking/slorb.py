@@ -40,7 +40,7 @@ from sfcompile.passes.site import Site, mark_bypass
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
            "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors", "folded_bypass",
-           "block_sums"]
+           "block_sums", "add_bypass_"]
 
 SLORB_KINDS = ("linear", "conv1d")
 _HANDLE = "_sfcompile_slorb_handle"
@@ -78,6 +78,13 @@ def block_sums(x: torch.Tensor, groups: int) -> torch.Tensor:
     """P x with the fixed P: the sums of x (..., K) over ``groups`` groups of K / groups consecutive features, in
     x's dtype (the lowering matches this form: unflatten, then sum)."""
     return x.unflatten(-1, (groups, x.shape[-1] // groups)).sum(-1)
+
+
+def add_bypass_(out: torch.Tensor, x: torch.Tensor, px: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
+    """``out += px @ S.T`` in place and returned: out (M, N), x (M, K), px its block sums (M rows in any
+    leading shape) or None (then `block_sums` of x), S (N, K/k). The lowering's bypass where no kernel adds it."""
+    px = block_sums(x, s.shape[-1]) if px is None else px
+    return out.addmm_(px.reshape(out.shape[0], -1), s.T)
 
 
 def _folded_soft(module: nn.Module):

@@ -28,7 +28,7 @@ from sfcompile.lowering.kernels import splitk
 from sfcompile.lowering.kernels.nm24_decode import MAX_M as DECODE_MAX_M
 from sfcompile.lowering.kernels.nm24_decode import nm24_decode
 from sfcompile.lowering.kernels.nm24_mma import nm24_mma, nm24_mma_bypass_unsupported, nm24_mma_unsupported
-from sfcompile.masking.slorb import block_sums
+from sfcompile.masking.slorb import add_bypass_
 
 __all__ = ["nm24_matmul", "nm24_matmul_reference", "nm24_configs"]
 
@@ -269,7 +269,8 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
             if config is None and on_cpu:
                 config = {"VARIANT": 6, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1}
             nm24_decode(x2, values, meta, bias, out, config)
-        _add_bypass(out, x2, bypass)
+        if bypass is not None:
+            add_bypass_(out, x2, *bypass)
         return out.reshape(*x.shape[:-1], n)
     small = m <= SMALL_M
     if config is None and on_cpu:
@@ -289,15 +290,9 @@ def nm24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias:
         return (tiles, meta_["SPLIT_K"], experts)
 
     splitk.launch(_nm24_kernel, lambda: _autotuned(small), grid, args, flags, config, on_cpu)
-    _add_bypass(out, x2, bypass)
-    return out.reshape(*x.shape[:-1], n)
-
-
-def _add_bypass(out: torch.Tensor, x2: torch.Tensor, bypass) -> None:
-    """``out += px @ S.T`` for a bypass the kernel did not add (None: nothing), px None: x2's block sums."""
     if bypass is not None:
-        px, s = bypass
-        out.addmm_(block_sums(x2, s.shape[1]) if px is None else px, s.T)
+        add_bypass_(out, x2, *bypass)
+    return out.reshape(*x.shape[:-1], n)
 
 
 def _check_bypass(bypass, x2: torch.Tensor, n: int, grouped: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
