@@ -191,6 +191,27 @@ def test_cuda_block16_and_grouped():
 
 
 
+@cuda
+@pytest.mark.parametrize("sums", ["given", "summed"])
+def test_cuda_slorb_ops_add_the_bypass_on_every_path(sums):
+    # each path of both bypass ops on the GPU, the block sums handed in or (px None) taken by the op: the decode
+    # kernels at M = 1 (the bypass inside); 2:4 from cuSPARSELt at M >= 17, block-16 from its tile kernel (40)
+    # and unpack + cuBLAS (300), each with the bypass added after
+    w24, wb = _w24((512, 1024), torch.bfloat16).cuda(), _wblock((512, 1024), torch.bfloat16).cuda()
+    p24, pb = pack(w24, "2:4", -1).data, pack(wb, "block16", -1).data
+    s = (torch.randn(512, 64, device="cuda") * 0.05).to(torch.bfloat16)
+    for m in (1, 40, 300):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        px = x.unflatten(-1, (64, 16)).sum(-1)
+        arg = px if sums == "given" else None
+        for w, y in ((w24, torch.ops.sfcompile.linear_nm24_slorb(x, p24["values"], p24["meta"], arg, s)),
+                     (wb, torch.ops.sfcompile.linear_block16_slorb(x, pb["tile_values"], pb["row_ptr"],
+                                                                    pb["col_idx"], 512, 1024, arg, s))):
+            ref = x.double() @ w.double().T + px.double() @ s.double().T
+            assert y.shape == (m, 512) and ((y.double() - ref).norm() / ref.norm()).item() < 1e-2, m
+
+
+
 def test_cslt_cache_keeps_no_weight_alive(monkeypatch):
     # the cuSPARSELt copy dies with the packed values it was built from, and is rebuilt after an in-place write
     import gc

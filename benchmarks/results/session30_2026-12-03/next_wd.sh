@@ -4,7 +4,8 @@
 # call returns (it brings everything back as one tarball). In order, the most certain first (~31 device minutes, the last arm past the budget;
 # a gap past the machine's 30 s idle window between call 1 and call 2 sends it back):
 #   gpu  -- the GPU fold test of both decode kernels with its tolerance against the fp32 model (the thirtieth
-#           session's run failed its 2% bound against the eager bf16 model once, at 2.6%; ~1.5 minutes);
+#           session's run failed its 2% bound against the eager bf16 model once, at 2.6%), and both bypass ops
+#           on every GPU path, the bypass added by masking.slorb.add_bypass_ where no kernel takes it (~2 minutes);
 #   e2e  -- LLaMA-2-7B decode at batch 1 with a SLoRB bypass of group 8 (twice S's bytes) on every site, for
 #           the price of the 1.1% that group 8 trained lower (group 16 in the same process for the ratio);
 #   wd0  -- the "kl" recipe at 20M tokens without weight decay (0.1 on every matrix so far, S and the dense W
@@ -22,8 +23,8 @@ W="$W --teacher-kv-cache auto --loss-kernel triton --compile --teacher-mix 8e6 -
 W="$W --main-set kl_temperature=1 --main-set ce_weight=0 --main-set compile_mode=reduce-overhead"
 mkdir -p $C/res
 cat > $C/ab.sh <<AB
-python -m pytest -q -p no:cacheprovider --durations=5 tests/passes/test_bypass.py -k "decode_kernels_on_a_gpu" \
-  > $C/res/gpu.log 2>&1
+python -m pytest -q -p no:cacheprovider --durations=5 tests/passes/test_bypass.py tests/lowering/test_ops.py \
+  -k "decode_kernels_on_a_gpu or every_path" > $C/res/gpu.log 2>&1
 mkdir -p $C/res/e2e
 python benchmarks/e2e.py --model llama-2-7b --batches 1 --prefill 0 --budget-s 300 --e2e-out $C/res/e2e/llama \
   --e2e-patterns 2:4+slorb16,2:4+slorb8,block16+slorb8 > $C/res/e2e.log 2>&1
