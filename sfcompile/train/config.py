@@ -194,10 +194,12 @@ class TrainConfig:
             pass per tensor; the same update and state dict). On the H200 the foreach step of SmolLM2-135M
             took ~13 ms of a 107 ms compiled training step (benchmarks/train_profile.py); the fused one is not
             timed there yet, so it is not the default.
-        train_embeddings: also train the input embeddings (and a tied head). Off by default: with a few
-            million tokens the vocabulary rows see too few updates to improve, and they hold ~20% of a
-            small model's parameters (Adam state). Everything else — masked weights (their dense W),
-            unmasked linears, norms, biases and the forge's extra parameters (SLoRB) — is trained.
+        train_embeddings: also train the input embeddings (and a tied head). Off by default: they hold
+            ~20% of a small model's parameters (Adam state) and, with a tied head, add the head's weight
+            gradient to every step (~20% more time on SmolLM2-135M). On the H200's 20M-token recipe they
+            ended 1.3% lower in `wiki` perplexity (benchmarks/README.md, thirty-first session); not yet
+            confirmed at 100M. Everything else — masked weights (their dense W), unmasked linears, norms,
+            biases and the forge's extra parameters (SLoRB) — is trained.
 
     Distillation (`sfcompile.train.losses`)
         ce_weight, kl_weight, kl_temperature, squarehead_weight: loss = ce·CE + kl·KL(teacher‖student, T)·T²
