@@ -57,7 +57,9 @@ class ForgeConfig:
             fp32, 5e-2 under bf16/fp16 autocast, where smaller steps drown in rounding noise).
         schedule: the tempering schedule (fractions of total steps; see `TemperingSchedule`).
         tau_samples: scores sampled per site to estimate the quantile τ (the reference's 262,144).
-        slorb: add the sparse low-rank bypass y += S(P x) to every Linear-like site.
+        slorb: add the sparse low-rank bypass y += S(P x) to every Linear-like site. With the schedule's
+            ``slorb_fade_start`` < 1 it is trained out again: its gain falls to 0 at the last step and the
+            trainer removes it before hardening, so the model decodes without S's bytes.
         slorb_group: SLoRB group size k (K must be divisible by it).
         slorb_train_p: also train P (otherwise P stays the fixed block-sum and is not stored).
         joint_input_groups: sites that read the same input (Site.shares_input_with: q/k/v, gate/up) share one
@@ -124,6 +126,9 @@ class ForgeConfig:
         if not isinstance(self.schedule, TemperingSchedule):
             raise ForgeConfigError("schedule must be a TemperingSchedule, got "
                                    f"{type(self.schedule).__name__}")
+        if self.schedule.slorb_fades and not self.slorb:
+            raise ForgeConfigError(f"slorb_fade_start={self.schedule.slorb_fade_start} fades a SLoRB bypass, "
+                                   "but slorb=False adds none: drop slorb_fade_start or set slorb=True")
 
     def validate(self, total_steps: int) -> None:
         """Check that this configuration works in a run of ``total_steps`` optimizer steps."""

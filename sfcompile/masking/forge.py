@@ -29,7 +29,8 @@ The model must already be sparsified (``sfcompile.sparsify(model, pattern)``: ev
   The probe saves and restores the RNG state around each call (dropout sees the same masks; the training
   RNG stream is untouched) and restores the weights bit-exactly.
 * ``after_step(step)`` returns ``{"temperature", "target_sparsity", "sparsity", "hard_sparsity",
-  "hardness", "mask_flips", "pruned_weight_ratio", "pull", "mask_update", "finalized"}`` (floats;
+  "hardness", "mask_flips", "pruned_weight_ratio", "pull", "mask_update", "finalized"}`` and, with a bypass,
+  ``"slorb_gain"`` (floats;
   ``sparsity`` = fraction of zeros in m_eff over all sites, ``hard_sparsity`` = that of hard(m),
   ``mask_flips`` = fraction of hard-mask entries that changed at this step, ``pruned_weight_ratio`` = mean
   |W| of the entries the new hard masks prune over that of the entries they keep (on update steps; the
@@ -187,7 +188,7 @@ class SparseForge:
     """
 
     metrics_names = ("temperature", "target_sparsity", "sparsity", "hard_sparsity", "hardness", "mask_flips",
-                     "pruned_weight_ratio", "pull", "mask_update", "finalized")
+                     "pruned_weight_ratio", "pull", "mask_update", "finalized", "slorb_gain")
 
     def __init__(self, model: nn.Module, config: ForgeConfig, total_steps: int):
         if not isinstance(config, ForgeConfig):
@@ -208,6 +209,7 @@ class SparseForge:
         self.slorb_initialised_at: int | None = None
         self.fd_eps: float | None = None  # the finite-difference step in use (decided at the first probe)
         self._applied_hardness: float | None = None  # last value _apply_step_state wrote (None: not yet)
+        self._applied_gain: float | None = None  # the same for the SLoRB gain
         self._views, self._views_key = None, None  # `_local_views` cache
         self.slorb_skipped: list[tuple[str, str]] = []
         self._collect_acts = True
@@ -375,8 +377,12 @@ class SparseForge:
                 metrics["finalized"] = 1.0
             else:
                 self._apply_step_state(t)
+        else:
+            self._apply_step_state(t)  # the masks are fixed; only the bypass gain can still move (its fade)
         metrics.update(temperature=values["temperature"], target_sparsity=values["target_sparsity"],
                        pull=values["pull"], hardness=0.0 if self.finalized else values["hardness"])
+        if self._slorb_modules:
+            metrics["slorb_gain"] = self._applied_gain
         if measure:
             metrics.update(self._sparsity())
         return metrics
@@ -389,17 +395,21 @@ class SparseForge:
     def _apply_step_state(self, t: int) -> None:
         """Hardness of every mask and the SLoRB gain for the forward after ``t`` completed steps.
 
-        Written only when the value changes (one small kernel per site each step otherwise; h is constant
-        outside the hardening window). The probe restores what it changes, so the cache stays true."""
-        h = 0.0 if self.finalized else self.config.schedule.hardness(t, self.total_steps)
-        if h == self._applied_hardness:
-            return
-        softs = [soft for _, _, soft in self.entries]
-        for soft in softs:
-            soft.hardness.fill_(h)
-        refresh_effective(softs, hardness=h, views=self._local_views())
-        slorb.set_slorb_gain(self.model, 1.0 - h)
-        self._applied_hardness = h
+        Each is written only when its value changes (small kernels per site each step otherwise; h is constant
+        outside the hardening window, the gain outside it and the fade). The probe restores what it changes,
+        so the cache stays true."""
+        sched = self.config.schedule
+        h = 0.0 if self.finalized else sched.hardness(t, self.total_steps)
+        if h != self._applied_hardness:
+            softs = [soft for _, _, soft in self.entries]
+            for soft in softs:
+                soft.hardness.fill_(h)
+            refresh_effective(softs, hardness=h, views=self._local_views())
+            self._applied_hardness = h
+        gain = sched.slorb_gain(t, self.total_steps, finalized=self.finalized)
+        if gain != self._applied_gain:
+            slorb.set_slorb_gain(self.model, gain)
+            self._applied_gain = gain
 
     def _check_score_inputs(self) -> None:
         cfg = self.config
@@ -628,7 +638,7 @@ class SparseForge:
                 soft.ste = False
         self.finalized = True
         self._applied_hardness = None  # write hardness 0 and refresh every m_eff, whatever was applied before
-        self._apply_step_state(self.total_steps)
+        self._apply_step_state(self.step + 1)
 
     def _sparsity(self) -> dict[str, float]:
         return mask_sparsity([soft for _, _, soft in self.entries])
@@ -647,6 +657,8 @@ class SparseForge:
                                    f"{self.total_steps}: the schedule would differ; resume with the same "
                                    "budget")
         saved, current = sd.get("config", {}), self.config.to_dict()
+        if "schedule" in saved and "slorb_fade_start" not in saved["schedule"]:  # made before the field existed,
+            saved = {**saved, "schedule": {**saved["schedule"], "slorb_fade_start": 1.0}}  # when none faded
         diff = sorted(k for k in saved.keys() | current.keys()
                       if k not in RESUME_NEUTRAL and saved.get(k) != current.get(k))
         if saved and diff:
@@ -659,8 +671,8 @@ class SparseForge:
         if self.finalized and self._ste_off:
             for _, _, soft in self.entries:
                 soft.ste = False
-        self._applied_hardness = None  # the loaded buffers decide nothing: write the schedule's value
-        self._apply_step_state(self.step + 1)
+        self._applied_hardness = self._applied_gain = None  # the loaded buffers decide nothing: write the
+        self._apply_step_state(self.step + 1)  # schedule's values
 
     def close(self) -> None:
         """Remove the activation hooks (Wanda)."""

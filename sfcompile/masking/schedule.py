@@ -11,6 +11,10 @@ SparseForge (arXiv 2605.06402) tempers a soft mask into a hard pattern. Five qua
 * **pull strength** λ(t) toward the hard pattern: ramps 0 → ``pull_max`` over ``pull_warmup``;
 * **hardness** h(t) of the forward mask m_eff = h·m + (1 − h)·hard(m): 1 until ``harden_start``, linear to 0
   at ``harden_end``, 0 after; masks are finalised (exact, frozen) at ``finalize_at``;
+* **SLoRB gain** g(t) of the bypass y += g·S(P x): 1 − h(t), so the bypass blends in as the pruned weights fade
+  out; with ``slorb_fade_start`` < 1 it is further multiplied by a linear fall from 1 at ``slorb_fade_start`` to
+  0 at the last step, so the trained model ends without a bypass (the trainer removes it before hardening) and
+  decodes without S's bytes;
 * **update period** K(t): masks are updated every ``period_early`` steps before ``period_switch`` and every
   ``period_late`` steps after. A period is an absolute step count (a whole number >= 1) or a fraction of the
   total steps (< 1, rounded, at least 1 step). The defaults are the reference's 30 / 10 steps: an update (a
@@ -67,6 +71,7 @@ class TemperingSchedule:
     harden_start: float = 0.1
     harden_end: float = 0.6
     finalize_at: float = 0.75
+    slorb_fade_start: float = 1.0        # fraction where the bypass gain starts falling to 0 at the end (1: never)
 
     def __post_init__(self):
         for f in fields(self):
@@ -78,7 +83,7 @@ class TemperingSchedule:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ScheduleError(f"{f.name}={value!r} must be a finite number")
         for name in ("sparsity_warmup", "temperature_floor_at", "pull_warmup", "period_switch",
-                     "harden_start", "harden_end", "finalize_at"):
+                     "harden_start", "harden_end", "finalize_at", "slorb_fade_start"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ScheduleError(f"{name}={value} is a fraction of the total steps and must lie in [0, 1] "
@@ -87,6 +92,10 @@ class TemperingSchedule:
             raise ScheduleError(f"need harden_start <= harden_end <= finalize_at, got {self.harden_start}, "
                                 f"{self.harden_end}, {self.finalize_at}: masks must be hard before they are "
                                 "finalised")
+        if self.slorb_fade_start < min(self.harden_start, self.finalize_at):
+            raise ScheduleError(f"slorb_fade_start={self.slorb_fade_start} comes before the SLoRB bypass is "
+                                f"initialised (at harden_start={self.harden_start}): start the fade at or after "
+                                "it, or leave it at 1 (no fade)")
         if not 0.0 < self.temperature_floor <= self.temperature_start:
             raise ScheduleError(f"need 0 < temperature_floor <= temperature_start, got "
                                 f"{self.temperature_floor} and {self.temperature_start}")
@@ -154,6 +163,25 @@ class TemperingSchedule:
             return 0.0
         return 1.0 - (p - self.harden_start) / (self.harden_end - self.harden_start)
 
+    def slorb_fade(self, t: float, total: int) -> float:
+        """The bypass's fade factor: 1 until slorb_fade_start, linear to 0 at the last step (1 throughout when
+        slorb_fade_start is 1)."""
+        p = self._progress(t, total)
+        if p <= self.slorb_fade_start:
+            return 1.0
+        return max(0.0, 1.0 - (p - self.slorb_fade_start) / (1.0 - self.slorb_fade_start))
+
+    def slorb_gain(self, t: float, total: int, finalized: bool = False) -> float:
+        """g = (1 − h)·fade: the gain of the SLoRB bypass in the forward after ``t`` steps (h = 0 once the
+        masks are ``finalized``)."""
+        h = 0.0 if finalized else self.hardness(t, total)
+        return (1.0 - h) * self.slorb_fade(t, total)
+
+    @property
+    def slorb_fades(self) -> bool:
+        """Whether the bypass ends at gain 0 (and is removed before hardening)."""
+        return self.slorb_fade_start < 1.0
+
     def period(self, t: int, total: int) -> int:
         """Mask update period K (steps) at step count ``t``."""
         k = self.period_early if t < self.step_of(self.period_switch, total) else self.period_late
@@ -174,4 +202,5 @@ class TemperingSchedule:
         """Every scheduled value at ``t`` (for logging and plots)."""
         return {"target_sparsity": self.target_sparsity(t, total, final_sparsity),
                 "temperature": self.temperature(t, total), "pull": self.pull(t, total),
-                "hardness": self.hardness(t, total), "period": float(self.period(t, total))}
+                "hardness": self.hardness(t, total), "period": float(self.period(t, total)),
+                "slorb_fade": self.slorb_fade(t, total)}

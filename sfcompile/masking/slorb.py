@@ -39,8 +39,8 @@ from sfcompile.masking.state import SLORB_FOLDS, soft_masks_of, soft_name
 from sfcompile.passes.site import Site, mark_bypass
 
 __all__ = ["SLORB_KINDS", "slorb_unsupported", "add_slorb", "init_slorb_", "slorb_manifest", "install_slorb",
-           "remove_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix", "read_slorb_tensors", "folded_bypass",
-           "block_sums", "add_bypass_"]
+           "remove_slorb", "remove_all_slorb", "set_slorb_gain", "SLoRBError", "block_sum_matrix",
+           "read_slorb_tensors", "folded_bypass", "block_sums", "add_bypass_"]
 
 SLORB_KINDS = ("linear", "conv1d")
 _HANDLE = "_sfcompile_slorb_handle"
@@ -198,9 +198,21 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def set_slorb_gain(model: nn.Module, gain: float) -> None:
-    for module in model.modules():
-        if hasattr(module, "_sfcompile_slorb"):
-            module.slorb_gain.fill_(gain)
+    """Every bypass's gain in ``model`` set to ``gain`` (two multi-tensor kernels, not one per site: a fading
+    bypass changes it every step)."""
+    gains = [module.slorb_gain for module in model.modules() if hasattr(module, "_sfcompile_slorb")]
+    if gains:
+        torch._foreach_zero_(gains)
+        torch._foreach_add_(gains, gain)
+
+
+def remove_all_slorb(model: nn.Module) -> int:
+    """`remove_slorb` on every module of ``model`` that has a bypass; returns how many. For a bypass trained to
+    gain 0 (`TemperingSchedule.slorb_fade_start`), which adds nothing, before hardening."""
+    modules = [module for module in model.modules() if hasattr(module, "_sfcompile_slorb")]
+    for module in modules:
+        remove_slorb(module)
+    return len(modules)
 
 
 def slorb_manifest(model: nn.Module) -> dict:

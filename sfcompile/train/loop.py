@@ -334,6 +334,11 @@ def train(
                     f"finalize_at={config.forge.schedule.finalize_at:g}), then frozen")
         if forge.config.uses_hessian:
             log.message(f"Hessian probe: estimator {forge.config.estimator!r}")
+        sched = config.forge.schedule
+        if config.forge.slorb and sched.slorb_fades:
+            start = sched.step_of(sched.slorb_fade_start, total)
+            log.message(f"SLoRB: the bypass fades from step {start} to 0 at step {total} "
+                        f"(slorb_fade_start={sched.slorb_fade_start:g}) and is removed before hardening")
     student = dist.wrap_model(model, config)  # FSDP2 shards in place, after the forge (its state too)
     teacher = dist.wrap_teacher(teacher, config)
     extra = forge.trainable_extra_parameters() if forge else []  # after wrapping: the sharded parameters
@@ -578,6 +583,10 @@ def train(
         # sharded: rank 0 gets a plain CPU copy with the gathered state (None elsewhere); else the model
         final = dist.full_model(model)
         if final is not None:
+            if forge is not None and forge.config.slorb and forge.config.schedule.slorb_fades:
+                from sfcompile.masking.slorb import remove_all_slorb
+
+                remove_all_slorb(final)  # trained to gain 0: it adds nothing, and the model decodes without S
             harden(final)
         if out is not None and final is not None:
             from sfcompile.export import save

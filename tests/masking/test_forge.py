@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -32,10 +33,10 @@ def _batch(step):
     return torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(1000 + step))
 
 
-def _build(dense, pattern="2:4", **cfg):
+def _build(dense, pattern="2:4", schedule=SCHED, **cfg):
     model = copy.deepcopy(dense)
     sparsify(model, pattern)
-    forge = SparseForge(model, ForgeConfig(schedule=SCHED, **cfg), total_steps=TOTAL)
+    forge = SparseForge(model, ForgeConfig(schedule=schedule, **cfg), total_steps=TOTAL)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     return model, forge, opt
@@ -66,6 +67,7 @@ def _train(model, forge, opt, steps):
     ({"slorb_group": -16}, "slorb_group"),
     ({"hessian_smoothing": "median"}, "hessian_smoothing"),
     ({"schedule": "fast"}, "TemperingSchedule"),
+    ({"slorb": False, "schedule": TemperingSchedule(slorb_fade_start=0.9)}, "slorb=False adds none"),
 ])
 def test_bad_config_rejected(kwargs, match):
     with pytest.raises(ForgeConfigError, match=match):
@@ -203,6 +205,56 @@ def test_resume_is_exact(dense):
         assert torch.equal(sa.mask, sc.mask)
     for (na, pa), (nc, pc) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
         assert na == nc and (pa == pc if isinstance(pa, dict) else torch.equal(pa, pc)), na
+
+
+FADING = dataclasses.replace(SCHED, slorb_fade_start=0.75)  # from the finalisation (step 9) to 0 at step 12
+
+
+def test_a_fading_bypass_follows_its_schedule_and_ends_adding_nothing(dense):
+    from sfcompile.masking.slorb import remove_all_slorb
+
+    model, forge, opt = _build(dense, schedule=FADING)
+    metrics = _train(model, forge, opt, range(TOTAL))
+    expected = [FADING.slorb_gain(t, TOTAL, finalized=t >= 9) for t in range(1, TOTAL + 1)]
+    assert [m["slorb_gain"] for m in metrics] == pytest.approx(expected)
+    assert expected[8] == 1.0 and 0 < expected[9] < expected[8] and expected[-1] == 0.0  # steps 9 .. 12
+    assert all(float(module.slorb_gain) == 0.0 for _, module, _ in masked_sites(model))
+    assert all(p.abs().sum() > 0 for p in forge.trainable_extra_parameters())  # trained, then faded out
+    x = _batch(99)
+    with torch.no_grad():
+        ref = model(x).logits
+        assert remove_all_slorb(model) == len(masked_sites(model))
+        torch.testing.assert_close(model(x).logits, ref, rtol=0, atol=0)
+    harden(model)
+    assert "slorb" not in model.sfcompile_manifest and not hasattr(model.model.layers[0].mlp.up_proj, "slorb_S")
+
+
+def test_resume_inside_the_fade_is_exact(dense):
+    model_a, forge_a, opt_a = _build(dense, schedule=FADING)
+    _train(model_a, forge_a, opt_a, range(TOTAL))
+    model_b, forge_b, opt_b = _build(dense, schedule=FADING)
+    _train(model_b, forge_b, opt_b, range(10))
+    ckpt = copy.deepcopy({"model": model_b.state_dict(), "opt": opt_b.state_dict(),
+                          "forge": forge_b.state_dict()})
+    model_c, forge_c, opt_c = _build(dense, schedule=FADING)
+    model_c.load_state_dict(ckpt["model"])
+    opt_c.load_state_dict(ckpt["opt"])
+    forge_c.load_state_dict(ckpt["forge"])
+    gain = float(masked_sites(model_c)[0][1].slorb_gain)
+    assert gain == pytest.approx(FADING.slorb_gain(10, TOTAL, finalized=True)) and 0 < gain < 1
+    _train(model_c, forge_c, opt_c, range(10, TOTAL))
+    for (na, pa), (nc, pc) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
+        assert na == nc and (pa == pc if isinstance(pa, dict) else torch.equal(pa, pc)), na
+
+
+def test_a_checkpoint_from_before_the_fade_existed_resumes(dense):
+    _, forge, _ = _build(dense)
+    sd = copy.deepcopy(forge.state_dict())
+    del sd["config"]["schedule"]["slorb_fade_start"]
+    forge.load_state_dict(sd)  # no fade then: the default
+    sd["config"]["schedule"]["harden_end"] = 0.5
+    with pytest.raises(ForgeConfigError, match="schedule"):
+        forge.load_state_dict(sd)
 
 
 def test_resume_rejects_another_budget(dense):

@@ -127,6 +127,8 @@ def test_short_runs_still_work():
     ({"mask_momentum": 1.0}, "never moves"),
     ({"pull_max": -0.1}, "pull_max"),
     ({"sparsity_warmup": float("nan")}, "finite"),
+    ({"slorb_fade_start": 1.5}, "past the end"),
+    ({"slorb_fade_start": 0.05}, "before the SLoRB bypass is initialised"),
 ])
 def test_bad_values_rejected(kwargs, match):
     with pytest.raises(ScheduleError, match=match):
@@ -136,3 +138,16 @@ def test_bad_values_rejected(kwargs, match):
 def test_total_steps_must_be_positive():
     with pytest.raises(ScheduleError, match="total steps"):
         TemperingSchedule().temperature(0, 0)
+
+
+def test_slorb_gain_blends_in_then_fades_to_zero_at_the_end():
+    s = TemperingSchedule(harden_start=0.1, harden_end=0.5, finalize_at=0.6, slorb_fade_start=0.8)
+    total = 1000
+    gains = [s.slorb_gain(t, total, finalized=t >= 600) for t in range(total + 1)]
+    assert gains[0] == 0.0 and gains[100] == 0.0  # soft forward: the pruned weights are all still there
+    assert gains[300] == pytest.approx(0.5) and gains[500] == 1.0 and gains[800] == 1.0
+    assert gains[900] == pytest.approx(0.5) and gains[total] == 0.0
+    assert all(b <= a for a, b in zip(gains[500:], gains[501:], strict=False))  # falls, never rises, after
+    assert max(abs(b - a) for a, b in zip(gains, gains[1:], strict=False)) <= 1 / 200 + 1e-12  # continuous
+    assert s.slorb_fades and not TemperingSchedule().slorb_fades
+    assert all(TemperingSchedule().slorb_fade(t, total) == 1.0 for t in range(0, total + 1, 50))

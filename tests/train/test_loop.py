@@ -164,6 +164,33 @@ def test_end_of_run_outputs_and_hardened_model(tmp_path, capsys):
     assert ((q.reshape(-1, 4) != 0).sum(-1) <= 2).all()
 
 
+def test_a_faded_bypass_leaves_the_trained_model_without_one(tmp_path, capsys):
+    import dataclasses
+
+    import sfcompile
+    from sfcompile.eval.perplexity import perplexity
+    from sfcompile.train.runlog import read_history
+
+    tok = byte_tokenizer()
+    model = _model()
+    cfg = _config(tmp_path, "fade", 10, harden=True)
+    schedule = dataclasses.replace(cfg.forge.schedule, slorb_fade_start=0.8)
+    cfg = dataclasses.replace(cfg, forge=dataclasses.replace(cfg.forge, schedule=schedule))
+    r = train(model, cfg, tokenizer=tok)
+    assert "the bypass fades from step 8 to 0 at step 10" in capsys.readouterr().err
+    gains = {row["step"]: row["slorb_gain"] for row in read_history(tmp_path / "fade") if "slorb_gain" in row}
+    assert gains[6] == gains[8] == 1.0 and gains[9] == 0.5 and gains[10] == 0.0  # logged by completed steps
+    assert "slorb" not in model.sfcompile_manifest
+    assert not any(hasattr(m, "slorb_S") for m in model.modules())
+    # the model it returns (and saved) computes what the final evaluation measured with the bypass at gain 0
+    ppl = perplexity(model.eval(), tok, cfg.eval_text, seqlen=SEQ, max_windows=cfg.eval_windows,
+                     batch_size=MB, progress=False)
+    assert ppl == pytest.approx(r.ppl[10], rel=1e-5)
+    loaded, _ = sfcompile.load(r.final_path)
+    assert not any(k.endswith("slorb_S") for k in loaded.state_dict())
+    assert "slorb" not in loaded.sfcompile_manifest
+
+
 @pytest.mark.parametrize("grad_accum,estimator", [(2, "fd"), (1, "fd_forward")])
 def test_compiled_student_trains_like_eager(tmp_path, monkeypatch, grad_accum, estimator):
     # The student (and teacher) forwards and the finite-difference probe's passes go through torch.compile;
