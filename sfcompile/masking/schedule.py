@@ -1,6 +1,6 @@
 """Tempering schedule: every SparseForge knob that changes during training, as a pure function of the step.
 
-SparseForge (arXiv 2605.06402) tempers a soft mask into a hard pattern. Five quantities move with the step:
+SparseForge (arXiv 2605.06402) tempers a soft mask into a hard pattern. Six quantities move with the step:
 
 * **target sparsity** s(t): ramps 0 → the pattern's sparsity over the warm-up (linear, or cubic as the
   reference uses for block patterns);
