@@ -117,7 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="set a ForgeConfig or TemperingSchedule field (repeatable)",
+        help="set a ForgeConfig or TemperingSchedule field (repeatable), e.g. slorb_group=8, slorb=false, "
+        "slorb_fade_start=0.5 (the SLoRB bypass fades out from half the run: the model ends without one)",
     )
     g = parser.add_argument_group("logging, evaluation, checkpoints")
     g.add_argument("--checkpoint-every", type=int, default=0)
