@@ -2,7 +2,8 @@
 
 Reads ``sparsity.json`` and the safetensors shards directly (or the compressed file of a folder saved with
 ``packed=True``, unpacking one site at a time), verifies each listed weight's pattern, and prints per-site
-sparsity and sizes (dense bytes against the bytes of the packed form).
+sparsity and sizes (dense bytes against the bytes of the packed form), and the SLoRB bypass a trained model
+carries (its S: group sums → outputs, read beside each packed weight at inference) or that it carries none.
 """
 
 from __future__ import annotations
@@ -93,7 +94,22 @@ def inspect_folder(folder: str | Path) -> tuple[list[dict], dict]:
     packed = sum(r["packed_bytes"] for r in rows)
     totals = {"sites": len(rows), "ok": sum(r["ok"] for r in rows), "dense_bytes": dense, "packed_bytes": packed,
               "packed_ratio": packed / dense if dense else float("nan"), "pattern": manifest.get("pattern")}
-    return rows, totals
+    return rows, {**totals, **_bypass_totals(manifest.get("slorb") or {}, read)}
+
+
+def _bypass_totals(slorb: dict, read) -> dict:
+    """``bypass_sites``, ``bypass_groups`` (the group sizes used) and ``bypass_bytes`` (S, and P where trained,
+    as stored) of a manifest's SLoRB entries."""
+    nbytes, groups = 0, set()
+    for module, info in slorb.items():
+        groups.add(int(info["group"]))
+        for name in ("slorb_S", "slorb_P") if info.get("train_p") else ("slorb_S",):
+            t = read(f"{module}.{name}")
+            if t is None:
+                raise FileNotFoundError(f"the manifest lists a SLoRB bypass on {module}, but {module}.{name} is "
+                                        "missing from the weights: the folder is incomplete")
+            nbytes += t.numel() * t.element_size()
+    return {"bypass_sites": len(slorb), "bypass_groups": sorted(groups), "bypass_bytes": nbytes}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,4 +131,11 @@ def run(args) -> int:
     print(f"\n{totals['ok']}/{totals['sites']} sites hold pattern {totals['pattern']}; sparse weights "
           f"{totals['dense_bytes'] / mib:.1f} MiB dense -> {totals['packed_bytes'] / mib:.1f} MiB packed "
           f"({totals['packed_ratio']:.2f}x)")
+    if totals["bypass_sites"]:
+        groups = "/".join(map(str, totals["bypass_groups"]))
+        print(f"SLoRB bypass on {totals['bypass_sites']} sites (group {groups}): {totals['bypass_bytes'] / mib:.1f} "
+              f"MiB more, read at every decode step ({totals['bypass_bytes'] / totals['packed_bytes']:.2f}x the "
+              "packed sites' bytes)")
+    else:
+        print("no SLoRB bypass")
     return 0 if totals["ok"] == totals["sites"] else 1

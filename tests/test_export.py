@@ -197,6 +197,32 @@ def test_packed_checkpoint_with_a_missing_tensor_is_refused_by_name(tmp_path, by
         sfcompile.load(str(out))
 
 
+def test_inspect_reports_the_bypass_a_model_carries_or_none(tmp_path, byte_tokenizer, capsys):
+    from sfcompile.cli import main
+    from sfcompile.inspect import inspect_folder
+
+    model = _hardened_with_slorb()
+    s_bytes = sum(m.slorb_S.numel() * m.slorb_S.element_size() for m in model.modules() if hasattr(m, "slorb_S"))
+    assert s_bytes > 0
+    for packed in (False, True):
+        out = sfcompile.save(model, byte_tokenizer, tmp_path / f"b{packed}", packed=packed)
+        _, totals = inspect_folder(out)
+        assert (totals["bypass_sites"], totals["bypass_groups"], totals["bypass_bytes"]) == (7, [16], s_bytes)
+        assert main(["inspect", str(out)]) == 0
+        assert "SLoRB bypass on 7 sites (group 16)" in capsys.readouterr().out
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "bFalse" / "model.safetensors"))
+    gone = next(k for k in weights if k.endswith("slorb_S"))
+    del weights[gone]
+    save_file(weights, str(tmp_path / "bFalse" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(FileNotFoundError, match=gone.replace(".", r"\.")):
+        inspect_folder(tmp_path / "bFalse")
+    plain = sfcompile.save(_hardened("2:4"), byte_tokenizer, tmp_path / "plain")
+    assert inspect_folder(plain)[1]["bypass_sites"] == 0
+    assert main(["inspect", str(plain)]) == 0 and "no SLoRB bypass" in capsys.readouterr().out
+
+
 def test_inspect_reads_dense_and_packed_folders_alike(tmp_path, byte_tokenizer, capsys):
     from safetensors.torch import load_file, save_file
 
