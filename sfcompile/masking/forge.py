@@ -408,7 +408,7 @@ class SparseForge:
             self._applied_hardness = h
         gain = sched.slorb_gain(t, self.total_steps, finalized=self.finalized)
         if gain != self._applied_gain:
-            slorb.set_slorb_gain(self.model, gain)
+            slorb.set_slorb_gain(self._slorb_modules, gain)
             self._applied_gain = gain
 
     def _check_score_inputs(self) -> None:

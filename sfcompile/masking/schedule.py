@@ -202,5 +202,4 @@ class TemperingSchedule:
         """Every scheduled value at ``t`` (for logging and plots)."""
         return {"target_sparsity": self.target_sparsity(t, total, final_sparsity),
                 "temperature": self.temperature(t, total), "pull": self.pull(t, total),
-                "hardness": self.hardness(t, total), "period": float(self.period(t, total)),
-                "slorb_fade": self.slorb_fade(t, total)}
+                "hardness": self.hardness(t, total), "period": float(self.period(t, total))}

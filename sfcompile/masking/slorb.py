@@ -29,7 +29,7 @@ Parameters live on the owning module as ``slorb_S`` (and ``slorb_P`` when P is t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -197,10 +197,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def set_slorb_gain(model: nn.Module, gain: float) -> None:
-    """Every bypass's gain in ``model`` set to ``gain`` (two multi-tensor kernels, not one per site: a fading
-    bypass changes it every step)."""
-    gains = [module.slorb_gain for module in model.modules() if hasattr(module, "_sfcompile_slorb")]
+def set_slorb_gain(modules: Iterable[nn.Module], gain: float) -> None:
+    """The gain of every bypass among ``modules`` (e.g. ``model.modules()``, or the forge's own list, which
+    spares a walk over the model on the steps of a fade) set to ``gain``: two multi-tensor kernels, not one per
+    site, as a fading bypass changes it every step."""
+    gains = [module.slorb_gain for module in modules if hasattr(module, "_sfcompile_slorb")]
     if gains:
         torch._foreach_zero_(gains)
         torch._foreach_add_(gains, gain)

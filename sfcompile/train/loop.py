@@ -335,7 +335,7 @@ def train(
         if forge.config.uses_hessian:
             log.message(f"Hessian probe: estimator {forge.config.estimator!r}")
         sched = config.forge.schedule
-        if config.forge.slorb and sched.slorb_fades:
+        if sched.slorb_fades:  # (ForgeConfig refuses a fade without a bypass)
             start = sched.step_of(sched.slorb_fade_start, total)
             log.message(f"SLoRB: the bypass fades from step {start} to 0 at step {total} "
                         f"(slorb_fade_start={sched.slorb_fade_start:g}) and is removed before hardening")
@@ -583,7 +583,7 @@ def train(
         # sharded: rank 0 gets a plain CPU copy with the gathered state (None elsewhere); else the model
         final = dist.full_model(model)
         if final is not None:
-            if forge is not None and forge.config.slorb and forge.config.schedule.slorb_fades:
+            if forge is not None and forge.config.schedule.slorb_fades:
                 from sfcompile.masking.slorb import remove_all_slorb
 
                 remove_all_slorb(final)  # trained to gain 0: it adds nothing, and the model decodes without S

@@ -32,7 +32,7 @@ def _model(train_p: bool = False, harden: str | None = None, gain: float = 1.0, 
         if skip is None or skip not in site.name:
             s = add_slorb(model.get_submodule(site.module), site.kind, site.shape, 16, train_p=train_p)[0]
             s.data.normal_(0, 0.1)
-    set_slorb_gain(model, gain)
+    set_slorb_gain(model.modules(), gain)
     return model
 
 
